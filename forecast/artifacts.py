@@ -1,0 +1,86 @@
+"""Fitted-model artifacts: JSON parameters plus metadata, loadable without pickle or code execution."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from forecast.errors import ArtifactError
+from forecast.estimators import PURCHASE_MODELS, GammaGamma, PurchaseModel
+
+SCHEMA_VERSION = 1
+VERSIONED_PACKAGES = ("clv-forecast", "lifetimes", "pandas", "numpy", "scipy", "duckdb", "pyarrow")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the packages whose behaviour the results depend on."""
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def json_safe(value: Any) -> Any:
+    """Replace non-finite floats by None so that the JSON is standard (no NaN or Infinity tokens)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def model_artifact(model: PurchaseModel | GammaGamma, role: str, data_window: dict[str, str]) -> dict[str, Any]:
+    """The JSON document for one fitted model (role: ``purchases`` or ``spend``)."""
+    return json_safe(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "role": role,
+            **model.to_dict(),
+            "data_window": data_window,
+            "versions": library_versions(),
+        }
+    )
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write a JSON document with sorted keys (stable bytes for identical results)."""
+    path.write_text(json.dumps(json_safe(document), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def load_model(path: str | Path) -> PurchaseModel | GammaGamma:
+    """Load a fitted model from its JSON artifact, checking the schema version.
+
+    Raises
+    ------
+    ArtifactError
+        The file is missing, not JSON, of another schema version, or not a model this toolkit knows.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"Model artifact {path} not found. Run `forecast run` first.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"Model artifact {path} is not valid JSON ({exc}). Re-run `forecast run`.") from None
+    if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
+        found = document.get("schema_version") if isinstance(document, dict) else None
+        raise ArtifactError(
+            f"Model artifact {path} has schema version {found!r}; this version of clv-forecast reads "
+            f"{SCHEMA_VERSION}. Re-run `forecast run` to refit."
+        )
+    name = document.get("name")
+    model_class = GammaGamma if name == GammaGamma.name else PURCHASE_MODELS.get(str(name))
+    if model_class is None:
+        raise ArtifactError(f"Model artifact {path} names an unknown model {name!r}.")
+    try:
+        return model_class.from_dict(document)
+    except Exception as exc:  # noqa: BLE001 - any malformed content is an artifact problem
+        raise ArtifactError(f"Model artifact {path} is malformed: {exc}. Re-run `forecast run`.") from None

@@ -1,0 +1,148 @@
+"""The run configuration: a YAML file validated into typed settings.
+
+Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from forecast.errors import ConfigError
+
+TimeUnit = Literal["day", "week", "month"]
+PurchaseModelName = Literal["bgnbd", "mbgnbd", "pareto"]
+
+#: Days in one unit of model time; a month is 365.25 / 12 days (DESIGN.md).
+DAYS_PER_UNIT: dict[str, float] = {"day": 1.0, "week": 7.0, "month": 365.25 / 12}
+DAYS_PER_MONTH = 365.25 / 12
+DAYS_PER_YEAR = 365.25
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where the transaction log is and which of its columns mean what."""
+
+    path: str = Field(description="File, glob or folder; 'lifetimes:NAME' for a data set lifetimes ships.")
+    format: Literal["auto", "csv", "parquet", "whitespace"] = "auto"
+    customer_id: str = "customer_id"
+    timestamp: str = "timestamp"
+    amount: str = "amount"
+    timestamp_format: str | None = Field(
+        default=None, description="strptime format, e.g. '%Y%m%d'; None parses ISO dates and timestamps."
+    )
+    columns: list[str] | None = Field(
+        default=None, description="Column names for whitespace files (in file order)."
+    )
+    header: bool = True
+    delimiter: str | None = None
+    segment_columns: list[str] = Field(default_factory=list)
+    negative_amounts: Literal["net", "drop", "fail"] = "net"
+
+    @model_validator(mode="after")
+    def _columns_for_whitespace(self) -> DataConfig:
+        if self.format == "whitespace" and not self.columns:
+            raise ValueError("format 'whitespace' needs 'columns': the names of the fields in file order")
+        return self
+
+
+class HeuristicConfig(_Strict):
+    """The marketing heuristic: average purchase value x purchases per year x lifespan x margin."""
+
+    lifespan_years: float | Literal["auto"] = 3.0
+
+    @field_validator("lifespan_years")
+    @classmethod
+    def _positive(cls, value: float | str) -> float | str:
+        if value != "auto" and float(value) <= 0:
+            raise ValueError("must be positive (years) or 'auto'")
+        return value
+
+
+class SegmentConfig(_Strict):
+    """Value tiers by predictive CLV: shares of customers from the top, the rest last."""
+
+    tiers: dict[str, float] = Field(
+        default_factory=lambda: {"top 1%": 0.01, "next 4%": 0.04, "next 15%": 0.15, "rest": 0.80}
+    )
+
+    @field_validator("tiers")
+    @classmethod
+    def _shares_sum_to_one(cls, tiers: dict[str, float]) -> dict[str, float]:
+        if not tiers or any(share <= 0 for share in tiers.values()):
+            raise ValueError("every tier needs a positive share of customers")
+        if abs(sum(tiers.values()) - 1.0) > 1e-9:
+            raise ValueError(f"tier shares must add up to 1, they add up to {sum(tiers.values()):g}")
+        return tiers
+
+
+class RunConfig(_Strict):
+    """Everything one run needs; see configs/cdnow.yaml for an annotated example."""
+
+    data: DataConfig
+    as_of: dt.date | None = None
+    time_unit: TimeUnit = "week"
+    resolution: Literal["day", "exact"] = "day"
+    horizon_months: int = Field(default=12, ge=1, le=600)
+    monthly_discount_rate: float = Field(default=0.01, ge=0.0, lt=1.0)
+    margin: float = Field(default=1.0, gt=0.0, le=1.0)
+    purchase_model: PurchaseModelName = "bgnbd"
+    heuristic: HeuristicConfig = Field(default_factory=HeuristicConfig)
+    segments: SegmentConfig = Field(default_factory=SegmentConfig)
+    output: str = "runs/latest"
+    models_dir: str = "models"
+
+    @property
+    def days_per_unit(self) -> float:
+        return DAYS_PER_UNIT[self.time_unit]
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run configuration.
+
+    Relative data paths are resolved against the config file's folder.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not YAML, or has unknown, missing or invalid keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}. Check the path, or copy configs/cdnow.yaml as a start.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}. Fix the syntax and run again.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file {path} must be a YAML mapping of keys to values (see configs/cdnow.yaml).")
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"Config file {path} is invalid: {describe_validation_error(exc)}") from None
+    data_path = config.data.path
+    if not data_path.startswith("lifetimes:") and not Path(data_path).is_absolute():
+        resolved = str((path.parent / data_path).resolve())
+        config = config.model_copy(update={"data": config.data.model_copy(update={"path": resolved})})
+    return config
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Turn pydantic's report into one sentence per problem, naming each key."""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}' (remove it or check its spelling)")
+        elif error["type"] == "missing":
+            problems.append(f"missing key '{key}'")
+        else:
+            problems.append(f"'{key}': {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems) + "."

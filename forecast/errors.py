@@ -1,0 +1,33 @@
+"""The errors the library raises and the warnings it emits.
+
+Every user-facing failure is a ``ForecastError``; its message says what is wrong, where,
+and what to do. The CLI turns these into a one-paragraph message and a non-zero exit code.
+"""
+
+
+class ForecastError(Exception):
+    """Base class for every error a user can cause or fix."""
+
+
+class ConfigError(ForecastError, ValueError):
+    """The run configuration is missing, malformed or inconsistent."""
+
+
+class DataError(ForecastError, ValueError):
+    """The transaction log cannot be read or violates the data contract."""
+
+
+class FitError(ForecastError):
+    """A model did not converge or gave unusable parameters."""
+
+
+class ArtifactError(ForecastError):
+    """A fitted-model artifact is missing, corrupt or of an incompatible version."""
+
+
+class OutputError(ForecastError):
+    """The outputs cannot be written (folder not writable, disk full, existing run)."""
+
+
+class ForecastWarning(UserWarning):
+    """A result is usable but degraded (weak fit, few repeat buyers, broken assumption)."""

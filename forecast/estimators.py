@@ -1,0 +1,395 @@
+"""Purchase models (BG/NBD, MBG/NBD, Pareto/NBD) and the Gamma-Gamma spend model.
+
+This is the only module that imports lifetimes. lifetimes fits the models (maximum likelihood) and
+supplies the conditional-expectation formulas; this module adds what it lacks: fits on the
+compressed summary (unique rows with weights), a total log-likelihood and standard errors that are
+comparable across models, sanity checks, and JSON round trips without pickle.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+
+from forecast.errors import FitError, ForecastWarning
+
+with warnings.catch_warnings():
+    # lifetimes sets a pandas option that pandas 3 removed, and silences FutureWarnings globally.
+    warnings.simplefilter("ignore")
+    from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
+    from lifetimes.utils import ConvergenceError
+warnings.simplefilter("default", FutureWarning)
+
+ArrayLike = np.ndarray | pd.Series
+
+
+def _numerical_hessian(func: Callable[[np.ndarray], float], x: np.ndarray, step: float = 1e-4) -> np.ndarray:
+    """Central-difference Hessian (lifetimes gives none for Pareto/NBD; one method for all models)."""
+    n = len(x)
+    hess = np.empty((n, n))
+    eye = np.eye(n) * step
+    for i in range(n):
+        for j in range(i, n):
+            value = (
+                func(x + eye[i] + eye[j]) - func(x + eye[i] - eye[j]) - func(x - eye[i] + eye[j]) + func(x - eye[i] - eye[j])
+            ) / (4 * step * step)
+            hess[i, j] = hess[j, i] = value
+    return hess
+
+
+def unique_rows(columns: dict[str, ArrayLike]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Collapse identical rows into unique rows and their counts (the weights of a compressed fit)."""
+    frame = pd.DataFrame({name: np.asarray(values, dtype=float) for name, values in columns.items()})
+    counts = frame.value_counts(sort=False)
+    unique = counts.index.to_frame(index=False)
+    return unique, counts.to_numpy(dtype=float)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a fit learned: parameters, uncertainty and diagnostics (all JSON-serialisable)."""
+
+    params: dict[str, float]
+    standard_errors: dict[str, float | None]
+    covariance_log_params: list[list[float]] | None
+    log_likelihood: float
+    converged: bool
+    customers: int
+    unique_rows: int
+
+
+class _Model:
+    """Shared plumbing: fit through a lifetimes fitter, check, compute the total log-likelihood and SEs.
+
+    Subclasses declare the model's name, the papers' parameter symbols, the lifetimes fitter with its
+    parameter names, and the total log-likelihood (from lifetimes' own formula, un-normalised).
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    param_names: ClassVar[tuple[str, ...]]
+    lifetimes_names: ClassVar[tuple[str, ...]]
+    fitter_class: ClassVar[type]
+
+    def __init__(self) -> None:
+        self.result_: FitResult | None = None
+
+    # --- to be declared by each model -------------------------------------------------------------
+    @staticmethod
+    def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:
+        """Total log-likelihood of the weighted unique rows at ``params`` (the papers' symbols, in order)."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------------------------------
+    @property
+    def params_(self) -> dict[str, float]:
+        return self._result().params
+
+    def _result(self) -> FitResult:
+        if self.result_ is None:
+            raise FitError(f"The {self.title} model is not fitted yet: call fit() or load an artifact first.")
+        return self.result_
+
+    def _fitter(self) -> Any:
+        fitter = self.fitter_class()
+        fitter.params_ = pd.Series([self.params_[p] for p in self.param_names], index=list(self.lifetimes_names))
+        return fitter
+
+    def _fit_compressed(self, data: dict[str, np.ndarray], weights: np.ndarray, fit: Callable[[Any], None]) -> Self:
+        fitter = self.fitter_class()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                fit(fitter)
+        except ConvergenceError:
+            raise FitError(
+                f"The {self.title} model did not converge on {int(weights.sum()):,} customers. Try a longer "
+                "calibration period, more customers, or another purchase_model (bgnbd, mbgnbd, pareto)."
+            ) from None
+        params = {p: float(fitter.params_[lp]) for p, lp in zip(self.param_names, self.lifetimes_names, strict=True)}
+        bad = {p: v for p, v in params.items() if not math.isfinite(v) or v <= 0}
+        if bad:
+            raise FitError(
+                f"The {self.title} fit gave unusable parameters {bad} on {int(weights.sum()):,} customers; "
+                "the data may be too small or degenerate. Check the summary with `forecast validate`."
+            )
+        vector = np.array(list(params.values()))
+
+        def neg_ll(log_params: np.ndarray) -> float:
+            return -self._log_likelihood(np.exp(log_params), data, weights)
+
+        log_likelihood = -neg_ll(np.log(vector))
+        if not math.isfinite(log_likelihood):
+            raise FitError(f"The {self.title} log-likelihood is not finite at the fitted parameters {params}.")
+        with np.errstate(all="ignore"):
+            hessian = _numerical_hessian(neg_ll, np.log(vector))
+        standard_errors: dict[str, float | None] = dict.fromkeys(params)
+        covariance: list[list[float]] | None = None
+        try:
+            cov_log = np.linalg.inv(hessian)
+            variances = np.diag(cov_log) * vector**2  # delta method from log-parameters
+            if np.all(np.isfinite(cov_log)) and np.all(variances > 0):
+                standard_errors = {p: float(math.sqrt(v)) for p, v in zip(params, variances, strict=True)}
+                covariance = cov_log.tolist()
+        except np.linalg.LinAlgError:
+            pass
+        if covariance is None:
+            warnings.warn(
+                f"The {self.title} fit's information matrix is not invertible: standard errors and "
+                "parameter-uncertainty intervals are unavailable. The data may be too small.",
+                ForecastWarning,
+                stacklevel=3,
+            )
+        self.result_ = FitResult(
+            params=params,
+            standard_errors=standard_errors,
+            covariance_log_params=covariance,
+            log_likelihood=log_likelihood,
+            converged=True,
+            customers=int(weights.sum()),
+            unique_rows=len(weights),
+        )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted model as plain JSON-serialisable data."""
+        result = self._result()
+        return {"name": self.name, **result.__dict__}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild a fitted model from ``to_dict`` output (no pickle, no code execution)."""
+        model = cls()
+        fields = set(FitResult.__dataclass_fields__)
+        missing = fields - set(data)
+        if data.get("name") != cls.name or missing:
+            raise FitError(f"Not a {cls.title} model description (name {data.get('name')!r}, missing {sorted(missing)}).")
+        params = data["params"]
+        if set(params) != set(cls.param_names):
+            raise FitError(f"A {cls.title} model needs parameters {cls.param_names}, got {sorted(params)}.")
+        model.result_ = FitResult(**{k: data[k] for k in fields})
+        return model
+
+
+class PurchaseModel(_Model):
+    """Base for the purchase-and-dropout models; predictions take a horizon in model time units."""
+
+    def fit(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> Self:
+        """Fit by maximum likelihood on the unique (frequency, recency, T) rows, weighted by their counts.
+
+        Parameters
+        ----------
+        frequency, recency, T
+            Per-customer summary in model time units (see ``forecast.rfm.summarize``).
+
+        Returns
+        -------
+        self
+        """
+        unique, weights = unique_rows({"frequency": frequency, "recency": recency, "T": T})
+        if len(unique) == 0:
+            raise FitError(f"The {self.title} model needs at least one customer.")
+        if (unique["frequency"] > 0).sum() == 0:
+            raise FitError(
+                f"Nobody in the data made a repeat purchase, so the {self.title} model cannot be fitted. "
+                "Use a longer observation period."
+            )
+        data = {name: unique[name].to_numpy() for name in ("frequency", "recency", "T")}
+        return self._fit_compressed(
+            data,
+            weights,
+            lambda fitter: fitter.fit(unique["frequency"], unique["recency"], unique["T"], weights=weights),
+        )
+
+    def expected_purchases(self, t: float, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
+        """Expected number of purchases in the next ``t`` time units given each customer's history."""
+        with np.errstate(all="ignore"):
+            values = self._fitter().conditional_expected_number_of_purchases_up_to_time(
+                t, np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
+            )
+        return np.asarray(values, dtype=float)
+
+    def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
+        """Probability that each customer is still active at the end of observation."""
+        with np.errstate(all="ignore"):
+            values = self._fitter().conditional_probability_alive(
+                np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
+            )
+        return np.asarray(values, dtype=float)
+
+    def expected_purchases_new(self, t: ArrayLike) -> np.ndarray:
+        """Expected repeat purchases in ``t`` time units for a customer acquired at time 0."""
+        return np.asarray(self._fitter().expected_number_of_purchases_up_to_time(np.asarray(t, float)), dtype=float)
+
+
+class BetaGeo(PurchaseModel):
+    """BG/NBD: purchases at rate lambda ~ Gamma(r, alpha) while alive; dropout p ~ Beta(a, b) after each purchase.
+
+    References
+    ----------
+    Fader, Hardie & Lee (2005), "Counting your customers the easy way", Marketing Science 24(2), eq. (6).
+    """
+
+    name = "bgnbd"
+    title = "BG/NBD"
+    param_names = ("r", "alpha", "a", "b")
+    lifetimes_names = ("r", "alpha", "a", "b")
+    fitter_class = BetaGeoFitter
+
+    @staticmethod
+    def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:
+        # lifetimes returns the negative log-likelihood divided by the total weight.
+        mean_nll = BetaGeoFitter._negative_log_likelihood(
+            np.log(params), data["frequency"], data["recency"], data["T"], weights, 0.0
+        )
+        return -float(mean_nll) * float(weights.sum())
+
+
+class ModifiedBetaGeo(PurchaseModel):
+    """MBG/NBD: BG/NBD where a customer may also drop out at time 0, before any repeat purchase.
+
+    References
+    ----------
+    Batislam, Denizel & Filiztekin (2007), "Empirical validation and comparison of models for customer
+    base analysis", International Journal of Research in Marketing 24(3).
+    """
+
+    name = "mbgnbd"
+    title = "MBG/NBD"
+    param_names = ("r", "alpha", "a", "b")
+    lifetimes_names = ("r", "alpha", "a", "b")
+    fitter_class = ModifiedBetaGeoFitter
+
+    @staticmethod
+    def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:
+        mean_nll = ModifiedBetaGeoFitter._negative_log_likelihood(
+            np.log(params), data["frequency"], data["recency"], data["T"], weights, 0.0
+        )
+        return -float(mean_nll) * float(weights.sum())
+
+
+class ParetoNBD(PurchaseModel):
+    """Pareto/NBD: purchases at rate lambda ~ Gamma(r, alpha); lifetimes exponential with mu ~ Gamma(s, beta).
+
+    References
+    ----------
+    Schmittlein, Morrison & Colombo (1987), "Counting your customers", Management Science 33(1);
+    Fader & Hardie (2005), note 009, eq. (18).
+    """
+
+    name = "pareto"
+    title = "Pareto/NBD"
+    param_names = ("r", "alpha", "s", "beta")
+    lifetimes_names = ("r", "alpha", "s", "beta")
+    fitter_class = ParetoNBDFitter
+
+    @staticmethod
+    def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:
+        row_ll = ParetoNBDFitter._conditional_log_likelihood(params, data["frequency"], data["recency"], data["T"])
+        return float(np.sum(weights * row_ll))
+
+
+PURCHASE_MODELS: dict[str, type[PurchaseModel]] = {m.name: m for m in (BetaGeo, ModifiedBetaGeo, ParetoNBD)}
+
+
+def purchase_model(name: str) -> PurchaseModel:
+    """A new, unfitted purchase model by its config name (bgnbd, mbgnbd, pareto)."""
+    return PURCHASE_MODELS[name]()
+
+
+class GammaGamma(_Model):
+    """Gamma-Gamma spend model: average spend per purchase, independent of the purchase process.
+
+    z ~ Gamma(p, nu) per purchase, nu ~ Gamma(q, gamma) across customers. Fitted on repeat buyers
+    with a positive average spend; the parameter lifetimes calls ``v`` is the paper's ``gamma``.
+
+    References
+    ----------
+    Fader & Hardie (2013), "The Gamma-Gamma model of monetary value", eq. (1a) and (5).
+    """
+
+    name = "gamma_gamma"
+    title = "Gamma-Gamma"
+    param_names = ("p", "q", "gamma")
+    lifetimes_names = ("p", "q", "v")
+    fitter_class = GammaGammaFitter
+
+    @staticmethod
+    def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:
+        mean_nll = GammaGammaFitter._negative_log_likelihood(
+            np.log(params), data["frequency"], data["monetary_value"], weights, 0.0
+        )
+        return -float(mean_nll) * float(weights.sum())
+
+    def fit(self, frequency: ArrayLike, monetary_value: ArrayLike) -> Self:
+        """Fit on the customers with at least one repeat purchase and a positive average spend.
+
+        Parameters
+        ----------
+        frequency
+            Repeat purchases per customer.
+        monetary_value
+            Mean amount of each customer's repeat purchases (currency units).
+
+        Returns
+        -------
+        self
+        """
+        frequency = np.asarray(frequency, float)
+        monetary_value = np.asarray(monetary_value, float)
+        usable = (frequency > 0) & (monetary_value > 0)
+        repeat_buyers = int((frequency > 0).sum())
+        if usable.sum() < 2:
+            raise FitError(
+                f"The Gamma-Gamma spend model needs repeat buyers with a positive average spend; the data has "
+                f"{int(usable.sum())}. Use a longer observation period or check the amounts."
+            )
+        if usable.sum() < repeat_buyers:
+            warnings.warn(
+                f"{repeat_buyers - int(usable.sum()):,} repeat buyers with an average spend of 0 or less were "
+                "left out of the Gamma-Gamma fit.",
+                ForecastWarning,
+                stacklevel=2,
+            )
+        unique, weights = unique_rows({"frequency": frequency[usable], "monetary_value": monetary_value[usable]})
+        if unique["monetary_value"].nunique() == 1:
+            raise FitError(
+                "Every repeat buyer has the same average spend, so the Gamma-Gamma spend model has nothing to fit. "
+                "Use the heuristic CLV, or check that the amount column is the purchase value."
+            )
+        data = {name: unique[name].to_numpy() for name in ("frequency", "monetary_value")}
+        self._fit_compressed(
+            data,
+            weights,
+            lambda fitter: fitter.fit(unique["frequency"], unique["monetary_value"], weights=weights),
+        )
+        if self.params_["q"] <= 1:
+            warnings.warn(
+                f"Gamma-Gamma q = {self.params_['q']:.3f} <= 1: the population mean spend is undefined and spend "
+                "forecasts for customers with few purchases are unreliable.",
+                ForecastWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def expected_spend(self, frequency: ArrayLike, monetary_value: ArrayLike) -> np.ndarray:
+        """Expected average spend per future purchase given each customer's history (currency units).
+
+        Customers with no repeat purchase get the population mean, p * gamma / (q - 1).
+        """
+        x = np.asarray(frequency, float)
+        m = np.where(x > 0, np.asarray(monetary_value, float), 0.0)
+        with np.errstate(all="ignore"):
+            values = self._fitter().conditional_expected_average_profit(x, m)
+        return np.asarray(values, dtype=float)
+
+    def mean_spend(self) -> float:
+        """Population mean spend per purchase, p * gamma / (q - 1); infinite when q <= 1."""
+        p, q, gamma = (self.params_[k] for k in self.param_names)
+        return p * gamma / (q - 1) if q > 1 else math.inf

@@ -1,0 +1,142 @@
+"""Per-customer RFM summary (frequency, recency, T, monetary_value), computed in DuckDB.
+
+Definitions (DESIGN.md, Fader, Hardie & Lee 2005): all of a customer's transactions on one calendar
+day form one purchase whose amount is their sum; frequency = purchases - 1; recency = last purchase
+- first purchase; T = observation end - first purchase; monetary_value = mean amount of the repeat
+purchases (0 for one-time buyers). Times are counted in days and expressed in the model's time unit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import duckdb
+import pandas as pd
+
+from forecast.errors import DataError
+from forecast.ingest import quote_identifier
+
+Resolution = Literal["day", "exact"]
+
+SUMMARY_COLUMNS = ["frequency", "recency", "T", "monetary_value", "revenue", "first_purchase", "last_purchase"]
+
+
+def _purchases_sql(end_exclusive: dt.date, resolution: Resolution, segment_columns: list[str]) -> str:
+    """One row per purchase up to (not including) ``end_exclusive``, with time as fractional days."""
+    moment = "CAST(ts AS DATE)" if resolution == "day" else "ts"
+    segments = "".join(f", arg_min({quote_identifier(c)}, ts) AS {quote_identifier(c)}" for c in segment_columns)
+    return f"""
+        SELECT customer_id, {moment} AS moment, epoch({moment}) / 86400.0 AS day_number,
+               sum(amount) AS amount{segments}
+        FROM transactions
+        WHERE ts < DATE '{end_exclusive.isoformat()}'
+        GROUP BY customer_id, {moment}"""
+
+
+def summarize(
+    con: duckdb.DuckDBPyConnection,
+    as_of: dt.date,
+    days_per_unit: float = 7.0,
+    resolution: Resolution = "day",
+    segment_columns: list[str] | None = None,
+) -> pd.DataFrame:
+    """Build the per-customer summary of all transactions up to and including ``as_of``.
+
+    Parameters
+    ----------
+    con
+        DuckDB connection holding the ``transactions`` relation (see ``forecast.ingest``).
+    as_of
+        Observation end (inclusive, a calendar day). Later transactions are not counted.
+    days_per_unit
+        Days in one unit of model time (7 for weeks).
+    resolution
+        ``"day"`` merges same-day transactions into one purchase (the papers' convention);
+        ``"exact"`` keeps each distinct timestamp as a purchase and measures time to the second.
+    segment_columns
+        Columns of the log to carry over, taken from the customer's first purchase.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``customer_id`` (string), sorted, with columns frequency, recency, T (model time
+        units), monetary_value, revenue (total spend to date), first_purchase, last_purchase and the
+        segment columns.
+
+    References
+    ----------
+    Fader, Hardie & Lee (2005), "Counting your customers the easy way", Marketing Science 24(2).
+    """
+    segment_columns = segment_columns or []
+    end_exclusive = as_of + dt.timedelta(days=1)
+    # Day resolution measures T to the as_of day; exact resolution to the end of that day.
+    observation_end = as_of if resolution == "day" else end_exclusive
+    end_day_number = (observation_end - dt.date(1970, 1, 1)).days
+    segments = "".join(f", arg_min({quote_identifier(c)}, moment) AS {quote_identifier(c)}" for c in segment_columns)
+    query = f"""
+        WITH purchases AS ({_purchases_sql(end_exclusive, resolution, segment_columns)}),
+        per_customer AS (
+            SELECT customer_id, count(*) - 1 AS frequency,
+                   min(day_number) AS first_day, max(day_number) AS last_day,
+                   sum(amount) AS revenue, arg_min(amount, moment) AS first_amount,
+                   CAST(min(moment) AS DATE) AS first_purchase, CAST(max(moment) AS DATE) AS last_purchase
+                   {segments}
+            FROM purchases GROUP BY customer_id
+        )
+        SELECT customer_id, frequency,
+               (last_day - first_day) / {days_per_unit!r} AS recency,
+               ({end_day_number} - first_day) / {days_per_unit!r} AS "T",
+               CASE WHEN frequency > 0 THEN (revenue - first_amount) / frequency ELSE 0.0 END AS monetary_value,
+               revenue, first_purchase, last_purchase
+               {"".join(", " + quote_identifier(c) for c in segment_columns)}
+        FROM per_customer ORDER BY customer_id"""
+    summary = con.execute(query).df()
+    if summary.empty:
+        raise DataError(
+            f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of "
+            "(the log's first and last dates are in `forecast validate`)."
+        )
+    summary["customer_id"] = summary["customer_id"].astype("string")
+    summary["frequency"] = summary["frequency"].astype("int64")
+    return summary.set_index("customer_id")
+
+
+def holdout_purchases(
+    con: duckdb.DuckDBPyConnection,
+    calibration_end: dt.date,
+    holdout_end: dt.date,
+    resolution: Resolution = "day",
+) -> pd.DataFrame:
+    """Count each calibration customer's purchases and revenue in the holdout period.
+
+    Only customers whose first purchase is on or before ``calibration_end`` are returned; the holdout
+    period is (calibration_end, holdout_end], both calendar days.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``customer_id``, columns ``purchases_holdout`` and ``revenue_holdout``
+        (0 for customers with no holdout purchase).
+    """
+    if holdout_end <= calibration_end:
+        raise DataError(
+            f"holdout_end {holdout_end} must be after calibration_end {calibration_end}. Swap or fix the dates."
+        )
+    start_exclusive = calibration_end + dt.timedelta(days=1)
+    query = f"""
+        WITH purchases AS ({_purchases_sql(holdout_end + dt.timedelta(days=1), resolution, [])}),
+        calibration_customers AS (
+            SELECT DISTINCT customer_id FROM purchases WHERE moment < DATE '{start_exclusive.isoformat()}'
+        )
+        SELECT c.customer_id,
+               count(p.customer_id) AS purchases_holdout,
+               coalesce(sum(p.amount), 0.0) AS revenue_holdout
+        FROM calibration_customers c
+        LEFT JOIN purchases p
+          ON p.customer_id = c.customer_id AND p.moment >= DATE '{start_exclusive.isoformat()}'
+        GROUP BY c.customer_id ORDER BY c.customer_id"""
+    holdout = con.execute(query).df()
+    holdout["customer_id"] = holdout["customer_id"].astype("string")
+    holdout["purchases_holdout"] = holdout["purchases_holdout"].astype("int64")
+    return holdout.set_index("customer_id")

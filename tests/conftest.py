@@ -1,0 +1,33 @@
+"""Shared fixtures: paths, configs, and a writable scratch folder for every test."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+@pytest.fixture
+def sample_config_path() -> Path:
+    """configs/cdnow_sample.yaml: the 2,357-customer CDNOW cohort, as_of 1997-09-30, weeks."""
+    return CONFIGS / "cdnow_sample.yaml"
+
+
+@pytest.fixture
+def write_log(tmp_path: Path):
+    """Write a small CSV transaction log from rows of (customer_id, timestamp, amount)."""
+
+    def write(rows: list[tuple[str, str, float | str]], name: str = "log.csv") -> Path:
+        path = tmp_path / name
+        lines = ["customer_id,timestamp,amount"] + [",".join(str(v) for v in row) for row in rows]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    return write
