@@ -82,5 +82,5 @@ def load_model(path: str | Path) -> PurchaseModel | GammaGamma:
         raise ArtifactError(f"Model artifact {path} names an unknown model {name!r}.")
     try:
         return model_class.from_dict(document)
-    except Exception as exc:  # noqa: BLE001 - any malformed content is an artifact problem
+    except Exception as exc:
         raise ArtifactError(f"Model artifact {path} is malformed: {exc}. Re-run `forecast run`.") from None

@@ -12,6 +12,8 @@ x expected lifespan in years x margin.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 
@@ -94,9 +96,8 @@ def score_customers(
     FitError
         A prediction is NaN or infinite (for example Pareto/NBD for very heavy buyers).
     """
-    keys = pd.MultiIndex.from_frame(summary[["frequency", "recency", "T"]].astype(float))
-    codes, unique = keys.factorize()
-    frequency, recency, T = (unique.get_level_values(i).to_numpy() for i in range(3))
+    codes, unique = unique_rows_codes(summary[["frequency", "recency", "T"]])
+    frequency, recency, T = (unique[:, i] for i in range(3))
     p_alive = purchases.p_alive(frequency, recency, T)
     expected, discounted = discounted_purchases(
         purchases, frequency, recency, T, horizon_months, monthly_discount_rate, days_per_unit
@@ -115,14 +116,20 @@ def score_customers(
     return scores
 
 
+def unique_rows_codes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Unique rows of a numeric frame and, for every row, the position of its unique row."""
+    unique, codes = np.unique(frame.to_numpy(dtype=float), axis=0, return_inverse=True)
+    return codes.reshape(-1), unique
+
+
 def require_finite(frame: pd.DataFrame, what: str) -> None:
     """Raise if any numeric value is NaN or infinite, naming the column and a few customers."""
     numeric = frame.select_dtypes("number")
     bad = ~np.isfinite(numeric.to_numpy(dtype=float))
     if bad.any():
         rows, cols = np.nonzero(bad)
-        columns = sorted({numeric.columns[c] for c in cols})
-        examples = ", ".join(str(i) for i in numeric.index[np.unique(rows)[:5]])
+        columns = sorted({str(numeric.columns[int(c)]) for c in cols})
+        examples = ", ".join(str(label) for label in numeric.index[np.unique(rows)[:5]].tolist())
         raise FitError(
             f"{what} are NaN or infinite for {len(np.unique(rows)):,} customers (columns {', '.join(columns)}; "
             f"customers {examples}). Try purchase_model: bgnbd, which stays finite for heavy buyers, or check "
@@ -168,7 +175,7 @@ def heuristic_inputs(summary: pd.DataFrame, days_per_unit: float) -> pd.DataFram
     )
 
 
-def observed_lifespan_years(summary: pd.DataFrame, as_of: pd.Timestamp | np.datetime64 | str) -> float:
+def observed_lifespan_years(summary: pd.DataFrame, as_of: dt.date) -> float:
     """Expected customer lifespan in years, 1 / annual churn, from the churn seen in the data.
 
     Churn over a window w (12 months, or half the observed span when that is shorter) is the share of

@@ -38,9 +38,7 @@ class DataConfig(_Strict):
     timestamp_format: str | None = Field(
         default=None, description="strptime format, e.g. '%Y%m%d'; None parses ISO dates and timestamps."
     )
-    columns: list[str] | None = Field(
-        default=None, description="Column names for whitespace files (in file order)."
-    )
+    columns: list[str] | None = Field(default=None, description="Column names for whitespace files (in file order).")
     header: bool = True
     delimiter: str | None = None
     segment_columns: list[str] = Field(default_factory=list)

@@ -27,6 +27,7 @@ with warnings.catch_warnings():
 warnings.simplefilter("default", FutureWarning)
 
 ArrayLike = np.ndarray | pd.Series
+FREQUENCY_SPEND_CORRELATION_LIMIT = 0.3
 
 
 def _numerical_hessian(func: Callable[[np.ndarray], float], x: np.ndarray, step: float = 1e-4) -> np.ndarray:
@@ -37,7 +38,10 @@ def _numerical_hessian(func: Callable[[np.ndarray], float], x: np.ndarray, step:
     for i in range(n):
         for j in range(i, n):
             value = (
-                func(x + eye[i] + eye[j]) - func(x + eye[i] - eye[j]) - func(x - eye[i] + eye[j]) + func(x - eye[i] - eye[j])
+                func(x + eye[i] + eye[j])
+                - func(x + eye[i] - eye[j])
+                - func(x - eye[i] + eye[j])
+                + func(x - eye[i] - eye[j])
             ) / (4 * step * step)
             hess[i, j] = hess[j, i] = value
     return hess
@@ -169,7 +173,9 @@ class _Model:
         fields = set(FitResult.__dataclass_fields__)
         missing = fields - set(data)
         if data.get("name") != cls.name or missing:
-            raise FitError(f"Not a {cls.title} model description (name {data.get('name')!r}, missing {sorted(missing)}).")
+            raise FitError(
+                f"Not a {cls.title} model description (name {data.get('name')!r}, missing {sorted(missing)})."
+            )
         params = data["params"]
         if set(params) != set(cls.param_names):
             raise FitError(f"A {cls.title} model needs parameters {cls.param_names}, got {sorted(params)}.")
@@ -358,7 +364,7 @@ class GammaGamma(_Model):
                 stacklevel=2,
             )
         unique, weights = unique_rows({"frequency": frequency[usable], "monetary_value": monetary_value[usable]})
-        if unique["monetary_value"].nunique() == 1:
+        if np.ptp(unique["monetary_value"].to_numpy()) == 0:
             raise FitError(
                 "Every repeat buyer has the same average spend, so the Gamma-Gamma spend model has nothing to fit. "
                 "Use the heuristic CLV, or check that the amount column is the purchase value."
@@ -393,3 +399,23 @@ class GammaGamma(_Model):
         """Population mean spend per purchase, p * gamma / (q - 1); infinite when q <= 1."""
         p, q, gamma = (self.params_[k] for k in self.param_names)
         return p * gamma / (q - 1) if q > 1 else math.inf
+
+
+def fit_models(summary: pd.DataFrame, model_name: str) -> tuple[PurchaseModel, GammaGamma]:
+    """Fit a purchase model (bgnbd, mbgnbd, pareto) and Gamma-Gamma on a per-customer summary.
+
+    Warns when repeat buyers' frequency and average spend are correlated (Gamma-Gamma assumes independence).
+    """
+    purchases = purchase_model(model_name).fit(summary["frequency"], summary["recency"], summary["T"])
+    spend = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
+    repeat = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
+    if len(repeat) > 2:
+        correlation = float(np.corrcoef(repeat["frequency"], repeat["monetary_value"])[0, 1])
+        if abs(correlation) > FREQUENCY_SPEND_CORRELATION_LIMIT:
+            warnings.warn(
+                f"Frequency and average spend of repeat buyers are correlated ({correlation:.2f}); Gamma-Gamma "
+                "assumes they are independent, so spend forecasts may be biased.",
+                ForecastWarning,
+                stacklevel=2,
+            )
+    return purchases, spend

@@ -73,9 +73,7 @@ def resolve_files(spec: str) -> list[Path]:
         raise DataError(f"The transaction log {spec} does not exist. Check data.path in the config.")
     formats = {DATA_SUFFIXES.get(p.suffix.lower(), "csv") for p in files}
     if len(formats) > 1:
-        raise DataError(
-            f"{spec} mixes CSV and Parquet files ({len(files)} files). Keep one format per data.path."
-        )
+        raise DataError(f"{spec} mixes CSV and Parquet files ({len(files)} files). Keep one format per data.path.")
     return files
 
 
@@ -184,7 +182,9 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         parsed_ts = f"try_strptime(CAST({ts} AS VARCHAR), {quote_literal(config.timestamp_format)})"
     else:
         parsed_ts = f"TRY_CAST({ts} AS TIMESTAMP)"
-    segments = "".join(f", CAST({quote_identifier(c)} AS VARCHAR) AS {quote_identifier(c)}" for c in config.segment_columns)
+    segments = "".join(
+        f", CAST({quote_identifier(c)} AS VARCHAR) AS {quote_identifier(c)}" for c in config.segment_columns
+    )
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW typed_log AS
         SELECT CAST({cid} AS VARCHAR) AS customer_id, {ts} AS ts_raw, {parsed_ts} AS ts,

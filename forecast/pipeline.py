@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from forecast.artifacts import library_versions, model_artifact, write_json
 from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
 from forecast.config import RunConfig
 from forecast.errors import DataError, ForecastWarning, OutputError
-from forecast.estimators import GammaGamma, PurchaseModel, purchase_model
+from forecast.estimators import GammaGamma, PurchaseModel, fit_models
 from forecast.ingest import Transactions, fingerprint, read_transactions
 from forecast.rfm import summarize
 from forecast.segments import segment_table
@@ -37,7 +36,6 @@ CUSTOMER_COLUMNS = [
     "expected_spend", "clv", "clv_heuristic", "segment", "revenue", "avg_purchase_value", "purchases_per_year",
 ]  # fmt: skip
 CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-FREQUENCY_SPEND_CORRELATION_LIMIT = 0.3
 
 
 @dataclass
@@ -75,24 +73,9 @@ def default_as_of(transactions: Transactions) -> dt.date:
     return pd.Timestamp(last).date()
 
 
-def fit_models(summary: pd.DataFrame, model_name: str) -> tuple[PurchaseModel, GammaGamma]:
-    """Fit the configured purchase model and Gamma-Gamma on a summary."""
-    purchases = purchase_model(model_name).fit(summary["frequency"], summary["recency"], summary["T"])
-    spend = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
-    repeat = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
-    if len(repeat) > 2:
-        correlation = float(np.corrcoef(repeat["frequency"], repeat["monetary_value"])[0, 1])
-        if abs(correlation) > FREQUENCY_SPEND_CORRELATION_LIMIT:
-            warnings.warn(
-                f"Frequency and average spend of repeat buyers are correlated ({correlation:.2f}); Gamma-Gamma "
-                "assumes they are independent, so spend forecasts may be biased.",
-                ForecastWarning,
-                stacklevel=2,
-            )
-    return purchases, spend
-
-
-def forecast(config: RunConfig, transactions: Transactions, as_of: dt.date, progress: Progress | None = None) -> Forecast:
+def forecast(
+    config: RunConfig, transactions: Transactions, as_of: dt.date, progress: Progress | None = None
+) -> Forecast:
     """Summarise, fit, score and segment the customers as of a date (no file is written)."""
     say = _quiet(progress)
     with warnings.catch_warnings(record=True) as caught:
@@ -155,7 +138,9 @@ def atomic_folder(target: Path) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"Writing the outputs to {target} failed: {exc}. Free disk space or choose another --output.") from None
+        raise OutputError(
+            f"Writing the outputs to {target} failed: {exc}. Free disk space or choose another --output."
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -233,9 +218,7 @@ def run(
     as_of = as_of or config.as_of or default_as_of(transactions)
     first = transactions.quality.first_timestamp
     if first is not None and as_of < pd.Timestamp(first).date():
-        raise DataError(
-            f"as_of {as_of} is before the first transaction ({first[:10]}). Choose a later --as-of."
-        )
+        raise DataError(f"as_of {as_of} is before the first transaction ({first[:10]}). Choose a later --as-of.")
     step = time.perf_counter()
     result = forecast(config, transactions, as_of, progress)
     timings["forecast"] = time.perf_counter() - step

@@ -9,7 +9,9 @@ from forecast.clv import heuristic_clv
 ALL = "all customers"
 
 
-def segment_table(customers: pd.DataFrame, segmentations: list[str], lifespan_years: float, margin: float) -> pd.DataFrame:
+def segment_table(
+    customers: pd.DataFrame, segmentations: list[str], lifespan_years: float, margin: float
+) -> pd.DataFrame:
     """Summarise customers per segment of each segmentation, plus one row for everybody.
 
     The segment heuristic uses segment averages, as marketing teams compute it:

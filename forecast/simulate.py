@@ -1,0 +1,141 @@
+"""Simulate transaction logs from the BG/NBD process with Gamma-Gamma spend (known truth for tests).
+
+Per customer: lambda ~ Gamma(r, rate alpha) purchases per time unit, p ~ Beta(a, b) dropout after each
+repeat purchase, Poisson purchases while alive; spend nu ~ Gamma(q, rate gamma) per customer and
+z ~ Gamma(p, rate nu) per purchase. Customers are acquired uniformly over an acquisition period and
+observed until the end date; timestamps are exact (to the second).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from forecast.config import DAYS_PER_UNIT
+
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass(frozen=True)
+class TrueParams:
+    """The process's parameters: BG/NBD (r, alpha, a, b) with alpha per time unit; Gamma-Gamma (p, q, gamma)."""
+
+    r: float = 0.25
+    alpha: float = 4.0
+    a: float = 0.8
+    b: float = 2.5
+    p: float = 6.0
+    q: float = 4.0
+    gamma: float = 15.0
+
+
+def simulate_transactions(
+    customers: int,
+    params: TrueParams = TrueParams(),
+    start: dt.date = dt.date(2020, 1, 1),
+    end: dt.date = dt.date(2021, 6, 30),
+    acquisition_days: int = 84,
+    time_unit: str = "week",
+    seed: int = 0,
+    first_id: int = 0,
+) -> pd.DataFrame:
+    """Simulate one transaction log.
+
+    Parameters
+    ----------
+    customers
+        Number of customers.
+    params
+        True parameters; ``alpha`` is per ``time_unit``.
+    start, end
+        First acquisition day and observation end (inclusive).
+    acquisition_days
+        Customers are acquired uniformly over [start, start + acquisition_days).
+    time_unit
+        Unit of the purchase rate (day, week, month).
+    seed
+        Seed of the random generator (the result depends only on the arguments).
+    first_id
+        Number of the first customer id (ids are zero-padded to 10 digits).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns customer_id (string), timestamp (datetime64[s]), amount (float), sorted by customer and time.
+    """
+    rng = np.random.default_rng(seed)
+    unit_seconds = DAYS_PER_UNIT[time_unit] * SECONDS_PER_DAY
+    window_seconds = ((end - start).days + 1) * SECONDS_PER_DAY
+    acquired = rng.uniform(0, acquisition_days * SECONDS_PER_DAY, customers)
+    rate = rng.gamma(params.r, 1.0 / params.alpha, customers) / unit_seconds
+    dropout = rng.beta(params.a, params.b, customers)
+    # Repeat purchases while alive: the customer dies right after the K-th repeat purchase.
+    lifetime_purchases = rng.geometric(dropout)
+    observed = window_seconds - acquired
+    poisson = rng.poisson(rate * observed)
+    repeats = np.minimum(poisson, lifetime_purchases)
+    # Given N Poisson events in the window, their times are uniform; the first `repeats` of them happen.
+    owner = np.repeat(np.arange(customers), poisson)
+    offsets = rng.uniform(0, 1, len(owner)) * observed[owner]
+    order = np.lexsort((offsets, owner))
+    owner, offsets = owner[order], offsets[order]
+    rank = np.arange(len(owner)) - np.repeat(np.cumsum(poisson) - poisson, poisson)
+    kept = rank < repeats[owner]
+    owner = np.concatenate([np.arange(customers), owner[kept]])
+    seconds = np.concatenate([acquired, acquired[owner[customers:]] + offsets[kept]])
+    nu = rng.gamma(params.q, 1.0 / params.gamma, customers)
+    amount = rng.gamma(params.p, 1.0 / nu[owner])
+    order = np.lexsort((seconds, owner))
+    base = np.datetime64(start.isoformat(), "s")
+    ids = np.char.zfill((owner[order] + first_id).astype(str), 10)
+    return pd.DataFrame(
+        {
+            "customer_id": pd.array(ids, dtype="string"),
+            "timestamp": base + seconds[order].astype("int64").astype("timedelta64[s]"),
+            "amount": np.round(amount[order], 2),
+        }
+    )
+
+
+def write_simulated_log(
+    path: str | Path,
+    customers: int,
+    params: TrueParams = TrueParams(),
+    start: dt.date = dt.date(2020, 1, 1),
+    end: dt.date = dt.date(2021, 6, 30),
+    acquisition_days: int = 84,
+    time_unit: str = "week",
+    seed: int = 0,
+    chunk_customers: int = 1_000_000,
+) -> int:
+    """Simulate a log in chunks of customers and write it as one Parquet file; return the rows written.
+
+    Each chunk uses its own seed derived from ``seed``, so memory stays bounded at any size.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seeds = np.random.SeedSequence(seed).spawn((customers + chunk_customers - 1) // chunk_customers)
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for index, child in enumerate(seeds):
+            size = min(chunk_customers, customers - index * chunk_customers)
+            chunk = simulate_transactions(
+                size, params, start, end, acquisition_days, time_unit,
+                seed=int(child.generate_state(1)[0]), first_id=index * chunk_customers,
+            )  # fmt: skip
+            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            rows += len(chunk)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
