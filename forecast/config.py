@@ -81,6 +81,17 @@ class SegmentConfig(_Strict):
         return tiers
 
 
+class BudgetConfig(_Strict):
+    """Acquisition and retention budget settings (see forecast.budget)."""
+
+    target_ltv_to_cac: float = Field(
+        default=3.0, gt=0.0, description="Target ratio of new-customer CLV to acquisition cost (3 means CLV = 3 x CAC)."
+    )
+    p_alive_threshold: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="Customers with P(alive) below this count as value at risk."
+    )
+
+
 class RunConfig(_Strict):
     """Everything one run needs; see configs/cdnow.yaml for an annotated example."""
 
@@ -94,6 +105,12 @@ class RunConfig(_Strict):
     purchase_model: PurchaseModelName = "bgnbd"
     heuristic: HeuristicConfig = Field(default_factory=HeuristicConfig)
     segments: SegmentConfig = Field(default_factory=SegmentConfig)
+    ci_level: float = Field(default=0.9, gt=0.0, lt=1.0, description="Level of the CLV intervals (0.9 = 90%).")
+    interval_draws: int = Field(
+        default=200, ge=0, le=100_000, description="Parameter draws for the CLV intervals; 0 switches them off."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the random draws, so that runs are reproducible.")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     output: str = "runs/latest"
     models_dir: str = "models"
 

@@ -1,0 +1,381 @@
+"""Intervals for the CLV figures: draws from the fitted parameters' sampling distribution.
+
+Each model's maximum-likelihood log-parameters are asymptotically normal with the inverse Hessian of the
+negative log-likelihood as covariance (``FitResult.covariance_log_params``). Parameter vectors are drawn from
+that normal, independently for the purchase model and for Gamma-Gamma, every figure is recomputed per
+draw, and an interval at level c runs from the (1 - c) / 2 to the (1 + c) / 2 quantile across draws.
+Totals (all customers, a segment) take the quantiles of the per-draw SUM, never the sum of per-customer
+quantiles, which would be far too wide.
+
+What the CLV intervals cover: the estimation error of the model parameters, that is, how much the
+expected CLV could differ had the data been another sample from the same customers. What they do not
+cover: each customer's own randomness (Poisson purchases, dropout, spend around the customer's mean),
+which an expected value averages out, and model misspecification (a wrong model family, a market that
+changes). For a realised total, such as next year's purchases or revenue, ``predictive_totals`` adds the
+customers' own randomness by simulating their futures from the model.
+
+Speed: the conditional expectation of all three purchase models factorises as
+
+    E[X(t) | x, t_x, T] = P(alive at T | x, t_x, T) * E[X(t) | alive at T, x, T],
+
+because a customer known to be alive at T has the posterior lambda ~ Gamma(r + x, alpha + T) and, for
+BG/NBD, p ~ Beta(a, b + x) (MBG/NBD: Beta(a, b + x + 1); Pareto/NBD: mu ~ Gamma(s, beta + T)), none of
+which depends on t_x. So per draw the H monthly expectations are evaluated once per unique (x, T) pair,
+and P(alive) once per unique (x, t_x, T) row; customers are then processed in chunks to bound memory.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from forecast.clv import discount_factors, month_ends, unique_rows_codes
+from forecast.errors import FitError, ForecastWarning
+from forecast.estimators import GammaGamma, PurchaseModel
+
+ModelT = TypeVar("ModelT", PurchaseModel, GammaGamma)
+
+#: Share of parameter draws that may be unusable (for example Gamma-Gamma q <= 1) before intervals fail.
+MAX_DROPPED_DRAWS = 0.1
+
+
+def interval(values: np.ndarray, ci_level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper quantiles at level ``ci_level`` along the last axis (the draws)."""
+    lower, upper = np.quantile(values, [(1 - ci_level) / 2, (1 + ci_level) / 2], axis=-1)
+    return lower, upper
+
+
+def parameter_draws(model: ModelT, draws: int, rng: np.random.Generator) -> list[ModelT]:
+    """Copies of a fitted model with parameters drawn from the fit's sampling distribution.
+
+    The log-parameters are drawn from a multivariate normal centred on the fitted values with covariance
+    ``covariance_log_params`` (the inverse Hessian of the negative log-likelihood), so every draw is positive.
+
+    Raises
+    ------
+    FitError
+        The fit has no covariance (its information matrix was not invertible).
+    """
+    result = model.result_
+    if result is None or result.covariance_log_params is None:
+        raise FitError(
+            f"The {model.title} fit has no parameter covariance (its information matrix is not invertible), so "
+            "CLV intervals cannot be computed. Use more customers or a longer history, or set interval_draws: 0."
+        )
+    names = model.param_names
+    centre = np.log([result.params[name] for name in names])
+    log_draws = rng.multivariate_normal(centre, np.asarray(result.covariance_log_params), size=draws)
+    base = model.to_dict()
+    return [
+        type(model).from_dict({**base, "params": {n: float(v) for n, v in zip(names, np.exp(row), strict=True)}})
+        for row in log_draws
+    ]
+
+
+@dataclass(frozen=True)
+class Histories:
+    """The customers' unique (x, t_x, T) rows and the unique (x, T) pairs of those rows."""
+
+    rows: np.ndarray
+    row_of_customer: np.ndarray
+    pairs: np.ndarray
+    pair_of_row: np.ndarray
+
+    @classmethod
+    def from_summary(cls, summary: pd.DataFrame) -> Histories:
+        row_of_customer, rows = unique_rows_codes(summary[["frequency", "recency", "T"]])
+        pair_of_row, pairs = unique_rows_codes(pd.DataFrame(rows[:, [0, 2]]))
+        return cls(rows, row_of_customer, pairs, pair_of_row)
+
+
+def discounted_purchases_if_alive(
+    model: PurchaseModel, pairs: np.ndarray, horizon_months: int, monthly_discount_rate: float, days_per_unit: float
+) -> np.ndarray:
+    """Discounted expected purchases over the horizon of a customer alive at T, per unique (x, T) pair.
+
+    Computed as E[X(t) | x, t_x = T, T] / P(alive | x, t_x = T, T), which by the factorisation in the module
+    docstring equals E[X(t) | alive at T, x, T] for any t_x.
+
+    Returns
+    -------
+    numpy.ndarray
+        sum_k (E[X(t_k) | alive] - E[X(t_{k-1}) | alive]) / (1 + d)^k per pair.
+    """
+    x, T = pairs[:, 0], pairs[:, 1]
+    times = month_ends(horizon_months, days_per_unit)[1:]
+    alive = model.p_alive(x, T, T)
+    cumulative = np.column_stack([np.zeros(len(x))] + [model.expected_purchases(t, x, T, T) for t in times])
+    monthly = np.diff(cumulative / alive[:, None], axis=1)
+    return np.asarray(monthly @ discount_factors(horizon_months, monthly_discount_rate))
+
+
+def discounted_purchases_new(
+    model: PurchaseModel, horizon_months: int, monthly_discount_rate: float, days_per_unit: float
+) -> np.ndarray:
+    """A new customer's discounted expected repeat purchases, cumulated month by month (months 1..H)."""
+    cumulative = model.expected_purchases_new(month_ends(horizon_months, days_per_unit))
+    return np.cumsum(np.diff(cumulative) * discount_factors(horizon_months, monthly_discount_rate))
+
+
+@dataclass(frozen=True)
+class ClvDraws:
+    """CLV figures recomputed under parameter draws.
+
+    Attributes
+    ----------
+    ci_level
+        Level of the intervals.
+    customers
+        Indexed by customer_id, columns clv_lower and clv_upper (currency).
+    clv_totals
+        Per-draw CLV totals: index (grouping, label), one column per draw (currency).
+    spend_totals
+        Per-draw sums of the Gamma-Gamma expected spend, same index (currency).
+    new_customer_purchases
+        Per draw, a new customer's discounted expected repeat purchases over the horizon.
+    """
+
+    ci_level: float
+    customers: pd.DataFrame
+    clv_totals: pd.DataFrame
+    spend_totals: pd.DataFrame
+    new_customer_purchases: np.ndarray
+
+    def interval(self, values: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper quantiles across draws, one pair per row of ``values``."""
+        return interval(np.asarray(values, dtype=float), self.ci_level)
+
+
+def _usable_draws(
+    purchase_models: list[PurchaseModel],
+    spend_models: list[GammaGamma],
+    per_pair: np.ndarray,
+    per_new: np.ndarray,
+) -> np.ndarray:
+    usable = np.isfinite(per_pair).all(axis=0) & np.isfinite(per_new)
+    usable &= np.array([math.isfinite(m.mean_spend()) for m in spend_models])
+    dropped = int((~usable).sum())
+    if dropped > MAX_DROPPED_DRAWS * len(usable):
+        raise FitError(
+            f"{dropped} of {len(usable)} parameter draws give unusable predictions (for example Gamma-Gamma q <= 1, "
+            f"an undefined mean spend). The {purchase_models[0].title} or Gamma-Gamma estimates are too uncertain "
+            "for intervals: use more customers or a longer history, or set interval_draws: 0."
+        )
+    if dropped:
+        warnings.warn(
+            f"{dropped} of {len(usable)} parameter draws gave unusable predictions (for example Gamma-Gamma q <= 1) "
+            "and were left out of the intervals, which may therefore be slightly too narrow.",
+            ForecastWarning,
+            stacklevel=3,
+        )
+    return usable
+
+
+def clv_draws(
+    summary: pd.DataFrame,
+    purchases: PurchaseModel,
+    spend: GammaGamma,
+    horizon_months: int,
+    monthly_discount_rate: float,
+    margin: float,
+    days_per_unit: float,
+    groups: pd.DataFrame | None = None,
+    ci_level: float = 0.9,
+    draws: int = 200,
+    seed: int = 0,
+    chunk_customers: int = 20_000,
+) -> ClvDraws:
+    """Recompute every customer's CLV under parameter draws; intervals per customer and per-draw group totals.
+
+    Parameters
+    ----------
+    summary
+        Per-customer summary (frequency, recency, T, monetary_value), indexed by customer_id.
+    purchases, spend
+        The fitted purchase model and Gamma-Gamma model.
+    horizon_months, monthly_discount_rate, margin, days_per_unit
+        As for ``forecast.clv.score_customers``.
+    groups
+        Optional, indexed like ``summary``: each column a grouping of the customers (labels); the
+        per-draw CLV and spend totals are returned for every label of every column. Customers whose
+        label is missing are left out of that grouping (for example those not at risk).
+    ci_level
+        Interval level, e.g. 0.9 for the 5% and 95% quantiles.
+    draws
+        Number of parameter draws per model.
+    seed
+        Seed of the random generator: the same seed gives the same intervals.
+    chunk_customers
+        Customers processed at a time; memory is about 3 x chunk_customers x draws x 8 bytes.
+
+    Returns
+    -------
+    ClvDraws
+
+    References
+    ----------
+    Fader, Hardie & Lee (2005), "Counting your customers the easy way", eq. (10) and (13).
+    """
+    if draws < 2:
+        raise FitError(f"Intervals need at least 2 parameter draws, got interval_draws = {draws}.")
+    rng = np.random.default_rng(seed)
+    purchase_models = parameter_draws(purchases, draws, rng)
+    spend_models = parameter_draws(spend, draws, rng)
+    histories = Histories.from_summary(summary)
+    per_pair = np.column_stack(
+        [
+            discounted_purchases_if_alive(m, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit)
+            for m in purchase_models
+        ]
+    )
+    per_new = np.array(
+        [discounted_purchases_new(m, horizon_months, monthly_discount_rate, days_per_unit)[-1] for m in purchase_models]
+    )
+    usable = _usable_draws(purchase_models, spend_models, per_pair, per_new)
+    purchase_models = [m for m, keep in zip(purchase_models, usable, strict=True) if keep]
+    spend_models = [m for m, keep in zip(spend_models, usable, strict=True) if keep]
+    per_pair, per_new = per_pair[:, usable], per_new[usable]
+    kept = len(purchase_models)
+
+    groups = groups if groups is not None else pd.DataFrame(index=summary.index)
+    grouping_codes, index_tuples = [], []
+    for column in groups.columns:
+        codes, labels = pd.factorize(groups[column], sort=True)
+        grouping_codes.append((codes, len(labels)))
+        index_tuples += [(str(column), str(label)) for label in labels]
+    clv_sums = np.zeros((len(index_tuples), kept))
+    spend_sums = np.zeros((len(index_tuples), kept))
+
+    frequency = summary["frequency"].to_numpy(float)
+    monetary = np.where(frequency > 0, summary["monetary_value"].to_numpy(float), 0.0)
+    lower = np.empty(len(summary))
+    upper = np.empty(len(summary))
+    # Customers sorted by history row, so a chunk holds whole rows and each row's P(alive) is computed once.
+    order = np.argsort(histories.row_of_customer, kind="stable")
+    for start in range(0, len(order), chunk_customers):
+        chunk = order[start : start + chunk_customers]
+        rows, local = np.unique(histories.row_of_customer[chunk], return_inverse=True)
+        f, r, T = (histories.rows[rows, i] for i in range(3))
+        alive = np.column_stack([m.p_alive(f, r, T) for m in purchase_models])
+        discounted = alive * per_pair[histories.pair_of_row[rows]]
+        expected_spend = np.column_stack([m.expected_spend(frequency[chunk], monetary[chunk]) for m in spend_models])
+        clv = margin * expected_spend * discounted[local.reshape(-1)]
+        if not np.isfinite(clv).all():
+            raise FitError(
+                "CLV under parameter draws is NaN or infinite for some customers (for example "
+                f"{summary.index[chunk[~np.isfinite(clv).all(axis=1)]][:5].tolist()}). Check those customers' "
+                "transactions, or set interval_draws: 0."
+            )
+        lower[chunk], upper[chunk] = interval(clv, ci_level)
+        offset = 0
+        for codes, size in grouping_codes:
+            member = codes[chunk] >= 0
+            indicator = sparse.csr_matrix(
+                (np.ones(int(member.sum())), (codes[chunk][member] + offset, np.flatnonzero(member))),
+                shape=(len(index_tuples), len(chunk)),
+            )
+            clv_sums += indicator @ clv
+            spend_sums += indicator @ expected_spend
+            offset += size
+
+    index = pd.MultiIndex.from_tuples(index_tuples, names=["grouping", "label"])
+    return ClvDraws(
+        ci_level=ci_level,
+        customers=pd.DataFrame({"clv_lower": lower, "clv_upper": upper}, index=summary.index),
+        clv_totals=pd.DataFrame(clv_sums, index=index),
+        spend_totals=pd.DataFrame(spend_sums, index=index),
+        new_customer_purchases=per_new,
+    )
+
+
+def _future_purchases(
+    model: PurchaseModel,
+    x: np.ndarray,
+    t_x: np.ndarray,
+    T: np.ndarray,
+    horizon: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Simulate each customer's number of purchases in (T, T + horizon] from the model, given the history."""
+    params = model.params_
+    alive = rng.random(len(x)) < model.p_alive(x, t_x, T)
+    rate = rng.gamma(params["r"] + x, 1.0 / (params["alpha"] + T))
+    if model.name == "pareto":
+        death_rate = rng.gamma(params["s"], 1.0 / (params["beta"] + T))
+        active_time = np.minimum(horizon, rng.exponential(1.0 / death_rate))
+        return np.where(alive, rng.poisson(rate * active_time), 0)
+    # BG/NBD drops out after a repeat purchase with probability p; MBG/NBD also at the first purchase.
+    survived = x + 1 if model.name == "mbgnbd" else x
+    dropout = rng.beta(params["a"], params["b"] + survived)
+    purchases_until_death = rng.geometric(dropout)
+    return np.where(alive, np.minimum(rng.poisson(rate * horizon), purchases_until_death), 0)
+
+
+def predictive_totals(
+    summary: pd.DataFrame,
+    purchases: PurchaseModel,
+    spend: GammaGamma,
+    horizon: float,
+    draws: int = 200,
+    seed: int = 0,
+    parameter_uncertainty: bool = True,
+) -> pd.DataFrame:
+    """Simulate the customers' total purchases and revenue over the next ``horizon`` time units.
+
+    Per draw: parameters from the sampling distribution (as in ``clv_draws``), then every customer's future
+    from the model given the history: alive with probability P(alive); if alive, a purchase rate from
+    Gamma(r + x, alpha + T), a dropout probability from Beta(a, b + x) (Pareto/NBD: a death rate from
+    Gamma(s, beta + T)); purchases are Poisson while alive; spend per purchase is Gamma(p, nu) with
+    nu ~ Gamma(q + p x, gamma + x m). The quantiles of the totals form a prediction interval that covers
+    both parameter uncertainty and the customers' own randomness (not model misspecification).
+
+    Parameters
+    ----------
+    summary
+        Per-customer summary (frequency, recency, T, monetary_value), indexed by customer_id.
+    purchases, spend
+        The fitted models.
+    horizon
+        Length of the future period in model time units.
+    draws
+        Number of simulated futures.
+    seed
+        Seed of the random generator.
+    parameter_uncertainty
+        False keeps the parameters at their estimates (only the customers' own randomness).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per draw, columns purchases and revenue (currency).
+
+    References
+    ----------
+    Fader, Hardie & Lee (2005), "Counting your customers the easy way", section 3 (the BG/NBD process);
+    Fader & Hardie (2013), "The Gamma-Gamma model of monetary value", eq. (1a) and (4).
+    """
+    rng = np.random.default_rng(seed)
+    if parameter_uncertainty:
+        purchase_models = parameter_draws(purchases, draws, rng)
+        spend_models = parameter_draws(spend, draws, rng)
+    else:
+        purchase_models, spend_models = [purchases] * draws, [spend] * draws
+    x = summary["frequency"].to_numpy(float)
+    t_x = summary["recency"].to_numpy(float)
+    T = summary["T"].to_numpy(float)
+    m = np.where(x > 0, summary["monetary_value"].to_numpy(float), 0.0)
+    totals = np.empty((draws, 2))
+    for i, (purchase_model, spend_model) in enumerate(zip(purchase_models, spend_models, strict=True)):
+        count = _future_purchases(purchase_model, x, t_x, T, horizon, rng)
+        p, q, gamma = (spend_model.params_[k] for k in ("p", "q", "gamma"))
+        nu = rng.gamma(q + p * x, 1.0 / (gamma + x * m))
+        buyers = count > 0
+        revenue = rng.gamma(p * count[buyers], 1.0 / nu[buyers])
+        totals[i] = count.sum(), revenue.sum()
+    return pd.DataFrame(totals, columns=["purchases", "revenue"]).rename_axis("draw")
