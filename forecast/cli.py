@@ -81,6 +81,36 @@ def validate(config: ConfigArg) -> None:
         typer.echo(f"warning: {message}")
 
 
+@app.command()
+def budget(
+    config: ConfigArg,
+    cac: Annotated[float, typer.Option("--cac", help="Acquisition cost per customer (currency).")],
+    as_of: AsOfOption = None,
+) -> None:
+    """At an acquisition cost per customer, which segments pay back, and in how many months."""
+    from forecast.pipeline import budget as budget_pipeline
+
+    with user_errors(), progress_display() as say:
+        settings = load_config(config)
+        result, table = budget_pipeline(settings, cac, as_of.date() if as_of else None, say)
+    for message in result.warnings:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    typer.echo(
+        f"as_of {result.as_of}: a new customer acquired at {cac:,.2f}, margin {settings.margin:g}, "
+        f"{settings.horizon_months} months at {settings.monthly_discount_rate:.2%} a month; "
+        f"target LTV:CAC {settings.budget.target_ltv_to_cac:g}"
+    )
+    typer.echo(
+        f"{'segmentation':<14} {'segment':<16} {'customers':>9} {'new CLV':>9} {'max CAC':>9} {'LTV:CAC':>7}  payback"
+    )
+    for row in table.itertuples(index=False):
+        payback = f"month {row.payback_month}" if row.pays_back else f"not within {settings.horizon_months} months"
+        typer.echo(
+            f"{row.segmentation:<14.14} {row.segment:<16.16} {row.customers:>9,} {row.new_customer_clv:>9,.2f} "
+            f"{row.max_acquisition_cost:>9,.2f} {row.ltv_to_cac:>7.2f}  {payback}"
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())

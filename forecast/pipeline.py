@@ -21,19 +21,22 @@ from typing import Any
 import pandas as pd
 
 from forecast.artifacts import library_versions, model_artifact, write_json
+from forecast.budget import budget_columns, interval_groups, payback_table
 from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
 from forecast.config import RunConfig
 from forecast.errors import DataError, ForecastWarning, OutputError
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
 from forecast.ingest import Transactions, fingerprint, read_transactions
 from forecast.rfm import summarize
-from forecast.segments import segment_table
+from forecast.segments import rfm_groups, segment_table
+from forecast.uncertainty import clv_draws
 
 Progress = Callable[[str], None]
 
 CUSTOMER_COLUMNS = [
     "customer_id", "frequency", "recency", "T", "monetary_value", "p_alive", "expected_purchases",
-    "expected_spend", "clv", "clv_heuristic", "segment", "revenue", "avg_purchase_value", "purchases_per_year",
+    "expected_spend", "clv", "clv_lower", "clv_upper", "clv_heuristic", "segment", "revenue", "avg_purchase_value",
+    "purchases_per_year",
 ]  # fmt: skip
 CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -99,7 +102,24 @@ def forecast(
             customers["avg_purchase_value"], customers["purchases_per_year"], lifespan_years, config.margin
         )
         customers["segment"] = assign_tiers(customers["clv"], config.segments.tiers)
-        segments = segment_table(customers, ["segment", *transactions.segment_columns], lifespan_years, config.margin)
+        customers["rfm_group"] = rfm_groups(summary)
+        segmentations = ["segment", "rfm_group", *transactions.segment_columns]
+        draws = None
+        if config.interval_draws > 0:
+            say(f"Intervals from {config.interval_draws} parameter draws")
+            draws = clv_draws(
+                summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
+                config.days_per_unit, interval_groups(customers, segmentations, config.budget.p_alive_threshold),
+                config.ci_level, config.interval_draws, config.seed,
+            )  # fmt: skip
+            customers = customers.join(draws.customers)
+        else:
+            customers["clv_lower"] = customers["clv_upper"] = float("nan")
+        segments = segment_table(customers, segmentations, lifespan_years, config.margin)
+        segments = budget_columns(
+            segments, customers, purchases, draws, config.horizon_months, config.monthly_discount_rate,
+            config.margin, config.days_per_unit, config.budget.target_ltv_to_cac, config.budget.p_alive_threshold,
+        )  # fmt: skip
     messages = list(transactions.quality.warnings) + [str(w.message) for w in caught if w.category is ForecastWarning]
     return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, messages)
 
@@ -181,6 +201,7 @@ def manifest(
         "totals": {
             "clv": float(result.customers["clv"].sum()),
             "clv_heuristic": float(result.customers["clv_heuristic"].sum()),
+            **_total_interval(result.segments),
             "expected_purchases": float(result.customers["expected_purchases"].sum()),
         },
         "warnings": result.warnings,
@@ -241,3 +262,27 @@ def run(
         document = manifest(config, result, transactions, timings, models_path)
         write_json(staging / "manifest.json", document)
     return RunResult(output_path, models_path, result, json.loads(json.dumps(document, default=str)))
+
+
+def _total_interval(segments: pd.DataFrame) -> dict[str, float | None]:
+    """The all-customers CLV interval and value at risk, from the segment table's 'all' row."""
+    row = segments[segments["segmentation"] == "all"].iloc[0]
+    names = ("clv_lower_total", "clv_upper_total", "value_at_risk", "value_at_risk_lower", "value_at_risk_upper")
+    return {name.removesuffix("_total"): (None if pd.isna(row[name]) else float(row[name])) for name in names}
+
+
+def budget(
+    config: RunConfig, cac: float, as_of: dt.date | None = None, progress: Progress | None = None
+) -> tuple[Forecast, pd.DataFrame]:
+    """Forecast as of a date and say, per segment, whether a new customer acquired at ``cac`` pays back.
+
+    Nothing is written. See ``forecast.budget.payback_table`` for the columns of the returned table.
+    """
+    transactions = read_transactions(config.data)
+    as_of = as_of or config.as_of or default_as_of(transactions)
+    result = forecast(config, transactions, as_of, progress)
+    table = payback_table(
+        result.segments, result.purchases, cac, config.horizon_months, config.monthly_discount_rate, config.margin,
+        config.days_per_unit,
+    )  # fmt: skip
+    return result, table
