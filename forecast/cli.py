@@ -58,9 +58,13 @@ def run(config: ConfigArg, as_of: AsOfOption = None, output: OutputOption = None
     totals = result.manifest["totals"]
     for message in result.forecast.warnings:
         console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    interval = ""
+    if totals.get("clv_lower") is not None:
+        level = result.manifest["config"]["ci_level"]
+        interval = f" ({level:.0%} interval {totals['clv_lower']:,.0f} to {totals['clv_upper']:,.0f})"
     typer.echo(
         f"as_of {result.forecast.as_of}: {len(result.forecast.customers):,} customers, predictive CLV "
-        f"{totals['clv']:,.0f}, heuristic CLV {totals['clv_heuristic']:,.0f}; outputs in {result.output}, "
+        f"{totals['clv']:,.0f}{interval}, heuristic CLV {totals['clv_heuristic']:,.0f}; outputs in {result.output}, "
         f"models in {result.models}"
     )
 
