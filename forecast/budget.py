@@ -48,6 +48,13 @@ def first_purchase_value(summary: pd.DataFrame) -> pd.Series:
     return value.rename("first_purchase_value")
 
 
+def segment_labels(values: pd.Series) -> pd.Series:
+    """Segment labels as the segment table writes them (``str`` of each value; missing stays missing)."""
+    codes, uniques = pd.factorize(values)
+    names = np.array([*pd.Index(uniques).astype(str), None], dtype=object)  # code -1 -> None
+    return pd.Series(names[codes], index=values.index, dtype=object)
+
+
 def interval_groups(customers: pd.DataFrame, segmentations: list[str], p_alive_threshold: float) -> pd.DataFrame:
     """Groupings for ``forecast.uncertainty.clv_draws``: everybody, each segmentation, and its at-risk part.
 
@@ -55,9 +62,9 @@ def interval_groups(customers: pd.DataFrame, segmentations: list[str], p_alive_t
     below the threshold and a missing label for the others, so their per-draw totals are value at risk.
     """
     at_risk = customers["p_alive"] < p_alive_threshold
-    columns: dict[str, pd.Series] = {ALL_GROUPING: pd.Series(ALL, index=customers.index)}
+    columns: dict[str, pd.Series] = {ALL_GROUPING: pd.Series(ALL, index=customers.index, dtype=object)}
     for column in segmentations:
-        labels = customers[column].astype("string")
+        labels = segment_labels(customers[column])
         columns[column] = labels
         columns[column + AT_RISK_SUFFIX] = labels.where(at_risk)
     columns[ALL_GROUPING + AT_RISK_SUFFIX] = columns[ALL_GROUPING].where(at_risk)
@@ -159,19 +166,18 @@ def budget_columns(
         _risk_clv=customers["clv"].where(customers["p_alive"] < p_alive_threshold, 0.0),
         _at_risk=(customers["p_alive"] < p_alive_threshold).astype(int),
     )
-    rows = []
-    for segmentation, segment in zip(segments["segmentation"], segments["segment"], strict=True):
-        column = "_all" if segmentation == ALL_GROUPING else segmentation
-        members = everyone[everyone[column].astype("string") == segment]
-        rows.append(
-            {
-                "first_purchase_value": members["_first"].mean(),
-                "new_customer_spend": members["expected_spend"].mean(),
-                "customers_at_risk": int(members["_at_risk"].sum()),
-                "value_at_risk": members["_risk_clv"].sum(),
-            }
+    parts = []
+    for column in ["_all", *sorted(set(segments["segmentation"]) - {ALL_GROUPING})]:
+        figures = everyone.groupby(column, observed=True, sort=True).agg(
+            first_purchase_value=("_first", "mean"),
+            new_customer_spend=("expected_spend", "mean"),
+            customers_at_risk=("_at_risk", "sum"),
+            value_at_risk=("_risk_clv", "sum"),
         )
-    table = pd.concat([segments.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+        figures.index = figures.index.astype(str)  # as segment_table labels its segments
+        figures.insert(0, "segmentation", ALL_GROUPING if column == "_all" else column)
+        parts.append(figures.rename_axis("segment").reset_index())
+    table = segments.reset_index(drop=True).merge(pd.concat(parts), on=["segmentation", "segment"], how="left")
     table["new_customer_clv"] = new_customer_clv(
         table["first_purchase_value"].to_numpy(), table["new_customer_spend"].to_numpy(), purchases,
         horizon_months, monthly_discount_rate, margin, days_per_unit,

@@ -29,7 +29,7 @@ from forecast.estimators import GammaGamma, PurchaseModel, fit_models
 from forecast.ingest import Transactions, fingerprint, read_transactions
 from forecast.rfm import summarize
 from forecast.segments import rfm_groups, segment_table
-from forecast.uncertainty import clv_draws
+from forecast.uncertainty import clv_draws, has_covariance
 
 Progress = Callable[[str], None]
 
@@ -105,7 +105,8 @@ def forecast(
         customers["rfm_group"] = rfm_groups(summary)
         segmentations = ["segment", "rfm_group", *transactions.segment_columns]
         draws = None
-        if config.interval_draws > 0:
+        # Without a parameter covariance (estimators warns) the run goes on without intervals.
+        if config.interval_draws > 0 and has_covariance(purchases) and has_covariance(spend):
             say(f"Intervals from {config.interval_draws} parameter draws")
             draws = clv_draws(
                 summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,

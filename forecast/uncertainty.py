@@ -51,6 +51,11 @@ def interval(values: np.ndarray, ci_level: float) -> tuple[np.ndarray, np.ndarra
     return lower, upper
 
 
+def has_covariance(model: PurchaseModel | GammaGamma) -> bool:
+    """Whether the fit has a parameter covariance, which the intervals need."""
+    return model.result_ is not None and model.result_.covariance_log_params is not None
+
+
 def parameter_draws(model: ModelT, draws: int, rng: np.random.Generator) -> list[ModelT]:
     """Copies of a fitted model with parameters drawn from the fit's sampling distribution.
 

@@ -112,13 +112,16 @@ def test_budget_columns_match_a_hand_computation():
             "expected_purchases": [1.0, 0.5, 0.3],
             "avg_purchase_value": [30.0, 25 / 3, 45.0],
             "purchases_per_year": [0.0, 2.0, 1.0],
+            "channel": ["=cmd", None, "=cmd"],  # a data segment column with a missing value
         },
         index=pd.Index(["c1", "c2", "c3"], name="customer_id"),
     )
     np.testing.assert_allclose(first_purchase_value(customers), [30.0, 5.0, 50.0])
     model = bgnbd(FHL_2005)
-    table = segment_table(customers, ["segment"], 3.0, 0.3)
+    table = segment_table(customers, ["segment", "channel"], 3.0, 0.3)
     table = budget_columns(table, customers, model, None, 12, 0.01, 0.3, 7.0, 3.0, 0.5).set_index("segment")
+    assert table.loc["=cmd", "customers"] == 2 and table.loc["=cmd", "value_at_risk"] == 7.0
+    assert table.loc["=cmd", "first_purchase_value"] == pytest.approx(40.0)
     repeat = new_customer_clv(0.0, 1.0, model, 12, 0.01, 1.0, 7.0)[-1]  # discounted repeat purchases
     a_clv = 0.3 * (17.5 + 16.0 * repeat)
     assert table.loc["a", "new_customer_clv"] == pytest.approx(a_clv)
