@@ -194,7 +194,7 @@ def clv_draws(
     ci_level: float = 0.9,
     draws: int = 200,
     seed: int = 0,
-    chunk_customers: int = 20_000,
+    chunk_customers: int = 50_000,
 ) -> ClvDraws:
     """Recompute every customer's CLV under parameter draws; intervals per customer and per-draw group totals.
 
