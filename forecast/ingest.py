@@ -240,8 +240,7 @@ def _missing_columns_message(where: str, missing: list[tuple[str, str]], found: 
             hints.append(f"'{column}' may be '{close[0]}'")
     shown = ", ".join(repr(c) for c in found) or "none"
     message = (
-        f"{where} has no column {', '.join(f'{column!r} ({key})' for key, column in missing)}. "
-        f"Columns found: {shown}."
+        f"{where} has no column {', '.join(f'{column!r} ({key})' for key, column in missing)}. Columns found: {shown}."
     )
     if hints:
         message += " Did you mean: " + "; ".join(hints) + "?"
@@ -335,15 +334,19 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
     )
     file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
     raw_columns = ", ".join(quote_identifier(c) for c in found)
-    con.execute(
-        f"""CREATE OR REPLACE TEMP VIEW typed_log AS
+    # Materialised once: every check and the summary then read typed columns instead of re-parsing the files.
+    try:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE typed_log AS
         SELECT CAST({cid} AS VARCHAR) AS customer_id, CAST({ts} AS VARCHAR) AS ts_raw, {parsed_ts} AS ts,
                CAST({amount} AS VARCHAR) AS amount_raw, TRY_CAST({amount} AS DOUBLE) AS amount,
                {order} AS order_id, {has_offset} AS has_offset,
                row_number() OVER (PARTITION BY {raw_columns} ORDER BY {file_col}, {line_col}) > 1 AS duplicate_row,
                {file_col}, {line_col}{segments}
         FROM raw_log"""
-    )
+        )
+    except duckdb.Error as exc:
+        raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
     bad_ts_sql = "ts IS NULL"
     bad_amount_sql = "(amount IS NULL OR isnan(amount) OR isinf(amount))"
     null_id_sql = "(customer_id IS NULL OR trim(customer_id) = '')"
@@ -360,10 +363,9 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
                       count(*) FILTER (WHERE customer_id <> trim(customer_id)),
                       count(*) FILTER (WHERE duplicate_row)
                FROM typed_log"""
-        ).fetchone()
+        ).fetchall()[0]
     except duckdb.Error as exc:
         raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
-    assert stats is not None
     rows, null_ids, bad_ts, bad_amounts, zero_amounts, negative_amounts = stats[:6]
     with_offset, without_offset, spaced_ids, duplicate_rows = stats[6:]
     if rows == 0:
@@ -399,8 +401,8 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         row = con.execute(
             f"""SELECT count(*) FROM (SELECT row_number() OVER (PARTITION BY order_id ORDER BY {file_col}, {line_col})
                 AS n FROM typed_log WHERE order_id IS NOT NULL AND {valid}) WHERE n > 1"""
-        ).fetchone()
-        duplicate_orders = row[0] if row else 0
+        ).fetchall()[0]
+        duplicate_orders = row[0]
     if (duplicate_rows or duplicate_orders) and config.duplicates == "fail":
         what = []
         if duplicate_rows:
@@ -482,8 +484,7 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
 
     summary = con.execute(
         "SELECT count(*), count(DISTINCT customer_id), min(ts), max(ts) FROM transactions"
-    ).fetchone()
-    assert summary is not None
+    ).fetchall()[0]
     if summary[0] == 0:
         raise DataError(
             f"No usable transactions are left in {where} after applying the data policies ({rows:,} rows read; "
@@ -544,8 +545,8 @@ def _net_returns(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -> 
         """SELECT count(*) FROM kept_log k WHERE amount < 0 AND NOT EXISTS (
                SELECT 1 FROM kept_log p WHERE p.customer_id = k.customer_id AND p.amount >= 0
                AND CAST(p.ts AS DATE) = CAST(k.ts AS DATE))"""
-    ).fetchone()
-    return row[0] if row else 0
+    ).fetchall()[0]
+    return int(row[0])
 
 
 def exclude_after(transactions: Transactions, as_of: dt.date) -> Transactions:
@@ -557,8 +558,8 @@ def exclude_after(transactions: Transactions, as_of: dt.date) -> Transactions:
         The same log with ``quality.as_of``, ``quality.after_as_of`` and a warning when any were excluded.
     """
     end = (as_of + dt.timedelta(days=1)).isoformat()
-    row = transactions.connection.execute(f"SELECT count(*) FROM transactions WHERE ts >= DATE '{end}'").fetchone()
-    after = row[0] if row else 0
+    row = transactions.connection.execute(f"SELECT count(*) FROM transactions WHERE ts >= DATE '{end}'").fetchall()[0]
+    after = int(row[0])
     quality = transactions.quality
     warnings = [w for w in quality.warnings if "after as_of" not in w]
     if after:
