@@ -360,7 +360,7 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
                       count(*) FILTER (WHERE amount < 0),
                       count(*) FILTER (WHERE has_offset),
                       count(*) FILTER (WHERE NOT has_offset AND ts IS NOT NULL),
-                      count(*) FILTER (WHERE customer_id <> trim(customer_id)),
+                      count(*) FILTER (WHERE customer_id <> trim(customer_id) AND trim(customer_id) <> ''),
                       count(*) FILTER (WHERE duplicate_row)
                FROM typed_log"""
         ).fetchall()[0]
