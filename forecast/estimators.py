@@ -82,6 +82,7 @@ class _Model:
     param_names: ClassVar[tuple[str, ...]]
     lifetimes_names: ClassVar[tuple[str, ...]]
     fitter_class: ClassVar[type]
+    convergence_advice: ClassVar[str] = "another purchase_model (bgnbd, mbgnbd, pareto)"
 
     def __init__(self) -> None:
         self.result_: FitResult | None = None
@@ -117,7 +118,7 @@ class _Model:
         except ConvergenceError:
             raise FitError(
                 f"The {self.title} model did not converge on {int(weights.sum()):,} customers. Try a longer "
-                "calibration period, more customers, or another purchase_model (bgnbd, mbgnbd, pareto)."
+                f"calibration period, more customers, or {self.convergence_advice}."
             ) from None
         params = {p: float(fitter.params_[lp]) for p, lp in zip(self.param_names, self.lifetimes_names, strict=True)}
         bad = {p: v for p, v in params.items() if not math.isfinite(v) or v <= 0}
@@ -384,6 +385,7 @@ class GammaGamma(_Model):
     param_names = ("p", "q", "gamma")
     lifetimes_names = ("p", "q", "v")
     fitter_class = GammaGammaFitter
+    convergence_advice = "the heuristic CLV until there are more repeat buyers"
 
     @staticmethod
     def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:

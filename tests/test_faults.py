@@ -89,6 +89,14 @@ def test_failed_run_keeps_the_previous_outputs(project):
     assert sorted(p.name for p in project.iterdir() if p.name.startswith(".")) == []
 
 
+def test_nobody_bought_twice_fails_cleanly(project):
+    lines = ["customer_id,timestamp,amount"] + [f"c{i},2020-01-{1 + i % 28:02d},{5 + i}" for i in range(40)]
+    (project / "log.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = cli("run", "run.yaml")
+    assert_clean_failure(result, "Nobody in the data made a repeat purchase", "Use a longer observation period")
+    assert not (project / "out").exists()
+
+
 def _limit_file_size() -> None:  # runs in the child before exec
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
