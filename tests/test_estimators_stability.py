@@ -144,13 +144,13 @@ def summary_of(histories: list[tuple[int, float, float, float]]) -> pd.DataFrame
 
 def test_nobody_bought_twice_is_a_clear_fit_error():
     summary = summary_of([(0, 0.0, float(T), 0.0) for T in range(5, 40)])
-    with pytest.raises(FitError, match="Nobody in the data made a repeat purchase.*longer observation period"):
+    with pytest.raises(FitError, match=r"Nobody in the data made a repeat purchase.*longer observation period"):
         fit_models(summary, "bgnbd")
 
 
 def test_single_customer_is_a_clear_fit_error():
     for model_class in (BetaGeo, ModifiedBetaGeo, ParetoNBD):
-        with pytest.raises(FitError, match="only 1 distinct customer histories .* more customers"):
+        with pytest.raises(FitError, match=r"only 1 distinct customer histories .* more customers"):
             model_class().fit([3], [10.0], [20.0])
 
 
@@ -166,7 +166,7 @@ def test_handful_of_customers_fits_with_finite_predictions():
 
 
 def test_gamma_gamma_on_a_handful_of_repeat_buyers_is_a_clear_fit_error():
-    with pytest.raises(FitError, match="Gamma-Gamma model did not converge on 3 customers.*heuristic CLV"):
+    with pytest.raises(FitError, match=r"Gamma-Gamma model did not converge on 3 customers.*heuristic CLV"):
         GammaGamma().fit([1, 2, 5], [12.0, 20.0, 31.0])
 
 
@@ -190,7 +190,7 @@ def test_gamma_gamma_q_at_most_one_warns_that_the_mean_is_undefined():
 
 
 def test_all_identical_spend_is_a_clear_fit_error():
-    with pytest.raises(FitError, match="Every repeat buyer has the same average spend.*heuristic CLV"):
+    with pytest.raises(FitError, match=r"Every repeat buyer has the same average spend.*heuristic CLV"):
         GammaGamma().fit([1, 2, 3, 4], [10.0, 10.0, 10.0, 10.0])
 
 

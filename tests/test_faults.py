@@ -32,8 +32,7 @@ def project(tmp_path, monkeypatch):
     simulate_transactions(300, end=dt.date(2020, 12, 31), seed=11).to_csv(tmp_path / "log.csv", index=False)
     config = tmp_path / "run.yaml"
     config.write_text(
-        "data: {path: log.csv}\ntime_unit: week\nmargin: 0.5\nas_of: 2020-12-31\n"
-        "output: out\nmodels_dir: models\n",
+        "data: {path: log.csv}\ntime_unit: week\nmargin: 0.5\nas_of: 2020-12-31\noutput: out\nmodels_dir: models\n",
         encoding="utf-8",
     )
     return tmp_path
@@ -80,9 +79,7 @@ def test_failed_run_keeps_the_previous_outputs(project):
     """A bad config after a good run: the good run's outputs are untouched and no staging folder is left."""
     assert cli("run", "run.yaml").exit_code == 0
     before = snapshot(project / "out")
-    (project / "run.yaml").write_text(
-        "data: {path: log.csv, amount: price}\noutput: out\n", encoding="utf-8"
-    )
+    (project / "run.yaml").write_text("data: {path: log.csv, amount: price}\noutput: out\n", encoding="utf-8")
     result = cli("run", "run.yaml")
     assert_clean_failure(result, "has no column 'price' (data.amount)", "Columns found: 'customer_id'")
     assert snapshot(project / "out") == before

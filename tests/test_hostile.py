@@ -109,7 +109,7 @@ def test_yaml_python_tags_are_refused(tmp_path):
 HOSTILE_NAMES = {
     "customer": 'id"; DROP TABLE sentinel; --',
     "timestamp": "when'); DROP TABLE sentinel; --",
-    "amount": "amount\" FROM sentinel; SELECT 1 AS \"x",
+    "amount": 'amount" FROM sentinel; SELECT 1 AS "x',
     "segment": "region'\"; DELETE FROM sentinel; --",
 }
 
@@ -163,13 +163,11 @@ def test_formula_like_customer_ids_are_escaped_in_csv_outputs(tmp_path, monkeypa
 
     monkeypatch.chdir(tmp_path)
     log = simulate_transactions(200, end=dt.date(2020, 12, 31), seed=5)
-    hostile = ["=HYPERLINK(\"http://x\")", "+1-555", "-42", "@SUM(A1:A9)"]
+    hostile = ['=HYPERLINK("http://x")', "+1-555", "-42", "@SUM(A1:A9)"]
     first_ids = list(dict.fromkeys(log["customer_id"]))[: len(hostile)]
     log["customer_id"] = log["customer_id"].replace(dict(zip(first_ids, hostile, strict=True)))
     log.to_csv(tmp_path / "log.csv", index=False)
-    (tmp_path / "run.yaml").write_text(
-        "data: {path: log.csv}\nas_of: 2020-12-31\noutput: out\n", encoding="utf-8"
-    )
+    (tmp_path / "run.yaml").write_text("data: {path: log.csv}\nas_of: 2020-12-31\noutput: out\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["run", "run.yaml"])
     assert result.exit_code == 0, result.output
     written = pd.read_csv(tmp_path / "out" / "customers.csv", dtype={"customer_id": str})
