@@ -127,3 +127,24 @@ def test_disk_full_fails_cleanly_and_keeps_the_previous_outputs(project):
     for name in before_models:
         load_model(project / "models" / name)
     assert sorted(p.name for p in project.iterdir() if p.name.startswith(".")) == []
+
+
+def test_rows_after_as_of_are_counted_in_the_manifest_and_by_validate(project):
+    import json
+
+    import pandas as pd
+
+    log = pd.read_csv(project / "log.csv")
+    after = int((pd.to_datetime(log["timestamp"]) >= "2020-10-01").sum())
+    assert after > 0
+    result = cli("run", "run.yaml", "--as-of", "2020-09-30")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((project / "out" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["data_quality"]["after_as_of"] == after
+    assert manifest["data_quality"]["as_of"] == "2020-09-30"
+    assert f"{after:,} transactions after as_of 2020-09-30 were excluded." in manifest["warnings"]
+    config = (project / "run.yaml").read_text(encoding="utf-8").replace("2020-12-31", "2020-09-30")
+    (project / "early.yaml").write_text(config, encoding="utf-8")
+    result = cli("validate", "early.yaml")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {after:,} transactions after as_of 2020-09-30 were excluded." in result.output

@@ -253,3 +253,28 @@ def test_parquet_rows_are_numbered_and_typed_timestamps_respected(tmp_path):
     )
     with pytest.raises(DataError, match=r"first at row 2 None"):
         read_transactions(DataConfig(path=str(path)))
+
+
+def test_whitespace_files_report_physical_line_numbers():
+    """CDNOW-style whitespace file: the header and a blank line are counted, so the bad date is on line 4."""
+    with pytest.raises(DataError, match=r"1 of 3 rows .* first at line 4 '19970231'"):
+        read(
+            "whitespace_bad_date.txt",
+            format="whitespace",
+            columns=["id", "date", "n", "amount"],
+            customer_id="id",
+            timestamp="date",
+            timestamp_format="%Y%m%d",
+        )
+
+
+def test_parquet_timestamps_with_time_zone_are_converted_to_data_timezone(tmp_path):
+    path = tmp_path / "log.parquet"
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(
+        f"""COPY (SELECT 'A' AS customer_id, TIMESTAMPTZ '2020-01-01 23:30:00+00' AS timestamp, 5.0 AS amount)
+            TO '{path}'"""
+    )
+    transactions = read_transactions(DataConfig(path=str(path), timezone="Asia/Tokyo"))
+    assert rows(transactions) == [("A", dt.datetime(2020, 1, 2, 8, 30), 5.0)]
