@@ -21,7 +21,7 @@ line numbers. The policies (README, "Data requirements and policies"):
   ``drop``, or ``fail``.
 - exact duplicate rows, and repeated order ids when ``data.order_id`` is mapped: ``data.duplicates`` =
   ``keep`` (the default: CDNOW has 255 legitimate identical rows), ``drop`` (keep the first), or ``fail``.
-- transactions after as_of: excluded by the summary and counted by ``exclude_after``.
+- transactions after as_of: excluded by the summary and counted by ``count_after_as_of``.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ class DataQuality:
     """What ingest saw and did: counts per problem, with the policy applied.
 
     ``rows`` counts the rows read; ``rows_used`` those left in ``transactions`` after the policies.
-    ``after_as_of`` is filled in by ``exclude_after`` once the observation end is known.
+    ``after_as_of`` is filled in by ``count_after_as_of`` once the observation end is known.
     """
 
     rows: int
@@ -549,7 +549,7 @@ def _net_returns(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -> 
     return int(row[0])
 
 
-def exclude_after(transactions: Transactions, as_of: dt.date) -> Transactions:
+def count_after_as_of(transactions: Transactions, as_of: dt.date) -> Transactions:
     """Count the usable transactions after ``as_of`` into the data-quality report (the summary ignores them).
 
     Returns

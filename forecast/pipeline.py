@@ -26,7 +26,7 @@ from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed
 from forecast.config import RunConfig
 from forecast.errors import DataError, ForecastWarning, OutputError
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
-from forecast.ingest import Transactions, exclude_after, fingerprint, read_transactions
+from forecast.ingest import Transactions, count_after_as_of, fingerprint, read_transactions
 from forecast.rfm import summarize
 from forecast.segments import segment_table
 
@@ -218,7 +218,7 @@ def run(
     transactions = read_transactions(config.data)
     timings["ingest"] = time.perf_counter() - started
     as_of = as_of or config.as_of or default_as_of(transactions)
-    transactions = exclude_after(transactions, as_of)
+    transactions = count_after_as_of(transactions, as_of)
     first = transactions.quality.first_timestamp
     if first is not None and as_of < pd.Timestamp(first).date():
         raise DataError(f"as_of {as_of} is before the first transaction ({first[:10]}). Choose a later --as-of.")

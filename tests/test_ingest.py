@@ -15,7 +15,7 @@ import pytest
 
 from forecast.config import DataConfig
 from forecast.errors import DataError
-from forecast.ingest import exclude_after, read_transactions
+from forecast.ingest import count_after_as_of, read_transactions
 
 BAD = Path(__file__).parent / "data" / "bad"
 
@@ -231,10 +231,10 @@ def test_customer_ids_are_kept_as_given_and_blank_ids_dropped():
 
 
 def test_transactions_after_as_of_are_counted():
-    transactions = exclude_after(read("duplicates.csv"), dt.date(2020, 1, 4))
+    transactions = count_after_as_of(read("duplicates.csv"), dt.date(2020, 1, 4))
     assert (transactions.quality.as_of, transactions.quality.after_as_of) == ("2020-01-04", 3)
     assert "3 transactions after as_of 2020-01-04 were excluded." in transactions.quality.warnings
-    again = exclude_after(transactions, dt.date(2020, 1, 31))
+    again = count_after_as_of(transactions, dt.date(2020, 1, 31))
     assert again.quality.after_as_of == 0
     assert not any("after as_of" in w for w in again.quality.warnings)
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forecast.config import DataConfig
-from forecast.ingest import exclude_after, read_transactions
+from forecast.ingest import count_after_as_of, read_transactions
 from forecast.rfm import summarize
 
 START = dt.datetime(2020, 1, 1)
@@ -92,5 +92,5 @@ def test_summary_invariants_on_generated_logs(rows, late, seed):
         random.Random(seed).shuffle(shuffled)
         later, summary_later = summary_of(write(shuffled, Path(folder), "shuffled_with_late_rows.csv"))
         pd.testing.assert_frame_equal(summary_later, summary, check_exact=False, rtol=1e-12)
-        assert exclude_after(later, AS_OF).quality.after_as_of == len(late)
-        assert exclude_after(transactions, AS_OF).quality.after_as_of == 0
+        assert count_after_as_of(later, AS_OF).quality.after_as_of == len(late)
+        assert count_after_as_of(transactions, AS_OF).quality.after_as_of == 0
