@@ -101,3 +101,30 @@ def test_cdnow_sample_summary_matches_published_cohort(sample_config_path):
     assert summary["frequency"].sum() == CDNOW_SAMPLE_CALIBRATION_REPEAT_PURCHASES
     first = summary.loc["0001"]
     assert (first["frequency"], round(first["recency"], 2), round(first["T"], 2)) == (2, 30.43, 38.86)
+
+
+def test_csv_parquet_glob_and_folder_give_the_same_summary(tmp_path):
+    """One log split over files, as CSV, Parquet, a glob or a folder: identical summaries."""
+    from forecast.simulate import simulate_transactions
+
+    log = simulate_transactions(300, end=dt.date(2020, 12, 31), seed=5)
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "pq").mkdir()
+    halves = {"a": log.iloc[: len(log) // 2], "b": log.iloc[len(log) // 2 :]}
+    for name, part in halves.items():
+        part.to_csv(tmp_path / "csv" / f"{name}.csv", index=False)
+        part.to_parquet(tmp_path / "pq" / f"{name}.parquet", index=False)
+    paths = [
+        str(tmp_path / "csv"),
+        str(tmp_path / "csv" / "*.csv"),
+        str(tmp_path / "pq"),
+        str(tmp_path / "pq/*.parquet"),
+    ]
+    summaries = [
+        summarize(read_transactions(DataConfig(path=path)).connection, dt.date(2020, 12, 31)) for path in paths
+    ]
+    assert len(summaries[0]) == 300
+    for other in summaries[1:]:
+        assert other.index.equals(summaries[0].index)
+        assert other[["frequency", "recency", "T"]].equals(summaries[0][["frequency", "recency", "T"]])
+        assert other["monetary_value"].to_numpy() == pytest.approx(summaries[0]["monetary_value"].to_numpy())
