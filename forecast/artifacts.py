@@ -55,6 +55,44 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(json_safe(document), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def schema_problems(document: dict[str, Any]) -> list[str]:
+    """What is wrong with a model document's fields and types (an empty list when it is well formed).
+
+    Only plain JSON values of the expected types are accepted: parameters are finite positive numbers,
+    standard errors numbers or null, the covariance a square list of numbers or null.
+    """
+    problems = []
+    params = document.get("params")
+    if not isinstance(params, dict) or not params:
+        problems.append("'params' must be an object of parameter names to numbers")
+    else:
+        bad = [k for k, v in params.items() if not _is_number(v) or not math.isfinite(v) or v <= 0]
+        if bad:
+            problems.append(f"parameters {sorted(bad)} are not finite positive numbers")
+    errors = document.get("standard_errors")
+    if not isinstance(errors, dict) or any(v is not None and not _is_number(v) for v in errors.values()):
+        problems.append("'standard_errors' must be an object of numbers or nulls")
+    covariance = document.get("covariance_log_params")
+    if covariance is not None and not (
+        isinstance(covariance, list)
+        and all(isinstance(row, list) and len(row) == len(covariance) for row in covariance)
+        and all(_is_number(v) for row in covariance for v in row)
+    ):
+        problems.append("'covariance_log_params' must be a square list of numbers or null")
+    if not _is_number(document.get("log_likelihood")):
+        problems.append("'log_likelihood' must be a number")
+    if not isinstance(document.get("converged"), bool):
+        problems.append("'converged' must be true or false")
+    for key in ("customers", "unique_rows"):
+        if not isinstance(document.get(key), int) or isinstance(document.get(key), bool):
+            problems.append(f"'{key}' must be an integer")
+    return problems
+
+
 def load_model(path: str | Path) -> PurchaseModel | GammaGamma:
     """Load a fitted model from its JSON artifact, checking the schema version.
 
@@ -76,6 +114,9 @@ def load_model(path: str | Path) -> PurchaseModel | GammaGamma:
             f"Model artifact {path} has schema version {found!r}; this version of clv-forecast reads "
             f"{SCHEMA_VERSION}. Re-run `forecast run` to refit."
         )
+    problems = schema_problems(document)
+    if problems:
+        raise ArtifactError(f"Model artifact {path} is malformed: {'; '.join(problems)}. Re-run `forecast run`.")
     name = document.get("name")
     model_class = GammaGamma if name == GammaGamma.name else PURCHASE_MODELS.get(str(name))
     if model_class is None:

@@ -72,11 +72,12 @@ def run(config: ConfigArg, as_of: AsOfOption = None, output: OutputOption = None
 @app.command()
 def validate(config: ConfigArg) -> None:
     """Check the config and the data without fitting; print a data-quality summary."""
-    from forecast.ingest import read_transactions
+    from forecast.ingest import count_after_as_of, read_transactions
 
     with user_errors():
         settings = load_config(config)
-        quality = read_transactions(settings.data).quality
+        transactions = read_transactions(settings.data)
+        quality = (count_after_as_of(transactions, settings.as_of) if settings.as_of else transactions).quality
     typer.echo(
         f"{config}: valid. {quality.rows:,} rows, {quality.customers:,} customers, "
         f"{quality.first_timestamp} .. {quality.last_timestamp}."

@@ -43,6 +43,27 @@ class DataConfig(_Strict):
     delimiter: str | None = None
     segment_columns: list[str] = Field(default_factory=list)
     negative_amounts: Literal["net", "drop", "fail"] = "net"
+    order_id: str | None = Field(default=None, description="Column identifying one row per order (optional).")
+    duplicates: Literal["keep", "drop", "fail"] = Field(
+        default="keep", description="Exact duplicate rows and repeated order ids: keep, drop (keep the first), fail."
+    )
+    invalid_rows: Literal["fail", "drop"] = Field(
+        default="fail", description="Rows with an unparseable date or a non-numeric/non-finite amount."
+    )
+    timezone: str = Field(
+        default="UTC", description="IANA zone of naive timestamps; offsets are converted to it; days are local."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/Berlin'") from None
+        return value
 
     @model_validator(mode="after")
     def _columns_for_whitespace(self) -> DataConfig:

@@ -6,6 +6,7 @@ beside the target and moved into place at the end, so a failed run leaves no hal
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -26,7 +27,7 @@ from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed
 from forecast.config import RunConfig
 from forecast.errors import DataError, ForecastWarning, OutputError
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
-from forecast.ingest import Transactions, fingerprint, read_transactions
+from forecast.ingest import Transactions, count_after_as_of, fingerprint, read_transactions
 from forecast.rfm import summarize
 from forecast.segments import rfm_groups, segment_table
 from forecast.uncertainty import clv_draws, has_covariance
@@ -206,6 +207,7 @@ def manifest(
             "expected_purchases": float(result.customers["expected_purchases"].sum()),
         },
         "warnings": result.warnings,
+        "data_quality": dataclasses.asdict(quality),
         "versions": library_versions(),
         "timings_seconds": timings,
     }
@@ -238,6 +240,7 @@ def run(
     transactions = read_transactions(config.data)
     timings["ingest"] = time.perf_counter() - started
     as_of = as_of or config.as_of or default_as_of(transactions)
+    transactions = count_after_as_of(transactions, as_of)
     first = transactions.quality.first_timestamp
     if first is not None and as_of < pd.Timestamp(first).date():
         raise DataError(f"as_of {as_of} is before the first transaction ({first[:10]}). Choose a later --as-of.")
