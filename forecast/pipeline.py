@@ -25,7 +25,7 @@ from forecast.artifacts import library_versions, model_artifact, write_json
 from forecast.budget import budget_columns, interval_groups, payback_table
 from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
 from forecast.config import RunConfig
-from forecast.errors import DataError, ForecastWarning, OutputError
+from forecast.errors import DataError, FitError, ForecastWarning, OutputError
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
 from forecast.ingest import Transactions, count_after_as_of, fingerprint, read_transactions
 from forecast.rfm import summarize
@@ -109,11 +109,15 @@ def forecast(
         # Without a parameter covariance (estimators warns) the run goes on without intervals.
         if config.interval_draws > 0 and has_covariance(purchases) and has_covariance(spend):
             say(f"Intervals from {config.interval_draws} parameter draws")
-            draws = clv_draws(
-                summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
-                config.days_per_unit, interval_groups(customers, segmentations, config.budget.p_alive_threshold),
-                config.ci_level, config.interval_draws, config.seed,
-            )  # fmt: skip
+            try:
+                draws = clv_draws(
+                    summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
+                    config.days_per_unit, interval_groups(customers, segmentations, config.budget.p_alive_threshold),
+                    config.ci_level, config.interval_draws, config.seed,
+                )  # fmt: skip
+            except FitError as exc:
+                warnings.warn(f"The CLV intervals are left empty: {exc}", ForecastWarning, stacklevel=2)
+        if draws is not None:
             customers = customers.join(draws.customers)
         else:
             customers["clv_lower"] = customers["clv_upper"] = float("nan")

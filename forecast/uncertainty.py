@@ -233,12 +233,17 @@ def clv_draws(
     purchase_models = parameter_draws(purchases, draws, rng)
     spend_models = parameter_draws(spend, draws, rng)
     histories = Histories.from_summary(summary)
-    per_pair = np.column_stack(
-        [
-            discounted_purchases_if_alive(m, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit)
-            for m in purchase_models
-        ]
-    )
+    columns = []
+    for model in purchase_models:
+        try:
+            columns.append(
+                discounted_purchases_if_alive(
+                    model, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit
+                )
+            )
+        except FitError:  # the drawn parameters break the model's formula: the draw is unusable
+            columns.append(np.full(len(histories.pairs), np.nan))
+    per_pair = np.column_stack(columns)
     per_new = np.array(
         [discounted_purchases_new(m, horizon_months, monthly_discount_rate, days_per_unit)[-1] for m in purchase_models]
     )

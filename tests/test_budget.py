@@ -20,9 +20,11 @@ from forecast.pipeline import escape_for_spreadsheet
 from forecast.pipeline import forecast as run_forecast
 from forecast.segments import rfm_groups, segment_table
 
+from . import reference as ref
+
 CONFIGS = Path(__file__).parents[1] / "configs"
 #: BG/NBD on the CDNOW sample, Fader, Hardie & Lee (2005); docs/REFERENCE.md.
-FHL_2005 = {"r": 0.2426, "alpha": 4.4136, "a": 0.7929, "b": 2.4259}
+FHL_2005 = ref.BGNBD_CDNOW_SAMPLE
 
 
 def bgnbd(params: dict[str, float]) -> BetaGeo:
@@ -47,8 +49,8 @@ def expected_purchases_new_by_hand(t: np.ndarray, r: float, alpha: float, a: flo
 
 def test_hand_formula_reproduces_the_published_new_customer_expectations():
     """E[X(t)] = 0.0532, 0.1506, 1.0437, 1.444, 1.8576 at t = 1, 3, 32, 52, 78 weeks (REFERENCE.md)."""
-    t = np.array([1.0, 3.0, 32.0, 52.0, 78.0])
-    expected = [0.0532, 0.1506, 1.0437, 1.444, 1.8576]
+    t = np.array(list(ref.BGNBD_NEW_CUSTOMER_EXPECTATIONS), dtype=float)
+    expected = list(ref.BGNBD_NEW_CUSTOMER_EXPECTATIONS.values())
     np.testing.assert_allclose(expected_purchases_new_by_hand(t, **FHL_2005), expected, atol=6e-4)
 
 
@@ -60,7 +62,7 @@ def _segment_customers(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
 
 @pytest.mark.parametrize(
     ("value", "per_year", "years", "expected"),
-    [(1_000, 6, 5, 30_000), (5_000, 4, 8, 160_000), (800, 5, 3, 12_000), (200, 1, 1, 200), (75, 3, 1, 225)],
+    [*ref.HEURISTIC_WORKED_EXAMPLES, (200, 1, 1, 200), (75, 3, 1, 225)],
 )
 def test_segment_heuristic_reproduces_the_worked_examples(value, per_year, years, expected):
     """Segment heuristic = mean purchase value x mean purchases per year x lifespan, per customer.

@@ -15,7 +15,7 @@ from . import reference as ref
 
 CONTRACT_COLUMNS = [
     "customer_id", "frequency", "recency", "T", "monetary_value", "p_alive", "expected_purchases",
-    "expected_spend", "clv", "clv_heuristic", "segment",
+    "expected_spend", "clv", "clv_lower", "clv_upper", "clv_heuristic", "segment",
 ]  # fmt: skip
 
 

@@ -24,6 +24,8 @@ from forecast.uncertainty import (
     predictive_totals,
 )
 
+from . import reference as ref
+
 HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK = 12, 0.01, 0.3, 7.0
 
 
@@ -58,9 +60,9 @@ def cdnow_sample():
 @pytest.mark.parametrize(
     ("model_class", "params"),
     [
-        (BetaGeo, {"r": 0.2426, "alpha": 4.4136, "a": 0.7929, "b": 2.4259}),
-        (ModifiedBetaGeo, {"r": 0.525, "alpha": 6.183, "a": 0.891, "b": 1.614}),
-        (ParetoNBD, {"r": 0.553, "alpha": 10.578, "s": 0.606, "beta": 11.669}),
+        (BetaGeo, ref.BGNBD_CDNOW_SAMPLE),
+        (ModifiedBetaGeo, ref.MBGNBD_CDNOW_SAMPLE),
+        (ParetoNBD, ref.PARETO_CDNOW_SAMPLE),
     ],
 )
 def test_expectation_factorises_into_p_alive_times_purchases_if_alive(model_class, params):
