@@ -266,7 +266,7 @@ def clv_draws(
     monetary = np.where(frequency > 0, summary["monetary_value"].to_numpy(float), 0.0)
     lower = np.empty(len(summary))
     upper = np.empty(len(summary))
-    # Customers sorted by history row, so a chunk holds whole rows and each row's P(alive) is computed once.
+    # Customers sorted by history row, so each row's P(alive) is computed once (twice if a chunk boundary splits it).
     order = np.argsort(histories.row_of_customer, kind="stable")
     for start in range(0, len(order), chunk_customers):
         chunk = order[start : start + chunk_customers]
