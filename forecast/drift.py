@@ -180,7 +180,9 @@ def customer_flows(previous: pd.DataFrame, current: pd.DataFrame, lapsed_p_alive
     reactivated: in both, below before and at or above now. missing: in the previous run only
     (the data up to the previous as_of changed; normally 0).
     """
-    both = previous[["p_alive"]].join(current[["p_alive"]], how="inner", lsuffix="_previous", rsuffix="_current")
+    both = previous[["p_alive"]].merge(
+        current[["p_alive"]], left_index=True, right_index=True, how="inner", suffixes=("_previous", "_current")
+    )
     was_alive = both["p_alive_previous"] >= lapsed_p_alive
     is_alive = both["p_alive_current"] >= lapsed_p_alive
     return {

@@ -392,7 +392,7 @@ def _run(
         raise DataError(f"as_of {as_of} is before the first transaction ({first[:10]}). Choose a later --as-of.")
     output_path = Path(output) if output else run_folder(config.output, as_of)
     input_used = input_fingerprint(transactions.connection, as_of, transactions.segment_columns)
-    check_overwrite(output_path, input_used, force)
+    check_overwrite(output_path, as_of, input_used, force)
     step = time.perf_counter()
     result = forecast(config, transactions, as_of, say)
     timings["forecast"] = time.perf_counter() - step

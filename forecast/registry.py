@@ -128,14 +128,14 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def check_overwrite(target: Path, fingerprint: dict[str, Any], force: bool) -> None:
+def check_overwrite(target: Path, as_of: dt.date, fingerprint: dict[str, Any], force: bool) -> None:
     """Refuse to replace an existing folder that is not a run of the same input, unless forced.
 
     Raises
     ------
     OutputError
-        ``target`` is a run made from other data (different ``as_of_sha256``), or a non-empty folder
-        that is not a run at all; ``force`` lifts both.
+        ``target`` is a run as of another date or made from other data (different ``as_of_sha256``),
+        or a non-empty folder that is not a run at all; ``force`` lifts all three.
     """
     if force or not target.exists():
         return
@@ -150,6 +150,11 @@ def check_overwrite(target: Path, fingerprint: dict[str, Any], force: bool) -> N
             )
         return
     before = previous.get("input", {})
+    if previous.get("as_of") != as_of.isoformat():
+        raise OutputError(
+            f"{target} holds the run as of {previous.get('as_of')}, not {as_of}. Leave out --output to write to "
+            f"<config output>/{as_of}/, choose another --output, or pass --force to replace it."
+        )
     if before.get("as_of_sha256") != fingerprint["as_of_sha256"]:
         raise OutputError(
             f"{target} holds a run made from different input: {before.get('rows_up_to_as_of', '?')} rows up to "
