@@ -240,6 +240,7 @@ def test_clean_leftovers_restores_a_folder_moved_aside(tmp_path: Path) -> None:
     assert mine.exists()  # a live process's staging folder is left alone
 
 
+@pytest.mark.slow
 def test_kill_9_while_committing_leaves_previous_outputs_intact(tmp_path: Path, cdnow_sample: pd.DataFrame) -> None:
     """SIGKILL a `forecast run --force` over an existing run just before its commit: nothing published changes.
 
@@ -285,3 +286,25 @@ def test_kill_9_while_committing_leaves_previous_outputs_intact(tmp_path: Path, 
     assert not list(runs.glob(".*"))
     assert following.manifest["previous_run"]["path"] == str(previous.output)
     assert following.output == run_folder(runs, dt.date(1997, 7, 31))
+
+
+@pytest.mark.slow
+def test_disk_full_while_writing_leaves_previous_outputs_intact(tmp_path: Path, cdnow_sample: pd.DataFrame) -> None:
+    """A run whose writes fail (file-size limit of 100 kB: EFBIG, like a full disk) exits 2 and changes nothing."""
+    log = write_csv(cdnow_sample, tmp_path / "log.csv")
+    config_path = write_config(tmp_path, log)
+    previous = run(load_config(config_path), dt.date(1997, 6, 30))
+    before = digests(previous.output, [*REPRODUCIBLE_FILES, "manifest.json"])
+
+    edited = cdnow_sample.copy()
+    edited.loc[0, "amount"] = "129.33"
+    write_csv(edited, log)
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); "
+    code = limit + "from forecast.cli import main; main()"
+    command = [sys.executable, "-c", code, "run", str(config_path), "--as-of", "1997-06", "--force"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2, finished.stderr
+    assert "File too large" in finished.stderr and "Traceback" not in finished.stderr
+    assert digests(previous.output, [*REPRODUCIBLE_FILES, "manifest.json"]) == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["1997-06-30"]
