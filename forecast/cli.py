@@ -100,29 +100,29 @@ def run(
     with user_errors():
         settings = load_config(config)
         day = parse_as_of(as_of) if as_of else None
-        if through is None:
-            with progress_display() as say:
-                result = run_pipeline(settings, day, output, say, force=force)
-            results = [result]
-        else:
+        if through is not None:
             if day is None or output is not None:
                 raise ConfigError(
                     "--through backfills a range of months: give the first month with --as-of (YYYY-MM) and "
                     "leave out --output (each month goes to <config output>/<as_of>/)."
                 )
-            results = _backfill(settings, month_ends_between(day, parse_as_of(through)), force)
-    for result in results:
-        for message in result.forecast.warnings:
-            console.print(f"[yellow]warning:[/] {result.forecast.as_of}: {message}", highlight=False)
-    for result in results:
-        typer.echo(_summary_line(result))
+            _backfill(settings, month_ends_between(day, parse_as_of(through)), force)
+            return
+        with progress_display() as say:
+            result = run_pipeline(settings, day, output, say, force=force)
+    _report(result)
 
 
-def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> list[RunResult]:
+def _report(result: RunResult) -> None:
+    for message in result.forecast.warnings:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    typer.echo(_summary_line(result))
+
+
+def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> None:
     """Run each month end in order with a progress bar; stop at the first failure (earlier months stay)."""
     from forecast.pipeline import run as run_pipeline
 
-    results = []
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=not console.is_terminal,
@@ -136,9 +136,13 @@ def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> li
                 else:
                     console.print(f"- {month}: {message}", highlight=False)
 
-            results.append(run_pipeline(settings, month, None, say, force=force))
+            try:
+                result = run_pipeline(settings, month, None, say, force=force)
+            except ForecastError:
+                console.print(f"[bold red]backfill stopped at {month}[/]; the months before it are complete.")
+                raise
+            _report(result)
             bar.advance(task)
-    return results
 
 
 @app.command()
