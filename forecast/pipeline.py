@@ -53,6 +53,7 @@ CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 #: Seconds to sleep with every output staged, just before the commit rename (tests kill the run there).
 PAUSE_BEFORE_COMMIT_ENV = "CLV_FORECAST_PAUSE_BEFORE_COMMIT"
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
+_RUN_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 log = logging.getLogger("forecast")
 
 
@@ -145,18 +146,21 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def clean_leftovers(parent: Path) -> None:
+def clean_leftovers(parent: Path, name: str | None = None) -> None:
     """Remove staging folders that killed runs left in ``parent``, and restore a replaced folder if needed.
 
     ``.<name>.partial-<pid>`` folders of dead processes are deleted. ``.<name>.old-<pid>`` is the
     previous ``<name>`` moved aside during a commit; if the run died between the two renames and
-    ``<name>`` is missing, it is moved back, otherwise deleted.
+    ``<name>`` is missing, it is moved back, otherwise deleted. Only run folders (named YYYY-MM-DD)
+    and ``name`` are considered, so other programs' files in a shared parent are never touched.
     """
     if not parent.is_dir():
         return
     for leftover in sorted(parent.iterdir()):
         match = _LEFTOVER.match(leftover.name)
         if match is None or _process_alive(int(match["pid"])):
+            continue
+        if match["name"] != name and not _RUN_NAME.match(match["name"]):
             continue
         original = parent / match["name"]
         if match["kind"] == "old" and not original.exists():
@@ -190,7 +194,7 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     target = target.resolve()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        clean_leftovers(target.parent)
+        clean_leftovers(target.parent, target.name)
         staging = target.parent / f".{target.name}.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()

@@ -234,10 +234,15 @@ def test_clean_leftovers_restores_a_folder_moved_aside(tmp_path: Path) -> None:
     (partial / "customers.csv").write_text("half")
     mine = tmp_path / f".1997-08-31.partial-{os.getpid()}"
     mine.mkdir()
+    foreign = tmp_path / f".cache.partial-{pid}"
+    foreign.mkdir()
     clean_leftovers(tmp_path)
     assert (tmp_path / "1997-06-30" / "manifest.json").read_text() == "{}"
     assert not moved.exists() and not partial.exists()
     assert mine.exists()  # a live process's staging folder is left alone
+    assert foreign.exists()  # not a run folder's: not ours to delete
+    clean_leftovers(tmp_path, "cache")
+    assert not foreign.exists()
 
 
 @pytest.mark.slow
