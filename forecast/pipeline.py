@@ -271,6 +271,7 @@ class _LogLines(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.lines: list[str] = []
+        self.output: Path | None = None
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -370,7 +371,27 @@ def run(
         The output folder holds a run of different input (without ``force``), or cannot be written.
     """
     with run_log() as lines:
-        return _run(config, as_of, output, progress, force, lines)
+        try:
+            return _run(config, as_of, output, progress, force, lines)
+        except Exception as exc:
+            if lines.output is not None:
+                log.error("The run failed: %s", exc)
+                write_failure_log(lines.output, lines.lines)
+            raise
+
+
+def failure_log_path(output_path: Path) -> Path:
+    """Where a failed run leaves its log: ``<output>.failed.log`` beside the run folder (a file, never a run)."""
+    return output_path.parent / f"{output_path.name}.failed.log"
+
+
+def write_failure_log(output_path: Path, lines: list[str]) -> None:
+    """Keep the log of a failed run for the unattended case; best effort (the disk may be full)."""
+    try:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        failure_log_path(output_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except OSError:
+        pass
 
 
 def _run(
@@ -395,6 +416,7 @@ def _run(
     if first is not None and as_of < pd.Timestamp(first).date():
         raise DataError(f"as_of {as_of} is before the first transaction ({first[:10]}). Choose a later --as-of.")
     output_path = Path(output) if output else run_folder(config.output, as_of)
+    lines.output = output_path
     input_used = input_fingerprint(transactions.connection, as_of, transactions.segment_columns)
     check_overwrite(output_path, as_of, input_used, force)
     step = time.perf_counter()
@@ -444,4 +466,5 @@ def _run(
     with atomic_folder(models_path) as staging:
         for name in MODEL_FILES.values():
             shutil.copyfile(output_path / RUN_MODELS / name, staging / name)
+    failure_log_path(output_path).unlink(missing_ok=True)
     return RunResult(output_path, models_path, result, json.loads(json.dumps(document, default=str)))

@@ -142,6 +142,20 @@ def test_default_as_of_is_last_complete_month(tmp_path: Path, cdnow_sample: pd.D
     assert (result.models / "purchases.json").read_bytes() == (result.output / "models" / "purchases.json").read_bytes()
 
 
+def test_cli_rejects_a_malformed_as_of_without_traceback(tmp_path: Path) -> None:
+    config = write_config(tmp_path, yaml.safe_load((ROOT / "configs" / "cdnow_sample.yaml").read_text())["data"])
+    outcome = CliRunner().invoke(app, ["run", str(config), "--as-of", "June 1997"])
+    assert outcome.exit_code == 2
+    assert "YYYY-MM" in outcome.output and "Traceback" not in outcome.output
+
+
+def test_as_of_after_the_log_ends_is_warned_about(tmp_path: Path, cdnow_sample: pd.DataFrame) -> None:
+    rows = cdnow_sample[cdnow_sample["timestamp"] <= "1997-06-20"]
+    config = load_config(write_config(tmp_path, write_csv(rows, tmp_path / "log.csv")))
+    result = run(config, dt.date(1997, 6, 30))
+    assert any("after the last transaction (1997-06-20)" in w for w in result.manifest["warnings"])
+
+
 def test_backfill_several_months_with_drift_chain(tmp_path: Path) -> None:
     """`forecast run --as-of 1997-04 --through 1997-06` writes three runs, each compared with the one before."""
     config = write_config(tmp_path, yaml.safe_load((ROOT / "configs" / "cdnow_sample.yaml").read_text())["data"])
@@ -196,8 +210,11 @@ def test_refuses_a_run_folder_made_from_changed_input(tmp_path: Path, cdnow_samp
     assert digests(first.output) == before
     outcome = CliRunner().invoke(app, ["run", str(config_path), "--as-of", "1997-06"])
     assert outcome.exit_code == 2 and "--force" in outcome.output
+    failed_log = first.output.parent / "1997-06-30.failed.log"
+    assert "different input" in failed_log.read_text()
     forced = CliRunner().invoke(app, ["run", str(config_path), "--as-of", "1997-06", "--force"])
     assert forced.exit_code == 0, forced.output
+    assert not failed_log.exists()
     manifest = json.loads((first.output / "manifest.json").read_text())
     assert manifest["input"]["as_of_sha256"] != first.manifest["input"]["as_of_sha256"]
     assert digests(first.output)["customers.csv"] != before["customers.csv"]
@@ -312,4 +329,6 @@ def test_disk_full_while_writing_leaves_previous_outputs_intact(tmp_path: Path, 
     assert finished.returncode == 2, finished.stderr
     assert "File too large" in finished.stderr and "Traceback" not in finished.stderr
     assert digests(previous.output, [*REPRODUCIBLE_FILES, "manifest.json"]) == before
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["1997-06-30"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["1997-06-30", "1997-06-30.failed.log"]
+    failed_log = (tmp_path / "runs" / "1997-06-30.failed.log").read_text()
+    assert "Fitting bgnbd" in failed_log and "File too large" in failed_log
