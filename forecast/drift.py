@@ -18,6 +18,7 @@ from forecast.config import DriftConfig
 
 NEW = "new"
 MISSING = "missing"
+ALL = "all customers"
 
 
 def _float(value: Any) -> float | None:
@@ -105,6 +106,36 @@ def total_drift(previous: pd.DataFrame, current: pd.DataFrame) -> dict[str, Any]
         "relative_change": _float(relative_change(before_n, now_n)),
     }
     return totals
+
+
+def segment_totals(customers: pd.DataFrame, segmentations: list[str]) -> pd.DataFrame:
+    """Customers and total CLV per segment, as in the segment table: one ``all`` row, then each segmentation.
+
+    Segmentations missing from ``customers`` (a segment column added since an earlier run) are skipped.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns segmentation, segment, customers, clv_total.
+    """
+    frames = [pd.DataFrame({"segmentation": ["all"], "segment": [ALL], "customers": [len(customers)],
+                            "clv_total": [float(customers["clv"].sum())]})]  # fmt: skip
+    for column in segmentations:
+        if column not in customers.columns:
+            continue
+        # Categorical tiers keep their order (best first); other columns sort by label.
+        grouped = customers.groupby(column, observed=True, sort=True)["clv"].agg(["size", "sum"])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "segmentation": column,
+                    "segment": grouped.index.astype(str),
+                    "customers": grouped["size"].to_numpy(),
+                    "clv_total": grouped["sum"].to_numpy(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 def segment_drift(previous: pd.DataFrame, current: pd.DataFrame) -> list[dict[str, Any]]:
@@ -201,6 +232,7 @@ def compare_runs(
     current: dict[str, Any],
     tiers: list[str],
     limits: DriftConfig,
+    segmentations: list[str] | None = None,
 ) -> dict[str, Any]:
     """Drift between a previous run and the current one, with warnings for large shifts.
 
@@ -208,12 +240,14 @@ def compare_runs(
     ----------
     previous, current
         Each with ``as_of`` (ISO date), ``customers`` (indexed by customer_id with clv, clv_heuristic,
-        expected_purchases, p_alive, segment), ``segments`` (segment table) and ``models``
+        expected_purchases, p_alive, segment and the data's segment columns) and ``models``
         (``{"purchases": to_dict(), "spend": to_dict()}``).
     tiers
         Value-tier labels of the current config, best first.
     limits
         Warning thresholds (``drift`` section of the config).
+    segmentations
+        Columns to total CLV by; default ``["segment"]`` (the value tiers). Add the data's segment columns.
 
     Returns
     -------
@@ -274,7 +308,10 @@ def compare_runs(
         "thresholds": limits.model_dump(mode="json"),
         "parameters": parameters,
         "totals": totals,
-        "segments": segment_drift(previous["segments"], current["segments"]),
+        "segments": segment_drift(
+            segment_totals(previous["customers"], segmentations or ["segment"]),
+            segment_totals(current["customers"], segmentations or ["segment"]),
+        ),
         "tiers": {
             "labels_from": [str(label) for label in transitions.index],
             "labels_to": [str(label) for label in transitions.columns],

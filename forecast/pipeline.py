@@ -323,17 +323,16 @@ def drift_since_previous(
         {
             "as_of": previous.as_of.isoformat(),
             "customers": previous.customers,
-            "segments": previous.segments,
             "models": {"purchases": previous.purchases.to_dict(), "spend": previous.spend.to_dict()},
         },
         {
             "as_of": result.as_of.isoformat(),
             "customers": result.customers,
-            "segments": result.segments,
             "models": {"purchases": result.purchases.to_dict(), "spend": result.spend.to_dict()},
         },
         list(config.segments.tiers),
         config.drift,
+        ["segment", *config.data.segment_columns],
     )
     return info, drift, list(drift["warnings"])
 

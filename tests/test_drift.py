@@ -19,6 +19,7 @@ from forecast.drift import (
     customer_flows,
     parameter_drift,
     segment_drift,
+    segment_totals,
     tier_transitions,
 )
 from forecast.pipeline import run
@@ -92,17 +93,28 @@ def test_segment_drift_keeps_segments_of_either_run() -> None:
     assert rows[2]["customers_current"] == 0 and rows[2]["clv_change"] == -100.0
 
 
+def test_segment_totals_per_tier_and_data_segment() -> None:
+    customers = pd.DataFrame(
+        {"clv": [10.0, 20.0, 30.0, 40.0], "segment": ["top", "rest", "rest", "top"], "region": ["n", "s", "n", None]},
+        index=["a", "b", "c", "d"],
+    )
+    table = segment_totals(customers, ["segment", "region", "channel"])
+    assert table.to_dict("list") == {
+        "segmentation": ["all", "segment", "segment", "region", "region"],
+        "segment": ["all customers", "rest", "top", "n", "s"],
+        "customers": [4, 2, 2, 2, 1],
+        "clv_total": [100.0, 50.0, 50.0, 40.0, 20.0],
+    }
+
+
 def _run_tables(clv: list[float], tiers: list[str], r: float, se_r: float, model: str = "bgnbd") -> dict:
     ids = [f"c{i}" for i in range(len(clv))]
     customers = pd.DataFrame(
         {"clv": clv, "clv_heuristic": clv, "expected_purchases": 1.0, "p_alive": 0.9, "segment": tiers}, index=ids
     )
-    segments = pd.DataFrame(
-        {"segmentation": ["all"], "segment": ["all customers"], "customers": [len(ids)], "clv_total": [sum(clv)]}
-    )
     purchases = {"name": model, "params": {"r": r}, "standard_errors": {"r": se_r}}
     spend = {"name": "gamma_gamma", "params": {"p": 6.0}, "standard_errors": {"p": 1.0}}
-    return {"customers": customers, "segments": segments, "models": {"purchases": purchases, "spend": spend}}
+    return {"customers": customers, "models": {"purchases": purchases, "spend": spend}}
 
 
 def test_compare_runs_warns_about_large_shifts_only() -> None:
