@@ -170,8 +170,10 @@ def clean_leftovers(parent: Path, name: str | None = None) -> None:
 
 
 def _sync_folder(path: Path) -> None:
-    """Flush one file or folder entry to disk."""
-    handle = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    """Flush one file or folder entry to disk (folders only where the OS can open them: not on Windows)."""
+    if path.is_dir() and os.name == "nt":
+        return
+    handle = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0))
     try:
         os.fsync(handle)
     finally:
