@@ -102,6 +102,14 @@ class SegmentConfig(_Strict):
         return tiers
 
 
+class DriftConfig(_Strict):
+    """When a change since the previous month's run becomes a warning (see forecast.drift)."""
+
+    parameter_z: float = Field(default=3.0, gt=0, description="Warn when |change / SE of the change| exceeds this.")
+    total_clv_change: float = Field(default=0.25, gt=0, description="Warn when total CLV changes by more (fraction).")
+    lapsed_p_alive: float = Field(default=0.5, gt=0, lt=1, description="P(alive) below which a customer has lapsed.")
+
+
 class RunConfig(_Strict):
     """Everything one run needs; see configs/cdnow.yaml for an annotated example."""
 
@@ -115,6 +123,7 @@ class RunConfig(_Strict):
     purchase_model: PurchaseModelName = "bgnbd"
     heuristic: HeuristicConfig = Field(default_factory=HeuristicConfig)
     segments: SegmentConfig = Field(default_factory=SegmentConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     output: str = "runs/latest"
     models_dir: str = "models"
 
