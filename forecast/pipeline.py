@@ -26,6 +26,7 @@ from forecast.config import RunConfig
 from forecast.errors import DataError, ForecastWarning, OutputError
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
 from forecast.ingest import Transactions, fingerprint, read_transactions
+from forecast.report import build_report
 from forecast.rfm import summarize
 from forecast.segments import segment_table
 
@@ -240,4 +241,6 @@ def run(
         timings["total"] = time.perf_counter() - started
         document = manifest(config, result, transactions, timings, models_path)
         write_json(staging / "manifest.json", document)
+        say("Writing the report")
+        build_report(staging)
     return RunResult(output_path, models_path, result, json.loads(json.dumps(document, default=str)))
