@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 PREDICTIVE = "#1f5fa8"
 HEURISTIC = "#e07b00"
@@ -40,6 +40,9 @@ STYLE: dict[Any, Any] = {
     "svg.fonttype": "path",  # glyphs as paths: the chart looks the same without any font installed
 }
 
+RASTER_ABOVE_POINTS = 2_000  # larger scatters are drawn as an embedded bitmap to keep the page small
+THOUSANDS = FuncFormatter(lambda value, _position: f"{value:,.0f}")
+PLAIN = FuncFormatter(lambda value, _position: f"{value:,g}")
 _XML_PROLOGUE = re.compile(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<metadata>.*?</metadata>", re.DOTALL)
 
 
@@ -71,6 +74,7 @@ def period_transactions(labels: Sequence[str], actual: np.ndarray, model: np.nda
         ax.set_xticks(x, labels)
         ax.set_xlabel("repeat purchases in the observation period (count)")
         ax.set_ylabel("customers (count)")
+        ax.yaxis.set_major_formatter(THOUSANDS)
         ax.set_title("Customers by number of repeat purchases: actual vs model")
         ax.legend()
         return svg_text(fig, "period_transactions", "Bar chart of customers by repeat purchases, actual vs model")
@@ -97,6 +101,7 @@ def heatmap(
         colorbar.set_label(colorbar_label)
         ax.set_xlabel(f"recency: time from first to last purchase ({time_unit}s)")
         ax.set_ylabel("frequency: repeat purchases (count)")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         return svg_text(fig, name, title)
 
@@ -111,7 +116,7 @@ def spend_fit(observed: np.ndarray, grid: np.ndarray, density: np.ndarray) -> st
                 label=f"observed ({len(observed):,} repeat buyers)")  # fmt: skip
         ax.plot(grid, density, color=MODEL, linewidth=2, label="Gamma-Gamma model")
         ax.set_xlabel("average spend per repeat purchase (currency units)")
-        ax.set_ylabel("share of customers per currency unit (density)")
+        ax.set_ylabel("density (share of buyers per currency unit)")
         ax.set_xlim(0, upper)
         ax.set_title("Spend model fit: observed vs model distribution of average spend")
         ax.legend()
@@ -122,12 +127,22 @@ def frequency_spend(frequency: np.ndarray, spend: np.ndarray, correlation: float
     """Scatter of repeat buyers' frequency against their average spend, with the correlation."""
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure()
-        jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(frequency))  # only to show overlapping points
+        jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(frequency))  # spreads overlapping points only
         failed = abs(correlation) > limit
-        ax.scatter(frequency + jitter, spend, s=9, alpha=0.35, color=WARNING if failed else MODEL,
-                   label=f"repeat buyers (correlation r = {correlation:.2f})")  # fmt: skip
+        ax.scatter(
+            frequency * np.exp(jitter),
+            spend,
+            s=9,
+            alpha=0.3,
+            color=WARNING if failed else MODEL,
+            label=f"repeat buyers (correlation r = {correlation:.2f})",
+            rasterized=len(frequency) > RASTER_ABOVE_POINTS,
+        )
+        ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("frequency: repeat purchases (count)")
+        ax.xaxis.set_major_formatter(PLAIN)
+        ax.yaxis.set_major_formatter(PLAIN)
+        ax.set_xlabel("frequency: repeat purchases (count, log scale)")
         ax.set_ylabel("average spend per purchase (currency units, log scale)")
         verdict = "fails" if failed else "passes"
         ax.set_title(f"Frequency vs spend: independence check {verdict} (|r| limit {limit:g})")
@@ -161,7 +176,7 @@ def segment_bars(
         ax.invert_yaxis()
         ax.set_xlabel("customer lifetime value, segment total (currency units)")
         ax.set_title(title)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
+        ax.xaxis.set_major_formatter(THOUSANDS)
         for bars in ax.containers:
             if isinstance(bars, BarContainer):
                 ax.bar_label(bars, labels=[f"{b.get_width():,.0f}" for b in bars.patches], padding=3, fontsize=8)

@@ -87,6 +87,9 @@ COLUMN_LABELS = {
     "rmse_revenue": "RMSE revenue",
     "spearman_revenue": "Spearman rank corr.",
     "top20_capture": "Top-20% capture",
+    "rmse_purchases": "RMSE purchases",
+    "predicted_purchases": "Predicted purchases",
+    "predicted_revenue": "Predicted revenue",
     "clv_total_lower": "Predictive CLV, lower",
     "clv_total_upper": "Predictive CLV, upper",
     "clv_lower_total": "Predictive CLV, lower",
@@ -624,8 +627,14 @@ def _plot_chart(run_dir: Path, name: str, file_name: Any) -> Chart | str:
     return Chart(name, caption, image_uri=f"data:{PLOT_SUFFIXES[path.suffix.lower()]};base64,{encoded}")
 
 
+METHOD_ORDER = ["predictive", "heuristic"]
+METRIC_ORDER = [
+    "predicted_purchases", "predicted_revenue", "mae_purchases", "rmse_purchases", "mae_revenue", "rmse_revenue",
+    "spearman_revenue", "top20_capture",
+]  # fmt: skip
+PLOT_ORDER = {"conditional_expectation": 0, "tracking": 1, "deciles": 2}
 BACKTEST_CAPTIONS = {
-    "conditional_expectations": "Holdout purchases by calibration-period purchases: what customers who bought 0, 1, "
+    "conditional_expectation": "Holdout purchases by calibration-period purchases: what customers who bought 0, 1, "
     "2, ... times before the cut-off actually bought afterwards, against what each method predicted.",
     "tracking": "Cumulative purchases week by week, actual vs model, over the calibration and holdout periods. "
     "The line after the vertical mark is a true forecast: the model never saw those weeks.",
@@ -660,54 +669,96 @@ def _decile_chart(methods: dict[str, Any]) -> Chart | None:
                  Markup(charts.decile_chart(labels, predicted, actual, unit)))  # fmt: skip
 
 
+def records_table(records: dict[str, Any], key_label: str, caption: str) -> Table:
+    """A table with one row per entry of a mapping of name -> record, keeping the records' plain values only."""
+    rows = {
+        str(name): {k: v for k, v in record.items() if not isinstance(v, dict | list)}
+        for name, record in records.items()
+        if isinstance(record, dict)
+    }
+    frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis(key_label).reset_index()
+    return frame_table(frame, caption)
+
+
+def winner_summary(winner: Any) -> tuple[str | None, list[list[str]]]:
+    """The overall winner (most metrics won) and the metric -> best method rows, from backtest.json's winner."""
+    if isinstance(winner, str):
+        return winner, []
+    if not isinstance(winner, dict):
+        return None, []
+    rows = [[label(metric), str(method) if method else "–"] for metric, method in winner.items()]
+    wins: dict[str, int] = {}
+    for method in winner.values():
+        if method:
+            wins[str(method)] = wins.get(str(method), 0) + 1
+    if not wins:
+        return None, rows
+    ranked = sorted(wins.items(), key=lambda item: -item[1])
+    text = ", ".join(f"{method} on {count} of {len(winner)} metrics" for method, count in ranked)
+    return f"{ranked[0][0]} ({text})" if len(ranked) == 1 or ranked[0][1] > ranked[1][1] else f"a tie ({text})", rows
+
+
 def backtest(run: RunFolder) -> dict[str, Any]:
     """The backtest's summary, metrics table, winner, model comparison and plots, when a backtest ran."""
     data = run.backtest
     if not isinstance(data, dict):
         return {"available": False}
-    facts = {k: data.get(k) for k in ("calibration_end", "holdout_end", "customers") if k in data}
+    facts = [[label(k), format_value(data[k], k)] for k in ("calibration_end", "holdout_end", "customers") if k in data]
+    used = data.get("purchase_model", {})
+    if isinstance(used, dict) and used.get("used"):
+        facts.append(["Purchase model", f"{used['used']} (configured: {used.get('configured', '?')})"])
     actual = data.get("actual", {})
+    if isinstance(actual, dict):
+        for key, value in actual.items():
+            name = "Top-20% capture of a perfect ranking" if key == "top20_capture" else f"Actual holdout {key}"
+            facts.append([name, format_value(value, key)])
     methods = data.get("methods", {}) if isinstance(data.get("methods"), dict) else {}
-    rows = {}
-    for method, metrics in methods.items():
-        if not isinstance(metrics, dict):
-            continue
-        flat: dict[str, Any] = {}
-        for key, value in metrics.items():
-            if isinstance(value, dict):
-                flat.update({f"{key}_{k}": v for k, v in value.items() if not isinstance(v, dict | list)})
-            elif not isinstance(value, list):
-                flat[key] = value
-        rows[method] = flat
+    order = sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    flat_methods = {}
+    for name in order:
+        if isinstance(methods[name], dict):
+            entry = {**{f"predicted_{k}": v for k, v in methods[name].get("predicted", {}).items()}, **methods[name]}
+            known = [k for k in METRIC_ORDER if k in entry]
+            flat_methods[name] = {k: entry[k] for k in known + [k for k in entry if k not in known]}
     metrics_table = None
-    if rows:
-        frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("method").reset_index()
-        metrics_table = frame_table(frame, "Holdout accuracy per method (lower MAE/RMSE is better; higher rank "
-                                    "correlation and top-20% capture are better)")  # fmt: skip
-    winner = data.get("winner")
-    winner_tables = mapping_tables(winner, "Winner per metric") if isinstance(winner, dict | list) else []
+    if flat_methods:
+        metrics_table = records_table(
+            flat_methods,
+            "method",
+            "Holdout accuracy per method (lower MAE and RMSE are better; higher rank correlation and top-20% "
+            "capture are better)",
+        )
+    winner, winner_rows = winner_summary(data.get("winner"))
     comparison = data.get("model_comparison")
-    comparison_tables = mapping_tables(comparison, "Purchase models compared") if comparison else []
+    comparison_table = (
+        records_table(comparison, "model", "Purchase models compared on the same split")
+        if isinstance(comparison, dict) and comparison
+        else None
+    )
     chart_list: list[Chart] = []
     problems: list[str] = []
     plots = data.get("plots", {})
-    for name, file_name in plots.items() if isinstance(plots, dict) else []:
+    plots = plots if isinstance(plots, dict) else {}
+    for name, file_name in sorted(plots.items(), key=lambda item: PLOT_ORDER.get(str(item[0]), len(PLOT_ORDER))):
         chart = _plot_chart(run.path, str(name), file_name)
-        (chart_list.append(chart) if isinstance(chart, Chart) else problems.append(chart))
+        if isinstance(chart, Chart):
+            chart_list.append(chart)
+        else:
+            problems.append(chart)
     if not any("decile" in c.name for c in chart_list):
         decile = _decile_chart(methods)
         if decile is not None:
             chart_list.append(decile)
     return {
         "available": True,
-        "facts": [[label(k), format_value(v, k)] for k, v in facts.items()],
-        "actual": [[label(k), format_value(v, k)] for k, v in actual.items()] if isinstance(actual, dict) else [],
+        "facts": facts,
         "metrics": metrics_table,
-        "winner": winner if isinstance(winner, str) else None,
-        "winner_tables": winner_tables,
-        "comparison_tables": comparison_tables,
+        "winner": winner,
+        "winner_rows": winner_rows,
+        "comparison": comparison_table,
         "charts": chart_list,
         "problems": problems,
+        "warnings": [str(w) for w in data.get("warnings", [])] if isinstance(data.get("warnings"), list) else [],
     }
 
 
