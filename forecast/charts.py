@@ -200,3 +200,32 @@ def decile_chart(deciles: Sequence[str], predicted: dict[str, np.ndarray], actua
         ax.set_title("Backtest by decile: predicted vs actual")
         ax.legend()
         return svg_text(fig, "backtest_deciles", "Decile chart of predicted and actual holdout values")
+
+
+def paired_bars(
+    labels: Sequence[str],
+    first: np.ndarray,
+    second: np.ndarray,
+    *,
+    name: str,
+    title: str,
+    first_label: str,
+    second_label: str,
+) -> str:
+    """Two bars per label (for example the previous and the current run), values written at the bar ends."""
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(7.0, max(3.0, 0.9 + 0.55 * len(labels)))
+        y = np.arange(len(labels))
+        ax.barh(y - 0.2, first, height=0.4, color="#9aa5b1", label=first_label)
+        ax.barh(y + 0.2, second, height=0.4, color=PREDICTIVE, label=second_label)
+        ax.set_yticks(y, list(labels))
+        ax.invert_yaxis()
+        ax.set_xlabel("customer lifetime value, segment total (currency units)")
+        ax.set_title(title)
+        ax.xaxis.set_major_formatter(THOUSANDS)
+        for bars in ax.containers:
+            if isinstance(bars, BarContainer):
+                ax.bar_label(bars, labels=[f"{b.get_width():,.0f}" for b in bars.patches], padding=3, fontsize=8)
+        ax.margins(x=0.12)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16 - 0.3 / len(labels)), ncol=2)
+        return svg_text(fig, name, title)

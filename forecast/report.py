@@ -78,6 +78,9 @@ COLUMN_LABELS = {
     "mean_p_alive": "Mean P(alive)",
     "expected_purchases": "Expected purchases",
     "clv_total": "Predictive CLV",
+    "clv": "Predictive CLV",
+    "clv_heuristic": "Heuristic CLV",
+    "rfm_group": "RFM group",
     "clv_heuristic_total": "Heuristic CLV",
     "heuristic_gap": "Gap (heuristic − predictive)",
     "avg_purchase_value": "Avg purchase value",
@@ -98,6 +101,8 @@ COLUMN_LABELS = {
     "max_cac": "Max acquisition cost",
     "value_at_risk": "Value at risk",
 }
+ACRONYMS = {"clv": "CLV", "bic": "BIC", "aic": "AIC", "se": "SE", "mae": "MAE", "rmse": "RMSE", "cac": "CAC",
+            "rfm": "RFM", "ltv": "LTV", "ci": "CI"}  # fmt: skip
 SEGMENT_COLUMN_ORDER = [
     "segment", "customers", "clv_total", "clv_total_lower", "clv_total_upper", "clv_lower_total", "clv_upper_total",
     "clv_heuristic_total", "heuristic_gap", "mean_p_alive", "expected_purchases", "revenue_to_date",
@@ -198,7 +203,8 @@ def label(column: str) -> str:
     """A column name as a table header."""
     if column in COLUMN_LABELS:
         return COLUMN_LABELS[column]
-    text = column.replace("_", " ")
+    words = [ACRONYMS.get(word, word) for word in column.split("_")]
+    text = " ".join(words)
     return text[:1].upper() + text[1:]
 
 
@@ -215,6 +221,8 @@ def format_value(value: Any, column: str = "") -> str:
         if not math.isfinite(number):
             return "∞" if number > 0 else "−∞"
         name = column.lower()
+        if "relative_change" in name:
+            return f"{number:+.1%}"
         if any(word in name for word in SHARE_WORDS) and abs(number) <= 1 and "per" not in name:
             return f"{number:.1%}"
         if abs(number) >= 100:
@@ -237,13 +245,43 @@ def money(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def interval_bounds(column: str, columns: list[str]) -> tuple[str, str] | None:
+    """The columns holding the interval of ``column`` (x_lower/x_upper, or a_lower_total/a_upper_total for
+    a_total), when the table has both."""
+    candidates = [(f"{column}_lower", f"{column}_upper")]
+    if column.endswith("_total"):
+        stem = column.removesuffix("_total")
+        candidates.append((f"{stem}_lower_total", f"{stem}_upper_total"))
+    for low, high in candidates:
+        if low in columns and high in columns:
+            return low, high
+    return None
+
+
 def frame_table(frame: pd.DataFrame, caption: str = "", total_row: bool = False) -> Table:
-    """A data frame as a Table, every cell formatted by its column."""
-    numeric = [bool(pd.api.types.is_numeric_dtype(frame[c])) for c in frame.columns]
-    rows = [
-        [format_value(v, str(c)) for c, v in zip(frame.columns, row, strict=True)] for row in frame.itertuples(False)
-    ]
-    return Table([label(str(c)) for c in frame.columns], rows, numeric, caption, total_row)
+    """A data frame as a Table, every cell formatted by its column.
+
+    A column with interval columns beside it (``x_lower``, ``x_upper``) is shown as one column,
+    "value (lower – upper)", and the bound columns are left out.
+    """
+    columns = [str(c) for c in frame.columns]
+    bounds = {c: b for c in columns if (b := interval_bounds(c, columns)) is not None}
+    hidden = {name for pair in bounds.values() for name in pair}
+    shown = [c for c in columns if c not in hidden]
+    rows = []
+    for record in frame.to_dict("records"):
+        cells = []
+        for column in shown:
+            cell = format_value(record[column], column)
+            if column in bounds:
+                low, high = (record[b] for b in bounds[column])
+                if all(isinstance(v, int | float) and math.isfinite(v) for v in (low, high)):
+                    cell += f" ({format_value(low, column)} – {format_value(high, column)})"
+            cells.append(cell)
+        rows.append(cells)
+    numeric = [bool(pd.api.types.is_numeric_dtype(frame[c])) for c in shown]
+    headers = [label(c) + (" (interval)" if c in bounds else "") for c in shown]
+    return Table(headers, rows, numeric, caption, total_row)
 
 
 def mapping_tables(data: Any, caption: str, depth: int = 0) -> list[Table]:
@@ -283,24 +321,22 @@ def mapping_tables(data: Any, caption: str, depth: int = 0) -> list[Table]:
 def _total_interval(run: RunFolder) -> tuple[float, float] | None:
     """The interval of the total predictive CLV, from the manifest totals or the segment table's 'all' row."""
     totals = run.manifest.get("totals", {})
-    for low, high in (("clv_lower", "clv_upper"), ("clv_total_lower", "clv_total_upper")):
-        if isinstance(totals.get(low), int | float) and isinstance(totals.get(high), int | float):
-            return float(totals[low]), float(totals[high])
-    if run.segments is not None:
+    candidates = [(totals.get(low), totals.get(high)) for low, high in (("clv_lower", "clv_upper"),
+                  ("clv_total_lower", "clv_total_upper"))]  # fmt: skip
+    if run.segments is not None and "segmentation" in run.segments.columns:
         everyone = run.segments[run.segments["segmentation"] == "all"]
         bounds = _interval_columns(run.segments)
         if len(everyone) == 1 and bounds is not None:
-            return float(everyone[bounds[0]].iloc[0]), float(everyone[bounds[1]].iloc[0])
+            candidates.append((everyone[bounds[0]].iloc[0], everyone[bounds[1]].iloc[0]))
+    for low, high in candidates:
+        if all(isinstance(v, int | float) and math.isfinite(v) for v in (low, high)):
+            return float(low), float(high)
     return None
 
 
 def _interval_columns(segments: pd.DataFrame) -> tuple[str, str] | None:
     """Names of the columns holding the interval of a segment's predictive CLV total, when the table has them."""
-    for low, high in (("clv_total_lower", "clv_total_upper"), ("clv_lower_total", "clv_upper_total"),
-                      ("clv_lower", "clv_upper")):  # fmt: skip
-        if low in segments.columns and high in segments.columns:
-            return low, high
-    return None
+    return interval_bounds("clv_total", [str(c) for c in segments.columns])
 
 
 def headline(run: RunFolder) -> dict[str, Any]:
@@ -784,12 +820,14 @@ def segments_section(run: RunFolder) -> dict[str, Any]:
         if {"clv_total", "clv_heuristic_total"} <= set(rows.columns):
             lower = rows[bounds[0]].to_numpy(float) if bounds else None
             upper = rows[bounds[1]].to_numpy(float) if bounds else None
+            if lower is None or upper is None or not (np.isfinite(lower).all() and np.isfinite(upper).all()):
+                lower = upper = None
             horizon = run.manifest.get("horizon_months", "?")
             lifespan = years(run.manifest.get("heuristic", {}).get("lifespan_years"))
             chart = Chart(
                 f"segment_clv_{segmentation}",
                 f"Predictive CLV (next {horizon} months) beside the heuristic ({lifespan}-year lifespan) per "
-                f"{segmentation}" + (", with the interval of the predictive total." if bounds else "."),
+                f"{segmentation}" + (", with the interval of the predictive total." if lower is not None else "."),
                 Markup(charts.segment_bars(rows["segment"].astype(str).tolist(), rows["clv_total"].to_numpy(float),
                        rows["clv_heuristic_total"].to_numpy(float), name=f"segment_clv_{segmentation}",
                        title=f"Predictive vs heuristic CLV by {segmentation}",
@@ -807,10 +845,17 @@ def segments_section(run: RunFolder) -> dict[str, Any]:
                 "budget": budget,
             }
         )
+    config = run.manifest.get("config", {})
+    budget_config = config.get("budget", {}) if isinstance(config.get("budget"), dict) else {}
+    level = config.get("ci_level")
+    intervals = bounds is not None and bool(np.isfinite(table[list(bounds)].to_numpy(float)).all())
     return {
         "available": True,
         "groups": groups,
-        "has_interval": bounds is not None,
+        "ci_level": f"{level:.0%}" if isinstance(level, float) else "",
+        "target_ltv_to_cac": format_value(budget_config.get("target_ltv_to_cac")),
+        "p_alive_threshold": format_value(budget_config.get("p_alive_threshold"), "p_alive"),
+        "has_interval": intervals,
         "has_budget": bool(budget_columns),
         "has_risk": bool(risk_columns),
     }
@@ -819,14 +864,87 @@ def segments_section(run: RunFolder) -> dict[str, Any]:
 # --- drift, quality, about -----------------------------------------------------------------------------
 
 
+def _change_table(rows: dict[str, Any], key_label: str, caption: str) -> Table | None:
+    """Previous/current/change rows (drift totals or parameters) as a table, relative changes as percentages."""
+    records = {k: v for k, v in rows.items() if isinstance(v, dict)}
+    if not records:
+        return None
+    frame = pd.DataFrame.from_dict(records, orient="index").rename_axis(key_label).reset_index()
+    if key_label != "parameter":  # parameters keep the papers' symbols
+        frame[key_label] = [label(str(k)) for k in frame[key_label]]
+    return frame_table(frame.rename(columns={"z": "change_in_standard_errors"}), caption)
+
+
 def drift_section(run: RunFolder) -> dict[str, Any]:
-    """The manifest's drift against the previous run, as tables, when the run has one."""
+    """The manifest's drift against the previous run (totals, parameters, segments, tier moves, customer flows)."""
     drift = run.manifest.get("drift")
+    previous = run.manifest.get("previous_run")
     if not drift:
-        return {"available": False}
-    warnings = drift.get("warnings", []) if isinstance(drift, dict) else []
-    body = {k: v for k, v in drift.items() if k != "warnings"} if isinstance(drift, dict) else drift
-    return {"available": True, "tables": mapping_tables(body, ""), "warnings": [str(w) for w in warnings]}
+        return {"available": False, "previous": previous if isinstance(previous, str) else None}
+    if not isinstance(drift, dict):
+        return {"available": True, "facts": [], "tables": mapping_tables(drift, ""), "warnings": [], "chart": None}
+    facts = [[label(k), format_value(drift[k], k)] for k in ("previous_as_of", "as_of", "days_apart") if k in drift]
+    tables: list[Table] = []
+    handled = {"previous_as_of", "as_of", "days_apart", "warnings", "thresholds"}
+    totals = drift.get("totals")
+    if isinstance(totals, dict) and (table := _change_table(totals, "quantity", "Totals, previous vs current")):
+        tables.append(table)
+        handled.add("totals")
+    parameters = drift.get("parameters")
+    if isinstance(parameters, dict):
+        for role, entry in parameters.items():
+            if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
+                caption = f"Parameters of the {role} model ({entry.get('model', '?')})"
+                if not entry.get("comparable", True):
+                    caption += f": changed from {entry.get('previous_model')}, not compared"
+                table = _change_table(entry["params"], "parameter", caption)
+                if table is not None:
+                    tables.append(table)
+        handled.add("parameters")
+    segments = drift.get("segments")
+    chart = None
+    if isinstance(segments, list) and segments and all(isinstance(r, dict) for r in segments):
+        frame = pd.DataFrame(segments)
+        tables.append(frame_table(frame, "CLV per segment, previous vs current"))
+        handled.add("segments")
+        needed = {"segmentation", "segment", "clv_previous", "clv_current"}
+        if needed <= set(frame.columns):
+            tiers = frame[frame["segmentation"].astype(str) == "segment"]
+            if len(tiers):
+                chart = Chart(
+                    "drift_segments",
+                    f"Predictive CLV per value tier in the previous run (as of {drift.get('previous_as_of', '?')}) "
+                    f"and in this one (as of {drift.get('as_of', '?')}).",
+                    Markup(
+                        charts.paired_bars(
+                            tiers["segment"].astype(str).tolist(),
+                            tiers["clv_previous"].to_numpy(float),
+                            tiers["clv_current"].to_numpy(float),
+                            name="drift_segments",
+                            title="Predictive CLV by value tier: previous vs current run",
+                            first_label=f"previous, as of {drift.get('previous_as_of', '?')}",
+                            second_label=f"current, as of {drift.get('as_of', '?')}",
+                        )
+                    ),
+                )
+    tiers_moves = drift.get("tiers")
+    if isinstance(tiers_moves, dict) and {"labels_from", "labels_to", "counts"} <= set(tiers_moves):
+        frame = pd.DataFrame(tiers_moves["counts"], index=tiers_moves["labels_from"], columns=tiers_moves["labels_to"])
+        frame = frame.rename_axis("previous tier").reset_index()
+        tables.append(frame_table(frame, "Customers moving between value tiers (rows: previous tier, columns: now)"))
+        moves = {k: tiers_moves[k] for k in ("moved", "moved_up", "moved_down", "stayed") if k in tiers_moves}
+        facts += [[f"Customers who {label(k).lower()} tier" if k != "stayed" else "Customers who stayed in their tier",
+                   format_value(v)] for k, v in moves.items()]  # fmt: skip
+        handled.add("tiers")
+    flows = drift.get("customers")
+    if isinstance(flows, dict):
+        facts += [[f"{label(k)} customers", format_value(v, k)] for k, v in flows.items()]
+        handled.add("customers")
+    rest = {k: v for k, v in drift.items() if k not in handled}
+    if rest:
+        tables.extend(mapping_tables(rest, "Other drift figures"))
+    warnings = [str(w) for w in drift.get("warnings", [])] if isinstance(drift.get("warnings"), list) else []
+    return {"available": True, "facts": facts, "tables": tables, "warnings": warnings, "chart": chart}
 
 
 def quality_section(run: RunFolder) -> dict[str, Any]:

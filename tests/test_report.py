@@ -345,56 +345,92 @@ def test_sample_run_report_renders_offline_in_chromium(sample_run: Path, tmp_pat
     assert "8 rows have an amount of 0" in text  # the data-quality warning of the manifest
 
 
-@pytest.mark.slow
-def test_report_shows_backtest_drift_intervals_and_budget_when_present(run_copy: Path, tmp_path: Path) -> None:
-    """With backtest.json (and its plot files), a drift entry in the manifest, and interval and budget columns in
-    segments.csv, the report shows all of them: metrics table, winner, plots, drift tables, budget table."""
-    require_chromium()
+def add_backtest(folder: Path) -> dict[str, Any]:
+    """Write a backtest.json in the layout of the backtest step (issue 3), with an SVG and a PNG plot file.
+
+    The figures are the CDNOW sample's (REFERENCE.md): 1,882 actual holdout purchases, BG/NBD MAE 0.786
+    against 1.024 for the naive rate; the other numbers only need to be recognisable in the page.
+    """
     figure = Figure(figsize=(4, 3))
     axes = figure.subplots()
     axes.plot([0, 1, 2], [0, 2, 1], label="actual")
     axes.set_title("tracking")
-    figure.savefig(run_copy / "backtest_tracking.svg", format="svg")
-    figure.savefig(run_copy / "backtest_conditional.png", format="png")
+    figure.savefig(folder / "backtest_tracking.svg", format="svg")
+    figure.savefig(folder / "backtest_conditional_expectation.png", format="png")
+    deciles = [
+        {"decile": d, "customers": 236, "predicted_revenue": 100.0 / d, "actual_revenue": 90.0 / d}
+        for d in range(1, 11)
+    ]
     methods = {
-        method: {
-            "predicted": {"purchases": purchases, "revenue": revenue},
-            "mae_purchases": mae, "mae_revenue": mae * 30, "rmse_revenue": mae * 60, "spearman_revenue": rho,
-            "top20_capture": capture,
-            "deciles": [
-                {"decile": d, "predicted_revenue": 100.0 / d, "actual_revenue": 90.0 / d} for d in range(1, 11)
-            ],
-        }
-        for method, purchases, revenue, mae, rho, capture in (
-            ("predictive", 1653.2, 41000.0, 0.786, 0.52, 0.61), ("heuristic", 2930.0, 80000.0, 1.024, 0.44, 0.55)
+        name: {"predicted_purchases": purchases, "predicted_revenue": revenue, "mae_purchases": mae,
+               "rmse_purchases": 2 * mae, "mae_revenue": 30 * mae, "rmse_revenue": 60 * mae,
+               "spearman_revenue": rho, "top20_capture": capture, "deciles": deciles}
+        for name, purchases, revenue, mae, rho, capture in (
+            ("predictive", 1653.4, 59932.0, 0.786, 0.43, 0.663), ("heuristic", 2930.0, 115522.0, 1.024, 0.48, 0.671)
         )
     }  # fmt: skip
-    backtest = {
-        "calibration_end": "1997-09-30", "holdout_end": "1998-06-30", "customers": 2357,
-        "actual": {"purchases": 1882, "revenue": 52000.0}, "methods": methods, "winner": "predictive",
-        "model_comparison": {"bgnbd": {"log_likelihood": -9582.4, "bic": 19196.0},
-                             "pareto": {"log_likelihood": -9595.0, "bic": 19221.1}},
-        "plots": {"tracking": "backtest_tracking.svg", "conditional_expectations": "backtest_conditional.png",
-                  "escape": "../outside.svg"},
+    document = {
+        "calibration_end": "1997-09-30", "holdout_end": "1998-06-30", "customers": 2357, "time_unit": "week",
+        "actual": {"purchases": 1882.0, "revenue": 70976.0, "top20_capture": 0.943}, "methods": methods,
+        "winner": {"mae_purchases": "predictive", "rmse_purchases": "predictive", "mae_revenue": "predictive",
+                   "rmse_revenue": "predictive", "spearman_revenue": "heuristic", "top20_capture": "heuristic"},
+        "purchase_model": {"configured": "bgnbd", "used": "bgnbd"},
+        "model_comparison": {
+            "bgnbd": {"bic": 19195.9, "log_likelihood": -9582.43, "mae_purchases": 0.786, "params": {"r": 0.24}},
+            "pareto": {"bic": 19221.0, "log_likelihood": -9594.98, "mae_purchases": 0.755, "params": {"r": 0.55}},
+        },
+        "plots": {"tracking": "backtest_tracking.svg", "escape": "../outside.svg",
+                  "conditional_expectation": "backtest_conditional_expectation.png"},
+        "warnings": ["The gradient-boosting baseline was skipped: too few customers."],
     }  # fmt: skip
-    (run_copy / "backtest.json").write_text(json.dumps(backtest))
-    manifest = json.loads((run_copy / "manifest.json").read_text())
-    manifest["drift"] = {
-        "previous_as_of": "1997-08-31",
-        "parameters": {"r": {"previous": 0.25, "current": 0.2426, "change_in_se": -0.6}},
-        "clv_total_change": -1234.5,
-        "tier_moves": [{"from": "rest", "to": "next 15%", "customers": 12}],
-        "warnings": ["Total CLV fell by 5.4% since the previous run."],
-    }
-    (run_copy / "manifest.json").write_text(json.dumps(manifest))
-    segments = pd.read_csv(run_copy / "segments.csv")
-    segments["clv_total_lower"] = segments["clv_total"] * 0.9
-    segments["clv_total_upper"] = segments["clv_total"] * 1.1
-    segments["new_customer_clv"] = 12.5
-    segments["max_cac"] = 4.17
-    segments["value_at_risk"] = segments["clv_total"] * 0.2
-    segments.to_csv(run_copy / "segments.csv", index=False)
+    (folder / "backtest.json").write_text(json.dumps(document))
+    return document
 
+
+def add_drift_and_budget(folder: Path) -> pd.DataFrame:
+    """Add a drift entry to the manifest (layout of the batch step, issue 4) and interval and budget columns to
+    segments.csv (layout of the budget step, issue 5); return the new segment table."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["config"]["ci_level"] = 0.9
+    manifest["config"]["budget"] = {"target_ltv_to_cac": 3.0, "p_alive_threshold": 0.3}
+    change = {"previous": 0.25, "current": 0.2426, "change": -0.0074, "relative_change": -0.0296,
+              "se_previous": 0.013, "se_current": 0.0126, "z": -0.41}  # fmt: skip
+    manifest["drift"] = {
+        "previous_as_of": "1997-08-31", "as_of": "1997-09-30", "days_apart": 30,
+        "parameters": {"purchases": {"model": "bgnbd", "previous_model": "bgnbd", "comparable": True,
+                                     "params": {"r": change}}},
+        "totals": {"clv": {"previous": 22699.5, "current": 21465.0, "change": -1234.5, "relative_change": -0.0544}},
+        "segments": [{"segmentation": "segment", "segment": tier, "customers_previous": 10, "customers_current": 11,
+                      "clv_previous": 1000.0 * (i + 1), "clv_current": 1100.0 * (i + 1), "clv_change": 100.0 * (i + 1),
+                      "clv_relative_change": 0.1} for i, tier in enumerate(["top 1%", "next 4%", "next 15%", "rest"])],
+        "tiers": {"labels_from": ["top 1%", "rest"], "labels_to": ["top 1%", "rest"], "counts": [[20, 4], [3, 1800]],
+                  "moved": 7, "moved_up": 3, "moved_down": 4, "stayed": 1820},
+        "customers": {"new": 0, "lapsed": 41, "missing": 0},
+        "warnings": ["Total predictive CLV changed by -5% since the run as of 1997-08-31."],
+    }  # fmt: skip
+    segments = pd.read_csv(folder / "segments.csv")
+    manifest["totals"]["clv_lower"] = float(segments["clv_total"].iloc[0] * 0.9)
+    manifest["totals"]["clv_upper"] = float(segments["clv_total"].iloc[0] * 1.1)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    segments["clv_lower_total"] = segments["clv_total"] * 0.9
+    segments["clv_upper_total"] = segments["clv_total"] * 1.1
+    segments["new_customer_clv"] = 12.5
+    segments["new_customer_clv_lower"] = 11.0
+    segments["new_customer_clv_upper"] = 14.0
+    segments["max_acquisition_cost"] = 4.17
+    segments["customers_at_risk"] = 7
+    segments["value_at_risk"] = segments["clv_total"] * 0.2
+    segments.to_csv(folder / "segments.csv", index=False)
+    return segments
+
+
+@pytest.mark.slow
+def test_report_shows_backtest_drift_intervals_and_budget_when_present(run_copy: Path, tmp_path: Path) -> None:
+    """With backtest.json and its plot files, a drift entry in the manifest, and interval and budget columns in
+    segments.csv, the report shows them all: metrics, winner, plots, model comparison, drift, budget table."""
+    require_chromium()
+    add_backtest(run_copy)
+    segments = add_drift_and_budget(run_copy)
     report = build_report(run_copy)
     rendered = render_in_chromium(report, tmp_path / "report.png", height=1600)
     assert_offline(report.read_text(encoding="utf-8"), rendered, report)
@@ -402,22 +438,27 @@ def test_report_shows_backtest_drift_intervals_and_budget_when_present(run_copy:
     probe = rendered["probe"]
     assert probe["headings"] == list(SECTIONS.values())
     figures = {figure["id"]: figure for figure in probe["figures"]}
-    for name in ("chart-tracking", "chart-conditional_expectations"):
+    for name in ("chart-tracking", "chart-conditional_expectation"):
         assert figures[name]["kind"] == "img" and figures[name]["loaded"] and figures[name]["width"] > 300
     assert "chart-backtest_deciles" in figures  # drawn from the decile tables: no decile plot file was given
+    assert "chart-drift_segments" in figures
     assert "chart-escape" not in figures
     text = probe["text"]
-    assert "Winner: predictive" in text
-    assert "0.786" in text and "1.02" in text and "61.0%" in text
+    assert "Winner: predictive (predictive on 4 of 6 metrics, heuristic on 2 of 6 metrics)" in text
+    assert "0.786" in text and "1.02" in text and "66.3%" in text and "1,882" in text
     assert "Purchase models compared" in text and "19,196" in text
     assert "../outside.svg is not an .svg or .png file in the run folder" in text
-    assert "Total CLV fell by 5.4% since the previous run." in text
-    assert "1997-08-31" in text and "Tier moves" in text
+    assert "The gradient-boosting baseline was skipped" in text
+    assert "Total predictive CLV changed by -5% since the run as of 1997-08-31." in text
+    assert "-5.4%" in text and "Customers moving between value tiers" in text and "Lapsed customers" in text
     everyone = segments[segments["segmentation"] == "all"].iloc[0]
-    assert f"{everyone['clv_total_lower']:,.0f} – {everyone['clv_total_upper']:,.0f}" in text
-    assert "Max acquisition cost" in text and "4.17" in text and "Value at risk" in text
+    interval = f"{everyone['clv_lower_total']:,.0f} – {everyone['clv_upper_total']:,.0f}"
+    assert f"90% interval {interval}" in text  # the headline card
+    assert f"{everyone['clv_total']:,.0f} ({interval})" in text  # the segment table
+    assert "Max acquisition cost" in text and "4.17" in text and "12.50 (11.00 – 14.00)" in text
+    assert "ratio of 3.00" in text and "Value at risk" in text
     for absent in ("No backtest in this run folder", "No previous run", "no interval in this run",
-                   "No acquisition ceilings"):  # fmt: skip
+                   "No acquisition ceilings", "No value-at-risk"):  # fmt: skip
         assert absent not in text
 
 
