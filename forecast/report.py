@@ -210,7 +210,7 @@ def label(column: str) -> str:
 
 def format_value(value: Any, column: str = "") -> str:
     """Format a cell: thousands separators for large numbers, percentages for shares, text as is."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (not isinstance(value, list | dict | tuple | str) and bool(pd.isna(value))):
         return "–"
     if isinstance(value, bool | np.bool_):
         return "yes" if value else "no"
