@@ -462,6 +462,22 @@ def test_report_shows_backtest_drift_intervals_and_budget_when_present(run_copy:
         assert absent not in text
 
 
+@pytest.mark.slow
+def test_offline_checks_catch_an_external_image(sample_run: Path, tmp_path: Path) -> None:
+    """The offline checks are not vacuous: a page with one external image fails both the HTML check and the
+    browser's request log (the host name resolves to nothing, so no traffic leaves the machine)."""
+    require_chromium()
+    html = (sample_run / "report.html").read_text(encoding="utf-8")
+    tampered = tmp_path / "tampered.html"
+    tampered.write_text(html.replace("</main>", '<img src="http://tracker.example.invalid/pixel.png"></main>'))
+    rendered = render_in_chromium(tampered, tmp_path / "tampered.png", height=400)
+    assert "http://tracker.example.invalid/pixel.png" in rendered["requested"]
+    with pytest.raises(AssertionError):
+        assert_offline(tampered.read_text(encoding="utf-8"), rendered, tampered)
+    with pytest.raises(AssertionError):
+        assert_offline(html, rendered, tampered)  # the browser's log alone is enough to fail
+
+
 # --- edge cases and the CLI ------------------------------------------------------------------------------
 
 
