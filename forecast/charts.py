@@ -40,6 +40,7 @@ STYLE: dict[Any, Any] = {
     "svg.fonttype": "path",  # glyphs as paths: the chart looks the same without any font installed
 }
 
+MAX_SCATTER_POINTS = 20_000  # a random sample of larger sets is drawn (the correlation uses all)
 RASTER_ABOVE_POINTS = 2_000  # larger scatters are drawn as an embedded bitmap to keep the page small
 THOUSANDS = FuncFormatter(lambda value, _position: f"{value:,.0f}")
 PLAIN = FuncFormatter(lambda value, _position: f"{value:,g}")
@@ -127,7 +128,13 @@ def frequency_spend(frequency: np.ndarray, spend: np.ndarray, correlation: float
     """Scatter of repeat buyers' frequency against their average spend, with the correlation."""
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure()
-        jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(frequency))  # spreads overlapping points only
+        rng = np.random.default_rng(0)  # fixed: the same data always gives the same picture
+        label = f"repeat buyers (correlation r = {correlation:.2f})"
+        if len(frequency) > MAX_SCATTER_POINTS:
+            label = f"{MAX_SCATTER_POINTS:,} of {len(frequency):,} repeat buyers (r = {correlation:.2f} on all)"
+            keep = rng.choice(len(frequency), MAX_SCATTER_POINTS, replace=False)
+            frequency, spend = frequency[keep], spend[keep]
+        jitter = rng.uniform(-0.12, 0.12, len(frequency))  # spreads overlapping points only
         failed = abs(correlation) > limit
         ax.scatter(
             frequency * np.exp(jitter),
@@ -135,7 +142,7 @@ def frequency_spend(frequency: np.ndarray, spend: np.ndarray, correlation: float
             s=9,
             alpha=0.3,
             color=WARNING if failed else MODEL,
-            label=f"repeat buyers (correlation r = {correlation:.2f})",
+            label=label,
             rasterized=len(frequency) > RASTER_ABOVE_POINTS,
         )
         ax.set_xscale("log")
