@@ -162,6 +162,16 @@ def validate(config: ConfigArg) -> None:
         typer.echo(f"warning: {message}")
 
 
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `forecast run`.")]) -> None:
+    """Rebuild report.html in a run folder from its files (after a backtest, or to refresh the charts)."""
+    from forecast.report import build_report
+
+    with user_errors():
+        path = build_report(run_dir)
+    typer.echo(f"report written to {path}")
+
+
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())

@@ -41,6 +41,7 @@ from forecast.registry import (
     run_folder,
     sha256_file,
 )
+from forecast.report import build_report
 from forecast.rfm import summarize
 from forecast.segments import segment_table
 
@@ -466,6 +467,8 @@ def _run(
         log.info("Committing %s (manifest.json last)", output_path)
         (staging / "run.log").write_text("\n".join(lines.lines) + "\n", encoding="utf-8")
         write_json(staging / "manifest.json", document)
+        say("Writing the report")
+        build_report(staging)
     # The run folder is the authority; models/<as_of>/ is its published copy, written after the commit.
     with atomic_folder(models_path) as staging:
         for name in MODEL_FILES.values():
