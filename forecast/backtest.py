@@ -243,7 +243,7 @@ def decile_table(
     )
     return [
         {"decile": int(row["decile"]), "customers": int(row["customers"])}
-        | {k: float(row[k]) for k in table.columns[2:]}
+        | {k: float(row[k]) for k in table.columns[1:]}
         for row in table.reset_index().to_dict("records")
     ]
 
@@ -677,6 +677,7 @@ def run_backtest(
     if skipped:
         document["skipped"] = skipped
     messages = [str(w.message) for w in caught if issubclass(w.category, ForecastWarning)]
+    document["warnings"] = messages
     return BacktestResult(split, customers, tracking, document, methods, messages)
 
 
