@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,6 +77,8 @@ class BacktestResult:
         The ``backtest.json`` content (without the ``plots`` key, which the writer adds).
     warnings
         Messages of the ForecastWarnings raised on the way.
+    timings
+        Seconds spent per step (summary, model_fits, gradient_boosting, tracking).
     """
 
     split: Split
@@ -84,6 +87,7 @@ class BacktestResult:
     document: dict[str, Any]
     methods: list[str]
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def default_split(first_day: dt.date, last_day: dt.date) -> Split:
@@ -605,6 +609,7 @@ def run_backtest(
     seed = config.backtest.seed if config.backtest else 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ForecastWarning)
+        clock = time.perf_counter()
         summary = summarize(con, calibration_end, days_per_unit, config.resolution)
         actual = holdout_purchases(con, calibration_end, holdout_end, config.resolution).reindex(summary.index)
         if actual.isna().any().any():
@@ -612,7 +617,9 @@ def run_backtest(
                 "The holdout counts do not cover every calibration customer; the log changed while reading."
             )
         actual_purchases = actual["purchases_holdout"].to_numpy(float)
+        timings = {"summary": time.perf_counter() - clock}
 
+        clock = time.perf_counter()
         configured = config.purchase_model
         fitted: dict[str, PurchaseModel] = {}
         if configured != "auto":
@@ -625,6 +632,7 @@ def run_backtest(
         else:
             chosen = configured
         model = fitted[chosen]
+        timings["model_fits"] = time.perf_counter() - clock
 
         customers = summary[["frequency", "recency", "T", "monetary_value", "revenue"]].copy()
         customers["actual_purchases"] = actual_purchases
@@ -636,6 +644,7 @@ def run_backtest(
         methods = ["predictive", "heuristic"]
         skipped: dict[str, str] = {}
         training: dict[str, Any] | None = None
+        clock = time.perf_counter()
         try:
             gb, training = gradient_boosting_predictions(con, summary, split, days_per_unit, config.resolution, seed)
             parts.append(gb)
@@ -643,8 +652,11 @@ def run_backtest(
         except FitError as exc:
             skipped["gradient_boosting"] = str(exc)
             warnings.warn(f"The gradient-boosting baseline was skipped: {exc}", ForecastWarning, stacklevel=2)
+        timings["gradient_boosting"] = time.perf_counter() - clock
         customers = customers.join(pd.concat(parts, axis=1))
+        clock = time.perf_counter()
         tracking = tracking_curve(con, summary, model, split, days_per_unit, config.resolution)
+        timings["tracking"] = time.perf_counter() - clock
 
     method_entries = {m: method_metrics(customers, m) for m in methods}
     if training is not None:
@@ -678,7 +690,7 @@ def run_backtest(
         document["skipped"] = skipped
     messages = [str(w.message) for w in caught if issubclass(w.category, ForecastWarning)]
     document["warnings"] = messages
-    return BacktestResult(split, customers, tracking, document, methods, messages)
+    return BacktestResult(split, customers, tracking, document, methods, messages, timings)
 
 
 def select_purchase_model(

@@ -269,11 +269,12 @@ def _run_backtest_for_run(
     return run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end), config
 
 
-def write_backtest(folder: Path, result: BacktestResult, extra: dict[str, Any] | None = None) -> None:
+def write_backtest(folder: Path, result: BacktestResult, more_timings: dict[str, float] | None = None) -> None:
     """Write backtest.json, its SVG charts and backtest_customers.csv into ``folder``."""
     for name, svg in backtest_plots(result).items():
         (folder / name).write_text(svg, encoding="utf-8")
-    write_json(folder / "backtest.json", {**result.document, "plots": dict(PLOT_FILES), **(extra or {})})
+    timings = {**result.timings, **(more_timings or {})}
+    write_json(folder / "backtest.json", {**result.document, "plots": dict(PLOT_FILES), "timings_seconds": timings})
     table = result.customers.reset_index()
     escape_for_spreadsheet(table).to_csv(folder / "backtest_customers.csv", index=False)
 
@@ -320,5 +321,5 @@ def backtest(
     output_path = Path(output) if output else Path(f"{config.output.rstrip('/')}-backtest")
     say(f"Writing outputs to {output_path}")
     with atomic_folder(output_path) as staging:
-        write_backtest(staging, result, {"timings_seconds": {"total": time.perf_counter() - started}})
+        write_backtest(staging, result, {"total": time.perf_counter() - started})
     return BacktestRun(output_path, result, list(transactions.quality.warnings))
