@@ -179,9 +179,12 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def spearman(predicted: np.ndarray, actual: np.ndarray) -> float | None:
-    """Spearman rank correlation (ties get their average rank); None when either side is constant."""
-    x = _average_ranks(np.asarray(predicted, float))
-    y = _average_ranks(np.asarray(actual, float))
+    """Spearman rank correlation (ties get their average rank); None when either side is constant.
+
+    Values are compared at 1e-9 so that equal sums added in another order (last-bit differences) still tie.
+    """
+    x = _average_ranks(np.round(np.asarray(predicted, float), 9))
+    y = _average_ranks(np.round(np.asarray(actual, float), 9))
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])

@@ -56,8 +56,12 @@ def sample_log(sample_config: RunConfig) -> pd.DataFrame:
 
 
 def connection_for(log: pd.DataFrame) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection whose ``transactions`` table holds exactly these rows, in this order."""
-    con = duckdb.connect()
+    """A DuckDB connection whose ``transactions`` table holds exactly these rows, in this order.
+
+    One thread: DuckDB's parallel sums differ in the last bits from run to run (GOTCHAS.md), which would
+    hide whether a difference comes from the data or from the summation order.
+    """
+    con = duckdb.connect(config={"threads": 1})
     con.register("log_frame", log)
     con.execute("CREATE TABLE transactions AS SELECT customer_id, ts, amount FROM log_frame")
     con.unregister("log_frame")
