@@ -35,7 +35,7 @@ from forecast.clv import heuristic_inputs, require_finite
 from forecast.config import DAYS_PER_YEAR, RunConfig
 from forecast.errors import ConfigError, DataError, FitError, ForecastWarning
 from forecast.estimators import PURCHASE_MODELS, GammaGamma, PurchaseModel, fit_models, purchase_model
-from forecast.rfm import holdout_purchases, summarize
+from forecast.rfm import Resolution, holdout_purchases, summarize
 
 METHODS = ("predictive", "heuristic", "gradient_boosting")
 #: Metrics where lower is better, then higher is better; ``winner`` names the best method for each.
@@ -67,7 +67,8 @@ class BacktestResult:
     Attributes
     ----------
     customers
-        Indexed by customer_id: the calibration summary (frequency, recency, T, monetary_value, revenue),
+        Indexed by customer_id: the calibration summary (frequency, recency, T, monetary_value,
+        calibration_revenue),
         actual_purchases and actual_revenue in the holdout, and ``<method>_purchases`` / ``<method>_revenue``
         for every method.
     tracking
@@ -343,7 +344,7 @@ def gradient_boosting_predictions(
     summary: pd.DataFrame,
     split: Split,
     days_per_unit: float,
-    resolution: str,
+    resolution: Resolution,
     seed: int,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Train gradient boosting on an earlier window inside the calibration period and predict the holdout.
@@ -369,15 +370,19 @@ def gradient_boosting_predictions(
 
     first_day, _ = log_span(con)
     features_as_of, window_days = gb_training_window(first_day, split)
-    training_customers = 0
+    training_customers, training_purchases = 0, 0
     if window_days >= 1:
-        train_summary = summarize(con, features_as_of, days_per_unit, resolution)  # type: ignore[arg-type]
-        targets = holdout_purchases(con, features_as_of, split.calibration_end, resolution)  # type: ignore[arg-type]
-        training_customers = len(train_summary)
-    if window_days < 1 or training_customers < GB_MIN_TRAINING_CUSTOMERS or targets["purchases_holdout"].sum() == 0:
+        try:
+            train_summary = summarize(con, features_as_of, days_per_unit, resolution)
+            targets = holdout_purchases(con, features_as_of, split.calibration_end, resolution)
+            training_customers, training_purchases = len(train_summary), int(targets["purchases_holdout"].sum())
+        except DataError:
+            pass  # no customer yet at features_as_of
+    if training_customers < GB_MIN_TRAINING_CUSTOMERS or training_purchases == 0:
         raise FitError(
             f"The gradient-boosting baseline has too little history to train on before {split.calibration_end} "
-            f"({training_customers} customers, a {window_days}-day window). Use a later calibration_end."
+            f"({training_customers} customers and {training_purchases} purchases in a {window_days}-day window). "
+            "Use a later calibration_end."
         )
     X_train = gb_features(train_summary, days_per_unit)
     X = gb_features(summary, days_per_unit)
@@ -523,7 +528,7 @@ def tracking_curve(
     model: PurchaseModel,
     split: Split,
     days_per_unit: float,
-    resolution: str,
+    resolution: Resolution,
 ) -> pd.DataFrame:
     """Weekly cumulative repeat purchases of the calibration customers, actual vs model, up to holdout_end.
 
@@ -637,7 +642,9 @@ def run_backtest(
         model = fitted[chosen]
         timings["model_fits"] = time.perf_counter() - clock
 
-        customers = summary[["frequency", "recency", "T", "monetary_value", "revenue"]].copy()
+        customers = summary[["frequency", "recency", "T", "monetary_value", "revenue"]].rename(
+            columns={"revenue": "calibration_revenue"}
+        )
         customers["actual_purchases"] = actual_purchases
         customers["actual_revenue"] = actual["revenue_holdout"].to_numpy(float)
         parts = [

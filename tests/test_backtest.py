@@ -20,6 +20,7 @@ from forecast.backtest import (
     decile_table,
     default_split,
     gb_training_window,
+    gradient_boosting_predictions,
     mae,
     resolve_split,
     rmse,
@@ -30,8 +31,9 @@ from forecast.backtest import (
 )
 from forecast.cli import app
 from forecast.config import RunConfig, load_config
-from forecast.errors import ConfigError
+from forecast.errors import ConfigError, FitError
 from forecast.ingest import read_transactions
+from forecast.rfm import summarize
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CALIBRATION_END = dt.date(1997, 9, 30)
@@ -161,6 +163,15 @@ def test_gradient_boosting_trains_inside_the_calibration_period(sample_backtest:
     assert training["scale_to_holdout"] == pytest.approx(273 / 136)
     start, window = gb_training_window(dt.date(1997, 1, 1), Split(dt.date(1998, 1, 1), dt.date(1998, 3, 1)))
     assert (start, window) == (dt.date(1997, 11, 3), 59)  # a short holdout: a window as long as the holdout
+
+
+def test_gradient_boosting_refuses_a_calibration_period_without_history(
+    sample_config: RunConfig, sample_log: pd.DataFrame
+) -> None:
+    con = connection_for(sample_log)
+    summary = summarize(con, dt.date(1997, 1, 2))
+    with pytest.raises(FitError, match="too little history to train on before 1997-01-02"):
+        gradient_boosting_predictions(con, summary, Split(dt.date(1997, 1, 2), HOLDOUT_END), 7.0, "day", 0)
 
 
 # --- leakage ------------------------------------------------------------------------------------------
