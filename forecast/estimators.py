@@ -8,6 +8,8 @@ comparable across models, sanity checks, and JSON round trips without pickle.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import warnings
 from collections.abc import Callable
@@ -108,7 +110,8 @@ class _Model:
     def _fit_compressed(self, data: dict[str, np.ndarray], weights: np.ndarray, fit: Callable[[Any], None]) -> Self:
         fitter = self.fitter_class()
         try:
-            with warnings.catch_warnings():
+            # lifetimes prints the optimiser's report when it fails; the FitError says it instead.
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 fit(fitter)
         except ConvergenceError:

@@ -31,3 +31,17 @@ def write_log(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def cdnow_sample_summary():
+    """Summary of the CDNOW sample at the end of week 39 (1997-09-30), in weeks."""
+    import datetime as dt
+
+    from forecast.config import load_config
+    from forecast.ingest import read_transactions
+    from forecast.rfm import summarize
+
+    config = load_config(CONFIGS / "cdnow_sample.yaml")
+    transactions = read_transactions(config.data)
+    return summarize(transactions.connection, dt.date(1997, 9, 30), 7.0)

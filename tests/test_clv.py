@@ -1,0 +1,117 @@
+"""Predictive CLV against a hand computation, the heuristic's worked examples, tiers and lifespan."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forecast.clv import (
+    assign_tiers,
+    heuristic_clv,
+    heuristic_inputs,
+    month_ends,
+    observed_lifespan_years,
+    require_finite,
+    score_customers,
+)
+from forecast.errors import FitError
+from forecast.estimators import fit_models
+
+from . import reference as ref
+
+
+@pytest.fixture(scope="module")
+def models(cdnow_sample_summary):
+    return fit_models(cdnow_sample_summary, "bgnbd")
+
+
+@pytest.mark.parametrize(("value", "per_year", "years", "clv"), ref.HEURISTIC_WORKED_EXAMPLES)
+def test_heuristic_reproduces_worked_examples(value, per_year, years, clv):
+    """1,000 x 6 x 5 = 30,000; 5,000 x 4 x 8 = 160,000; 800 x 5 x 3 = 12,000 (seed articles, DESIGN.md)."""
+    assert heuristic_clv(value, per_year, years) == clv
+
+
+def test_heuristic_frequent_small_buyer_beats_rare_big_buyer():
+    """200 x 1 = 200 vs 75 x 3 = 225 per year; over 3 years 675 (seed articles)."""
+    assert heuristic_clv(200, 1, 1) == 200
+    assert heuristic_clv(75, 3, 1) == 225
+    assert heuristic_clv(75, 3, 3) == 675
+    assert heuristic_clv(75, 3, 3, margin=0.5) == 337.5
+
+
+def test_month_is_365_25_over_12_days_in_model_units():
+    assert month_ends(12, 7.0)[-1] == pytest.approx(365.25 / 7)
+    assert month_ends(1, 1.0)[1] == pytest.approx(30.4375)
+
+
+def test_clv_equals_hand_computed_discounted_sum(models, cdnow_sample_summary):
+    """CLV = sum_k m * E[spend] * (E[X(t_k)] - E[X(t_k-1)]) / (1 + d)^k with t_k = k months in weeks."""
+    purchases, spend = models
+    customers = cdnow_sample_summary.iloc[:5]
+    scores = score_customers(customers, purchases, spend, 6, 0.02, 0.3, 7.0)
+    for customer_id, row in customers.iterrows():
+        args = ([row["frequency"]], [row["recency"]], [row["T"]])
+        total = 0.0
+        for k in range(1, 7):
+            now = purchases.expected_purchases(k * 30.4375 / 7, *args)[0]
+            before = purchases.expected_purchases((k - 1) * 30.4375 / 7, *args)[0]
+            total += (now - before) / 1.02**k
+        spend_per_purchase = spend.expected_spend([row["frequency"]], [row["monetary_value"]])[0]
+        assert scores.loc[customer_id, "clv"] == pytest.approx(0.3 * spend_per_purchase * total, rel=1e-12)
+        assert scores.loc[customer_id, "expected_purchases"] == pytest.approx(
+            purchases.expected_purchases(6 * 30.4375 / 7, *args)[0], rel=1e-12
+        )
+
+
+@settings(max_examples=25, deadline=None)
+@given(low=st.floats(0, 0.05), step=st.floats(0.001, 0.05))
+def test_clv_falls_as_discount_rate_rises(models, cdnow_sample_summary, low, step):
+    purchases, spend = models
+    customers = cdnow_sample_summary.iloc[:50]
+    cheap = score_customers(customers, purchases, spend, 12, low, 0.3, 7.0)["clv"]
+    dear = score_customers(customers, purchases, spend, 12, low + step, 0.3, 7.0)["clv"]
+    assert (dear <= cheap).all()
+    assert dear.sum() < cheap.sum()
+
+
+def test_heuristic_inputs_use_own_value_and_repeat_rate():
+    summary = pd.DataFrame(
+        {"frequency": [3, 0], "T": [365.25 / 7 * 2, 10.0], "revenue": [400.0, 50.0]}, index=["a", "b"]
+    )
+    inputs = heuristic_inputs(summary, 7.0)
+    assert inputs.loc["a", "avg_purchase_value"] == pytest.approx(100.0)
+    assert inputs.loc["a", "purchases_per_year"] == pytest.approx(1.5)
+    assert inputs.loc["b", "purchases_per_year"] == 0.0
+
+
+def test_tiers_take_the_configured_shares_from_the_top():
+    clv = pd.Series(np.arange(100, dtype=float), index=[f"c{i:03d}" for i in range(100)])
+    tiers = assign_tiers(clv, {"top 1%": 0.01, "next 4%": 0.04, "next 15%": 0.15, "rest": 0.80})
+    assert tiers["c099"] == "top 1%"
+    assert (tiers == "next 4%").sum() == 4
+    assert (tiers == "next 15%").sum() == 15
+    assert (tiers == "rest").sum() == 80
+    assert tiers["c000"] == "rest"
+
+
+def test_observed_lifespan_from_churn():
+    """Of 4 customers acquired before the 1-year window, 1 bought in it: churn 75%, lifespan 1 / 0.75 years."""
+    first = pd.to_datetime(["2017-06-01"] * 4 + ["2019-03-01"])
+    last = pd.to_datetime(["2018-02-01", "2018-05-01", "2018-12-01", "2019-06-01", "2019-03-01"])
+    summary = pd.DataFrame({"first_purchase": first, "last_purchase": last})
+    window_days = 365.25
+    as_of = dt.date(2019, 12, 31)
+    churn = 3 / 4
+    assert (pd.Timestamp(as_of) - pd.Timedelta(days=window_days)) > pd.Timestamp("2018-12-01")
+    assert observed_lifespan_years(summary, as_of) == pytest.approx(1 / churn)
+
+
+def test_require_finite_names_column_and_customers():
+    frame = pd.DataFrame({"clv": [1.0, np.inf], "p_alive": [0.5, 0.2]}, index=["ok", "heavy"])
+    with pytest.raises(FitError, match=r"1 customers \(columns clv; customers heavy\)"):
+        require_finite(frame, "The predictions")

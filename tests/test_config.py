@@ -1,0 +1,57 @@
+"""Config loading: strict keys, clear errors, paths relative to the config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forecast.config import load_config
+from forecast.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_bundled_configs_load(sample_config_path):
+    config = load_config(sample_config_path)
+    assert config.time_unit == "week"
+    assert str(config.as_of) == "1997-09-30"
+    assert load_config(sample_config_path.parent / "cdnow.yaml").data.path == "lifetimes:CDNOW_master.txt"
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write(tmp_path, "data: {path: log.csv}\nhorizon_monts: 12\n")
+    with pytest.raises(ConfigError, match="unknown key 'horizon_monts'"):
+        load_config(path)
+
+
+def test_nested_unknown_and_missing_keys_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'data.customer'"):
+        load_config(write(tmp_path, "data: {path: log.csv, customer: id}\n"))
+    with pytest.raises(ConfigError, match=r"missing key 'data'"):
+        load_config(write(tmp_path, "margin: 0.3\n"))
+
+
+def test_invalid_values_are_explained(tmp_path):
+    with pytest.raises(ConfigError, match=r"'margin'.*less than or equal to 1"):
+        load_config(write(tmp_path, "data: {path: log.csv}\nmargin: 30\n"))
+    with pytest.raises(ConfigError, match=r"'time_unit'"):
+        load_config(write(tmp_path, "data: {path: log.csv}\ntime_unit: fortnight\n"))
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="Config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "data: [unclosed\n"))
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_data_path_is_relative_to_the_config_file(tmp_path):
+    config = load_config(write(tmp_path, "data: {path: logs/tx.csv}\n"))
+    assert Path(config.data.path) == (tmp_path / "logs" / "tx.csv").resolve()

@@ -1,0 +1,121 @@
+"""The monthly batch end to end through the CLI, on the real CDNOW data that lifetimes ships."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from forecast.cli import app
+
+from . import reference as ref
+
+CONTRACT_COLUMNS = [
+    "customer_id", "frequency", "recency", "T", "monetary_value", "p_alive", "expected_purchases",
+    "expected_spend", "clv", "clv_heuristic", "segment",
+]  # fmt: skip
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result
+
+
+def test_run_on_cdnow_sample_reproduces_published_fits(in_tmp, sample_config_path):
+    """BG/NBD 0.2426, 4.4136, 0.7929, 2.4259 and Gamma-Gamma 6.25, 3.74, 15.44 in the manifest (REFERENCE.md)."""
+    result = run_cli("run", str(sample_config_path), "--output", "out")
+    assert result.exit_code == 0, result.output
+    out = in_tmp / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["as_of"] == "1997-09-30"
+    assert manifest["time_unit"] == "week"
+    assert manifest["input"]["customers"] == 2357
+    purchases, spend = manifest["models"]["purchases"], manifest["models"]["spend"]
+    assert purchases["name"] == "bgnbd" and purchases["converged"]
+    for name, value in ref.BGNBD_CDNOW_SAMPLE.items():
+        assert purchases["params"][name] == pytest.approx(value, abs=6e-5)
+    for name, value in ref.GAMMA_GAMMA_CDNOW_SAMPLE.items():
+        assert spend["params"][name] == pytest.approx(value, abs=6e-3)
+    assert set(purchases["standard_errors"]) == {"r", "alpha", "a", "b"}
+    assert isinstance(manifest["warnings"], list)
+
+    customers = pd.read_parquet(out / "customers.parquet")
+    assert list(customers.columns[: len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+    assert customers["customer_id"].iloc[0] == "0001"
+    assert len(customers) == 2357
+    csv = pd.read_csv(out / "customers.csv", dtype={"customer_id": str})
+    assert csv["customer_id"].iloc[0] == "0001"
+    segments = pd.read_csv(out / "segments.csv")
+    everyone = segments[segments["segmentation"] == "all"].iloc[0]
+    tiers = segments[segments["segmentation"] == "segment"]
+    assert tiers["customers"].sum() == everyone["customers"] == 2357
+    assert tiers["clv_total"].sum() == pytest.approx(everyone["clv_total"])
+    assert (in_tmp / "models" / "1997-09-30" / "purchases.json").is_file()
+
+
+def test_run_on_full_cdnow_has_no_nan_or_infinite_value(in_tmp):
+    """23,570 customers, with the 80 zero-value rows of CDNOW_master.txt (REFERENCE.md)."""
+    from .conftest import CONFIGS
+
+    result = run_cli("run", str(CONFIGS / "cdnow.yaml"), "--output", "out")
+    assert result.exit_code == 0, result.output
+    customers = pd.read_parquet(in_tmp / "out" / "customers.parquet")
+    assert len(customers) == 23570
+    numeric = customers.select_dtypes("number")
+    assert np.isfinite(numeric.to_numpy(dtype=float)).all()
+    assert customers["p_alive"].between(0, 1).all()
+    assert (customers["clv"] >= 0).all()
+    manifest = json.loads((in_tmp / "out" / "manifest.json").read_text())
+    assert manifest["input"]["rows"] == 69659
+    assert any("80 rows have an amount of 0" in w for w in manifest["warnings"])
+
+
+def test_rows_after_as_of_are_ignored(in_tmp):
+    """Appending transactions after as_of (a later purchase, a new customer) changes no output."""
+    import datetime as dt
+
+    from forecast.simulate import simulate_transactions
+
+    log = in_tmp / "log.csv"
+    simulate_transactions(500, end=dt.date(2020, 12, 31), seed=3).to_csv(log, index=False)
+    config = in_tmp / "run.yaml"
+    config.write_text(f"data: {{path: {log}}}\ntime_unit: week\nmargin: 0.5\n", encoding="utf-8")
+    result = run_cli("run", str(config), "--as-of", "2020-09-30", "--output", "a")
+    assert result.exit_code == 0, result.output
+    with log.open("a") as handle:
+        handle.write("0000000001,2020-10-03 10:00:00,999\nnew,2020-11-05 12:00:00,5\n")
+    result = run_cli("run", str(config), "--as-of", "2020-09-30", "--output", "b")
+    assert result.exit_code == 0, result.output
+    a = pd.read_parquet(in_tmp / "a" / "customers.parquet")
+    b = pd.read_parquet(in_tmp / "b" / "customers.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_user_errors_exit_non_zero_without_traceback(in_tmp):
+    config = in_tmp / "bad.yaml"
+    config.write_text("data: {path: missing.csv}\nhorizon: 3\n", encoding="utf-8")
+    result = run_cli("run", str(config))
+    assert result.exit_code == 2
+    assert "unknown key 'horizon'" in result.output
+    assert "Traceback" not in result.output
+    config.write_text("data: {path: missing.csv}\n", encoding="utf-8")
+    result = run_cli("run", str(config))
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+    assert not (in_tmp / "runs").exists()
+
+
+def test_validate_prints_a_data_quality_summary(sample_config_path):
+    result = run_cli("validate", str(sample_config_path))
+    assert result.exit_code == 0, result.output
+    assert "6,919 rows, 2,357 customers" in result.output
+    assert "8 rows have an amount of 0" in result.output
