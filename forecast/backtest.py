@@ -618,6 +618,15 @@ def run_backtest(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ForecastWarning)
         clock = time.perf_counter()
+        _, last_day = log_span(con)
+        if holdout_end > last_day:
+            warnings.warn(
+                f"The log ends on {last_day}, {(holdout_end - last_day).days} days before holdout_end {holdout_end}: "
+                "the holdout's actual purchases and revenue are understated. Set holdout_end to the last day with "
+                "data or earlier.",
+                ForecastWarning,
+                stacklevel=2,
+            )
         summary = summarize(con, calibration_end, days_per_unit, config.resolution)
         actual = holdout_purchases(con, calibration_end, holdout_end, config.resolution).reindex(summary.index)
         if actual.isna().any().any():

@@ -11,6 +11,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from forecast.backtest import (
@@ -266,6 +268,24 @@ def test_top20_capture_on_a_hand_built_case() -> None:
     assert top_capture(np.ones(10), np.zeros(10)) is None
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0, 100), st.floats(0, 100)), min_size=1, max_size=40),
+)
+def test_rank_metrics_stay_in_range_and_below_a_perfect_ranking(pairs: list[tuple[float, float]]) -> None:
+    predicted, actual = (np.array(values) for values in zip(*pairs, strict=True))
+    capture = top_capture(predicted, actual)
+    if actual.sum() <= 0:
+        assert capture is None
+    else:
+        assert capture is not None
+        perfect = top_capture(actual, actual)
+        assert perfect is not None
+        assert -1e-12 <= capture <= perfect + 1e-12 <= 1 + 2e-12
+    correlation = spearman(predicted, actual)
+    assert correlation is None or -1 - 1e-12 <= correlation <= 1 + 1e-12
+
+
 def test_decile_table_on_a_hand_built_case() -> None:
     """Twenty customers with predicted revenue 20..1: decile 1 holds the two highest (20 and 19)."""
     predicted = np.arange(20.0, 0.0, -1.0)
@@ -352,6 +372,13 @@ def test_cli_backtest_writes_backtest_json_and_plots(tmp_path: Path) -> None:
         assert "<svg" in (output / file_name).read_text(encoding="utf-8")
     customers = pd.read_csv(output / "backtest_customers.csv", dtype={"customer_id": str})
     assert len(customers) == 2357 and customers["actual_purchases"].sum() == 1882
+
+
+def test_a_holdout_past_the_last_day_warns(sample_config: RunConfig, sample_log: pd.DataFrame) -> None:
+    early = sample_log[sample_log["ts"] < pd.Timestamp("1998-03-01")]
+    result = run_backtest(connection_for(early), sample_config, CALIBRATION_END, HOLDOUT_END)
+    assert any("understated" in message for message in result.warnings)
+    assert result.document["warnings"] == result.warnings
 
 
 def test_cli_backtest_reports_bad_dates_without_a_traceback(tmp_path: Path) -> None:
