@@ -325,7 +325,8 @@ def gb_features(summary: pd.DataFrame, days_per_unit: float) -> pd.DataFrame:
     features = summary[["frequency", "recency", "T", "monetary_value"]].astype(float)
     features["avg_purchase_value"] = heuristic_inputs(summary, days_per_unit)["avg_purchase_value"]
     features["time_since_last_purchase"] = summary["T"] - summary["recency"]
-    return features[GB_FEATURES]
+    # DuckDB's parallel sums differ in the last bits between runs; rounding keeps the trees' bins identical.
+    return features[GB_FEATURES].round(9)
 
 
 def gb_training_window(first_day: dt.date, split: Split) -> tuple[dt.date, int]:
@@ -390,7 +391,7 @@ def gradient_boosting_predictions(
     predictions = {}
     for target, column in (("purchases", "purchases_holdout"), ("revenue", "revenue_holdout")):
         # Poisson loss: the targets are non-negative and the prediction should be a mean, like the models'.
-        y = targets[column].reindex(train_summary.index).to_numpy(float).clip(min=0)
+        y = targets[column].reindex(train_summary.index).to_numpy(float).clip(min=0).round(9)
         model = HistGradientBoostingRegressor(
             loss="poisson",
             learning_rate=0.1,
