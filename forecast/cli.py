@@ -7,13 +7,17 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from forecast.config import load_config
-from forecast.errors import ForecastError
+from forecast.config import RunConfig, load_config
+from forecast.errors import ConfigError, ForecastError
+
+if TYPE_CHECKING:
+    from forecast.pipeline import RunResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Customer-lifetime-value forecasts.")
 console = Console(stderr=True)
@@ -23,6 +27,23 @@ AsOfOption = Annotated[
     dt.datetime | None, typer.Option("--as-of", help="Observation end (YYYY-MM-DD), inclusive.", formats=["%Y-%m-%d"])
 ]
 OutputOption = Annotated[Path | None, typer.Option("--output", help="Output folder (default: the config's output).")]
+MonthOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of", help="Observation end: YYYY-MM (that month's end) or YYYY-MM-DD; default the last complete month."
+    ),
+]
+ThroughOption = Annotated[
+    str | None,
+    typer.Option("--through", help="Backfill: run every month end from --as-of through this month (YYYY-MM)."),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace an existing run folder even if it was made from different input.")
+]
+RunOutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", help="Exactly this output folder, for a single run (default: <config output>/<as_of>)."),
+]
 
 
 @contextmanager
@@ -48,21 +69,80 @@ def progress_display() -> Iterator[Callable[[str], None]]:
         yield lambda message: status.update(message)
 
 
-@app.command()
-def run(config: ConfigArg, as_of: AsOfOption = None, output: OutputOption = None) -> None:
-    """Run the monthly batch: summary, model fits, per-customer and per-segment CLV, manifest."""
-    from forecast.pipeline import run as run_pipeline
-
-    with user_errors(), progress_display() as say:
-        result = run_pipeline(load_config(config), as_of.date() if as_of else None, output, say)
+def _summary_line(result: RunResult) -> str:
     totals = result.manifest["totals"]
-    for message in result.forecast.warnings:
-        console.print(f"[yellow]warning:[/] {message}", highlight=False)
-    typer.echo(
+    drift = result.manifest.get("drift")
+    since = ""
+    if drift and drift["totals"]["clv"]["relative_change"] is not None:
+        since = f" ({drift['totals']['clv']['relative_change']:+.1%} since {drift['previous_as_of']})"
+    return (
         f"as_of {result.forecast.as_of}: {len(result.forecast.customers):,} customers, predictive CLV "
-        f"{totals['clv']:,.0f}, heuristic CLV {totals['clv_heuristic']:,.0f}; outputs in {result.output}, "
+        f"{totals['clv']:,.0f}{since}, heuristic CLV {totals['clv_heuristic']:,.0f}; outputs in {result.output}, "
         f"models in {result.models}"
     )
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    as_of: MonthOption = None,
+    output: RunOutputOption = None,
+    through: ThroughOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Run the monthly batch: summary, model fits, per-customer and per-segment CLV, drift, manifest.
+
+    With --through, backfill: one run per month end from --as-of through --through, in order.
+    """
+    from forecast.pipeline import run as run_pipeline
+    from forecast.registry import month_ends_between, parse_as_of
+
+    with user_errors():
+        settings = load_config(config)
+        day = parse_as_of(as_of) if as_of else None
+        if through is not None:
+            if day is None or output is not None:
+                raise ConfigError(
+                    "--through backfills a range of months: give the first month with --as-of (YYYY-MM) and "
+                    "leave out --output (each month goes to <config output>/<as_of>/)."
+                )
+            _backfill(settings, month_ends_between(day, parse_as_of(through)), force)
+            return
+        with progress_display() as say:
+            result = run_pipeline(settings, day, output, say, force=force)
+    _report(result)
+
+
+def _report(result: RunResult) -> None:
+    for message in result.forecast.warnings:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    typer.echo(_summary_line(result))
+
+
+def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> None:
+    """Run each month end in order with a progress bar; stop at the first failure (earlier months stay)."""
+    from forecast.pipeline import run as run_pipeline
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not console.is_terminal,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("Backfill", total=len(month_ends))
+        for month in month_ends:
+
+            def say(message: str, month: dt.date = month) -> None:
+                if console.is_terminal:
+                    bar.update(task, description=f"{month}: {message}")
+                else:
+                    console.print(f"- {month}: {message}", highlight=False)
+
+            try:
+                result = run_pipeline(settings, month, None, say, force=force)
+            except ForecastError:
+                console.print(f"[bold red]backfill stopped at {month}[/]; the months before it are complete.")
+                raise
+            _report(result)
+            bar.advance(task)
 
 
 @app.command()
@@ -124,11 +204,12 @@ def backtest(
 @app.command()
 def validate(config: ConfigArg) -> None:
     """Check the config and the data without fitting; print a data-quality summary."""
-    from forecast.ingest import read_transactions
+    from forecast.ingest import count_after_as_of, read_transactions
 
     with user_errors():
         settings = load_config(config)
-        quality = read_transactions(settings.data).quality
+        transactions = read_transactions(settings.data)
+        quality = (count_after_as_of(transactions, settings.as_of) if settings.as_of else transactions).quality
     typer.echo(
         f"{config}: valid. {quality.rows:,} rows, {quality.customers:,} customers, "
         f"{quality.first_timestamp} .. {quality.last_timestamp}."

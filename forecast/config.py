@@ -43,6 +43,27 @@ class DataConfig(_Strict):
     delimiter: str | None = None
     segment_columns: list[str] = Field(default_factory=list)
     negative_amounts: Literal["net", "drop", "fail"] = "net"
+    order_id: str | None = Field(default=None, description="Column identifying one row per order (optional).")
+    duplicates: Literal["keep", "drop", "fail"] = Field(
+        default="keep", description="Exact duplicate rows and repeated order ids: keep, drop (keep the first), fail."
+    )
+    invalid_rows: Literal["fail", "drop"] = Field(
+        default="fail", description="Rows with an unparseable date or a non-numeric/non-finite amount."
+    )
+    timezone: str = Field(
+        default="UTC", description="IANA zone of naive timestamps; offsets are converted to it; days are local."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/Berlin'") from None
+        return value
 
     @model_validator(mode="after")
     def _columns_for_whitespace(self) -> DataConfig:
@@ -97,6 +118,14 @@ class BacktestConfig(_Strict):
         return self
 
 
+class DriftConfig(_Strict):
+    """When a change since the previous month's run becomes a warning (see forecast.drift)."""
+
+    parameter_z: float = Field(default=3.0, gt=0, description="Warn when |change / SE of the change| exceeds this.")
+    total_clv_change: float = Field(default=0.25, gt=0, description="Warn when total CLV changes by more (fraction).")
+    lapsed_p_alive: float = Field(default=0.5, gt=0, lt=1, description="P(alive) below which a customer has lapsed.")
+
+
 class RunConfig(_Strict):
     """Everything one run needs; see configs/cdnow.yaml for an annotated example."""
 
@@ -111,6 +140,7 @@ class RunConfig(_Strict):
     backtest: BacktestConfig | None = None
     heuristic: HeuristicConfig = Field(default_factory=HeuristicConfig)
     segments: SegmentConfig = Field(default_factory=SegmentConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     output: str = "runs/latest"
     models_dir: str = "models"
 

@@ -82,6 +82,7 @@ class _Model:
     param_names: ClassVar[tuple[str, ...]]
     lifetimes_names: ClassVar[tuple[str, ...]]
     fitter_class: ClassVar[type]
+    convergence_advice: ClassVar[str] = "another purchase_model (bgnbd, mbgnbd, pareto)"
 
     def __init__(self) -> None:
         self.result_: FitResult | None = None
@@ -117,7 +118,7 @@ class _Model:
         except ConvergenceError:
             raise FitError(
                 f"The {self.title} model did not converge on {int(weights.sum()):,} customers. Try a longer "
-                "calibration period, more customers, or another purchase_model (bgnbd, mbgnbd, pareto)."
+                f"calibration period, more customers, or {self.convergence_advice}."
             ) from None
         params = {p: float(fitter.params_[lp]) for p, lp in zip(self.param_names, self.lifetimes_names, strict=True)}
         bad = {p: v for p, v in params.items() if not math.isfinite(v) or v <= 0}
@@ -186,6 +187,23 @@ class _Model:
         return model
 
 
+def _require_finite(
+    values: np.ndarray, title: str, what: str, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+) -> np.ndarray:
+    """Return ``values`` if all are finite, else raise a FitError naming the first offending histories."""
+    values = np.asarray(values, dtype=float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        x, t_x, age = (np.broadcast_to(np.asarray(v, float), values.shape)[bad] for v in (frequency, recency, T))
+        examples = ", ".join(f"(x={a:g}, t_x={b:g}, T={c:g})" for a, b, c in list(zip(x, t_x, age, strict=True))[:3])
+        raise FitError(
+            f"The {title} {what} are NaN or infinite for {int(bad.sum()):,} customer histories, e.g. {examples}: "
+            "the model's formula breaks down for very heavy buyers. Use purchase_model: bgnbd, which stays "
+            "finite there, or check those customers' transactions (a shared or test account?)."
+        )
+    return values
+
+
 class PurchaseModel(_Model):
     """Base for the purchase-and-dropout models; predictions take a horizon in model time units."""
 
@@ -204,6 +222,12 @@ class PurchaseModel(_Model):
         unique, weights = unique_rows({"frequency": frequency, "recency": recency, "T": T})
         if len(unique) == 0:
             raise FitError(f"The {self.title} model needs at least one customer.")
+        if len(unique) < len(self.param_names):
+            raise FitError(
+                f"The {self.title} model has {len(self.param_names)} parameters but the data has only "
+                f"{len(unique)} distinct customer histories ({int(weights.sum()):,} customers), so they cannot "
+                "be estimated. Use a log with more customers (hundreds give stable estimates)."
+            )
         if (unique["frequency"] > 0).sum() == 0:
             raise FitError(
                 f"Nobody in the data made a repeat purchase, so the {self.title} model cannot be fitted. "
@@ -222,7 +246,7 @@ class PurchaseModel(_Model):
             values = self._fitter().conditional_expected_number_of_purchases_up_to_time(
                 t, np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
             )
-        return np.asarray(values, dtype=float)
+        return _require_finite(values, self.title, "expected purchases", frequency, recency, T)
 
     def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
         """Probability that each customer is still active at the end of observation."""
@@ -230,7 +254,7 @@ class PurchaseModel(_Model):
             values = self._fitter().conditional_probability_alive(
                 np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
             )
-        return np.asarray(values, dtype=float)
+        return _require_finite(values, self.title, "probabilities of being alive", frequency, recency, T)
 
     def expected_purchases_new(self, t: ArrayLike) -> np.ndarray:
         """Expected repeat purchases in ``t`` time units for a customer acquired at time 0."""
@@ -282,6 +306,39 @@ class ModifiedBetaGeo(PurchaseModel):
         )
         return -float(mean_nll) * float(weights.sum())
 
+    def _conditional_expectation(
+        self, t: float, frequency: np.ndarray, recency: np.ndarray, T: np.ndarray
+    ) -> np.ndarray:
+        """E[X(t) | x, t_x, T] by a form that stays finite for customers with thousands of purchases.
+
+        lifetimes evaluates 2F1(r + x, b + x + 1; a + b + x; z) (1 - z)^(r + x) with z = t / (alpha + T + t),
+        which overflows (NaN) for x in the thousands. Euler's transformation
+        2F1(A, B; C; z) = (1 - z)^(C - A - B) 2F1(C - A, C - B; C; z) turns the product into
+        (1 - z)^(a - 1) 2F1(a + b - r, a - 1; a + b + x; z), whose parameters do not grow with x, and the
+        denominator 1 + a / (b + x) ((alpha + T) / (alpha + t_x))^(r + x) is taken in log space.
+
+        References
+        ----------
+        Batislam, Denizel & Filiztekin (2007), eq. (7); Abramowitz & Stegun (1972), 15.3.3.
+        """
+        from scipy.special import expit, hyp2f1
+
+        r, alpha, a, b = (self.params_[k] for k in self.param_names)
+        x = frequency
+        z = t / (alpha + T + t)
+        product = np.exp((a - 1) * np.log1p(-z)) * hyp2f1(a + b - r, a - 1, a + b + x, z)
+        numerator = (a + b + x) / (a - 1) * (1 - product)
+        log_odds_dead = np.log(a / (b + x)) + (r + x) * np.log((alpha + T) / (alpha + recency))
+        return np.asarray(numerator * expit(-log_odds_dead), dtype=float)
+
+    def expected_purchases(self, t: float, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
+        """Expected number of purchases in the next ``t`` time units given each customer's history."""
+        with np.errstate(all="ignore"):
+            values = self._conditional_expectation(
+                t, np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
+            )
+        return _require_finite(values, self.title, "expected purchases", frequency, recency, T)
+
 
 class ParetoNBD(PurchaseModel):
     """Pareto/NBD: purchases at rate lambda ~ Gamma(r, alpha); lifetimes exponential with mu ~ Gamma(s, beta).
@@ -328,6 +385,7 @@ class GammaGamma(_Model):
     param_names = ("p", "q", "gamma")
     lifetimes_names = ("p", "q", "v")
     fitter_class = GammaGammaFitter
+    convergence_advice = "the heuristic CLV until there are more repeat buyers"
 
     @staticmethod
     def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:

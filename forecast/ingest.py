@@ -3,10 +3,32 @@
 The log becomes one DuckDB relation named ``transactions`` with the columns
 ``customer_id VARCHAR, ts TIMESTAMP, amount DOUBLE`` plus any configured segment columns.
 Nothing is pulled into Python row by row: checks are aggregate queries.
+
+Every problem the job can handle is handled by a documented policy and counted in ``DataQuality``;
+every problem it cannot handle is a ``DataError`` that names the column, the count and the first
+line numbers. The policies (README, "Data requirements and policies"):
+
+- timestamps: an ISO string with a UTC offset (``+02:00``, ``Z``) is converted to ``data.timezone``;
+  a naive timestamp is taken to be in ``data.timezone`` already (default UTC). Purchase days are
+  calendar days in ``data.timezone``.
+- unparseable or impossible dates, non-numeric, NaN or infinite amounts: ``data.invalid_rows``
+  (``fail`` by default, or ``drop`` and count).
+- empty or blank customer ids: dropped and counted. Ids are kept as given (text: leading zeros,
+  spaces and unicode survive; ``"007"`` and ``"7"`` are different customers).
+- zero amounts: kept as purchases and counted.
+- negative amounts (returns): ``data.negative_amounts`` = ``net`` (subtracted from the customer's
+  last purchase of that calendar day; a return on a day without a purchase is dropped and counted),
+  ``drop``, or ``fail``.
+- exact duplicate rows, and repeated order ids when ``data.order_id`` is mapped: ``data.duplicates`` =
+  ``keep`` (the default: CDNOW has 255 legitimate identical rows), ``drop`` (keep the first), or ``fail``.
+- transactions after as_of: excluded by the summary and counted by ``count_after_as_of``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import difflib
 import glob
 import hashlib
 import os
@@ -20,6 +42,11 @@ from forecast.errors import DataError
 
 DATA_SUFFIXES = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 EXAMPLES = 5
+#: Internal columns added to every raw row: the source file and the row's line (CSV) or row (Parquet) number.
+FILE_COLUMN = "__clv_file"
+LINE_COLUMN = "__clv_line"
+#: An ISO time of day followed by a UTC offset or Z, e.g. ``10:00:00+02:00`` (a date alone has no offset).
+OFFSET_PATTERN = r"[T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)$"
 
 
 def quote_identifier(name: str) -> str:
@@ -60,8 +87,11 @@ def resolve_files(spec: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
         if not files:
+            others = sorted(p.name for p in path.rglob("*") if p.is_file())[:EXAMPLES]
+            found = f" (it holds {', '.join(others)})" if others else " (it is empty)"
             raise DataError(
-                f"The folder {path} holds no data files (.csv, .txt, .tsv, .parquet). Point data.path at the log."
+                f"The folder {path} holds no data files (.csv, .txt, .tsv, .parquet, .pq){found}. "
+                "Point data.path at the log."
             )
     elif any(char in spec for char in "*?["):
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
@@ -71,9 +101,14 @@ def resolve_files(spec: str) -> list[Path]:
         files = [path]
     else:
         raise DataError(f"The transaction log {spec} does not exist. Check data.path in the config.")
-    formats = {DATA_SUFFIXES.get(p.suffix.lower(), "csv") for p in files}
-    if len(formats) > 1:
-        raise DataError(f"{spec} mixes CSV and Parquet files ({len(files)} files). Keep one format per data.path.")
+    by_format: dict[str, list[str]] = {}
+    for p in files:
+        by_format.setdefault(DATA_SUFFIXES.get(p.suffix.lower(), "csv"), []).append(p.name)
+    if len(by_format) > 1:
+        listing = "; ".join(f"{fmt}: {', '.join(names[:3])}" for fmt, names in sorted(by_format.items()))
+        raise DataError(
+            f"{spec} mixes CSV and Parquet files ({len(files)} files; {listing}). Keep one format per data.path."
+        )
     return files
 
 
@@ -83,32 +118,62 @@ def _file_format(config: DataConfig, files: list[Path]) -> str:
     return DATA_SUFFIXES.get(files[0].suffix.lower(), "csv")
 
 
+def _numbered(scan: str, first_line: int) -> str:
+    """Number the rows of an order-preserving scan per file, starting at ``first_line``.
+
+    DuckDB scans files in list order and keeps each file's row order (preserve_insertion_order is on
+    by default), so a running row number minus the file's first one is the row's place in its file.
+    """
+    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
+    return (
+        f"SELECT * EXCLUDE (__clv_seq), __clv_seq - min(__clv_seq) OVER (PARTITION BY {file_col}) + {first_line} "
+        f"AS {line_col} FROM (SELECT *, row_number() OVER () AS __clv_seq FROM {scan})"
+    )
+
+
 def _source_sql(config: DataConfig, files: list[Path], file_format: str) -> str:
-    """SQL for the raw rows, every column as read (CSV columns as text, so leading zeros survive)."""
+    """SQL for the raw rows, every column as read (CSV columns as text, so leading zeros survive).
+
+    Two internal columns are added: the file the row came from and its line number in that file
+    (counting the header as line 1; for Parquet, the row number).
+    """
     file_list = "[" + ", ".join(quote_literal(str(p)) for p in files) + "]"
+    file_col = quote_literal(FILE_COLUMN)
     if file_format == "parquet":
-        return f"SELECT * FROM read_parquet({file_list}, union_by_name = true)"
+        line_col = quote_identifier(LINE_COLUMN)
+        return (
+            f"SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS {line_col} FROM read_parquet("
+            f"{file_list}, union_by_name = true, filename = {file_col}, file_row_number = true)"
+        )
     if file_format == "whitespace":
         names = config.columns or []
         fields = ", ".join(f"parts[{i + 1}] AS {quote_identifier(name)}" for i, name in enumerate(names))
-        skip = 1 if config.header else 0
+        lines = (
+            f"read_csv({file_list}, columns = {{'line': 'VARCHAR'}}, delim = '\\x01', quote = '', escape = '', "
+            f"header = false, auto_detect = false, filename = {file_col})"
+        )
+        skip_header = f" AND {quote_identifier(LINE_COLUMN)} > 1" if config.header else ""
         return (
-            f"SELECT {fields} FROM ("
-            f"SELECT string_split_regex(trim(line), '\\s+') AS parts FROM read_csv({file_list}, "
-            f"columns = {{'line': 'VARCHAR'}}, delim = '\\x01', quote = '', escape = '', header = false, "
-            f"skip = {skip}, auto_detect = false) WHERE trim(line) <> '')"
+            f"SELECT {fields}, {quote_identifier(FILE_COLUMN)}, {quote_identifier(LINE_COLUMN)} FROM ("
+            f"SELECT string_split_regex(trim(line), '\\s+') AS parts, * FROM ({_numbered(lines, 1)})"
+            f"WHERE trim(coalesce(line, '')) <> ''{skip_header})"
         )
     options = ["all_varchar = true", f"header = {str(config.header).lower()}", "union_by_name = true"]
     if config.delimiter is not None:
         options.append(f"delim = {quote_literal(config.delimiter)}")
     if config.columns:
         options.append("names = [" + ", ".join(quote_literal(c) for c in config.columns) + "]")
-    return f"SELECT * FROM read_csv({file_list}, {', '.join(options)})"
+    options.append(f"filename = {file_col}")
+    return _numbered(f"read_csv({file_list}, {', '.join(options)})", 2 if config.header else 1)
 
 
 @dataclass(frozen=True)
 class DataQuality:
-    """What ingest saw and did: counts per problem, with the policy applied."""
+    """What ingest saw and did: counts per problem, with the policy applied.
+
+    ``rows`` counts the rows read; ``rows_used`` those left in ``transactions`` after the policies.
+    ``after_as_of`` is filled in by ``count_after_as_of`` once the observation end is known.
+    """
 
     rows: int
     customers: int
@@ -119,6 +184,22 @@ class DataQuality:
     negative_amounts: int = 0
     negative_policy: str = "net"
     warnings: list[str] = field(default_factory=list)
+    rows_used: int | None = None
+    files: int = 1
+    empty_files: list[str] = field(default_factory=list)
+    invalid_timestamps: int = 0
+    invalid_amounts: int = 0
+    invalid_policy: str = "fail"
+    timezone: str = "UTC"
+    timestamps_with_offset: int = 0
+    timestamps_without_offset: int = 0
+    ids_with_surrounding_space: int = 0
+    returns_without_purchase: int = 0
+    duplicate_rows: int = 0
+    duplicate_order_ids: int = 0
+    duplicates_policy: str = "keep"
+    as_of: str | None = None
+    after_as_of: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,8 +217,59 @@ def _examples(con: duckdb.DuckDBPyConnection, sql: str) -> str:
     return ", ".join(repr(row[0]) if len(row) == 1 else repr(tuple(row)) for row in rows)
 
 
+def _located(con: duckdb.DuckDBPyConnection, condition: str, column: str, single_file: bool, unit: str) -> str:
+    """The first few offending rows as ``line 3: '2023-02-30'`` (with the file name when there are several)."""
+    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
+    rows = con.execute(
+        f"SELECT {file_col}, {line_col}, {column} FROM typed_log WHERE {condition} "
+        f"ORDER BY {file_col}, {line_col} LIMIT {EXAMPLES}"
+    ).fetchall()
+    places = [
+        (f"{unit} {line}" if single_file else f"{Path(str(name)).name}:{line}") + f" {value!r}"
+        for name, line, value in rows
+    ]
+    return "first at " + ", ".join(places)
+
+
+def _missing_columns_message(where: str, missing: list[tuple[str, str]], found: list[str]) -> str:
+    hints = []
+    for _key, column in missing:
+        close = [c for c in found if c.strip().lower() == column.strip().lower()]
+        close = close or difflib.get_close_matches(column, found, n=1)
+        if close:
+            hints.append(f"'{column}' may be '{close[0]}'")
+    shown = ", ".join(repr(c) for c in found) or "none"
+    message = (
+        f"{where} has no column {', '.join(f'{column!r} ({key})' for key, column in missing)}. Columns found: {shown}."
+    )
+    if hints:
+        message += " Did you mean: " + "; ".join(hints) + "?"
+    return message + " Map the right names in the config's data section (names are case-sensitive)."
+
+
+def _timestamp_sql(config: DataConfig, column: str, source_type: str) -> str:
+    """SQL turning the raw timestamp column into a naive TIMESTAMP in ``config.timezone``.
+
+    Values with a UTC offset are converted to that zone; naive values are taken to be in it already.
+    The connection's TimeZone is set to ``config.timezone``, so a naive string cast to TIMESTAMPTZ is
+    read as local time there, and ``timezone(zone, instant)`` gives back the local wall-clock time.
+    """
+    zone = quote_literal(config.timezone)
+    source_type = source_type.upper()
+    if config.timestamp_format:
+        parsed = f"try_strptime(CAST({column} AS VARCHAR), {quote_literal(config.timestamp_format)})"
+        if "%z" in config.timestamp_format or "%Z" in config.timestamp_format:
+            return f"timezone({zone}, {parsed})"
+        return f"CAST({parsed} AS TIMESTAMP)"
+    if "WITH TIME ZONE" in source_type or source_type == "TIMESTAMPTZ":
+        return f"timezone({zone}, {column})"
+    if source_type.startswith(("TIMESTAMP", "DATE")):
+        return f"CAST({column} AS TIMESTAMP)"
+    return f"timezone({zone}, TRY_CAST(trim(CAST({column} AS VARCHAR)) AS TIMESTAMPTZ))"
+
+
 def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection | None = None) -> Transactions:
-    """Open the configured log, check it, and register it as the ``transactions`` relation.
+    """Open the configured log, check it, apply the data policies and register ``transactions``.
 
     Parameters
     ----------
@@ -155,109 +287,285 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
     Raises
     ------
     DataError
-        Missing columns, unparseable timestamps or amounts, non-finite amounts, an empty log,
-        or negative amounts under the ``fail`` policy.
+        Missing columns, an empty log, unparseable timestamps or amounts (under ``invalid_rows: fail``),
+        negative amounts (under ``negative_amounts: fail``) or duplicates (under ``duplicates: fail``).
     """
     con = connection if connection is not None else duckdb.connect()
-    files = resolve_files(config.path)
+    all_files = resolve_files(config.path)
+    empty = [p for p in all_files if p.stat().st_size == 0]
+    files = [p for p in all_files if p.stat().st_size > 0]
+    if not files:
+        names = ", ".join(p.name for p in empty[:EXAMPLES])
+        raise DataError(
+            f"The transaction log {config.path} is empty ({len(empty)} file(s) of 0 bytes: {names}). "
+            "Point data.path at a log with a header and rows."
+        )
     file_format = _file_format(config, files)
     where = f"{config.path}" + ("" if len(files) == 1 else f" ({len(files)} files)")
+    single = len(files) == 1
+    unit = "row" if file_format == "parquet" else "line"
     try:
+        con.execute(f"SET TimeZone = {quote_literal(config.timezone)}")
         con.execute(f"CREATE OR REPLACE TEMP VIEW raw_log AS {_source_sql(config, files, file_format)}")
-        found = [row[0] for row in con.execute("DESCRIBE raw_log").fetchall()]
+        described = con.execute("DESCRIBE raw_log").fetchall()
     except duckdb.Error as exc:
         raise DataError(f"Cannot read {where} as {file_format}: {exc}. Check data.format and the file.") from None
+    types = {row[0]: str(row[1]) for row in described if row[0] not in (FILE_COLUMN, LINE_COLUMN)}
+    found = list(types)
 
     needed = {"data.customer_id": config.customer_id, "data.timestamp": config.timestamp, "data.amount": config.amount}
+    if config.order_id is not None:
+        needed["data.order_id"] = config.order_id
     needed.update({f"data.segment_columns[{i}]": c for i, c in enumerate(config.segment_columns)})
-    missing = [f"'{col}' ({key})" for key, col in needed.items() if col not in found]
+    missing = [(key, col) for key, col in needed.items() if col not in types]
     if missing:
-        raise DataError(
-            f"{where} has no column {', '.join(missing)}. Columns found: {', '.join(found) or 'none'}. "
-            "Map the right names in the config's data section."
-        )
+        raise DataError(_missing_columns_message(where, missing, found))
 
     cid, ts, amount = (quote_identifier(c) for c in (config.customer_id, config.timestamp, config.amount))
-    if config.timestamp_format:
-        parsed_ts = f"try_strptime(CAST({ts} AS VARCHAR), {quote_literal(config.timestamp_format)})"
-    else:
-        parsed_ts = f"TRY_CAST({ts} AS TIMESTAMP)"
+    parsed_ts = _timestamp_sql(config, ts, types[config.timestamp])
+    has_offset = (
+        f"regexp_matches(trim({ts}), {quote_literal(OFFSET_PATTERN)})"
+        if types[config.timestamp].upper() == "VARCHAR" and not config.timestamp_format
+        else "false"
+    )
+    order = f"CAST({quote_identifier(config.order_id)} AS VARCHAR)" if config.order_id else "NULL"
     segments = "".join(
         f", CAST({quote_identifier(c)} AS VARCHAR) AS {quote_identifier(c)}" for c in config.segment_columns
     )
-    con.execute(
-        f"""CREATE OR REPLACE TEMP VIEW typed_log AS
-        SELECT CAST({cid} AS VARCHAR) AS customer_id, {ts} AS ts_raw, {parsed_ts} AS ts,
-               {amount} AS amount_raw, TRY_CAST({amount} AS DOUBLE) AS amount{segments}
-        FROM raw_log"""
-    )
+    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
+    raw_columns = ", ".join(quote_identifier(c) for c in found)
+    # Materialised once: every check and the summary then read typed columns instead of re-parsing the files.
     try:
-        stats = con.execute(
-            """SELECT count(*),
-                      count(*) FILTER (WHERE customer_id IS NULL OR trim(customer_id) = ''),
-                      count(*) FILTER (WHERE ts IS NULL),
-                      count(*) FILTER (WHERE amount IS NULL OR isnan(amount) OR isinf(amount)),
-                      count(*) FILTER (WHERE amount = 0),
-                      count(*) FILTER (WHERE amount < 0)
-               FROM typed_log"""
-        ).fetchone()
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE typed_log AS
+        SELECT CAST({cid} AS VARCHAR) AS customer_id, CAST({ts} AS VARCHAR) AS ts_raw, {parsed_ts} AS ts,
+               CAST({amount} AS VARCHAR) AS amount_raw, TRY_CAST({amount} AS DOUBLE) AS amount,
+               {order} AS order_id, {has_offset} AS has_offset,
+               row_number() OVER (PARTITION BY {raw_columns} ORDER BY {file_col}, {line_col}) > 1 AS duplicate_row,
+               {file_col}, {line_col}{segments}
+        FROM raw_log"""
+        )
     except duckdb.Error as exc:
         raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
-    assert stats is not None
-    rows, null_ids, bad_ts, bad_amounts, zero_amounts, negative_amounts = stats
+    bad_ts_sql = "ts IS NULL"
+    bad_amount_sql = "(amount IS NULL OR isnan(amount) OR isinf(amount))"
+    null_id_sql = "(customer_id IS NULL OR trim(customer_id) = '')"
+    try:
+        stats = con.execute(
+            f"""SELECT count(*),
+                      count(*) FILTER (WHERE {null_id_sql}),
+                      count(*) FILTER (WHERE {bad_ts_sql}),
+                      count(*) FILTER (WHERE {bad_amount_sql}),
+                      count(*) FILTER (WHERE amount = 0),
+                      count(*) FILTER (WHERE amount < 0),
+                      count(*) FILTER (WHERE has_offset),
+                      count(*) FILTER (WHERE NOT has_offset AND ts IS NOT NULL),
+                      count(*) FILTER (WHERE customer_id <> trim(customer_id) AND trim(customer_id) <> ''),
+                      count(*) FILTER (WHERE duplicate_row)
+               FROM typed_log"""
+        ).fetchall()[0]
+    except duckdb.Error as exc:
+        raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
+    rows, null_ids, bad_ts, bad_amounts, zero_amounts, negative_amounts = stats[:6]
+    with_offset, without_offset, spaced_ids, duplicate_rows = stats[6:]
     if rows == 0:
-        raise DataError(f"{where} has no transactions (no rows after the header). Point data.path at a non-empty log.")
-    if bad_ts:
-        examples = _examples(con, "SELECT ts_raw FROM typed_log WHERE ts IS NULL")
+        raise DataError(
+            f"{where} has no transactions (no rows after the header; columns {', '.join(found)}). "
+            "Point data.path at a non-empty log."
+        )
+    drop_invalid = config.invalid_rows == "drop"
+    if bad_ts and not drop_invalid:
         hint = f"the format {config.timestamp_format!r}" if config.timestamp_format else "ISO dates (YYYY-MM-DD)"
         raise DataError(
-            f"{bad_ts:,} of {rows:,} rows in {where} have a '{config.timestamp}' that is not a date or time "
-            f"({hint}); examples: {examples}. Fix those rows or set data.timestamp_format."
+            f"{bad_ts:,} of {rows:,} rows in {where} have a '{config.timestamp}' that is not a valid date or time "
+            f"({hint}; impossible dates such as 2023-02-30 count too); "
+            f"{_located(con, bad_ts_sql, 'ts_raw', single, unit)}. Fix those rows, set data.timestamp_format, "
+            "or set data.invalid_rows: drop to skip them."
         )
-    if bad_amounts:
-        examples = _examples(
-            con, "SELECT amount_raw FROM typed_log WHERE amount IS NULL OR isnan(amount) OR isinf(amount)"
-        )
+    if bad_amounts and not drop_invalid:
         raise DataError(
-            f"{bad_amounts:,} of {rows:,} rows in {where} have a '{config.amount}' that is not a finite number; "
-            f"examples: {examples}. Fix or remove those rows."
+            f"{bad_amounts:,} of {rows:,} rows in {where} have a '{config.amount}' that is not a finite number "
+            f"(empty, text, NaN or infinite); {_located(con, bad_amount_sql, 'amount_raw', single, unit)}. "
+            "Fix or remove those rows, or set data.invalid_rows: drop to skip them."
         )
+    valid = f"NOT {null_id_sql} AND NOT {bad_ts_sql} AND NOT {bad_amount_sql}"
     if negative_amounts and config.negative_amounts == "fail":
-        examples = _examples(con, "SELECT customer_id, ts_raw, amount FROM typed_log WHERE amount < 0")
         raise DataError(
-            f"{negative_amounts:,} rows in {where} have a negative '{config.amount}' (returns); examples: "
-            f"{examples}. Set data.negative_amounts to 'net' or 'drop', or remove them."
+            f"{negative_amounts:,} rows in {where} have a negative '{config.amount}' (returns); "
+            f"{_located(con, 'amount < 0', 'amount_raw', single, unit)}. "
+            "Set data.negative_amounts to 'net' or 'drop', or remove them."
+        )
+
+    duplicate_orders = 0
+    if config.order_id is not None:
+        row = con.execute(
+            f"""SELECT count(*) FROM (SELECT row_number() OVER (PARTITION BY order_id ORDER BY {file_col}, {line_col})
+                AS n FROM typed_log WHERE order_id IS NOT NULL AND {valid}) WHERE n > 1"""
+        ).fetchall()[0]
+        duplicate_orders = row[0]
+    if (duplicate_rows or duplicate_orders) and config.duplicates == "fail":
+        what = []
+        if duplicate_rows:
+            what.append(
+                f"{duplicate_rows:,} rows repeat an earlier row exactly "
+                f"({_located(con, 'duplicate_row', 'customer_id', single, unit)})"
+            )
+        if duplicate_orders:
+            what.append(f"{duplicate_orders:,} rows repeat an earlier '{config.order_id}' (data.order_id)")
+        raise DataError(
+            f"{where}: {'; '.join(what)}. Remove the duplicates, or set data.duplicates to 'drop' (keep the "
+            "first) or 'keep' (count them as separate purchases)."
+        )
+
+    # The rows that survive the policies, before returns are netted.
+    keep = [valid]
+    if config.duplicates == "drop":
+        keep.append("NOT duplicate_row")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW kept_log AS SELECT * FROM typed_log WHERE {' AND '.join(keep)}")
+    if config.duplicates == "drop" and config.order_id is not None:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW kept_log AS SELECT * EXCLUDE (__clv_order_n) FROM (
+                SELECT *, row_number() OVER (PARTITION BY order_id ORDER BY {file_col}, {line_col}) AS __clv_order_n
+                FROM typed_log WHERE {" AND ".join(keep)})
+                WHERE order_id IS NULL OR __clv_order_n = 1"""
+        )
+    segment_names = "".join(f", {quote_identifier(c)}" for c in config.segment_columns)
+    returns_without_purchase = 0
+    if config.negative_amounts == "net" and negative_amounts:
+        returns_without_purchase = _net_returns(con, config.segment_columns)
+    else:
+        keep_negative = "" if config.negative_amounts == "net" else " WHERE amount >= 0"
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW transactions AS
+            SELECT customer_id, ts, amount{segment_names} FROM kept_log{keep_negative}"""
         )
 
     warnings = []
+    if empty:
+        warnings.append(f"{len(empty)} empty file(s) were skipped: {', '.join(p.name for p in empty[:EXAMPLES])}.")
+    if bad_ts:
+        warnings.append(
+            f"{bad_ts:,} rows with an invalid '{config.timestamp}' were dropped (data.invalid_rows: drop); "
+            f"{_located(con, bad_ts_sql, 'ts_raw', single, unit)}."
+        )
+    if bad_amounts:
+        warnings.append(
+            f"{bad_amounts:,} rows with a non-numeric or non-finite '{config.amount}' were dropped "
+            f"(data.invalid_rows: drop); {_located(con, bad_amount_sql, 'amount_raw', single, unit)}."
+        )
     if null_ids:
         warnings.append(f"{null_ids:,} rows with an empty customer id were dropped.")
+    if spaced_ids:
+        warnings.append(
+            f"{spaced_ids:,} rows have a customer id with leading or trailing spaces; ids are kept as given, "
+            "so ' 7' and '7' are different customers."
+        )
+    if with_offset and without_offset:
+        warnings.append(
+            f"{with_offset:,} timestamps carry a UTC offset and {without_offset:,} do not: offsets were converted "
+            f"to {config.timezone} and the others taken as {config.timezone} (data.timezone)."
+        )
     if zero_amounts:
         warnings.append(f"{zero_amounts:,} rows have an amount of 0; they count as purchases.")
     if negative_amounts:
         action = "dropped" if config.negative_amounts == "drop" else "netted into their purchase day"
         warnings.append(f"{negative_amounts:,} rows have a negative amount (returns); they were {action}.")
-    keep_negative = "" if config.negative_amounts == "net" else " AND amount >= 0"
-    segment_names = "".join(f", {quote_identifier(c)}" for c in config.segment_columns)
-    con.execute(
-        f"""CREATE OR REPLACE TEMP VIEW transactions AS
-        SELECT customer_id, ts, amount{segment_names} FROM typed_log
-        WHERE customer_id IS NOT NULL AND trim(customer_id) <> ''{keep_negative}"""
-    )
-    summary = con.execute("SELECT count(DISTINCT customer_id), min(ts), max(ts) FROM transactions").fetchone()
-    assert summary is not None
+    if returns_without_purchase:
+        warnings.append(
+            f"{returns_without_purchase:,} returns fell on a day without a purchase by the same customer and were "
+            "dropped (a return is not a purchase)."
+        )
+    if duplicate_rows or duplicate_orders:
+        action = {"keep": "kept as separate purchases", "drop": "dropped (the first was kept)"}[config.duplicates]
+        parts = [f"{duplicate_rows:,} rows repeat an earlier row exactly"] if duplicate_rows else []
+        if duplicate_orders:
+            parts.append(f"{duplicate_orders:,} rows repeat an earlier order id")
+        warnings.append(f"{' and '.join(parts)}; they were {action} (data.duplicates: {config.duplicates}).")
+
+    summary = con.execute(
+        "SELECT count(*), count(DISTINCT customer_id), min(ts), max(ts) FROM transactions"
+    ).fetchall()[0]
+    if summary[0] == 0:
+        raise DataError(
+            f"No usable transactions are left in {where} after applying the data policies ({rows:,} rows read; "
+            f"{'; '.join(warnings)}). Fix the log or the data section of the config."
+        )
     quality = DataQuality(
         rows=rows,
-        customers=summary[0],
-        first_timestamp=None if summary[1] is None else str(summary[1]),
-        last_timestamp=None if summary[2] is None else str(summary[2]),
+        customers=summary[1],
+        first_timestamp=None if summary[2] is None else str(summary[2]),
+        last_timestamp=None if summary[3] is None else str(summary[3]),
         null_customer_ids=null_ids,
         zero_amounts=zero_amounts,
         negative_amounts=negative_amounts,
         negative_policy=config.negative_amounts,
         warnings=warnings,
+        rows_used=summary[0],
+        files=len(files),
+        empty_files=[str(p) for p in empty],
+        invalid_timestamps=bad_ts,
+        invalid_amounts=bad_amounts,
+        invalid_policy=config.invalid_rows,
+        timezone=config.timezone,
+        timestamps_with_offset=with_offset,
+        timestamps_without_offset=without_offset,
+        ids_with_surrounding_space=spaced_ids,
+        returns_without_purchase=returns_without_purchase,
+        duplicate_rows=duplicate_rows,
+        duplicate_order_ids=duplicate_orders,
+        duplicates_policy=config.duplicates,
     )
     return Transactions(connection=con, files=files, segment_columns=list(config.segment_columns), quality=quality)
+
+
+def _net_returns(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -> int:
+    """Register ``transactions`` with each return netted into the customer's last purchase of its day.
+
+    A return (negative amount) is added to the last non-negative row of the same customer on the same
+    calendar day, so it never creates a purchase of its own, at day or exact resolution. Returns on a
+    day without a purchase have nothing to net into and are dropped; their count is returned.
+    """
+    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
+    con.execute(
+        f"""CREATE OR REPLACE TEMP VIEW transactions AS
+        WITH purchases AS (
+            SELECT *, CAST(ts AS DATE) AS day,
+                   row_number() OVER (PARTITION BY customer_id, CAST(ts AS DATE)
+                                      ORDER BY ts DESC, {file_col} DESC, {line_col} DESC) AS last_of_day
+            FROM kept_log WHERE amount >= 0),
+        returns AS (
+            SELECT customer_id, CAST(ts AS DATE) AS day, sum(amount) AS returned
+            FROM kept_log WHERE amount < 0 GROUP BY ALL)
+        SELECT p.customer_id, p.ts,
+               p.amount + CASE WHEN p.last_of_day = 1 THEN coalesce(r.returned, 0.0) ELSE 0.0 END AS amount
+               {"".join(", p." + quote_identifier(c) for c in segment_columns)}
+        FROM purchases p LEFT JOIN returns r ON r.customer_id = p.customer_id AND r.day = p.day"""
+    )
+    row = con.execute(
+        """SELECT count(*) FROM kept_log k WHERE amount < 0 AND NOT EXISTS (
+               SELECT 1 FROM kept_log p WHERE p.customer_id = k.customer_id AND p.amount >= 0
+               AND CAST(p.ts AS DATE) = CAST(k.ts AS DATE))"""
+    ).fetchall()[0]
+    return int(row[0])
+
+
+def count_after_as_of(transactions: Transactions, as_of: dt.date) -> Transactions:
+    """Count the usable transactions after ``as_of`` into the data-quality report (the summary ignores them).
+
+    Returns
+    -------
+    Transactions
+        The same log with ``quality.as_of``, ``quality.after_as_of`` and a warning when any were excluded.
+    """
+    end = (as_of + dt.timedelta(days=1)).isoformat()
+    row = transactions.connection.execute(f"SELECT count(*) FROM transactions WHERE ts >= DATE '{end}'").fetchall()[0]
+    after = int(row[0])
+    quality = transactions.quality
+    warnings = [w for w in quality.warnings if "after as_of" not in w]
+    if after:
+        warnings.append(f"{after:,} transactions after as_of {as_of.isoformat()} were excluded.")
+    quality = dataclasses.replace(quality, as_of=as_of.isoformat(), after_as_of=after, warnings=warnings)
+    return dataclasses.replace(transactions, quality=quality)
 
 
 def fingerprint(files: list[Path]) -> str:

@@ -1,0 +1,163 @@
+"""Faults through the CLI: a clear message, a non-zero exit, no traceback, and no partial output.
+
+Disk full is produced for real with RLIMIT_FSIZE in a child process: the kernel refuses writes past the
+limit (EFBIG), the same failure path as ENOSPC, without needing a full file system. (The SIGKILL test
+lives in tests/test_pipeline_batch.py, owned by the batch work.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from forecast.artifacts import load_model
+from forecast.cli import app
+from forecast.simulate import simulate_transactions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A small simulated log and a config that runs on it, in a scratch working folder."""
+    monkeypatch.chdir(tmp_path)
+    simulate_transactions(300, end=dt.date(2020, 12, 31), seed=11).to_csv(tmp_path / "log.csv", index=False)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data: {path: log.csv}\ntime_unit: week\nmargin: 0.5\nas_of: 2020-12-31\noutput: out\nmodels_dir: models\n",
+        encoding="utf-8",
+    )
+    return tmp_path
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (to check a failed run changed nothing).
+
+    A failed run's own log (``<as_of>.failed.log`` beside the run folders) is not an output and is left out.
+    """
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".failed.log")
+    }
+
+
+def no_run_written(runs_root: Path) -> bool:
+    """True when no run folder (nor staging folder) exists under the runs root; a failure log may."""
+    return not runs_root.exists() or all(p.name.endswith(".failed.log") for p in runs_root.iterdir())
+
+
+def assert_clean_failure(result, *phrases: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for phrase in phrases:
+        assert phrase in result.output.replace("\n", " "), result.output
+
+
+def test_config_file_not_found(project):
+    result = cli("run", "nowhere.yaml")
+    assert_clean_failure(result, "Config file not found: nowhere.yaml", "copy configs/cdnow.yaml")
+    assert not (project / "out").exists()
+
+
+def test_as_of_before_the_first_transaction_writes_nothing(project):
+    result = cli("run", "run.yaml", "--as-of", "2019-06-30")
+    assert_clean_failure(result, "as_of 2019-06-30 is before the first transaction (2020-01-01)", "later --as-of")
+    assert not (project / "out").exists()
+    assert not (project / "models").exists()
+
+
+def test_output_folder_not_writable(project):
+    """The output's parent is a file, so the folder cannot be created (root ignores chmod, this does not)."""
+    (project / "blocker").write_text("a file, not a folder\n", encoding="utf-8")
+    result = cli("run", "run.yaml", "--output", "blocker/out")
+    assert_clean_failure(result, "Cannot create the output folder", "Choose a writable --output")
+    assert (project / "blocker").read_text(encoding="utf-8") == "a file, not a folder\n"
+
+
+def test_failed_run_keeps_the_previous_outputs(project):
+    """A bad config after a good run: the good run's outputs are untouched and no staging folder is left."""
+    assert cli("run", "run.yaml").exit_code == 0
+    before = snapshot(project / "out")
+    (project / "run.yaml").write_text("data: {path: log.csv, amount: price}\noutput: out\n", encoding="utf-8")
+    result = cli("run", "run.yaml")
+    assert_clean_failure(result, "has no column 'price' (data.amount)", "Columns found: 'customer_id'")
+    assert snapshot(project / "out") == before
+    assert sorted(p.name for p in project.iterdir() if p.name.startswith(".")) == []
+
+
+def test_nobody_bought_twice_fails_cleanly(project):
+    lines = ["customer_id,timestamp,amount"] + [f"c{i},2020-01-{1 + i % 28:02d},{5 + i}" for i in range(40)]
+    (project / "log.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = cli("run", "run.yaml")
+    assert_clean_failure(result, "Nobody in the data made a repeat purchase", "Use a longer observation period")
+    assert no_run_written(project / "out")
+    assert (project / "out" / "2020-12-31.failed.log").is_file()
+
+
+def _limit_file_size() -> None:  # runs in the child before exec
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+@pytest.mark.slow
+def test_disk_full_fails_cleanly_and_keeps_the_previous_outputs(project):
+    assert cli("run", "run.yaml").exit_code == 0
+    before_out, before_models = snapshot(project / "out"), snapshot(project / "models")
+    assert max(len(v) for v in before_out.values()) > 4096  # customers.csv cannot be written under the limit
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    child = subprocess.run(
+        [sys.executable, "-m", "forecast.cli", "run", "run.yaml"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size,
+        timeout=300,
+        check=False,
+    )
+    assert child.returncode == 2, child.stderr
+    assert "Traceback" not in child.stderr
+    message = " ".join(child.stderr.split())
+    assert "Writing the outputs to" in message
+    assert "Free disk space or choose another --output" in message
+    assert snapshot(project / "out") == before_out
+    # The model artifacts are written (atomically) before the outputs, so they may be replaced by the failed
+    # run's refit of the same as_of; they must still be complete and loadable.
+    assert snapshot(project / "models").keys() == before_models.keys()
+    for name in before_models:
+        load_model(project / "models" / name)
+    assert sorted(p.name for p in project.iterdir() if p.name.startswith(".")) == []
+
+
+def test_rows_after_as_of_are_counted_in_the_manifest_and_by_validate(project):
+    import json
+
+    import pandas as pd
+
+    log = pd.read_csv(project / "log.csv")
+    after = int((pd.to_datetime(log["timestamp"]) >= "2020-10-01").sum())
+    assert after > 0
+    result = cli("run", "run.yaml", "--as-of", "2020-09-30")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((project / "out" / "2020-09-30" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["data_quality"]["after_as_of"] == after
+    assert manifest["data_quality"]["as_of"] == "2020-09-30"
+    assert f"{after:,} transactions after as_of 2020-09-30 were excluded." in manifest["warnings"]
+    config = (project / "run.yaml").read_text(encoding="utf-8").replace("2020-12-31", "2020-09-30")
+    (project / "early.yaml").write_text(config, encoding="utf-8")
+    result = cli("validate", "early.yaml")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {after:,} transactions after as_of 2020-09-30 were excluded." in result.output
