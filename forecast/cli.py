@@ -146,6 +146,62 @@ def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> No
 
 
 @app.command()
+def backtest(
+    config: ConfigArg,
+    calibration_end: Annotated[
+        dt.datetime | None,
+        typer.Option("--calibration-end", help="Last calibration day (YYYY-MM-DD).", formats=["%Y-%m-%d"]),
+    ] = None,
+    holdout_end: Annotated[
+        dt.datetime | None,
+        typer.Option("--holdout-end", help="Last holdout day (YYYY-MM-DD).", formats=["%Y-%m-%d"]),
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Fit on the calibration period, predict the holdout, score predictive vs heuristic vs gradient boosting."""
+    from forecast.pipeline import backtest as run_backtest
+
+    with user_errors(), progress_display() as say:
+        done = run_backtest(
+            load_config(config),
+            calibration_end.date() if calibration_end else None,
+            holdout_end.date() if holdout_end else None,
+            output,
+            say,
+        )
+    document = done.result.document
+    for message in done.data_warnings + done.result.warnings:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    typer.echo(
+        f"calibration to {document['calibration_end']}, holdout to {document['holdout_end']}: "
+        f"{document['customers']:,} customers, actual holdout purchases {document['actual']['purchases']:,.0f}, "
+        f"revenue {document['actual']['revenue']:,.2f}"
+    )
+    typer.echo(f"{'method':<18} {'purchases':>10} {'MAE':>7} {'RMSE':>7} {'revenue':>12} {'MAE':>8} {'RMSE':>8} "
+               f"{'Spearman':>8} {'top20%':>7}")  # fmt: skip
+    for name, m in document["methods"].items():
+        spearman = "n/a" if m["spearman_revenue"] is None else f"{m['spearman_revenue']:.3f}"
+        top = "n/a" if m["top20_capture"] is None else f"{m['top20_capture']:.1%}"
+        typer.echo(
+            f"{name:<18} {m['predicted_purchases']:>10,.0f} {m['mae_purchases']:>7.3f} {m['rmse_purchases']:>7.3f} "
+            f"{m['predicted_revenue']:>12,.0f} {m['mae_revenue']:>8.2f} {m['rmse_revenue']:>8.2f} {spearman:>8} "
+            f"{top:>7}"
+        )
+    winners = ", ".join(f"{metric} {name}" for metric, name in document["winner"].items())
+    typer.echo(f"best: {winners}")
+    comparison = document["model_comparison"]
+    for name, entry in comparison.items():
+        if "error" in entry:
+            typer.echo(f"model {name}: not fitted ({entry['error']})")
+        else:
+            typer.echo(
+                f"model {name:<7} LL {entry['log_likelihood']:,.2f}  BIC {entry['bic']:,.2f}  "
+                f"holdout purchases {entry['predicted_purchases']:,.0f}  MAE {entry['mae_purchases']:.3f}"
+            )
+    typer.echo(f"outputs in {done.output}")
+
+
+@app.command()
 def validate(config: ConfigArg) -> None:
     """Check the config and the data without fitting; print a data-quality summary."""
     from forecast.ingest import count_after_as_of, read_transactions

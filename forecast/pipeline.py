@@ -24,6 +24,8 @@ from typing import Any
 import pandas as pd
 
 from forecast.artifacts import library_versions, model_artifact, write_json
+from forecast.backtest import BacktestResult, resolve_split, run_backtest, select_purchase_model
+from forecast.backtest_plots import PLOT_FILES, backtest_plots
 from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
 from forecast.config import RunConfig
 from forecast.drift import compare_runs
@@ -425,7 +427,14 @@ def _run(
     input_used = input_fingerprint(transactions.connection, as_of, transactions.segment_columns)
     check_overwrite(output_path, as_of, input_used, force)
     step = time.perf_counter()
+    backtest_result = None
+    if config.purchase_model == "auto" or config.backtest is not None:
+        backtest_result, config = _run_backtest_for_run(config, transactions, as_of, say)
+        timings["backtest"] = time.perf_counter() - step
+        step = time.perf_counter()
     result = forecast(config, transactions, as_of, say)
+    if backtest_result is not None:
+        result.warnings.extend(f"backtest: {message}" for message in backtest_result.warnings)
     timings["forecast"] = time.perf_counter() - step
     last = transactions.quality.last_timestamp
     if last is not None and as_of > pd.Timestamp(last).date():
@@ -452,9 +461,14 @@ def _run(
         table.to_parquet(staging / "customers.parquet", index=False)
         escape_for_spreadsheet(table).to_csv(staging / "customers.csv", index=False)
         escape_for_spreadsheet(result.segments).to_csv(staging / "segments.csv", index=False)
+        if backtest_result is not None:
+            write_backtest(staging, backtest_result)
         timings["write"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - started
         document = manifest(config, result, transactions, timings, models_path)
+        if backtest_result is not None:
+            document["backtest"] = {k: backtest_result.document[k] for k in ("calibration_end", "holdout_end")}
+            document["backtest"]["purchase_model"] = backtest_result.document["purchase_model"]
         document["input"].update(input_used)
         document["models"]["run_copy"] = RUN_MODELS
         document["models"]["sha256"] = {
@@ -475,3 +489,73 @@ def _run(
             shutil.copyfile(output_path / RUN_MODELS / name, staging / name)
     failure_log_path(output_path).unlink(missing_ok=True)
     return RunResult(output_path, models_path, result, json.loads(json.dumps(document, default=str)))
+
+
+def _run_backtest_for_run(
+    config: RunConfig, transactions: Transactions, as_of: dt.date, say: Progress
+) -> tuple[BacktestResult, RunConfig]:
+    """Backtest on the config's split (default: the last third up to as_of); resolve ``purchase_model: auto``."""
+    holdout_end = (config.backtest.holdout_end if config.backtest else None) or as_of
+    split = resolve_split(transactions.connection, config, None, holdout_end)
+    say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
+    if config.purchase_model == "auto":
+        chosen, result = select_purchase_model(transactions.connection, config, split)
+        say(f"purchase_model auto: {chosen} has the lowest holdout purchase error")
+        return result, config.model_copy(update={"purchase_model": chosen})
+    return run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end), config
+
+
+def write_backtest(folder: Path, result: BacktestResult, more_timings: dict[str, float] | None = None) -> None:
+    """Write backtest.json, its SVG charts and backtest_customers.csv into ``folder``."""
+    for name, svg in backtest_plots(result).items():
+        (folder / name).write_text(svg, encoding="utf-8")
+    timings = {**result.timings, **(more_timings or {})}
+    write_json(folder / "backtest.json", {**result.document, "plots": dict(PLOT_FILES), "timings_seconds": timings})
+    table = result.customers.reset_index()
+    escape_for_spreadsheet(table).to_csv(folder / "backtest_customers.csv", index=False)
+
+
+@dataclass
+class BacktestRun:
+    """A finished backtest: where its outputs are, and what it computed."""
+
+    output: Path
+    result: BacktestResult
+    data_warnings: list[str]
+
+
+def backtest(
+    config: RunConfig,
+    calibration_end: dt.date | None = None,
+    holdout_end: dt.date | None = None,
+    output: str | Path | None = None,
+    progress: Progress | None = None,
+) -> BacktestRun:
+    """Fit on the calibration period, score every method on the holdout, and write the outputs.
+
+    Parameters
+    ----------
+    config
+        The validated run configuration; its ``backtest`` section gives the default split.
+    calibration_end, holdout_end
+        Override the split (inclusive days). Defaults: the config's backtest section; holdout_end then
+        as_of, then the last day with data; without a calibration_end the last third is held out.
+    output
+        Output folder; default the config's output with ``-backtest`` appended.
+
+    Returns
+    -------
+    BacktestRun
+    """
+    say = _quiet(progress)
+    started = time.perf_counter()
+    say(f"Reading {config.data.path}")
+    transactions = read_transactions(config.data)
+    split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
+    say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
+    result = run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end)
+    output_path = Path(output) if output else Path(f"{config.output.rstrip('/')}-backtest")
+    say(f"Writing outputs to {output_path}")
+    with atomic_folder(output_path) as staging:
+        write_backtest(staging, result, {"total": time.perf_counter() - started})
+    return BacktestRun(output_path, result, list(transactions.quality.warnings))
