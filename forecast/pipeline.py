@@ -24,7 +24,14 @@ from typing import Any
 import pandas as pd
 
 from forecast.artifacts import library_versions, model_artifact, write_json
-from forecast.backtest import BacktestResult, resolve_split, run_backtest, select_purchase_model
+from forecast.backtest import (
+    BacktestResult,
+    default_split,
+    log_span,
+    resolve_split,
+    run_backtest,
+    select_purchase_model,
+)
 from forecast.backtest_plots import PLOT_FILES, backtest_plots
 from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
 from forecast.config import RunConfig
@@ -428,11 +435,16 @@ def _run(
     check_overwrite(output_path, as_of, input_used, force)
     step = time.perf_counter()
     backtest_result = None
+    backtest_notes: list[str] = []
     if config.purchase_model == "auto" or config.backtest is not None:
-        backtest_result, config = _run_backtest_for_run(config, transactions, as_of, say)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ForecastWarning)
+            backtest_result, config = _run_backtest_for_run(config, transactions, as_of, say)
+        backtest_notes = [str(w.message) for w in caught if w.category is ForecastWarning]
         timings["backtest"] = time.perf_counter() - step
         step = time.perf_counter()
     result = forecast(config, transactions, as_of, say)
+    result.warnings.extend(backtest_notes)
     if backtest_result is not None:
         result.warnings.extend(f"backtest: {message}" for message in backtest_result.warnings)
     timings["forecast"] = time.perf_counter() - step
@@ -493,10 +505,29 @@ def _run(
 
 def _run_backtest_for_run(
     config: RunConfig, transactions: Transactions, as_of: dt.date, say: Progress
-) -> tuple[BacktestResult, RunConfig]:
-    """Backtest on the config's split (default: the last third up to as_of); resolve ``purchase_model: auto``."""
-    holdout_end = (config.backtest.holdout_end if config.backtest else None) or as_of
-    split = resolve_split(transactions.connection, config, None, holdout_end)
+) -> tuple[BacktestResult | None, RunConfig]:
+    """Backtest on the config's split, within the data up to as_of; resolve ``purchase_model: auto``.
+
+    A run never looks past its as_of: the holdout is cut at as_of, and a configured split whose calibration
+    ends on or after as_of is left to `forecast backtest` (with a warning); ``auto`` then falls back to the
+    default split (the last third up to as_of).
+    """
+    section = config.backtest
+    holdout_end = min((section.holdout_end if section else None) or as_of, as_of)
+    calibration_end = section.calibration_end if section else None
+    if calibration_end is not None and calibration_end >= holdout_end:
+        message = (
+            f"The backtest split ({calibration_end} .. {section.holdout_end if section else as_of}) ends after "
+            f"as_of {as_of}, so this run does not include it: run `forecast backtest` for it."
+        )
+        if config.purchase_model != "auto":
+            warnings.warn(message, ForecastWarning, stacklevel=2)
+            return None, config
+        warnings.warn(message + " purchase_model auto used the last third up to as_of.", ForecastWarning, stacklevel=2)
+        first_day, _ = log_span(transactions.connection)
+        split = default_split(first_day, holdout_end)
+    else:
+        split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
     say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
     if config.purchase_model == "auto":
         chosen, result = select_purchase_model(transactions.connection, config, split)
