@@ -12,6 +12,9 @@ from forecast.errors import ArtifactError
 from forecast.estimators import PURCHASE_MODELS, GammaGamma, PurchaseModel
 
 SCHEMA_VERSION = 1
+#: Packages whose major.minor version must match between the run that wrote an artifact and the reader:
+#: lifetimes supplies the likelihoods and conditional expectations the parameters are read with.
+COMPATIBLE_PACKAGES = ("lifetimes",)
 VERSIONED_PACKAGES = ("clv-forecast", "lifetimes", "pandas", "numpy", "scipy", "duckdb", "pyarrow")
 
 
@@ -48,6 +51,34 @@ def model_artifact(model: PurchaseModel | GammaGamma, role: str, data_window: di
             "versions": library_versions(),
         }
     )
+
+
+def major_minor(text: str) -> tuple[str, ...]:
+    """The first two components of a version string ('0.11.3' -> ('0', '11'))."""
+    return tuple(text.split("+")[0].split(".")[:2])
+
+
+def check_versions(path: Path, recorded: Any) -> None:
+    """Refuse an artifact written with another major.minor version of a package in ``COMPATIBLE_PACKAGES``.
+
+    Raises
+    ------
+    ArtifactError
+        The artifact records no versions, or a version that differs in major or minor from the installed one.
+    """
+    if not isinstance(recorded, dict):
+        raise ArtifactError(
+            f"Model artifact {path} records no library versions, so it cannot be checked. Re-run `forecast run`."
+        )
+    installed = library_versions()
+    for package in COMPATIBLE_PACKAGES:
+        written = str(recorded.get(package))
+        if major_minor(written) != major_minor(installed[package]):
+            raise ArtifactError(
+                f"Model artifact {path} was written with {package} {written}, but {package} "
+                f"{installed[package]} is installed; the major.minor versions must match. Install {package}=="
+                f"{written} to read it, or re-run `forecast run` to refit with the installed version."
+            )
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
@@ -94,12 +125,13 @@ def schema_problems(document: dict[str, Any]) -> list[str]:
 
 
 def load_model(path: str | Path) -> PurchaseModel | GammaGamma:
-    """Load a fitted model from its JSON artifact, checking the schema version.
+    """Load a fitted model from its JSON artifact, checking the schema and library versions (never unpickles).
 
     Raises
     ------
     ArtifactError
-        The file is missing, not JSON, of another schema version, or not a model this toolkit knows.
+        The file is missing, not JSON, of another schema version, written with another major.minor
+        version of lifetimes, or not a model this toolkit knows.
     """
     path = Path(path)
     try:
@@ -117,6 +149,7 @@ def load_model(path: str | Path) -> PurchaseModel | GammaGamma:
     problems = schema_problems(document)
     if problems:
         raise ArtifactError(f"Model artifact {path} is malformed: {'; '.join(problems)}. Re-run `forecast run`.")
+    check_versions(path, document.get("versions"))
     name = document.get("name")
     model_class = GammaGamma if name == GammaGamma.name else PURCHASE_MODELS.get(str(name))
     if model_class is None:

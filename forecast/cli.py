@@ -7,13 +7,17 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from forecast.config import load_config
-from forecast.errors import ForecastError
+from forecast.config import RunConfig, load_config
+from forecast.errors import ConfigError, ForecastError
+
+if TYPE_CHECKING:
+    from forecast.pipeline import RunResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Customer-lifetime-value forecasts.")
 console = Console(stderr=True)
@@ -23,6 +27,23 @@ AsOfOption = Annotated[
     dt.datetime | None, typer.Option("--as-of", help="Observation end (YYYY-MM-DD), inclusive.", formats=["%Y-%m-%d"])
 ]
 OutputOption = Annotated[Path | None, typer.Option("--output", help="Output folder (default: the config's output).")]
+MonthOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of", help="Observation end: YYYY-MM (that month's end) or YYYY-MM-DD; default the last complete month."
+    ),
+]
+ThroughOption = Annotated[
+    str | None,
+    typer.Option("--through", help="Backfill: run every month end from --as-of through this month (YYYY-MM)."),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace an existing run folder even if it was made from different input.")
+]
+RunOutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", help="Exactly this output folder, for a single run (default: <config output>/<as_of>)."),
+]
 
 
 @contextmanager
@@ -48,25 +69,140 @@ def progress_display() -> Iterator[Callable[[str], None]]:
         yield lambda message: status.update(message)
 
 
-@app.command()
-def run(config: ConfigArg, as_of: AsOfOption = None, output: OutputOption = None) -> None:
-    """Run the monthly batch: summary, model fits, per-customer and per-segment CLV, manifest."""
-    from forecast.pipeline import run as run_pipeline
-
-    with user_errors(), progress_display() as say:
-        result = run_pipeline(load_config(config), as_of.date() if as_of else None, output, say)
+def _summary_line(result: RunResult) -> str:
     totals = result.manifest["totals"]
-    for message in result.forecast.warnings:
-        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    drift = result.manifest.get("drift")
+    since = ""
+    if drift and drift["totals"]["clv"]["relative_change"] is not None:
+        since = f" ({drift['totals']['clv']['relative_change']:+.1%} since {drift['previous_as_of']})"
     interval = ""
     if totals.get("clv_lower") is not None:
         level = result.manifest["config"]["ci_level"]
         interval = f" ({level:.0%} interval {totals['clv_lower']:,.0f} to {totals['clv_upper']:,.0f})"
-    typer.echo(
+    return (
         f"as_of {result.forecast.as_of}: {len(result.forecast.customers):,} customers, predictive CLV "
-        f"{totals['clv']:,.0f}{interval}, heuristic CLV {totals['clv_heuristic']:,.0f}; outputs in {result.output}, "
-        f"models in {result.models}"
+        f"{totals['clv']:,.0f}{interval}{since}, heuristic CLV {totals['clv_heuristic']:,.0f}; "
+        f"outputs in {result.output}, models in {result.models}"
     )
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    as_of: MonthOption = None,
+    output: RunOutputOption = None,
+    through: ThroughOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Run the monthly batch: summary, model fits, per-customer and per-segment CLV, drift, manifest.
+
+    With --through, backfill: one run per month end from --as-of through --through, in order.
+    """
+    from forecast.pipeline import run as run_pipeline
+    from forecast.registry import month_ends_between, parse_as_of
+
+    with user_errors():
+        settings = load_config(config)
+        day = parse_as_of(as_of) if as_of else None
+        if through is not None:
+            if day is None or output is not None:
+                raise ConfigError(
+                    "--through backfills a range of months: give the first month with --as-of (YYYY-MM) and "
+                    "leave out --output (each month goes to <config output>/<as_of>/)."
+                )
+            _backfill(settings, month_ends_between(day, parse_as_of(through)), force)
+            return
+        with progress_display() as say:
+            result = run_pipeline(settings, day, output, say, force=force)
+    _report(result)
+
+
+def _report(result: RunResult) -> None:
+    for message in result.forecast.warnings:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    typer.echo(_summary_line(result))
+
+
+def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> None:
+    """Run each month end in order with a progress bar; stop at the first failure (earlier months stay)."""
+    from forecast.pipeline import run as run_pipeline
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not console.is_terminal,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("Backfill", total=len(month_ends))
+        for month in month_ends:
+
+            def say(message: str, month: dt.date = month) -> None:
+                if console.is_terminal:
+                    bar.update(task, description=f"{month}: {message}")
+                else:
+                    console.print(f"- {month}: {message}", highlight=False)
+
+            try:
+                result = run_pipeline(settings, month, None, say, force=force)
+            except ForecastError:
+                console.print(f"[bold red]backfill stopped at {month}[/]; the months before it are complete.")
+                raise
+            _report(result)
+            bar.advance(task)
+
+
+@app.command()
+def backtest(
+    config: ConfigArg,
+    calibration_end: Annotated[
+        dt.datetime | None,
+        typer.Option("--calibration-end", help="Last calibration day (YYYY-MM-DD).", formats=["%Y-%m-%d"]),
+    ] = None,
+    holdout_end: Annotated[
+        dt.datetime | None,
+        typer.Option("--holdout-end", help="Last holdout day (YYYY-MM-DD).", formats=["%Y-%m-%d"]),
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Fit on the calibration period, predict the holdout, score predictive vs heuristic vs gradient boosting."""
+    from forecast.pipeline import backtest as run_backtest
+
+    with user_errors(), progress_display() as say:
+        done = run_backtest(
+            load_config(config),
+            calibration_end.date() if calibration_end else None,
+            holdout_end.date() if holdout_end else None,
+            output,
+            say,
+        )
+    document = done.result.document
+    for message in done.data_warnings + done.result.warnings:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    typer.echo(
+        f"calibration to {document['calibration_end']}, holdout to {document['holdout_end']}: "
+        f"{document['customers']:,} customers, actual holdout purchases {document['actual']['purchases']:,.0f}, "
+        f"revenue {document['actual']['revenue']:,.2f}"
+    )
+    typer.echo(f"{'method':<18} {'purchases':>10} {'MAE':>7} {'RMSE':>7} {'revenue':>12} {'MAE':>8} {'RMSE':>8} "
+               f"{'Spearman':>8} {'top20%':>7}")  # fmt: skip
+    for name, m in document["methods"].items():
+        spearman = "n/a" if m["spearman_revenue"] is None else f"{m['spearman_revenue']:.3f}"
+        top = "n/a" if m["top20_capture"] is None else f"{m['top20_capture']:.1%}"
+        typer.echo(
+            f"{name:<18} {m['predicted_purchases']:>10,.0f} {m['mae_purchases']:>7.3f} {m['rmse_purchases']:>7.3f} "
+            f"{m['predicted_revenue']:>12,.0f} {m['mae_revenue']:>8.2f} {m['rmse_revenue']:>8.2f} {spearman:>8} "
+            f"{top:>7}"
+        )
+    winners = ", ".join(f"{metric} {name}" for metric, name in document["winner"].items())
+    typer.echo(f"best: {winners}")
+    comparison = document["model_comparison"]
+    for name, entry in comparison.items():
+        if "error" in entry:
+            typer.echo(f"model {name}: not fitted ({entry['error']})")
+        else:
+            typer.echo(
+                f"model {name:<7} LL {entry['log_likelihood']:,.2f}  BIC {entry['bic']:,.2f}  "
+                f"holdout purchases {entry['predicted_purchases']:,.0f}  MAE {entry['mae_purchases']:.3f}"
+            )
+    typer.echo(f"outputs in {done.output}")
 
 
 @app.command()
@@ -84,6 +220,16 @@ def validate(config: ConfigArg) -> None:
     )
     for message in quality.warnings:
         typer.echo(f"warning: {message}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `forecast run`.")]) -> None:
+    """Rebuild report.html in a run folder from its files (after a backtest, or to refresh the charts)."""
+    from forecast.report import build_report
+
+    with user_errors():
+        path = build_report(run_dir)
+    typer.echo(f"report written to {path}")
 
 
 @app.command()

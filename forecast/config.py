@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from forecast.errors import ConfigError
 
 TimeUnit = Literal["day", "week", "month"]
-PurchaseModelName = Literal["bgnbd", "mbgnbd", "pareto"]
+PurchaseModelName = Literal["bgnbd", "mbgnbd", "pareto", "auto"]
 
 #: Days in one unit of model time; a month is 365.25 / 12 days (DESIGN.md).
 DAYS_PER_UNIT: dict[str, float] = {"day": 1.0, "week": 7.0, "month": 365.25 / 12}
@@ -102,6 +102,30 @@ class SegmentConfig(_Strict):
         return tiers
 
 
+class BacktestConfig(_Strict):
+    """A calibration/holdout split: fit up to calibration_end, score (calibration_end, holdout_end]."""
+
+    calibration_end: dt.date = Field(description="Last day of the calibration period (inclusive).")
+    holdout_end: dt.date | None = Field(
+        default=None, description="Last day of the holdout period (inclusive); default as_of, else the last day."
+    )
+    seed: int = Field(default=0, description="Seed of the machine-learning baseline.")
+
+    @model_validator(mode="after")
+    def _holdout_after_calibration(self) -> BacktestConfig:
+        if self.holdout_end is not None and self.holdout_end <= self.calibration_end:
+            raise ValueError(f"holdout_end {self.holdout_end} must be after calibration_end {self.calibration_end}")
+        return self
+
+
+class DriftConfig(_Strict):
+    """When a change since the previous month's run becomes a warning (see forecast.drift)."""
+
+    parameter_z: float = Field(default=3.0, gt=0, description="Warn when |change / SE of the change| exceeds this.")
+    total_clv_change: float = Field(default=0.25, gt=0, description="Warn when total CLV changes by more (fraction).")
+    lapsed_p_alive: float = Field(default=0.5, gt=0, lt=1, description="P(alive) below which a customer has lapsed.")
+
+
 class BudgetConfig(_Strict):
     """Acquisition and retention budget settings (see forecast.budget)."""
 
@@ -124,6 +148,7 @@ class RunConfig(_Strict):
     monthly_discount_rate: float = Field(default=0.01, ge=0.0, lt=1.0)
     margin: float = Field(default=1.0, gt=0.0, le=1.0)
     purchase_model: PurchaseModelName = "bgnbd"
+    backtest: BacktestConfig | None = None
     heuristic: HeuristicConfig = Field(default_factory=HeuristicConfig)
     segments: SegmentConfig = Field(default_factory=SegmentConfig)
     ci_level: float = Field(default=0.9, gt=0.0, lt=1.0, description="Level of the CLV intervals (0.9 = 90%).")
@@ -132,6 +157,7 @@ class RunConfig(_Strict):
     )
     seed: int = Field(default=0, ge=0, description="Seed of the random draws, so that runs are reproducible.")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     output: str = "runs/latest"
     models_dir: str = "models"
 

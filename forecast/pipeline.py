@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
+import re
 import shutil
 import time
 import warnings
@@ -22,12 +24,34 @@ from typing import Any
 import pandas as pd
 
 from forecast.artifacts import library_versions, model_artifact, write_json
+from forecast.backtest import (
+    BacktestResult,
+    default_split,
+    log_span,
+    resolve_split,
+    run_backtest,
+    select_purchase_model,
+)
+from forecast.backtest_plots import PLOT_FILES, backtest_plots
 from forecast.budget import budget_columns, interval_groups, payback_table
 from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
 from forecast.config import RunConfig
-from forecast.errors import DataError, FitError, ForecastWarning, OutputError
+from forecast.drift import compare_runs
+from forecast.errors import ArtifactError, DataError, FitError, ForecastWarning, OutputError
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
 from forecast.ingest import Transactions, count_after_as_of, fingerprint, read_transactions
+from forecast.registry import (
+    MODEL_FILES,
+    RUN_MODELS,
+    check_overwrite,
+    find_previous_run,
+    input_fingerprint,
+    last_complete_month_end,
+    load_run,
+    run_folder,
+    sha256_file,
+)
+from forecast.report import build_report
 from forecast.rfm import summarize
 from forecast.segments import rfm_groups, segment_table
 from forecast.uncertainty import clv_draws, has_covariance
@@ -40,6 +64,11 @@ CUSTOMER_COLUMNS = [
     "purchases_per_year",
 ]  # fmt: skip
 CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+#: Seconds to sleep with every output staged, just before the commit rename (tests kill the run there).
+PAUSE_BEFORE_COMMIT_ENV = "CLV_FORECAST_PAUSE_BEFORE_COMMIT"
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
+_RUN_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+log = logging.getLogger("forecast")
 
 
 @dataclass
@@ -70,11 +99,11 @@ def _quiet(progress: Progress | None) -> Progress:
 
 
 def default_as_of(transactions: Transactions) -> dt.date:
-    """The last day with data."""
+    """The end of the last complete calendar month in the data (the month the log ends in, if on its last day)."""
     last = transactions.quality.last_timestamp
     if last is None:
         raise DataError("The transaction log has no usable rows, so there is no as_of date to default to.")
-    return pd.Timestamp(last).date()
+    return last_complete_month_end(last)
 
 
 def forecast(
@@ -141,15 +170,69 @@ def escape_for_spreadsheet(frame: pd.DataFrame) -> pd.DataFrame:
     return escaped
 
 
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(parent: Path, name: str | None = None) -> None:
+    """Remove staging folders that killed runs left in ``parent``, and restore a replaced folder if needed.
+
+    ``.<name>.partial-<pid>`` folders of dead processes are deleted. ``.<name>.old-<pid>`` is the
+    previous ``<name>`` moved aside during a commit; if the run died between the two renames and
+    ``<name>`` is missing, it is moved back, otherwise deleted. Only run folders (named YYYY-MM-DD)
+    and ``name`` are considered, so other programs' files in a shared parent are never touched.
+    """
+    if not parent.is_dir():
+        return
+    for leftover in sorted(parent.iterdir()):
+        match = _LEFTOVER.match(leftover.name)
+        if match is None or _process_alive(int(match["pid"])):
+            continue
+        if match["name"] != name and not _RUN_NAME.match(match["name"]):
+            continue
+        original = parent / match["name"]
+        if match["kind"] == "old" and not original.exists():
+            leftover.rename(original)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _sync_folder(path: Path) -> None:
+    """Flush one file or folder entry to disk (folders only where the OS can open them: not on Windows)."""
+    if path.is_dir() and os.name == "nt":
+        return
+    handle = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0))
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _sync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` to disk, so a rename never publishes unwritten data."""
+    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:
+        _sync_folder(path)
+
+
 @contextmanager
 def atomic_folder(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename.
 
-    On any failure the temporary folder is removed and ``target`` is left as it was.
+    On any failure the temporary folder is removed and ``target`` is left as it was. Staged files are
+    fsynced before the rename; staging folders left by killed runs are cleaned first (``clean_leftovers``).
     """
     target = target.resolve()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(target.parent, target.name)
         staging = target.parent / f".{target.name}.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
@@ -157,10 +240,15 @@ def atomic_folder(target: Path) -> Iterator[Path]:
         raise OutputError(f"Cannot create the output folder {target}: {exc}. Choose a writable --output.") from None
     try:
         yield staging
+        _sync_tree(staging)
+        pause = os.environ.get(PAUSE_BEFORE_COMMIT_ENV)
+        if pause:
+            time.sleep(float(pause))
         retired = target.parent / f".{target.name}.old-{os.getpid()}"
         if target.exists():
             target.rename(retired)
         staging.rename(target)
+        _sync_folder(target.parent)
         shutil.rmtree(retired, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -217,8 +305,84 @@ def manifest(
     }
 
 
+class _LogLines(logging.Handler):
+    """Collect the run's log records as text lines (written to run.log inside the staged run folder)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self.output: Path | None = None
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextmanager
+def run_log() -> Iterator[_LogLines]:
+    """Capture the ``forecast`` logger's INFO records for the duration of one run."""
+    handler = _LogLines()
+    level = log.level
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def drift_since_previous(
+    config: RunConfig, result: Forecast, output_path: Path
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
+    """Compare a forecast with the latest earlier run in the same runs root (the output folder's parent).
+
+    Returns
+    -------
+    (previous_run, drift, warnings)
+        previous_run: as_of, path and input fingerprint of the run compared with (None if there is none);
+        drift: ``forecast.drift.compare_runs`` output (None without a readable previous run).
+    """
+    previous_path = find_previous_run(output_path.parent, result.as_of, exclude=output_path)
+    if previous_path is None:
+        return None, None, []
+    try:
+        previous = load_run(previous_path)
+    except ArtifactError as exc:
+        message = f"The previous run {previous_path} could not be read, so no drift was computed: {exc}"
+        return {"as_of": None, "path": str(previous_path)}, None, [message]
+    previous_input = previous.manifest.get("input", {})
+    info = {
+        "as_of": previous.as_of.isoformat(),
+        "path": str(previous_path),
+        "as_of_sha256": previous_input.get("as_of_sha256"),
+        "rows_up_to_as_of": previous_input.get("rows_up_to_as_of"),
+    }
+    drift = compare_runs(
+        {
+            "as_of": previous.as_of.isoformat(),
+            "customers": previous.customers,
+            "models": {"purchases": previous.purchases.to_dict(), "spend": previous.spend.to_dict()},
+        },
+        {
+            "as_of": result.as_of.isoformat(),
+            "customers": result.customers,
+            "models": {"purchases": result.purchases.to_dict(), "spend": result.spend.to_dict()},
+        },
+        list(config.segments.tiers),
+        config.drift,
+        ["segment", *config.data.segment_columns],
+    )
+    return info, drift, list(drift["warnings"])
+
+
 def run(
-    config: RunConfig, as_of: dt.date | None = None, output: str | Path | None = None, progress: Progress | None = None
+    config: RunConfig,
+    as_of: dt.date | None = None,
+    output: str | Path | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Run the monthly batch and write its outputs.
 
@@ -227,17 +391,60 @@ def run(
     config
         The validated run configuration.
     as_of
-        Observation end (inclusive); overrides the config; default the last day with data.
+        Observation end (inclusive); overrides the config; default the end of the last complete
+        calendar month in the data.
     output
-        Output folder; overrides ``config.output``.
+        Exactly this output folder; default ``<config.output>/<as_of YYYY-MM-DD>``.
     progress
         Called with a short message before each step (the CLI shows it).
+    force
+        Replace an existing output folder even if it holds a run made from different input.
 
     Returns
     -------
     RunResult
+
+    Raises
+    ------
+    OutputError
+        The output folder holds a run of different input (without ``force``), or cannot be written.
     """
-    say = _quiet(progress)
+    with run_log() as lines:
+        try:
+            return _run(config, as_of, output, progress, force, lines)
+        except Exception as exc:
+            if lines.output is not None:
+                log.error("The run failed: %s", exc)
+                write_failure_log(lines.output, lines.lines)
+            raise
+
+
+def failure_log_path(output_path: Path) -> Path:
+    """Where a failed run leaves its log: ``<output>.failed.log`` beside the run folder (a file, never a run)."""
+    return output_path.parent / f"{output_path.name}.failed.log"
+
+
+def write_failure_log(output_path: Path, lines: list[str]) -> None:
+    """Keep the log of a failed run for the unattended case; best effort (the disk may be full)."""
+    try:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        failure_log_path(output_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except OSError:
+        pass
+
+
+def _run(
+    config: RunConfig,
+    as_of: dt.date | None,
+    output: str | Path | None,
+    progress: Progress | None,
+    force: bool,
+    lines: _LogLines,
+) -> RunResult:
+    def say(message: str) -> None:
+        log.info(message)
+        _quiet(progress)(message)
+
     timings: dict[str, float] = {}
     started = time.perf_counter()
     say(f"Reading {config.data.path}")
@@ -248,28 +455,167 @@ def run(
     first = transactions.quality.first_timestamp
     if first is not None and as_of < pd.Timestamp(first).date():
         raise DataError(f"as_of {as_of} is before the first transaction ({first[:10]}). Choose a later --as-of.")
+    output_path = Path(output) if output else run_folder(config.output, as_of)
+    lines.output = output_path
+    input_used = input_fingerprint(transactions.connection, as_of, transactions.segment_columns)
+    check_overwrite(output_path, as_of, input_used, force)
     step = time.perf_counter()
-    result = forecast(config, transactions, as_of, progress)
+    backtest_result = None
+    backtest_notes: list[str] = []
+    if config.purchase_model == "auto" or config.backtest is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ForecastWarning)
+            backtest_result, config = _run_backtest_for_run(config, transactions, as_of, say)
+        backtest_notes = [str(w.message) for w in caught if w.category is ForecastWarning]
+        timings["backtest"] = time.perf_counter() - step
+        step = time.perf_counter()
+    result = forecast(config, transactions, as_of, say)
+    result.warnings.extend(backtest_notes)
+    if backtest_result is not None:
+        result.warnings.extend(f"backtest: {message}" for message in backtest_result.warnings)
     timings["forecast"] = time.perf_counter() - step
+    last = transactions.quality.last_timestamp
+    if last is not None and as_of > pd.Timestamp(last).date():
+        result.warnings.append(
+            f"as_of {as_of} is after the last transaction ({last[:10]}): customers look inactive since then. "
+            "If the log is not complete yet, run for an earlier --as-of."
+        )
 
-    output_path = Path(output or config.output)
+    step = time.perf_counter()
+    say("Comparing with the previous run")
+    previous_run, drift, drift_warnings = drift_since_previous(config, result, output_path)
+    result.warnings.extend(drift_warnings)
+    timings["drift"] = time.perf_counter() - step
+
     models_path = Path(config.models_dir) / as_of.isoformat()
     window = {"first_purchase": str(result.customers["first_purchase"].min()), "as_of": as_of.isoformat()}
     say(f"Writing outputs to {output_path}")
     step = time.perf_counter()
-    with atomic_folder(models_path) as staging:
-        write_json(staging / "purchases.json", model_artifact(result.purchases, "purchases", window))
-        write_json(staging / "spend.json", model_artifact(result.spend, "spend", window))
     with atomic_folder(output_path) as staging:
+        (staging / RUN_MODELS).mkdir()
+        for role, model in (("purchases", result.purchases), ("spend", result.spend)):
+            write_json(staging / RUN_MODELS / MODEL_FILES[role], model_artifact(model, role, window))
         table = customer_output(result)
         table.to_parquet(staging / "customers.parquet", index=False)
         escape_for_spreadsheet(table).to_csv(staging / "customers.csv", index=False)
         escape_for_spreadsheet(result.segments).to_csv(staging / "segments.csv", index=False)
+        if backtest_result is not None:
+            write_backtest(staging, backtest_result)
         timings["write"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - started
         document = manifest(config, result, transactions, timings, models_path)
+        if backtest_result is not None:
+            document["backtest"] = {k: backtest_result.document[k] for k in ("calibration_end", "holdout_end")}
+            document["backtest"]["purchase_model"] = backtest_result.document["purchase_model"]
+        document["input"].update(input_used)
+        document["models"]["run_copy"] = RUN_MODELS
+        document["models"]["sha256"] = {
+            name: sha256_file(staging / RUN_MODELS / name) for name in sorted(MODEL_FILES.values())
+        }
+        document["previous_run"] = previous_run
+        document["drift"] = drift
+        for message in result.warnings:
+            log.warning(message)
+        log.info("Committing %s (manifest.json last)", output_path)
+        (staging / "run.log").write_text("\n".join(lines.lines) + "\n", encoding="utf-8")
         write_json(staging / "manifest.json", document)
+        say("Writing the report")
+        build_report(staging)
+    # The run folder is the authority; models/<as_of>/ is its published copy, written after the commit.
+    with atomic_folder(models_path) as staging:
+        for name in MODEL_FILES.values():
+            shutil.copyfile(output_path / RUN_MODELS / name, staging / name)
+    failure_log_path(output_path).unlink(missing_ok=True)
     return RunResult(output_path, models_path, result, json.loads(json.dumps(document, default=str)))
+
+
+def _run_backtest_for_run(
+    config: RunConfig, transactions: Transactions, as_of: dt.date, say: Progress
+) -> tuple[BacktestResult | None, RunConfig]:
+    """Backtest on the config's split, within the data up to as_of; resolve ``purchase_model: auto``.
+
+    A run never looks past its as_of: the holdout is cut at as_of, and a configured split whose calibration
+    ends on or after as_of is left to `forecast backtest` (with a warning); ``auto`` then falls back to the
+    default split (the last third up to as_of).
+    """
+    section = config.backtest
+    holdout_end = min((section.holdout_end if section else None) or as_of, as_of)
+    calibration_end = section.calibration_end if section else None
+    if calibration_end is not None and calibration_end >= holdout_end:
+        message = (
+            f"The backtest split ({calibration_end} .. {section.holdout_end if section else as_of}) ends after "
+            f"as_of {as_of}, so this run does not include it: run `forecast backtest` for it."
+        )
+        if config.purchase_model != "auto":
+            warnings.warn(message, ForecastWarning, stacklevel=2)
+            return None, config
+        warnings.warn(message + " purchase_model auto used the last third up to as_of.", ForecastWarning, stacklevel=2)
+        first_day, _ = log_span(transactions.connection)
+        split = default_split(first_day, holdout_end)
+    else:
+        split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
+    say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
+    if config.purchase_model == "auto":
+        chosen, result = select_purchase_model(transactions.connection, config, split)
+        say(f"purchase_model auto: {chosen} has the lowest holdout purchase error")
+        return result, config.model_copy(update={"purchase_model": chosen})
+    return run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end), config
+
+
+def write_backtest(folder: Path, result: BacktestResult, more_timings: dict[str, float] | None = None) -> None:
+    """Write backtest.json, its SVG charts and backtest_customers.csv into ``folder``."""
+    for name, svg in backtest_plots(result).items():
+        (folder / name).write_text(svg, encoding="utf-8")
+    timings = {**result.timings, **(more_timings or {})}
+    write_json(folder / "backtest.json", {**result.document, "plots": dict(PLOT_FILES), "timings_seconds": timings})
+    table = result.customers.reset_index()
+    escape_for_spreadsheet(table).to_csv(folder / "backtest_customers.csv", index=False)
+
+
+@dataclass
+class BacktestRun:
+    """A finished backtest: where its outputs are, and what it computed."""
+
+    output: Path
+    result: BacktestResult
+    data_warnings: list[str]
+
+
+def backtest(
+    config: RunConfig,
+    calibration_end: dt.date | None = None,
+    holdout_end: dt.date | None = None,
+    output: str | Path | None = None,
+    progress: Progress | None = None,
+) -> BacktestRun:
+    """Fit on the calibration period, score every method on the holdout, and write the outputs.
+
+    Parameters
+    ----------
+    config
+        The validated run configuration; its ``backtest`` section gives the default split.
+    calibration_end, holdout_end
+        Override the split (inclusive days). Defaults: the config's backtest section; holdout_end then
+        as_of, then the last day with data; without a calibration_end the last third is held out.
+    output
+        Output folder; default the config's output with ``-backtest`` appended.
+
+    Returns
+    -------
+    BacktestRun
+    """
+    say = _quiet(progress)
+    started = time.perf_counter()
+    say(f"Reading {config.data.path}")
+    transactions = read_transactions(config.data)
+    split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
+    say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
+    result = run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end)
+    output_path = Path(output) if output else Path(f"{config.output.rstrip('/')}-backtest")
+    say(f"Writing outputs to {output_path}")
+    with atomic_folder(output_path) as staging:
+        write_backtest(staging, result, {"total": time.perf_counter() - started})
+    return BacktestRun(output_path, result, list(transactions.quality.warnings))
 
 
 def _total_interval(segments: pd.DataFrame) -> dict[str, float | None]:
@@ -288,7 +634,15 @@ def budget(
     """
     transactions = read_transactions(config.data)
     as_of = as_of or config.as_of or default_as_of(transactions)
+    transactions = count_after_as_of(transactions, as_of)
+    notes: list[str] = []
+    if config.purchase_model == "auto":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ForecastWarning)
+            _, config = _run_backtest_for_run(config, transactions, as_of, _quiet(progress))
+        notes = [str(w.message) for w in caught if w.category is ForecastWarning]
     result = forecast(config, transactions, as_of, progress)
+    result.warnings.extend(notes)
     table = payback_table(
         result.segments, result.purchases, cac, config.horizon_months, config.monthly_discount_rate, config.margin,
         config.days_per_unit,

@@ -19,6 +19,10 @@ from forecast.ingest import quote_identifier
 
 Resolution = Literal["day", "exact"]
 
+# Sums of DOUBLEs in parallel depend on the order threads combine them (last bits differ run to run);
+# summing as DECIMAL is exact integer arithmetic, so identical data always gives identical bytes.
+EXACT_SUM = "CAST(sum(CAST({} AS DECIMAL(38, 9))) AS DOUBLE)"
+
 SUMMARY_COLUMNS = ["frequency", "recency", "T", "monetary_value", "revenue", "first_purchase", "last_purchase"]
 
 
@@ -28,7 +32,7 @@ def _purchases_sql(end_exclusive: dt.date, resolution: Resolution, segment_colum
     segments = "".join(f", arg_min({quote_identifier(c)}, ts) AS {quote_identifier(c)}" for c in segment_columns)
     return f"""
         SELECT customer_id, {moment} AS moment, epoch({moment}) / 86400.0 AS day_number,
-               sum(amount) AS amount{segments}
+               {EXACT_SUM.format("amount")} AS amount{segments}
         FROM transactions
         WHERE ts < DATE '{end_exclusive.isoformat()}'
         GROUP BY customer_id, {moment}"""
@@ -79,7 +83,7 @@ def summarize(
         per_customer AS (
             SELECT customer_id, count(*) - 1 AS frequency,
                    min(day_number) AS first_day, max(day_number) AS last_day,
-                   sum(amount) AS revenue, arg_min(amount, moment) AS first_amount,
+                   {EXACT_SUM.format("amount")} AS revenue, arg_min(amount, moment) AS first_amount,
                    CAST(min(moment) AS DATE) AS first_purchase, CAST(max(moment) AS DATE) AS last_purchase
                    {segments}
             FROM purchases GROUP BY customer_id

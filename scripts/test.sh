@@ -3,6 +3,10 @@
 # Usage: bash scripts/test.sh [extra pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The report test renders report.html in headless Chromium (Debian package `chromium`).
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 python -m ruff check forecast tests
 python -m mypy forecast

@@ -43,8 +43,20 @@ def cli(*args: str):
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` with its bytes (to check a failed run changed nothing)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under ``folder`` with its bytes (to check a failed run changed nothing).
+
+    A failed run's own log (``<as_of>.failed.log`` beside the run folders) is not an output and is left out.
+    """
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".failed.log")
+    }
+
+
+def no_run_written(runs_root: Path) -> bool:
+    """True when no run folder (nor staging folder) exists under the runs root; a failure log may."""
+    return not runs_root.exists() or all(p.name.endswith(".failed.log") for p in runs_root.iterdir())
 
 
 def assert_clean_failure(result, *phrases: str) -> None:
@@ -91,7 +103,8 @@ def test_nobody_bought_twice_fails_cleanly(project):
     (project / "log.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = cli("run", "run.yaml")
     assert_clean_failure(result, "Nobody in the data made a repeat purchase", "Use a longer observation period")
-    assert not (project / "out").exists()
+    assert no_run_written(project / "out")
+    assert (project / "out" / "2020-12-31.failed.log").is_file()
 
 
 def _limit_file_size() -> None:  # runs in the child before exec
@@ -139,7 +152,7 @@ def test_rows_after_as_of_are_counted_in_the_manifest_and_by_validate(project):
     assert after > 0
     result = cli("run", "run.yaml", "--as-of", "2020-09-30")
     assert result.exit_code == 0, result.output
-    manifest = json.loads((project / "out" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((project / "out" / "2020-09-30" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["data_quality"]["after_as_of"] == after
     assert manifest["data_quality"]["as_of"] == "2020-09-30"
     assert f"{after:,} transactions after as_of 2020-09-30 were excluded." in manifest["warnings"]

@@ -170,9 +170,9 @@ def test_formula_like_customer_ids_are_escaped_in_csv_outputs(tmp_path, monkeypa
     (tmp_path / "run.yaml").write_text("data: {path: log.csv}\nas_of: 2020-12-31\noutput: out\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["run", "run.yaml"])
     assert result.exit_code == 0, result.output
-    written = pd.read_csv(tmp_path / "out" / "customers.csv", dtype={"customer_id": str})
+    written = pd.read_csv(tmp_path / "out" / "2020-12-31" / "customers.csv", dtype={"customer_id": str})
     for customer in hostile:
         assert "'" + customer in set(written["customer_id"])
     assert not written["customer_id"].str.match(r"^[=+\-@]").any()
-    raw = pd.read_parquet(tmp_path / "out" / "customers.parquet")
+    raw = pd.read_parquet(tmp_path / "out" / "2020-12-31" / "customers.parquet")
     assert set(hostile) <= set(raw["customer_id"])

@@ -119,3 +119,12 @@ def test_validate_prints_a_data_quality_summary(sample_config_path):
     assert result.exit_code == 0, result.output
     assert "6,919 rows, 2,357 customers" in result.output
     assert "8 rows have an amount of 0" in result.output
+
+
+def test_run_never_backtests_past_its_as_of(in_tmp, sample_config_path):
+    """The sample's 39-week holdout lies after its as_of: the run leaves it to `forecast backtest` and says so."""
+    result = run_cli("run", str(sample_config_path), "--output", "out")
+    assert result.exit_code == 0, result.output
+    assert not (in_tmp / "out" / "backtest.json").exists()
+    manifest = json.loads((in_tmp / "out" / "manifest.json").read_text())
+    assert any("run `forecast backtest` for it" in w for w in manifest["warnings"])

@@ -1,0 +1,257 @@
+"""The run registry: as_of dates, the runs-root layout, input fingerprints and reading finished runs back.
+
+Layout (docs-batch.md)::
+
+    <output>/<as_of YYYY-MM-DD>/        one folder per run: customers.csv/.parquet, segments.csv,
+                                        manifest.json (written last), run.log, models/*.json
+    <models_dir>/<as_of YYYY-MM-DD>/    the published copy of the run's fitted models
+
+A folder is a finished run when it holds ``manifest.json``; folders whose name starts with a dot
+(``.<name>.partial-<pid>``, staging of a run in progress or killed) are never read as runs.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from forecast.artifacts import load_model
+from forecast.errors import ArtifactError, ConfigError, OutputError
+from forecast.estimators import GammaGamma, PurchaseModel
+
+MANIFEST = "manifest.json"
+RUN_MODELS = "models"
+MODEL_FILES = {"purchases": "purchases.json", "spend": "spend.json"}
+_MONTH = re.compile(r"^\d{4}-\d{2}$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def month_end(day: dt.date) -> dt.date:
+    """The last day of the calendar month of ``day``."""
+    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
+
+
+def parse_as_of(text: str) -> dt.date:
+    """Read an as_of given as ``YYYY-MM`` (that month's last day) or ``YYYY-MM-DD``.
+
+    Raises
+    ------
+    ConfigError
+        Neither form, or not a calendar date.
+    """
+    text = text.strip()
+    try:
+        if _MONTH.match(text):
+            return month_end(dt.date.fromisoformat(text + "-01"))
+        if _DAY.match(text):
+            return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise ConfigError(f"'{text}' is not a date: give --as-of / --through as YYYY-MM (month end) or YYYY-MM-DD.")
+
+
+def last_complete_month_end(last_timestamp: str | dt.date | dt.datetime) -> dt.date:
+    """The end of the last calendar month that the data covers completely.
+
+    A log whose last transaction falls on a month's last day covers that month; otherwise the
+    month before is the last complete one.
+    """
+    last = pd.Timestamp(last_timestamp).date()
+    if last == month_end(last):
+        return last
+    return last.replace(day=1) - dt.timedelta(days=1)
+
+
+def month_ends_between(first: dt.date, last: dt.date) -> list[dt.date]:
+    """Month ends from the month of ``first`` through the month of ``last``, in order (a backfill).
+
+    Raises
+    ------
+    ConfigError
+        ``last`` is in an earlier month than ``first``.
+    """
+    if (last.year, last.month) < (first.year, first.month):
+        raise ConfigError(f"--through {last} is before --as-of {first}. Give the earlier month first.")
+    ends = []
+    current = month_end(first)
+    while current <= month_end(last):
+        ends.append(current)
+        current = month_end(current + dt.timedelta(days=1))
+    return ends
+
+
+def run_folder(runs_root: str | Path, as_of: dt.date) -> Path:
+    """The folder of the run as of a date inside a runs root: ``<runs_root>/<YYYY-MM-DD>``."""
+    return Path(runs_root) / as_of.isoformat()
+
+
+def input_fingerprint(con: duckdb.DuckDBPyConnection, as_of: dt.date, segment_columns: list[str]) -> dict[str, Any]:
+    """Identify the transactions a run as of a date uses, independently of row order and of later rows.
+
+    Each row (customer_id, ts, amount, segment columns) is hashed with MD5 and the hashes are summed
+    (exact 128-bit integer sums), so appending next month's rows or reordering the file does not change
+    the fingerprint of an earlier as_of, while any edit to a row up to as_of does.
+
+    Returns
+    -------
+    dict
+        ``rows_up_to_as_of`` and ``as_of_sha256`` (SHA-256 of the row count and hash sums).
+    """
+    columns = ["customer_id", "CAST(ts AS VARCHAR)", "CAST(amount AS VARCHAR)"]
+    columns += ['coalesce(CAST("' + c.replace('"', '""') + "\" AS VARCHAR), '')" for c in segment_columns]
+    row = f"concat_ws('|', {', '.join(columns)})"
+    end = (as_of + dt.timedelta(days=1)).isoformat()
+    counts = con.execute(
+        f"""SELECT count(*), coalesce(sum(md5_number_upper({row})), 0), coalesce(sum(md5_number_lower({row})), 0)
+            FROM transactions WHERE ts < DATE '{end}'"""
+    ).fetchone()
+    assert counts is not None
+    text = f"rows={counts[0]};upper={counts[1]};lower={counts[2]}"
+    return {"rows_up_to_as_of": int(counts[0]), "as_of_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a finished run folder, or None when the folder holds no readable manifest."""
+    try:
+        document = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def check_overwrite(target: Path, as_of: dt.date, fingerprint: dict[str, Any], force: bool) -> None:
+    """Refuse to replace an existing folder that is not a run of the same input, unless forced.
+
+    Raises
+    ------
+    OutputError
+        ``target`` is a run as of another date or made from other data (different ``as_of_sha256``),
+        or a non-empty folder that is not a run at all; ``force`` lifts all three.
+    """
+    if force or not target.exists():
+        return
+    if not target.is_dir():
+        raise OutputError(f"The output {target} exists and is not a folder. Choose another --output.")
+    previous = read_manifest(target)
+    if previous is None:
+        if any(target.iterdir()):
+            raise OutputError(
+                f"The output folder {target} is not empty and holds no {MANIFEST}, so it is not a forecast run; "
+                "replacing it would delete its files. Choose another --output, or pass --force to replace it."
+            )
+        return
+    before = previous.get("input", {})
+    if previous.get("as_of") != as_of.isoformat():
+        raise OutputError(
+            f"{target} holds the run as of {previous.get('as_of')}, not {as_of}. Leave out --output to write to "
+            f"<config output>/{as_of}/, choose another --output, or pass --force to replace it."
+        )
+    if before.get("as_of_sha256") != fingerprint["as_of_sha256"]:
+        raise OutputError(
+            f"{target} holds a run made from different input: {before.get('rows_up_to_as_of', '?')} rows up to "
+            f"as_of {previous.get('as_of')} with fingerprint {str(before.get('as_of_sha256'))[:12]}..., now "
+            f"{fingerprint['rows_up_to_as_of']} rows with {fingerprint['as_of_sha256'][:12]}.... The data up to "
+            "as_of changed since that run. Pass --force to replace it, or write to another --output."
+        )
+
+
+def find_previous_run(runs_root: Path, as_of: dt.date, exclude: Path | None = None) -> Path | None:
+    """The finished run with the latest as_of before ``as_of`` in a runs root, or None.
+
+    Only folders named ``YYYY-MM-DD`` with a readable manifest count (staging folders are hidden).
+    """
+    if not runs_root.is_dir():
+        return None
+    candidates = []
+    for folder in runs_root.iterdir():
+        if not folder.is_dir() or not _DAY.match(folder.name) or (exclude and folder.resolve() == exclude.resolve()):
+            continue
+        manifest = read_manifest(folder)
+        if manifest is None:
+            continue
+        try:
+            folder_as_of = dt.date.fromisoformat(str(manifest.get("as_of")))
+        except ValueError:
+            continue
+        if folder_as_of < as_of:
+            candidates.append((folder_as_of, folder))
+    return max(candidates)[1] if candidates else None
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A finished run read back from its folder."""
+
+    path: Path
+    manifest: dict[str, Any]
+    customers: pd.DataFrame
+    segments: pd.DataFrame
+    purchases: PurchaseModel
+    spend: GammaGamma
+
+    @property
+    def as_of(self) -> dt.date:
+        return dt.date.fromisoformat(self.manifest["as_of"])
+
+
+def load_run(run_dir: str | Path) -> StoredRun:
+    """Read a finished run: manifest, per-customer and per-segment tables, and its fitted models.
+
+    The models are read from the run folder's own ``models/`` copy, and their SHA-256 must match the
+    manifest, so tables and models always belong to the same run.
+
+    Returns
+    -------
+    StoredRun
+        ``customers`` indexed by customer_id (string).
+
+    Raises
+    ------
+    ArtifactError
+        The folder is not a finished run, a file is missing, or a model does not match the manifest.
+    """
+    path = Path(run_dir)
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise ArtifactError(
+            f"{path} is not a finished run (no readable {MANIFEST}); a run killed part-way leaves none. "
+            "Run `forecast run` for that as_of."
+        )
+    try:
+        customers = pd.read_parquet(path / "customers.parquet")
+        segments = pd.read_csv(path / "segments.csv", dtype={"segmentation": "string", "segment": "string"})
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"The run {path} is incomplete: {exc}. Re-run `forecast run` for that as_of.") from None
+    customers["customer_id"] = customers["customer_id"].astype("string")
+    expected = manifest.get("models", {}).get("sha256", {})
+    models: dict[str, Any] = {}
+    for role, name in MODEL_FILES.items():
+        model_path = path / RUN_MODELS / name
+        if expected and model_path.is_file() and sha256_file(model_path) != expected.get(name):
+            raise ArtifactError(
+                f"{model_path} does not match the SHA-256 recorded in {path / MANIFEST}: the model was changed "
+                "after the run. Re-run `forecast run` for that as_of."
+            )
+        models[role] = load_model(model_path)
+    purchases, spend = models["purchases"], models["spend"]
+    if not isinstance(purchases, PurchaseModel) or not isinstance(spend, GammaGamma):
+        raise ArtifactError(f"The models in {path / RUN_MODELS} are not a purchase model and a Gamma-Gamma model.")
+    return StoredRun(path, manifest, customers.set_index("customer_id"), segments, purchases, spend)
