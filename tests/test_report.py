@@ -327,12 +327,13 @@ def test_sample_run_report_renders_offline_in_chromium(sample_run: Path, tmp_pat
     names = [figure["id"] for figure in probe["figures"]]
     assert names == [
         "chart-period_transactions", "chart-heatmap_expected_purchases", "chart-heatmap_p_alive", "chart-spend_fit",
-        "chart-frequency_spend", "chart-segment_clv_segment",
+        "chart-frequency_spend", "chart-segment_clv_segment", "chart-segment_clv_rfm_group",
     ]  # fmt: skip
     for figure in probe["figures"]:
         assert figure["kind"] == "svg" and figure["width"] > 300 and figure["height"] > 200, figure
         assert figure["caption"].strip()
-    assert probe["tables"] == 5  # parameters, repeat purchases, segments, data quality, about
+    # parameters, repeat purchases, per segmentation (tiers, RFM groups) segments and budget, data quality, about
+    assert probe["tables"] == 8
     manifest = json.loads((sample_run / "manifest.json").read_text())
     text = probe["text"]
     assert f"{manifest['totals']['clv']:,.0f}" in text
