@@ -81,6 +81,51 @@ def validate(config: ConfigArg) -> None:
         typer.echo(f"warning: {message}")
 
 
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Parquet file to write, e.g. data/sim_10m.parquet.")],
+    customers: Annotated[int, typer.Option("--customers", min=1, help="Customers to simulate (~3 rows each).")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the file depends only on the options.")] = 0,
+    start: Annotated[dt.datetime, typer.Option("--start", formats=["%Y-%m-%d"], help="First day.")] = dt.datetime(
+        2020, 1, 1
+    ),
+    end: Annotated[dt.datetime, typer.Option("--end", formats=["%Y-%m-%d"], help="Observation end.")] = dt.datetime(
+        2021, 6, 30
+    ),
+    acquisition_days: Annotated[int, typer.Option("--acquisition-days", min=1, help="Acquisition period.")] = 84,
+    time_unit: Annotated[str, typer.Option("--time-unit", help="Unit of alpha: day, week or month.")] = "week",
+    r: Annotated[float, typer.Option("--r", min=0, help="BG/NBD r.")] = 0.25,
+    alpha: Annotated[float, typer.Option("--alpha", min=0, help="BG/NBD alpha (per time unit).")] = 4.0,
+    a: Annotated[float, typer.Option("--a", min=0, help="BG/NBD a.")] = 0.8,
+    b: Annotated[float, typer.Option("--b", min=0, help="BG/NBD b.")] = 2.5,
+    p: Annotated[float, typer.Option("--p", min=0, help="Gamma-Gamma p.")] = 6.0,
+    q: Annotated[float, typer.Option("--q", min=0, help="Gamma-Gamma q.")] = 4.0,
+    gamma: Annotated[float, typer.Option("--gamma", min=0, help="Gamma-Gamma gamma.")] = 15.0,
+) -> None:
+    """Write a simulated transaction log (BG/NBD purchases, Gamma-Gamma spend, exact timestamps) as Parquet."""
+    from forecast.config import DAYS_PER_UNIT
+    from forecast.simulate import TrueParams, write_simulated_log
+
+    problems = []
+    if time_unit not in DAYS_PER_UNIT:
+        problems.append(f"--time-unit must be one of {', '.join(DAYS_PER_UNIT)} (got {time_unit!r})")
+    if end.date() <= start.date():
+        problems.append(f"--end ({end.date()}) must be after --start ({start.date()})")
+    if problems:
+        console.print(f"[bold red]error:[/] {'; '.join(problems)}.", highlight=False)
+        raise typer.Exit(code=2)
+    params = TrueParams(r=r, alpha=alpha, a=a, b=b, p=p, q=q, gamma=gamma)
+    with user_errors():
+        try:
+            rows = write_simulated_log(
+                out, customers, params, start.date(), end.date(), acquisition_days, time_unit, seed
+            )
+        except OSError as exc:
+            console.print(f"[bold red]error:[/] cannot write {out}: {exc}. Choose a writable path.", highlight=False)
+            raise typer.Exit(code=2) from None
+    typer.echo(f"{out}: {rows:,} transactions of {customers:,} customers ({params}).")
+
+
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())
