@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import pandas as pd
 
+from forecast.compress import unique_with_counts
 from forecast.errors import FitError, ForecastWarning
 
 with warnings.catch_warnings():
@@ -49,10 +50,8 @@ def _numerical_hessian(func: Callable[[np.ndarray], float], x: np.ndarray, step:
 
 def unique_rows(columns: dict[str, ArrayLike]) -> tuple[pd.DataFrame, np.ndarray]:
     """Collapse identical rows into unique rows and their counts (the weights of a compressed fit)."""
-    frame = pd.DataFrame({name: np.asarray(values, dtype=float) for name, values in columns.items()})
-    counts = frame.value_counts(sort=False)
-    unique = counts.index.to_frame(index=False)
-    return unique, counts.to_numpy(dtype=float)
+    unique, _, counts = unique_with_counts(columns)
+    return unique, counts
 
 
 @dataclass(frozen=True)

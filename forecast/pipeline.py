@@ -14,13 +14,14 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from forecast.artifacts import library_versions, model_artifact, write_json
+from forecast.bulk import connect_duckdb, csv_wanted, write_customer_tables
 from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
 from forecast.config import RunConfig
 from forecast.errors import DataError, ForecastWarning, OutputError
@@ -94,7 +95,8 @@ def forecast(
         lifespan = config.heuristic.lifespan_years
         lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
         inputs = heuristic_inputs(summary, config.days_per_unit)
-        customers = summary.join(scores).join(inputs)
+        customers = pd.concat([summary, scores, inputs], axis=1)
+        del scores, inputs
         customers["clv_heuristic"] = heuristic_clv(
             customers["avg_purchase_value"], customers["purchases_per_year"], lifespan_years, config.margin
         )
@@ -213,7 +215,7 @@ def run(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     say(f"Reading {config.data.path}")
-    transactions = read_transactions(config.data)
+    transactions = read_transactions(config.data, connect_duckdb(config.duckdb))
     timings["ingest"] = time.perf_counter() - started
     as_of = as_of or config.as_of or default_as_of(transactions)
     first = transactions.quality.first_timestamp
@@ -232,9 +234,12 @@ def run(
         write_json(staging / "purchases.json", model_artifact(result.purchases, "purchases", window))
         write_json(staging / "spend.json", model_artifact(result.spend, "spend", window))
     with atomic_folder(output_path) as staging:
-        table = customer_output(result)
-        table.to_parquet(staging / "customers.parquet", index=False)
-        escape_for_spreadsheet(table).to_csv(staging / "customers.csv", index=False)
+        # The contract's column order, taken from an empty table so that no full copy is made here.
+        columns = list(customer_output(replace(result, customers=result.customers.iloc[:0])).columns)
+        write_csv, skipped = csv_wanted(config.customers_csv, len(result.customers))
+        if skipped:
+            result.warnings.append(skipped)
+        write_customer_tables(result.customers, columns, staging, csv=write_csv)
         escape_for_spreadsheet(result.segments).to_csv(staging / "segments.csv", index=False)
         timings["write"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - started

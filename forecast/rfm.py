@@ -34,6 +34,21 @@ def _purchases_sql(end_exclusive: dt.date, resolution: Resolution, segment_colum
         GROUP BY customer_id, {moment}"""
 
 
+def fetch_frame(con: duckdb.DuckDBPyConnection, query: str) -> pd.DataFrame:
+    """Run a query and return its rows as a pandas DataFrame through Arrow.
+
+    Arrow hands strings over without building a Python object per value (``.df()`` takes about
+    5 s longer for 3.4 million customer ids); dates come back as datetime64[us], as ``.df()`` gives them.
+    """
+    # A relation cannot run while an earlier execute() result (e.g. a fetchone() in ingest) is unfinished.
+    con.complete()
+    frame = con.sql(query).to_arrow_table().to_pandas(date_as_object=False)
+    for column in frame.columns:
+        if pd.api.types.is_datetime64_dtype(frame[column]):
+            frame[column] = frame[column].astype("datetime64[us]")
+    return frame
+
+
 def summarize(
     con: duckdb.DuckDBPyConnection,
     as_of: dt.date,
@@ -91,7 +106,7 @@ def summarize(
                revenue, first_purchase, last_purchase
                {"".join(", " + quote_identifier(c) for c in segment_columns)}
         FROM per_customer ORDER BY customer_id"""
-    summary = con.execute(query).df()
+    summary = fetch_frame(con, query)
     if summary.empty:
         raise DataError(
             f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of "
