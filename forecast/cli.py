@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from forecast.config import load_config
-from forecast.errors import ForecastError
+from forecast.errors import ConfigError, ForecastError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Customer-lifetime-value forecasts.")
 console = Console(stderr=True)
@@ -48,13 +48,38 @@ def progress_display() -> Iterator[Callable[[str], None]]:
         yield lambda message: status.update(message)
 
 
+EngineOption = Annotated[
+    str | None, typer.Option("--engine", help="duckdb or spark (overrides the config's engine).")
+]
+
+
 @app.command()
-def run(config: ConfigArg, as_of: AsOfOption = None, output: OutputOption = None) -> None:
+def run(config: ConfigArg, as_of: AsOfOption = None, output: OutputOption = None, engine: EngineOption = None) -> None:
     """Run the monthly batch: summary, model fits, per-customer and per-segment CLV, manifest."""
     from forecast.pipeline import run as run_pipeline
 
     with user_errors(), progress_display() as say:
-        result = run_pipeline(load_config(config), as_of.date() if as_of else None, output, say)
+        settings = load_config(config)
+        if engine is not None:
+            if engine not in ("duckdb", "spark"):
+                raise ConfigError(f"--engine must be duckdb or spark, not {engine!r}.")
+            settings = settings.model_copy(update={"engine": engine})
+        if settings.engine == "spark":
+            from forecast.spark import run as run_spark
+
+            spark_result = run_spark(settings, as_of.date() if as_of else None, output, say)
+    if settings.engine == "spark":
+        for message in spark_result.warnings:
+            console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        totals = spark_result.manifest["totals"]
+        typer.echo(
+            f"as_of {spark_result.as_of}: {spark_result.customers:,} customers (Spark), predictive CLV "
+            f"{totals['clv']:,.0f}, heuristic CLV {totals['clv_heuristic']:,.0f}; outputs in {spark_result.output}, "
+            f"per-customer Parquet in {spark_result.customers_path}, models in {spark_result.models}"
+        )
+        return
+    with user_errors(), progress_display() as say:
+        result = run_pipeline(settings, as_of.date() if as_of else None, output, say)
     totals = result.manifest["totals"]
     for message in result.forecast.warnings:
         console.print(f"[yellow]warning:[/] {message}", highlight=False)

@@ -48,10 +48,18 @@ def _numerical_hessian(func: Callable[[np.ndarray], float], x: np.ndarray, step:
     return hess
 
 
-def unique_rows(columns: dict[str, ArrayLike]) -> tuple[pd.DataFrame, np.ndarray]:
-    """Collapse identical rows into unique rows and their counts (the weights of a compressed fit)."""
-    unique, _, counts = unique_with_counts(columns)
-    return unique, counts
+def unique_rows(columns: dict[str, ArrayLike], weights: ArrayLike | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Collapse identical rows into unique rows and their counts (the weights of a compressed fit).
+
+    With ``weights`` (rows that already stand for several customers, e.g. a summary compressed by Spark),
+    a unique row's weight is the sum of its rows' weights.
+    """
+    unique, codes, counts = unique_with_counts(columns)
+    if weights is not None:
+        counts = np.bincount(codes, weights=np.asarray(weights, dtype=float), minlength=len(unique))
+    # Sorted rows make the fit independent of the order the customers came in (DuckDB or Spark).
+    order = np.lexsort([unique[name].to_numpy() for name in reversed(unique.columns)])
+    return unique.iloc[order].reset_index(drop=True), counts[order]
 
 
 @dataclass(frozen=True)
@@ -185,19 +193,21 @@ class _Model:
 class PurchaseModel(_Model):
     """Base for the purchase-and-dropout models; predictions take a horizon in model time units."""
 
-    def fit(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> Self:
+    def fit(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, weights: ArrayLike | None = None) -> Self:
         """Fit by maximum likelihood on the unique (frequency, recency, T) rows, weighted by their counts.
 
         Parameters
         ----------
         frequency, recency, T
             Per-customer summary in model time units (see ``forecast.rfm.summarize``).
+        weights
+            Customers each row stands for (default 1 per row), for a summary already compressed.
 
         Returns
         -------
         self
         """
-        unique, weights = unique_rows({"frequency": frequency, "recency": recency, "T": T})
+        unique, weights = unique_rows({"frequency": frequency, "recency": recency, "T": T}, weights)
         if len(unique) == 0:
             raise FitError(f"The {self.title} model needs at least one customer.")
         if (unique["frequency"] > 0).sum() == 0:
@@ -332,7 +342,7 @@ class GammaGamma(_Model):
         )
         return -float(mean_nll) * float(weights.sum())
 
-    def fit(self, frequency: ArrayLike, monetary_value: ArrayLike) -> Self:
+    def fit(self, frequency: ArrayLike, monetary_value: ArrayLike, weights: ArrayLike | None = None) -> Self:
         """Fit on the customers with at least one repeat purchase and a positive average spend.
 
         Parameters
@@ -341,6 +351,8 @@ class GammaGamma(_Model):
             Repeat purchases per customer.
         monetary_value
             Mean amount of each customer's repeat purchases (currency units).
+        weights
+            Customers each row stands for (default 1 per row), for a summary already compressed.
 
         Returns
         -------
@@ -348,21 +360,25 @@ class GammaGamma(_Model):
         """
         frequency = np.asarray(frequency, float)
         monetary_value = np.asarray(monetary_value, float)
+        row_weights = np.ones(len(frequency)) if weights is None else np.asarray(weights, dtype=float)
         usable = (frequency > 0) & (monetary_value > 0)
-        repeat_buyers = int((frequency > 0).sum())
-        if usable.sum() < 2:
+        repeat_buyers = int(row_weights[frequency > 0].sum())
+        usable_buyers = int(row_weights[usable].sum())
+        if usable_buyers < 2:
             raise FitError(
                 f"The Gamma-Gamma spend model needs repeat buyers with a positive average spend; the data has "
-                f"{int(usable.sum())}. Use a longer observation period or check the amounts."
+                f"{usable_buyers}. Use a longer observation period or check the amounts."
             )
-        if usable.sum() < repeat_buyers:
+        if usable_buyers < repeat_buyers:
             warnings.warn(
-                f"{repeat_buyers - int(usable.sum()):,} repeat buyers with an average spend of 0 or less were "
+                f"{repeat_buyers - usable_buyers:,} repeat buyers with an average spend of 0 or less were "
                 "left out of the Gamma-Gamma fit.",
                 ForecastWarning,
                 stacklevel=2,
             )
-        unique, weights = unique_rows({"frequency": frequency[usable], "monetary_value": monetary_value[usable]})
+        unique, weights = unique_rows(
+            {"frequency": frequency[usable], "monetary_value": monetary_value[usable]}, row_weights[usable]
+        )
         if np.ptp(unique["monetary_value"].to_numpy()) == 0:
             raise FitError(
                 "Every repeat buyer has the same average spend, so the Gamma-Gamma spend model has nothing to fit. "

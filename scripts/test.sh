@@ -3,7 +3,7 @@
 # Usage: bash scripts/test.sh [extra pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+python -m pip install --quiet --disable-pip-version-check -e ".[test,spark]"
 python -m ruff check forecast tests
 python -m mypy forecast
 python -m pytest "$@"
