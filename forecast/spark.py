@@ -106,6 +106,17 @@ def ship_package(spark: SparkSession) -> None:
     spark.sparkContext.addPyFile(str(archive))
 
 
+def to_pandas(frame: SparkFrame) -> pd.DataFrame:
+    """``frame.toPandas()`` without pandas 3's deprecation warning about pyspark's ``copy=`` keyword.
+
+    pyspark 4 still passes ``copy=`` to pandas; the warning is harmless but, raised as an error
+    (pytest's ``filterwarnings = error``), it aborts the Arrow transfer half way.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The copy keyword is deprecated")
+        return frame.toPandas()
+
+
 def _spark_pattern(strptime_format: str) -> str:
     pattern, i = "", 0
     while i < len(strptime_format):
@@ -333,8 +344,8 @@ def fit_on_compressed(summary: SparkFrame, model_name: str) -> tuple[PurchaseMod
     """
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
-    purchase_rows = summary.groupBy("frequency", "recency", "T").count().toPandas()
-    spend_rows = summary.where(F.col("frequency") > 0).groupBy("frequency", "monetary_value").count().toPandas()
+    purchase_rows = to_pandas(summary.groupBy("frequency", "recency", "T").count())
+    spend_rows = to_pandas(summary.where(F.col("frequency") > 0).groupBy("frequency", "monetary_value").count())
     purchases = purchase_model(model_name).fit(
         purchase_rows["frequency"], purchase_rows["recency"], purchase_rows["T"], weights=purchase_rows["count"]
     )
@@ -465,7 +476,7 @@ def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[s
     frames = []
     for column in ["_all", *segmentations]:
         source = customers.withColumn("_all", F.lit(ALL)) if column == "_all" else customers
-        table = (
+        table = to_pandas(
             source.where(F.col(column).isNotNull())
             .groupBy(column)
             .agg(
@@ -477,9 +488,7 @@ def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[s
                 F.avg("avg_purchase_value").alias("avg_purchase_value"),
                 F.avg("purchases_per_year").alias("purchases_per_year"),
             )
-            .toPandas()
-            .rename(columns={column: "segment"})
-        )
+        ).rename(columns={column: "segment"})
         if column == "segment":  # tier order, as the categorical tiers sort in pandas
             table = table.sort_values("segment", key=lambda s: s.map(tiers.index), ignore_index=True)
         else:
