@@ -19,14 +19,17 @@ fitted on every customer row, and ``GammaGammaFitter.customer_lifetime_value`` f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = dt.date(2021, 6, 30)
@@ -57,24 +60,32 @@ def simulated_log(size: str, data_dir: Path, seed: int) -> tuple[Path, float | N
     return path, time.perf_counter() - started
 
 
-def measure(command: list[str], cwd: Path) -> dict[str, float]:
-    """Run a command as a child; return wall seconds, CPU seconds and peak RSS (MB) of that child."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout, stderr = process.communicate() if False else (b"", b"")
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    out = process.stdout.read() if process.stdout else b""
-    err = process.stderr.read() if process.stderr else b""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{err.decode()[-3000:]}")
-    figures = {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
-    last = (out.decode().strip().splitlines() or ["{}"])[-1]
-    try:
-        figures["stages"] = json.loads(last)
-    except json.JSONDecodeError:
-        pass
-    del stdout, stderr
+def measure(command: list[str], cwd: Path) -> dict[str, Any]:
+    """Run a command as a child; return its wall seconds, CPU seconds (user + system) and peak RSS in MB.
+
+    The peak RSS is the kernel's figure for that one child (``os.wait4``), so the children of one
+    benchmark run do not mix. The child's last stdout line, if JSON, is kept as its stage timings.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {process.returncode}:\n{stderr[-3000:]}")
+    figures: dict[str, Any] = {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+    }
+    lines = stdout.strip().splitlines()
+    if lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            figures["stages"] = json.loads(lines[-1])
     return figures
 
 
@@ -169,6 +180,9 @@ def main() -> None:
         print(f"\n== {size}: {rows:,} transactions, {path.stat().st_size / 2**20:,.0f} MB Parquet{note}")
         entry: dict[str, object] = {"size": size, "rows": rows, "simulate_s": simulated}
         ours = measure(forecast_command(path, args.work_dir, args.engine), ROOT)
+        manifest = args.work_dir / f"run_{path.stem}" / "manifest.json"
+        if manifest.exists():
+            ours["stages"] = json.loads(manifest.read_text(encoding="utf-8")).get("timings_seconds", {})
         entry["forecast"] = ours
         _print("forecast run", ours)
         if size in compare:
@@ -191,15 +205,16 @@ def _parquet_rows(path: Path) -> int:
     return int(pq.read_metadata(path).num_rows)
 
 
-def _print(name: str, figures: dict) -> None:
+def _print(name: str, figures: dict[str, Any]) -> None:
     stages = figures.get("stages")
     detail = ""
     if isinstance(stages, dict):
-        detail = "  [" + ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if k.endswith(("_s", "")) and
-                                   k not in ("customers", "clv_total")) + "]"
+        shown = {k: v for k, v in stages.items() if k not in ("customers", "clv_total", "total")}
+        detail = "  [" + ", ".join(f"{k} {v:.1f}" for k, v in shown.items()) + "]"
     print(
         f"   {name:15s} wall {figures['wall_s']:7.1f} s  CPU {figures['cpu_s']:7.1f} s  "
-        f"peak RSS {figures['peak_rss_mb']:7,.0f} MB{detail}"
+        f"peak RSS {figures['peak_rss_mb']:7,.0f} MB{detail}",
+        flush=True,
     )
 
 

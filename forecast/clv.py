@@ -210,6 +210,18 @@ def observed_lifespan_years(summary: pd.DataFrame, as_of: dt.date) -> float:
     return 1.0 / (1.0 - annual_retention)
 
 
+def _labels_sorted(index: pd.Index) -> bool:
+    """Whether the labels are in ascending order, compared in Arrow for Arrow strings (no Python objects)."""
+    values = index.array
+    if isinstance(values, pd.arrays.ArrowStringArray) and len(values) > 1:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        labels = pa.chunked_array(pa.array(values))
+        return not index.hasnans and bool(pc.all(pc.greater_equal(labels[1:], labels[:-1])).as_py())
+    return bool(index.is_monotonic_increasing)
+
+
 def assign_tiers(clv: pd.Series, tiers: dict[str, float]) -> pd.Series:
     """Value tiers by predictive CLV: the first tier gets the top share of customers, and so on.
 
@@ -220,7 +232,7 @@ def assign_tiers(clv: pd.Series, tiers: dict[str, float]) -> pd.Series:
     pandas.Series
         Ordered categorical named ``segment``, indexed like ``clv``.
     """
-    if clv.index.is_monotonic_increasing:
+    if _labels_sorted(clv.index):
         # Ids already in order (the summary is sorted): a stable sort on -clv breaks ties by id, without
         # comparing millions of strings.
         ranked = np.argsort(-clv.to_numpy(dtype=float), kind="stable")
@@ -233,5 +245,6 @@ def assign_tiers(clv: pd.Series, tiers: dict[str, float]) -> pd.Series:
     bounds = np.cumsum(list(tiers.values())) * len(clv)
     positions = np.empty(len(clv), dtype=int)
     positions[ranked] = np.arange(len(clv))
-    labels = np.array(list(tiers))[np.searchsorted(bounds, positions, side="right").clip(max=len(tiers) - 1)]
-    return pd.Series(pd.Categorical(labels, categories=list(tiers), ordered=True), index=clv.index, name="segment")
+    codes = np.searchsorted(bounds, positions, side="right").clip(max=len(tiers) - 1)
+    labels = pd.Categorical.from_codes(codes, categories=list(tiers), ordered=True)
+    return pd.Series(labels, index=clv.index, name="segment")

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import pandas as pd
 
-from forecast.compress import unique_with_counts
+from forecast.compress import as_floats, unique_with_counts
 from forecast.errors import FitError, ForecastWarning
 
 with warnings.catch_warnings():
@@ -59,7 +59,7 @@ def unique_rows(columns: dict[str, ArrayLike], weights: ArrayLike | None = None)
     """
     unique, codes, counts = unique_with_counts(columns)
     if weights is not None:
-        counts = np.bincount(codes, weights=np.asarray(weights, dtype=float), minlength=len(unique))
+        counts = np.bincount(codes, weights=as_floats(weights), minlength=len(unique))
     # Sorted rows make the fit independent of the order the customers came in (DuckDB or Spark).
     order = np.lexsort([unique[name].to_numpy() for name in reversed(unique.columns)])
     return unique.iloc[order].reset_index(drop=True), counts[order]
@@ -391,9 +391,9 @@ class GammaGamma(_Model):
         -------
         self
         """
-        frequency = np.asarray(frequency, float)
-        monetary_value = np.asarray(monetary_value, float)
-        row_weights = np.ones(len(frequency)) if weights is None else np.asarray(weights, dtype=float)
+        frequency = as_floats(frequency)
+        monetary_value = as_floats(monetary_value)
+        row_weights = np.ones(len(frequency)) if weights is None else as_floats(weights)
         usable = (frequency > 0) & (monetary_value > 0)
         repeat_buyers = int(row_weights[frequency > 0].sum())
         usable_buyers = int(row_weights[usable].sum())
@@ -456,9 +456,11 @@ def fit_models(summary: pd.DataFrame, model_name: str) -> tuple[PurchaseModel, G
     """
     purchases = purchase_model(model_name).fit(summary["frequency"], summary["recency"], summary["T"])
     spend = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
-    repeat = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
-    if len(repeat) > 2:
-        correlation = float(np.corrcoef(repeat["frequency"], repeat["monetary_value"])[0, 1])
+    # Plain arrays: boolean-indexing the frame would build a hash table of all customer ids.
+    frequency, monetary_value = as_floats(summary["frequency"]), as_floats(summary["monetary_value"])
+    repeat = (frequency > 0) & (monetary_value > 0)
+    if repeat.sum() > 2:
+        correlation = float(np.corrcoef(frequency[repeat], monetary_value[repeat])[0, 1])
         if abs(correlation) > FREQUENCY_SPEND_CORRELATION_LIMIT:
             warnings.warn(
                 f"Frequency and average spend of repeat buyers are correlated ({correlation:.2f}); Gamma-Gamma "
