@@ -246,5 +246,5 @@ def assign_tiers(clv: pd.Series, tiers: dict[str, float]) -> pd.Series:
     positions = np.empty(len(clv), dtype=int)
     positions[ranked] = np.arange(len(clv))
     codes = np.searchsorted(bounds, positions, side="right").clip(max=len(tiers) - 1)
-    labels = pd.Categorical.from_codes(codes, categories=list(tiers), ordered=True)
+    labels = pd.Categorical.from_codes(codes.astype(np.int64), categories=pd.Index(list(tiers)), ordered=True)
     return pd.Series(labels, index=clv.index, name="segment")

@@ -24,7 +24,7 @@ from forecast.artifacts import library_versions, model_artifact, write_json
 from forecast.bulk import connect_duckdb, csv_wanted, write_customer_tables
 from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
 from forecast.config import RunConfig
-from forecast.errors import DataError, ForecastWarning, OutputError
+from forecast.errors import ConfigError, DataError, ForecastWarning, OutputError
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
 from forecast.ingest import Transactions, fingerprint, read_transactions
 from forecast.rfm import summarize
@@ -211,6 +211,11 @@ def run(
     -------
     RunResult
     """
+    if config.engine != "duckdb":
+        raise ConfigError(
+            f"pipeline.run runs the DuckDB engine; for engine: {config.engine} use forecast.spark.run "
+            "(the CLI `forecast run` picks the engine from the config)."
+        )
     say = _quiet(progress)
     timings: dict[str, float] = {}
     started = time.perf_counter()
