@@ -65,7 +65,6 @@ def test_cli_simulate_writes_parquet_and_rejects_a_bad_time_unit(tmp_path: Path)
     assert not (tmp_path / "x.parquet").exists()
 
 
-@pytest.mark.slow
 def test_fit_on_exact_timestamps_recovers_the_true_parameters(tmp_path: Path) -> None:
     """Every fitted parameter lies within 3 standard errors of the simulator's true value (20,000 customers)."""
     truth = TrueParams()
