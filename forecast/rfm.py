@@ -43,8 +43,12 @@ def release_memory(con: duckdb.DuckDBPyConnection) -> None:
     row = con.execute("SELECT current_setting('memory_limit')").fetchone()
     if row is None:
         return
-    con.execute("SET memory_limit = '64MB'")
-    con.execute(f"SET memory_limit = '{str(row[0]).replace(chr(39), '')}'")
+    try:
+        con.execute("SET memory_limit = '64MB'")
+    except duckdb.Error:
+        pass  # nothing to release if DuckDB cannot go that low right now
+    finally:
+        con.execute(f"SET memory_limit = '{str(row[0]).replace(chr(39), '')}'")
 
 
 def fetch_frame(con: duckdb.DuckDBPyConnection, query: str) -> pd.DataFrame:
