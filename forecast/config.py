@@ -100,7 +100,7 @@ class SparkConfig(_Strict):
     output: str | None = Field(
         default=None,
         description="Folder (shared storage URI on a cluster) where Spark writes the per-customer Parquet; "
-        "default: customers_spark.parquet inside the run's output folder.",
+        "default: customers.parquet inside the run's output folder (right for local[*]).",
     )
 
 
