@@ -14,6 +14,7 @@ pyspark is an optional dependency (``pip install 'clv-forecast[spark]'``) and is
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -96,14 +97,25 @@ def spark_session(settings: SparkConfig) -> SparkSession:
 
 
 def ship_package(spark: SparkSession) -> None:
-    """Send this forecast package to the executors (as a zip on their path), so they score with the same code."""
+    """Send this forecast package to the executors (as a zip on their path), so they score with the same code.
+
+    The zip is built once per driver process and added once per SparkContext.
+    """
+    context = spark.sparkContext
+    if getattr(context, "_forecast_package_shipped", False):
+        return
+    context.addPyFile(str(_package_zip()))
+    context._forecast_package_shipped = True  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _package_zip() -> Path:
     package = Path(__file__).resolve().parent
-    folder = Path(tempfile.mkdtemp(prefix="forecast-pkg-"))
-    archive = folder / "forecast.zip"
+    archive = Path(tempfile.mkdtemp(prefix="forecast-pkg-")) / "forecast.zip"
     with zipfile.ZipFile(archive, "w") as bundle:
         for path in sorted(package.rglob("*.py")):
             bundle.write(path, Path("forecast") / path.relative_to(package))
-    spark.sparkContext.addPyFile(str(archive))
+    return archive
 
 
 def to_pandas(frame: SparkFrame) -> pd.DataFrame:
