@@ -69,6 +69,11 @@ def progress_display() -> Iterator[Callable[[str], None]]:
         yield lambda message: status.update(message)
 
 
+EngineOption = Annotated[
+    str | None, typer.Option("--engine", help="duckdb or spark (overrides the config's engine).")
+]
+
+
 def _summary_line(result: RunResult) -> str:
     totals = result.manifest["totals"]
     drift = result.manifest.get("drift")
@@ -93,6 +98,7 @@ def run(
     output: RunOutputOption = None,
     through: ThroughOption = None,
     force: ForceOption = False,
+    engine: EngineOption = None,
 ) -> None:
     """Run the monthly batch: summary, model fits, per-customer and per-segment CLV, drift, manifest.
 
@@ -103,7 +109,16 @@ def run(
 
     with user_errors():
         settings = load_config(config)
+        if engine is not None:
+            if engine not in ("duckdb", "spark"):
+                raise ConfigError(f"--engine must be duckdb or spark, not {engine!r}.")
+            settings = settings.model_copy(update={"engine": engine})
         day = parse_as_of(as_of) if as_of else None
+        if settings.engine == "spark":
+            if through is not None:
+                raise ConfigError("--through backfills with the DuckDB engine only; run Spark months one by one.")
+            _run_spark(settings, day, output)
+            return
         if through is not None:
             if day is None or output is not None:
                 raise ConfigError(
@@ -115,6 +130,22 @@ def run(
         with progress_display() as say:
             result = run_pipeline(settings, day, output, say, force=force)
     _report(result)
+
+
+def _run_spark(settings: RunConfig, day: dt.date | None, output: Path | None) -> None:
+    """The batch with the summary and the scoring on Spark (engine: spark)."""
+    from forecast.spark import run as run_spark
+
+    with progress_display() as say:
+        spark_result = run_spark(settings, day, output, say)
+    for message in spark_result.warnings:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    totals = spark_result.manifest["totals"]
+    typer.echo(
+        f"as_of {spark_result.as_of}: {spark_result.customers:,} customers (Spark), predictive CLV "
+        f"{totals['clv']:,.0f}, heuristic CLV {totals['clv_heuristic']:,.0f}; outputs in {spark_result.output}, "
+        f"per-customer Parquet in {spark_result.customers_path}, models in {spark_result.models}"
+    )
 
 
 def _report(result: RunResult) -> None:
@@ -260,6 +291,51 @@ def budget(
             f"{row.segmentation:<14.14} {row.segment:<16.16} {row.customers:>9,} {row.new_customer_clv:>9,.2f} "
             f"{row.max_acquisition_cost:>9,.2f} {row.ltv_to_cac:>7.2f}  {payback}"
         )
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Parquet file to write, e.g. data/sim_10m.parquet.")],
+    customers: Annotated[int, typer.Option("--customers", min=1, help="Customers to simulate (~3 rows each).")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the file depends only on the options.")] = 0,
+    start: Annotated[dt.datetime, typer.Option("--start", formats=["%Y-%m-%d"], help="First day.")] = dt.datetime(
+        2020, 1, 1
+    ),
+    end: Annotated[dt.datetime, typer.Option("--end", formats=["%Y-%m-%d"], help="Observation end.")] = dt.datetime(
+        2021, 6, 30
+    ),
+    acquisition_days: Annotated[int, typer.Option("--acquisition-days", min=1, help="Acquisition period.")] = 84,
+    time_unit: Annotated[str, typer.Option("--time-unit", help="Unit of alpha: day, week or month.")] = "week",
+    r: Annotated[float, typer.Option("--r", min=0, help="BG/NBD r.")] = 0.25,
+    alpha: Annotated[float, typer.Option("--alpha", min=0, help="BG/NBD alpha (per time unit).")] = 4.0,
+    a: Annotated[float, typer.Option("--a", min=0, help="BG/NBD a.")] = 0.8,
+    b: Annotated[float, typer.Option("--b", min=0, help="BG/NBD b.")] = 2.5,
+    p: Annotated[float, typer.Option("--p", min=0, help="Gamma-Gamma p.")] = 6.0,
+    q: Annotated[float, typer.Option("--q", min=0, help="Gamma-Gamma q.")] = 4.0,
+    gamma: Annotated[float, typer.Option("--gamma", min=0, help="Gamma-Gamma gamma.")] = 15.0,
+) -> None:
+    """Write a simulated transaction log (BG/NBD purchases, Gamma-Gamma spend, exact timestamps) as Parquet."""
+    from forecast.config import DAYS_PER_UNIT
+    from forecast.simulate import TrueParams, write_simulated_log
+
+    problems = []
+    if time_unit not in DAYS_PER_UNIT:
+        problems.append(f"--time-unit must be one of {', '.join(DAYS_PER_UNIT)} (got {time_unit!r})")
+    if end.date() <= start.date():
+        problems.append(f"--end ({end.date()}) must be after --start ({start.date()})")
+    if problems:
+        console.print(f"[bold red]error:[/] {'; '.join(problems)}.", highlight=False)
+        raise typer.Exit(code=2)
+    params = TrueParams(r=r, alpha=alpha, a=a, b=b, p=p, q=q, gamma=gamma)
+    with user_errors():
+        try:
+            rows = write_simulated_log(
+                out, customers, params, start.date(), end.date(), acquisition_days, time_unit, seed
+            )
+        except OSError as exc:
+            console.print(f"[bold red]error:[/] cannot write {out}: {exc}. Choose a writable path.", highlight=False)
+            raise typer.Exit(code=2) from None
+    typer.echo(f"{out}: {rows:,} transactions of {customers:,} customers ({params}).")
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
+from forecast.compress import unique_with_counts
 from forecast.config import DAYS_PER_MONTH, DAYS_PER_YEAR
 from forecast.errors import FitError
 from forecast.estimators import GammaGamma, PurchaseModel
@@ -118,8 +119,8 @@ def score_customers(
 
 def unique_rows_codes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Unique rows of a numeric frame and, for every row, the position of its unique row."""
-    unique, codes = np.unique(frame.to_numpy(dtype=float), axis=0, return_inverse=True)
-    return codes.reshape(-1), unique
+    unique, codes, _ = unique_with_counts({str(name): frame[name].to_numpy() for name in frame.columns})
+    return codes, unique.to_numpy()
 
 
 def require_finite(frame: pd.DataFrame, what: str) -> None:
@@ -209,6 +210,18 @@ def observed_lifespan_years(summary: pd.DataFrame, as_of: dt.date) -> float:
     return 1.0 / (1.0 - annual_retention)
 
 
+def _labels_sorted(index: pd.Index) -> bool:
+    """Whether the labels are in ascending order, compared in Arrow for Arrow strings (no Python objects)."""
+    values = index.array
+    if isinstance(values, pd.arrays.ArrowStringArray) and len(values) > 1:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        labels = pa.chunked_array(pa.array(values))
+        return not index.hasnans and bool(pc.all(pc.greater_equal(labels[1:], labels[:-1])).as_py())
+    return bool(index.is_monotonic_increasing)
+
+
 def assign_tiers(clv: pd.Series, tiers: dict[str, float]) -> pd.Series:
     """Value tiers by predictive CLV: the first tier gets the top share of customers, and so on.
 
@@ -219,11 +232,19 @@ def assign_tiers(clv: pd.Series, tiers: dict[str, float]) -> pd.Series:
     pandas.Series
         Ordered categorical named ``segment``, indexed like ``clv``.
     """
-    order = pd.DataFrame({"clv": clv.to_numpy(), "id": clv.index.astype(str)}).sort_values(
-        ["clv", "id"], ascending=[False, True], kind="stable"
-    )
+    if _labels_sorted(clv.index):
+        # Ids already in order (the summary is sorted): a stable sort on -clv breaks ties by id, without
+        # comparing millions of strings.
+        ranked = np.argsort(-clv.to_numpy(dtype=float), kind="stable")
+    else:
+        ranked = (
+            pd.DataFrame({"clv": clv.to_numpy(), "id": clv.index.astype(str)})
+            .sort_values(["clv", "id"], ascending=[False, True], kind="stable")
+            .index.to_numpy()
+        )
     bounds = np.cumsum(list(tiers.values())) * len(clv)
     positions = np.empty(len(clv), dtype=int)
-    positions[order.index.to_numpy()] = np.arange(len(clv))
-    labels = np.array(list(tiers))[np.searchsorted(bounds, positions, side="right").clip(max=len(tiers) - 1)]
-    return pd.Series(pd.Categorical(labels, categories=list(tiers), ordered=True), index=clv.index, name="segment")
+    positions[ranked] = np.arange(len(clv))
+    codes = np.searchsorted(bounds, positions, side="right").clip(max=len(tiers) - 1)
+    labels = pd.Categorical.from_codes(codes.astype(np.int64), categories=pd.Index(list(tiers)), ordered=True)
+    return pd.Series(labels, index=clv.index, name="segment")

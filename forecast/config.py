@@ -137,6 +137,29 @@ class BudgetConfig(_Strict):
     )
 
 
+class DuckDBConfig(_Strict):
+    """Resources of the embedded DuckDB engine (the summary query); spills to disk beyond the memory limit."""
+
+    threads: int | None = Field(default=None, ge=1, description="Worker threads; default all cores.")
+    memory_limit: str = Field(
+        default="4GB", description="DuckDB memory limit (e.g. '4GB'); larger aggregations spill to temp_directory."
+    )
+    temp_directory: str | None = Field(default=None, description="Spill folder; default DuckDB's own (.tmp).")
+
+
+class SparkConfig(_Strict):
+    """Where and how to run the summary and the scoring with ``engine: spark`` (see docs-scale.md)."""
+
+    master: str = Field(default="local[*]", description="spark.master: local[*], spark://host:7077, yarn, k8s://...")
+    app_name: str = "clv-forecast"
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings, e.g. spark.executor.memory.")
+    output: str | None = Field(
+        default=None,
+        description="Folder (shared storage URI on a cluster) where Spark writes the per-customer Parquet; "
+        "default: customers.parquet inside the run's output folder (right for local[*]).",
+    )
+
+
 class RunConfig(_Strict):
     """Everything one run needs; see configs/cdnow.yaml for an annotated example."""
 
@@ -160,6 +183,13 @@ class RunConfig(_Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     output: str = "runs/latest"
     models_dir: str = "models"
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    duckdb: DuckDBConfig = Field(default_factory=DuckDBConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    customers_csv: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="Write customers.csv: 'auto' only up to a spreadsheet's 1,048,575 data rows.",
+    )
 
     @property
     def days_per_unit(self) -> float:

@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,11 @@ from forecast.backtest import (
 )
 from forecast.backtest_plots import PLOT_FILES, backtest_plots
 from forecast.budget import budget_columns, interval_groups, payback_table
+from forecast.bulk import connect_duckdb, csv_wanted, write_customer_tables
 from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
 from forecast.config import RunConfig
 from forecast.drift import compare_runs
-from forecast.errors import ArtifactError, DataError, FitError, ForecastWarning, OutputError
+from forecast.errors import ArtifactError, ConfigError, DataError, FitError, ForecastWarning, OutputError
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
 from forecast.ingest import Transactions, count_after_as_of, fingerprint, read_transactions
 from forecast.registry import (
@@ -127,7 +128,8 @@ def forecast(
         lifespan = config.heuristic.lifespan_years
         lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
         inputs = heuristic_inputs(summary, config.days_per_unit)
-        customers = summary.join(scores).join(inputs)
+        customers = pd.concat([summary, scores, inputs], axis=1)
+        del scores, inputs
         customers["clv_heuristic"] = heuristic_clv(
             customers["avg_purchase_value"], customers["purchases_per_year"], lifespan_years, config.margin
         )
@@ -409,6 +411,11 @@ def run(
     OutputError
         The output folder holds a run of different input (without ``force``), or cannot be written.
     """
+    if config.engine != "duckdb":
+        raise ConfigError(
+            f"pipeline.run runs the DuckDB engine; for engine: {config.engine} use forecast.spark.run "
+            "(the CLI `forecast run` picks the engine from the config)."
+        )
     with run_log() as lines:
         try:
             return _run(config, as_of, output, progress, force, lines)
@@ -448,7 +455,7 @@ def _run(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     say(f"Reading {config.data.path}")
-    transactions = read_transactions(config.data)
+    transactions = read_transactions(config.data, connect_duckdb(config.duckdb))
     timings["ingest"] = time.perf_counter() - started
     as_of = as_of or config.as_of or default_as_of(transactions)
     transactions = count_after_as_of(transactions, as_of)
@@ -495,9 +502,12 @@ def _run(
         (staging / RUN_MODELS).mkdir()
         for role, model in (("purchases", result.purchases), ("spend", result.spend)):
             write_json(staging / RUN_MODELS / MODEL_FILES[role], model_artifact(model, role, window))
-        table = customer_output(result)
-        table.to_parquet(staging / "customers.parquet", index=False)
-        escape_for_spreadsheet(table).to_csv(staging / "customers.csv", index=False)
+        # The contract's column order, taken from an empty table so that no full copy is made here.
+        columns = list(customer_output(replace(result, customers=result.customers.iloc[:0])).columns)
+        write_csv, skipped = csv_wanted(config.customers_csv, len(result.customers))
+        if skipped:
+            result.warnings.append(skipped)
+        write_customer_tables(result.customers, columns, staging, csv=write_csv)
         escape_for_spreadsheet(result.segments).to_csv(staging / "segments.csv", index=False)
         if backtest_result is not None:
             write_backtest(staging, backtest_result)

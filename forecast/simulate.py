@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from forecast.config import DAYS_PER_UNIT
@@ -69,6 +70,38 @@ def simulate_transactions(
     pandas.DataFrame
         Columns customer_id (string), timestamp (datetime64[s]), amount (float), sorted by customer and time.
     """
+    table = simulate_table(customers, params, start, end, acquisition_days, time_unit, seed, first_id)
+    return pd.DataFrame(
+        {
+            "customer_id": pd.array(table.column("customer_id").to_numpy(zero_copy_only=False), dtype="string"),
+            "timestamp": table.column("timestamp").to_numpy(),
+            "amount": table.column("amount").to_numpy(),
+        }
+    )
+
+
+def simulate_table(
+    customers: int,
+    params: TrueParams = TrueParams(),
+    start: dt.date = dt.date(2020, 1, 1),
+    end: dt.date = dt.date(2021, 6, 30),
+    acquisition_days: int = 84,
+    time_unit: str = "week",
+    seed: int = 0,
+    first_id: int = 0,
+) -> pa.Table:
+    """Simulate one transaction log as an Arrow table (same arguments and rows as ``simulate_transactions``).
+
+    Everything is vectorised and no step sorts all rows: the Poisson event times are sorted within each
+    customer by sorting ``customer + uniform`` keys, and rows are placed by arithmetic on the per-customer
+    counts. This keeps about 100 million rows within a couple of minutes on two cores.
+
+    Returns
+    -------
+    pyarrow.Table
+        Columns customer_id (string, zero-padded to 10 digits), timestamp (timestamp[s]), amount (float64),
+        sorted by customer and time.
+    """
     rng = np.random.default_rng(seed)
     unit_seconds = DAYS_PER_UNIT[time_unit] * SECONDS_PER_DAY
     window_seconds = ((end - start).days + 1) * SECONDS_PER_DAY
@@ -80,26 +113,38 @@ def simulate_transactions(
     observed = window_seconds - acquired
     poisson = rng.poisson(rate * observed)
     repeats = np.minimum(poisson, lifetime_purchases)
+    del rate, dropout, lifetime_purchases
     # Given N Poisson events in the window, their times are uniform; the first `repeats` of them happen.
-    owner = np.repeat(np.arange(customers), poisson)
-    offsets = rng.uniform(0, 1, len(owner)) * observed[owner]
-    order = np.lexsort((offsets, owner))
-    owner, offsets = owner[order], offsets[order]
-    rank = np.arange(len(owner)) - np.repeat(np.cumsum(poisson) - poisson, poisson)
+    # Sorting owner + u (u in [0, 1)) orders the events by customer, then by time, without a lexsort.
+    owner = np.repeat(np.arange(customers, dtype=np.int64), poisson)
+    keys = owner + rng.uniform(0, 1, len(owner))
+    keys.sort()
+    fraction = keys - owner
+    del keys
+    starts = np.cumsum(poisson) - poisson
+    rank = np.arange(len(owner)) - np.repeat(starts, poisson)
     kept = rank < repeats[owner]
-    owner = np.concatenate([np.arange(customers), owner[kept]])
-    seconds = np.concatenate([acquired, acquired[owner[customers:]] + offsets[kept]])
+    repeat_owner = owner[kept]
+    repeat_rank = rank[kept]
+    repeat_seconds = acquired[repeat_owner] + fraction[kept] * observed[repeat_owner]
+    del owner, fraction, rank, kept, starts
     nu = rng.gamma(params.q, 1.0 / params.gamma, customers)
-    amount = rng.gamma(params.p, 1.0 / nu[owner])
-    order = np.lexsort((seconds, owner))
+    # Amounts are drawn for the first purchases, then the repeats (the order of the draws fixes the stream).
+    amount_drawn = rng.gamma(params.p, 1.0 / np.concatenate([nu, nu[repeat_owner]]))
+    # Row of each purchase: a customer's first purchase, then its repeats in time order.
+    first_row = np.cumsum(repeats + 1) - (repeats + 1)
+    rows = customers + len(repeat_owner)
+    position = np.concatenate([first_row, first_row[repeat_owner] + 1 + repeat_rank])
+    seconds = np.empty(rows)
+    seconds[position] = np.concatenate([acquired, repeat_seconds])
+    amount = np.empty(rows)
+    amount[position] = amount_drawn
+    ids = np.repeat(np.arange(first_id, first_id + customers, dtype=np.int64), repeats + 1)
+    id_text = pc.utf8_lpad(pc.cast(pa.array(ids), pa.string()), width=10, padding="0")
     base = np.datetime64(start.isoformat(), "s")
-    ids = np.char.zfill((owner[order] + first_id).astype(str), 10)
-    return pd.DataFrame(
-        {
-            "customer_id": pd.array(ids, dtype="string"),
-            "timestamp": base + seconds[order].astype("int64").astype("timedelta64[s]"),
-            "amount": np.round(amount[order], 2),
-        }
+    timestamps = base + seconds.astype("int64").astype("timedelta64[s]")
+    return pa.table(
+        {"customer_id": id_text, "timestamp": pa.array(timestamps), "amount": pa.array(np.round(amount, 2))}
     )
 
 
@@ -126,15 +171,14 @@ def write_simulated_log(
     try:
         for index, child in enumerate(seeds):
             size = min(chunk_customers, customers - index * chunk_customers)
-            chunk = simulate_transactions(
+            table = simulate_table(
                 size, params, start, end, acquisition_days, time_unit,
                 seed=int(child.generate_state(1)[0]), first_id=index * chunk_customers,
             )  # fmt: skip
-            table = pa.Table.from_pandas(chunk, preserve_index=False)
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
-            rows += len(chunk)
+            rows += table.num_rows
     finally:
         if writer is not None:
             writer.close()

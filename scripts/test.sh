@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
-python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+python -m pip install --quiet --disable-pip-version-check -e ".[test,spark]"
 python -m ruff check forecast tests
 python -m mypy forecast
 python -m pytest "$@"

@@ -1,0 +1,119 @@
+"""Large-data plumbing: DuckDB resources, and the per-customer table written fast in bounded memory.
+
+Parquet is written in slices; the CSV is written by DuckDB from the Parquet.
+
+pandas' ``to_csv`` formats every value in Python (about 100 s for 3.4 million customers with the
+spreadsheet escaping); DuckDB's ``COPY ... TO`` writes the same CSV from the Parquet file in parallel
+in a few seconds. The frame is converted to Arrow one slice of rows at a time, so no second full copy
+of the table is held in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from forecast.config import DuckDBConfig
+from forecast.ingest import quote_identifier, quote_literal
+
+#: Rows per Parquet row group (and per Arrow conversion).
+SLICE_ROWS = 1_000_000
+#: First characters that make a spreadsheet run a cell as a formula; such text cells get a leading apostrophe.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+#: Data rows a spreadsheet can show (Excel: 1,048,576 rows including the header).
+SPREADSHEET_ROWS = 1_048_575
+
+
+def connect_duckdb(settings: DuckDBConfig) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the configured threads, memory limit and spill folder.
+
+    ``preserve_insertion_order`` is off: no query here relies on it (results are ordered explicitly),
+    and it lets DuckDB stream large results without buffering them.
+    """
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = {quote_literal(settings.memory_limit)}")
+    con.execute("SET preserve_insertion_order = false")
+    if settings.threads is not None:
+        con.execute(f"SET threads = {int(settings.threads)}")
+    if settings.temp_directory is not None:
+        con.execute(f"SET temp_directory = {quote_literal(settings.temp_directory)}")
+    return con
+
+
+def csv_wanted(setting: str, customers: int) -> tuple[bool, str | None]:
+    """Whether to write customers.csv under the ``customers_csv`` setting, and a warning when it is skipped."""
+    if setting == "never" or (setting == "auto" and customers > SPREADSHEET_ROWS):
+        reason = (
+            f"customers.csv was not written: {customers:,} customers exceed a spreadsheet's "
+            f"{SPREADSHEET_ROWS + 1:,} rows; use customers.parquet (or set customers_csv: always)."
+            if setting == "auto"
+            else None
+        )
+        return False, reason
+    return True, None
+
+
+def write_parquet(frame: pd.DataFrame, columns: list[str], path: Path, slice_rows: int = SLICE_ROWS) -> None:
+    """Write a DataFrame's index and columns, in the order ``columns``, to one Parquet file.
+
+    Rows are converted to Arrow ``slice_rows`` at a time, so memory grows by one slice, not by a copy
+    of the table.
+    """
+
+    def piece(start: int) -> pd.DataFrame:
+        return frame.iloc[start : start + slice_rows].reset_index()[columns]
+
+    schema = pa.Schema.from_pandas(piece(0).iloc[:0], preserve_index=False)
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, max(len(frame), 1), slice_rows):
+            writer.write_table(pa.Table.from_pandas(piece(start), schema=schema, preserve_index=False))
+
+
+def parquet_to_csv(parquet_path: Path, csv_path: Path, threads: int | None = None) -> None:
+    """Copy a Parquet file to CSV with DuckDB, prefixing formula-like text cells with an apostrophe.
+
+    The CSV has a header row and comma separators; numbers are written in their shortest exact form,
+    missing values as empty fields.
+    """
+    con = duckdb.connect()
+    try:
+        if threads is not None:
+            con.execute(f"SET threads = {int(threads)}")
+        source = f"read_parquet({quote_literal(str(parquet_path))})"
+        columns = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+        prefixes = ", ".join(quote_literal(p) for p in FORMULA_PREFIXES)
+        selected = []
+        for name, column_type, *_ in columns:
+            column = quote_identifier(name)
+            if column_type == "VARCHAR" or column_type.startswith("ENUM"):
+                text = f"CAST({column} AS VARCHAR)"
+                selected.append(
+                    f"CASE WHEN left({text}, 1) IN ({prefixes}) THEN '''' || {text} ELSE {text} END AS {column}"
+                )
+            else:
+                selected.append(column)
+        con.execute(
+            f"COPY (SELECT {', '.join(selected)} FROM {source}) TO {quote_literal(str(csv_path))} "
+            "(FORMAT csv, HEADER true, DELIMITER ',')"
+        )
+    finally:
+        con.close()
+
+
+def write_customer_tables(customers: pd.DataFrame, columns: list[str], folder: Path, csv: bool = True) -> None:
+    """Write ``customers.parquet`` and (unless ``csv`` is false) ``customers.csv`` into ``folder``.
+
+    Parameters
+    ----------
+    customers
+        Per-customer table indexed by customer_id.
+    columns
+        Output columns in order (customer_id, the index, among them).
+    """
+    write_parquet(customers, columns, folder / "customers.parquet")
+    if csv:
+        parquet_to_csv(folder / "customers.parquet", folder / "customers.csv")

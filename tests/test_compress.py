@@ -1,0 +1,94 @@
+"""Linear-time row compression: the same unique rows and counts as numpy.unique, and weighted fits that
+equal fits on the expanded rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forecast.compress import group_codes, unique_with_counts
+from forecast.estimators import BetaGeo, GammaGamma, unique_rows
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0.0, 0.5, 1.5, np.nan]), st.integers(0, 2)),
+                min_size=1, max_size=60))  # fmt: skip
+def test_unique_with_counts_matches_numpy_unique(rows: list[tuple[int, float, int]]) -> None:
+    frame = pd.DataFrame(rows, columns=["x", "y", "z"]).astype(float)
+    unique, codes, counts = unique_with_counts({c: frame[c].to_numpy() for c in frame.columns})
+    np.testing.assert_array_equal(unique.to_numpy()[codes], frame.to_numpy())  # every row maps to its own values
+    assert counts.sum() == len(frame)
+    reference = np.unique(frame.fillna(-1.0).to_numpy(), axis=0)
+    assert len(unique) == len(reference)
+    assert not unique.fillna(-1.0).duplicated().any()
+
+
+def test_group_codes_number_groups_in_order_of_first_appearance() -> None:
+    codes, first = group_codes({"a": np.array([3.0, 1.0, 3.0, 2.0, 1.0]), "b": np.array([0.0, 0.0, 0.0, 5.0, 0.0])})
+    np.testing.assert_array_equal(codes, [0, 1, 0, 2, 1])
+    np.testing.assert_array_equal(first, [0, 1, 3])
+
+
+def test_unique_rows_sums_weights_and_sorts_rows() -> None:
+    unique, weights = unique_rows({"f": [2, 0, 2, 1], "m": [5.0, 0.0, 5.0, 3.0]}, weights=[1.0, 4.0, 2.0, 3.0])
+    assert unique.to_numpy().tolist() == [[0.0, 0.0], [1.0, 3.0], [2.0, 5.0]]
+    assert weights.tolist() == [4.0, 3.0, 3.0]
+
+
+@pytest.fixture(scope="module")
+def cdnow_summary() -> pd.DataFrame:
+    from forecast.config import load_config
+    from forecast.ingest import read_transactions
+    from forecast.rfm import summarize
+    from tests.conftest import CONFIGS
+
+    config = load_config(CONFIGS / "cdnow_sample.yaml")
+    assert config.as_of is not None
+    return summarize(read_transactions(config.data).connection, config.as_of, 7.0)
+
+
+def test_weighted_fit_on_compressed_rows_equals_fit_on_every_customer(cdnow_summary: pd.DataFrame) -> None:
+    """A fit from (unique row, count) pairs, as the Spark engine sends them, equals the per-customer fit."""
+    summary = cdnow_summary
+    per_customer = BetaGeo().fit(summary["frequency"], summary["recency"], summary["T"])
+    counted = summary.groupby(["frequency", "recency", "T"]).size().reset_index(name="n").sample(frac=1, random_state=3)
+    compressed = BetaGeo().fit(counted["frequency"], counted["recency"], counted["T"], weights=counted["n"])
+    assert compressed.params_ == per_customer.params_  # identical unique rows in identical order: same bits
+    spend_rows = summary[summary["frequency"] > 0].groupby(["frequency", "monetary_value"]).size().reset_index()
+    spend = GammaGamma().fit(spend_rows["frequency"], spend_rows["monetary_value"], weights=spend_rows[0])
+    reference = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
+    for name, value in reference.params_.items():
+        assert spend.params_[name] == pytest.approx(value, rel=1e-12)
+
+
+@pytest.mark.parametrize("model_name", ["bgnbd", "mbgnbd"])  # Pareto/NBD keeps lifetimes' own _fit
+def test_fit_without_the_autograd_hessian_gives_lifetimes_parameters_bit_for_bit(
+    cdnow_summary: pd.DataFrame, model_name: str
+) -> None:
+    """Skipping lifetimes' unused autograd Hessian leaves its maximisation, so its parameters, unchanged."""
+    import warnings
+
+    from forecast.estimators import purchase_model
+
+    model = purchase_model(model_name)
+    ours = model.fit(cdnow_summary["frequency"], cdnow_summary["recency"], cdnow_summary["T"])
+    unique, weights = unique_rows(
+        {"frequency": cdnow_summary["frequency"], "recency": cdnow_summary["recency"], "T": cdnow_summary["T"]}
+    )
+    fitter = model.fitter_class()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fitter.fit(unique["frequency"], unique["recency"], unique["T"], weights=weights)
+    lifetimes_params = dict(zip(model.param_names, fitter.params_.to_numpy().tolist(), strict=True))
+    assert ours.params_ == lifetimes_params
+
+
+def test_gamma_gamma_without_the_autograd_hessian_gives_lifetimes_parameters(cdnow_summary: pd.DataFrame) -> None:
+    repeat = cdnow_summary[(cdnow_summary["frequency"] > 0) & (cdnow_summary["monetary_value"] > 0)]
+    ours = GammaGamma().fit(repeat["frequency"], repeat["monetary_value"])
+    unique, weights = unique_rows({"frequency": repeat["frequency"], "monetary_value": repeat["monetary_value"]})
+    fitter = GammaGamma.fitter_class().fit(unique["frequency"], unique["monetary_value"], weights=weights)
+    assert ours.params_ == dict(zip(("p", "q", "gamma"), fitter.params_.to_numpy().tolist(), strict=True))
