@@ -89,15 +89,18 @@ def measure(command: list[str], cwd: Path) -> dict[str, Any]:
     return figures
 
 
-def forecast_command(path: Path, work: Path, engine: str) -> list[str]:
-    config = work / f"{path.stem}_{engine}.yaml"
+def forecast_command(path: Path, work: Path, engine: str, interval_draws: int) -> tuple[list[str], Path]:
+    """The `forecast run` command for a log, and the run folder it writes."""
+    name = f"{path.stem}_{engine}_draws{interval_draws}"
+    config = work / f"{name}.yaml"
     config.write_text(
         f"data:\n  path: {path}\nas_of: {AS_OF.isoformat()}\ntime_unit: week\nhorizon_months: 12\n"
-        f"monthly_discount_rate: 0.01\nengine: {engine}\noutput: {work / ('run_' + path.stem)}\n"
-        f"models_dir: {work / 'models'}\n",
+        f"monthly_discount_rate: 0.01\ninterval_draws: {interval_draws}\nengine: {engine}\n"
+        f"output: {work / ('run_' + name)}\nmodels_dir: {work / 'models'}\n",
         encoding="utf-8",
     )
-    return [sys.executable, "-m", "forecast.cli", "run", str(config)]
+    run_dir = work / f"run_{name}" / AS_OF.isoformat()
+    return [sys.executable, "-m", "forecast.cli", "run", str(config), "--force"], run_dir
 
 
 def lifetimes_pipeline(path: Path) -> dict[str, float]:
@@ -159,6 +162,11 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "work", help="Configs and outputs.")
     parser.add_argument("--engine", default="duckdb", choices=["duckdb", "spark"])
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--interval-draws",
+        default="200,0",
+        help="forecast run once per value of interval_draws (200: the default config, with intervals; 0: none).",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this JSON file.")
     parser.add_argument("--lifetimes-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,21 +187,25 @@ def main() -> None:
         note = f" (simulated in {simulated:.1f} s)" if simulated is not None else ""
         print(f"\n== {size}: {rows:,} transactions, {path.stat().st_size / 2**20:,.0f} MB Parquet{note}")
         entry: dict[str, object] = {"size": size, "rows": rows, "simulate_s": simulated}
-        ours = measure(forecast_command(path, args.work_dir, args.engine), ROOT)
-        manifest = args.work_dir / f"run_{path.stem}" / "manifest.json"
-        if manifest.exists():
-            ours["stages"] = json.loads(manifest.read_text(encoding="utf-8")).get("timings_seconds", {})
-        entry["forecast"] = ours
-        _print("forecast run", ours)
+        for draws in (int(d) for d in args.interval_draws.split(",") if d.strip()):
+            command, run_dir = forecast_command(path, args.work_dir, args.engine, draws)
+            figures = measure(command, ROOT)
+            manifest = run_dir / "manifest.json"
+            if manifest.exists():
+                figures["stages"] = json.loads(manifest.read_text(encoding="utf-8")).get("timings_seconds", {})
+            entry[f"forecast_draws{draws}"] = figures
+            _print(f"forecast run, interval_draws {draws}", figures)
         if size in compare:
             theirs = measure([sys.executable, str(Path(__file__).resolve()), "--lifetimes-child", str(path)], ROOT)
             entry["lifetimes"] = theirs
             _print("lifetimes-only", theirs)
-            print(
-                f"   ratios: lifetimes / forecast wall time {theirs['wall_s'] / ours['wall_s']:.1f}x, "
-                f"CPU time {theirs['cpu_s'] / ours['cpu_s']:.1f}x; forecast peak memory is "
-                f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.0%} of lifetimes'"
-            )
+            for key, ours in entry.items():
+                if key.startswith("forecast_draws") and isinstance(ours, dict):
+                    print(
+                        f"   ratios ({key}): lifetimes / forecast wall time {theirs['wall_s'] / ours['wall_s']:.1f}x, "
+                        f"CPU time {theirs['cpu_s'] / ours['cpu_s']:.1f}x; forecast peak memory is "
+                        f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.0%} of lifetimes'"
+                    )
         results.append(entry)
     if args.json is not None:
         args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=2), encoding="utf-8")

@@ -146,8 +146,16 @@ class _Model:
         return self.result_
 
     def _fitter(self) -> Any:
+        """A lifetimes fitter holding this model's parameters, built once per fit (predictions are hot paths)."""
+        result = self._result()
+        cached = getattr(self, "_lifetimes_fitter", None)
+        if cached is not None and cached[0] is result:
+            return cached[1]
         fitter = self.fitter_class()
-        fitter.params_ = pd.Series([self.params_[p] for p in self.param_names], index=list(self.lifetimes_names))
+        # A plain dict: lifetimes only looks parameters up by name, and a pandas Series lookup costs ~50x more.
+        names = zip(self.param_names, self.lifetimes_names, strict=True)
+        fitter.params_ = {name: result.params[p] for p, name in names}
+        self._lifetimes_fitter = (result, fitter)
         return fitter
 
     def _fit_compressed(self, data: dict[str, np.ndarray], weights: np.ndarray, fit: Callable[[Any], None]) -> Self:
