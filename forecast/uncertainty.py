@@ -1,11 +1,22 @@
-"""Intervals for the CLV figures: draws from the fitted parameters' sampling distribution.
+"""Intervals for the CLV figures: the parameters' sampling uncertainty carried through to every figure.
 
 Each model's maximum-likelihood log-parameters are asymptotically normal with the inverse Hessian of the
-negative log-likelihood as covariance (``FitResult.covariance_log_params``). Parameter vectors are drawn from
-that normal, independently for the purchase model and for Gamma-Gamma, every figure is recomputed per
-draw, and an interval at level c runs from the (1 - c) / 2 to the (1 + c) / 2 quantile across draws.
-Totals (all customers, a segment) take the quantiles of the per-draw SUM, never the sum of per-customer
-quantiles, which would be far too wide.
+negative log-likelihood as covariance (``FitResult.covariance_log_params``). That uncertainty is carried
+to the CLV figures to first order (the delta method), with the gradients of every figure in the
+log-parameters taken by central differences:
+
+- per customer, var(CLV) = g' S g with g the customer's gradient and S the covariance (purchase model and
+  Gamma-Gamma independent); the interval is log-normal, CLV x exp(+-z sd / CLV), so it stays positive;
+- totals (all customers, a segment, value at risk) are evaluated under parameter draws from that normal,
+  by their first-order expansion around the fit (the group's summed gradient times the draw's shift), and
+  an interval at level c runs from the (1 - c) / 2 to the (1 + c) / 2 quantile across draws. Figures derived
+  from totals (new-customer CLV, maximum acquisition cost) use the same draws, so their intervals are
+  consistent with the totals'. A new customer's expected purchases are recomputed exactly per draw.
+
+Cost: about 14 evaluations of the models per customer instead of one per draw, so intervals add seconds,
+not minutes, at millions of customers. On the 2,357-customer CDNOW sample, where the standard errors are
+large, the linearised total's 90% interval is within 0.4% of the one from recomputing every CLV under 200
+draws, and per-customer interval widths within 10% of 1,000 exact draws (tests/test_uncertainty.py).
 
 What the CLV intervals cover: the estimation error of the model parameters, that is, how much the
 expected CLV could differ had the data been another sample from the same customers. What they do not
@@ -14,14 +25,14 @@ which an expected value averages out, and model misspecification (a wrong model 
 changes). For a realised total, such as next year's purchases or revenue, ``predictive_totals`` adds the
 customers' own randomness by simulating their futures from the model.
 
-Speed: the conditional expectation of all three purchase models factorises as
+The purchase model's expectations factorise as
 
     E[X(t) | x, t_x, T] = P(alive at T | x, t_x, T) * E[X(t) | alive at T, x, T],
 
 because a customer known to be alive at T has the posterior lambda ~ Gamma(r + x, alpha + T) and, for
 BG/NBD, p ~ Beta(a, b + x) (MBG/NBD: Beta(a, b + x + 1); Pareto/NBD: mu ~ Gamma(s, beta + T)), none of
-which depends on t_x. So per draw the H monthly expectations are evaluated once per unique (x, T) pair,
-and P(alive) once per unique (x, t_x, T) row; customers are then processed in chunks to bound memory.
+which depends on t_x. So the H monthly expectations are evaluated once per unique (x, T) pair, and
+P(alive) once per unique (x, t_x, T) row.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
+from scipy import stats
 
 from forecast.clv import discount_factors, month_ends, unique_rows_codes
 from forecast.errors import FitError, ForecastWarning
@@ -158,12 +169,9 @@ class ClvDraws:
 
 
 def _usable_draws(
-    purchase_models: list[PurchaseModel],
-    spend_models: list[GammaGamma],
-    per_pair: np.ndarray,
-    per_new: np.ndarray,
+    purchase_models: list[PurchaseModel], spend_models: list[GammaGamma], per_new: np.ndarray
 ) -> np.ndarray:
-    usable = np.isfinite(per_pair).all(axis=0) & np.isfinite(per_new)
+    usable = np.isfinite(per_new)
     usable &= np.array([math.isfinite(m.mean_spend()) for m in spend_models])
     dropped = int((~usable).sum())
     if dropped > MAX_DROPPED_DRAWS * len(usable):
@@ -194,9 +202,9 @@ def clv_draws(
     ci_level: float = 0.9,
     draws: int = 200,
     seed: int = 0,
-    chunk_customers: int = 50_000,
+    chunk_customers: int = 250_000,
 ) -> ClvDraws:
-    """Recompute every customer's CLV under parameter draws; intervals per customer and per-draw group totals.
+    """Carry the parameter uncertainty to every customer's CLV (intervals) and to group totals (per draw).
 
     Parameters
     ----------
@@ -217,7 +225,7 @@ def clv_draws(
     seed
         Seed of the random generator: the same seed gives the same intervals.
     chunk_customers
-        Customers processed at a time; memory is about 3 x chunk_customers x draws x 8 bytes.
+        Customers processed at a time; memory is about 30 x chunk_customers x 8 bytes.
 
     Returns
     -------
@@ -232,26 +240,23 @@ def clv_draws(
     rng = np.random.default_rng(seed)
     purchase_models = parameter_draws(purchases, draws, rng)
     spend_models = parameter_draws(spend, draws, rng)
-    histories = Histories.from_summary(summary)
-    columns = []
-    for model in purchase_models:
-        try:
-            columns.append(
-                discounted_purchases_if_alive(
-                    model, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit
-                )
-            )
-        except FitError:  # the drawn parameters break the model's formula: the draw is unusable
-            columns.append(np.full(len(histories.pairs), np.nan))
-    per_pair = np.column_stack(columns)
     per_new = np.array(
         [discounted_purchases_new(m, horizon_months, monthly_discount_rate, days_per_unit)[-1] for m in purchase_models]
     )
-    usable = _usable_draws(purchase_models, spend_models, per_pair, per_new)
-    purchase_models = [m for m, keep in zip(purchase_models, usable, strict=True) if keep]
-    spend_models = [m for m, keep in zip(spend_models, usable, strict=True) if keep]
-    per_pair, per_new = per_pair[:, usable], per_new[usable]
-    kept = len(purchase_models)
+    usable = _usable_draws(purchase_models, spend_models, per_new)
+    log_shift_p = np.array([_log_params(m) for m in purchase_models])[usable] - _log_params(purchases)
+    log_shift_g = np.array([_log_params(m) for m in spend_models])[usable] - _log_params(spend)
+    per_new = per_new[usable]
+
+    histories = Histories.from_summary(summary)
+    row_value, row_gradient = _discounted_purchases_and_gradient(
+        purchases, histories, horizon_months, monthly_discount_rate, days_per_unit
+    )
+    frequency = summary["frequency"].to_numpy(float)
+    monetary = np.where(frequency > 0, summary["monetary_value"].to_numpy(float), 0.0)
+    covariance_p = np.asarray(purchases.result_.covariance_log_params)  # type: ignore[union-attr]
+    covariance_g = np.asarray(spend.result_.covariance_log_params)  # type: ignore[union-attr]
+    z = float(stats.norm.ppf((1 + ci_level) / 2))
 
     groups = groups if groups is not None else pd.DataFrame(index=summary.index)
     grouping_codes, index_tuples = [], []
@@ -259,49 +264,115 @@ def clv_draws(
         codes, labels = pd.factorize(groups[column], sort=True)
         grouping_codes.append((codes, len(labels)))
         index_tuples += [(str(column), str(label)) for label in labels]
-    clv_sums = np.zeros((len(index_tuples), kept))
-    spend_sums = np.zeros((len(index_tuples), kept))
-
-    frequency = summary["frequency"].to_numpy(float)
-    monetary = np.where(frequency > 0, summary["monetary_value"].to_numpy(float), 0.0)
+    # Per group: the point totals and their gradients in the log-parameters (purchase model, then Gamma-Gamma).
+    n_p, n_g = covariance_p.shape[0], covariance_g.shape[0]
+    clv_sum = np.zeros((len(index_tuples), 1 + n_p + n_g))
+    spend_sum = np.zeros((len(index_tuples), 1 + n_g))
     lower = np.empty(len(summary))
     upper = np.empty(len(summary))
-    # Customers sorted by history row, so each row's P(alive) is computed once (twice if a chunk boundary splits it).
-    order = np.argsort(histories.row_of_customer, kind="stable")
-    for start in range(0, len(order), chunk_customers):
-        chunk = order[start : start + chunk_customers]
-        rows, local = np.unique(histories.row_of_customer[chunk], return_inverse=True)
-        f, r, T = (histories.rows[rows, i] for i in range(3))
-        alive = np.column_stack([m.p_alive(f, r, T) for m in purchase_models])
-        discounted = alive * per_pair[histories.pair_of_row[rows]]
-        expected_spend = np.column_stack([m.expected_spend(frequency[chunk], monetary[chunk]) for m in spend_models])
-        clv = margin * expected_spend * discounted[local.reshape(-1)]
-        if not np.isfinite(clv).all():
+    for start in range(0, len(summary), chunk_customers):
+        chunk = slice(start, start + chunk_customers)
+        rows = histories.row_of_customer[chunk]
+        spend_value, spend_gradient = _spend_and_gradient(spend, frequency[chunk], monetary[chunk])
+        clv = margin * spend_value * row_value[rows]
+        gradient = np.hstack(
+            [
+                margin * spend_value[:, None] * row_gradient[rows],
+                margin * row_value[rows][:, None] * spend_gradient,
+            ]
+        )
+        if not (np.isfinite(clv).all() and np.isfinite(gradient).all()):
+            bad = ~(np.isfinite(clv) & np.isfinite(gradient).all(axis=1))
             raise FitError(
-                "CLV under parameter draws is NaN or infinite for some customers (for example "
-                f"{summary.index[chunk[~np.isfinite(clv).all(axis=1)]][:5].tolist()}). Check those customers' "
-                "transactions, or set interval_draws: 0."
+                "The CLV intervals are NaN or infinite for some customers (for example "
+                f"{summary.index[chunk][bad][:5].tolist()}). Check those customers' transactions, or set "
+                "interval_draws: 0."
             )
-        lower[chunk], upper[chunk] = interval(clv, ci_level)
+        variance = np.einsum("ij,jk,ik->i", gradient[:, :n_p], covariance_p, gradient[:, :n_p]) + np.einsum(
+            "ij,jk,ik->i", gradient[:, n_p:], covariance_g, gradient[:, n_p:]
+        )
+        # Log-normal interval: positive, and a relative spread that is the delta method's.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spread = np.where(clv > 0, z * np.sqrt(np.maximum(variance, 0.0)) / clv, 0.0)
+        lower[chunk], upper[chunk] = clv * np.exp(-spread), clv * np.exp(spread)
+        per_customer = np.hstack([clv[:, None], gradient])
+        per_customer_spend = np.hstack([spend_value[:, None], spend_gradient])
         offset = 0
         for codes, size in grouping_codes:
             member = codes[chunk] >= 0
-            indicator = sparse.csr_matrix(
-                (np.ones(int(member.sum())), (codes[chunk][member] + offset, np.flatnonzero(member))),
-                shape=(len(index_tuples), len(chunk)),
-            )
-            clv_sums += indicator @ clv
-            spend_sums += indicator @ expected_spend
+            member_codes = codes[chunk][member]
+            for sums, values in ((clv_sum, per_customer[member]), (spend_sum, per_customer_spend[member])):
+                sums[offset : offset + size] += np.column_stack(
+                    [np.bincount(member_codes, weights=column, minlength=size) for column in values.T]
+                )
             offset += size
 
+    # Totals are smooth sums over many customers: their value under each parameter draw is the first-order
+    # expansion around the fit (exact for the gradient, O(|shift|^2) otherwise).
+    clv_totals = clv_sum[:, :1] + clv_sum[:, 1 : 1 + n_p] @ log_shift_p.T + clv_sum[:, 1 + n_p :] @ log_shift_g.T
+    spend_totals = spend_sum[:, :1] + spend_sum[:, 1:] @ log_shift_g.T
     index = pd.MultiIndex.from_tuples(index_tuples, names=["grouping", "label"])
     return ClvDraws(
         ci_level=ci_level,
         customers=pd.DataFrame({"clv_lower": lower, "clv_upper": upper}, index=summary.index),
-        clv_totals=pd.DataFrame(clv_sums, index=index),
-        spend_totals=pd.DataFrame(spend_sums, index=index),
+        clv_totals=pd.DataFrame(clv_totals, index=index),
+        spend_totals=pd.DataFrame(spend_totals, index=index),
         new_customer_purchases=per_new,
     )
+
+
+#: Step of the central differences in the log-parameters.
+LOG_STEP = 1e-4
+
+
+def _log_params(model: PurchaseModel | GammaGamma) -> np.ndarray:
+    return np.log([model.params_[name] for name in model.param_names])
+
+
+def _shifted(model: ModelT, index: int, step: float) -> ModelT:
+    """A copy of a fitted model with one log-parameter moved by ``step``."""
+    params = dict(model.params_)
+    name = model.param_names[index]
+    params[name] = float(np.exp(np.log(params[name]) + step))
+    return type(model).from_dict({**model.to_dict(), "params": params})
+
+
+def _discounted_purchases_and_gradient(
+    model: PurchaseModel, histories: Histories, horizon_months: int, monthly_discount_rate: float, days_per_unit: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per unique history row: discounted expected purchases and their gradient in the log-parameters."""
+
+    def value(m: PurchaseModel) -> np.ndarray:
+        f, r, T = (histories.rows[:, i] for i in range(3))
+        if_alive = discounted_purchases_if_alive(
+            m, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit
+        )
+        return m.p_alive(f, r, T) * if_alive[histories.pair_of_row]
+
+    gradient = np.column_stack(
+        [
+            (value(_shifted(model, j, LOG_STEP)) - value(_shifted(model, j, -LOG_STEP))) / (2 * LOG_STEP)
+            for j in range(len(model.param_names))
+        ]
+    )
+    return value(model), gradient
+
+
+def _spend_and_gradient(
+    model: GammaGamma, frequency: np.ndarray, monetary: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per customer: Gamma-Gamma expected spend and its gradient in the log-parameters."""
+    gradient = np.column_stack(
+        [
+            (
+                _shifted(model, j, LOG_STEP).expected_spend(frequency, monetary)
+                - _shifted(model, j, -LOG_STEP).expected_spend(frequency, monetary)
+            )
+            / (2 * LOG_STEP)
+            for j in range(len(model.param_names))
+        ]
+    )
+    return model.expected_spend(frequency, monetary), gradient
 
 
 def _future_purchases(
