@@ -464,7 +464,9 @@ def _run(
         raise DataError(f"as_of {as_of} is before the first transaction ({first[:10]}). Choose a later --as-of.")
     output_path = Path(output) if output else run_folder(config.output, as_of)
     lines.output = output_path
+    step = time.perf_counter()
     input_used = input_fingerprint(transactions.connection, as_of, transactions.segment_columns)
+    timings["fingerprint"] = time.perf_counter() - step
     check_overwrite(output_path, as_of, input_used, force)
     step = time.perf_counter()
     backtest_result = None
@@ -530,7 +532,9 @@ def _run(
         (staging / "run.log").write_text("\n".join(lines.lines) + "\n", encoding="utf-8")
         write_json(staging / "manifest.json", document)
         say("Writing the report")
+        step = time.perf_counter()
         build_report(staging)
+        log.info("Report written in %.1f s", time.perf_counter() - step)
     # The run folder is the authority; models/<as_of>/ is its published copy, written after the commit.
     with atomic_folder(models_path) as staging:
         for name in MODEL_FILES.values():

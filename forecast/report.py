@@ -431,7 +431,10 @@ def period_transactions(customers: pd.DataFrame, model: PurchaseModel) -> pd.Dat
     T = customers["T"].to_numpy(float)
     buckets = np.minimum(np.round(frequency).astype(int), MAX_REPEAT_BUCKET)
     actual = np.bincount(buckets, minlength=MAX_REPEAT_BUCKET + 1).astype(float)
-    expected = [float(model.probability_of_purchases(n, T).sum()) for n in range(MAX_REPEAT_BUCKET)]
+    ages, customers_of_age = np.unique(T, return_counts=True)  # evaluate each distinct T once
+    expected = [
+        float(model.probability_of_purchases(n, ages) @ customers_of_age) for n in range(MAX_REPEAT_BUCKET)
+    ]
     expected.append(len(T) - sum(expected))
     labels = [str(n) for n in range(MAX_REPEAT_BUCKET)] + [f"{MAX_REPEAT_BUCKET}+"]
     return pd.DataFrame({"actual": actual, "model": expected}, index=pd.Index(labels, name="repeat_purchases"))
