@@ -188,19 +188,27 @@ def observed_lifespan_years(summary: pd.DataFrame, as_of: dt.date) -> float:
     FitError
         Too short a history, or no churn at all, to estimate a lifespan: set heuristic.lifespan_years.
     """
-    end = pd.Timestamp(as_of)
     first = pd.to_datetime(summary["first_purchase"])
     last = pd.to_datetime(summary["last_purchase"])
-    span_days = (end - first.min()).days
+    window_days, cutoff = churn_window(first.min().date(), as_of)
+    cohort = first < cutoff
+    return lifespan_from_churn(float((last[cohort] < cutoff).mean()), window_days, cutoff)
+
+
+def churn_window(first_purchase: dt.date, as_of: dt.date) -> tuple[float, pd.Timestamp]:
+    """The churn window (12 months, or half the observed span when shorter) and its start, the cutoff."""
+    span_days = (as_of - first_purchase).days
     window_days = min(DAYS_PER_YEAR, span_days / 2)
     if window_days < 28:
         raise FitError(
             f"The data covers {span_days} days, too short to estimate customer lifespan from churn. "
             "Set heuristic.lifespan_years to a number of years."
         )
-    cutoff = end - pd.Timedelta(days=window_days)
-    cohort = first < cutoff
-    churned = float((last[cohort] < cutoff).mean())
+    return window_days, pd.Timestamp(as_of) - pd.Timedelta(days=window_days)
+
+
+def lifespan_from_churn(churned: float, window_days: float, cutoff: pd.Timestamp) -> float:
+    """1 / annual churn, from the share of the cohort that churned over the window (constant retention)."""
     if not 0 < churned < 1:
         raise FitError(
             f"{churned:.0%} of the customers acquired before {cutoff.date()} churned, so a lifespan cannot be "

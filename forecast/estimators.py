@@ -630,12 +630,16 @@ def fit_models(summary: pd.DataFrame, model_name: str) -> tuple[PurchaseModel, G
     frequency, monetary_value = as_floats(summary["frequency"]), as_floats(summary["monetary_value"])
     repeat = (frequency > 0) & (monetary_value > 0)
     if repeat.sum() > 2:
-        correlation = float(np.corrcoef(frequency[repeat], monetary_value[repeat])[0, 1])
-        if abs(correlation) > FREQUENCY_SPEND_CORRELATION_LIMIT:
-            warnings.warn(
-                f"Frequency and average spend of repeat buyers are correlated ({correlation:.2f}); Gamma-Gamma "
-                "assumes they are independent, so spend forecasts may be biased.",
-                ForecastWarning,
-                stacklevel=2,
-            )
+        warn_if_spend_correlated(float(np.corrcoef(frequency[repeat], monetary_value[repeat])[0, 1]))
     return purchases, spend
+
+
+def warn_if_spend_correlated(correlation: float) -> None:
+    """Warn when repeat buyers' frequency and average spend correlate (Gamma-Gamma assumes independence)."""
+    if abs(correlation) > FREQUENCY_SPEND_CORRELATION_LIMIT:
+        warnings.warn(
+            f"Frequency and average spend of repeat buyers are correlated ({correlation:.2f}); Gamma-Gamma "
+            "assumes they are independent, so spend forecasts may be biased.",
+            ForecastWarning,
+            stacklevel=3,
+        )

@@ -32,14 +32,14 @@ import pandas as pd
 
 from forecast.artifacts import library_versions, model_artifact, write_json
 from forecast.bulk import csv_wanted, parquet_to_csv
-from forecast.clv import heuristic_clv, heuristic_inputs, score_customers
-from forecast.config import DAYS_PER_YEAR, DataConfig, RunConfig, SparkConfig
-from forecast.errors import ConfigError, DataError, FitError, ForecastWarning
+from forecast.clv import churn_window, heuristic_clv, heuristic_inputs, lifespan_from_churn, score_customers
+from forecast.config import DataConfig, RunConfig, SparkConfig
+from forecast.errors import ConfigError, DataError, ForecastWarning
 from forecast.estimators import (
-    FREQUENCY_SPEND_CORRELATION_LIMIT,
     GammaGamma,
     PurchaseModel,
     purchase_model,
+    warn_if_spend_correlated,
 )
 from forecast.ingest import fingerprint, resolve_files
 from forecast.pipeline import atomic_folder, escape_for_spreadsheet
@@ -365,14 +365,7 @@ def fit_on_compressed(summary: SparkFrame, model_name: str) -> tuple[PurchaseMod
     repeat = summary.where((F.col("frequency") > 0) & (F.col("monetary_value") > 0))
     row = repeat.agg(F.count(F.lit(1)).alias("n"), F.corr("frequency", "monetary_value").alias("r")).first()
     if row is not None and row["n"] > 2 and row["r"] is not None:
-        correlation = float(row["r"])
-        if abs(correlation) > FREQUENCY_SPEND_CORRELATION_LIMIT:
-            warnings.warn(
-                f"Frequency and average spend of repeat buyers are correlated ({correlation:.2f}); Gamma-Gamma "
-                "assumes they are independent, so spend forecasts may be biased.",
-                ForecastWarning,
-                stacklevel=2,
-            )
+        warn_if_spend_correlated(float(row["r"]))
     return purchases, spend
 
 
@@ -456,14 +449,7 @@ def observed_lifespan_years(summary: SparkFrame, as_of: dt.date) -> float:
 
     first_day = summary.agg(F.min("first_purchase")).first()
     assert first_day is not None
-    span_days = (as_of - first_day[0]).days
-    window_days = min(DAYS_PER_YEAR, span_days / 2)
-    if window_days < 28:
-        raise FitError(
-            f"The data covers {span_days} days, too short to estimate customer lifespan from churn. "
-            "Set heuristic.lifespan_years to a number of years."
-        )
-    cutoff = pd.Timestamp(as_of) - pd.Timedelta(days=window_days)
+    window_days, cutoff = churn_window(first_day[0], as_of)
     cutoff_literal = F.lit(cutoff.to_pydatetime())
     row = (
         summary.where(F.col("first_purchase").cast("timestamp") < cutoff_literal)
@@ -471,13 +457,7 @@ def observed_lifespan_years(summary: SparkFrame, as_of: dt.date) -> float:
         .first()
     )
     churned = float("nan") if row is None or row[0] is None else float(row[0])
-    if not 0 < churned < 1:
-        raise FitError(
-            f"{churned:.0%} of the customers acquired before {cutoff.date()} churned, so a lifespan cannot be "
-            "estimated. Set heuristic.lifespan_years to a number of years."
-        )
-    annual_retention = (1 - churned) ** (DAYS_PER_YEAR / window_days)
-    return 1.0 / (1.0 - annual_retention)
+    return lifespan_from_churn(churned, window_days, cutoff)
 
 
 def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[str], lifespan_years: float,

@@ -1,6 +1,6 @@
 """Time the CLV intervals: CDNOW full (configs/cdnow.yaml) and a simulated customer base, with and without.
 
-Usage: python scripts/bench_intervals.py [SIMULATED_CUSTOMERS]   (default 1,000,000; 0 skips it)
+Usage: python benchmarks/intervals.py [SIMULATED_CUSTOMERS]   (default 1,000,000; 0 skips it)
 Prints seconds per step and peak memory; nothing is asserted (DESIGN.md: figures, not timed tests).
 """
 
