@@ -33,7 +33,7 @@ import pandas as pd
 
 from forecast.clv import heuristic_inputs, require_finite
 from forecast.config import DAYS_PER_YEAR, RunConfig
-from forecast.errors import ConfigError, DataError, FitError, ForecastWarning
+from forecast.errors import ConfigError, DataError, FitError, ForecastWarning, collected_warnings
 from forecast.estimators import PURCHASE_MODELS, GammaGamma, PurchaseModel, fit_models, purchase_model
 from forecast.rfm import Resolution, holdout_purchases, summarize
 
@@ -616,8 +616,7 @@ def run_backtest(
     days_per_unit = config.days_per_unit
     holdout_length = split.holdout_days() / days_per_unit
     seed = config.backtest.seed if config.backtest else 0
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ForecastWarning)
+    with collected_warnings() as messages:
         clock = time.perf_counter()
         _, last_day = log_span(con)
         if holdout_end > last_day:
@@ -708,7 +707,6 @@ def run_backtest(
     }
     if skipped:
         document["skipped"] = skipped
-    messages = [str(w.message) for w in caught if issubclass(w.category, ForecastWarning)]
     document["warnings"] = messages
     return BacktestResult(split, customers, tracking, document, methods, messages, timings)
 

@@ -170,26 +170,16 @@ def segment_bars(
     upper: np.ndarray | None = None,
 ) -> str:
     """Grouped bars of predictive and heuristic CLV totals per segment, with the interval when known."""
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(7.0, max(3.0, 0.9 + 0.55 * len(segments)))
-        y = np.arange(len(segments))
-        error = None
-        if lower is not None and upper is not None:
-            error = np.vstack([np.clip(predictive - lower, 0, None), np.clip(upper - predictive, 0, None)])
-        ax.barh(y - 0.2, predictive, height=0.4, color=PREDICTIVE, label=predictive_label, xerr=error,
-                error_kw={"ecolor": "#222222", "capsize": 3, "linewidth": 1})  # fmt: skip
-        ax.barh(y + 0.2, heuristic, height=0.4, color=HEURISTIC, label=heuristic_label)
-        ax.set_yticks(y, list(segments))
-        ax.invert_yaxis()
-        ax.set_xlabel("customer lifetime value, segment total (currency units)")
-        ax.set_title(title)
-        ax.xaxis.set_major_formatter(THOUSANDS)
-        for bars in ax.containers:
-            if isinstance(bars, BarContainer):
-                ax.bar_label(bars, labels=[f"{b.get_width():,.0f}" for b in bars.patches], padding=3, fontsize=8)
-        ax.margins(x=0.12)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16 - 0.3 / len(segments)), ncol=2)
-        return svg_text(fig, name, title)
+    error = None
+    if lower is not None and upper is not None:
+        error = np.vstack([np.clip(predictive - lower, 0, None), np.clip(upper - predictive, 0, None)])
+    return _paired_segment_bars(
+        segments,
+        (predictive, predictive_label, PREDICTIVE, error),
+        (heuristic, heuristic_label, HEURISTIC),
+        name,
+        title,
+    )
 
 
 def decile_chart(deciles: Sequence[str], predicted: dict[str, np.ndarray], actual: np.ndarray, unit: str) -> str:
@@ -220,11 +210,26 @@ def paired_bars(
     second_label: str,
 ) -> str:
     """Two bars per label (for example the previous and the current run), values written at the bar ends."""
+    return _paired_segment_bars(
+        labels, (first, first_label, "#9aa5b1", None), (second, second_label, PREDICTIVE), name, title
+    )
+
+
+def _paired_segment_bars(
+    labels: Sequence[str],
+    first: tuple[np.ndarray, str, str, np.ndarray | None],
+    second: tuple[np.ndarray, str, str],
+    name: str,
+    title: str,
+) -> str:
+    """Horizontal bar pairs of segment CLV totals: (values, legend label, colour[, error bars]) for each bar."""
+    (first_values, first_label, first_color, first_error), (second_values, second_label, second_color) = first, second
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure(7.0, max(3.0, 0.9 + 0.55 * len(labels)))
         y = np.arange(len(labels))
-        ax.barh(y - 0.2, first, height=0.4, color="#9aa5b1", label=first_label)
-        ax.barh(y + 0.2, second, height=0.4, color=PREDICTIVE, label=second_label)
+        ax.barh(y - 0.2, first_values, height=0.4, color=first_color, label=first_label, xerr=first_error,
+                error_kw={"ecolor": "#222222", "capsize": 3, "linewidth": 1})  # fmt: skip
+        ax.barh(y + 0.2, second_values, height=0.4, color=second_color, label=second_label)
         ax.set_yticks(y, list(labels))
         ax.invert_yaxis()
         ax.set_xlabel("customer lifetime value, segment total (currency units)")

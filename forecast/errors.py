@@ -4,6 +4,10 @@ Every user-facing failure is a ``ForecastError``; its message says what is wrong
 and what to do. The CLI turns these into a one-paragraph message and a non-zero exit code.
 """
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class ForecastError(Exception):
     """Base class for every error a user can cause or fix."""
@@ -31,3 +35,16 @@ class OutputError(ForecastError):
 
 class ForecastWarning(UserWarning):
     """A result is usable but degraded (weak fit, few repeat buyers, broken assumption)."""
+
+
+@contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """Record every ForecastWarning raised in the block; the list holds their messages once the block ends.
+
+    Other warnings raised in the block are recorded and dropped, as the library's callers always did.
+    """
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ForecastWarning)
+        yield messages
+    messages.extend(str(w.message) for w in caught if issubclass(w.category, ForecastWarning))

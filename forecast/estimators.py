@@ -12,6 +12,7 @@ import contextlib
 import io
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -112,7 +113,7 @@ class FitResult:
     unique_rows: int
 
 
-class _Model:
+class _Model(ABC):
     """Shared plumbing: fit through a lifetimes fitter, check, compute the total log-likelihood and SEs.
 
     Subclasses declare the model's name, the papers' parameter symbols, the lifetimes fitter with its
@@ -131,9 +132,9 @@ class _Model:
 
     # --- to be declared by each model -------------------------------------------------------------
     @staticmethod
+    @abstractmethod
     def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:
         """Total log-likelihood of the weighted unique rows at ``params`` (the papers' symbols, in order)."""
-        raise NotImplementedError
 
     # --- shared ------------------------------------------------------------------------------------
     @property

@@ -38,7 +38,15 @@ from forecast.bulk import connect_duckdb, csv_wanted, write_customer_tables
 from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
 from forecast.config import RunConfig
 from forecast.drift import compare_runs
-from forecast.errors import ArtifactError, ConfigError, DataError, FitError, ForecastWarning, OutputError
+from forecast.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    FitError,
+    ForecastWarning,
+    OutputError,
+    collected_warnings,
+)
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
 from forecast.ingest import Transactions, count_after_as_of, fingerprint, read_transactions
 from forecast.registry import (
@@ -112,8 +120,7 @@ def forecast(
 ) -> Forecast:
     """Summarise, fit, score and segment the customers as of a date (no file is written)."""
     say = _quiet(progress)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ForecastWarning)
+    with collected_warnings() as caught:
         say(f"Summarising customers as of {as_of}")
         summary = summarize(
             transactions.connection, as_of, config.days_per_unit, config.resolution, transactions.segment_columns
@@ -157,7 +164,7 @@ def forecast(
             segments, customers, purchases, draws, config.horizon_months, config.monthly_discount_rate,
             config.margin, config.days_per_unit, config.budget.target_ltv_to_cac, config.budget.p_alive_threshold,
         )  # fmt: skip
-    messages = list(transactions.quality.warnings) + [str(w.message) for w in caught if w.category is ForecastWarning]
+    messages = list(transactions.quality.warnings) + caught
     return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, messages)
 
 
@@ -472,10 +479,8 @@ def _run(
     backtest_result = None
     backtest_notes: list[str] = []
     if config.purchase_model == "auto" or config.backtest is not None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ForecastWarning)
+        with collected_warnings() as backtest_notes:
             backtest_result, config = _run_backtest_for_run(config, transactions, as_of, say)
-        backtest_notes = [str(w.message) for w in caught if w.category is ForecastWarning]
         timings["backtest"] = time.perf_counter() - step
         step = time.perf_counter()
     result = forecast(config, transactions, as_of, say)
@@ -621,7 +626,7 @@ def backtest(
     say = _quiet(progress)
     started = time.perf_counter()
     say(f"Reading {config.data.path}")
-    transactions = read_transactions(config.data)
+    transactions = read_transactions(config.data, connect_duckdb(config.duckdb))
     split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
     say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
     result = run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end)
@@ -646,15 +651,13 @@ def budget(
 
     Nothing is written. See ``forecast.budget.payback_table`` for the columns of the returned table.
     """
-    transactions = read_transactions(config.data)
+    transactions = read_transactions(config.data, connect_duckdb(config.duckdb))
     as_of = as_of or config.as_of or default_as_of(transactions)
     transactions = count_after_as_of(transactions, as_of)
     notes: list[str] = []
     if config.purchase_model == "auto":
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ForecastWarning)
+        with collected_warnings() as notes:
             _, config = _run_backtest_for_run(config, transactions, as_of, _quiet(progress))
-        notes = [str(w.message) for w in caught if w.category is ForecastWarning]
     result = forecast(config, transactions, as_of, progress)
     result.warnings.extend(notes)
     table = payback_table(

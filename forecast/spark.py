@@ -34,7 +34,7 @@ from forecast.artifacts import library_versions, model_artifact, write_json
 from forecast.bulk import csv_wanted, parquet_to_csv
 from forecast.clv import churn_window, heuristic_clv, heuristic_inputs, lifespan_from_churn, score_customers
 from forecast.config import DataConfig, RunConfig, SparkConfig
-from forecast.errors import ConfigError, DataError, ForecastWarning
+from forecast.errors import ConfigError, DataError, collected_warnings
 from forecast.estimators import (
     GammaGamma,
     PurchaseModel,
@@ -546,8 +546,7 @@ def run(
         )
     segment_columns = list(config.data.segment_columns)
     step = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ForecastWarning)
+    with collected_warnings() as caught:
         say(f"Summarising customers as of {as_of} on Spark")
         summary = summarize(log, as_of, config.days_per_unit, config.resolution, segment_columns).cache()
         customers = summary.count()
@@ -568,7 +567,7 @@ def run(
         ).first()  # fmt: skip
         first_purchase = summary.agg(F.min("first_purchase")).first()
     timings["forecast"] = time.perf_counter() - step
-    messages = list(quality.warnings) + [str(w.message) for w in caught if w.category is ForecastWarning]
+    messages = list(quality.warnings) + caught
 
     output_path = Path(output or config.output)
     models_path = Path(config.models_dir) / as_of.isoformat()
