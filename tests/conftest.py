@@ -45,3 +45,19 @@ def cdnow_sample_summary():
     config = load_config(CONFIGS / "cdnow_sample.yaml")
     transactions = read_transactions(config.data)
     return summarize(transactions.connection, dt.date(1997, 9, 30), 7.0)
+
+
+def model_with_params(model_class, params: dict[str, float]):
+    """A fitted model of ``model_class`` with the given parameters and no standard errors or covariance."""
+    return model_class.from_dict(
+        {
+            "name": model_class.name,
+            "params": params,
+            "standard_errors": dict.fromkeys(params),
+            "covariance_log_params": None,
+            "log_likelihood": 0.0,
+            "converged": True,
+            "customers": 0,
+            "unique_rows": 0,
+        }
+    )

@@ -21,25 +21,11 @@ from forecast.pipeline import forecast as run_forecast
 from forecast.segments import rfm_groups, segment_table
 
 from . import reference as ref
+from .conftest import model_with_params
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 #: BG/NBD on the CDNOW sample, Fader, Hardie & Lee (2005); docs/REFERENCE.md.
 FHL_2005 = ref.BGNBD_CDNOW_SAMPLE
-
-
-def bgnbd(params: dict[str, float]) -> BetaGeo:
-    return BetaGeo.from_dict(
-        {
-            "name": "bgnbd",
-            "params": params,
-            "standard_errors": dict.fromkeys(params),
-            "covariance_log_params": None,
-            "log_likelihood": 0.0,
-            "converged": True,
-            "customers": 0,
-            "unique_rows": 0,
-        }
-    )
 
 
 def expected_purchases_new_by_hand(t: np.ndarray, r: float, alpha: float, a: float, b: float) -> np.ndarray:
@@ -93,7 +79,7 @@ def test_new_customer_clv_and_payback_equal_a_hand_computation():
     months = np.arange(4) * DAYS_PER_MONTH / 7.0
     increments = np.diff(expected_purchases_new_by_hand(months, **FHL_2005))
     by_hand = 0.5 * (20 + 30 * np.concatenate([[0.0], np.cumsum(increments / 1.01 ** np.arange(1, 4))]))
-    cumulative = new_customer_clv(20.0, 30.0, bgnbd(FHL_2005), 3, 0.01, 0.5, 7.0)
+    cumulative = new_customer_clv(20.0, 30.0, model_with_params(BetaGeo, FHL_2005), 3, 0.01, 0.5, 7.0)
     np.testing.assert_allclose(cumulative, by_hand, rtol=1e-9)
     assert payback_month(cumulative, by_hand[0]) == 0
     assert payback_month(cumulative, (by_hand[1] + by_hand[2]) / 2) == 2
@@ -119,7 +105,7 @@ def test_budget_columns_match_a_hand_computation():
         index=pd.Index(["c1", "c2", "c3"], name="customer_id"),
     )
     np.testing.assert_allclose(first_purchase_value(customers), [30.0, 5.0, 50.0])
-    model = bgnbd(FHL_2005)
+    model = model_with_params(BetaGeo, FHL_2005)
     table = segment_table(customers, ["segment", "channel"], 3.0, 0.3)
     table = budget_columns(table, customers, model, None, 12, 0.01, 0.3, 7.0, 3.0, 0.5).set_index("segment")
     assert table.loc["=cmd", "customers"] == 2 and table.loc["=cmd", "value_at_risk"] == 7.0

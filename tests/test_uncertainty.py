@@ -12,7 +12,7 @@ import pytest
 from forecast.clv import assign_tiers, discounted_purchases, score_customers
 from forecast.config import DataConfig, load_config
 from forecast.errors import FitError
-from forecast.estimators import BetaGeo, GammaGamma, ModifiedBetaGeo, ParetoNBD, PurchaseModel, fit_models
+from forecast.estimators import BetaGeo, GammaGamma, ModifiedBetaGeo, ParetoNBD, fit_models
 from forecast.ingest import read_transactions
 from forecast.rfm import holdout_purchases, summarize
 from forecast.simulate import TrueParams, simulate_transactions
@@ -25,24 +25,9 @@ from forecast.uncertainty import (
 )
 
 from . import reference as ref
+from .conftest import model_with_params
 
 HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK = 12, 0.01, 0.3, 7.0
-
-
-def fitted(model_class: type[PurchaseModel], params: dict[str, float]) -> PurchaseModel:
-    """A purchase model with given parameters and no covariance."""
-    return model_class.from_dict(
-        {
-            "name": model_class.name,
-            "params": params,
-            "standard_errors": dict.fromkeys(params),
-            "covariance_log_params": None,
-            "log_likelihood": 0.0,
-            "converged": True,
-            "customers": 0,
-            "unique_rows": 0,
-        }
-    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +55,7 @@ def test_expectation_factorises_into_p_alive_times_purchases_if_alive(model_clas
 
     Parameters: the CDNOW estimates in docs/REFERENCE.md (Fader, Hardie & Lee 2005; lifetimes tests).
     """
-    model = fitted(model_class, params)
+    model = model_with_params(model_class, params)
     frequency = np.array([0, 0, 1, 2, 2, 7, 26, 40], float)
     recency = np.array([0, 0, 5.0, 30.43, 10.0, 20.0, 30.857, 38.0])
     T = np.array([10.0, 38.86, 38.86, 38.86, 38.86, 38.86, 31.0, 39.0])
@@ -98,7 +83,7 @@ def test_parameter_draws_follow_the_fitted_log_normal(cdnow_sample):
 
 def test_parameter_draws_need_a_covariance():
     """A fit whose information matrix was not invertible has no intervals: a FitError says what to do."""
-    model = fitted(BetaGeo, {"r": 0.24, "alpha": 4.4, "a": 0.79, "b": 2.4})
+    model = model_with_params(BetaGeo, {"r": 0.24, "alpha": 4.4, "a": 0.79, "b": 2.4})
     with pytest.raises(FitError, match="interval_draws: 0"):
         parameter_draws(model, 10, np.random.default_rng(0))
 
@@ -148,9 +133,6 @@ def test_first_order_propagation_matches_exact_recomputation_under_draws(cdnow_s
     give the same 90% interval within 1% (measured 0.4%); each customer's delta-method interval has the width of the
     quantiles of 1,000 exact recomputations within 10%.
     """
-    from forecast.clv import score_customers
-    from forecast.uncertainty import parameter_draws
-
     summary, purchases, spend, _ = cdnow_sample
     everybody = pd.DataFrame({"all": "everybody"}, index=summary.index)
     result = clv_draws(summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, everybody, 0.9, 200, seed=5)
