@@ -15,7 +15,7 @@ import duckdb
 import pandas as pd
 
 from forecast.errors import DataError
-from forecast.ingest import quote_identifier
+from forecast.ingest import quote_identifier, release_memory
 
 Resolution = Literal["day", "exact"]
 
@@ -36,23 +36,6 @@ def _purchases_sql(end_exclusive: dt.date, resolution: Resolution, segment_colum
         FROM transactions
         WHERE ts < DATE '{end_exclusive.isoformat()}'
         GROUP BY customer_id, {moment}"""
-
-
-def release_memory(con: duckdb.DuckDBPyConnection) -> None:
-    """Hand DuckDB's cached buffers back to the operating system, keeping the configured memory limit.
-
-    After a large aggregation DuckDB keeps its buffers (about 700 MB after summarising 10 million
-    transactions); lowering the limit for a moment makes it free them.
-    """
-    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
-    if row is None:
-        return
-    try:
-        con.execute("SET memory_limit = '64MB'")
-    except duckdb.Error:
-        pass  # nothing to release if DuckDB cannot go that low right now
-    finally:
-        con.execute(f"SET memory_limit = '{str(row[0]).replace(chr(39), '')}'")
 
 
 def fetch_frame(con: duckdb.DuckDBPyConnection, query: str) -> pd.DataFrame:

@@ -220,6 +220,21 @@ def test_refuses_a_run_folder_made_from_changed_input(tmp_path: Path, cdnow_samp
     assert digests(first.output)["customers.csv"] != before["customers.csv"]
 
 
+def test_a_run_fingerprinted_by_another_method_is_not_replaced_silently(
+    tmp_path: Path, cdnow_sample: pd.DataFrame
+) -> None:
+    """A run whose fingerprint came from another method (an older DuckDB) cannot be compared: refuse, name it."""
+    config = load_config(write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "log.csv")))
+    first = run(config, dt.date(1997, 6, 30))
+    manifest_path = first.output / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["input"]["fingerprint_method"] = "duckdb-hash-0.9"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(OutputError, match=r"another method \(duckdb-hash-0.9; now duckdb-hash-.*--force"):
+        run(config, dt.date(1997, 6, 30))
+    assert run(config, dt.date(1997, 6, 30), force=True).manifest["input"]["fingerprint_method"] != "duckdb-hash-0.9"
+
+
 def test_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path: Path, cdnow_sample: pd.DataFrame) -> None:
     config = load_config(write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "log.csv")))
     precious = tmp_path / "documents"

@@ -278,3 +278,24 @@ def test_parquet_timestamps_with_time_zone_are_converted_to_data_timezone(tmp_pa
     )
     transactions = read_transactions(DataConfig(path=str(path), timezone="Asia/Tokyo"))
     assert rows(transactions) == [("A", dt.datetime(2020, 1, 2, 8, 30), 5.0)]
+
+
+def test_parquet_duplicates_are_found_exactly_and_located_by_row(tmp_path: Path):
+    """Rows equal in every column are duplicates; rows differing in one column only are not."""
+    path = tmp_path / "log.parquet"
+    duckdb.sql(
+        """COPY (SELECT * FROM (VALUES ('A', TIMESTAMP '2020-01-01', 10.0, 'x'),
+                  ('A', TIMESTAMP '2020-01-01', 10.0, 'y'),
+                  ('B', TIMESTAMP '2020-01-02', 5.0, 'x'), ('A', TIMESTAMP '2020-01-01', 10.0, 'x'),
+                  ('B', TIMESTAMP '2020-01-02', 5.0, 'x'), ('A', TIMESTAMP '2020-01-01', 10.0, 'x'))
+                  AS t(customer_id, timestamp, amount, note)) TO '"""
+        + str(path)
+        + "' (FORMAT parquet)"
+    )
+    kept = read_transactions(DataConfig(path=str(path)))
+    assert (kept.quality.duplicate_rows, kept.quality.rows_used, kept.quality.customers) == (3, 6, 2)
+    with pytest.raises(DataError, match=r"3 rows repeat an earlier row exactly \(first at row 4 'A', row 5 'B', row 6"):
+        read_transactions(DataConfig(path=str(path), duplicates="fail"))
+    dropped = read_transactions(DataConfig(path=str(path), duplicates="drop"))
+    assert (dropped.quality.duplicate_rows, dropped.quality.rows_used) == (3, 3)
+    assert rows(dropped) == [("A", dt.datetime(2020, 1, 1), 10.0)] * 2 + [("B", dt.datetime(2020, 1, 2), 5.0)]
