@@ -22,7 +22,7 @@ import pandas as pd
 from scipy.integrate import quad
 from scipy.special import gammaln
 
-from forecast.compress import as_floats, unique_with_counts
+from forecast.compress import as_floats, sorted_unique_rows
 from forecast.errors import FitError, ForecastWarning
 
 with warnings.catch_warnings():
@@ -60,14 +60,10 @@ def unique_rows(columns: dict[str, ArrayLike], weights: ArrayLike | None = None)
     """Collapse identical rows into unique rows and their counts (the weights of a compressed fit).
 
     With ``weights`` (rows that already stand for several customers, e.g. a summary compressed by Spark),
-    a unique row's weight is the sum of its rows' weights.
+    a unique row's weight is the sum of its rows' weights. The rows come out sorted, so the fit does not
+    depend on the order the customers came in (DuckDB or Spark).
     """
-    unique, codes, counts = unique_with_counts(columns)
-    if weights is not None:
-        counts = np.bincount(codes, weights=as_floats(weights), minlength=len(unique))
-    # Sorted rows make the fit independent of the order the customers came in (DuckDB or Spark).
-    order = np.lexsort([unique[name].to_numpy() for name in reversed(unique.columns)])
-    return unique.iloc[order].reset_index(drop=True), counts[order]
+    return sorted_unique_rows(columns, None if weights is None else as_floats(weights))
 
 
 def _without_autograd_hessian(fitter_class: type) -> type:

@@ -38,6 +38,42 @@ def test_unique_rows_sums_weights_and_sorts_rows() -> None:
     assert weights.tolist() == [4.0, 3.0, 3.0]
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from([0.0, -0.0, 0.5, 1.5, -2.0, np.nan]), st.integers(0, 2)),
+        min_size=1,
+        max_size=60,
+    ),
+    weighted=st.booleans(),
+    dense=st.booleans(),
+)
+def test_sorted_unique_rows_equal_sorted_groups_with_summed_weights(
+    rows: list[tuple[int, float, int]], weighted: bool, dense: bool
+) -> None:
+    """Both ways to number the rows (a bincount over all value combinations, or a second factorization)
+    give the unique rows sorted like pandas' groupby (NaN last) with each group's weights summed in row order."""
+    from unittest import mock
+
+    from forecast import compress
+
+    frame = pd.DataFrame(rows, columns=["x", "y", "z"]).astype(float)
+    weights = np.linspace(0.5, 3.0, len(frame)) if weighted else None
+    with mock.patch.object(compress, "DENSE_KEYS_PER_ROW", 4 if dense else -(10**9)):
+        unique, counts = compress.sorted_unique_rows({c: frame[c] for c in frame.columns}, weights)
+    groups = frame.assign(w=1.0 if weights is None else weights).groupby(["x", "y", "z"], dropna=False, sort=True)
+    expected = groups["w"].sum()
+    pd.testing.assert_frame_equal(unique, expected.index.to_frame(index=False))
+    np.testing.assert_allclose(counts, expected.to_numpy(), rtol=1e-14)  # pandas sums with compensation
+
+
+def test_sorted_unique_rows_of_nothing_is_empty() -> None:
+    from forecast.compress import sorted_unique_rows
+
+    unique, counts = sorted_unique_rows({"x": np.array([]), "y": np.array([])})
+    assert list(unique.columns) == ["x", "y"] and len(unique) == 0 and len(counts) == 0
+
+
 @pytest.fixture(scope="module")
 def cdnow_summary() -> pd.DataFrame:
     from forecast.config import load_config
