@@ -727,10 +727,13 @@ class GammaGamma(_Model):
         """
         frequency = as_floats(frequency)
         monetary_value = as_floats(monetary_value)
-        row_weights = np.ones(len(frequency)) if weights is None else as_floats(weights)
-        usable = (frequency > 0) & (monetary_value > 0)
-        repeat_buyers = int(row_weights[frequency > 0].sum())
-        usable_buyers = int(row_weights[usable].sum())
+        row_weights = None if weights is None else as_floats(weights)
+        repeat = frequency > 0
+        usable = repeat & (monetary_value > 0)
+        # Without weights every row is one customer: no array of millions of ones to index and sum.
+        repeat_buyers, usable_buyers = (
+            int(rows.sum() if row_weights is None else row_weights[rows].sum()) for rows in (repeat, usable)
+        )
         if usable_buyers < 2:
             raise FitError(
                 f"The Gamma-Gamma spend model needs repeat buyers with a positive average spend; the data has "
@@ -744,7 +747,8 @@ class GammaGamma(_Model):
                 stacklevel=2,
             )
         unique, weights = unique_rows(
-            {"frequency": frequency[usable], "monetary_value": monetary_value[usable]}, row_weights[usable]
+            {"frequency": frequency[usable], "monetary_value": monetary_value[usable]},
+            None if row_weights is None else row_weights[usable],
         )
         if np.ptp(unique["monetary_value"].to_numpy()) == 0:
             raise FitError(
