@@ -107,9 +107,12 @@ def sorted_unique_rows(
     combinations = math.prod(sizes)
     if combinations <= DENSE_KEYS_PER_ROW * len(codes[0]) + 1024:
         key = np.ravel_multi_index(codes, sizes)
-        present = np.flatnonzero(np.bincount(key, minlength=combinations))
+        rows_per_key = np.bincount(key, minlength=combinations)
+        present = np.flatnonzero(rows_per_key)
         unique_codes = np.unravel_index(present, sizes)
-        counts = np.bincount(key, weights=weights, minlength=combinations)[present]
+        if weights is not None:
+            rows_per_key = np.bincount(key, weights=weights, minlength=combinations)
+        counts = rows_per_key[present]
     else:
         group, uniques = pd.factorize(_lexicographic_key(codes, sizes), sort=True)
         representative = np.empty(len(uniques), dtype=np.intp)
