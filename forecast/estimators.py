@@ -171,7 +171,7 @@ class _BetaGeoObjective(_Objective):
     References
     ----------
     Fader, Hardie & Lee (2005), "Counting your customers the easy way", Marketing Science 24(2), eq. (6);
-    Hardie, note 004 (the gradient).
+    Hardie, note 004 (the log-likelihood in this form).
     """
 
     size = 4
@@ -244,7 +244,7 @@ class _GammaGammaObjective(_Objective):
 
     References
     ----------
-    Fader & Hardie (2013), "The Gamma-Gamma model of monetary value", eq. (1a); Hardie, note 025.
+    Fader & Hardie (2013), "The Gamma-Gamma model of monetary value", eq. (1a); Hardie, note 025 (the log-likelihood).
     """
 
     size = 3
