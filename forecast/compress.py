@@ -3,15 +3,20 @@
 The models are fitted on unique (frequency, recency, T) rows weighted by their counts, and every
 unique row is scored once. ``numpy.unique(axis=0)`` sorts the rows lexicographically (10 s for
 3.4 million customers on two cores); hashing each column with ``pandas.factorize`` and combining the
-codes takes well under a second.
+codes takes well under a second. The fits want the unique rows sorted: ``sorted_unique_rows`` ranks each
+column's values and reads a row's ranks as one number, so no pass sorts all the rows (0.15 s instead of
+0.45 s for the 3.4 million (frequency, recency, T) rows of the 10M-transaction benchmark).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+
+DENSE_KEYS_PER_ROW = 4  # a bincount over all combinations of values, if there are at most this many per row
 
 
 def as_floats(values: np.ndarray | pd.Series) -> np.ndarray:
@@ -66,3 +71,66 @@ def unique_with_counts(columns: Mapping[str, np.ndarray | pd.Series]) -> tuple[p
     unique = pd.DataFrame({name: as_floats(values)[first] for name, values in columns.items()})
     counts = np.bincount(codes, minlength=len(first)).astype(float)
     return unique, codes, counts
+
+
+def sorted_unique_rows(
+    columns: Mapping[str, np.ndarray | pd.Series], weights: np.ndarray | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Unique rows of the columns in lexicographic order, and the total weight of every unique row.
+
+    Each column is factorized with its values' ranks as codes, so a row's codes read as one mixed-radix
+    number order the rows like their values. When the columns have few combinations of values (at most
+    ``DENSE_KEYS_PER_ROW`` per row, as for frequency, recency and T) a ``bincount`` over those numbers
+    finds and counts the unique rows already in order; otherwise the numbers are factorized once more,
+    sorted. Either way costs a few hashing passes: no sort of all rows.
+
+    Parameters
+    ----------
+    columns
+        Equal-length numeric columns, by name.
+    weights
+        What each row stands for (default 1); a unique row's weight is the sum of its rows' weights.
+
+    Returns
+    -------
+    (unique, counts)
+        ``unique``: DataFrame of the unique rows (float columns named as given), sorted by the first
+        column, then the second, ...; NaN sorts last. ``counts``: float array of their total weights.
+    """
+    if not columns:
+        raise ValueError("sorted_unique_rows needs at least one column")
+    if len(next(iter(columns.values()))) == 0:
+        return pd.DataFrame({name: np.empty(0) for name in columns}), np.empty(0)
+    factorized = [pd.factorize(as_floats(values), sort=True, use_na_sentinel=False) for values in columns.values()]
+    codes = [column_codes for column_codes, _ in factorized]
+    sizes = tuple(len(uniques) for _, uniques in factorized)
+    combinations = math.prod(sizes)
+    if combinations <= DENSE_KEYS_PER_ROW * len(codes[0]) + 1024:
+        key = np.ravel_multi_index(codes, sizes)
+        rows_per_key = np.bincount(key, minlength=combinations)
+        present = np.flatnonzero(rows_per_key)
+        unique_codes = np.unravel_index(present, sizes)
+        if weights is not None:
+            rows_per_key = np.bincount(key, weights=weights, minlength=combinations)
+        counts = rows_per_key[present]
+    else:
+        group, uniques = pd.factorize(_lexicographic_key(codes, sizes), sort=True)
+        representative = np.empty(len(uniques), dtype=np.intp)
+        representative[group] = np.arange(len(group))  # any row of a group: all have the group's codes
+        unique_codes = tuple(column_codes[representative] for column_codes in codes)
+        counts = np.bincount(group, weights=weights, minlength=len(uniques))
+    unique = pd.DataFrame(
+        {name: np.asarray(uniques, dtype=float)[code] for name, (_, uniques), code in
+         zip(columns, factorized, unique_codes, strict=True)}
+    )  # fmt: skip
+    return unique, counts.astype(float)
+
+
+def _lexicographic_key(codes: list[np.ndarray], sizes: tuple[int, ...]) -> np.ndarray:
+    """One int64 per row that orders the rows like their columns' value ranks ``codes`` (lexicographically)."""
+    key = codes[0].astype(np.int64)
+    for column_codes, size in zip(codes[1:], sizes[1:], strict=True):
+        if len(key) and key.max() >= np.iinfo(np.int64).max // max(size, 1):
+            key = pd.factorize(key, sort=True)[0]  # ranks keep the order and keep key * size below rows * size
+        key = key * size + column_codes
+    return key
