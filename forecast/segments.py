@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from pandas.api.typing import DataFrameGroupBy
 
 from forecast.clv import heuristic_clv
+from forecast.compress import as_floats, label_codes
 
 ALL = "all customers"
 
@@ -38,10 +40,9 @@ def segment_table(
         and heuristic_gap (heuristic minus predictive).
     """
     frames = []
-    everyone = customers.assign(_all=ALL)
-    for column in ["_all", *segmentations]:
-        grouped = everyone.groupby(column, observed=True, sort=True)
-        table = grouped.agg(
+    for column in [None, *segmentations]:
+        codes, labels = segment_codes(customers, column)
+        table = by_codes(customers, codes, len(labels)).agg(
             customers=("clv", "size"),
             revenue_to_date=("revenue", "sum"),
             mean_p_alive=("p_alive", "mean"),
@@ -54,11 +55,31 @@ def segment_table(
             table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
         )
         table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
-        table.index = table.index.astype(str)
-        table.insert(0, "segmentation", "all" if column == "_all" else column)
+        table.index = labels
+        table.insert(0, "segmentation", "all" if column is None else column)
         frames.append(table.rename_axis("segment").reset_index())
     columns = ["segmentation", "segment"] + [c for c in frames[0].columns if c not in ("segmentation", "segment")]
     return pd.concat(frames, ignore_index=True)[columns]
+
+
+def segment_codes(customers: pd.DataFrame, column: str | None) -> tuple[np.ndarray, pd.Index]:
+    """Segment codes and labels of one segmentation column (``forecast.compress.label_codes``).
+
+    None stands for everybody: one segment, ``ALL``.
+    """
+    if column is None:
+        return np.zeros(len(customers), dtype=np.intp), pd.Index([ALL], dtype=str)
+    return label_codes(customers[column])
+
+
+def by_codes(frame: pd.DataFrame, codes: np.ndarray, size: int) -> DataFrameGroupBy:
+    """Group the rows by integer codes (0 .. size - 1; -1 left out) in code order, without hashing any label.
+
+    pandas' grouped sums and means are compensated (Kahan) sums, more accurate than ``numpy.bincount``'s
+    running sum over millions of customers.
+    """
+    key = pd.CategoricalIndex(pd.Categorical.from_codes(codes, categories=pd.RangeIndex(size)))
+    return frame.groupby(key, observed=False, sort=True)
 
 
 #: RFM groups by recency score (rows: 3 = most recent third) and frequency score (columns: 1 = one purchase).
@@ -91,12 +112,19 @@ def rfm_groups(summary: pd.DataFrame) -> pd.Series:
         Ordered categorical named ``rfm_group`` (champions, loyal, new, at risk, one-time, lapsed),
         indexed like ``summary``.
     """
-    since_last = (summary["T"] - summary["recency"]).to_numpy(float)
-    frequency = summary["frequency"].to_numpy(float)
+    since_last = as_floats(summary["T"]) - as_floats(summary["recency"])
+    frequency = as_floats(summary["frequency"])
     recent_cut, old_cut = np.quantile(since_last, [1 / 3, 2 / 3])
     recency_score = np.where(since_last <= recent_cut, 3, np.where(since_last > old_cut, 1, 2))
     repeat = frequency[frequency > 0]
     median_repeats = float(np.median(repeat)) if len(repeat) else 0.0
     frequency_score = np.where(frequency == 0, 1, np.where(frequency > median_repeats, 3, 2))
-    labels = [RFM_GROUP_GRID[r][f] for r, f in zip(recency_score.tolist(), frequency_score.tolist(), strict=True)]
-    return pd.Series(pd.Categorical(labels, categories=RFM_GROUPS, ordered=True), index=summary.index, name="rfm_group")
+    # The grid as group numbers (positions in RFM_GROUPS), looked up by (recency score, frequency score).
+    grid = np.zeros((4, 4), dtype=np.int8)
+    for recency, row in RFM_GROUP_GRID.items():
+        for frequency_score_value, group in row.items():
+            grid[recency, frequency_score_value] = RFM_GROUPS.index(group)
+    groups = pd.Categorical.from_codes(
+        grid[recency_score, frequency_score], categories=pd.Index(RFM_GROUPS), ordered=True
+    )
+    return pd.Series(groups, index=summary.index, name="rfm_group")
