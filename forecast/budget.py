@@ -29,7 +29,7 @@ import pandas as pd
 from forecast.compress import as_floats, label_codes
 from forecast.errors import DataError
 from forecast.estimators import PurchaseModel
-from forecast.segments import ALL, by_codes, segment_codes
+from forecast.segments import ALL, segment_totals
 from forecast.uncertainty import ClvDraws, discounted_purchases_new
 
 ALL_GROUPING = "all"
@@ -174,18 +174,21 @@ def budget_columns(
         },
         copy=False,
     )
+    groupings: list[str | None] = [None, *sorted(set(segments["segmentation"]) - {ALL_GROUPING})]
     parts = []
-    for column in [None, *sorted(set(segments["segmentation"]) - {ALL_GROUPING})]:
-        codes, labels = segment_codes(customers, column)
-        figures = by_codes(values, codes, len(labels)).agg(
-            first_purchase_value=("first_purchase_value", "mean"),
-            new_customer_spend=("expected_spend", "mean"),
-            customers_at_risk=("at_risk", "sum"),
-            value_at_risk=("risk_clv", "sum"),
+    for column, sums in zip(groupings, segment_totals(customers, groupings, values), strict=True):
+        count = sums["customers"]
+        figures = pd.DataFrame(
+            {
+                "segmentation": ALL_GROUPING if column is None else column,
+                "segment": sums.index,  # as segment_table labels its segments
+                "first_purchase_value": sums["first_purchase_value"] / count,
+                "new_customer_spend": sums["expected_spend"] / count,
+                "customers_at_risk": sums["at_risk"].astype(np.int64),
+                "value_at_risk": sums["risk_clv"],
+            }
         )
-        figures.index = labels  # as segment_table labels its segments
-        figures.insert(0, "segmentation", ALL_GROUPING if column is None else column)
-        parts.append(figures.rename_axis("segment").reset_index())
+        parts.append(figures.reset_index(drop=True))
     table = segments.reset_index(drop=True).merge(pd.concat(parts), on=["segmentation", "segment"], how="left")
     table["new_customer_clv"] = new_customer_clv(
         table["first_purchase_value"].to_numpy(), table["new_customer_spend"].to_numpy(), purchases,

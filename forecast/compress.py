@@ -98,21 +98,33 @@ def combine_codes(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np
         if radix * (size + 1) >= COMBINED_KEY_LIMIT:
             key, _ = pd.factorize(key)
             radix = int(key.max(initial=-1)) + 1
-        key = key * (size + 1) + (np.asarray(values, dtype=np.int64) + 1)  # missing (-1) becomes 0
+        # In place, so that no temporary of the rows' length is made: key = key * (size + 1) + code + 1.
+        key *= size + 1
+        key += values
+        key += 1  # missing (-1) becomes 0
         radix *= size + 1
     if radix <= 4 * max(rows, 1):
         present = np.bincount(key, minlength=radix) > 0
-        cells = (np.cumsum(present) - 1)[key]
         count = int(present.sum())
+        cells = (np.cumsum(present) - 1).astype(small_int(count))[key]
     else:
         cells, uniques = pd.factorize(key)
         count = len(uniques)
+    del key
     cell_codes = []
     for values in codes:
         of_cell = np.full(count, -1, dtype=np.int64)
         of_cell[cells] = values  # every row of a cell writes the same code, so the order of writes does not matter
         cell_codes.append(of_cell)
     return cells, cell_codes
+
+
+def small_int(size: int) -> type[np.signedinteger]:
+    """The smallest signed integer type that holds the codes -1 .. size - 1 (codes of millions of rows stay small)."""
+    for kind in (np.int8, np.int16, np.int32):
+        if size <= np.iinfo(kind).max:
+            return kind
+    return np.int64
 
 
 def unique_with_counts(columns: Mapping[str, np.ndarray | pd.Series]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -148,13 +160,13 @@ def label_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
         values sorted.
     """
     if isinstance(values.dtype, pd.CategoricalDtype):
-        codes = values.cat.codes.to_numpy().astype(np.intp)
+        codes = values.cat.codes.to_numpy()  # the categorical's own small integers, not a copy
         categories = values.cat.categories
-        occurs = np.bincount(codes + 1, minlength=len(categories) + 1)[1:] > 0
+        occurs = np.bincount(codes.astype(np.int32) + 1, minlength=len(categories) + 1)[1:] > 0
         if not occurs.all():
-            renumber = np.append(np.cumsum(occurs) - 1, -1)  # code -1 stays -1
+            renumber = np.append(np.cumsum(occurs) - 1, -1).astype(small_int(len(categories)))  # -1 stays -1
             codes = renumber[codes]
             categories = categories[occurs]
         return codes, categories.astype(str)
     codes, uniques = pd.factorize(values, sort=True)
-    return codes, pd.Index(uniques).astype(str)
+    return codes.astype(small_int(len(uniques))), pd.Index(uniques).astype(str)

@@ -7,7 +7,7 @@ import pandas as pd
 from pandas.api.typing import DataFrameGroupBy
 
 from forecast.clv import heuristic_clv
-from forecast.compress import as_floats, label_codes
+from forecast.compress import as_floats, combine_codes, label_codes
 
 ALL = "all customers"
 
@@ -39,27 +39,74 @@ def segment_table(
         expected_purchases, clv_total, avg_purchase_value, purchases_per_year, clv_heuristic_total
         and heuristic_gap (heuristic minus predictive).
     """
+    values = pd.DataFrame({name: as_floats(customers[name]) for name in SUMMED_COLUMNS}, copy=False)
+    groupings: list[str | None] = [None, *segmentations]
     frames = []
-    for column in [None, *segmentations]:
-        codes, labels = segment_codes(customers, column)
-        table = by_codes(customers, codes, len(labels)).agg(
-            customers=("clv", "size"),
-            revenue_to_date=("revenue", "sum"),
-            mean_p_alive=("p_alive", "mean"),
-            expected_purchases=("expected_purchases", "sum"),
-            clv_total=("clv", "sum"),
-            avg_purchase_value=("avg_purchase_value", "mean"),
-            purchases_per_year=("purchases_per_year", "mean"),
-        )
+    for column, totals in zip(groupings, segment_totals(customers, groupings, values), strict=True):
+        count = totals["customers"]
+        table = pd.DataFrame(
+            {
+                "segmentation": "all" if column is None else column,
+                "segment": totals.index,
+                "customers": count,
+                "revenue_to_date": totals["revenue"],
+                "mean_p_alive": totals["p_alive"] / count,
+                "expected_purchases": totals["expected_purchases"],
+                "clv_total": totals["clv"],
+                "avg_purchase_value": totals["avg_purchase_value"] / count,
+                "purchases_per_year": totals["purchases_per_year"] / count,
+            }
+        ).reset_index(drop=True)
         table["clv_heuristic_total"] = table["customers"] * heuristic_clv(
             table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
         )
         table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
-        table.index = labels
-        table.insert(0, "segmentation", "all" if column is None else column)
-        frames.append(table.rename_axis("segment").reset_index())
-    columns = ["segmentation", "segment"] + [c for c in frames[0].columns if c not in ("segmentation", "segment")]
-    return pd.concat(frames, ignore_index=True)[columns]
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+#: The per-customer columns that the segment table adds up (sums, or means as sums over counts).
+SUMMED_COLUMNS = ["revenue", "p_alive", "expected_purchases", "clv", "avg_purchase_value", "purchases_per_year"]
+
+
+def segment_totals(
+    customers: pd.DataFrame, segmentations: list[str | None], values: pd.DataFrame
+) -> list[pd.DataFrame]:
+    """Count the customers and add up ``values`` per segment of every segmentation, in one pass over the rows.
+
+    The customers are grouped once, by cell (their combination of segments, ``forecast.compress.combine_codes``),
+    with pandas' compensated sums, more accurate than a running sum over millions of customers; the totals
+    of a segment add up its cells.
+
+    Parameters
+    ----------
+    customers
+        Per-customer table with the segmentation columns.
+    segmentations
+        Columns of ``customers`` (None: everybody, one segment ``ALL``).
+    values
+        Numeric columns to add up, one row per customer, in the customers' order.
+
+    Returns
+    -------
+    list of pandas.DataFrame
+        One per segmentation, indexed by segment label (text, in ``groupby(sort=True)`` order, only segments
+        that have customers), with ``customers`` (int) and the sums of ``values``' columns.
+    """
+    labelled = [segment_codes(customers, column) for column in segmentations]
+    cells, cell_codes = combine_codes([codes for codes, _ in labelled], [len(labels) for _, labels in labelled])
+    n_cells = len(cell_codes[0])
+    per_cell = by_codes(values, cells, n_cells).sum().to_numpy(dtype=float)
+    per_cell = np.column_stack([np.bincount(cells, minlength=n_cells), per_cell])
+    tables = []
+    for (_, labels), of_cell in zip(labelled, cell_codes, strict=True):
+        member = of_cell >= 0
+        sums = np.zeros((len(labels), per_cell.shape[1]))
+        np.add.at(sums, of_cell[member], per_cell[member])
+        table = pd.DataFrame(sums[:, 1:], index=labels, columns=values.columns)
+        table.insert(0, "customers", sums[:, 0].astype(np.int64))
+        tables.append(table)
+    return tables
 
 
 def segment_codes(customers: pd.DataFrame, column: str | None) -> tuple[np.ndarray, pd.Index]:

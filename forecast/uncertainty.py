@@ -253,6 +253,8 @@ def clv_draws(
     # (purchase model, then Gamma-Gamma), the spend total and its gradient.
     n_p, n_g = covariance_p.shape[0], covariance_g.shape[0]
     cell_sums = np.zeros((n_cells, 2 + n_p + 2 * n_g))
+    # One contiguous array per parameter: gathering from it is twice as fast as from a column of the matrix.
+    row_gradient_by_param, spend_gradient_by_param = list(row_gradient.T.copy()), list(spend_gradient.T.copy())
     lower = np.empty(len(summary))
     upper = np.empty(len(summary))
     for start in range(0, len(summary), chunk_customers):
@@ -268,10 +270,10 @@ def clv_draws(
         lower[chunk], upper[chunk] = clv * np.exp(-spread), clv * np.exp(spread)
         weights = [
             clv,
-            *(margin * spend_per_purchase * row_gradient[rows, j] for j in range(n_p)),
-            *(margin * value * spend_gradient[spends, j] for j in range(n_g)),
+            *(margin * spend_per_purchase * gradient[rows] for gradient in row_gradient_by_param),
+            *(margin * value * gradient[spends] for gradient in spend_gradient_by_param),
             spend_per_purchase,
-            *(spend_gradient[spends, j] for j in range(n_g)),
+            *(gradient[spends] for gradient in spend_gradient_by_param),
         ]
         for k, column in enumerate(weights):
             cell_sums[:, k] += np.bincount(cells[chunk], weights=column, minlength=n_cells)
