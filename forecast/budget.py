@@ -57,7 +57,7 @@ def interval_groups(customers: pd.DataFrame, segmentations: list[str], p_alive_t
     below the threshold and a missing label for the others, so their per-draw totals are value at risk.
     """
     at_risk = as_floats(customers["p_alive"]) < p_alive_threshold
-    everybody = np.zeros(len(customers), dtype=np.intp)
+    everybody = np.zeros(len(customers), dtype=np.int8)
     columns = {ALL_GROUPING: _categorical(everybody, pd.Index([ALL], dtype=str))}
     for column in segmentations:
         codes, labels = label_codes(customers[column])

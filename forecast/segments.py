@@ -115,7 +115,7 @@ def segment_codes(customers: pd.DataFrame, column: str | None) -> tuple[np.ndarr
     None stands for everybody: one segment, ``ALL``.
     """
     if column is None:
-        return np.zeros(len(customers), dtype=np.intp), pd.Index([ALL], dtype=str)
+        return np.zeros(len(customers), dtype=np.int8), pd.Index([ALL], dtype=str)
     return label_codes(customers[column])
 
 
@@ -168,9 +168,9 @@ def rfm_groups(summary: pd.DataFrame) -> pd.Series:
     frequency_score = np.where(frequency == 0, 1, np.where(frequency > median_repeats, 3, 2))
     # The grid as group numbers (positions in RFM_GROUPS), looked up by (recency score, frequency score).
     grid = np.zeros((4, 4), dtype=np.int8)
-    for recency, row in RFM_GROUP_GRID.items():
-        for frequency_score_value, group in row.items():
-            grid[recency, frequency_score_value] = RFM_GROUPS.index(group)
+    for r, row in RFM_GROUP_GRID.items():
+        for f, group in row.items():
+            grid[r, f] = RFM_GROUPS.index(group)
     groups = pd.Categorical.from_codes(
         grid[recency_score, frequency_score], categories=pd.Index(RFM_GROUPS), ordered=True
     )
