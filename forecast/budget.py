@@ -26,9 +26,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from forecast.compress import as_floats, label_codes
 from forecast.errors import DataError
 from forecast.estimators import PurchaseModel
-from forecast.segments import ALL
+from forecast.segments import ALL, segment_totals
 from forecast.uncertainty import ClvDraws, discounted_purchases_new
 
 ALL_GROUPING = "all"
@@ -48,27 +49,30 @@ def first_purchase_value(summary: pd.DataFrame) -> pd.Series:
     return value.rename("first_purchase_value")
 
 
-def segment_labels(values: pd.Series) -> pd.Series:
-    """Segment labels as the segment table writes them (``str`` of each value; missing stays missing)."""
-    codes, uniques = pd.factorize(values)
-    names = np.array([*pd.Index(uniques).astype(str), None], dtype=object)  # code -1 -> None
-    return pd.Series(names[codes], index=values.index, dtype=object)
-
-
 def interval_groups(customers: pd.DataFrame, segmentations: list[str], p_alive_threshold: float) -> pd.DataFrame:
     """Groupings for ``forecast.uncertainty.clv_draws``: everybody, each segmentation, and its at-risk part.
 
+    Every column is categorical, its categories the segment labels as the segment table writes them (text).
     The at-risk columns (``<segmentation> at risk``) carry the segment label for customers with P(alive)
     below the threshold and a missing label for the others, so their per-draw totals are value at risk.
     """
-    at_risk = customers["p_alive"] < p_alive_threshold
-    columns: dict[str, pd.Series] = {ALL_GROUPING: pd.Series(ALL, index=customers.index, dtype=object)}
+    at_risk = as_floats(customers["p_alive"]) < p_alive_threshold
+    everybody = np.zeros(len(customers), dtype=np.int8)
+    columns = {ALL_GROUPING: _categorical(everybody, pd.Index([ALL], dtype=str))}
     for column in segmentations:
-        labels = segment_labels(customers[column])
-        columns[column] = labels
-        columns[column + AT_RISK_SUFFIX] = labels.where(at_risk)
-    columns[ALL_GROUPING + AT_RISK_SUFFIX] = columns[ALL_GROUPING].where(at_risk)
-    return pd.DataFrame(columns, index=customers.index)
+        codes, labels = label_codes(customers[column])
+        columns[column] = _categorical(codes, labels)
+        columns[column + AT_RISK_SUFFIX] = _categorical(np.where(at_risk, codes, -1), labels)
+    columns[ALL_GROUPING + AT_RISK_SUFFIX] = _categorical(np.where(at_risk, everybody, -1), pd.Index([ALL], dtype=str))
+    return pd.DataFrame(columns, index=customers.index, copy=False)
+
+
+def _categorical(codes: np.ndarray, labels: pd.Index) -> pd.Categorical:
+    """Categorical of the codes (-1 missing); labels that coincide as text (1 and "1") become one category."""
+    renumber, categories = pd.factorize(labels)
+    if len(categories) < len(labels):
+        codes = np.where(codes >= 0, renumber[codes], -1)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
 
 
 def new_customer_clv(
@@ -160,23 +164,31 @@ def budget_columns(
     missing = [c for c in ("clv", "p_alive", "expected_spend", "revenue", "frequency") if c not in customers]
     if missing:
         raise DataError(f"The customer table lacks the columns {missing} needed for budget figures.")
-    everyone = customers.assign(
-        _all=ALL,
-        _first=first_purchase_value(customers),
-        _risk_clv=customers["clv"].where(customers["p_alive"] < p_alive_threshold, 0.0),
-        _at_risk=(customers["p_alive"] < p_alive_threshold).astype(int),
+    at_risk = as_floats(customers["p_alive"]) < p_alive_threshold
+    values = pd.DataFrame(
+        {
+            "first_purchase_value": as_floats(first_purchase_value(customers)),
+            "expected_spend": as_floats(customers["expected_spend"]),
+            "at_risk": at_risk.astype(np.int64),
+            "risk_clv": np.where(at_risk, as_floats(customers["clv"]), 0.0),
+        },
+        copy=False,
     )
+    groupings: list[str | None] = [None, *sorted(set(segments["segmentation"]) - {ALL_GROUPING})]
     parts = []
-    for column in ["_all", *sorted(set(segments["segmentation"]) - {ALL_GROUPING})]:
-        figures = everyone.groupby(column, observed=True, sort=True).agg(
-            first_purchase_value=("_first", "mean"),
-            new_customer_spend=("expected_spend", "mean"),
-            customers_at_risk=("_at_risk", "sum"),
-            value_at_risk=("_risk_clv", "sum"),
+    for column, sums in zip(groupings, segment_totals(customers, groupings, values), strict=True):
+        count = sums["customers"]
+        figures = pd.DataFrame(
+            {
+                "segmentation": ALL_GROUPING if column is None else column,
+                "segment": sums.index,  # as segment_table labels its segments
+                "first_purchase_value": sums["first_purchase_value"] / count,
+                "new_customer_spend": sums["expected_spend"] / count,
+                "customers_at_risk": sums["at_risk"].astype(np.int64),
+                "value_at_risk": sums["risk_clv"],
+            }
         )
-        figures.index = figures.index.astype(str)  # as segment_table labels its segments
-        figures.insert(0, "segmentation", ALL_GROUPING if column == "_all" else column)
-        parts.append(figures.rename_axis("segment").reset_index())
+        parts.append(figures.reset_index(drop=True))
     table = segments.reset_index(drop=True).merge(pd.concat(parts), on=["segmentation", "segment"], how="left")
     table["new_customer_clv"] = new_customer_clv(
         table["first_purchase_value"].to_numpy(), table["new_customer_spend"].to_numpy(), purchases,

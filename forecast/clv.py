@@ -6,6 +6,15 @@ Predictive CLV over H months, monthly discount rate d and margin m (DESIGN.md):
 
 with t_k = k months expressed in model time units (a month is 365.25 / 12 days).
 
+The purchase models' expectations factorise as
+
+    E[X(t) | x, t_x, T] = P(alive at T | x, t_x, T) * E[X(t) | alive at T, x, T],
+
+because a customer known to be alive at T has the posterior lambda ~ Gamma(r + x, alpha + T) and, for
+BG/NBD, p ~ Beta(a, b + x) (MBG/NBD: Beta(a, b + x + 1); Pareto/NBD: mu ~ Gamma(s, beta + T)), none of
+which depends on t_x. So the H monthly expectations are evaluated once per unique (x, T) pair (a few
+thousand), and P(alive) once per unique (x, t_x, T) row, however many customers there are.
+
 Heuristic CLV (the formula in the seed articles): average purchase value x purchases per year
 x expected lifespan in years x margin.
 """
@@ -13,11 +22,12 @@ x expected lifespan in years x margin.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from forecast.compress import unique_with_counts
+from forecast.compress import as_floats, unique_with_counts
 from forecast.config import DAYS_PER_MONTH, DAYS_PER_YEAR
 from forecast.errors import FitError
 from forecast.estimators import GammaGamma, PurchaseModel
@@ -44,7 +54,9 @@ def discounted_purchases(
     monthly_discount_rate: float,
     days_per_unit: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Expected purchases over the horizon, plain and discounted month by month.
+    """Expected purchases over the horizon, plain and discounted month by month, evaluated per customer.
+
+    The direct formula; ``score_customers`` evaluates its factorised form (module docstring).
 
     Returns
     -------
@@ -60,6 +72,67 @@ def discounted_purchases(
     return cumulative[:, -1], monthly @ discount_factors(horizon_months, monthly_discount_rate)
 
 
+@dataclass(frozen=True)
+class Histories:
+    """The customers' unique (x, t_x, T) rows and the unique (x, T) pairs of those rows.
+
+    ``rows[row_of_customer]`` is every customer's (frequency, recency, T); ``pairs[pair_of_row]`` every
+    row's (frequency, T).
+    """
+
+    rows: np.ndarray
+    row_of_customer: np.ndarray
+    pairs: np.ndarray
+    pair_of_row: np.ndarray
+
+    @classmethod
+    def from_summary(cls, summary: pd.DataFrame) -> Histories:
+        row_of_customer, rows = unique_rows_codes(summary[["frequency", "recency", "T"]])
+        pair_of_row, pairs = unique_rows_codes(pd.DataFrame(rows[:, [0, 2]]))
+        return cls(rows, row_of_customer, pairs, pair_of_row)
+
+
+@dataclass(frozen=True)
+class SpendHistories:
+    """The customers' unique (x, m) spend histories: ``rows[row_of_customer]`` is every customer's.
+
+    m is the average repeat purchase value, taken as 0 without a repeat purchase (x = 0), where the
+    Gamma-Gamma expectation does not depend on it.
+    """
+
+    rows: np.ndarray
+    row_of_customer: np.ndarray
+
+    @classmethod
+    def from_summary(cls, summary: pd.DataFrame) -> SpendHistories:
+        frequency = as_floats(summary["frequency"])
+        monetary = np.where(frequency > 0, as_floats(summary["monetary_value"]), 0.0)
+        row_of_customer, rows = unique_rows_codes(pd.DataFrame({"frequency": frequency, "monetary": monetary}))
+        return cls(rows, row_of_customer)
+
+
+def purchases_if_alive(
+    model: PurchaseModel, pairs: np.ndarray, horizon_months: int, monthly_discount_rate: float, days_per_unit: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected purchases over the horizon of a customer alive at T, plain and discounted, per (x, T) pair.
+
+    Computed as E[X(t) | x, t_x = T, T] / P(alive | x, t_x = T, T), which by the factorisation in the module
+    docstring equals E[X(t) | alive at T, x, T] for any t_x.
+
+    Returns
+    -------
+    (expected, discounted)
+        E[X(t_H) | alive] and sum_k (E[X(t_k) | alive] - E[X(t_{k-1}) | alive]) / (1 + d)^k, per pair.
+    """
+    x, T = pairs[:, 0], pairs[:, 1]
+    times = month_ends(horizon_months, days_per_unit)[1:]
+    alive = model.p_alive(x, T, T)
+    cumulative = np.column_stack([np.zeros(len(x))] + [model.expected_purchases(t, x, T, T) for t in times])
+    cumulative /= alive[:, None]
+    discounted = np.diff(cumulative, axis=1) @ discount_factors(horizon_months, monthly_discount_rate)
+    return cumulative[:, -1], np.asarray(discounted)
+
+
 def score_customers(
     summary: pd.DataFrame,
     purchases: PurchaseModel,
@@ -68,10 +141,14 @@ def score_customers(
     monthly_discount_rate: float,
     margin: float,
     days_per_unit: float,
+    histories: Histories | None = None,
+    spend_histories: SpendHistories | None = None,
 ) -> pd.DataFrame:
     """Predict each customer's activity, purchases, spend and CLV over the horizon.
 
-    The purchase model is evaluated once per unique (frequency, recency, T) row.
+    P(alive) is evaluated once per unique (frequency, recency, T) row, the monthly expectations once per
+    unique (frequency, T) pair (the factorisation in the module docstring) and the expected spend once per
+    unique (frequency, monetary_value) history.
 
     Parameters
     ----------
@@ -85,6 +162,9 @@ def score_customers(
         Gross margin as a fraction of spend.
     days_per_unit
         Days in one unit of model time.
+    histories, spend_histories
+        The summary's unique histories, if already computed (``Histories.from_summary``,
+        ``SpendHistories.from_summary``).
 
     Returns
     -------
@@ -97,21 +177,26 @@ def score_customers(
     FitError
         A prediction is NaN or infinite (for example Pareto/NBD for very heavy buyers).
     """
-    codes, unique = unique_rows_codes(summary[["frequency", "recency", "T"]])
-    frequency, recency, T = (unique[:, i] for i in range(3))
+    if histories is None:
+        histories = Histories.from_summary(summary)
+    if spend_histories is None:
+        spend_histories = SpendHistories.from_summary(summary)
+    frequency, recency, T = (histories.rows[:, i] for i in range(3))
     p_alive = purchases.p_alive(frequency, recency, T)
-    expected, discounted = discounted_purchases(
-        purchases, frequency, recency, T, horizon_months, monthly_discount_rate, days_per_unit
+    expected, discounted = purchases_if_alive(
+        purchases, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit
     )
-    expected_spend = spend.expected_spend(summary["frequency"].to_numpy(), summary["monetary_value"].to_numpy())
+    rows = histories.row_of_customer
+    expected_spend = spend.expected_spend(*spend_histories.rows.T)[spend_histories.row_of_customer]
     scores = pd.DataFrame(
         {
-            "p_alive": p_alive[codes],
-            "expected_purchases": expected[codes],
+            "p_alive": p_alive[rows],
+            "expected_purchases": (p_alive * expected[histories.pair_of_row])[rows],
             "expected_spend": expected_spend,
-            "clv": margin * expected_spend * discounted[codes],
+            "clv": margin * expected_spend * (p_alive * discounted[histories.pair_of_row])[rows],
         },
         index=summary.index,
+        copy=False,
     )
     require_finite(scores, f"The {purchases.title} x Gamma-Gamma predictions")
     return scores
@@ -126,13 +211,14 @@ def unique_rows_codes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def require_finite(frame: pd.DataFrame, what: str) -> None:
     """Raise if any numeric value is NaN or infinite, naming the column and a few customers."""
     numeric = frame.select_dtypes("number")
-    bad = ~np.isfinite(numeric.to_numpy(dtype=float))
-    if bad.any():
-        rows, cols = np.nonzero(bad)
-        columns = sorted({str(numeric.columns[int(c)]) for c in cols})
-        examples = ", ".join(str(label) for label in numeric.index[np.unique(rows)[:5]].tolist())
+    bad_columns = [c for c in numeric.columns if not np.isfinite(numeric[c].to_numpy(dtype=float)).all()]
+    if bad_columns:
+        bad = ~np.isfinite(numeric[bad_columns].to_numpy(dtype=float))
+        rows = np.flatnonzero(bad.any(axis=1))
+        examples = ", ".join(str(label) for label in numeric.index[rows[:5]].tolist())
+        columns = ", ".join(sorted(map(str, bad_columns)))
         raise FitError(
-            f"{what} are NaN or infinite for {len(np.unique(rows)):,} customers (columns {', '.join(columns)}; "
+            f"{what} are NaN or infinite for {len(rows):,} customers (columns {columns}; "
             f"customers {examples}). Try purchase_model: bgnbd, which stays finite for heavy buyers, or check "
             "those customers' transactions."
         )
@@ -218,41 +304,40 @@ def lifespan_from_churn(churned: float, window_days: float, cutoff: pd.Timestamp
     return 1.0 / (1.0 - annual_retention)
 
 
-def _labels_sorted(index: pd.Index) -> bool:
-    """Whether the labels are in ascending order, compared in Arrow for Arrow strings (no Python objects)."""
-    values = index.array
-    if isinstance(values, pd.arrays.ArrowStringArray) and len(values) > 1:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        labels = pa.chunked_array(pa.array(values))
-        return not index.hasnans and bool(pc.all(pc.greater_equal(labels[1:], labels[:-1])).as_py())
-    return bool(index.is_monotonic_increasing)
-
-
 def assign_tiers(clv: pd.Series, tiers: dict[str, float]) -> pd.Series:
     """Value tiers by predictive CLV: the first tier gets the top share of customers, and so on.
 
-    Ties are broken by customer id so that the assignment is reproducible.
+    Ties are broken by customer id (compared as text) so that the assignment is reproducible.
 
     Returns
     -------
     pandas.Series
         Ordered categorical named ``segment``, indexed like ``clv``.
     """
-    if _labels_sorted(clv.index):
-        # Ids already in order (the summary is sorted): a stable sort on -clv breaks ties by id, without
-        # comparing millions of strings.
-        ranked = np.argsort(-clv.to_numpy(dtype=float), kind="stable")
-    else:
-        ranked = (
-            pd.DataFrame({"clv": clv.to_numpy(), "id": clv.index.astype(str)})
-            .sort_values(["clv", "id"], ascending=[False, True], kind="stable")
-            .index.to_numpy()
-        )
-    bounds = np.cumsum(list(tiers.values())) * len(clv)
-    positions = np.empty(len(clv), dtype=int)
-    positions[ranked] = np.arange(len(clv))
-    codes = np.searchsorted(bounds, positions, side="right").clip(max=len(tiers) - 1)
-    labels = pd.Categorical.from_codes(codes.astype(np.int64), categories=pd.Index(list(tiers)), ordered=True)
+    values = clv.to_numpy(dtype=float)
+    # The customer ranked r (0 = highest CLV) falls in tier #{bounds <= r}: a customer is past bound b when
+    # it is not among the ceil(b) highest. One partition finds every cut value, without sorting everybody.
+    bounds = np.cumsum(list(tiers.values()))[:-1] * len(values)
+    tops = np.clip(np.ceil(bounds), 0, len(values)).astype(int)
+    inner = [len(values) - top for top in tops if 0 < top < len(values)]
+    partitioned = np.partition(values, inner) if inner else values
+    codes = np.zeros(len(values), dtype=np.int8)
+    for top in tops:
+        if top == 0:
+            codes += 1
+        elif top < len(values):
+            codes += ~_highest(values, int(top), partitioned[len(values) - top], clv.index)
+    labels = pd.Categorical.from_codes(codes, categories=pd.Index(list(tiers)), ordered=True)
     return pd.Series(labels, index=clv.index, name="segment")
+
+
+def _highest(values: np.ndarray, count: int, cut: float, ids: pd.Index) -> np.ndarray:
+    """Mark the ``count`` highest values, ``cut`` being the lowest of them; ties at the cut go by id as text."""
+    chosen = values > cut
+    tied = np.flatnonzero(values == cut)
+    wanted = count - int(chosen.sum())
+    if len(tied) > wanted:
+        order = pd.Index(ids[tied]).astype(str).argsort(kind="stable")
+        tied = tied[np.sort(order[:wanted])]
+    chosen[tied] = True
+    return chosen

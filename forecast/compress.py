@@ -11,7 +11,7 @@ column's values and reads a row's ranks as one number, so no pass sorts all the 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,13 +48,88 @@ def group_codes(columns: Mapping[str, np.ndarray | pd.Series]) -> tuple[np.ndarr
     if not arrays:
         raise ValueError("group_codes needs at least one column")
     codes, _ = pd.factorize(arrays[0], use_na_sentinel=False)
+    groups = int(codes.max(initial=-1)) + 1
     for values in arrays[1:]:
         column_codes, uniques = pd.factorize(values, use_na_sentinel=False)
-        # Re-factorize the combined key after every column so that it stays below rows**2 (no int64 overflow).
-        codes, _ = pd.factorize(codes * len(uniques) + column_codes)
-    # factorize numbers groups in order of first appearance, so the first rows come out in group order.
-    first = np.flatnonzero(~pd.Series(codes, copy=False).duplicated().to_numpy())
-    return codes, first
+        if groups * len(uniques) >= COMBINED_KEY_LIMIT:
+            codes, _ = pd.factorize(codes)  # renumber densely so that the combined key cannot overflow
+            groups = int(codes.max(initial=-1)) + 1
+        codes = codes * len(uniques) + column_codes
+        groups *= len(uniques)
+    # factorize numbers groups in order of first appearance: the combined key's groups get that order here.
+    codes, _ = pd.factorize(codes)
+    return codes, first_rows(codes)
+
+
+#: Combined keys stay below this bound (the rows' product of distinct values is renumbered before it).
+COMBINED_KEY_LIMIT = 2**62
+
+
+def first_rows(codes: np.ndarray) -> np.ndarray:
+    """Position of the first row of every group, for codes numbered in order of first appearance.
+
+    A group's first row is where the running maximum of the codes rises, so no hash table is needed.
+    """
+    if len(codes) == 0:
+        return np.empty(0, dtype=np.intp)
+    running = np.maximum.accumulate(codes)
+    rises = np.empty(len(codes), dtype=bool)
+    rises[0] = True
+    np.greater(running[1:], running[:-1], out=rises[1:])
+    return np.flatnonzero(rises)
+
+
+def combine_codes(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Number the combinations (cells) of several integer codings of the same rows, in linear time.
+
+    Parameters
+    ----------
+    codes
+        Equal-length integer arrays; coding ``i`` takes values -1 (missing) .. ``sizes[i]`` - 1.
+    sizes
+        Number of codes of every coding.
+
+    Returns
+    -------
+    (cells, cell_codes)
+        ``cells[r]`` is the cell of row ``r`` (0 .. cells - 1, in no particular order); ``cell_codes[i][c]``
+        is the code of coding ``i`` shared by every row of cell ``c``. Sums over the rows of each cell then
+        give the sums over every code of every coding by summing cells, without a pass over the rows.
+    """
+    rows = len(codes[0]) if codes else 0
+    key = np.zeros(rows, dtype=np.int64)
+    radix = 1
+    for values, size in zip(codes, sizes, strict=True):
+        if radix * (size + 1) >= COMBINED_KEY_LIMIT:
+            key, _ = pd.factorize(key)
+            radix = int(key.max(initial=-1)) + 1
+        # In place, so that no temporary of the rows' length is made: key = key * (size + 1) + code + 1.
+        key *= size + 1
+        key += values
+        key += 1  # missing (-1) becomes 0
+        radix *= size + 1
+    if radix <= 4 * max(rows, 1):
+        present = np.bincount(key, minlength=radix) > 0
+        count = int(present.sum())
+        cells = (np.cumsum(present) - 1).astype(small_int(count))[key]
+    else:
+        cells, uniques = pd.factorize(key)
+        count = len(uniques)
+    del key
+    cell_codes = []
+    for values in codes:
+        of_cell = np.full(count, -1, dtype=np.int64)
+        of_cell[cells] = values  # every row of a cell writes the same code, so the order of writes does not matter
+        cell_codes.append(of_cell)
+    return cells, cell_codes
+
+
+def small_int(size: int) -> type[np.signedinteger]:
+    """The smallest signed integer type that holds the codes -1 .. size - 1 (codes of millions of rows stay small)."""
+    for kind in (np.int8, np.int16, np.int32):
+        if size <= np.iinfo(kind).max:
+            return kind
+    return np.int64
 
 
 def unique_with_counts(columns: Mapping[str, np.ndarray | pd.Series]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -134,3 +209,32 @@ def _lexicographic_key(codes: list[np.ndarray], sizes: tuple[int, ...]) -> np.nd
             key = pd.factorize(key, sort=True)[0]  # ranks keep the order and keep key * size below rows * size
         key = key * size + column_codes
     return key
+
+
+def label_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Number the labels of a column in the order ``groupby(sort=True, observed=True)`` gives them.
+
+    Parameters
+    ----------
+    values
+        One label per row: a categorical (its codes are used as they are, without hashing the labels) or
+        any other column (its values are hashed and sorted).
+
+    Returns
+    -------
+    (codes, labels)
+        ``codes[i]`` is the position of row ``i``'s label in ``labels`` (-1 when missing); ``labels``
+        holds the labels that occur, as text (``str`` of each value): categories in their order, other
+        values sorted.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes = values.cat.codes.to_numpy()  # the categorical's own small integers, not a copy
+        categories = values.cat.categories
+        occurs = np.bincount(codes.astype(np.int32) + 1, minlength=len(categories) + 1)[1:] > 0
+        if not occurs.all():
+            renumber = np.append(np.cumsum(occurs) - 1, -1).astype(small_int(len(categories)))  # -1 stays -1
+            codes = renumber[codes]
+            categories = categories[occurs]
+        return codes, categories.astype(str)
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes.astype(small_int(len(uniques))), pd.Index(uniques).astype(str)

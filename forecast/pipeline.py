@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from forecast.artifacts import library_versions, model_artifact, write_json
@@ -35,7 +36,15 @@ from forecast.backtest import (
 from forecast.backtest_plots import PLOT_FILES, backtest_plots
 from forecast.budget import budget_columns, interval_groups, payback_table
 from forecast.bulk import connect_duckdb, csv_wanted, write_customer_tables
-from forecast.clv import assign_tiers, heuristic_clv, heuristic_inputs, observed_lifespan_years, score_customers
+from forecast.clv import (
+    Histories,
+    SpendHistories,
+    assign_tiers,
+    heuristic_clv,
+    heuristic_inputs,
+    observed_lifespan_years,
+    score_customers,
+)
 from forecast.config import RunConfig
 from forecast.drift import compare_runs
 from forecast.errors import (
@@ -128,20 +137,24 @@ def forecast(
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
         purchases, spend = fit_models(summary, config.purchase_model)
         say("Scoring customers")
+        # Every customer's unique histories, found once, index the model evaluations of the scores and intervals.
+        histories, spend_histories = Histories.from_summary(summary), SpendHistories.from_summary(summary)
         scores = score_customers(
             summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
-            config.days_per_unit,
+            config.days_per_unit, histories, spend_histories,
         )  # fmt: skip
         lifespan = config.heuristic.lifespan_years
         lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
         inputs = heuristic_inputs(summary, config.days_per_unit)
-        customers = pd.concat([summary, scores, inputs], axis=1)
-        del scores, inputs
-        customers["clv_heuristic"] = heuristic_clv(
-            customers["avg_purchase_value"], customers["purchases_per_year"], lifespan_years, config.margin
-        )
-        customers["segment"] = assign_tiers(customers["clv"], config.segments.tiers)
-        customers["rfm_group"] = rfm_groups(summary)
+        # The customer table is assembled once from the columns' own arrays: the summary is not copied.
+        columns = {name: frame[name].array for frame in (summary, scores, inputs) for name in frame.columns}
+        columns["clv_heuristic"] = heuristic_clv(
+            inputs["avg_purchase_value"].to_numpy(), inputs["purchases_per_year"].to_numpy(), lifespan_years,
+            config.margin,
+        )  # fmt: skip
+        columns["segment"] = assign_tiers(scores["clv"], config.segments.tiers).array
+        columns["rfm_group"] = rfm_groups(summary).array
+        customers = pd.DataFrame(columns, index=summary.index, copy=False)
         segmentations = ["segment", "rfm_group", *transactions.segment_columns]
         draws = None
         # Without a parameter covariance (estimators warns) the run goes on without intervals.
@@ -151,14 +164,14 @@ def forecast(
                 draws = clv_draws(
                     summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
                     config.days_per_unit, interval_groups(customers, segmentations, config.budget.p_alive_threshold),
-                    config.ci_level, config.interval_draws, config.seed,
+                    config.ci_level, config.interval_draws, config.seed, histories=histories,
+                    spend_histories=spend_histories,
                 )  # fmt: skip
             except FitError as exc:
                 warnings.warn(f"The CLV intervals are left empty: {exc}", ForecastWarning, stacklevel=2)
-        if draws is not None:
-            customers = customers.join(draws.customers)
-        else:
-            customers["clv_lower"] = customers["clv_upper"] = float("nan")
+        for name in ("clv_lower", "clv_upper"):
+            columns[name] = draws.customers[name].array if draws is not None else np.full(len(summary), np.nan)
+        customers = pd.DataFrame(columns, index=summary.index, copy=False)
         segments = segment_table(customers, segmentations, lifespan_years, config.margin)
         segments = budget_columns(
             segments, customers, purchases, draws, config.horizon_months, config.monthly_discount_rate,

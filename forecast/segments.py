@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from pandas.api.typing import DataFrameGroupBy
 
 from forecast.clv import heuristic_clv
+from forecast.compress import as_floats, combine_codes, label_codes
 
 ALL = "all customers"
 
@@ -37,28 +39,94 @@ def segment_table(
         expected_purchases, clv_total, avg_purchase_value, purchases_per_year, clv_heuristic_total
         and heuristic_gap (heuristic minus predictive).
     """
+    values = pd.DataFrame({name: as_floats(customers[name]) for name in SUMMED_COLUMNS}, copy=False)
+    groupings: list[str | None] = [None, *segmentations]
     frames = []
-    everyone = customers.assign(_all=ALL)
-    for column in ["_all", *segmentations]:
-        grouped = everyone.groupby(column, observed=True, sort=True)
-        table = grouped.agg(
-            customers=("clv", "size"),
-            revenue_to_date=("revenue", "sum"),
-            mean_p_alive=("p_alive", "mean"),
-            expected_purchases=("expected_purchases", "sum"),
-            clv_total=("clv", "sum"),
-            avg_purchase_value=("avg_purchase_value", "mean"),
-            purchases_per_year=("purchases_per_year", "mean"),
-        )
+    for column, totals in zip(groupings, segment_totals(customers, groupings, values), strict=True):
+        count = totals["customers"]
+        table = pd.DataFrame(
+            {
+                "segmentation": "all" if column is None else column,
+                "segment": totals.index,
+                "customers": count,
+                "revenue_to_date": totals["revenue"],
+                "mean_p_alive": totals["p_alive"] / count,
+                "expected_purchases": totals["expected_purchases"],
+                "clv_total": totals["clv"],
+                "avg_purchase_value": totals["avg_purchase_value"] / count,
+                "purchases_per_year": totals["purchases_per_year"] / count,
+            }
+        ).reset_index(drop=True)
         table["clv_heuristic_total"] = table["customers"] * heuristic_clv(
             table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
         )
         table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
-        table.index = table.index.astype(str)
-        table.insert(0, "segmentation", "all" if column == "_all" else column)
-        frames.append(table.rename_axis("segment").reset_index())
-    columns = ["segmentation", "segment"] + [c for c in frames[0].columns if c not in ("segmentation", "segment")]
-    return pd.concat(frames, ignore_index=True)[columns]
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+#: The per-customer columns that the segment table adds up (sums, or means as sums over counts).
+SUMMED_COLUMNS = ["revenue", "p_alive", "expected_purchases", "clv", "avg_purchase_value", "purchases_per_year"]
+
+
+def segment_totals(
+    customers: pd.DataFrame, segmentations: list[str | None], values: pd.DataFrame
+) -> list[pd.DataFrame]:
+    """Count the customers and add up ``values`` per segment of every segmentation, in one pass over the rows.
+
+    The customers are grouped once, by cell (their combination of segments, ``forecast.compress.combine_codes``),
+    with pandas' compensated sums, more accurate than a running sum over millions of customers; the totals
+    of a segment add up its cells.
+
+    Parameters
+    ----------
+    customers
+        Per-customer table with the segmentation columns.
+    segmentations
+        Columns of ``customers`` (None: everybody, one segment ``ALL``).
+    values
+        Numeric columns to add up, one row per customer, in the customers' order.
+
+    Returns
+    -------
+    list of pandas.DataFrame
+        One per segmentation, indexed by segment label (text, in ``groupby(sort=True)`` order, only segments
+        that have customers), with ``customers`` (int) and the sums of ``values``' columns.
+    """
+    labelled = [segment_codes(customers, column) for column in segmentations]
+    cells, cell_codes = combine_codes([codes for codes, _ in labelled], [len(labels) for _, labels in labelled])
+    n_cells = len(cell_codes[0])
+    per_cell = by_codes(values, cells, n_cells).sum().to_numpy(dtype=float)
+    per_cell = np.column_stack([np.bincount(cells, minlength=n_cells), per_cell])
+    tables = []
+    for (_, labels), of_cell in zip(labelled, cell_codes, strict=True):
+        member = of_cell >= 0
+        sums = np.zeros((len(labels), per_cell.shape[1]))
+        np.add.at(sums, of_cell[member], per_cell[member])
+        table = pd.DataFrame(sums[:, 1:], index=labels, columns=values.columns)
+        table.insert(0, "customers", sums[:, 0].astype(np.int64))
+        tables.append(table)
+    return tables
+
+
+def segment_codes(customers: pd.DataFrame, column: str | None) -> tuple[np.ndarray, pd.Index]:
+    """Segment codes and labels of one segmentation column (``forecast.compress.label_codes``).
+
+    None stands for everybody: one segment, ``ALL``.
+    """
+    if column is None:
+        return np.zeros(len(customers), dtype=np.int8), pd.Index([ALL], dtype=str)
+    return label_codes(customers[column])
+
+
+def by_codes(frame: pd.DataFrame, codes: np.ndarray, size: int) -> DataFrameGroupBy:
+    """Group the rows by integer codes (0 .. size - 1; -1 left out) in code order, without hashing any label.
+
+    pandas' grouped sums and means are compensated (Kahan) sums, more accurate than ``numpy.bincount``'s
+    running sum over millions of customers.
+    """
+    key = pd.CategoricalIndex(pd.Categorical.from_codes(codes, categories=pd.RangeIndex(size)))
+    return frame.groupby(key, observed=False, sort=True)
 
 
 #: RFM groups by recency score (rows: 3 = most recent third) and frequency score (columns: 1 = one purchase).
@@ -91,12 +159,19 @@ def rfm_groups(summary: pd.DataFrame) -> pd.Series:
         Ordered categorical named ``rfm_group`` (champions, loyal, new, at risk, one-time, lapsed),
         indexed like ``summary``.
     """
-    since_last = (summary["T"] - summary["recency"]).to_numpy(float)
-    frequency = summary["frequency"].to_numpy(float)
+    since_last = as_floats(summary["T"]) - as_floats(summary["recency"])
+    frequency = as_floats(summary["frequency"])
     recent_cut, old_cut = np.quantile(since_last, [1 / 3, 2 / 3])
     recency_score = np.where(since_last <= recent_cut, 3, np.where(since_last > old_cut, 1, 2))
     repeat = frequency[frequency > 0]
     median_repeats = float(np.median(repeat)) if len(repeat) else 0.0
     frequency_score = np.where(frequency == 0, 1, np.where(frequency > median_repeats, 3, 2))
-    labels = [RFM_GROUP_GRID[r][f] for r, f in zip(recency_score.tolist(), frequency_score.tolist(), strict=True)]
-    return pd.Series(pd.Categorical(labels, categories=RFM_GROUPS, ordered=True), index=summary.index, name="rfm_group")
+    # The grid as group numbers (positions in RFM_GROUPS), looked up by (recency score, frequency score).
+    grid = np.zeros((4, 4), dtype=np.int8)
+    for r, row in RFM_GROUP_GRID.items():
+        for f, group in row.items():
+            grid[r, f] = RFM_GROUPS.index(group)
+    groups = pd.Categorical.from_codes(
+        grid[recency_score, frequency_score], categories=pd.Index(RFM_GROUPS), ordered=True
+    )
+    return pd.Series(groups, index=summary.index, name="rfm_group")

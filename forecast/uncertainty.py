@@ -25,14 +25,10 @@ which an expected value averages out, and model misspecification (a wrong model 
 changes). For a realised total, such as next year's purchases or revenue, ``predictive_totals`` adds the
 customers' own randomness by simulating their futures from the model.
 
-The purchase model's expectations factorise as
-
-    E[X(t) | x, t_x, T] = P(alive at T | x, t_x, T) * E[X(t) | alive at T, x, T],
-
-because a customer known to be alive at T has the posterior lambda ~ Gamma(r + x, alpha + T) and, for
-BG/NBD, p ~ Beta(a, b + x) (MBG/NBD: Beta(a, b + x + 1); Pareto/NBD: mu ~ Gamma(s, beta + T)), none of
-which depends on t_x. So the H monthly expectations are evaluated once per unique (x, T) pair, and
-P(alive) once per unique (x, t_x, T) row.
+The purchase model's expectations are evaluated in the factorised form of ``forecast.clv`` (P(alive) per
+unique (x, t_x, T) row, the monthly expectations per unique (x, T) pair), the spend once per unique (x, m)
+history, and a customer's variance is built from those per-row gradients: no per-customer gradient matrix
+is formed.
 """
 
 from __future__ import annotations
@@ -46,7 +42,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from forecast.clv import discount_factors, month_ends, unique_rows_codes
+from forecast.clv import Histories, SpendHistories, discount_factors, month_ends, purchases_if_alive
+from forecast.compress import combine_codes, label_codes
 from forecast.errors import FitError, ForecastWarning
 from forecast.estimators import GammaGamma, PurchaseModel
 
@@ -94,41 +91,14 @@ def parameter_draws(model: ModelT, draws: int, rng: np.random.Generator) -> list
     ]
 
 
-@dataclass(frozen=True)
-class Histories:
-    """The customers' unique (x, t_x, T) rows and the unique (x, T) pairs of those rows."""
-
-    rows: np.ndarray
-    row_of_customer: np.ndarray
-    pairs: np.ndarray
-    pair_of_row: np.ndarray
-
-    @classmethod
-    def from_summary(cls, summary: pd.DataFrame) -> Histories:
-        row_of_customer, rows = unique_rows_codes(summary[["frequency", "recency", "T"]])
-        pair_of_row, pairs = unique_rows_codes(pd.DataFrame(rows[:, [0, 2]]))
-        return cls(rows, row_of_customer, pairs, pair_of_row)
-
-
 def discounted_purchases_if_alive(
     model: PurchaseModel, pairs: np.ndarray, horizon_months: int, monthly_discount_rate: float, days_per_unit: float
 ) -> np.ndarray:
     """Discounted expected purchases over the horizon of a customer alive at T, per unique (x, T) pair.
 
-    Computed as E[X(t) | x, t_x = T, T] / P(alive | x, t_x = T, T), which by the factorisation in the module
-    docstring equals E[X(t) | alive at T, x, T] for any t_x.
-
-    Returns
-    -------
-    numpy.ndarray
-        sum_k (E[X(t_k) | alive] - E[X(t_{k-1}) | alive]) / (1 + d)^k per pair.
+    See ``forecast.clv.purchases_if_alive``.
     """
-    x, T = pairs[:, 0], pairs[:, 1]
-    times = month_ends(horizon_months, days_per_unit)[1:]
-    alive = model.p_alive(x, T, T)
-    cumulative = np.column_stack([np.zeros(len(x))] + [model.expected_purchases(t, x, T, T) for t in times])
-    monthly = np.diff(cumulative / alive[:, None], axis=1)
-    return np.asarray(monthly @ discount_factors(horizon_months, monthly_discount_rate))
+    return purchases_if_alive(model, pairs, horizon_months, monthly_discount_rate, days_per_unit)[1]
 
 
 def discounted_purchases_new(
@@ -203,6 +173,8 @@ def clv_draws(
     draws: int = 200,
     seed: int = 0,
     chunk_customers: int = 250_000,
+    histories: Histories | None = None,
+    spend_histories: SpendHistories | None = None,
 ) -> ClvDraws:
     """Carry the parameter uncertainty to every customer's CLV (intervals) and to group totals (per draw).
 
@@ -215,9 +187,9 @@ def clv_draws(
     horizon_months, monthly_discount_rate, margin, days_per_unit
         As for ``forecast.clv.score_customers``.
     groups
-        Optional, indexed like ``summary``: each column a grouping of the customers (labels); the
-        per-draw CLV and spend totals are returned for every label of every column. Customers whose
-        label is missing are left out of that grouping (for example those not at risk).
+        Optional, indexed like ``summary``: each column a grouping of the customers (labels; categorical
+        columns are the fastest); the per-draw CLV and spend totals are returned for every label of every
+        column. Customers whose label is missing are left out of that grouping (for example those not at risk).
     ci_level
         Interval level, e.g. 0.9 for the 5% and 95% quantiles.
     draws
@@ -225,7 +197,9 @@ def clv_draws(
     seed
         Seed of the random generator: the same seed gives the same intervals.
     chunk_customers
-        Customers processed at a time; memory is about 30 x chunk_customers x 8 bytes.
+        Customers processed at a time; memory is about 20 x chunk_customers x 8 bytes.
+    histories, spend_histories
+        The summary's unique histories, if already computed (as for ``score_customers``).
 
     Returns
     -------
@@ -248,65 +222,67 @@ def clv_draws(
     log_shift_g = np.array([_log_params(m) for m in spend_models])[usable] - _log_params(spend)
     per_new = per_new[usable]
 
-    histories = Histories.from_summary(summary)
+    histories = histories if histories is not None else Histories.from_summary(summary)
+    spend_histories = spend_histories if spend_histories is not None else SpendHistories.from_summary(summary)
     row_value, row_gradient = _discounted_purchases_and_gradient(
         purchases, histories, horizon_months, monthly_discount_rate, days_per_unit
     )
-    frequency = summary["frequency"].to_numpy(float)
-    monetary = np.where(frequency > 0, summary["monetary_value"].to_numpy(float), 0.0)
+    spend_value, spend_gradient = _spend_and_gradient(spend, *spend_histories.rows.T)
+    _require_finite_gradients(summary.index, histories, spend_histories, row_value, row_gradient, spend_value,
+                              spend_gradient)  # fmt: skip
     covariance_p = np.asarray(purchases.result_.covariance_log_params)  # type: ignore[union-attr]
     covariance_g = np.asarray(spend.result_.covariance_log_params)  # type: ignore[union-attr]
+    # A customer's gradient is (margin s g_row, margin v g_spend) with s the expected spend and v the discounted
+    # purchases; the models are independent, so var = margin^2 (s^2 g_row' S_p g_row + v^2 g_spend' S_g g_spend),
+    # and the two quadratic forms are computed once per unique row and spend history.
+    row_form = np.einsum("ij,jk,ik->i", row_gradient, covariance_p, row_gradient)
+    spend_form = np.einsum("ij,jk,ik->i", spend_gradient, covariance_g, spend_gradient)
     z = float(stats.norm.ppf((1 + ci_level) / 2))
 
     groups = groups if groups is not None else pd.DataFrame(index=summary.index)
-    grouping_codes, index_tuples = [], []
-    for column in groups.columns:
-        codes, labels = pd.factorize(groups[column], sort=True)
-        grouping_codes.append((codes, len(labels)))
-        index_tuples += [(str(column), str(label)) for label in labels]
-    # Per group: the point totals and their gradients in the log-parameters (purchase model, then Gamma-Gamma).
+    labelled = [label_codes(groups[column]) for column in groups.columns]
+    index_tuples = [
+        (str(column), label) for column, (_, labels) in zip(groups.columns, labelled, strict=True) for label in labels
+    ]
+    if labelled:
+        cells, cell_codes = combine_codes([codes for codes, _ in labelled], [len(labels) for _, labels in labelled])
+    else:
+        cells, cell_codes = np.zeros(len(summary), dtype=np.intp), []
+    n_cells = len(cell_codes[0]) if cell_codes else 1
+    # Per cell (customers sharing every group label): the CLV total and its gradient in the log-parameters
+    # (purchase model, then Gamma-Gamma), the spend total and its gradient.
     n_p, n_g = covariance_p.shape[0], covariance_g.shape[0]
-    clv_sum = np.zeros((len(index_tuples), 1 + n_p + n_g))
-    spend_sum = np.zeros((len(index_tuples), 1 + n_g))
+    cell_sums = np.zeros((n_cells, 2 + n_p + 2 * n_g))
+    # One contiguous array per parameter: gathering from it is twice as fast as from a column of the matrix.
+    row_gradient_by_param, spend_gradient_by_param = list(row_gradient.T.copy()), list(spend_gradient.T.copy())
     lower = np.empty(len(summary))
     upper = np.empty(len(summary))
     for start in range(0, len(summary), chunk_customers):
         chunk = slice(start, start + chunk_customers)
         rows = histories.row_of_customer[chunk]
-        spend_value, spend_gradient = _spend_and_gradient(spend, frequency[chunk], monetary[chunk])
-        clv = margin * spend_value * row_value[rows]
-        gradient = np.hstack(
-            [
-                margin * spend_value[:, None] * row_gradient[rows],
-                margin * row_value[rows][:, None] * spend_gradient,
-            ]
-        )
-        if not (np.isfinite(clv).all() and np.isfinite(gradient).all()):
-            bad = ~(np.isfinite(clv) & np.isfinite(gradient).all(axis=1))
-            raise FitError(
-                "The CLV intervals are NaN or infinite for some customers (for example "
-                f"{summary.index[chunk][bad][:5].tolist()}). Check those customers' transactions, or set "
-                "interval_draws: 0."
-            )
-        variance = np.einsum("ij,jk,ik->i", gradient[:, :n_p], covariance_p, gradient[:, :n_p]) + np.einsum(
-            "ij,jk,ik->i", gradient[:, n_p:], covariance_g, gradient[:, n_p:]
-        )
+        spends = spend_histories.row_of_customer[chunk]
+        value, spend_per_purchase = row_value[rows], spend_value[spends]
+        clv = margin * spend_per_purchase * value
+        variance = margin**2 * (spend_per_purchase**2 * row_form[rows] + value**2 * spend_form[spends])
         # Log-normal interval: positive, and a relative spread that is the delta method's.
         with np.errstate(divide="ignore", invalid="ignore"):
             spread = np.where(clv > 0, z * np.sqrt(np.maximum(variance, 0.0)) / clv, 0.0)
         lower[chunk], upper[chunk] = clv * np.exp(-spread), clv * np.exp(spread)
-        per_customer = np.hstack([clv[:, None], gradient])
-        per_customer_spend = np.hstack([spend_value[:, None], spend_gradient])
-        offset = 0
-        for codes, size in grouping_codes:
-            member = codes[chunk] >= 0
-            member_codes = codes[chunk][member]
-            for sums, values in ((clv_sum, per_customer[member]), (spend_sum, per_customer_spend[member])):
-                sums[offset : offset + size] += np.column_stack(
-                    [np.bincount(member_codes, weights=column, minlength=size) for column in values.T]
-                )
-            offset += size
+        weights = [
+            clv,
+            *(margin * spend_per_purchase * gradient[rows] for gradient in row_gradient_by_param),
+            *(margin * value * gradient[spends] for gradient in spend_gradient_by_param),
+            spend_per_purchase,
+            *(gradient[spends] for gradient in spend_gradient_by_param),
+        ]
+        for k, column in enumerate(weights):
+            cell_sums[:, k] += np.bincount(cells[chunk], weights=column, minlength=n_cells)
 
+    sums = np.vstack(
+        [np.zeros((0, cell_sums.shape[1]))]
+        + [_sum_cells(cell_sums, codes, len(labels)) for codes, (_, labels) in zip(cell_codes, labelled, strict=True)]
+    )
+    clv_sum, spend_sum = sums[:, : 1 + n_p + n_g], sums[:, 1 + n_p + n_g :]
     # Totals are smooth sums over many customers: their value under each parameter draw is the first-order
     # expansion around the fit (exact for the gradient, O(|shift|^2) otherwise).
     clv_totals = clv_sum[:, :1] + clv_sum[:, 1 : 1 + n_p] @ log_shift_p.T + clv_sum[:, 1 + n_p :] @ log_shift_g.T
@@ -314,11 +290,40 @@ def clv_draws(
     index = pd.MultiIndex.from_tuples(index_tuples, names=["grouping", "label"])
     return ClvDraws(
         ci_level=ci_level,
-        customers=pd.DataFrame({"clv_lower": lower, "clv_upper": upper}, index=summary.index),
+        customers=pd.DataFrame({"clv_lower": lower, "clv_upper": upper}, index=summary.index, copy=False),
         clv_totals=pd.DataFrame(clv_totals, index=index),
         spend_totals=pd.DataFrame(spend_totals, index=index),
         new_customer_purchases=per_new,
     )
+
+
+def _sum_cells(cell_sums: np.ndarray, codes: np.ndarray, size: int) -> np.ndarray:
+    """Add up the cells' rows by label: row ``g`` of the result sums the cells whose code is ``g`` (-1: none)."""
+    totals = np.zeros((size, cell_sums.shape[1]))
+    member = codes >= 0
+    np.add.at(totals, codes[member], cell_sums[member])
+    return totals
+
+
+def _require_finite_gradients(
+    ids: pd.Index,
+    histories: Histories,
+    spend_histories: SpendHistories,
+    row_value: np.ndarray,
+    row_gradient: np.ndarray,
+    spend_value: np.ndarray,
+    spend_gradient: np.ndarray,
+) -> None:
+    """Raise if a customer's CLV or its gradient would be NaN or infinite, naming a few customers."""
+    bad_rows = ~(np.isfinite(row_value) & np.isfinite(row_gradient).all(axis=1))
+    bad_spends = ~(np.isfinite(spend_value) & np.isfinite(spend_gradient).all(axis=1))
+    if bad_rows.any() or bad_spends.any():
+        bad = bad_rows[histories.row_of_customer] | bad_spends[spend_histories.row_of_customer]
+        raise FitError(
+            "The CLV intervals are NaN or infinite for some customers (for example "
+            f"{ids[np.flatnonzero(bad)[:5]].tolist()}). Check those customers' transactions, or set "
+            "interval_draws: 0."
+        )
 
 
 #: Step of the central differences in the log-parameters.
@@ -361,7 +366,7 @@ def _discounted_purchases_and_gradient(
 def _spend_and_gradient(
     model: GammaGamma, frequency: np.ndarray, monetary: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per customer: Gamma-Gamma expected spend and its gradient in the log-parameters."""
+    """Per spend history (x, m): Gamma-Gamma expected spend and its gradient in the log-parameters."""
     gradient = np.column_stack(
         [
             (

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from forecast.clv import (
     assign_tiers,
+    discounted_purchases,
     heuristic_clv,
     heuristic_inputs,
     month_ends,
@@ -97,6 +98,47 @@ def test_tiers_take_the_configured_shares_from_the_top():
     assert (tiers == "next 15%").sum() == 15
     assert (tiers == "rest").sum() == 80
     assert tiers["c000"] == "rest"
+
+
+def _tiers_by_sorting(clv: pd.Series, tiers: dict[str, float]) -> list[str]:
+    """Reference: rank every customer by CLV (ties by id as text), then cut the ranks at the tier shares."""
+    ranked = pd.DataFrame({"clv": clv.to_numpy(), "id": clv.index.astype(str)}).sort_values(
+        ["clv", "id"], ascending=[False, True], kind="stable"
+    )
+    positions = np.empty(len(clv), dtype=int)
+    positions[ranked.index.to_numpy()] = np.arange(len(clv))
+    bounds = np.cumsum(list(tiers.values())) * len(clv)
+    codes = np.searchsorted(bounds, positions, side="right").clip(max=len(tiers) - 1)
+    return [list(tiers)[c] for c in codes]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(0, 3), min_size=1, max_size=40),
+    st.randoms(use_true_random=False),
+    st.sampled_from([{"top": 0.1, "middle": 0.3, "rest": 0.6}, {"none": 0.0, "half": 0.5, "rest": 0.5}]),
+)
+def test_tiers_equal_a_full_ranking_with_ties_broken_by_id(values, random, tiers):
+    """The partition-based tiers equal ranking everybody, with many ties at the cuts and ids in any order."""
+    ids = [f"c{i}" for i in range(len(values))]
+    random.shuffle(ids)
+    clv = pd.Series(np.array(values, dtype=float), index=ids)
+    assert assign_tiers(clv, tiers).astype(str).tolist() == _tiers_by_sorting(clv, tiers)
+
+
+def test_scores_equal_the_direct_per_customer_expectation(cdnow_sample_summary, models):
+    """Scores from the factorised expectation (P(alive) per row x purchases if alive per (x, T) pair) equal the
+    direct formula E[X(t) | x, t_x, T] evaluated for every customer."""
+    summary = cdnow_sample_summary
+    purchases, spend = models
+    scores = score_customers(summary, purchases, spend, 12, 0.01, 0.3, 7.0)
+    columns = [summary[c].to_numpy(float) for c in ("frequency", "recency", "T")]
+    expected, discounted = discounted_purchases(purchases, *columns, 12, 0.01, 7.0)
+    spend_per_purchase = spend.expected_spend(summary["frequency"], summary["monetary_value"])
+    np.testing.assert_allclose(scores["expected_purchases"], expected, rtol=1e-12)
+    np.testing.assert_allclose(scores["expected_spend"], spend_per_purchase, rtol=0)
+    np.testing.assert_allclose(scores["clv"], 0.3 * spend_per_purchase * discounted, rtol=1e-12)
+    np.testing.assert_allclose(scores["p_alive"], purchases.p_alive(*columns), rtol=0)
 
 
 def test_observed_lifespan_from_churn():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecast.compress import group_codes, unique_with_counts
+from forecast.compress import combine_codes, group_codes, label_codes, unique_with_counts
 from forecast.estimators import BetaGeo, GammaGamma, unique_rows
 
 
@@ -30,6 +30,27 @@ def test_group_codes_number_groups_in_order_of_first_appearance() -> None:
     codes, first = group_codes({"a": np.array([3.0, 1.0, 3.0, 2.0, 1.0]), "b": np.array([0.0, 0.0, 0.0, 5.0, 0.0])})
     np.testing.assert_array_equal(codes, [0, 1, 0, 2, 1])
     np.testing.assert_array_equal(first, [0, 1, 3])
+
+
+def test_combine_codes_gives_every_combination_its_own_cell() -> None:
+    first = np.array([0, 1, 0, 1, -1, 0], dtype=np.int8)
+    second = np.array([2, 2, 2, 0, 1, -1])
+    cells, cell_codes = combine_codes([first, second], [2, 3])
+    pairs = list(zip(first.tolist(), second.tolist(), strict=True))
+    assert len(set(cells.tolist())) == len(set(pairs))  # one cell per distinct (first, second), -1 included
+    for row, cell in enumerate(cells):
+        assert (cell_codes[0][cell], cell_codes[1][cell]) == pairs[row]
+
+
+def test_label_codes_follow_groupby_order_and_drop_missing_and_unused_labels() -> None:
+    text = pd.Series(["b", None, "a", "b"], dtype="string")
+    codes, labels = label_codes(text)
+    assert labels.tolist() == ["a", "b"] and codes.tolist() == [1, -1, 0, 1]
+    ordered = pd.Series(pd.Categorical(["y", "x", None], categories=["z", "y", "x"], ordered=True))
+    codes, labels = label_codes(ordered)
+    assert labels.tolist() == ["y", "x"] and codes.tolist() == [0, 1, -1]  # category order; unused "z" dropped
+    codes, labels = label_codes(pd.Series([2020.0, np.nan, 2019.0]))
+    assert labels.tolist() == ["2019.0", "2020.0"] and codes.tolist() == [1, -1, 0]
 
 
 def test_unique_rows_sums_weights_and_sorts_rows() -> None:
