@@ -9,20 +9,19 @@ Three charts, keyed by the names ``backtest.json`` lists under ``plots``:
 - ``deciles``: predicted vs actual holdout revenue per decile of predicted revenue, one panel per method.
 
 The figures are drawn on matplotlib's object API with the SVG canvas, so no global backend is switched,
-and the SVG text is reproducible (fixed hash salt, no date).
+and the SVG text is reproducible (fixed hash salt, no date). matplotlib is imported when a chart is drawn,
+not with this module: a run without a backtest never loads it.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any
-
-import matplotlib
-from matplotlib.backends.backend_svg import FigureCanvasSVG
-from matplotlib.dates import date2num
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from forecast.backtest import BacktestResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Plot name -> file name written next to backtest.json.
 PLOT_FILES = {
@@ -35,7 +34,17 @@ ACTUAL_COLOUR = "#222222"
 METHOD_COLOURS = {"predictive": "#1f77b4", "heuristic": "#d62728", "gradient_boosting": "#2ca02c"}
 
 
+def _new_figure(**settings: Any) -> Figure:
+    """A matplotlib Figure (imported here, so that importing this module does not load matplotlib)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**settings)
+
+
 def _svg(figure: Figure) -> str:
+    import matplotlib
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+
     FigureCanvasSVG(figure)
     buffer = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": "clv-forecast", "svg.fonttype": "none"}):
@@ -48,7 +57,7 @@ def conditional_expectation_svg(result: BacktestResult) -> str:
     rows = result.document["conditional_expectation"]
     labels = [row["frequency"] for row in rows]
     positions = list(range(len(rows)))
-    figure = Figure(figsize=(7, 4.2))
+    figure = _new_figure(figsize=(7, 4.2))
     axes = figure.add_subplot()
     axes.bar(positions, [row["actual"] for row in rows], color="#cccccc", label="actual", edgecolor=ACTUAL_COLOUR)
     for method in result.methods:
@@ -72,12 +81,14 @@ def tracking_svg(result: BacktestResult) -> str:
     """Weekly cumulative repeat purchases, actual vs model, with the calibration end marked."""
     tracking = result.tracking
     model = result.document["purchase_model"]["used"]
-    figure = Figure(figsize=(7, 4.2))
+    figure = _new_figure(figsize=(7, 4.2))
     axes = figure.add_subplot()
     axes.plot(tracking["date"], tracking["actual"], color=ACTUAL_COLOUR, label="actual")
     axes.plot(
         tracking["date"], tracking["model"], color=METHOD_COLOURS["predictive"], linestyle="--", label=f"{model} model"
     )
+    from matplotlib.dates import date2num
+
     axes.axvline(date2num(result.split.calibration_end), color="#888888", linestyle=":", label="calibration end")
     axes.set_xlabel("date")
     axes.set_ylabel("cumulative repeat purchases")
@@ -91,7 +102,7 @@ def tracking_svg(result: BacktestResult) -> str:
 def deciles_svg(result: BacktestResult) -> str:
     """Predicted vs actual holdout revenue per decile of predicted revenue, one panel per method."""
     methods = result.methods
-    figure = Figure(figsize=(3.4 * len(methods), 3.8))
+    figure = _new_figure(figsize=(3.4 * len(methods), 3.8))
     axes_list = figure.subplots(1, len(methods), sharey=True, squeeze=False)[0]
     for axes, method in zip(axes_list, methods, strict=True):
         deciles: list[dict[str, Any]] = result.document["methods"][method]["deciles"]

@@ -4,8 +4,15 @@ Parquet is written in slices; the CSV is written by DuckDB from the Parquet.
 
 pandas' ``to_csv`` formats every value in Python (about 100 s for 3.4 million customers with the
 spreadsheet escaping); DuckDB's ``COPY ... TO`` writes the same CSV from the Parquet file in parallel
-in a few seconds. The frame is converted to Arrow one slice of rows at a time, so no second full copy
-of the table is held in memory.
+in a few seconds. The frame is converted to Arrow one slice of rows at a time, column by column (no
+``reset_index`` copy of the frame), so no second full copy of the table is held in memory.
+
+Only columns with few distinct values are dictionary-encoded: for the float columns of model outputs
+(hundreds of thousands of distinct values per row group) Parquet's dictionary encoder hashes every
+value, overflows its page limit and falls back to plain encoding, which costs about half the write
+time for little size gain (at 3.4 million customers: 1.3 s instead of 1.8 s of CPU, the file 205 MB
+instead of 184 MB, both Snappy-compressed; zstd would make it 159 MB for 1.6 s, no compression of the
+float columns 328 MB for 0.8 s).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from forecast.ingest import quote_identifier, quote_literal
 
 #: Rows per Parquet row group (and per Arrow conversion).
 SLICE_ROWS = 1_000_000
+#: Float columns with few distinct values (whole days in model time units), dictionary-encoded like non-floats.
+DICTIONARY_FLOAT_COLUMNS = ("recency", "T")
 #: First characters that make a spreadsheet run a cell as a formula; such text cells get a leading apostrophe.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 #: Data rows a spreadsheet can show (Excel: 1,048,576 rows including the header).
@@ -60,17 +69,42 @@ def csv_wanted(setting: str, customers: int) -> tuple[bool, str | None]:
 def write_parquet(frame: pd.DataFrame, columns: list[str], path: Path, slice_rows: int = SLICE_ROWS) -> None:
     """Write a DataFrame's index and columns, in the order ``columns``, to one Parquet file.
 
-    Rows are converted to Arrow ``slice_rows`` at a time, so memory grows by one slice, not by a copy
-    of the table.
+    Rows are converted to Arrow ``slice_rows`` at a time (one row group each), so memory grows by one
+    slice, not by a copy of the table. The file keeps pandas' metadata, so ``pandas.read_parquet`` gives
+    back the same dtypes (categories included).
+
+    Parameters
+    ----------
+    frame
+        The table; index levels named in ``columns`` are written as columns.
+    columns
+        Output columns in order.
+    path
+        The Parquet file to write (Snappy-compressed).
+    slice_rows
+        Rows per slice and per row group.
     """
-
-    def piece(start: int) -> pd.DataFrame:
-        return frame.iloc[start : start + slice_rows].reset_index()[columns]
-
-    schema = pa.Schema.from_pandas(piece(0).iloc[:0], preserve_index=False)
-    with pq.ParquetWriter(path, schema) as writer:
+    schema = pa.Schema.from_pandas(frame.iloc[:0].reset_index()[columns], preserve_index=False)
+    with pq.ParquetWriter(path, schema, use_dictionary=dictionary_columns(frame, schema)) as writer:
         for start in range(0, max(len(frame), 1), slice_rows):
-            writer.write_table(pa.Table.from_pandas(piece(start), schema=schema, preserve_index=False))
+            rows = slice(start, start + slice_rows)
+            arrays = [pa.array(_column(frame, f.name)[rows], type=f.type, from_pandas=True) for f in schema]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Index | pd.api.extensions.ExtensionArray:
+    """A column of the frame, or the index level of that name, to be sliced by position."""
+    return frame.index.get_level_values(name) if name in frame.index.names else frame[name].array
+
+
+def dictionary_columns(frame: pd.DataFrame, schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary-encoding: not the index (one value per row), not floats other than
+    ``DICTIONARY_FLOAT_COLUMNS``."""
+    return [
+        f.name
+        for f in schema
+        if f.name not in frame.index.names and (not pa.types.is_floating(f.type) or f.name in DICTIONARY_FLOAT_COLUMNS)
+    ]
 
 
 def parquet_to_csv(parquet_path: Path, csv_path: Path, threads: int | None = None) -> None:

@@ -551,7 +551,7 @@ def _run(
         write_json(staging / "manifest.json", document)
         say("Writing the report")
         step = time.perf_counter()
-        build_report(staging)
+        build_report(staging, customers=result.customers)
         log.info("Report written in %.1f s", time.perf_counter() - step)
     # The run folder is the authority; models/<as_of>/ is its published copy, written after the commit.
     with atomic_folder(models_path) as staging:

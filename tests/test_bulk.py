@@ -64,3 +64,29 @@ def test_duckdb_connection_applies_the_configured_resources(tmp_path: Path) -> N
     assert threads == 1
     assert limit.replace(" ", "") in ("512.0MiB", "488.2MiB", "512MB", "488.2MB")
     assert temp == str(tmp_path)
+
+
+def test_parquet_keeps_dtypes_and_dictionary_encodes_only_few_valued_columns(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from forecast.bulk import write_parquet
+
+    frame = pd.DataFrame(
+        {
+            "frequency": np.array([0, 1, 2, 1], dtype="int64"),
+            "T": [10.0, 10.0, 11.0, 12.0],
+            "clv": [0.5, np.nan, 2.0, 3.0],
+            "segment": pd.Categorical(["rest", "top", "rest", "top"], categories=["top", "rest"], ordered=True),
+        },
+        index=pd.Index(pd.array(["a", "b", "c", "d"], dtype="string"), name="customer_id"),
+    )
+    columns = ["customer_id", "segment", "frequency", "T", "clv"]
+    write_parquet(frame, columns, tmp_path / "t.parquet", slice_rows=3)
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(back, frame.reset_index()[columns], check_index_type=False)
+    metadata = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    assert metadata.num_row_groups == 2
+    encodings = {metadata.schema.column(i).name: metadata.row_group(0).column(i).encodings for i in range(5)}
+    dictionary = {name for name, used in encodings.items() if "RLE_DICTIONARY" in used}
+    assert dictionary == {"segment", "frequency", "T"}
+    assert pq.ParquetFile(tmp_path / "t.parquet").read().column("clv").null_count == 1  # NaN is written as null

@@ -17,6 +17,7 @@ import re
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +35,14 @@ from forecast.config import load_config
 from forecast.errors import ArtifactError
 from forecast.estimators import BetaGeo, GammaGamma, ParetoNBD
 from forecast.pipeline import run
-from forecast.report import SECTIONS, build_report, period_transactions, read_run, rebuild_models
+from forecast.report import (
+    SECTIONS,
+    build_report,
+    distinct_counts,
+    period_transactions,
+    read_run,
+    rebuild_models,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 VIEWPORT_WIDTH = 1280
@@ -305,6 +313,34 @@ def test_period_transactions_counts_every_customer(sample_run: Path) -> None:
     assert table.loc["0", "model"] == pytest.approx(1411, rel=0.02)
     frequency = folder.customers["frequency"]
     assert table.loc["7+", "actual"] == (frequency >= 7).sum()
+
+
+def test_distinct_counts_match_numpy_unique() -> None:
+    values = np.random.default_rng(3).integers(0, 90, 10_000) / 7.0
+    expected_values, expected_counts = np.unique(values, return_counts=True)
+    found_values, found_counts = distinct_counts(values)
+    np.testing.assert_array_equal(found_values, expected_values)
+    np.testing.assert_array_equal(found_counts, expected_counts)
+
+
+def test_report_from_the_in_memory_table_equals_the_report_from_the_file(run_copy: Path) -> None:
+    """``forecast run`` passes its customer table (indexed by customer_id, with columns the file lacks) instead
+    of having the report read customers.parquet back: the page is the same, byte for byte."""
+    from_file = build_report(run_copy).read_text(encoding="utf-8")
+    customers = pd.read_parquet(run_copy / "customers.parquet").set_index("customer_id")
+    customers["first_purchase"] = pd.Timestamp("1997-01-01")
+    (run_copy / "customers.parquet").unlink()  # proves the file is not read
+    from_memory = build_report(run_copy, customers=customers).read_text(encoding="utf-8")
+    assert from_memory == from_file
+
+
+def test_importing_the_pipeline_loads_no_plotting_or_learning_library() -> None:
+    """matplotlib is loaded when a chart is drawn and scikit-learn when gradient boosting runs, not on import."""
+    code = "import sys, forecast.pipeline; print(sorted({'matplotlib', 'sklearn'} & set(sys.modules)))"
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's forecast package, not an installed one
+    environment = {**os.environ, "PYTHONPATH": root}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment)
+    assert result.stdout.strip() == "[]"
 
 
 # --- the report in the browser ---------------------------------------------------------------------------
