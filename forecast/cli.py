@@ -240,11 +240,12 @@ def backtest(
 def validate(config: ConfigArg) -> None:
     """Check the config and the data without fitting; print a data-quality summary."""
     from forecast.bulk import connect_duckdb
-    from forecast.ingest import count_after_as_of, read_transactions
+    from forecast.ingest import count_after_as_of, count_customers, read_transactions
 
     with user_errors():
         settings = load_config(config)
         transactions = read_transactions(settings.data, connect_duckdb(settings.duckdb))
+        transactions = count_customers(transactions)
         quality = (count_after_as_of(transactions, settings.as_of) if settings.as_of else transactions).quality
     typer.echo(
         f"{config}: valid. {quality.rows:,} rows, {quality.customers:,} customers, "

@@ -172,11 +172,12 @@ class DataQuality:
     """What ingest saw and did: counts per problem, with the policy applied.
 
     ``rows`` counts the rows read; ``rows_used`` those left in ``transactions`` after the policies.
-    ``after_as_of`` is filled in by ``count_after_as_of`` once the observation end is known.
+    ``after_as_of`` is filled in by ``count_after_as_of`` once the observation end is known, ``customers``
+    (in the whole log, after the policies) by ``count_customers``.
     """
 
     rows: int
-    customers: int
+    customers: int | None
     first_timestamp: str | None
     last_timestamp: str | None
     null_customer_ids: int = 0
@@ -369,7 +370,6 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
                       count(*) FILTER (WHERE NOT has_offset AND ts IS NOT NULL),
                       count(*) FILTER (WHERE {spaced_id_sql}),
                       count(*) FILTER (WHERE {used}),
-                      count(DISTINCT customer_id) FILTER (WHERE {used}),
                       min(ts) FILTER (WHERE {used}),
                       max(ts) FILTER (WHERE {used})
                FROM typed_log"""
@@ -379,7 +379,7 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
     rows, null_ids, bad_ts, bad_amounts, zero_amounts, negative_amounts = stats[:6]
     with_offset, without_offset, spaced_ids = stats[6:9]
-    rows_used, customers, first_ts, last_ts = stats[9:]
+    rows_used, first_ts, last_ts = stats[9:]
     if rows == 0:
         raise DataError(
             f"{where} has no transactions (no rows after the header; columns {', '.join(found)}). "
@@ -503,7 +503,7 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         )
     quality = DataQuality(
         rows=rows,
-        customers=customers,
+        customers=None,
         first_timestamp=None if first_ts is None else str(first_ts),
         last_timestamp=None if last_ts is None else str(last_ts),
         null_customer_ids=null_ids,
@@ -620,6 +620,22 @@ def count_after_as_of(transactions: Transactions, as_of: dt.date) -> Transaction
         warnings.append(f"{after:,} transactions after as_of {as_of.isoformat()} were excluded.")
     quality = dataclasses.replace(quality, as_of=as_of.isoformat(), after_as_of=after, warnings=warnings)
     return dataclasses.replace(transactions, quality=quality)
+
+
+def count_customers(transactions: Transactions, customers_up_to_as_of: int | None = None) -> Transactions:
+    """Count the customers in the whole log into the data-quality report.
+
+    Counting distinct ids takes a pass over the log (a second at 10 million rows), so when no usable row
+    is after as_of (``count_after_as_of`` ran and found none) the count of the customers summarised up to
+    as_of, ``customers_up_to_as_of``, is the answer and is taken instead.
+    """
+    quality = transactions.quality
+    if customers_up_to_as_of is not None and quality.as_of is not None and quality.after_as_of == 0:
+        customers = customers_up_to_as_of
+    else:
+        row = transactions.connection.execute("SELECT count(DISTINCT customer_id) FROM transactions").fetchone()
+        customers = int(row[0]) if row else 0
+    return dataclasses.replace(transactions, quality=dataclasses.replace(quality, customers=customers))
 
 
 def fingerprint(files: list[Path]) -> str:

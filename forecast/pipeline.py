@@ -57,7 +57,7 @@ from forecast.errors import (
     collected_warnings,
 )
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
-from forecast.ingest import Transactions, count_after_as_of, fingerprint, read_transactions
+from forecast.ingest import Transactions, count_after_as_of, count_customers, fingerprint, read_transactions
 from forecast.registry import (
     MODEL_FILES,
     RUN_MODELS,
@@ -508,6 +508,7 @@ def _run(
             "If the log is not complete yet, run for an earlier --as-of."
         )
 
+    transactions = count_customers(transactions, len(result.customers))
     step = time.perf_counter()
     say("Comparing with the previous run")
     previous_run, drift, drift_warnings = drift_since_previous(config, result, output_path)

@@ -15,7 +15,7 @@ import pytest
 
 from forecast.config import DataConfig
 from forecast.errors import DataError
-from forecast.ingest import count_after_as_of, read_transactions
+from forecast.ingest import count_after_as_of, count_customers, read_transactions
 
 BAD = Path(__file__).parent / "data" / "bad"
 
@@ -293,9 +293,21 @@ def test_parquet_duplicates_are_found_exactly_and_located_by_row(tmp_path: Path)
         + "' (FORMAT parquet)"
     )
     kept = read_transactions(DataConfig(path=str(path)))
-    assert (kept.quality.duplicate_rows, kept.quality.rows_used, kept.quality.customers) == (3, 6, 2)
+    assert (kept.quality.duplicate_rows, kept.quality.rows_used) == (3, 6)
     with pytest.raises(DataError, match=r"3 rows repeat an earlier row exactly \(first at row 4 'A', row 5 'B', row 6"):
         read_transactions(DataConfig(path=str(path), duplicates="fail"))
     dropped = read_transactions(DataConfig(path=str(path), duplicates="drop"))
     assert (dropped.quality.duplicate_rows, dropped.quality.rows_used) == (3, 3)
     assert rows(dropped) == [("A", dt.datetime(2020, 1, 1), 10.0)] * 2 + [("B", dt.datetime(2020, 1, 2), 5.0)]
+
+
+def test_customers_in_the_log_are_counted_from_the_summary_only_when_nothing_is_after_as_of(tmp_path: Path):
+    log = tmp_path / "log.csv"
+    log.write_text("customer_id,timestamp,amount\nA,2020-01-01,1\nB,2020-01-02,2\nC,2020-02-03,3\nA,2020-02-04,4\n")
+    transactions = read_transactions(DataConfig(path=str(log)))
+    assert transactions.quality.customers is None
+    assert count_customers(transactions).quality.customers == 3
+    up_to_january = count_after_as_of(transactions, dt.date(2020, 1, 31))
+    assert count_customers(up_to_january, customers_up_to_as_of=2).quality.customers == 3  # C comes later
+    whole = count_after_as_of(transactions, dt.date(2020, 2, 29))
+    assert count_customers(whole, customers_up_to_as_of=3).quality.customers == 3
