@@ -13,6 +13,7 @@ from typing import Literal
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from forecast.errors import DataError
 from forecast.ingest import quote_identifier, release_memory
@@ -54,6 +55,8 @@ def fetch_frame(con: duckdb.DuckDBPyConnection, query: str) -> pd.DataFrame:
     for column in frame.columns:
         if pd.api.types.is_datetime64_dtype(frame[column]):
             frame[column] = frame[column].astype("datetime64[us]")
+    # Arrow's allocator keeps the freed columns for reuse (about 50 MB at 3.4 million customers).
+    pa.default_memory_pool().release_unused()
     return frame
 
 
