@@ -21,19 +21,19 @@ from forecast.ingest import quote_identifier, release_memory
 Resolution = Literal["day", "exact"]
 
 # Sums of DOUBLEs in parallel depend on the order threads combine them (last bits differ run to run);
-# summing as DECIMAL is exact integer arithmetic, so identical data always gives identical bytes.
-EXACT_SUM = "CAST(sum(CAST({} AS DECIMAL(38, 9))) AS DOUBLE)"
+# summing as DECIMAL is exact integer arithmetic, so identical data always gives identical bytes. Purchase
+# amounts stay DECIMAL until the per-customer figures are computed (one rounding, at the end).
+EXACT_AMOUNT = "CAST({} AS DECIMAL(38, 9))"
 
 SUMMARY_COLUMNS = ["frequency", "recency", "T", "monetary_value", "revenue", "first_purchase", "last_purchase"]
 
 
 def _purchases_sql(end_exclusive: dt.date, resolution: Resolution, segment_columns: list[str]) -> str:
-    """One row per purchase up to (not including) ``end_exclusive``, with time as fractional days."""
+    """One row per purchase up to (not including) ``end_exclusive``: its moment and its exact (DECIMAL) amount."""
     moment = "CAST(ts AS DATE)" if resolution == "day" else "ts"
     segments = "".join(f", arg_min({quote_identifier(c)}, ts) AS {quote_identifier(c)}" for c in segment_columns)
     return f"""
-        SELECT customer_id, {moment} AS moment, epoch({moment}) / 86400.0 AS day_number,
-               {EXACT_SUM.format("amount")} AS amount{segments}
+        SELECT customer_id, {moment} AS moment, sum({EXACT_AMOUNT.format("amount")}) AS amount{segments}
         FROM transactions
         WHERE ts < DATE '{end_exclusive.isoformat()}'
         GROUP BY customer_id, {moment}"""
@@ -104,8 +104,8 @@ def summarize(
         WITH purchases AS ({_purchases_sql(end_exclusive, resolution, segment_columns)}),
         per_customer AS (
             SELECT customer_id, count(*) - 1 AS frequency,
-                   min(day_number) AS first_day, max(day_number) AS last_day,
-                   {EXACT_SUM.format("amount")} AS revenue, arg_min(amount, moment) AS first_amount,
+                   epoch(min(moment)) / 86400.0 AS first_day, epoch(max(moment)) / 86400.0 AS last_day,
+                   sum(amount) AS revenue, arg_min(amount, moment) AS first_amount,
                    CAST(min(moment) AS DATE) AS first_purchase, CAST(max(moment) AS DATE) AS last_purchase
                    {segments}
             FROM purchases GROUP BY customer_id
@@ -113,8 +113,9 @@ def summarize(
         SELECT customer_id, frequency,
                (last_day - first_day) / {days_per_unit!r} AS recency,
                ({end_day_number} - first_day) / {days_per_unit!r} AS "T",
-               CASE WHEN frequency > 0 THEN (revenue - first_amount) / frequency ELSE 0.0 END AS monetary_value,
-               revenue, first_purchase, last_purchase
+               CASE WHEN frequency > 0 THEN CAST(revenue - first_amount AS DOUBLE) / frequency ELSE 0.0 END
+                   AS monetary_value,
+               CAST(revenue AS DOUBLE) AS revenue, first_purchase, last_purchase
                {"".join(", " + quote_identifier(c) for c in segment_columns)}
         FROM per_customer ORDER BY customer_id"""
     summary = fetch_frame(con, query)
@@ -157,7 +158,7 @@ def holdout_purchases(
         )
         SELECT c.customer_id,
                count(p.customer_id) AS purchases_holdout,
-               coalesce(sum(p.amount), 0.0) AS revenue_holdout
+               CAST(coalesce(sum(p.amount), 0) AS DOUBLE) AS revenue_holdout
         FROM calibration_customers c
         LEFT JOIN purchases p
           ON p.customer_id = c.customer_id AND p.moment >= DATE '{start_exclusive.isoformat()}'
