@@ -9,6 +9,8 @@ purchases (0 for one-time buyers). Times are counted in days and expressed in th
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import math
 from typing import Literal
 
 import duckdb
@@ -16,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from forecast.errors import DataError
-from forecast.ingest import quote_identifier, release_memory
+from forecast.ingest import quote_identifier, quote_literal, release_memory
 
 Resolution = Literal["day", "exact"]
 
@@ -25,17 +27,25 @@ Resolution = Literal["day", "exact"]
 # amounts stay DECIMAL until the per-customer figures are computed (one rounding, at the end).
 EXACT_AMOUNT = "CAST({} AS DECIMAL(38, 9))"
 
+#: Logs are summarised in ranges of customer ids of about this many transactions, one range after the other,
+#: so that DuckDB's aggregation (about 100 bytes per purchase) stays small; at most ``MAX_SUMMARY_PARTS``
+#: ranges, as every range reads the whole log again.
+ROWS_PER_SUMMARY_PART = 4_000_000
+MAX_SUMMARY_PARTS = 8
+
 SUMMARY_COLUMNS = ["frequency", "recency", "T", "monetary_value", "revenue", "first_purchase", "last_purchase"]
 
 
-def _purchases_sql(end_exclusive: dt.date, resolution: Resolution, segment_columns: list[str]) -> str:
+def _purchases_sql(
+    end_exclusive: dt.date, resolution: Resolution, segment_columns: list[str], customers: str = ""
+) -> str:
     """One row per purchase up to (not including) ``end_exclusive``: its moment and its exact (DECIMAL) amount."""
     moment = "CAST(ts AS DATE)" if resolution == "day" else "ts"
     segments = "".join(f", arg_min({quote_identifier(c)}, ts) AS {quote_identifier(c)}" for c in segment_columns)
     return f"""
         SELECT customer_id, {moment} AS moment, sum({EXACT_AMOUNT.format("amount")}) AS amount{segments}
         FROM transactions
-        WHERE ts < DATE '{end_exclusive.isoformat()}'
+        WHERE ts < DATE '{end_exclusive.isoformat()}'{customers}
         GROUP BY customer_id, {moment}"""
 
 
@@ -58,6 +68,33 @@ def fetch_frame(con: duckdb.DuckDBPyConnection, query: str) -> pd.DataFrame:
     # Arrow's allocator keeps the freed columns for reuse (about 50 MB at 3.4 million customers).
     pa.default_memory_pool().release_unused()
     return frame
+
+
+def customer_ranges(con: duckdb.DuckDBPyConnection, end_exclusive: dt.date) -> list[str]:
+    """Customer ids that cut the log before ``end_exclusive`` into ranges of about equal transactions.
+
+    Returns
+    -------
+    list of str
+        Sorted boundaries (empty when one range will do): range k holds the ids from boundary k - 1
+        (inclusive) to boundary k (exclusive). They are quantiles of a seeded sample of the rows, so
+        the ranges are only about equal; the summary does not depend on where they fall.
+    """
+    row = con.execute(f"SELECT count(*) FROM transactions WHERE ts < DATE '{end_exclusive.isoformat()}'").fetchone()
+    parts = min(MAX_SUMMARY_PARTS, math.ceil((row[0] if row else 0) / ROWS_PER_SUMMARY_PART))
+    if parts <= 1:
+        return []
+    levels = [k / parts for k in range(1, parts)]
+    row = con.execute(
+        f"""SELECT quantile_disc(customer_id, {levels}) FROM (
+            SELECT customer_id FROM transactions USING SAMPLE reservoir(100000 ROWS) REPEATABLE (7))"""
+    ).fetchone()
+    return sorted(set(row[0])) if row and row[0] else []
+
+
+def _range_condition(low: str | None, high: str | None) -> str:
+    condition = f" AND customer_id >= {quote_literal(low)}" if low is not None else ""
+    return condition + (f" AND customer_id < {quote_literal(high)}" if high is not None else "")
 
 
 def summarize(
@@ -100,8 +137,10 @@ def summarize(
     observation_end = as_of if resolution == "day" else end_exclusive
     end_day_number = (observation_end - dt.date(1970, 1, 1)).days
     segments = "".join(f", arg_min({quote_identifier(c)}, moment) AS {quote_identifier(c)}" for c in segment_columns)
-    query = f"""
-        WITH purchases AS ({_purchases_sql(end_exclusive, resolution, segment_columns)}),
+
+    def query(customers: str) -> str:
+        return f"""
+        WITH purchases AS ({_purchases_sql(end_exclusive, resolution, segment_columns, customers)}),
         per_customer AS (
             SELECT customer_id, count(*) - 1 AS frequency,
                    epoch(min(moment)) / 86400.0 AS first_day, epoch(max(moment)) / 86400.0 AS last_day,
@@ -118,7 +157,13 @@ def summarize(
                CAST(revenue AS DOUBLE) AS revenue, first_purchase, last_purchase
                {"".join(", " + quote_identifier(c) for c in segment_columns)}
         FROM per_customer ORDER BY customer_id"""
-    summary = fetch_frame(con, query)
+
+    bounds: list[str | None] = [None, *customer_ranges(con, end_exclusive), None]
+    parts = [fetch_frame(con, query(_range_condition(low, high))) for low, high in itertools.pairwise(bounds)]
+    # The ranges are in id order and each part is sorted, so the parts put together are sorted too.
+    summary = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    del parts
+    pa.default_memory_pool().release_unused()  # the parts' Arrow buffers, now copied into the summary
     if summary.empty:
         raise DataError(
             f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of "

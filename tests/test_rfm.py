@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pandas as pd
 import pytest
 
+from forecast import rfm
 from forecast.config import DataConfig
 from forecast.ingest import read_transactions
 from forecast.rfm import holdout_purchases, summarize
@@ -128,3 +130,19 @@ def test_csv_parquet_glob_and_folder_give_the_same_summary(tmp_path):
         assert other.index.equals(summaries[0].index)
         assert other[["frequency", "recency", "T"]].equals(summaries[0][["frequency", "recency", "T"]])
         assert other["monetary_value"].to_numpy() == pytest.approx(summaries[0]["monetary_value"].to_numpy())
+
+
+def test_a_log_summarised_in_ranges_of_customers_gives_the_same_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large logs are summarised one range of customer ids at a time; the summary must not change."""
+    config = DataConfig(
+        path="lifetimes:CDNOW_master.txt", format="whitespace", header=True,
+        columns=["customer_id", "date", "number_of_cds", "dollar_value"], timestamp="date",
+        timestamp_format="%Y%m%d", amount="dollar_value",
+    )  # fmt: skip
+    con = read_transactions(config).connection
+    whole = rfm.summarize(con, dt.date(1998, 6, 30))
+    monkeypatch.setattr(rfm, "ROWS_PER_SUMMARY_PART", 10_000)
+    assert len(rfm.customer_ranges(con, dt.date(1998, 7, 1))) == 6  # 69,659 rows: 7 ranges (at most 8)
+    in_ranges = rfm.summarize(con, dt.date(1998, 6, 30))
+    pd.testing.assert_frame_equal(in_ranges, whole)
+    assert in_ranges.index.is_monotonic_increasing and in_ranges.index.is_unique
