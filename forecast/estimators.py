@@ -508,7 +508,8 @@ class PurchaseModel(_Model):
             values = self._fitter().conditional_expected_number_of_purchases_up_to_time(
                 t, np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
             )
-        return _require_finite(values, self.title, "expected purchases", frequency, recency, T)
+        # lifetimes' closed form, 1 - (...) * hyp2f1(...), rounds to about -1e-15 for short horizons.
+        return np.maximum(_require_finite(values, self.title, "expected purchases", frequency, recency, T), 0.0)
 
     def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
         """Probability that each customer is still active at the end of observation."""
