@@ -55,7 +55,7 @@ def user_errors() -> Iterator[None]:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     except KeyboardInterrupt:
-        console.print("[bold red]interrupted:[/] no output was written or replaced.")
+        console.print("[bold red]interrupted:[/] the run in progress wrote and replaced nothing.")
         raise typer.Exit(code=130) from None
 
 
@@ -173,7 +173,7 @@ def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> No
 
             try:
                 result = run_pipeline(settings, month, None, say, force=force)
-            except ForecastError:
+            except (ForecastError, KeyboardInterrupt):
                 console.print(f"[bold red]backfill stopped at {month}[/]; the months before it are complete.")
                 raise
             _report(result)
