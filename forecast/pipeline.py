@@ -377,6 +377,13 @@ def drift_since_previous(
         message = f"The previous run {previous_path} could not be read, so no drift was computed: {exc}"
         return {"as_of": None, "path": str(previous_path)}, None, [message]
     previous_input = previous.manifest.get("input", {})
+    previous_data = previous.manifest.get("config", {}).get("data", {}).get("path")
+    if previous_data != config.data.path:
+        message = (
+            f"The previous run {previous_path} was made from other data (data.path {previous_data!r}, now "
+            f"{config.data.path!r}), so no drift was computed. Give each data set its own output folder."
+        )
+        return {"as_of": previous.as_of.isoformat(), "path": str(previous_path)}, None, [message]
     info = {
         "as_of": previous.as_of.isoformat(),
         "path": str(previous_path),

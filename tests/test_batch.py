@@ -347,3 +347,14 @@ def test_disk_full_while_writing_leaves_previous_outputs_intact(tmp_path: Path, 
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["1997-06-30", "1997-06-30.failed.log"]
     failed_log = (tmp_path / "runs" / "1997-06-30.failed.log").read_text()
     assert "Fitting bgnbd" in failed_log and "File too large" in failed_log
+
+
+def test_no_drift_against_a_run_of_other_data_in_the_same_runs_root(tmp_path: Path, cdnow_sample: pd.DataFrame) -> None:
+    """Two data sets written to one runs root: the second is not compared with the first, and says why."""
+    shop_a = load_config(write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "shop_a.csv")))
+    first = run(shop_a, dt.date(1997, 6, 30))
+    shop_b = load_config(write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "shop_b.csv")))
+    second = run(shop_b, dt.date(1997, 7, 31))
+    assert second.manifest["drift"] is None
+    assert second.manifest["previous_run"]["path"] == str(first.output)
+    assert any("made from other data" in message for message in second.manifest["warnings"])
