@@ -452,18 +452,37 @@ class _Model(ABC):
 
 
 def _require_finite(
-    values: np.ndarray, title: str, what: str, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    values: np.ndarray, model: _Model, what: str, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
 ) -> np.ndarray:
-    """Return ``values`` if all are finite, else raise a FitError naming the first offending histories."""
+    """Return ``values`` if all are finite, else raise a FitError naming the first offending histories.
+
+    The advice depends on why: a degenerate fit (no invertible information matrix, e.g. dropout parameters
+    near 0 on a short calibration period) is a data problem; otherwise the model's formula overflows for
+    very heavy buyers, where BG/NBD stays finite.
+    """
     values = np.asarray(values, dtype=float)
     bad = ~np.isfinite(values)
     if bad.any():
         x, t_x, age = (np.broadcast_to(np.asarray(v, float), values.shape)[bad] for v in (frequency, recency, T))
         examples = ", ".join(f"(x={a:g}, t_x={b:g}, T={c:g})" for a, b, c in list(zip(x, t_x, age, strict=True))[:3])
+        result = model.result_
+        if result is not None and result.covariance_log_params is None:
+            params = ", ".join(f"{name} {value:.3g}" for name, value in result.params.items())
+            why = (
+                f"the fit itself is degenerate ({params}; its information matrix is not invertible), so the "
+                "data up to as_of are too few or too short for this model. Use a later as_of, more customers, "
+                "or another purchase_model."
+            )
+        elif model.name != "bgnbd":
+            why = (
+                "the model's formula breaks down for very heavy buyers. Use purchase_model: bgnbd, which stays "
+                "finite there, or check those customers' transactions (a shared or test account?)."
+            )
+        else:
+            why = "check those customers' transactions (a shared or test account?)."
         raise FitError(
-            f"The {title} {what} are NaN or infinite for {int(bad.sum()):,} customer histories, e.g. {examples}: "
-            "the model's formula breaks down for very heavy buyers. Use purchase_model: bgnbd, which stays "
-            "finite there, or check those customers' transactions (a shared or test account?)."
+            f"The {model.title} {what} are NaN or infinite for {int(bad.sum()):,} customer histories, "
+            f"e.g. {examples}: {why}"
         )
     return values
 
@@ -509,7 +528,7 @@ class PurchaseModel(_Model):
                 t, np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
             )
         # lifetimes' closed form, 1 - (...) * hyp2f1(...), rounds to about -1e-15 for short horizons.
-        return np.maximum(_require_finite(values, self.title, "expected purchases", frequency, recency, T), 0.0)
+        return np.maximum(_require_finite(values, self, "expected purchases", frequency, recency, T), 0.0)
 
     def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
         """Probability that each customer is still active at the end of observation."""
@@ -517,7 +536,7 @@ class PurchaseModel(_Model):
             values = self._fitter().conditional_probability_alive(
                 np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
             )
-        return _require_finite(values, self.title, "probabilities of being alive", frequency, recency, T)
+        return _require_finite(values, self, "probabilities of being alive", frequency, recency, T)
 
     def expected_purchases_new(self, t: ArrayLike) -> np.ndarray:
         """Expected repeat purchases in ``t`` time units for a customer acquired at time 0."""
@@ -623,7 +642,7 @@ class ModifiedBetaGeo(PurchaseModel):
             values = self._conditional_expectation(
                 t, np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
             )
-        return _require_finite(values, self.title, "expected purchases", frequency, recency, T)
+        return _require_finite(values, self, "expected purchases", frequency, recency, T)
 
 
 class ParetoNBD(PurchaseModel):

@@ -145,3 +145,11 @@ def test_pareto_forecasts_are_reproducible(sample_config_path):
     np.random.seed(2)  # noqa: NPY002
     second = forecast(config, transactions, dt.date(1997, 9, 30)).purchases.params_
     assert first == second
+
+
+def test_a_degenerate_fit_is_named_as_such(in_tmp, sample_config_path):
+    """Two months of the sample fit a, b near 0 (no invertible information): the error says so, not 'heavy buyers'."""
+    result = run_cli("run", str(sample_config_path), "--as-of", "1997-02", "--output", "feb")
+    assert result.exit_code == 2
+    assert "the fit itself is degenerate" in result.output and "Traceback" not in result.output
+    assert "heavy buyers" not in result.output
