@@ -466,7 +466,8 @@ def _require_finite(
         x, t_x, age = (np.broadcast_to(np.asarray(v, float), values.shape)[bad] for v in (frequency, recency, T))
         examples = ", ".join(f"(x={a:g}, t_x={b:g}, T={c:g})" for a, b, c in list(zip(x, t_x, age, strict=True))[:3])
         result = model.result_
-        if result is not None and result.covariance_log_params is None:
+        # Fitted on data (more distinct histories than parameters) without an invertible information matrix.
+        if result is not None and result.covariance_log_params is None and result.unique_rows > len(result.params):
             params = ", ".join(f"{name} {value:.3g}" for name, value in result.params.items())
             why = (
                 f"the fit itself is degenerate ({params}; its information matrix is not invertible), so the "
