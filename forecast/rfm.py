@@ -30,7 +30,7 @@ EXACT_AMOUNT = "CAST({} AS DECIMAL(38, 9))"
 #: Logs are summarised in ranges of customer ids of about this many transactions, one range after the other,
 #: so that DuckDB's aggregation (about 100 bytes per purchase) stays small; at most ``MAX_SUMMARY_PARTS``
 #: ranges, as every range reads the whole log again.
-ROWS_PER_SUMMARY_PART = 4_000_000
+ROWS_PER_SUMMARY_PART = 6_000_000
 MAX_SUMMARY_PARTS = 8
 
 SUMMARY_COLUMNS = ["frequency", "recency", "T", "monetary_value", "revenue", "first_purchase", "last_purchase"]
