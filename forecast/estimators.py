@@ -522,13 +522,21 @@ class PurchaseModel(_Model):
         data = {name: unique[name].to_numpy() for name in ("frequency", "recency", "T")}
         return self._fit_compressed(data, weights)
 
+    def _conditional_expectation(
+        self, t: float, frequency: np.ndarray, recency: np.ndarray, T: np.ndarray
+    ) -> np.ndarray:
+        """E[X(t) | x, t_x, T] by the model's formula (lifetimes' unless a model has a stabler form)."""
+        return np.asarray(
+            self._fitter().conditional_expected_number_of_purchases_up_to_time(t, frequency, recency, T), dtype=float
+        )
+
     def expected_purchases(self, t: float, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
         """Expected number of purchases in the next ``t`` time units given each customer's history."""
         with np.errstate(all="ignore"):
-            values = self._fitter().conditional_expected_number_of_purchases_up_to_time(
+            values = self._conditional_expectation(
                 t, np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
             )
-        # lifetimes' closed form, 1 - (...) * hyp2f1(...), rounds to about -1e-15 for short horizons.
+        # The closed forms, 1 - (...) * hyp2f1(...), round to about -1e-15 for short horizons.
         return np.maximum(_require_finite(values, self, "expected purchases", frequency, recency, T), 0.0)
 
     def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
@@ -636,14 +644,6 @@ class ModifiedBetaGeo(PurchaseModel):
         numerator = (a + b + x) / (a - 1) * (1 - product)
         log_odds_dead = np.log(a / (b + x)) + (r + x) * np.log((alpha + T) / (alpha + recency))
         return np.asarray(numerator * expit(-log_odds_dead), dtype=float)
-
-    def expected_purchases(self, t: float, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
-        """Expected number of purchases in the next ``t`` time units given each customer's history."""
-        with np.errstate(all="ignore"):
-            values = self._conditional_expectation(
-                t, np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
-            )
-        return _require_finite(values, self, "expected purchases", frequency, recency, T)
 
 
 class ParetoNBD(PurchaseModel):
