@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -291,6 +291,32 @@ def customer_output(result: Forecast) -> pd.DataFrame:
     return table[CUSTOMER_COLUMNS + extra]
 
 
+class _LogQuality(Protocol):
+    """What both engines' data-quality records say about the log (``DataQuality``, ``SparkQuality``)."""
+
+    @property
+    def rows(self) -> int: ...
+    @property
+    def customers(self) -> int | None: ...
+    @property
+    def first_timestamp(self) -> str | None: ...
+    @property
+    def last_timestamp(self) -> str | None: ...
+
+
+def input_record(paths: list[str], quality: _LogQuality, customers: int, sha256: str | None) -> dict[str, Any]:
+    """The manifest's ``input`` section (both engines): what was read, and the customers forecast."""
+    return {
+        "paths": paths,
+        "rows": quality.rows,
+        "customers": customers,
+        "customers_in_log": quality.customers,
+        "first_timestamp": quality.first_timestamp,
+        "last_timestamp": quality.last_timestamp,
+        "sha256": sha256,
+    }
+
+
 def manifest(
     config: RunConfig, result: Forecast, transactions: Transactions, timings: dict[str, float], models_path: Path
 ) -> dict[str, Any]:
@@ -301,15 +327,9 @@ def manifest(
         "time_unit": config.time_unit,
         "horizon_months": config.horizon_months,
         "config": config.model_dump(mode="json"),
-        "input": {
-            "paths": [str(p) for p in transactions.files],
-            "rows": quality.rows,
-            "customers": len(result.customers),
-            "customers_in_log": quality.customers,
-            "first_timestamp": quality.first_timestamp,
-            "last_timestamp": quality.last_timestamp,
-            "sha256": fingerprint(transactions.files),
-        },
+        "input": input_record(
+            [str(p) for p in transactions.files], quality, len(result.customers), fingerprint(transactions.files)
+        ),
         "models": {
             "purchases": result.purchases.to_dict(),
             "spend": result.spend.to_dict(),

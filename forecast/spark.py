@@ -42,7 +42,7 @@ from forecast.estimators import (
     warn_if_spend_correlated,
 )
 from forecast.ingest import fingerprint, resolve_files
-from forecast.pipeline import atomic_folder, escape_for_spreadsheet
+from forecast.pipeline import atomic_folder, escape_for_spreadsheet, input_record
 from forecast.segments import ALL
 
 if TYPE_CHECKING:
@@ -602,15 +602,7 @@ def run(
             "time_unit": config.time_unit,
             "horizon_months": config.horizon_months,
             "config": config.model_dump(mode="json"),
-            "input": {
-                "paths": [config.data.path],
-                "rows": quality.rows,
-                "customers": customers,
-                "customers_in_log": quality.customers,
-                "first_timestamp": quality.first_timestamp,
-                "last_timestamp": quality.last_timestamp,
-                "sha256": _local_fingerprint(config.data.path),
-            },
+            "input": input_record([config.data.path], quality, customers, _local_fingerprint(config.data.path)),
             "customers_parquet": final_customers_path,
             "models": {"purchases": purchases.to_dict(), "spend": spend.to_dict(), "path": str(models_path)},
             "heuristic": {"lifespan_years": lifespan_years, "configured": config.heuristic.lifespan_years},
