@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -77,25 +76,6 @@ def test_refuses_another_lifetimes_minor_version(tmp_path: Path, fitted) -> None
         load_model(_artifact(tmp_path, fitted, versions=None))
     patched = {**library_versions(), "lifetimes": f"{major}.{minor}.99"}
     assert isinstance(load_model(_artifact(tmp_path, fitted, versions=patched)), BetaGeo)
-
-
-class _Payload:
-    """Unpickling this writes a marker file: proof that a loader executed pickle code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.write_text, (self.marker, "unpickled"))
-
-
-def test_never_unpickles(tmp_path: Path) -> None:
-    marker = tmp_path / "marker.txt"
-    path = tmp_path / "model.json"
-    path.write_bytes(pickle.dumps(_Payload(marker)))
-    with pytest.raises(ArtifactError, match="not valid JSON"):
-        load_model(path)
-    assert not marker.exists()
 
 
 def test_load_run_reads_tables_and_models_and_detects_tampering(tmp_path: Path) -> None:
