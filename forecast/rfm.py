@@ -65,8 +65,6 @@ def fetch_frame(con: duckdb.DuckDBPyConnection, query: str) -> pd.DataFrame:
     for column in frame.columns:
         if pd.api.types.is_datetime64_dtype(frame[column]):
             frame[column] = frame[column].astype("datetime64[us]")
-    # Arrow's allocator keeps the freed columns for reuse (about 50 MB at 3.4 million customers).
-    pa.default_memory_pool().release_unused()
     return frame
 
 
@@ -163,7 +161,8 @@ def summarize(
     # The ranges are in id order and each part is sorted, so the parts put together are sorted too.
     summary = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     del parts
-    pa.default_memory_pool().release_unused()  # the parts' Arrow buffers, now copied into the summary
+    # Arrow's allocator keeps the parts' freed buffers for reuse (about 50 MB at 3.4 million customers).
+    pa.default_memory_pool().release_unused()
     if summary.empty:
         raise DataError(
             f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of "
