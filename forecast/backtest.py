@@ -22,8 +22,6 @@ import datetime as dt
 import math
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -422,27 +420,11 @@ def gradient_boosting_predictions(
 # --- model comparison and diagnostics ----------------------------------------------------------------------
 
 
-@contextmanager
-def seeded_global_generator(seed: int) -> Iterator[None]:
-    """Seed NumPy's legacy global generator for the block, then restore its state.
-
-    lifetimes' Pareto/NBD fitter draws its starting point from the global generator, so unseeded fits
-    differ in the fifth digit from run to run.
-    """
-    state = np.random.get_state()  # noqa: NPY002
-    np.random.seed(seed)  # noqa: NPY002 (lifetimes uses the legacy global generator)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
-
-
 def compare_models(
     summary: pd.DataFrame,
     actual_purchases: np.ndarray,
     holdout_length: float,
     fitted: dict[str, PurchaseModel],
-    seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Fit every purchase model on the calibration summary; log-likelihood, BIC and holdout error side by side.
 
@@ -459,8 +441,7 @@ def compare_models(
     for name in PURCHASE_MODELS:
         try:
             if name not in fitted:
-                with seeded_global_generator(seed):
-                    fitted[name] = purchase_model(name).fit(summary["frequency"], summary["recency"], summary["T"])
+                fitted[name] = purchase_model(name).fit(summary["frequency"], summary["recency"], summary["T"])
             model = fitted[name]
             expected = model.expected_purchases(holdout_length, summary["frequency"], summary["recency"], summary["T"])
             if not np.all(np.isfinite(expected)):
@@ -640,9 +621,8 @@ def run_backtest(
         configured = config.purchase_model
         fitted: dict[str, PurchaseModel] = {}
         if configured != "auto":
-            with seeded_global_generator(seed):
-                fitted[configured], spend = fit_models(summary, configured)
-        comparison = compare_models(summary, actual_purchases, holdout_length, fitted, seed)
+            fitted[configured], spend = fit_models(summary, configured)
+        comparison = compare_models(summary, actual_purchases, holdout_length, fitted)
         if configured == "auto":
             chosen = best_model(comparison)
             spend = GammaGamma().fit(summary["frequency"], summary["monetary_value"])

@@ -31,7 +31,6 @@ from forecast.backtest import (
     log_span,
     resolve_split,
     run_backtest,
-    seeded_global_generator,
     select_purchase_model,
 )
 from forecast.backtest_plots import PLOT_FILES, backtest_plots
@@ -136,8 +135,7 @@ def forecast(
             transactions.connection, as_of, config.days_per_unit, config.resolution, transactions.segment_columns
         )
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
-        with seeded_global_generator(config.seed):  # lifetimes' Pareto/NBD starts from NumPy's global generator
-            purchases, spend = fit_models(summary, config.purchase_model)
+        purchases, spend = fit_models(summary, config.purchase_model)
         say("Scoring customers")
         # Every customer's unique histories, found once, index the model evaluations of the scores and intervals.
         histories, spend_histories = Histories.from_summary(summary), SpendHistories.from_summary(summary)
