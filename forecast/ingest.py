@@ -31,9 +31,11 @@ import datetime as dt
 import difflib
 import glob
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 
@@ -47,6 +49,16 @@ FILE_COLUMN = "__clv_file"
 LINE_COLUMN = "__clv_line"
 #: An ISO time of day followed by a UTC offset or Z, e.g. ``10:00:00+02:00`` (a date alone has no offset).
 OFFSET_PATTERN = r"[T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)$"
+
+
+# Which rows of ``typed_log`` have each problem (the policies in the module docstring).
+BAD_TS_SQL = "ts IS NULL"
+BAD_AMOUNT_SQL = "(amount IS NULL OR isnan(amount) OR isinf(amount))"
+# trim() only where an id starts or ends with a space: trimming every id costs a second at 10M rows.
+NULL_ID_SQL = "(customer_id IS NULL OR customer_id = '' OR (starts_with(customer_id, ' ') AND trim(customer_id) = ''))"
+SPACED_ID_SQL = "((starts_with(customer_id, ' ') OR ends_with(customer_id, ' ')) AND trim(customer_id) <> '')"
+VALID_SQL = f"NOT {NULL_ID_SQL} AND NOT {BAD_TS_SQL} AND NOT {BAD_AMOUNT_SQL}"
+USED_SQL = f"{VALID_SQL} AND amount >= 0"  # the rows that become purchases (returns are netted or dropped)
 
 
 def quote_identifier(name: str) -> str:
@@ -349,37 +361,15 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         )
     except duckdb.Error as exc:
         raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
-    bad_ts_sql = "ts IS NULL"
-    bad_amount_sql = "(amount IS NULL OR isnan(amount) OR isinf(amount))"
-    # trim() only where an id starts or ends with a space: trimming every id costs a second at 10M rows.
-    null_id_sql = (
-        "(customer_id IS NULL OR customer_id = '' OR (starts_with(customer_id, ' ') AND trim(customer_id) = ''))"
-    )
-    spaced_id_sql = "((starts_with(customer_id, ' ') OR ends_with(customer_id, ' ')) AND trim(customer_id) <> '')"
-    valid = f"NOT {null_id_sql} AND NOT {bad_ts_sql} AND NOT {bad_amount_sql}"
-    used = f"{valid} AND amount >= 0"  # the rows that become purchases (returns are netted or dropped)
     try:
-        stats = con.execute(
-            f"""SELECT count(*),
-                      count(*) FILTER (WHERE {null_id_sql}),
-                      count(*) FILTER (WHERE {bad_ts_sql}),
-                      count(*) FILTER (WHERE {bad_amount_sql}),
-                      count(*) FILTER (WHERE amount = 0),
-                      count(*) FILTER (WHERE amount < 0),
-                      count(*) FILTER (WHERE has_offset),
-                      count(*) FILTER (WHERE NOT has_offset AND ts IS NOT NULL),
-                      count(*) FILTER (WHERE {spaced_id_sql}),
-                      count(*) FILTER (WHERE {used}),
-                      min(ts) FILTER (WHERE {used}),
-                      max(ts) FILTER (WHERE {used})
-               FROM typed_log"""
-        ).fetchall()[0]
+        counts = count_problems(con)
         duplicate_rows = _find_duplicate_rows(con, found)
     except duckdb.Error as exc:
         raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
-    rows, null_ids, bad_ts, bad_amounts, zero_amounts, negative_amounts = stats[:6]
-    with_offset, without_offset, spaced_ids = stats[6:9]
-    rows_used, first_ts, last_ts = stats[9:]
+    rows, null_ids, bad_ts, bad_amounts = counts.rows, counts.null_ids, counts.bad_ts, counts.bad_amounts
+    zero_amounts, negative_amounts, spaced_ids = counts.zero_amounts, counts.negative_amounts, counts.spaced_ids
+    with_offset, without_offset = counts.with_offset, counts.without_offset
+    rows_used, first_ts, last_ts = counts.rows_used, counts.first_ts, counts.last_ts
     if rows == 0:
         raise DataError(
             f"{where} has no transactions (no rows after the header; columns {', '.join(found)}). "
@@ -391,13 +381,13 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         raise DataError(
             f"{bad_ts:,} of {rows:,} rows in {where} have a '{config.timestamp}' that is not a valid date or time "
             f"({hint}; impossible dates such as 2023-02-30 count too); "
-            f"{_located(con, bad_ts_sql, 'ts_raw', single, unit)}. Fix those rows, set data.timestamp_format, "
+            f"{_located(con, BAD_TS_SQL, 'ts_raw', single, unit)}. Fix those rows, set data.timestamp_format, "
             "or set data.invalid_rows: drop to skip them."
         )
     if bad_amounts and not drop_invalid:
         raise DataError(
             f"{bad_amounts:,} of {rows:,} rows in {where} have a '{config.amount}' that is not a finite number "
-            f"(empty, text, NaN or infinite); {_located(con, bad_amount_sql, 'amount_raw', single, unit)}. "
+            f"(empty, text, NaN or infinite); {_located(con, BAD_AMOUNT_SQL, 'amount_raw', single, unit)}. "
             "Fix or remove those rows, or set data.invalid_rows: drop to skip them."
         )
     if negative_amounts and config.negative_amounts == "fail":
@@ -411,7 +401,7 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
     if config.order_id is not None:
         row = con.execute(
             f"""SELECT count(*) FROM (SELECT row_number() OVER (PARTITION BY order_id ORDER BY {file_col}, {line_col})
-                AS n FROM typed_log WHERE order_id IS NOT NULL AND {valid}) WHERE n > 1"""
+                AS n FROM typed_log WHERE order_id IS NOT NULL AND {VALID_SQL}) WHERE n > 1"""
         ).fetchall()[0]
         duplicate_orders = row[0]
     duplicate_condition = f"({file_col}, {line_col}) IN (SELECT ({file_col}, {line_col}) FROM duplicate_rows)"
@@ -430,7 +420,7 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         )
 
     # The rows that survive the policies, before returns are netted.
-    keep = [valid]
+    keep = [VALID_SQL]
     if config.duplicates == "drop" and duplicate_rows:
         keep.append(f"NOT {duplicate_condition}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW kept_log AS SELECT * FROM typed_log WHERE {' AND '.join(keep)}")
@@ -460,12 +450,12 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
     if bad_ts:
         warnings.append(
             f"{bad_ts:,} rows with an invalid '{config.timestamp}' were dropped (data.invalid_rows: drop); "
-            f"{_located(con, bad_ts_sql, 'ts_raw', single, unit)}."
+            f"{_located(con, BAD_TS_SQL, 'ts_raw', single, unit)}."
         )
     if bad_amounts:
         warnings.append(
             f"{bad_amounts:,} rows with a non-numeric or non-finite '{config.amount}' were dropped "
-            f"(data.invalid_rows: drop); {_located(con, bad_amount_sql, 'amount_raw', single, unit)}."
+            f"(data.invalid_rows: drop); {_located(con, BAD_AMOUNT_SQL, 'amount_raw', single, unit)}."
         )
     if null_ids:
         warnings.append(f"{null_ids:,} rows with an empty customer id were dropped.")
@@ -547,20 +537,92 @@ def release_memory(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"SET memory_limit = '{str(row[0]).replace(chr(39), '')}'")
 
 
+class ProblemCounts(NamedTuple):
+    """The rows of ``typed_log`` with each problem, and the span of the usable ones."""
+
+    rows: int
+    null_ids: int
+    bad_ts: int
+    bad_amounts: int
+    zero_amounts: int
+    negative_amounts: int
+    with_offset: int
+    without_offset: int
+    spaced_ids: int
+    rows_used: int
+    first_ts: object
+    last_ts: object
+
+
+def count_problems(con: duckdb.DuckDBPyConnection) -> ProblemCounts:
+    """Count every problem of ``typed_log`` in one pass.
+
+    Most logs have none of them, and counting each under its filter costs about 1.5 s at 10 million rows.
+    A first pass of plain aggregates (0.3 s) proves a log clean when no id is missing or starts with a
+    character at or below a space (the smallest id is at least '!'), no timestamp is missing and every amount
+    is a number of at least 0 and below infinity; then every count follows from it. Otherwise the problems are
+    counted one by one.
+    """
+    (rows, ids, smallest_id, timestamps, amounts, nans, smallest_amount, largest_amount, zero_amounts,
+     trailing_spaces, with_offset, first_ts, last_ts) = con.execute(
+        """SELECT count(*), count(customer_id), min(customer_id), count(ts), count(amount), count_if(isnan(amount)),
+                  min(amount), max(amount), count_if(amount = 0), count_if(ends_with(customer_id, ' ')),
+                  count_if(has_offset), min(ts), max(ts)
+           FROM typed_log"""
+    ).fetchall()[0]  # fmt: skip
+    clean = (
+        rows > 0 and ids == rows and smallest_id >= "!" and timestamps == rows and amounts == rows and nans == 0
+        and smallest_amount >= 0 and largest_amount < math.inf
+    )  # fmt: skip
+    if not clean:
+        return count_each_problem(con)
+    # No id starts with a space, so the spaced ids are those that end with one.
+    return ProblemCounts(
+        rows, 0, 0, 0, zero_amounts, 0, with_offset, rows - with_offset, trailing_spaces, rows, first_ts, last_ts
+    )
+
+
+def count_each_problem(con: duckdb.DuckDBPyConnection) -> ProblemCounts:
+    """Count every problem of ``typed_log`` under its own filter (what ``count_problems`` proves for a clean log)."""
+    counts = con.execute(
+        f"""SELECT count(*),
+                  count(*) FILTER (WHERE {NULL_ID_SQL}),
+                  count(*) FILTER (WHERE {BAD_TS_SQL}),
+                  count(*) FILTER (WHERE {BAD_AMOUNT_SQL}),
+                  count(*) FILTER (WHERE amount = 0),
+                  count(*) FILTER (WHERE amount < 0),
+                  count(*) FILTER (WHERE has_offset),
+                  count(*) FILTER (WHERE NOT has_offset AND ts IS NOT NULL),
+                  count(*) FILTER (WHERE {SPACED_ID_SQL}),
+                  count(*) FILTER (WHERE {USED_SQL}),
+                  min(ts) FILTER (WHERE {USED_SQL}),
+                  max(ts) FILTER (WHERE {USED_SQL})
+           FROM typed_log"""
+    ).fetchall()[0]
+    return ProblemCounts(*counts)
+
+
 def _find_duplicate_rows(con: duckdb.DuckDBPyConnection, raw_columns: list[str]) -> int:
     """Register ``duplicate_rows(file, line)``: the rows that repeat an earlier row exactly; return their count.
 
-    Every row's hash is counted first (one pass over 64-bit numbers); only rows whose hash occurs more than
-    once are compared column by column, in file and line order, so the first of equal rows is never listed.
+    Every row's hash is counted first (one pass over 64-bit numbers); only when a hash occurs more than once
+    are the rows with it listed and compared column by column, in file and line order, so the first of equal
+    rows is never listed.
     """
     file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
     columns = ", ".join(quote_identifier(c) for c in raw_columns)
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE duplicate_rows AS SELECT {file_col}, {line_col} FROM typed_log
-        WHERE row_hash IN (SELECT row_hash FROM typed_log GROUP BY row_hash HAVING count(*) > 1)"""
+        "CREATE OR REPLACE TEMP TABLE repeated_hashes AS "
+        "SELECT row_hash FROM typed_log GROUP BY row_hash HAVING count(*) > 1"
     )
-    candidates = con.execute("SELECT count(*) FROM duplicate_rows").fetchone()
-    if candidates and candidates[0]:
+    repeated = con.execute("SELECT count(*) FROM repeated_hashes").fetchone()
+    # Without a repeated hash no row repeats another, and the log is not read again.
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE duplicate_rows AS SELECT {file_col}, {line_col} FROM typed_log
+        WHERE {"row_hash IN (SELECT row_hash FROM repeated_hashes)" if repeated and repeated[0] else "false"}"""
+    )
+    con.execute("DROP TABLE repeated_hashes")
+    if repeated and repeated[0]:
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE duplicate_rows AS SELECT {file_col}, {line_col} FROM (
                 SELECT {file_col}, {line_col},

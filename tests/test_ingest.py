@@ -15,7 +15,13 @@ import pytest
 
 from forecast.config import DataConfig
 from forecast.errors import DataError
-from forecast.ingest import count_after_as_of, count_customers, read_transactions
+from forecast.ingest import (
+    count_after_as_of,
+    count_customers,
+    count_each_problem,
+    count_problems,
+    read_transactions,
+)
 
 BAD = Path(__file__).parent / "data" / "bad"
 
@@ -311,3 +317,19 @@ def test_customers_in_the_log_are_counted_from_the_summary_only_when_nothing_is_
     assert count_customers(up_to_january, customers_up_to_as_of=2).quality.customers == 3  # C comes later
     whole = count_after_as_of(transactions, dt.date(2020, 2, 29))
     assert count_customers(whole, customers_up_to_as_of=3).quality.customers == 3
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        "customer_id,timestamp,amount\n7 ,2023-01-05,0\n007,2023-01-06T10:00:00+02:00,3.5\n8,2023-01-07,2\n",
+        "customer_id,timestamp,amount\n ,2023-01-05,1\n 7,2023-01-06,2\n\t8,2023-01-07,-1\n8,2023-01-07,4\n",
+        "customer_id,timestamp,amount\n7,2023-02-30,1\n8,2023-01-07,NaN\n9,2023-01-07,inf\n,2023-01-08,5\n9,2023-01-09,5\n",
+    ],
+    ids=["clean-with-trailing-space-zero-and-offset", "leading-spaces-and-returns", "invalid-rows"],
+)
+def test_problem_counts_from_plain_aggregates_equal_the_counts_under_each_filter(tmp_path: Path, log: str):
+    path = tmp_path / "log.csv"
+    path.write_text(log, encoding="utf-8")
+    transactions = read_transactions(DataConfig(path=str(path), invalid_rows="drop"))
+    assert count_problems(transactions.connection) == count_each_problem(transactions.connection)
