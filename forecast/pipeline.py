@@ -16,6 +16,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -546,7 +547,8 @@ def _run(
     window = {"first_purchase": str(result.customers["first_purchase"].min()), "as_of": as_of.isoformat()}
     say(f"Writing outputs to {output_path}")
     step = time.perf_counter()
-    with atomic_folder(output_path) as staging:
+    # Arrow encodes customers.parquet without holding the GIL, so the table is written while the report is drawn.
+    with atomic_folder(output_path) as staging, ThreadPoolExecutor(max_workers=1) as background:
         (staging / RUN_MODELS).mkdir()
         for role, model in (("purchases", result.purchases), ("spend", result.spend)):
             write_json(staging / RUN_MODELS / MODEL_FILES[role], model_artifact(model, role, window))
@@ -555,7 +557,7 @@ def _run(
         write_csv, skipped = csv_wanted(config.customers_csv, len(result.customers))
         if skipped:
             result.warnings.append(skipped)
-        write_customer_tables(result.customers, columns, staging, csv=write_csv)
+        customer_tables = background.submit(write_customer_tables, result.customers, columns, staging, write_csv)
         escape_for_spreadsheet(result.segments).to_csv(staging / "segments.csv", index=False)
         if backtest_result is not None:
             write_backtest(staging, backtest_result)
@@ -581,6 +583,7 @@ def _run(
         step = time.perf_counter()
         build_report(staging, customers=result.customers)
         log.info("Report written in %.1f s", time.perf_counter() - step)
+        customer_tables.result()  # before the folder is committed; raises what the writing raised
     # The run folder is the authority; models/<as_of>/ is its published copy, written after the commit.
     with atomic_folder(models_path) as staging:
         for name in MODEL_FILES.values():

@@ -107,6 +107,21 @@ def test_nobody_bought_twice_fails_cleanly(project):
     assert (project / "out" / "2020-12-31.failed.log").is_file()
 
 
+def test_failure_while_the_customer_table_is_written_in_the_background_fails_cleanly(project, monkeypatch):
+    """customers.parquet is written in a second thread while the report is drawn; its failure is the run's."""
+    assert cli("run", "run.yaml").exit_code == 0
+    before = snapshot(project / "out")
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("forecast.pipeline.write_customer_tables", disk_full)
+    result = cli("run", "run.yaml", "--force")
+    assert_clean_failure(result, "Writing the outputs to", "No space left on device", "Free disk space")
+    assert snapshot(project / "out") == before
+    assert sorted(p.name for p in (project / "out").iterdir() if p.name.startswith(".")) == []
+
+
 def _limit_file_size() -> None:  # runs in the child before exec
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
