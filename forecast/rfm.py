@@ -73,8 +73,12 @@ def fetch_frame(con: duckdb.DuckDBPyConnection, queries: list[str]) -> pd.DataFr
     return frame
 
 
-def customer_ranges(con: duckdb.DuckDBPyConnection, end_exclusive: dt.date) -> list[str]:
+def customer_ranges(
+    con: duckdb.DuckDBPyConnection, end_exclusive: dt.date, rows_at_most: int | None = None
+) -> list[str]:
     """Customer ids that cut the log before ``end_exclusive`` into ranges of about equal transactions.
+
+    ``rows_at_most``, when known (the usable rows of the whole log), spares counting a log that fits in one range.
 
     Returns
     -------
@@ -84,6 +88,8 @@ def customer_ranges(con: duckdb.DuckDBPyConnection, end_exclusive: dt.date) -> l
         customers (one in ``SAMPLED_CUSTOMERS_ONE_IN`` by id hash), so the ranges are only about equal;
         the summary does not depend on where they fall.
     """
+    if rows_at_most is not None and rows_at_most <= ROWS_PER_SUMMARY_PART:
+        return []
     before_end = f"ts < DATE '{end_exclusive.isoformat()}'"
     row = con.execute(f"SELECT count(*) FROM transactions WHERE {before_end}").fetchone()
     parts = min(MAX_SUMMARY_PARTS, math.ceil((row[0] if row else 0) / ROWS_PER_SUMMARY_PART))
@@ -108,6 +114,7 @@ def summarize(
     days_per_unit: float = 7.0,
     resolution: Resolution = "day",
     segment_columns: list[str] | None = None,
+    rows_at_most: int | None = None,
 ) -> pd.DataFrame:
     """Build the per-customer summary of all transactions up to and including ``as_of``.
 
@@ -124,6 +131,9 @@ def summarize(
         ``"exact"`` keeps each distinct timestamp as a purchase and measures time to the second.
     segment_columns
         Columns of the log to carry over, taken from the customer's first purchase.
+    rows_at_most
+        An upper bound on the transactions up to ``as_of``, when known (``DataQuality.rows_used``); a log
+        that is summarised in one range is then not counted first.
 
     Returns
     -------
@@ -163,7 +173,7 @@ def summarize(
                {"".join(", " + quote_identifier(c) for c in segment_columns)}
         FROM per_customer ORDER BY customer_id"""
 
-    bounds: list[str | None] = [None, *customer_ranges(con, end_exclusive), None]
+    bounds: list[str | None] = [None, *customer_ranges(con, end_exclusive, rows_at_most), None]
     # The ranges are in id order and each part is sorted, so the parts put together are sorted too.
     summary = fetch_frame(con, [query(_range_condition(low, high)) for low, high in itertools.pairwise(bounds)])
     if summary.empty:

@@ -143,6 +143,9 @@ def test_a_log_summarised_in_ranges_of_customers_gives_the_same_summary(monkeypa
     whole = rfm.summarize(con, dt.date(1998, 6, 30))
     monkeypatch.setattr(rfm, "ROWS_PER_SUMMARY_PART", 10_000)
     assert len(rfm.customer_ranges(con, dt.date(1998, 7, 1))) == 6  # 69,659 rows: 7 ranges (at most 8)
+    # A known bound on the rows decides without counting: one range when it fits, else counted as before.
+    assert rfm.customer_ranges(con, dt.date(1998, 7, 1), rows_at_most=10_000) == []
+    assert len(rfm.customer_ranges(con, dt.date(1998, 7, 1), rows_at_most=69_659)) == 6
     in_ranges = rfm.summarize(con, dt.date(1998, 6, 30))
     pd.testing.assert_frame_equal(in_ranges, whole)
     assert in_ranges.index.is_monotonic_increasing and in_ranges.index.is_unique
