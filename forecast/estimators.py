@@ -77,7 +77,8 @@ def unique_rows(columns: dict[str, ArrayLike], weights: ArrayLike | None = None)
     a unique row's weight is the sum of its rows' weights. The rows come out sorted, so the fit does not
     depend on the order the customers came in (DuckDB or Spark).
     """
-    return sorted_unique_rows(columns, None if weights is None else as_floats(weights))
+    unique, _, counts = sorted_unique_rows(columns, None if weights is None else as_floats(weights))
+    return unique, counts
 
 
 #: Seed of NumPy's global generator while lifetimes fits (its Pareto/NBD fitter draws its start from it).

@@ -73,7 +73,8 @@ def test_sorted_unique_rows_equal_sorted_groups_with_summed_weights(
     rows: list[tuple[int, float, int]], weighted: bool, dense: bool
 ) -> None:
     """Both ways to number the rows (a bincount over all value combinations, or a second factorization)
-    give the unique rows sorted like pandas' groupby (NaN last) with each group's weights summed in row order."""
+    give the unique rows sorted like pandas' groupby (NaN last) with each group's weights summed in row order,
+    and every row the position of its own unique row."""
     from unittest import mock
 
     from forecast import compress
@@ -81,18 +82,19 @@ def test_sorted_unique_rows_equal_sorted_groups_with_summed_weights(
     frame = pd.DataFrame(rows, columns=["x", "y", "z"]).astype(float)
     weights = np.linspace(0.5, 3.0, len(frame)) if weighted else None
     with mock.patch.object(compress, "DENSE_KEYS_PER_ROW", 4 if dense else -(10**9)):
-        unique, counts = compress.sorted_unique_rows({c: frame[c] for c in frame.columns}, weights)
+        unique, codes, counts = compress.sorted_unique_rows({c: frame[c] for c in frame.columns}, weights)
     groups = frame.assign(w=1.0 if weights is None else weights).groupby(["x", "y", "z"], dropna=False, sort=True)
     expected = groups["w"].sum()
     pd.testing.assert_frame_equal(unique, expected.index.to_frame(index=False))
     np.testing.assert_allclose(counts, expected.to_numpy(), rtol=1e-14)  # pandas sums with compensation
+    np.testing.assert_array_equal(unique.to_numpy()[codes], frame.to_numpy())  # NaN equals NaN, -0.0 equals 0.0
 
 
 def test_sorted_unique_rows_of_nothing_is_empty() -> None:
     from forecast.compress import sorted_unique_rows
 
-    unique, counts = sorted_unique_rows({"x": np.array([]), "y": np.array([])})
-    assert list(unique.columns) == ["x", "y"] and len(unique) == 0 and len(counts) == 0
+    unique, codes, counts = sorted_unique_rows({"x": np.array([]), "y": np.array([])})
+    assert list(unique.columns) == ["x", "y"] and len(unique) == 0 and len(codes) == 0 and len(counts) == 0
 
 
 @pytest.fixture(scope="module")
