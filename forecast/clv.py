@@ -22,12 +22,11 @@ x expected lifespan in years x margin.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from forecast.compress import as_floats, unique_with_counts
+from forecast.compress import Histories, SpendHistories
 from forecast.config import DAYS_PER_MONTH, DAYS_PER_YEAR
 from forecast.errors import FitError
 from forecast.estimators import GammaGamma, PurchaseModel
@@ -70,45 +69,6 @@ def discounted_purchases(
     )
     monthly = np.diff(cumulative, axis=1)
     return cumulative[:, -1], monthly @ discount_factors(horizon_months, monthly_discount_rate)
-
-
-@dataclass(frozen=True)
-class Histories:
-    """The customers' unique (x, t_x, T) rows and the unique (x, T) pairs of those rows.
-
-    ``rows[row_of_customer]`` is every customer's (frequency, recency, T); ``pairs[pair_of_row]`` every
-    row's (frequency, T).
-    """
-
-    rows: np.ndarray
-    row_of_customer: np.ndarray
-    pairs: np.ndarray
-    pair_of_row: np.ndarray
-
-    @classmethod
-    def from_summary(cls, summary: pd.DataFrame) -> Histories:
-        row_of_customer, rows = unique_rows_codes(summary[["frequency", "recency", "T"]])
-        pair_of_row, pairs = unique_rows_codes(pd.DataFrame(rows[:, [0, 2]]))
-        return cls(rows, row_of_customer, pairs, pair_of_row)
-
-
-@dataclass(frozen=True)
-class SpendHistories:
-    """The customers' unique (x, m) spend histories: ``rows[row_of_customer]`` is every customer's.
-
-    m is the average repeat purchase value, taken as 0 without a repeat purchase (x = 0), where the
-    Gamma-Gamma expectation does not depend on it.
-    """
-
-    rows: np.ndarray
-    row_of_customer: np.ndarray
-
-    @classmethod
-    def from_summary(cls, summary: pd.DataFrame) -> SpendHistories:
-        frequency = as_floats(summary["frequency"])
-        monetary = np.where(frequency > 0, as_floats(summary["monetary_value"]), 0.0)
-        row_of_customer, rows = unique_rows_codes(pd.DataFrame({"frequency": frequency, "monetary": monetary}))
-        return cls(rows, row_of_customer)
 
 
 def purchases_if_alive(
@@ -200,12 +160,6 @@ def score_customers(
     )
     require_finite(scores, f"The {purchases.title} x Gamma-Gamma predictions")
     return scores
-
-
-def unique_rows_codes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Unique rows of a numeric frame and, for every row, the position of its unique row."""
-    unique, codes, _ = unique_with_counts({str(name): frame[name].to_numpy() for name in frame.columns})
-    return codes, unique.to_numpy()
 
 
 def require_finite(frame: pd.DataFrame, what: str) -> None:

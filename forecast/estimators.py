@@ -27,7 +27,7 @@ from scipy.integrate import quad
 from scipy.special import digamma, gammaln
 from threadpoolctl import threadpool_limits
 
-from forecast.compress import as_floats, sorted_unique_rows
+from forecast.compress import Histories, SpendHistories, as_floats, sorted_unique_rows
 from forecast.errors import FitError, ForecastWarning
 
 with warnings.catch_warnings():
@@ -77,7 +77,8 @@ def unique_rows(columns: dict[str, ArrayLike], weights: ArrayLike | None = None)
     a unique row's weight is the sum of its rows' weights. The rows come out sorted, so the fit does not
     depend on the order the customers came in (DuckDB or Spark).
     """
-    return sorted_unique_rows(columns, None if weights is None else as_floats(weights))
+    unique, _, counts = sorted_unique_rows(columns, None if weights is None else as_floats(weights))
+    return unique, counts
 
 
 #: Seed of NumPy's global generator while lifetimes fits (its Pareto/NBD fitter draws its start from it).
@@ -525,21 +526,47 @@ class PurchaseModel(_Model):
         -------
         self
         """
-        unique, weights = unique_rows({"frequency": frequency, "recency": recency, "T": T}, weights)
-        if len(unique) == 0:
+        unique, counts = unique_rows({"frequency": frequency, "recency": recency, "T": T}, weights)
+        return self.fit_unique(
+            unique["frequency"].to_numpy(), unique["recency"].to_numpy(), unique["T"].to_numpy(), counts
+        )
+
+    def fit_unique(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, counts: ArrayLike) -> Self:
+        """Fit on unique (frequency, recency, T) rows in lexicographic order, weighted by their counts.
+
+        What ``fit`` does once it has compressed the customers: pass rows that are already unique and sorted
+        (``Histories`` holds them), as the result depends on the rows' order at the level of rounding.
+
+        Parameters
+        ----------
+        frequency, recency, T
+            The unique rows' columns, in model time units.
+        counts
+            Customers each row stands for.
+
+        Returns
+        -------
+        self
+        """
+        # Contiguous columns: the sums of the fit may round differently over strided ones.
+        data = {
+            name: np.ascontiguousarray(as_floats(values))
+            for name, values in (("frequency", frequency), ("recency", recency), ("T", T))
+        }
+        weights = as_floats(counts)
+        if len(weights) == 0:
             raise FitError(f"The {self.title} model needs at least one customer.")
-        if len(unique) < len(self.param_names):
+        if len(weights) < len(self.param_names):
             raise FitError(
                 f"The {self.title} model has {len(self.param_names)} parameters but the data has only "
-                f"{len(unique)} distinct customer histories ({int(weights.sum()):,} customers), so they cannot "
+                f"{len(weights)} distinct customer histories ({int(weights.sum()):,} customers), so they cannot "
                 "be estimated. Use a log with more customers (hundreds give stable estimates)."
             )
-        if (unique["frequency"] > 0).sum() == 0:
+        if not (data["frequency"] > 0).any():
             raise FitError(
                 f"Nobody in the data made a repeat purchase, so the {self.title} model cannot be fitted. "
                 "Use a longer observation period."
             )
-        data = {name: unique[name].to_numpy() for name in ("frequency", "recency", "T")}
         return self._fit_compressed(data, weights)
 
     def _conditional_expectation(
@@ -767,14 +794,37 @@ class GammaGamma(_Model):
         self
         """
         frequency = as_floats(frequency)
-        monetary_value = as_floats(monetary_value)
-        row_weights = None if weights is None else as_floats(weights)
+        repeat = frequency > 0  # the only customers the fit and its warnings count
+        unique, counts = unique_rows(
+            {"frequency": frequency[repeat], "monetary_value": as_floats(monetary_value)[repeat]},
+            None if weights is None else as_floats(weights)[repeat],
+        )
+        return self.fit_unique(unique["frequency"].to_numpy(), unique["monetary_value"].to_numpy(), counts)
+
+    def fit_unique(self, frequency: ArrayLike, monetary_value: ArrayLike, counts: ArrayLike) -> Self:
+        """Fit on unique (frequency, monetary_value) rows in lexicographic order, weighted by their counts.
+
+        What ``fit`` does once it has compressed the customers: pass rows that are already unique and sorted
+        (``SpendHistories`` holds them), as the result depends on the rows' order at the level of rounding.
+        Rows without a repeat purchase or a positive average spend are left out, as in ``fit``.
+
+        Parameters
+        ----------
+        frequency
+            Repeat purchases of each unique row.
+        monetary_value
+            Mean amount of the repeat purchases (currency units).
+        counts
+            Customers each row stands for.
+
+        Returns
+        -------
+        self
+        """
+        frequency, monetary_value, counts = as_floats(frequency), as_floats(monetary_value), as_floats(counts)
         repeat = frequency > 0
         usable = repeat & (monetary_value > 0)
-        # Without weights every row is one customer: no array of millions of ones to index and sum.
-        repeat_buyers, usable_buyers = (
-            int(rows.sum() if row_weights is None else row_weights[rows].sum()) for rows in (repeat, usable)
-        )
+        repeat_buyers, usable_buyers = int(counts[repeat].sum()), int(counts[usable].sum())
         if usable_buyers < 2:
             raise FitError(
                 f"The Gamma-Gamma spend model needs repeat buyers with a positive average spend; the data has "
@@ -787,17 +837,14 @@ class GammaGamma(_Model):
                 ForecastWarning,
                 stacklevel=2,
             )
-        unique, weights = unique_rows(
-            {"frequency": frequency[usable], "monetary_value": monetary_value[usable]},
-            None if row_weights is None else row_weights[usable],
-        )
-        if np.ptp(unique["monetary_value"].to_numpy()) == 0:
+        # Boolean selections are contiguous copies, as the fit's sums want them (see PurchaseModel.fit_unique).
+        data = {"frequency": frequency[usable], "monetary_value": monetary_value[usable]}
+        if np.ptp(data["monetary_value"]) == 0:
             raise FitError(
                 "Every repeat buyer has the same average spend, so the Gamma-Gamma spend model has nothing to fit. "
                 "Use the heuristic CLV, or check that the amount column is the purchase value."
             )
-        data = {name: unique[name].to_numpy() for name in ("frequency", "monetary_value")}
-        self._fit_compressed(data, weights)
+        self._fit_compressed(data, counts[usable])
         if self.params_["q"] <= 1:
             warnings.warn(
                 f"Gamma-Gamma q = {self.params_['q']:.3f} <= 1: the population mean spend is undefined and spend "
@@ -864,13 +911,31 @@ class GammaGamma(_Model):
         return p * gamma / (q - 1) if q > 1 else math.inf
 
 
-def fit_models(summary: pd.DataFrame, model_name: str) -> tuple[PurchaseModel, GammaGamma]:
+def fit_models(
+    summary: pd.DataFrame,
+    model_name: str,
+    histories: Histories | None = None,
+    spend_histories: SpendHistories | None = None,
+) -> tuple[PurchaseModel, GammaGamma]:
     """Fit a purchase model (bgnbd, mbgnbd, pareto) and Gamma-Gamma on a per-customer summary.
 
     Warns when repeat buyers' frequency and average spend are correlated (Gamma-Gamma assumes independence).
+
+    Parameters
+    ----------
+    summary
+        Output of ``forecast.rfm.summarize`` (indexed by customer_id).
+    model_name
+        The purchase model's config name.
+    histories, spend_histories
+        The summary's unique histories, if already computed (``Histories.from_summary``,
+        ``SpendHistories.from_summary``): the fits take their rows and counts.
     """
-    purchases = purchase_model(model_name).fit(summary["frequency"], summary["recency"], summary["T"])
-    spend = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
+    histories = histories if histories is not None else Histories.from_summary(summary)
+    spend_histories = spend_histories if spend_histories is not None else SpendHistories.from_summary(summary)
+    rows, spend_rows = histories.rows, spend_histories.rows
+    purchases = purchase_model(model_name).fit_unique(rows[:, 0], rows[:, 1], rows[:, 2], histories.counts)
+    spend = GammaGamma().fit_unique(spend_rows[:, 0], spend_rows[:, 1], spend_histories.counts)
     # Plain arrays: boolean-indexing the frame would build a hash table of all customer ids.
     frequency, monetary_value = as_floats(summary["frequency"]), as_floats(summary["monetary_value"])
     repeat = (frequency > 0) & (monetary_value > 0)

@@ -136,10 +136,11 @@ def forecast(
             transactions.connection, as_of, config.days_per_unit, config.resolution, transactions.segment_columns
         )
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
-        purchases, spend = fit_models(summary, config.purchase_model)
-        say("Scoring customers")
-        # Every customer's unique histories, found once, index the model evaluations of the scores and intervals.
+        # Every customer's unique histories, found once: the fits take their rows and counts, and they index
+        # the model evaluations of the scores and intervals.
         histories, spend_histories = Histories.from_summary(summary), SpendHistories.from_summary(summary)
+        purchases, spend = fit_models(summary, config.purchase_model, histories, spend_histories)
+        say("Scoring customers")
         scores = score_customers(
             summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
             config.days_per_unit, histories, spend_histories,

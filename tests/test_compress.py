@@ -1,5 +1,5 @@
-"""Linear-time row compression: the same unique rows and counts as numpy.unique, and weighted fits that
-equal fits on the expanded rows."""
+"""Linear-time row compression: the same unique rows and counts as numpy.unique, weighted fits that
+equal fits on the expanded rows, and unique histories shared by the fits and the scores."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecast.compress import combine_codes, group_codes, label_codes, unique_with_counts
+from forecast.compress import Histories, SpendHistories, combine_codes, group_codes, label_codes, unique_with_counts
 from forecast.estimators import BetaGeo, GammaGamma, unique_rows
 
 
@@ -73,7 +73,8 @@ def test_sorted_unique_rows_equal_sorted_groups_with_summed_weights(
     rows: list[tuple[int, float, int]], weighted: bool, dense: bool
 ) -> None:
     """Both ways to number the rows (a bincount over all value combinations, or a second factorization)
-    give the unique rows sorted like pandas' groupby (NaN last) with each group's weights summed in row order."""
+    give the unique rows sorted like pandas' groupby (NaN last) with each group's weights summed in row order,
+    and every row the position of its own unique row."""
     from unittest import mock
 
     from forecast import compress
@@ -81,18 +82,19 @@ def test_sorted_unique_rows_equal_sorted_groups_with_summed_weights(
     frame = pd.DataFrame(rows, columns=["x", "y", "z"]).astype(float)
     weights = np.linspace(0.5, 3.0, len(frame)) if weighted else None
     with mock.patch.object(compress, "DENSE_KEYS_PER_ROW", 4 if dense else -(10**9)):
-        unique, counts = compress.sorted_unique_rows({c: frame[c] for c in frame.columns}, weights)
+        unique, codes, counts = compress.sorted_unique_rows({c: frame[c] for c in frame.columns}, weights)
     groups = frame.assign(w=1.0 if weights is None else weights).groupby(["x", "y", "z"], dropna=False, sort=True)
     expected = groups["w"].sum()
     pd.testing.assert_frame_equal(unique, expected.index.to_frame(index=False))
     np.testing.assert_allclose(counts, expected.to_numpy(), rtol=1e-14)  # pandas sums with compensation
+    np.testing.assert_array_equal(unique.to_numpy()[codes], frame.to_numpy())  # NaN equals NaN, -0.0 equals 0.0
 
 
 def test_sorted_unique_rows_of_nothing_is_empty() -> None:
     from forecast.compress import sorted_unique_rows
 
-    unique, counts = sorted_unique_rows({"x": np.array([]), "y": np.array([])})
-    assert list(unique.columns) == ["x", "y"] and len(unique) == 0 and len(counts) == 0
+    unique, codes, counts = sorted_unique_rows({"x": np.array([]), "y": np.array([])})
+    assert list(unique.columns) == ["x", "y"] and len(unique) == 0 and len(codes) == 0 and len(counts) == 0
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +144,49 @@ def test_fit_without_the_autograd_hessian_gives_lifetimes_parameters_bit_for_bit
         fitter.fit(unique["frequency"], unique["recency"], unique["T"], weights=weights)
     lifetimes_params = dict(zip(model.param_names, fitter.params_.to_numpy().tolist(), strict=True))
     assert ours.params_ == lifetimes_params
+
+
+def first_appearance_histories(summary: pd.DataFrame) -> tuple[Histories, SpendHistories]:
+    """The histories as scoring built them before the fits shared them: unique rows in order of first appearance."""
+    columns = {name: summary[name] for name in ("frequency", "recency", "T")}
+    unique, row_of_customer, counts = unique_with_counts(columns)
+    rows = unique.to_numpy()
+    pairs, pair_of_row, _ = unique_with_counts({"frequency": rows[:, 0], "T": rows[:, 2]})
+    frequency = summary["frequency"].to_numpy(float)
+    monetary_value = np.where(frequency > 0, summary["monetary_value"].to_numpy(float), 0.0)
+    spend_rows, row_of_spend, spend_counts = unique_with_counts({"frequency": frequency, "monetary": monetary_value})
+    return (
+        Histories(rows, counts, row_of_customer, pairs.to_numpy(), pair_of_row),
+        SpendHistories(spend_rows.to_numpy(), spend_counts, row_of_spend),
+    )
+
+
+@pytest.mark.parametrize("model_name", ["bgnbd", "mbgnbd", "pareto"])
+def test_fits_scores_and_intervals_on_shared_histories_equal_the_separate_computations(
+    cdnow_summary: pd.DataFrame, model_name: str
+) -> None:
+    """One Histories and SpendHistories feed the fits, the scores and the intervals. The fits equal the fits
+    on the customers' columns bit for bit (the same sorted unique rows and counts go into the same
+    minimisation); scores and intervals equal those indexed by the first-appearance histories to 1e-12."""
+    from forecast.clv import score_customers
+    from forecast.estimators import fit_models, purchase_model
+    from forecast.uncertainty import clv_draws, has_covariance
+
+    summary = cdnow_summary
+    histories, spend_histories = Histories.from_summary(summary), SpendHistories.from_summary(summary)
+    purchases, spend = fit_models(summary, model_name, histories, spend_histories)
+    alone = purchase_model(model_name).fit(summary["frequency"], summary["recency"], summary["T"])
+    assert purchases.result_ == alone.result_  # parameters, log-likelihood, covariance: every bit
+    usable = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
+    assert spend.result_ == GammaGamma().fit(usable["frequency"], usable["monetary_value"]).result_
+
+    args = (summary, purchases, spend, 12, 0.01, 0.3, 7.0)
+    earlier = first_appearance_histories(summary)
+    scores = score_customers(*args, histories, spend_histories)
+    pd.testing.assert_frame_equal(scores, score_customers(*args, *earlier), rtol=1e-12, atol=0)
+    if has_covariance(purchases) and has_covariance(spend):
+        groups = pd.DataFrame({"tier": pd.qcut(scores["clv"].rank(method="first"), 4, labels=False)})
+        shared = clv_draws(*args, groups, draws=20, histories=histories, spend_histories=spend_histories)
+        separate = clv_draws(*args, groups, draws=20, histories=earlier[0], spend_histories=earlier[1])
+        pd.testing.assert_frame_equal(shared.customers, separate.customers, rtol=1e-12, atol=0)
+        pd.testing.assert_frame_equal(shared.clv_totals, separate.clv_totals, rtol=1e-12, atol=0)
