@@ -211,12 +211,17 @@ class _BetaGeoObjective(_Objective):
 
     def __call__(self, log_params: np.ndarray) -> tuple[float, np.ndarray]:
         r, alpha, a, b = np.exp(log_params)
+        # np.log, not math.log: a line search may underflow alpha to 0, where lifetimes' objective is not finite
+        # either (and the search steps back); math.log would raise instead.
+        log_alpha = np.log(alpha)
         x, x_weights, total = self._x_values, self._x_weights, self.total_weight
         # Terms in x alone.
-        ll = x_weights @ (
-            gammaln(r + x) - gammaln(r) + gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
-        ) + total * r * math.log(alpha)
-        d_r = x_weights @ (digamma(r + x) - digamma(r)) + total * math.log(alpha)
+        ll = (
+            x_weights
+            @ (gammaln(r + x) - gammaln(r) + gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x))
+            + total * r * log_alpha
+        )
+        d_r = x_weights @ (digamma(r + x) - digamma(r)) + total * log_alpha
         d_alpha = total * r / alpha
         d_a = x_weights @ (digamma(a + b) - digamma(a + b + x))
         d_b = x_weights @ (digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x))
@@ -285,7 +290,7 @@ class _GammaGammaObjective(_Objective):
         log_ratio = np.log1p(gamma * self._inverse_spend)  # ln(1 + gamma / s)
         inverse_total = 1.0 / (self._spend + gamma)
         w_log, wx_log = self._weights @ log_ratio, self._weights_x @ log_ratio
-        log_spend_over_gamma = self._log_spend - total * math.log(gamma)  # sum of w ln(s / gamma)
+        log_spend_over_gamma = self._log_spend - total * np.log(gamma)  # sum of w ln(s / gamma); np.log as for alpha
         ll = (
             x_weights @ (gammaln(px + q) - gammaln(px)) - total * gammaln(q) - self._log_m
             - p * wx_log - q * w_log - q * log_spend_over_gamma
