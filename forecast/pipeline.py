@@ -133,8 +133,9 @@ def forecast(
     with collected_warnings() as caught:
         say(f"Summarising customers as of {as_of}")
         summary = summarize(
-            transactions.connection, as_of, config.days_per_unit, config.resolution, transactions.segment_columns
-        )
+            transactions.connection, as_of, config.days_per_unit, config.resolution, transactions.segment_columns,
+            rows_at_most=transactions.quality.rows_used,
+        )  # fmt: skip
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
         # Every customer's unique histories, found once: the fits take their rows and counts, and they index
         # the model evaluations of the scores and intervals.
