@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,7 @@ def as_numbers(values: np.ndarray | pd.Series) -> np.ndarray:
 
 
 #: Rows per pass of the chunked helpers below: their temporaries stay a few MB however many customers there are.
-CHUNK_ROWS = 1 << 20
+CHUNK_ROWS = 1 << 18
 
 
 def row_chunks(rows: int) -> list[slice]:
@@ -60,7 +61,8 @@ def take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """
     out = np.empty(len(index), dtype=values.dtype)
     for part in row_chunks(len(index)):
-        np.take(values, index[part], out=out[part])
+        # mode="wrap" reads -1 as the last value, as indexing does, and (unlike "raise") writes to out unbuffered.
+        np.take(values, index[part], out=out[part], mode="wrap")
     return out
 
 
@@ -379,7 +381,7 @@ def label_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
         values sorted.
     """
     if isinstance(values.dtype, pd.CategoricalDtype):
-        codes = values.cat.codes.to_numpy()  # the categorical's own small integers, not a copy
+        codes = cast(pd.Categorical, values.array).codes  # the categorical's own small integers (cat.codes copies)
         categories = values.cat.categories
         occurs = code_counts(codes, len(categories)) > 0
         if not occurs.all():
