@@ -7,7 +7,7 @@ import pandas as pd
 from pandas.api.typing import DataFrameGroupBy
 
 from forecast.clv import heuristic_clv
-from forecast.compress import as_floats, combine_codes, label_codes
+from forecast.compress import as_floats, as_numbers, combine_codes, label_codes, take
 
 ALL = "all customers"
 
@@ -159,19 +159,34 @@ def rfm_groups(summary: pd.DataFrame) -> pd.Series:
         Ordered categorical named ``rfm_group`` (champions, loyal, new, at risk, one-time, lapsed),
         indexed like ``summary``.
     """
-    since_last = as_floats(summary["T"]) - as_floats(summary["recency"])
-    frequency = as_floats(summary["frequency"])
-    recent_cut, old_cut = np.quantile(since_last, [1 / 3, 2 / 3])
-    recency_score = np.where(since_last <= recent_cut, 3, np.where(since_last > old_cut, 1, 2))
+    # The cuts partition one array of the times since the last purchase in place (overwrite_input: numpy would
+    # otherwise partition a copy); the scores compare a second one. Scores are int8, set by the inner
+    # condition of where(a, 3, where(b, 1, 2)) first, so that the outer one wins, as it does there.
+    recent_cut, old_cut = np.quantile(_since_last(summary), [1 / 3, 2 / 3], overwrite_input=True)
+    since_last = _since_last(summary)
+    recency_score = np.full(len(since_last), 2, dtype=np.int8)
+    np.copyto(recency_score, 1, where=since_last > old_cut)
+    np.copyto(recency_score, 3, where=since_last <= recent_cut)
+    del since_last
+    frequency = as_numbers(summary["frequency"])  # integer counts compare with the median as their floats would
     repeat = frequency[frequency > 0]
     median_repeats = float(np.median(repeat)) if len(repeat) else 0.0
-    frequency_score = np.where(frequency == 0, 1, np.where(frequency > median_repeats, 3, 2))
+    del repeat
+    frequency_score = np.full(len(frequency), 2, dtype=np.int8)
+    np.copyto(frequency_score, 3, where=frequency > median_repeats)
+    np.copyto(frequency_score, 1, where=frequency == 0)
     # The grid as group numbers (positions in RFM_GROUPS), looked up by (recency score, frequency score).
     grid = np.zeros((4, 4), dtype=np.int8)
     for r, row in RFM_GROUP_GRID.items():
         for f, group in row.items():
             grid[r, f] = RFM_GROUPS.index(group)
-    groups = pd.Categorical.from_codes(
-        grid[recency_score, frequency_score], categories=pd.Index(RFM_GROUPS), ordered=True
-    )
+    cell = recency_score
+    cell *= 4
+    cell += frequency_score  # the position of (recency score, frequency score) in the flattened grid
+    groups = pd.Categorical.from_codes(take(grid.ravel(), cell), categories=pd.Index(RFM_GROUPS), ordered=True)
     return pd.Series(groups, index=summary.index, name="rfm_group")
+
+
+def _since_last(summary: pd.DataFrame) -> np.ndarray:
+    """Time since each customer's last purchase, T - recency (model time units)."""
+    return as_floats(summary["T"]) - as_floats(summary["recency"])
