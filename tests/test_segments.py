@@ -1,5 +1,6 @@
-"""Tests of forecast.segments: RFM groups against their where() formulation. (The segment heuristic's worked
-examples and the RFM grid by hand are in tests/test_budget.py.)"""
+"""Tests of forecast.segments: RFM groups against their where() formulation, and segment totals summed by cell
+a few columns at a time against pandas' groupby. (The segment heuristic's worked examples and the RFM grid by
+hand are in tests/test_budget.py.)"""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from unittest import mock
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forecast import compress
-from forecast.segments import RFM_GROUP_GRID, RFM_GROUPS, rfm_groups
+from forecast.segments import ALL, RFM_GROUP_GRID, RFM_GROUPS, SegmentCells, rfm_groups, segment_totals
 
 
 def rfm_groups_by_where(summary: pd.DataFrame) -> pd.Series:
@@ -50,3 +52,42 @@ def test_rfm_groups_equal_the_nested_where_formulation(rows, integer_frequency):
         groups = rfm_groups(summary)
     pd.testing.assert_series_equal(groups, rfm_groups_by_where(summary))
     pd.testing.assert_frame_equal(summary, before)  # the quantiles partition a copy, not the summary
+
+
+@pytest.fixture
+def customers() -> pd.DataFrame:
+    """60 customers in 3 value tiers (one unused category) and 4 regions (some missing), with two figures."""
+    rng = np.random.default_rng(11)
+    tiers = pd.Categorical.from_codes(rng.integers(0, 3, 60), categories=["top", "middle", "rest", "unused"])
+    regions = pd.Series(rng.choice(["north", "south", "east", None], 60), dtype="string")
+    return pd.DataFrame(
+        {"segment": tiers, "region": regions, "clv": rng.gamma(2.0, 50.0, 60), "revenue": rng.gamma(1.0, 80.0, 60)},
+        index=pd.Index([f"c{i:02d}" for i in range(60)], name="customer_id"),
+    )
+
+
+def test_cells_summed_a_column_at_a_time_equal_the_totals_summed_at_once(customers):
+    """Sums of one column per call, rolled up per segment, equal segment_totals' sums of all columns at once, bit
+    for bit; and the segments' totals equal pandas' groupby of each segmentation (to rounding)."""
+    segmentations: list[str | None] = [None, "segment", "region"]
+    values = customers[["clv", "revenue"]]
+    at_once = segment_totals(customers, segmentations, values)
+    cells = SegmentCells.of(customers, segmentations)
+    one_by_one = cells.totals({name: cells.sums(values[[name]])[:, 0] for name in values.columns})
+    for expected, table in zip(at_once, one_by_one, strict=True):
+        pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert at_once[0].index.tolist() == [ALL] and at_once[0]["customers"].tolist() == [60]
+    for column, table in zip(segmentations[1:], at_once[1:], strict=True):
+        grouped = customers.groupby(column, observed=True, sort=True)  # categories in their order, text sorted
+        assert table.index.tolist() == grouped.size().index.tolist()  # no unused tier, no missing region
+        assert table["customers"].tolist() == grouped.size().tolist()
+        np.testing.assert_allclose(table[["clv", "revenue"]], grouped[["clv", "revenue"]].sum(), rtol=1e-13)
+
+
+def test_cell_counts_where_a_mask_holds_count_those_customers(customers):
+    """counts(where) is the number of the cell's customers the mask marks: at-risk customers per segment."""
+    cells = SegmentCells.of(customers, ["segment"])
+    at_risk = customers["clv"].to_numpy() < 80.0
+    table = cells.totals({"at_risk": cells.counts(at_risk)})[0]
+    expected = customers[at_risk].groupby("segment", observed=True)["clv"].size()
+    assert table["at_risk"].to_dict() == expected.astype(float).to_dict()
