@@ -26,10 +26,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from forecast.compress import as_floats, label_codes
+from forecast.compress import as_floats, as_numbers, label_codes
 from forecast.errors import DataError
 from forecast.estimators import PurchaseModel
-from forecast.segments import ALL, segment_totals
+from forecast.segments import ALL, SegmentCells
 from forecast.uncertainty import ClvDraws, discounted_purchases_new
 
 ALL_GROUPING = "all"
@@ -164,19 +164,28 @@ def budget_columns(
     missing = [c for c in ("clv", "p_alive", "expected_spend", "revenue", "frequency") if c not in customers]
     if missing:
         raise DataError(f"The customer table lacks the columns {missing} needed for budget figures.")
-    at_risk = as_floats(customers["p_alive"]) < p_alive_threshold
-    values = pd.DataFrame(
-        {
-            "first_purchase_value": as_floats(first_purchase_value(customers)),
-            "expected_spend": as_floats(customers["expected_spend"]),
-            "at_risk": at_risk.astype(np.int64),
-            "risk_clv": np.where(at_risk, as_floats(customers["clv"]), 0.0),
-        },
-        copy=False,
-    )
     groupings: list[str | None] = [None, *sorted(set(segments["segmentation"]) - {ALL_GROUPING})]
+    cells = SegmentCells.of(customers, groupings)
+    # Summed per cell a column or two at a time, each freed before the next is made; revenue - frequency x
+    # monetary_value in place, the operations of first_purchase_value.
+    first_value = np.multiply(as_numbers(customers["frequency"]), as_floats(customers["monetary_value"]))
+    np.subtract(as_floats(customers["revenue"]), first_value, out=first_value)
+    spend = pd.DataFrame(
+        {"first_purchase_value": first_value, "expected_spend": as_floats(customers["expected_spend"])}, copy=False
+    )
+    del first_value
+    first_and_spend = cells.sums(spend)
+    del spend
+    at_risk = as_floats(customers["p_alive"]) < p_alive_threshold
+    risk_clv = cells.sums(pd.DataFrame({"risk_clv": np.where(at_risk, as_floats(customers["clv"]), 0.0)}, copy=False))
+    per_cell = {
+        "first_purchase_value": first_and_spend[:, 0],
+        "expected_spend": first_and_spend[:, 1],
+        "at_risk": cells.counts(at_risk),
+        "risk_clv": risk_clv[:, 0],
+    }
     parts = []
-    for column, sums in zip(groupings, segment_totals(customers, groupings, values), strict=True):
+    for column, sums in zip(groupings, cells.totals(per_cell), strict=True):
         count = sums["customers"]
         figures = pd.DataFrame(
             {

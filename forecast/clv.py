@@ -26,7 +26,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from forecast.compress import Histories, SpendHistories
+from forecast.compress import Histories, SpendHistories, row_chunks, take
 from forecast.config import DAYS_PER_MONTH, DAYS_PER_YEAR
 from forecast.errors import FitError
 from forecast.estimators import GammaGamma, PurchaseModel
@@ -147,13 +147,19 @@ def score_customers(
         purchases, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit
     )
     rows = histories.row_of_customer
-    expected_spend = spend.expected_spend(*spend_histories.rows.T)[spend_histories.row_of_customer]
+    # Each column is gathered from its per-row values straight into its own array, and the CLV is multiplied
+    # in place by chunks: the products are those of margin * expected_spend * (p_alive * discounted)[rows].
+    expected_spend = take(spend.expected_spend(*spend_histories.rows.T), spend_histories.row_of_customer)
+    clv = np.multiply(margin, expected_spend)
+    discounted_of_row = p_alive * discounted[histories.pair_of_row]
+    for part in row_chunks(len(clv)):
+        clv[part] *= np.take(discounted_of_row, rows[part], mode="wrap")
     scores = pd.DataFrame(
         {
-            "p_alive": p_alive[rows],
-            "expected_purchases": (p_alive * expected[histories.pair_of_row])[rows],
+            "p_alive": take(p_alive, rows),
+            "expected_purchases": take(p_alive * expected[histories.pair_of_row], rows),
             "expected_spend": expected_spend,
-            "clv": margin * expected_spend * (p_alive * discounted[histories.pair_of_row])[rows],
+            "clv": clv,
         },
         index=summary.index,
         copy=False,
@@ -206,14 +212,18 @@ def heuristic_inputs(summary: pd.DataFrame, days_per_unit: float) -> pd.DataFram
     pandas.DataFrame
         Indexed by customer_id, columns avg_purchase_value and purchases_per_year.
     """
-    years = summary["T"].to_numpy(float) * days_per_unit / DAYS_PER_YEAR
-    frequency = summary["frequency"].to_numpy(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.where(years > 0, frequency / years, 0.0)
-    return pd.DataFrame(
-        {"avg_purchase_value": summary["revenue"].to_numpy(float) / (frequency + 1), "purchases_per_year": rate},
-        index=summary.index,
-    )
+    # In place, on the function's own arrays: the same operations as (T * days_per_unit) / DAYS_PER_YEAR,
+    # where(years > 0, frequency / years, 0) and revenue / (frequency + 1), without their temporaries.
+    rate = np.multiply(summary["T"].to_numpy(float), days_per_unit)
+    rate /= DAYS_PER_YEAR
+    frequency = summary["frequency"].to_numpy(dtype=float, copy=True)
+    positive = rate > 0
+    np.divide(frequency, rate, out=rate, where=positive)
+    rate[~positive] = 0.0
+    del positive
+    frequency += 1
+    average = np.divide(summary["revenue"].to_numpy(float), frequency, out=frequency)
+    return pd.DataFrame({"avg_purchase_value": average, "purchases_per_year": rate}, index=summary.index, copy=False)
 
 
 def observed_lifespan_years(summary: pd.DataFrame, as_of: dt.date) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,51 @@ def as_floats(values: np.ndarray | pd.Series) -> np.ndarray:
     if isinstance(values, pd.Series):
         return values.to_numpy(dtype=float)
     return np.asarray(values, dtype=float)
+
+
+def as_numbers(values: np.ndarray | pd.Series) -> np.ndarray:
+    """The values as a numpy array, as they are when already integers or floats (no float copy), else as floats.
+
+    For comparisons and sums whose results do not depend on the type: an int64 frequency column
+    compares with 0 as its float copy would, without the copy's 8 bytes a row.
+    """
+    array = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
+    return array if array.dtype.kind in "iuf" else as_floats(values)
+
+
+#: Rows per pass of the chunked helpers below: their temporaries stay a few MB however many customers there are.
+CHUNK_ROWS = 1 << 18
+
+
+def row_chunks(rows: int) -> list[slice]:
+    """Consecutive slices of at most ``CHUNK_ROWS`` rows covering ``rows`` rows."""
+    return [slice(start, start + CHUNK_ROWS) for start in range(0, rows, CHUNK_ROWS)]
+
+
+def take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values[index]`` for a compact integer index (int8 .. int32), a chunk at a time.
+
+    numpy converts an index array to intp before it gathers: 27 MB for the int32 codes of 3.4 million
+    customers. Chunk by chunk that copy stays ``CHUNK_ROWS`` long; the values gathered are the same.
+    """
+    out = np.empty(len(index), dtype=values.dtype)
+    for part in row_chunks(len(index)):
+        # mode="wrap" reads -1 as the last value, as indexing does, and (unlike "raise") writes to out unbuffered.
+        np.take(values, index[part], out=out[part], mode="wrap")
+    return out
+
+
+def code_counts(codes: np.ndarray, size: int) -> np.ndarray:
+    """How many rows have each code 0 .. size - 1 (-1, missing, is not counted), a chunk at a time.
+
+    ``numpy.bincount`` of int8 codes would first copy them all to intp (8 bytes a row).
+    """
+    counts = np.zeros(size + 1, dtype=np.int64)
+    for part in row_chunks(len(codes)):
+        shifted = codes[part].astype(np.intp)
+        shifted += 1
+        counts += np.bincount(shifted, minlength=size + 1)
+    return counts[1:]
 
 
 def group_codes(columns: Mapping[str, np.ndarray | pd.Series]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +168,10 @@ def combine_codes(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np
     cell_codes = []
     for values in codes:
         of_cell = np.full(count, -1, dtype=np.int64)
-        of_cell[cells] = values  # every row of a cell writes the same code, so the order of writes does not matter
+        # Every row of a cell writes the same code, so the order of writes does not matter; by chunks, so that
+        # the small cell numbers are not all copied to intp at once.
+        for part in row_chunks(rows):
+            of_cell[cells[part]] = values[part]
         cell_codes.append(of_cell)
     return cells, cell_codes
 
@@ -174,18 +223,22 @@ def sorted_unique_rows(
     (unique, codes, counts)
         ``unique``: DataFrame of the unique rows (float columns named as given), sorted by the first
         column, then the second, ...; NaN sorts last. ``codes``: for every input row, the position of its
-        unique row. ``counts``: float array of the unique rows' total weights.
+        unique row (in the smallest integer type that holds them, ``small_int``). ``counts``: float array
+        of the unique rows' total weights.
     """
     if not columns:
         raise ValueError("sorted_unique_rows needs at least one column")
     if len(next(iter(columns.values()))) == 0:
         return pd.DataFrame({name: np.empty(0) for name in columns}), np.empty(0, dtype=np.intp), np.empty(0)
-    factorized = [pd.factorize(as_floats(values), sort=True, use_na_sentinel=False) for values in columns.values()]
-    codes = [column_codes for column_codes, _ in factorized]
-    sizes = tuple(len(uniques) for _, uniques in factorized)
+    ranked = [ranked_codes(values) for values in columns.values()]
+    codes, column_uniques = [column_codes for column_codes, _ in ranked], [uniques for _, uniques in ranked]
+    del ranked
+    sizes = tuple(len(uniques) for uniques in column_uniques)
+    rows = len(codes[0])
     combinations = math.prod(sizes)
-    if combinations <= DENSE_KEYS_PER_ROW * len(codes[0]) + 1024:
-        key = np.ravel_multi_index(codes, sizes)
+    if combinations <= DENSE_KEYS_PER_ROW * rows + 1024:
+        key = _mixed_radix_key(codes, sizes)
+        del codes  # the key holds them: the unique rows' codes are read back from their keys
         rows_per_key = np.bincount(key, minlength=combinations)
         present = np.flatnonzero(rows_per_key)
         unique_codes = np.unravel_index(present, sizes)
@@ -194,21 +247,62 @@ def sorted_unique_rows(
         else:
             counts = np.bincount(key, weights=weights, minlength=combinations)[present]
         # Counted, the table becomes each key's unique-row number: a new table would cost its page faults
-        # (0.1 s for the 5 million keys of the 10M-transaction benchmark).
-        group_of_key = rows_per_key
+        # (0.1 s for the 5 million keys of the 10M-transaction benchmark). The numbers are written in the
+        # smallest integer type over the start of the counts' buffer (the counts of the keys that are not
+        # present are never read), so that the rows' numbers take 4 bytes, not 8.
+        group_of_key = rows_per_key.view(small_int(len(present)))[:combinations]
         group_of_key[present] = np.arange(len(present))
         group = group_of_key[key]
     else:
-        group, uniques = pd.factorize(_lexicographic_key(codes, sizes), sort=True)
-        representative = np.empty(len(uniques), dtype=np.intp)
-        representative[group] = np.arange(len(group))  # any row of a group: all have the group's codes
+        # pandas.factorize(sort=True) would renumber a second intp copy of the codes: the groups are numbered
+        # in order of appearance, counted, and then renumbered by rank into the smallest integer type.
+        appearance, keys = pd.factorize(_lexicographic_key(codes, sizes))
+        counts = np.bincount(appearance, weights=weights, minlength=len(keys))
+        representative = np.empty(len(keys), dtype=np.intp)
+        for part in row_chunks(rows):  # any row of a group: all have the group's codes
+            representative[appearance[part]] = np.arange(part.start, min(part.stop, rows))
+        order = np.argsort(keys, kind="stable")
+        group = take(_ranks(order), appearance)
+        del appearance
+        counts, representative = counts[order], representative[order]
         unique_codes = tuple(column_codes[representative] for column_codes in codes)
-        counts = np.bincount(group, weights=weights, minlength=len(uniques))
     unique = pd.DataFrame(
-        {name: np.asarray(uniques, dtype=float)[code] for name, (_, uniques), code in
-         zip(columns, factorized, unique_codes, strict=True)}
-    )  # fmt: skip
+        {name: uniques[code] for name, uniques, code in zip(columns, column_uniques, unique_codes, strict=True)}
+    )
     return unique, group, counts.astype(float)
+
+
+def ranked_codes(values: np.ndarray | pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Every value's rank among the unique values, and those values sorted (as floats; NaN last).
+
+    The same as ``pandas.factorize(as_floats(values), sort=True, use_na_sentinel=False)``, with the codes in the
+    smallest integer type, and without its peak: its sort renumbers a second intp copy of the codes, and an
+    integer column would be copied to floats first. Integers are factorized as they are, unless float64
+    cannot tell some of them apart.
+    """
+    array = as_numbers(values)
+    appearance, uniques = pd.factorize(array, use_na_sentinel=False)
+    floats = np.asarray(uniques, dtype=float)
+    if array.dtype.kind != "f" and not np.array_equal(floats.astype(array.dtype), uniques):
+        return ranked_codes(as_floats(values))
+    order = np.argsort(floats, kind="stable")
+    return take(_ranks(order), appearance), floats[order]
+
+
+def _ranks(order: np.ndarray) -> np.ndarray:
+    """The inverse permutation of ``order``, in the smallest integer type: position ``i`` holds the rank of ``i``."""
+    ranks = np.empty(len(order), dtype=small_int(len(order)))
+    ranks[order] = np.arange(len(order))
+    return ranks
+
+
+def _mixed_radix_key(codes: list[np.ndarray], sizes: tuple[int, ...]) -> np.ndarray:
+    """``numpy.ravel_multi_index(codes, sizes)`` built in place: no intp copy of every column's codes."""
+    key = codes[0].astype(np.int64)
+    for column_codes, size in zip(codes[1:], sizes[1:], strict=True):
+        key *= size
+        key += column_codes
+    return key
 
 
 def _lexicographic_key(codes: list[np.ndarray], sizes: tuple[int, ...]) -> np.ndarray:
@@ -217,7 +311,8 @@ def _lexicographic_key(codes: list[np.ndarray], sizes: tuple[int, ...]) -> np.nd
     for column_codes, size in zip(codes[1:], sizes[1:], strict=True):
         if len(key) and key.max() >= np.iinfo(np.int64).max // max(size, 1):
             key = pd.factorize(key, sort=True)[0]  # ranks keep the order and keep key * size below rows * size
-        key = key * size + column_codes
+        key *= size
+        key += column_codes
     return key
 
 
@@ -261,8 +356,10 @@ class SpendHistories:
     @classmethod
     def from_summary(cls, summary: pd.DataFrame) -> SpendHistories:
         """The unique spend histories of a summary's frequency and monetary_value columns (one row per customer)."""
-        frequency = as_floats(summary["frequency"])
-        monetary_value = np.where(frequency > 0, as_floats(summary["monetary_value"]), 0.0)
+        # Frequency's sign is read from its own values, and sorted_unique_rows makes its float copy only while
+        # it factorizes it: no float copy lives through the whole pass.
+        monetary_value = np.where(as_numbers(summary["frequency"]) > 0, as_floats(summary["monetary_value"]), 0.0)
+        frequency: np.ndarray | pd.Series = summary["frequency"]
         unique, row_of_customer, counts = sorted_unique_rows({"frequency": frequency, "monetary_value": monetary_value})
         return cls(unique.to_numpy(), counts, row_of_customer)
 
@@ -284,12 +381,12 @@ def label_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
         values sorted.
     """
     if isinstance(values.dtype, pd.CategoricalDtype):
-        codes = values.cat.codes.to_numpy()  # the categorical's own small integers, not a copy
+        codes = cast(pd.Categorical, values.array).codes  # the categorical's own small integers (cat.codes copies)
         categories = values.cat.categories
-        occurs = np.bincount(codes.astype(np.int32) + 1, minlength=len(categories) + 1)[1:] > 0
+        occurs = code_counts(codes, len(categories)) > 0
         if not occurs.all():
             renumber = np.append(np.cumsum(occurs) - 1, -1).astype(small_int(len(categories)))  # -1 stays -1
-            codes = renumber[codes]
+            codes = take(renumber, codes)
             categories = categories[occurs]
         return codes, categories.astype(str)
     codes, uniques = pd.factorize(values, sort=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from pandas.api.typing import DataFrameGroupBy
 
 from forecast.clv import heuristic_clv
-from forecast.compress import as_floats, combine_codes, label_codes
+from forecast.compress import as_floats, as_numbers, code_counts, combine_codes, label_codes, take
 
 ALL = "all customers"
 
@@ -74,9 +76,9 @@ def segment_totals(
 ) -> list[pd.DataFrame]:
     """Count the customers and add up ``values`` per segment of every segmentation, in one pass over the rows.
 
-    The customers are grouped once, by cell (their combination of segments, ``forecast.compress.combine_codes``),
-    with pandas' compensated sums, more accurate than a running sum over millions of customers; the totals
-    of a segment add up its cells.
+    The customers are grouped once, by cell (their combination of segments, ``SegmentCells``), with pandas'
+    compensated sums, more accurate than a running sum over millions of customers; the totals of a segment
+    add up its cells.
 
     Parameters
     ----------
@@ -93,20 +95,66 @@ def segment_totals(
         One per segmentation, indexed by segment label (text, in ``groupby(sort=True)`` order, only segments
         that have customers), with ``customers`` (int) and the sums of ``values``' columns.
     """
-    labelled = [segment_codes(customers, column) for column in segmentations]
-    cells, cell_codes = combine_codes([codes for codes, _ in labelled], [len(labels) for _, labels in labelled])
-    n_cells = len(cell_codes[0])
-    per_cell = by_codes(values, cells, n_cells).sum().to_numpy(dtype=float)
-    per_cell = np.column_stack([np.bincount(cells, minlength=n_cells), per_cell])
-    tables = []
-    for (_, labels), of_cell in zip(labelled, cell_codes, strict=True):
-        member = of_cell >= 0
-        sums = np.zeros((len(labels), per_cell.shape[1]))
-        np.add.at(sums, of_cell[member], per_cell[member])
-        table = pd.DataFrame(sums[:, 1:], index=labels, columns=values.columns)
-        table.insert(0, "customers", sums[:, 0].astype(np.int64))
-        tables.append(table)
-    return tables
+    cells = SegmentCells.of(customers, segmentations)
+    return cells.totals(dict(zip(values.columns, cells.sums(values).T, strict=True)))
+
+
+@dataclass(frozen=True)
+class SegmentCells:
+    """The customers grouped by cell: their combination of segments in every segmentation (``combine_codes``).
+
+    Figures summed over each cell's customers (``counts``, ``sums``) add up to every segment's totals
+    (``totals``) without another pass over the customers, so the figures can be summed a few columns at a
+    time, each column freed before the next is made.
+    """
+
+    cells: np.ndarray
+    labels: list[pd.Index]
+    cell_codes: list[np.ndarray]
+
+    @classmethod
+    def of(cls, customers: pd.DataFrame, segmentations: list[str | None]) -> SegmentCells:
+        """Cells of the segmentation columns of ``customers`` (None: everybody, one segment ``ALL``)."""
+        labelled = [segment_codes(customers, column) for column in segmentations]
+        cells, cell_codes = combine_codes([codes for codes, _ in labelled], [len(labels) for _, labels in labelled])
+        return cls(cells, [labels for _, labels in labelled], cell_codes)
+
+    @property
+    def size(self) -> int:
+        """Number of cells."""
+        return len(self.cell_codes[0])
+
+    def counts(self, where: np.ndarray | None = None) -> np.ndarray:
+        """Customers per cell; with ``where`` (a mask of the customers), only those it marks."""
+        return code_counts(self.cells if where is None else np.where(where, self.cells, -1), self.size)
+
+    def sums(self, values: pd.DataFrame) -> np.ndarray:
+        """Compensated sums of ``values``' columns (one row per customer) per cell: shape (cells, columns)."""
+        return by_codes(values, self.cells, self.size).sum().to_numpy(dtype=float)
+
+    def totals(self, per_cell: dict[str, np.ndarray]) -> list[pd.DataFrame]:
+        """Add figures given per cell up per segment of every segmentation (see ``segment_totals``).
+
+        Parameters
+        ----------
+        per_cell
+            Figures by name, one value per cell (``counts``, a column of ``sums``).
+
+        Returns
+        -------
+        list of pandas.DataFrame
+            One per segmentation, indexed by segment label, with ``customers`` (int) and the figures.
+        """
+        summed = np.column_stack([self.counts(), *per_cell.values()])
+        tables = []
+        for labels, of_cell in zip(self.labels, self.cell_codes, strict=True):
+            member = of_cell >= 0
+            sums = np.zeros((len(labels), summed.shape[1]))
+            np.add.at(sums, of_cell[member], summed[member])
+            table = pd.DataFrame(sums[:, 1:], index=labels, columns=list(per_cell))
+            table.insert(0, "customers", sums[:, 0].astype(np.int64))
+            tables.append(table)
+        return tables
 
 
 def segment_codes(customers: pd.DataFrame, column: str | None) -> tuple[np.ndarray, pd.Index]:
@@ -159,19 +207,34 @@ def rfm_groups(summary: pd.DataFrame) -> pd.Series:
         Ordered categorical named ``rfm_group`` (champions, loyal, new, at risk, one-time, lapsed),
         indexed like ``summary``.
     """
-    since_last = as_floats(summary["T"]) - as_floats(summary["recency"])
-    frequency = as_floats(summary["frequency"])
-    recent_cut, old_cut = np.quantile(since_last, [1 / 3, 2 / 3])
-    recency_score = np.where(since_last <= recent_cut, 3, np.where(since_last > old_cut, 1, 2))
+    # The cuts partition one array of the times since the last purchase in place (overwrite_input: numpy would
+    # otherwise partition a copy); the scores compare a second one. Scores are int8, set by the inner
+    # condition of where(a, 3, where(b, 1, 2)) first, so that the outer one wins, as it does there.
+    recent_cut, old_cut = np.quantile(_since_last(summary), [1 / 3, 2 / 3], overwrite_input=True)
+    since_last = _since_last(summary)
+    recency_score = np.full(len(since_last), 2, dtype=np.int8)
+    np.copyto(recency_score, 1, where=since_last > old_cut)
+    np.copyto(recency_score, 3, where=since_last <= recent_cut)
+    del since_last
+    frequency = as_numbers(summary["frequency"])  # integer counts compare with the median as their floats would
     repeat = frequency[frequency > 0]
     median_repeats = float(np.median(repeat)) if len(repeat) else 0.0
-    frequency_score = np.where(frequency == 0, 1, np.where(frequency > median_repeats, 3, 2))
+    del repeat
+    frequency_score = np.full(len(frequency), 2, dtype=np.int8)
+    np.copyto(frequency_score, 3, where=frequency > median_repeats)
+    np.copyto(frequency_score, 1, where=frequency == 0)
     # The grid as group numbers (positions in RFM_GROUPS), looked up by (recency score, frequency score).
     grid = np.zeros((4, 4), dtype=np.int8)
     for r, row in RFM_GROUP_GRID.items():
         for f, group in row.items():
             grid[r, f] = RFM_GROUPS.index(group)
-    groups = pd.Categorical.from_codes(
-        grid[recency_score, frequency_score], categories=pd.Index(RFM_GROUPS), ordered=True
-    )
+    cell = recency_score
+    cell *= 4
+    cell += frequency_score  # the position of (recency score, frequency score) in the flattened grid
+    groups = pd.Categorical.from_codes(take(grid.ravel(), cell), categories=pd.Index(RFM_GROUPS), ordered=True)
     return pd.Series(groups, index=summary.index, name="rfm_group")
+
+
+def _since_last(summary: pd.DataFrame) -> np.ndarray:
+    """Time since each customer's last purchase, T - recency (model time units)."""
+    return as_floats(summary["T"]) - as_floats(summary["recency"])

@@ -18,7 +18,7 @@ from forecast.estimators import BetaGeo
 from forecast.ingest import read_transactions
 from forecast.pipeline import escape_for_spreadsheet
 from forecast.pipeline import forecast as run_forecast
-from forecast.segments import rfm_groups, segment_table
+from forecast.segments import rfm_groups, segment_table, segment_totals
 
 from . import reference as ref
 from .conftest import model_with_params
@@ -186,6 +186,30 @@ def test_segment_totals_add_up_to_the_whole(sample_forecast):
         for column in ("customers", "revenue_to_date", "clv_total", "value_at_risk", "customers_at_risk"):
             assert rows[column].sum() == pytest.approx(whole[column], rel=1e-9), (segmentation, column)
     assert whole["clv_total"] == pytest.approx(result.customers["clv"].sum())
+
+
+def test_budget_sums_by_cell_equal_the_sums_of_all_four_columns_at_once(sample_forecast):
+    """First purchase and expected spend summed together, value at risk on its own and the at-risk customers
+    counted give, bit for bit, the figures of one compensated sum of all four columns per segment."""
+    config, result = sample_forecast
+    customers, segments = result.customers, result.segments
+    at_risk = customers["p_alive"].to_numpy() < config.budget.p_alive_threshold
+    values = pd.DataFrame(
+        {
+            "first_purchase_value": first_purchase_value(customers).to_numpy(),
+            "expected_spend": customers["expected_spend"].to_numpy(),
+            "at_risk": at_risk.astype(np.int64),
+            "risk_clv": np.where(at_risk, customers["clv"].to_numpy(), 0.0),
+        }
+    )
+    groupings: list[str | None] = [None, "rfm_group", "segment"]
+    totals = pd.concat(segment_totals(customers, groupings, values), keys=["all", "rfm_group", "segment"])
+    figures = segments.set_index(["segmentation", "segment"]).loc[totals.index]
+    count = totals["customers"]
+    np.testing.assert_array_equal(figures["first_purchase_value"], totals["first_purchase_value"] / count)
+    np.testing.assert_array_equal(figures["new_customer_spend"], totals["expected_spend"] / count)
+    np.testing.assert_array_equal(figures["customers_at_risk"], totals["at_risk"].astype(np.int64))
+    np.testing.assert_array_equal(figures["value_at_risk"], totals["risk_clv"])
 
 
 def test_segment_intervals_contain_the_point_figures(sample_forecast):

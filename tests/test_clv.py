@@ -90,6 +90,32 @@ def test_heuristic_inputs_use_own_value_and_repeat_rate():
     assert inputs.loc["b", "purchases_per_year"] == 0.0
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 40), st.sampled_from([0.0, -1.0, 0.5, 13.0, 52.0, np.nan]), st.floats(0, 1e4)),
+        min_size=1,
+        max_size=30,
+    ),
+    integer_frequency=st.booleans(),
+)
+def test_heuristic_inputs_equal_the_formulas_bit_for_bit(rows, integer_frequency):
+    """The in-place computation gives exactly revenue / (x + 1) and where(years > 0, x / years, 0), years = T in
+    years, including T = 0, negative or missing (a rate of 0)."""
+    summary = pd.DataFrame(rows, columns=["frequency", "T", "revenue"])
+    summary["frequency"] = summary["frequency"].astype(np.int64 if integer_frequency else float)
+    inputs = heuristic_inputs(summary, 7.0)
+    years = summary["T"].to_numpy(float) * 7.0 / 365.25
+    frequency = summary["frequency"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(years > 0, frequency / years, 0.0)
+    expected = pd.DataFrame(
+        {"avg_purchase_value": summary["revenue"].to_numpy(float) / (frequency + 1), "purchases_per_year": rate}
+    )
+    pd.testing.assert_frame_equal(inputs, expected, check_exact=True)
+    assert summary["frequency"].dtype == (np.int64 if integer_frequency else float)  # the summary is left alone
+
+
 def test_tiers_take_the_configured_shares_from_the_top():
     clv = pd.Series(np.arange(100, dtype=float), index=[f"c{i:03d}" for i in range(100)])
     tiers = assign_tiers(clv, {"top 1%": 0.01, "next 4%": 0.04, "next 15%": 0.15, "rest": 0.80})
@@ -139,6 +165,35 @@ def test_scores_equal_the_direct_per_customer_expectation(cdnow_sample_summary, 
     np.testing.assert_allclose(scores["expected_spend"], spend_per_purchase, rtol=0)
     np.testing.assert_allclose(scores["clv"], 0.3 * spend_per_purchase * discounted, rtol=1e-12)
     np.testing.assert_allclose(scores["p_alive"], purchases.p_alive(*columns), rtol=0)
+
+
+def test_scores_gathered_by_chunks_equal_whole_array_indexing_bit_for_bit(cdnow_sample_summary, models):
+    """Scores gathered from the unique histories a chunk at a time (5 customers here), with the CLV multiplied in
+    place, equal margin x spend x (P(alive) x discounted purchases if alive) indexed over all customers at once."""
+    from unittest import mock
+
+    from forecast import compress
+    from forecast.clv import purchases_if_alive
+
+    summary = cdnow_sample_summary
+    purchases, spend = models
+    histories, spend_histories = compress.Histories.from_summary(summary), compress.SpendHistories.from_summary(summary)
+    with mock.patch.object(compress, "CHUNK_ROWS", 5):
+        scores = score_customers(summary, purchases, spend, 12, 0.01, 0.3, 7.0, histories, spend_histories)
+    p_alive = purchases.p_alive(*histories.rows.T)
+    expected, discounted = purchases_if_alive(purchases, histories.pairs, 12, 0.01, 7.0)
+    rows = histories.row_of_customer.astype(np.intp)
+    spend_per_purchase = spend.expected_spend(*spend_histories.rows.T)[spend_histories.row_of_customer.astype(np.intp)]
+    by_hand = pd.DataFrame(
+        {
+            "p_alive": p_alive[rows],
+            "expected_purchases": (p_alive * expected[histories.pair_of_row])[rows],
+            "expected_spend": spend_per_purchase,
+            "clv": 0.3 * spend_per_purchase * (p_alive * discounted[histories.pair_of_row])[rows],
+        },
+        index=summary.index,
+    )
+    pd.testing.assert_frame_equal(scores, by_hand, check_exact=True)
 
 
 def test_observed_lifespan_from_churn():

@@ -3,13 +3,28 @@ equal fits on the expanded rows, and unique histories shared by the fits and the
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecast.compress import Histories, SpendHistories, combine_codes, group_codes, label_codes, unique_with_counts
+from forecast import compress
+from forecast.compress import (
+    Histories,
+    SpendHistories,
+    as_floats,
+    code_counts,
+    combine_codes,
+    group_codes,
+    label_codes,
+    ranked_codes,
+    small_int,
+    take,
+    unique_with_counts,
+)
 from forecast.estimators import BetaGeo, GammaGamma, unique_rows
 
 
@@ -37,6 +52,11 @@ def test_combine_codes_gives_every_combination_its_own_cell() -> None:
     second = np.array([2, 2, 2, 0, 1, -1])
     cells, cell_codes = combine_codes([first, second], [2, 3])
     pairs = list(zip(first.tolist(), second.tolist(), strict=True))
+    with mock.patch.object(compress, "CHUNK_ROWS", 4):  # the cells' codes are scattered by chunks
+        chunked_cells, chunked_codes = combine_codes([first, second], [2, 3])
+    np.testing.assert_array_equal(chunked_cells, cells)
+    for codes, chunked in zip(cell_codes, chunked_codes, strict=True):
+        np.testing.assert_array_equal(codes, chunked)
     assert len(set(cells.tolist())) == len(set(pairs))  # one cell per distinct (first, second), -1 included
     for row, cell in enumerate(cells):
         assert (cell_codes[0][cell], cell_codes[1][cell]) == pairs[row]
@@ -47,10 +67,46 @@ def test_label_codes_follow_groupby_order_and_drop_missing_and_unused_labels() -
     codes, labels = label_codes(text)
     assert labels.tolist() == ["a", "b"] and codes.tolist() == [1, -1, 0, 1]
     ordered = pd.Series(pd.Categorical(["y", "x", None], categories=["z", "y", "x"], ordered=True))
-    codes, labels = label_codes(ordered)
+    with mock.patch.object(compress, "CHUNK_ROWS", 2):  # counted and renumbered by chunks
+        codes, labels = label_codes(ordered)
     assert labels.tolist() == ["y", "x"] and codes.tolist() == [0, 1, -1]  # category order; unused "z" dropped
     codes, labels = label_codes(pd.Series([2020.0, np.nan, 2019.0]))
     assert labels.tolist() == ["2019.0", "2020.0"] and codes.tolist() == [1, -1, 0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.floats(-5, 5), min_size=1, max_size=30),
+    index=st.lists(st.integers(-1, 29), max_size=40),
+    kind=st.sampled_from([np.int8, np.int16, np.int32, np.intp]),
+)
+def test_take_and_code_counts_equal_indexing_and_bincount_across_chunks(
+    values: list[float], index: list[int], kind: type[np.signedinteger]
+) -> None:
+    """The chunked gather and count (7 rows a chunk here) equal numpy's whole-array indexing and bincount."""
+    array = np.array(values)
+    codes = np.array([i % len(values) if i >= 0 else -1 for i in index], dtype=kind)
+    with mock.patch.object(compress, "CHUNK_ROWS", 7):
+        np.testing.assert_array_equal(take(array, codes), array[codes])  # -1 reads the last value, as indexing
+        counts = code_counts(codes, len(values))
+    np.testing.assert_array_equal(counts, np.bincount(codes.astype(np.intp) + 1, minlength=len(values) + 1)[1:])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    floats=st.lists(st.sampled_from([0.0, -0.0, 0.5, 1.5, -2.0, 1e300, np.nan, np.inf]), min_size=1, max_size=40),
+    integers=st.lists(st.sampled_from([0, 3, -7, 2**53, 2**53 + 1, 2**60, -(2**62)]), min_size=1, max_size=40),
+)
+def test_ranked_codes_equal_pandas_sorted_factorize_of_the_floats(floats: list[float], integers: list[int]) -> None:
+    """Ranks and sorted uniques as pandas.factorize(sort=True) of the float values gives them: NaN last, -0.0 and
+    0.0 one value, and integers that float64 cannot tell apart (2**53 and 2**53 + 1) one value."""
+    for values in (np.array(floats), np.array(integers, dtype=np.int64), pd.Series(integers, dtype=np.int64)):
+        with mock.patch.object(compress, "CHUNK_ROWS", 7):
+            codes, uniques = ranked_codes(values)
+        expected_codes, expected_uniques = pd.factorize(as_floats(values), sort=True, use_na_sentinel=False)
+        np.testing.assert_array_equal(codes, expected_codes)
+        np.testing.assert_array_equal(uniques, expected_uniques)
+        assert codes.dtype == small_int(len(uniques))
 
 
 def test_unique_rows_sums_weights_and_sorts_rows() -> None:
@@ -68,21 +124,25 @@ def test_unique_rows_sums_weights_and_sorts_rows() -> None:
     ),
     weighted=st.booleans(),
     dense=st.booleans(),
+    integer_x=st.booleans(),
 )
 def test_sorted_unique_rows_equal_sorted_groups_with_summed_weights(
-    rows: list[tuple[int, float, int]], weighted: bool, dense: bool
+    rows: list[tuple[int, float, int]], weighted: bool, dense: bool, integer_x: bool
 ) -> None:
     """Both ways to number the rows (a bincount over all value combinations, or a second factorization)
     give the unique rows sorted like pandas' groupby (NaN last) with each group's weights summed in row order,
-    and every row the position of its own unique row."""
-    from unittest import mock
-
-    from forecast import compress
-
+    and every row the position of its own unique row, in the smallest integer type."""
     frame = pd.DataFrame(rows, columns=["x", "y", "z"]).astype(float)
     weights = np.linspace(0.5, 3.0, len(frame)) if weighted else None
-    with mock.patch.object(compress, "DENSE_KEYS_PER_ROW", 4 if dense else -(10**9)):
-        unique, codes, counts = compress.sorted_unique_rows({c: frame[c] for c in frame.columns}, weights)
+    columns = {c: frame[c] for c in frame.columns}
+    if integer_x:
+        columns["x"] = frame["x"].astype(np.int64)  # as a summary's frequency: factorized without a float copy
+    with (
+        mock.patch.object(compress, "DENSE_KEYS_PER_ROW", 4 if dense else -(10**9)),
+        mock.patch.object(compress, "CHUNK_ROWS", 7),
+    ):
+        unique, codes, counts = compress.sorted_unique_rows(columns, weights)
+    assert codes.dtype == small_int(len(unique))
     groups = frame.assign(w=1.0 if weights is None else weights).groupby(["x", "y", "z"], dropna=False, sort=True)
     expected = groups["w"].sum()
     pd.testing.assert_frame_equal(unique, expected.index.to_frame(index=False))
@@ -174,6 +234,10 @@ def test_fits_scores_and_intervals_on_shared_histories_equal_the_separate_comput
 
     summary = cdnow_summary
     histories, spend_histories = Histories.from_summary(summary), SpendHistories.from_summary(summary)
+    for found in (histories, spend_histories):  # each customer's unique row, numbered in 2 or 4 bytes
+        assert found.row_of_customer.dtype == small_int(len(found.rows))
+    columns = ["frequency", "recency", "T"]
+    np.testing.assert_array_equal(histories.rows[histories.row_of_customer], summary[columns].to_numpy(float))
     purchases, spend = fit_models(summary, model_name, histories, spend_histories)
     alone = purchase_model(model_name).fit(summary["frequency"], summary["recency"], summary["T"])
     assert purchases.result_ == alone.result_  # parameters, log-likelihood, covariance: every bit
