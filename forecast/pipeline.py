@@ -172,6 +172,7 @@ def forecast(
                 )  # fmt: skip
             except FitError as exc:
                 warnings.warn(f"The CLV intervals are left empty: {exc}", ForecastWarning, stacklevel=2)
+        del histories, spend_histories  # 47 MB at 3.4 million customers, not needed by the tables below
         for name in ("clv_lower", "clv_upper"):
             columns[name] = draws.customers[name].array if draws is not None else np.full(len(summary), np.nan)
         customers = pd.DataFrame(columns, index=summary.index, copy=False)
