@@ -420,7 +420,9 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         )
 
     # The rows that survive the policies, before returns are netted.
-    keep = [VALID_SQL]
+    # Every later read of the log filters it again, so a filter that the counts show removes nothing is left out
+    # (0.1 s per read of 10 million rows).
+    keep = [VALID_SQL] if null_ids or bad_ts or bad_amounts else ["true"]
     if config.duplicates == "drop" and duplicate_rows:
         keep.append(f"NOT {duplicate_condition}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW kept_log AS SELECT * FROM typed_log WHERE {' AND '.join(keep)}")
