@@ -374,12 +374,13 @@ class _Model(ABC):
         """Maximum-likelihood parameters (the papers' symbols, in order), as the lifetimes fitter finds them.
 
         With an ``objective``, by lifetimes' minimisation of it; if that reports failure (the two differ
-        only by rounding), the lifetimes fitter decides, so a FitError always means lifetimes fails too.
+        only by rounding) or its arithmetic fails, the lifetimes fitter decides, so a FitError always means
+        lifetimes fails too, and a fault of the fast path is never the user's error.
         ``data`` holds the fitter's positional arguments in order: (frequency, recency, T), or
         (frequency, monetary_value) for Gamma-Gamma.
         """
         if self.objective is not None:
-            with contextlib.suppress(ConvergenceError):
+            with contextlib.suppress(ConvergenceError, ArithmeticError, ValueError):
                 return self.objective.maximise(data, weights)
         fitter = _without_autograd_hessian(self.fitter_class)()
         with seeded_global_generator(LIFETIMES_START_SEED):

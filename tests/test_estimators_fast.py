@@ -135,6 +135,19 @@ def test_bgnbd_fit_reproduces_lifetimes(summary):
     assert relative(model.p_alive(x, t_x, T), fitter.conditional_probability_alive(x, t_x, T)) < 1e-6
 
 
+def test_a_failing_fast_path_falls_back_to_lifetimes_fitter(summary, monkeypatch):
+    """An error in the fast objective's arithmetic is not the user's: lifetimes' fitter decides instead."""
+    data, weights = purchase_rows(summary)
+    fast = _BetaGeoObjective.maximise(data, weights)
+
+    def failing(*_args):
+        raise ValueError("math domain error")
+
+    monkeypatch.setattr(_BetaGeoObjective, "maximise", classmethod(failing))
+    model = BetaGeo().fit(summary["frequency"], summary["recency"], summary["T"])
+    assert relative(np.array(list(model.params_.values())), fast) < PARAMS_REL
+
+
 def test_gamma_gamma_fit_reproduces_lifetimes(summary):
     data, weights = spend_rows(summary)
     fast = _GammaGammaObjective.maximise(data, weights)
