@@ -1,10 +1,11 @@
 """Time the model fits of ``fit_models(summary, "bgnbd")``: the lifetimes path against the fast path, one run.
 
-The lifetimes path is what ``forecast.estimators`` did before the NumPy objectives: unique rows by
-factorize + lexsort, lifetimes' BetaGeoFitter and GammaGammaFitter (autograd gradient, no autograd
-Hessian) and a second-difference Hessian of lifetimes' log-likelihood for the standard errors. The
-fast path is today's ``fit_models``. Each is timed 3 times (best reported: the machine is shared);
-then the parameters, standard errors, log-likelihoods and predictions of the two are compared.
+The lifetimes path is what ``forecast.estimators`` did before the NumPy objectives: unique rows (here by
+``numpy.unique(axis=0)``; factorize + lexsort then, a function since removed), lifetimes' BetaGeoFitter and
+GammaGammaFitter (autograd gradient, no autograd Hessian) and a second-difference Hessian of lifetimes'
+log-likelihood for the standard errors. The fast path is today's ``fit_models``. Each is timed 3 times (best
+reported: the machine is shared); then the parameters, standard errors, log-likelihoods and predictions of the
+two are compared.
 
 Usage: python benchmarks/fits.py [SUMMARY.parquet]   (default /work/shared-bench/summary_10m.parquet,
 the 10M-transaction summary: 3,401,361 customers; any per-customer summary indexed by customer_id with
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast.compress import as_floats, unique_with_counts
+from forecast.compress import as_floats
 from forecast.estimators import (
     BetaGeo,
     GammaGamma,
@@ -48,11 +49,10 @@ def best_of(function: Callable[[], Any]) -> tuple[float, Any]:
     return min(times), result
 
 
-def lexsorted_unique_rows(columns: dict[str, np.ndarray]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The previous ``unique_rows``: factorize each column, combine, then lexsort the unique rows."""
-    unique, _, counts = unique_with_counts(columns)
-    order = np.lexsort([unique[name].to_numpy() for name in reversed(unique.columns)])
-    return unique.iloc[order].reset_index(drop=True), counts[order]
+def numpy_unique_rows(columns: dict[str, np.ndarray]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The sorted unique rows and their counts by ``numpy.unique(axis=0)``, which sorts every row."""
+    unique, counts = np.unique(np.column_stack(list(columns.values())), axis=0, return_counts=True)
+    return pd.DataFrame(unique, columns=list(columns)), counts.astype(float)
 
 
 def lifetimes_fit(fitter_class: type, unique: pd.DataFrame, weights: np.ndarray) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def lifetimes_fit(fitter_class: type, unique: pd.DataFrame, weights: np.ndarray)
 def lifetimes_path(summary: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
     seconds = {}
     started = time.perf_counter()
-    unique, weights = lexsorted_unique_rows({name: as_floats(summary[name]) for name in ("frequency", "recency", "T")})
+    unique, weights = numpy_unique_rows({name: as_floats(summary[name]) for name in ("frequency", "recency", "T")})
     seconds["BG/NBD unique rows"] = time.perf_counter() - started
     started = time.perf_counter()
     purchases = lifetimes_fit(BetaGeoFitter, unique, weights)
@@ -83,7 +83,7 @@ def lifetimes_path(summary: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any
     started = time.perf_counter()
     frequency, spend = as_floats(summary["frequency"]), as_floats(summary["monetary_value"])
     usable = (frequency > 0) & (spend > 0)
-    unique, weights = lexsorted_unique_rows({"frequency": frequency[usable], "monetary_value": spend[usable]})
+    unique, weights = numpy_unique_rows({"frequency": frequency[usable], "monetary_value": spend[usable]})
     seconds["Gamma-Gamma unique rows"] = time.perf_counter() - started
     started = time.perf_counter()
     spending = lifetimes_fit(GammaGammaFitter, unique, weights)

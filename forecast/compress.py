@@ -2,10 +2,9 @@
 
 The models are fitted on unique (frequency, recency, T) rows weighted by their counts, and every
 unique row is scored once. ``numpy.unique(axis=0)`` sorts the rows lexicographically (10 s for
-3.4 million customers on two cores); hashing each column with ``pandas.factorize`` and combining the
-codes takes well under a second. The fits want the unique rows sorted: ``sorted_unique_rows`` ranks each
-column's values and reads a row's ranks as one number, so no pass sorts all the rows (0.15 s instead of
-0.45 s for the 3.4 million (frequency, recency, T) rows of the 10M-transaction benchmark).
+3.4 million customers on two cores). ``sorted_unique_rows`` ranks each column's values and reads a row's
+ranks as one number, so no pass sorts all the rows (0.15 s for the 3.4 million (frequency, recency, T)
+rows of the 10M-transaction benchmark).
 ``Histories`` and ``SpendHistories`` find a summary's unique rows once: the fits take their rows and
 counts, and the scores and intervals map them back to the customers.
 """
@@ -79,53 +78,8 @@ def code_counts(codes: np.ndarray, size: int) -> np.ndarray:
     return counts[1:]
 
 
-def group_codes(columns: Mapping[str, np.ndarray | pd.Series]) -> tuple[np.ndarray, np.ndarray]:
-    """Give every row the number of its unique combination of values.
-
-    Parameters
-    ----------
-    columns
-        Equal-length numeric columns, by name.
-
-    Returns
-    -------
-    (codes, first)
-        ``codes[i]`` is the group of row ``i`` (0 .. groups - 1, numbered in order of first appearance);
-        ``first[g]`` is the position of the first row of group ``g``.
-    """
-    arrays = [as_floats(values) for values in columns.values()]
-    if not arrays:
-        raise ValueError("group_codes needs at least one column")
-    codes, _ = pd.factorize(arrays[0], use_na_sentinel=False)
-    groups = int(codes.max(initial=-1)) + 1
-    for values in arrays[1:]:
-        column_codes, uniques = pd.factorize(values, use_na_sentinel=False)
-        if groups * len(uniques) >= COMBINED_KEY_LIMIT:
-            codes, _ = pd.factorize(codes)  # renumber densely so that the combined key cannot overflow
-            groups = int(codes.max(initial=-1)) + 1
-        codes = codes * len(uniques) + column_codes
-        groups *= len(uniques)
-    # factorize numbers groups in order of first appearance: the combined key's groups get that order here.
-    codes, _ = pd.factorize(codes)
-    return codes, first_rows(codes)
-
-
-#: Combined keys stay below this bound (the rows' product of distinct values is renumbered before it).
+#: Combined keys stay below this bound (the codes' product of sizes is renumbered before it).
 COMBINED_KEY_LIMIT = 2**62
-
-
-def first_rows(codes: np.ndarray) -> np.ndarray:
-    """Position of the first row of every group, for codes numbered in order of first appearance.
-
-    A group's first row is where the running maximum of the codes rises, so no hash table is needed.
-    """
-    if len(codes) == 0:
-        return np.empty(0, dtype=np.intp)
-    running = np.maximum.accumulate(codes)
-    rises = np.empty(len(codes), dtype=bool)
-    rises[0] = True
-    np.greater(running[1:], running[:-1], out=rises[1:])
-    return np.flatnonzero(rises)
 
 
 def combine_codes(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -182,22 +136,6 @@ def small_int(size: int) -> type[np.signedinteger]:
         if size <= np.iinfo(kind).max:
             return kind
     return np.int64
-
-
-def unique_with_counts(columns: Mapping[str, np.ndarray | pd.Series]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Unique rows of the columns, each row's unique-row number, and the count of every unique row.
-
-    Returns
-    -------
-    (unique, codes, counts)
-        ``unique``: DataFrame of the unique rows (float columns named as given, in order of first
-        appearance); ``codes``: for every input row, the position of its unique row; ``counts``: float
-        array of how many input rows each unique row stands for.
-    """
-    codes, first = group_codes(columns)
-    unique = pd.DataFrame({name: as_floats(values)[first] for name, values in columns.items()})
-    counts = np.bincount(codes, minlength=len(first)).astype(float)
-    return unique, codes, counts
 
 
 def sorted_unique_rows(

@@ -18,33 +18,12 @@ from forecast.compress import (
     as_floats,
     code_counts,
     combine_codes,
-    group_codes,
     label_codes,
     ranked_codes,
     small_int,
     take,
-    unique_with_counts,
 )
 from forecast.estimators import BetaGeo, GammaGamma, unique_rows
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0.0, 0.5, 1.5, np.nan]), st.integers(0, 2)),
-                min_size=1, max_size=60))  # fmt: skip
-def test_unique_with_counts_matches_numpy_unique(rows: list[tuple[int, float, int]]) -> None:
-    frame = pd.DataFrame(rows, columns=["x", "y", "z"]).astype(float)
-    unique, codes, counts = unique_with_counts({c: frame[c].to_numpy() for c in frame.columns})
-    np.testing.assert_array_equal(unique.to_numpy()[codes], frame.to_numpy())  # every row maps to its own values
-    assert counts.sum() == len(frame)
-    reference = np.unique(frame.fillna(-1.0).to_numpy(), axis=0)
-    assert len(unique) == len(reference)
-    assert not unique.fillna(-1.0).duplicated().any()
-
-
-def test_group_codes_number_groups_in_order_of_first_appearance() -> None:
-    codes, first = group_codes({"a": np.array([3.0, 1.0, 3.0, 2.0, 1.0]), "b": np.array([0.0, 0.0, 0.0, 5.0, 0.0])})
-    np.testing.assert_array_equal(codes, [0, 1, 0, 2, 1])
-    np.testing.assert_array_equal(first, [0, 1, 3])
 
 
 def test_combine_codes_gives_every_combination_its_own_cell() -> None:
@@ -206,18 +185,24 @@ def test_fit_without_the_autograd_hessian_gives_lifetimes_parameters_bit_for_bit
     assert ours.params_ == lifetimes_params
 
 
-def first_appearance_histories(summary: pd.DataFrame) -> tuple[Histories, SpendHistories]:
-    """The histories as scoring built them before the fits shared them: unique rows in order of first appearance."""
-    columns = {name: summary[name] for name in ("frequency", "recency", "T")}
-    unique, row_of_customer, counts = unique_with_counts(columns)
-    rows = unique.to_numpy()
-    pairs, pair_of_row, _ = unique_with_counts({"frequency": rows[:, 0], "T": rows[:, 2]})
+def reversed_unique_rows(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """numpy.unique's unique rows in reverse order, each row's position among them, and their counts."""
+    unique, inverse, counts = np.unique(np.column_stack(columns), axis=0, return_inverse=True, return_counts=True)
+    return unique[::-1], len(unique) - 1 - inverse.ravel(), counts[::-1].astype(float)
+
+
+def reordered_histories(summary: pd.DataFrame) -> tuple[Histories, SpendHistories]:
+    """The histories found by numpy.unique, their unique rows in reverse order: no result may depend on it."""
+    rows, row_of_customer, counts = reversed_unique_rows(
+        [summary[n].to_numpy(float) for n in ("frequency", "recency", "T")]
+    )
+    pairs, pair_of_row, _ = reversed_unique_rows([rows[:, 0], rows[:, 2]])
     frequency = summary["frequency"].to_numpy(float)
     monetary_value = np.where(frequency > 0, summary["monetary_value"].to_numpy(float), 0.0)
-    spend_rows, row_of_spend, spend_counts = unique_with_counts({"frequency": frequency, "monetary": monetary_value})
+    spend_rows, row_of_spend, spend_counts = reversed_unique_rows([frequency, monetary_value])
     return (
-        Histories(rows, counts, row_of_customer, pairs.to_numpy(), pair_of_row),
-        SpendHistories(spend_rows.to_numpy(), spend_counts, row_of_spend),
+        Histories(rows, counts, row_of_customer, pairs, pair_of_row),
+        SpendHistories(spend_rows, spend_counts, row_of_spend),
     )
 
 
@@ -227,7 +212,7 @@ def test_fits_scores_and_intervals_on_shared_histories_equal_the_separate_comput
 ) -> None:
     """One Histories and SpendHistories feed the fits, the scores and the intervals. The fits equal the fits
     on the customers' columns bit for bit (the same sorted unique rows and counts go into the same
-    minimisation); scores and intervals equal those indexed by the first-appearance histories to 1e-12."""
+    minimisation); scores and intervals equal those indexed by numpy.unique's histories in reverse order to 1e-12."""
     from forecast.clv import score_customers
     from forecast.estimators import fit_models, purchase_model
     from forecast.uncertainty import clv_draws, has_covariance
@@ -245,7 +230,7 @@ def test_fits_scores_and_intervals_on_shared_histories_equal_the_separate_comput
     assert spend.result_ == GammaGamma().fit(usable["frequency"], usable["monetary_value"]).result_
 
     args = (summary, purchases, spend, 12, 0.01, 0.3, 7.0)
-    earlier = first_appearance_histories(summary)
+    earlier = reordered_histories(summary)
     scores = score_customers(*args, histories, spend_histories)
     pd.testing.assert_frame_equal(scores, score_customers(*args, *earlier), rtol=1e-12, atol=0)
     if has_covariance(purchases) and has_covariance(spend):
