@@ -130,6 +130,18 @@ def combine_codes(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np
     return cells, cell_codes
 
 
+def sum_cells(per_cell: np.ndarray, cell_code: np.ndarray, size: int) -> np.ndarray:
+    """Add up figures given per cell by one coding's code (``combine_codes``' ``cell_codes[i]``).
+
+    Row ``g`` of the result (``size`` rows, as many columns as ``per_cell``) sums the rows of ``per_cell``
+    whose cell has code ``g``; cells with code -1 (missing) are left out.
+    """
+    totals = np.zeros((size, per_cell.shape[1]))
+    member = cell_code >= 0
+    np.add.at(totals, cell_code[member], per_cell[member])
+    return totals
+
+
 def small_int(size: int) -> type[np.signedinteger]:
     """The smallest signed integer type that holds the codes -1 .. size - 1 (codes of millions of rows stay small)."""
     for kind in (np.int8, np.int16, np.int32):

@@ -9,7 +9,7 @@ import pandas as pd
 from pandas.api.typing import DataFrameGroupBy
 
 from forecast.clv import heuristic_clv
-from forecast.compress import as_floats, as_numbers, code_counts, combine_codes, label_codes, take
+from forecast.compress import as_floats, as_numbers, code_counts, combine_codes, label_codes, sum_cells, take
 
 ALL = "all customers"
 
@@ -148,9 +148,7 @@ class SegmentCells:
         summed = np.column_stack([self.counts(), *per_cell.values()])
         tables = []
         for labels, of_cell in zip(self.labels, self.cell_codes, strict=True):
-            member = of_cell >= 0
-            sums = np.zeros((len(labels), summed.shape[1]))
-            np.add.at(sums, of_cell[member], summed[member])
+            sums = sum_cells(summed, of_cell, len(labels))
             table = pd.DataFrame(sums[:, 1:], index=labels, columns=list(per_cell))
             table.insert(0, "customers", sums[:, 0].astype(np.int64))
             tables.append(table)

@@ -44,7 +44,7 @@ import pandas as pd
 from scipy import stats
 
 from forecast.clv import Histories, SpendHistories, discount_factors, month_ends, purchases_if_alive
-from forecast.compress import combine_codes, label_codes
+from forecast.compress import combine_codes, label_codes, sum_cells
 from forecast.errors import FitError, ForecastWarning
 from forecast.estimators import GammaGamma, PurchaseModel
 
@@ -290,7 +290,7 @@ def clv_draws(
 
     sums = np.vstack(
         [np.zeros((0, cell_sums.shape[1]))]
-        + [_sum_cells(cell_sums, codes, size) for codes, size in zip(cell_codes, label_counts, strict=True)]
+        + [sum_cells(cell_sums, codes, size) for codes, size in zip(cell_codes, label_counts, strict=True)]
     )
     clv_sum, spend_sum = sums[:, : 1 + n_p + n_g], sums[:, 1 + n_p + n_g :]
     # Totals are smooth sums over many customers: their value under each parameter draw is the first-order
@@ -305,14 +305,6 @@ def clv_draws(
         spend_totals=pd.DataFrame(spend_totals, index=index),
         new_customer_purchases=per_new,
     )
-
-
-def _sum_cells(cell_sums: np.ndarray, codes: np.ndarray, size: int) -> np.ndarray:
-    """Add up the cells' rows by label: row ``g`` of the result sums the cells whose code is ``g`` (-1: none)."""
-    totals = np.zeros((size, cell_sums.shape[1]))
-    member = codes >= 0
-    np.add.at(totals, codes[member], cell_sums[member])
-    return totals
 
 
 def _require_finite_gradients(
