@@ -92,16 +92,6 @@ def parameter_draws(model: ModelT, draws: int, rng: np.random.Generator) -> list
     ]
 
 
-def discounted_purchases_if_alive(
-    model: PurchaseModel, pairs: np.ndarray, horizon_months: int, monthly_discount_rate: float, days_per_unit: float
-) -> np.ndarray:
-    """Discounted expected purchases over the horizon of a customer alive at T, per unique (x, T) pair.
-
-    See ``forecast.clv.purchases_if_alive``.
-    """
-    return purchases_if_alive(model, pairs, horizon_months, monthly_discount_rate, days_per_unit)[1]
-
-
 def discounted_purchases_new(
     model: PurchaseModel, horizon_months: int, monthly_discount_rate: float, days_per_unit: float
 ) -> np.ndarray:
@@ -351,9 +341,7 @@ def _discounted_purchases_and_gradient(
 
     def value(m: PurchaseModel) -> np.ndarray:
         f, r, T = (histories.rows[:, i] for i in range(3))
-        if_alive = discounted_purchases_if_alive(
-            m, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit
-        )
+        _, if_alive = purchases_if_alive(m, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit)
         return m.p_alive(f, r, T) * if_alive[histories.pair_of_row]
 
     gradient = np.column_stack(

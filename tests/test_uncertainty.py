@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forecast.clv import assign_tiers, discounted_purchases, score_customers
+from forecast.clv import assign_tiers, discounted_purchases, purchases_if_alive, score_customers
 from forecast.config import DataConfig, load_config
 from forecast.errors import FitError
 from forecast.estimators import BetaGeo, GammaGamma, ModifiedBetaGeo, ParetoNBD, fit_models
@@ -19,7 +19,6 @@ from forecast.simulate import TrueParams, simulate_transactions
 from forecast.uncertainty import (
     Histories,
     clv_draws,
-    discounted_purchases_if_alive,
     parameter_draws,
     predictive_totals,
 )
@@ -61,7 +60,7 @@ def test_expectation_factorises_into_p_alive_times_purchases_if_alive(model_clas
     T = np.array([10.0, 38.86, 38.86, 38.86, 38.86, 38.86, 31.0, 39.0])
     summary = pd.DataFrame({"frequency": frequency, "recency": recency, "T": T})
     histories = Histories.from_summary(summary)
-    if_alive = discounted_purchases_if_alive(model, histories.pairs, HORIZON_MONTHS, DISCOUNT, WEEK)
+    _, if_alive = purchases_if_alive(model, histories.pairs, HORIZON_MONTHS, DISCOUNT, WEEK)
     factored = (model.p_alive(*histories.rows.T) * if_alive[histories.pair_of_row])[histories.row_of_customer]
     _, direct = discounted_purchases(model, frequency, recency, T, HORIZON_MONTHS, DISCOUNT, WEEK)
     np.testing.assert_allclose(factored, direct, rtol=1e-9)
