@@ -27,7 +27,7 @@ from scipy.integrate import quad
 from scipy.special import digamma, gammaln
 from threadpoolctl import threadpool_limits
 
-from forecast.compress import Histories, SpendHistories, as_floats, sorted_unique_rows
+from forecast.compress import Histories, SpendHistories, as_floats, ranked_codes, sorted_unique_rows
 from forecast.errors import FitError, ForecastWarning
 
 with warnings.catch_warnings():
@@ -131,9 +131,13 @@ def _without_autograd_hessian(fitter_class: type) -> type:
 
 
 def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct values and, for every value, the position of its distinct value."""
-    codes, uniques = pd.factorize(values, sort=True)
-    return np.asarray(uniques, dtype=float), codes
+    """Sorted distinct values and, for every value, the position of its distinct value (``ranked_codes``).
+
+    The positions are intp: every evaluation of an objective gathers with them, and smaller codes would be
+    converted each time.
+    """
+    codes, uniques = ranked_codes(values)
+    return uniques, codes.astype(np.intp)
 
 
 class _Objective(ABC):
@@ -326,8 +330,8 @@ class _Model(ABC):
 
     Subclasses declare the model's name, the papers' parameter symbols, the lifetimes fitter with its
     parameter names, and the total log-likelihood (from lifetimes' own formula, un-normalised). A model
-    with an ``objective`` (its likelihood with an analytic gradient) overrides ``_maximise`` to run
-    lifetimes' minimisation on it, and gets its Hessian from gradient differences.
+    that declares an ``objective`` (its likelihood with an analytic gradient) is maximised by lifetimes'
+    minimisation of it (``_maximise``) and gets its Hessian from gradient differences.
     """
 
     name: ClassVar[str]
