@@ -617,14 +617,16 @@ def _find_duplicate_rows(con: duckdb.DuckDBPyConnection, raw_columns: list[str])
         "CREATE OR REPLACE TEMP TABLE repeated_hashes AS "
         "SELECT row_hash FROM typed_log GROUP BY row_hash HAVING count(*) > 1"
     )
-    repeated = con.execute("SELECT count(*) FROM repeated_hashes").fetchone()
-    # Without a repeated hash no row repeats another, and the log is not read again.
+    row = con.execute("SELECT count(*) FROM repeated_hashes").fetchone()
+    # Without a repeated hash no row repeats another: the table stays empty and the log is not read again.
+    repeats = bool(row and row[0])
+    candidates = "row_hash IN (SELECT row_hash FROM repeated_hashes)" if repeats else "false"
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE duplicate_rows AS SELECT {file_col}, {line_col} FROM typed_log
-        WHERE {"row_hash IN (SELECT row_hash FROM repeated_hashes)" if repeated and repeated[0] else "false"}"""
+        WHERE {candidates}"""
     )
     con.execute("DROP TABLE repeated_hashes")
-    if repeated and repeated[0]:
+    if repeats:
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE duplicate_rows AS SELECT {file_col}, {line_col} FROM (
                 SELECT {file_col}, {line_col},
