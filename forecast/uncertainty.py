@@ -36,6 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -188,7 +189,7 @@ def clv_draws(
     seed
         Seed of the random generator: the same seed gives the same intervals.
     chunk_customers
-        Customers processed at a time; memory is about 20 x chunk_customers x 8 bytes.
+        Customers processed at a time, two chunks at once; memory is about 2 x 20 x chunk_customers x 8 bytes.
     histories, spend_histories
         The summary's unique histories, if already computed (as for ``score_customers``).
 
@@ -244,17 +245,17 @@ def clv_draws(
     # groupings) are let go, and freed when the caller keeps no reference to the groups.
     del groups, labelled
     n_cells = len(cell_codes[0]) if cell_codes else 1
-    # Per cell (customers sharing every group label): the CLV total and its gradient in the log-parameters
-    # (purchase model, then Gamma-Gamma), the spend total and its gradient.
     n_p, n_g = covariance_p.shape[0], covariance_g.shape[0]
-    cell_sums = np.zeros((n_cells, 2 + n_p + 2 * n_g))
     # One contiguous array per parameter: gathering from it is twice as fast as from a column of the matrix.
     row_gradient_by_param, spend_gradient_by_param = list(row_gradient.T.copy()), list(spend_gradient.T.copy())
     del row_gradient, spend_gradient
     lower = np.empty(len(summary))
     upper = np.empty(len(summary))
-    for start in range(0, len(summary), chunk_customers):
-        chunk = slice(start, start + chunk_customers)
+
+    def chunk_sums(chunk: slice) -> np.ndarray:
+        """Fill in the chunk's interval bounds and return its sums per cell (customers sharing every group label):
+        the CLV total and its gradient in the log-parameters (purchase model, then Gamma-Gamma), the spend total
+        and its gradient."""
         # As intp once: every gather and bincount below would convert the compact codes again.
         rows = histories.row_of_customer[chunk].astype(np.intp)
         spends = spend_histories.row_of_customer[chunk].astype(np.intp)
@@ -275,8 +276,18 @@ def clv_draws(
             [spend_per_purchase],
             (gradient[spends] for gradient in spend_gradient_by_param),
         )
+        sums = np.empty((n_cells, 2 + n_p + 2 * n_g))
         for k, column in enumerate(weights):
-            cell_sums[:, k] += np.bincount(in_cell, weights=column, minlength=n_cells)
+            sums[:, k] = np.bincount(in_cell, weights=column, minlength=n_cells)
+        return sums
+
+    # numpy lets go of the GIL in the gathers, products and sums, so two chunks are worked on at once; their
+    # sums are added in chunk order, so the totals do not depend on which thread finished first.
+    cell_sums = np.zeros((n_cells, 2 + n_p + 2 * n_g))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        chunks = [slice(start, start + chunk_customers) for start in range(0, len(summary), chunk_customers)]
+        for chunk_total in pool.map(chunk_sums, chunks):
+            cell_sums += chunk_total
 
     sums = np.vstack(
         [np.zeros((0, cell_sums.shape[1]))]
