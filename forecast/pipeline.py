@@ -139,7 +139,11 @@ def forecast(
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
         # Every customer's unique histories, found once: the fits take their rows and counts, and they index
         # the model evaluations of the scores and intervals.
-        histories, spend_histories = Histories.from_summary(summary), SpendHistories.from_summary(summary)
+        # The two are found at once: factorizing and counting, numpy and pandas let go of the GIL.
+        with ThreadPoolExecutor(max_workers=1) as second_thread:
+            found_spend_histories = second_thread.submit(SpendHistories.from_summary, summary)
+            histories = Histories.from_summary(summary)
+            spend_histories = found_spend_histories.result()
         purchases, spend = fit_models(summary, config.purchase_model, histories, spend_histories)
         say("Scoring customers")
         scores = score_customers(
