@@ -69,9 +69,7 @@ def progress_display() -> Iterator[Callable[[str], None]]:
         yield lambda message: status.update(message)
 
 
-EngineOption = Annotated[
-    str | None, typer.Option("--engine", help="duckdb or spark (overrides the config's engine).")
-]
+EngineOption = Annotated[str | None, typer.Option("--engine", help="duckdb or spark (overrides the config's engine).")]
 
 
 def _summary_line(result: RunResult) -> str:

@@ -463,9 +463,7 @@ def period_transactions(customers: pd.DataFrame, model: PurchaseModel) -> pd.Dat
     buckets = np.minimum(np.round(frequency).astype(int), MAX_REPEAT_BUCKET)
     actual = np.bincount(buckets, minlength=MAX_REPEAT_BUCKET + 1).astype(float)
     ages, customers_of_age = distinct_counts(T)  # evaluate each distinct T once
-    expected = [
-        float(model.probability_of_purchases(n, ages) @ customers_of_age) for n in range(MAX_REPEAT_BUCKET)
-    ]
+    expected = [float(model.probability_of_purchases(n, ages) @ customers_of_age) for n in range(MAX_REPEAT_BUCKET)]
     expected.append(len(T) - sum(expected))
     labels = [str(n) for n in range(MAX_REPEAT_BUCKET)] + [f"{MAX_REPEAT_BUCKET}+"]
     return pd.DataFrame({"actual": actual, "model": expected}, index=pd.Index(labels, name="repeat_purchases"))
@@ -750,6 +748,7 @@ def _decile_chart(methods: dict[str, Any]) -> Chart | None:
     if actual is None or not predicted or any(len(v) != len(actual) for v in predicted.values()):
         return None
     from forecast import charts
+
     return Chart("backtest_deciles", BACKTEST_CAPTIONS["deciles"],
                  Markup(charts.decile_chart(labels, predicted, actual, unit)))  # fmt: skip
 
