@@ -9,5 +9,6 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/de
 fi
 python -m pip install --quiet --disable-pip-version-check -e ".[test,spark]"
 python -m ruff check forecast tests
+python -m ruff format --check forecast tests
 python -m mypy forecast
 python -m pytest "$@"
