@@ -187,7 +187,7 @@ def sorted_unique_rows(
     rows = len(codes[0])
     combinations = math.prod(sizes)
     if combinations <= DENSE_KEYS_PER_ROW * rows + 1024:
-        key = _mixed_radix_key(codes, sizes)
+        key = _lexicographic_key(codes, sizes)  # fewer combinations than int64 holds: the mixed-radix number
         del codes  # the key holds them: the unique rows' codes are read back from their keys
         rows_per_key = np.bincount(key, minlength=combinations)
         present = np.flatnonzero(rows_per_key)
@@ -246,17 +246,12 @@ def _ranks(order: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _mixed_radix_key(codes: list[np.ndarray], sizes: tuple[int, ...]) -> np.ndarray:
-    """``numpy.ravel_multi_index(codes, sizes)`` built in place: no intp copy of every column's codes."""
-    key = codes[0].astype(np.int64)
-    for column_codes, size in zip(codes[1:], sizes[1:], strict=True):
-        key *= size
-        key += column_codes
-    return key
-
-
 def _lexicographic_key(codes: list[np.ndarray], sizes: tuple[int, ...]) -> np.ndarray:
-    """One int64 per row that orders the rows like their columns' value ranks ``codes`` (lexicographically)."""
+    """One int64 per row that orders the rows like their columns' value ranks ``codes`` (lexicographically).
+
+    Built in place (no intp copy of every column's codes). While the product of the sizes fits in an int64 it is
+    ``numpy.ravel_multi_index(codes, sizes)``; beyond, the key is replaced by its ranks before it would overflow.
+    """
     key = codes[0].astype(np.int64)
     for column_codes, size in zip(codes[1:], sizes[1:], strict=True):
         if len(key) and key.max() >= np.iinfo(np.int64).max // max(size, 1):
