@@ -16,9 +16,9 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -126,9 +126,17 @@ def default_as_of(transactions: Transactions) -> dt.date:
 
 
 def forecast(
-    config: RunConfig, transactions: Transactions, as_of: dt.date, progress: Progress | None = None
+    config: RunConfig,
+    transactions: Transactions,
+    as_of: dt.date,
+    progress: Progress | None = None,
+    customers_ready: Callable[[pd.DataFrame], None] | None = None,
 ) -> Forecast:
-    """Summarise, fit, score and segment the customers as of a date (no file is written)."""
+    """Summarise, fit, score and segment the customers as of a date (no file is written).
+
+    ``customers_ready``, if given, is called with the finished per-customer table before the segment tables
+    are built from it (a run starts writing it there); the table is not changed after that call.
+    """
     say = _quiet(progress)
     with collected_warnings() as caught:
         say(f"Summarising customers as of {as_of}")
@@ -181,6 +189,8 @@ def forecast(
         for name in ("clv_lower", "clv_upper"):
             columns[name] = draws.customers[name].array if draws is not None else np.full(len(summary), np.nan)
         customers = pd.DataFrame(columns, index=summary.index, copy=False)
+        if customers_ready is not None:
+            customers_ready(customers)
         segments = segment_table(customers, segmentations, lifespan_years, config.margin)
         segments = budget_columns(
             segments, customers, purchases, draws, config.horizon_months, config.monthly_discount_rate,
@@ -291,11 +301,12 @@ def atomic_folder(target: Path) -> Iterator[Path]:
         raise
 
 
-def customer_output(result: Forecast) -> pd.DataFrame:
-    """The per-customer output table, in contract column order, with customer_id as a column."""
-    table = result.customers.reset_index()
-    extra = [c for c in table.columns if c not in CUSTOMER_COLUMNS and c not in ("first_purchase", "last_purchase")]
-    return table[CUSTOMER_COLUMNS + extra]
+def customer_columns(customers: pd.DataFrame) -> list[str]:
+    """The per-customer output columns in contract order: customer_id, the contract's, then any others
+    (segment columns of the log, rfm_group), without first_purchase and last_purchase."""
+    names = [*customers.index.names, *customers.columns]
+    extra = [c for c in names if c not in CUSTOMER_COLUMNS and c not in ("first_purchase", "last_purchase")]
+    return CUSTOMER_COLUMNS + extra
 
 
 class _LogQuality(Protocol):
@@ -532,40 +543,46 @@ def _run(
             backtest_result, config = _run_backtest_for_run(config, transactions, as_of, say)
         timings["backtest"] = time.perf_counter() - step
         step = time.perf_counter()
-    result = forecast(config, transactions, as_of, say)
-    result.warnings.extend(backtest_notes)
-    if backtest_result is not None:
-        result.warnings.extend(f"backtest: {message}" for message in backtest_result.warnings)
-    timings["forecast"] = time.perf_counter() - step
-    last = transactions.quality.last_timestamp
-    if last is not None and as_of > pd.Timestamp(last).date():
-        result.warnings.append(
-            f"as_of {as_of} is after the last transaction ({last[:10]}): customers look inactive since then. "
-            "If the log is not complete yet, run for an earlier --as-of."
-        )
-
-    transactions = count_customers(transactions, len(result.customers))
-    step = time.perf_counter()
-    say("Comparing with the previous run")
-    previous_run, drift, drift_warnings = drift_since_previous(config, result, output_path)
-    result.warnings.extend(drift_warnings)
-    timings["drift"] = time.perf_counter() - step
-
-    models_path = Path(config.models_dir) / as_of.isoformat()
-    window = {"first_purchase": str(result.customers["first_purchase"].min()), "as_of": as_of.isoformat()}
-    say(f"Writing outputs to {output_path}")
-    step = time.perf_counter()
-    # Arrow encodes customers.parquet without holding the GIL, so the table is written while the report is drawn.
+    # The staging folder is opened before the forecast: customers.parquet is written on a second thread from the
+    # moment the per-customer table is finished (Arrow encodes it without holding the GIL), while the segment
+    # tables, the manifest and the report are made.
     with atomic_folder(output_path) as staging, ThreadPoolExecutor(max_workers=1) as background:
+        customer_tables: list[Future[None]] = []
+        write_csv_skipped: list[str] = []
+
+        def write_customers(customers: pd.DataFrame) -> None:
+            write_csv, skipped = csv_wanted(config.customers_csv, len(customers))
+            write_csv_skipped.extend([skipped] if skipped else [])
+            columns = customer_columns(customers)
+            customer_tables.append(background.submit(write_customer_tables, customers, columns, staging, write_csv))
+
+        result = forecast(config, transactions, as_of, say, customers_ready=write_customers)
+        result.warnings.extend(backtest_notes)
+        if backtest_result is not None:
+            result.warnings.extend(f"backtest: {message}" for message in backtest_result.warnings)
+        timings["forecast"] = time.perf_counter() - step
+        last = transactions.quality.last_timestamp
+        if last is not None and as_of > pd.Timestamp(last).date():
+            result.warnings.append(
+                f"as_of {as_of} is after the last transaction ({last[:10]}): customers look inactive since then. "
+                "If the log is not complete yet, run for an earlier --as-of."
+            )
+
+        transactions = count_customers(transactions, len(result.customers))
+        step = time.perf_counter()
+        say("Comparing with the previous run")
+        previous_run, drift, drift_warnings = drift_since_previous(config, result, output_path)
+        result.warnings.extend(drift_warnings)
+        timings["drift"] = time.perf_counter() - step
+
+        models_path = Path(config.models_dir) / as_of.isoformat()
+        window = {"first_purchase": str(result.customers["first_purchase"].min()), "as_of": as_of.isoformat()}
+        say(f"Writing outputs to {output_path}")
+        step = time.perf_counter()
         (staging / RUN_MODELS).mkdir()
         for role, model in (("purchases", result.purchases), ("spend", result.spend)):
             write_json(staging / RUN_MODELS / MODEL_FILES[role], model_artifact(model, role, window))
-        # The contract's column order, taken from an empty table so that no full copy is made here.
-        columns = list(customer_output(replace(result, customers=result.customers.iloc[:0])).columns)
-        write_csv, skipped = csv_wanted(config.customers_csv, len(result.customers))
-        if skipped:
-            result.warnings.append(skipped)
-        customer_tables = background.submit(write_customer_tables, result.customers, columns, staging, write_csv)
+        result.warnings.extend(write_csv_skipped)
         escape_for_spreadsheet(result.segments).to_csv(staging / "segments.csv", index=False)
         if backtest_result is not None:
             write_backtest(staging, backtest_result)
@@ -591,7 +608,8 @@ def _run(
         step = time.perf_counter()
         build_report(staging, customers=result.customers)
         log.info("Report written in %.1f s", time.perf_counter() - step)
-        customer_tables.result()  # before the folder is committed; raises what the writing raised
+        (customers_written,) = customer_tables  # forecast() hands over the table exactly once
+        customers_written.result()  # before the folder is committed; raises what the writing raised
     # The run folder is the authority; models/<as_of>/ is its published copy, written after the commit.
     with atomic_folder(models_path) as staging:
         for name in MODEL_FILES.values():
