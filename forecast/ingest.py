@@ -33,13 +33,14 @@ import glob
 import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import duckdb
 
-from forecast.config import DataConfig
+from forecast.config import DataConfig, DuckDBConfig
 from forecast.errors import DataError
 
 DATA_SUFFIXES = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -217,12 +218,16 @@ class DataQuality:
 
 @dataclass(frozen=True)
 class Transactions:
-    """A validated transaction log registered in a DuckDB connection as ``transactions``."""
+    """A validated transaction log registered in a DuckDB connection as ``transactions``.
+
+    ``read_seconds`` is the wall time ``read_transactions`` took to read, check and register it.
+    """
 
     connection: duckdb.DuckDBPyConnection
     files: list[Path]
     segment_columns: list[str]
     quality: DataQuality
+    read_seconds: float = 0.0
 
 
 def _examples(con: duckdb.DuckDBPyConnection, sql: str) -> str:
@@ -281,6 +286,22 @@ def _timestamp_sql(config: DataConfig, column: str, source_type: str) -> str:
     return f"timezone({zone}, TRY_CAST(trim(CAST({column} AS VARCHAR)) AS TIMESTAMPTZ))"
 
 
+def connect_duckdb(settings: DuckDBConfig) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the configured threads, memory limit and spill folder.
+
+    ``preserve_insertion_order`` is off: no query here relies on it (results are ordered explicitly),
+    and it lets DuckDB stream large results without buffering them.
+    """
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = {quote_literal(settings.memory_limit)}")
+    con.execute("SET preserve_insertion_order = false")
+    if settings.threads is not None:
+        con.execute(f"SET threads = {int(settings.threads)}")
+    if settings.temp_directory is not None:
+        con.execute(f"SET temp_directory = {quote_literal(settings.temp_directory)}")
+    return con
+
+
 def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection | None = None) -> Transactions:
     """Open the configured log, check it, apply the data policies and register ``transactions``.
 
@@ -303,6 +324,7 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         Missing columns, an empty log, unparseable timestamps or amounts (under ``invalid_rows: fail``),
         negative amounts (under ``negative_amounts: fail``) or duplicates (under ``duplicates: fail``).
     """
+    started = time.perf_counter()
     con = connection if connection is not None else duckdb.connect()
     all_files = resolve_files(config.path)
     empty = [p for p in all_files if p.stat().st_size == 0]
@@ -519,7 +541,10 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         duplicates_policy=config.duplicates,
     )
     release_memory(con)
-    return Transactions(connection=con, files=files, segment_columns=list(config.segment_columns), quality=quality)
+    return Transactions(
+        connection=con, files=files, segment_columns=list(config.segment_columns), quality=quality,
+        read_seconds=time.perf_counter() - started,
+    )  # fmt: skip
 
 
 def release_memory(con: duckdb.DuckDBPyConnection) -> None:

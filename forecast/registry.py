@@ -19,14 +19,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pandas as pd
 
-from forecast.artifacts import load_model
 from forecast.errors import ArtifactError, ConfigError, OutputError
-from forecast.estimators import GammaGamma, PurchaseModel
+
+if TYPE_CHECKING:
+    from forecast.estimators import GammaGamma, PurchaseModel
 
 MANIFEST = "manifest.json"
 RUN_MODELS = "models"
@@ -247,6 +248,11 @@ def load_run(run_dir: str | Path) -> StoredRun:
     ArtifactError
         The folder is not a finished run, a file is missing, or a model does not match the manifest.
     """
+    # The models' libraries (scipy, lifetimes) are imported here, not with this module: `forecast run`
+    # imports the registry before reading the log, and imports them on a second thread while it reads.
+    from forecast.artifacts import load_model
+    from forecast.estimators import GammaGamma, PurchaseModel
+
     path = Path(run_dir)
     manifest = read_manifest(path)
     if manifest is None:

@@ -358,3 +358,25 @@ def test_no_drift_against_a_run_of_other_data_in_the_same_runs_root(tmp_path: Pa
     assert second.manifest["drift"] is None
     assert second.manifest["previous_run"]["path"] == str(first.output)
     assert any("made from other data" in message for message in second.manifest["warnings"])
+
+
+def test_the_cli_reads_the_log_while_the_models_libraries_are_imported(
+    tmp_path: Path, cdnow_sample: pd.DataFrame
+) -> None:
+    """`forecast run` reads the log before ``forecast.pipeline`` is imported (lifetimes and scipy load on a second
+    thread meanwhile), and writes what ``pipeline.run`` writes when it reads the log itself."""
+    imported = (
+        "import sys, forecast.cli, forecast.ingest, forecast.registry; "
+        "print(sorted({'lifetimes', 'scipy'} & set(sys.modules)))"
+    )
+    assert subprocess.run([sys.executable, "-c", imported], capture_output=True, text=True, check=True).stdout == "[]\n"
+    config_path = write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "log.csv"))
+    by_cli = CliRunner().invoke(app, ["run", str(config_path), "--as-of", "1997-06", "--output", str(tmp_path / "cli")])
+    assert by_cli.exit_code == 0, by_cli.output
+    by_run = run(load_config(config_path), dt.date(1997, 6, 30), tmp_path / "run")
+    assert digests(tmp_path / "cli") == digests(by_run.output)
+    manifest = json.loads((tmp_path / "cli" / "manifest.json").read_text())
+    timings = manifest["timings_seconds"]
+    assert 0 < timings["ingest"] < timings["total"]
+    assert manifest["data_quality"] == by_run.manifest["data_quality"]
+    assert f"Reading {tmp_path / 'log.csv'}" in (tmp_path / "cli" / "run.log").read_text()

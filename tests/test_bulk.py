@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from forecast.bulk import SPREADSHEET_ROWS, connect_duckdb, csv_wanted, write_customer_tables
+from forecast.bulk import SPREADSHEET_ROWS, csv_wanted, write_customer_tables
 from forecast.config import DuckDBConfig
+from forecast.ingest import connect_duckdb
 from forecast.pipeline import escape_for_spreadsheet
 
 
