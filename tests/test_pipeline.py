@@ -153,3 +153,25 @@ def test_a_degenerate_fit_is_named_as_such(in_tmp, sample_config_path):
     assert result.exit_code == 2
     assert "the fit itself is degenerate" in result.output and "Traceback" not in result.output
     assert "heavy buyers" not in result.output
+
+
+def test_forecast_hands_over_the_finished_customer_table_once(sample_config_path):
+    """A run starts writing customers.parquet from ``customers_ready``: the table it gets is the final one."""
+    import datetime as dt
+
+    from forecast.config import load_config
+    from forecast.ingest import read_transactions
+    from forecast.pipeline import forecast
+
+    config = load_config(sample_config_path)
+    handed_over: list[pd.DataFrame] = []
+    snapshots: list[pd.DataFrame] = []
+
+    def customers_ready(customers: pd.DataFrame) -> None:
+        handed_over.append(customers)
+        snapshots.append(customers.copy())
+
+    result = forecast(config, read_transactions(config.data), dt.date(1997, 9, 30), customers_ready=customers_ready)
+    assert len(handed_over) == 1 and handed_over[0] is result.customers
+    pd.testing.assert_frame_equal(snapshots[0], result.customers)  # not changed after the hand-over
+    assert result.customers["clv_lower"].notna().all() and result.customers["clv_upper"].notna().all()
