@@ -138,9 +138,9 @@ def run(
 def _read_while_importing(settings: RunConfig) -> tuple[ModuleType, Transactions]:
     """Read the configured log while ``forecast.pipeline`` is imported on a second thread.
 
-    The import (pandas, scipy, lifetimes: about 1 s) holds the GIL, and DuckDB reads
-    and checks the log mostly without it, so side by side they take about 0.4 s less than one after the other
-    (10 million transactions).
+    The import (pandas, scipy, lifetimes: about 1 s) holds the GIL and DuckDB reads and checks the log mostly
+    without it; side by side they end 0.2-0.4 s sooner than one after the other at 10 million transactions (both
+    cores are busy, so not by the whole import).
     """
     from forecast.ingest import connect_duckdb, read_transactions
 
