@@ -102,10 +102,12 @@ def combine_codes(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np
     rows = len(codes[0]) if codes else 0
     key = np.zeros(rows, dtype=np.int64)
     radix = 1
-    for values, size in zip(codes, sizes, strict=True):
+    readable = 0  # the codings from this one on can be read back from a cell's key (none is renumbered after it)
+    for i, (values, size) in enumerate(zip(codes, sizes, strict=True)):
         if radix * (size + 1) >= COMBINED_KEY_LIMIT:
             key, _ = pd.factorize(key)
             radix = int(key.max(initial=-1)) + 1
+            readable = i
         # In place, so that no temporary of the rows' length is made: key = key * (size + 1) + code + 1.
         key *= size + 1
         key += values
@@ -115,18 +117,25 @@ def combine_codes(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np
         present = np.bincount(key, minlength=radix) > 0
         count = int(present.sum())
         cells = (np.cumsum(present) - 1).astype(small_int(count))[key]
+        cell_keys = np.flatnonzero(present)  # cell c is the c-th key present
     else:
-        cells, uniques = pd.factorize(key)
-        count = len(uniques)
+        cells, cell_keys = pd.factorize(key)
+        count = len(cell_keys)
     del key
-    cell_codes = []
-    for values in codes:
+    cell_codes: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(codes)
+    # A cell's key holds the codes of the codings since the last renumbering as mixed-radix digits (a few
+    # operations per cell instead of a pass over the rows per coding).
+    place = 1
+    for i in reversed(range(readable, len(codes))):
+        cell_codes[i] = (cell_keys // place) % (sizes[i] + 1) - 1
+        place *= sizes[i] + 1
+    for i in range(readable):
         of_cell = np.full(count, -1, dtype=np.int64)
         # Every row of a cell writes the same code, so the order of writes does not matter; by chunks, so that
         # the small cell numbers are not all copied to intp at once.
         for part in row_chunks(rows):
-            of_cell[cells[part]] = values[part]
-        cell_codes.append(of_cell)
+            of_cell[cells[part]] = codes[i][part]
+        cell_codes[i] = of_cell
     return cells, cell_codes
 
 

@@ -41,6 +41,27 @@ def test_combine_codes_gives_every_combination_its_own_cell() -> None:
         assert (cell_codes[0][cell], cell_codes[1][cell]) == pairs[row]
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    data=st.data(),
+    sizes=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    rows=st.integers(1, 40),
+    key_limit=st.sampled_from([compress.COMBINED_KEY_LIMIT, 8, 30]),
+)
+def test_combine_codes_cells_hold_each_rows_codes(
+    data: st.DataObject, sizes: list[int], rows: int, key_limit: int
+) -> None:
+    """Every row's codes are its cell's codes and equal codes share a cell, whether the cells' codes are read
+    back from the combined keys or, before a renumbering (a small key limit), gathered from the rows."""
+    codes = [np.array(data.draw(st.lists(st.integers(-1, size - 1), min_size=rows, max_size=rows))) for size in sizes]
+    with mock.patch.object(compress, "COMBINED_KEY_LIMIT", key_limit):
+        cells, cell_codes = combine_codes(codes, sizes)
+    rows_codes = list(zip(*(c.tolist() for c in codes), strict=True))
+    assert len(set(cells.tolist())) == len(set(rows_codes)) == len(cell_codes[0])
+    for row, cell in enumerate(cells.tolist()):
+        assert tuple(int(of_cell[cell]) for of_cell in cell_codes) == rows_codes[row]
+
+
 def test_label_codes_follow_groupby_order_and_drop_missing_and_unused_labels() -> None:
     text = pd.Series(["b", None, "a", "b"], dtype="string")
     codes, labels = label_codes(text)
