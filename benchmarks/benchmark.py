@@ -9,6 +9,7 @@ Usage (from the repository root)::
     python benchmarks/benchmark.py                       # 1M and 10M: both pipelines; 100M: forecast only
     python benchmarks/benchmark.py --compare 20k --forecast-only ""   # a tiny run, for CI
     python benchmarks/benchmark.py --compare 1m,10m --forecast-only 100m --engine duckdb
+    python benchmarks/benchmark.py --compare 10m --forecast-only "" --repeat 3   # medians of 3 alternating runs
 
 The lifetimes-only pipeline is what a user of lifetimes 0.11.3 writes: pandas.read_parquet, then
 ``summary_data_from_transaction_data`` (days, expressed in weeks), BetaGeoFitter and GammaGammaFitter
@@ -24,6 +25,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,6 +169,13 @@ def main() -> None:
         default="200,0",
         help="forecast run once per value of interval_draws (200: the default config, with intervals; 0: none).",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="Runs of every pipeline at each --compare size, taken in turn; the figures are their medians "
+        "(timings on a shared machine vary by 10-15%%). --forecast-only sizes run once.",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this JSON file.")
     parser.add_argument("--lifetimes-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,24 +196,36 @@ def main() -> None:
         note = f" (simulated in {simulated:.1f} s)" if simulated is not None else ""
         print(f"\n== {size}: {rows:,} transactions, {path.stat().st_size / 2**20:,.0f} MB Parquet{note}")
         entry: dict[str, object] = {"size": size, "rows": rows, "simulate_s": simulated}
-        for draws in (int(d) for d in args.interval_draws.split(",") if d.strip()):
-            command, run_dir = forecast_command(path, args.work_dir, args.engine, draws)
-            figures = measure(command, ROOT)
-            manifest = run_dir / "manifest.json"
-            if manifest.exists():
-                figures["stages"] = json.loads(manifest.read_text(encoding="utf-8")).get("timings_seconds", {})
-            entry[f"forecast_draws{draws}"] = figures
-            _print(f"forecast run, interval_draws {draws}", figures)
-        if size in compare:
-            theirs = measure([sys.executable, str(Path(__file__).resolve()), "--lifetimes-child", str(path)], ROOT)
-            entry["lifetimes"] = theirs
-            _print("lifetimes-only", theirs)
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(max(args.repeat, 1) if size in compare else 1):
+            for draws in (int(d) for d in args.interval_draws.split(",") if d.strip()):
+                command, run_dir = forecast_command(path, args.work_dir, args.engine, draws)
+                figures = measure(command, ROOT)
+                manifest = run_dir / "manifest.json"
+                if manifest.exists():
+                    figures["stages"] = json.loads(manifest.read_text(encoding="utf-8")).get("timings_seconds", {})
+                runs.setdefault(f"forecast_draws{draws}", []).append(figures)
+            if size in compare:
+                child = [sys.executable, str(Path(__file__).resolve()), "--lifetimes-child", str(path)]
+                runs.setdefault("lifetimes", []).append(measure(child, ROOT))
+        for key, measured in runs.items():
+            entry[key] = medians(measured)
+            name = (
+                "lifetimes-only"
+                if key == "lifetimes"
+                else f"forecast run, interval_draws {key.removeprefix('forecast_draws')}"
+            )
+            _print(name, entry[key])
+        theirs = entry.get("lifetimes")
+        if isinstance(theirs, dict):
             for key, ours in entry.items():
                 if key.startswith("forecast_draws") and isinstance(ours, dict):
                     print(
                         f"   ratios ({key}): lifetimes / forecast wall time {theirs['wall_s'] / ours['wall_s']:.1f}x, "
                         f"CPU time {theirs['cpu_s'] / ours['cpu_s']:.1f}x; forecast peak memory is "
-                        f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.0%} of lifetimes'"
+                        f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.0%} of lifetimes' (at most "
+                        f"{ours['peak_rss_mb_max'] / theirs['peak_rss_mb_min']:.0%}: our largest peak against their "
+                        "smallest)"
                     )
         results.append(entry)
     if args.json is not None:
@@ -217,15 +238,43 @@ def _parquet_rows(path: Path) -> int:
     return int(pq.read_metadata(path).num_rows)
 
 
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median wall time, CPU time and peak memory of repeated runs, their ranges, and every run.
+
+    The stage timings shown are those of the run with the median wall time (the lower middle one of an even
+    number of runs).
+    """
+    middle = sorted(runs, key=lambda run: run["wall_s"])[(len(runs) - 1) // 2]
+    figures: dict[str, Any] = {
+        name: statistics.median(run[name] for run in runs) for name in ("wall_s", "cpu_s", "peak_rss_mb")
+    }
+    figures.update(
+        wall_s_min=min(run["wall_s"] for run in runs),
+        wall_s_max=max(run["wall_s"] for run in runs),
+        peak_rss_mb_min=min(run["peak_rss_mb"] for run in runs),
+        peak_rss_mb_max=max(run["peak_rss_mb"] for run in runs),
+        runs=runs,
+    )
+    if "stages" in middle:
+        figures["stages"] = middle["stages"]
+    return figures
+
+
 def _print(name: str, figures: dict[str, Any]) -> None:
     stages = figures.get("stages")
     detail = ""
     if isinstance(stages, dict):
         shown = {k: v for k, v in stages.items() if k not in ("customers", "clv_total", "total")}
         detail = "  [" + ", ".join(f"{k} {v:.1f}" for k, v in shown.items()) + "]"
+    spread = ""
+    if len(figures.get("runs", [])) > 1:
+        spread = (
+            f" (median of {len(figures['runs'])}: wall {figures['wall_s_min']:.1f}-{figures['wall_s_max']:.1f} s, "
+            f"peak {figures['peak_rss_mb_min']:,.0f}-{figures['peak_rss_mb_max']:,.0f} MB)"
+        )
     print(
         f"   {name:15s} wall {figures['wall_s']:7.1f} s  CPU {figures['cpu_s']:7.1f} s  "
-        f"peak RSS {figures['peak_rss_mb']:7,.0f} MB{detail}",
+        f"peak RSS {figures['peak_rss_mb']:7,.0f} MB{detail}{spread}",
         flush=True,
     )
 
