@@ -140,7 +140,9 @@ def _read_while_importing(settings: RunConfig) -> tuple[ModuleType, Transactions
 
     The import (pandas, scipy, lifetimes: about 1 s) holds the GIL and DuckDB reads and checks the log mostly
     without it; side by side they end 0.2-0.4 s sooner than one after the other at 10 million transactions (both
-    cores are busy, so not by the whole import).
+    cores are busy, so not by the whole import). The import silences warnings for a moment (lifetimes is
+    imported under ``warnings.catch_warnings``, which is process-wide); reading the log issues no Python warning
+    (its findings are text in the data-quality record), so none is lost.
     """
     from forecast.ingest import connect_duckdb, read_transactions
 
