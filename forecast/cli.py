@@ -144,11 +144,11 @@ def _read_while_importing(settings: RunConfig) -> tuple[ModuleType, Transactions
     imported under ``warnings.catch_warnings``, which is process-wide); reading the log issues no Python warning
     (its findings are text in the data-quality record), so none is lost.
     """
-    from forecast.ingest import connect_duckdb, read_transactions
+    from forecast.ingest import read_log
 
     with ThreadPoolExecutor(max_workers=1) as importer:
         imported = importer.submit(importlib.import_module, "forecast.pipeline")
-        transactions = read_transactions(settings.data, connect_duckdb(settings.duckdb))
+        transactions = read_log(settings)
         return imported.result(), transactions
 
 
@@ -259,11 +259,11 @@ def backtest(
 @app.command()
 def validate(config: ConfigArg) -> None:
     """Check the config and the data without fitting; print a data-quality summary."""
-    from forecast.ingest import connect_duckdb, count_after_as_of, count_customers, read_transactions
+    from forecast.ingest import count_after_as_of, count_customers, read_log
 
     with user_errors():
         settings = load_config(config)
-        transactions = read_transactions(settings.data, connect_duckdb(settings.duckdb))
+        transactions = read_log(settings)
         transactions = count_customers(transactions)
         quality = (count_after_as_of(transactions, settings.as_of) if settings.as_of else transactions).quality
     typer.echo(

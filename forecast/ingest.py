@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import duckdb
 
-from forecast.config import DataConfig, DuckDBConfig
+from forecast.config import DataConfig, DuckDBConfig, RunConfig
 from forecast.errors import DataError
 
 DATA_SUFFIXES = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -545,6 +545,11 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         connection=con, files=files, segment_columns=list(config.segment_columns), quality=quality,
         read_seconds=time.perf_counter() - started,
     )  # fmt: skip
+
+
+def read_log(config: RunConfig) -> Transactions:
+    """``read_transactions`` of a run config's log, in a DuckDB connection with the config's settings."""
+    return read_transactions(config.data, connect_duckdb(config.duckdb))
 
 
 def release_memory(con: duckdb.DuckDBPyConnection) -> None:

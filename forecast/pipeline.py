@@ -60,11 +60,10 @@ from forecast.errors import (
 from forecast.estimators import GammaGamma, PurchaseModel, fit_models
 from forecast.ingest import (
     Transactions,
-    connect_duckdb,
     count_after_as_of,
     count_customers,
     fingerprint,
-    read_transactions,
+    read_log,
 )
 from forecast.registry import (
     MODEL_FILES,
@@ -477,8 +476,8 @@ def run(
     force
         Replace an existing output folder even if it holds a run made from different input.
     transactions
-        The configured log, already read by ``read_transactions(config.data, connect_duckdb(config.duckdb))``
-        (the CLI reads it while this module's libraries are imported); ``None`` reads it here.
+        The configured log, already read by ``read_log(config)`` (the CLI reads it while this module's
+        libraries are imported); ``None`` reads it here.
 
     Returns
     -------
@@ -534,7 +533,7 @@ def _run(
     started = time.perf_counter()
     if transactions is None:
         say(f"Reading {config.data.path}")
-        transactions = read_transactions(config.data, connect_duckdb(config.duckdb))
+        transactions = read_log(config)
     else:
         log.info("Reading %s", config.data.path)  # done by the caller; the line keeps run.log complete
         started -= transactions.read_seconds  # the total counts the reading too
@@ -711,7 +710,7 @@ def backtest(
     say = _quiet(progress)
     started = time.perf_counter()
     say(f"Reading {config.data.path}")
-    transactions = read_transactions(config.data, connect_duckdb(config.duckdb))
+    transactions = read_log(config)
     split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
     say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
     result = run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end)
@@ -736,7 +735,7 @@ def budget(
 
     Nothing is written. See ``forecast.budget.payback_table`` for the columns of the returned table.
     """
-    transactions = read_transactions(config.data, connect_duckdb(config.duckdb))
+    transactions = read_log(config)
     as_of = as_of or config.as_of or default_as_of(transactions)
     transactions = count_after_as_of(transactions, as_of)
     notes: list[str] = []
