@@ -30,7 +30,8 @@ EXACT_AMOUNT = "CAST({} AS DECIMAL(38, 9))"
 #: Logs of more transactions than this are summarised in ranges of customer ids of about this many
 #: transactions, one range after the other, so that DuckDB's aggregation (about 100 bytes per purchase) stays
 #: bounded; at most ``MAX_SUMMARY_PARTS`` ranges, as every range reads the whole log again. (One range for the
-#: 10M benchmark log saves 0.1-0.5 s but takes the run's peak from 1.20 GB to 1.25-1.28 GB, 48% of lifetimes'.)
+#: 10M benchmark log saves 0.1-0.5 s but takes the run's peak from 1.17-1.20 GB to 1.17-1.28 GB, up to half of
+#: lifetimes' lowest peak, 2.49 GB.)
 ROWS_PER_SUMMARY_PART = 6_000_000
 MAX_SUMMARY_PARTS = 8
 #: The range boundaries are quantiles of the rows of about one customer in this many (chosen by id hash).
