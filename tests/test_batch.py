@@ -380,3 +380,53 @@ def test_the_cli_reads_the_log_while_the_models_libraries_are_imported(
     assert 0 < timings["ingest"] < timings["total"]
     assert manifest["data_quality"] == by_run.manifest["data_quality"]
     assert f"Reading {tmp_path / 'log.csv'}" in (tmp_path / "cli" / "run.log").read_text()
+
+
+def test_the_command_ends_with_its_exit_code_after_the_exit_handlers_and_with_its_output_flushed(
+    tmp_path: Path,
+) -> None:
+    """``main`` ends the process without Python's module teardown: the exit handlers still run, the output is
+    flushed into a pipe, and the exit code is the command's (0, and 2 for a user error)."""
+    code = (
+        "import atexit, sys; atexit.register(lambda: print('exit handler ran')); from forecast.cli import main; main()"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    missing = tmp_path / "missing.yaml"
+    failed = subprocess.run([sys.executable, "-c", code, "validate", str(missing)], env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert failed.returncode == 2, failed.stderr
+    assert "error:" in failed.stderr and "Traceback" not in failed.stderr
+    assert failed.stdout == "exit handler ran\n"
+    helped = subprocess.run([sys.executable, "-c", code, "--help"], env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert helped.returncode == 0, helped.stderr
+    assert "Customer-lifetime-value forecasts." in helped.stdout and helped.stdout.endswith("exit handler ran\n")
+
+
+@pytest.mark.slow
+def test_a_run_that_spills_to_disk_leaves_no_spill_files_when_the_process_ends(tmp_path: Path) -> None:
+    """The DuckDB connection is closed before the process ends (``main`` skips the module teardown), so the
+    files an aggregation spilled to ``duckdb.temp_directory`` are gone once `forecast run` has exited."""
+    from forecast.simulate import write_simulated_log
+
+    log = tmp_path / "log.parquet"
+    write_simulated_log(log, 60_000, seed=1)
+    spill = tmp_path / "spill"
+    config = {
+        "data": {"path": str(log)}, "as_of": "2021-06-30", "interval_draws": 0, "output": str(tmp_path / "runs"),
+        "models_dir": str(tmp_path / "models"),
+        "duckdb": {"memory_limit": "16MB", "threads": 2, "temp_directory": str(spill)},
+    }  # fmt: skip
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "forecast.cli", "run", str(config_path)]
+    child = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    spilled: set[str] = set()
+    while child.poll() is None:
+        spilled |= {p.name for p in spill.glob("**/*") if p.is_file()}
+        time.sleep(0.002)
+    _, stderr = child.communicate()
+    assert child.returncode == 0, stderr.decode()[-2000:]
+    assert spilled, "the run never spilled (lower duckdb.memory_limit in this test)"
+    assert not [p for p in spill.glob("**/*") if p.is_file()]
