@@ -143,10 +143,10 @@ def _read_while_importing(settings: RunConfig) -> tuple[ModuleType, Transactions
     """Read the configured log while ``forecast.pipeline`` is imported on a second thread.
 
     The import (pandas, scipy, lifetimes: about 1 s) holds the GIL and DuckDB reads and checks the log mostly
-    without it; side by side they end 0.2-0.4 s sooner than one after the other at 10 million transactions (both
-    cores are busy, so not by the whole import). The import silences warnings for a moment (lifetimes is
-    imported under ``warnings.catch_warnings``, which is process-wide); reading the log issues no Python warning
-    (its findings are text in the data-quality record), so none is lost.
+    without it; side by side they end about 0.4 s sooner than one after the other at 10 million transactions (the
+    median of 5 alternating pairs; both cores are busy, so not by the whole import). The import silences
+    warnings for a moment (lifetimes is imported under ``warnings.catch_warnings``, which is process-wide);
+    reading the log issues no Python warning (its findings are text in the data-quality record), so none is lost.
     """
     from forecast.ingest import read_log
 
