@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from forecast.config import DataConfig, load_config
-from forecast.ingest import read_transactions
+from forecast.ingest import read_log
 from forecast.pipeline import default_as_of, forecast
 from forecast.simulate import write_simulated_log
 
@@ -37,7 +37,7 @@ def timed(label: str, config, transactions, as_of) -> None:
 def main() -> None:
     simulated = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     config = load_config(ROOT / "configs" / "cdnow.yaml")
-    transactions = read_transactions(config.data)
+    transactions = read_log(config)
     as_of = default_as_of(transactions)
     for draws in (0, 200):
         timed("CDNOW full", config.model_copy(update={"interval_draws": draws}), transactions, as_of)
@@ -48,7 +48,7 @@ def main() -> None:
             print(f"simulated {simulated:,} customers, {rows:,} transactions", flush=True)
             data = DataConfig(path=str(path))
             base = config.model_copy(update={"data": data})
-            transactions = read_transactions(data)
+            transactions = read_log(base)
             for draws in (0, 200):
                 settings = base.model_copy(update={"interval_draws": draws})
                 timed("simulated", settings, transactions, dt.date(2021, 6, 30))
