@@ -161,21 +161,25 @@ def forecast(
             spend_histories = found_spend_histories.result()
         purchases, spend = fit_models(summary, config.purchase_model, histories, spend_histories)
         say("Scoring customers")
-        scores = score_customers(
-            summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
-            config.days_per_unit, histories, spend_histories,
-        )  # fmt: skip
-        lifespan = config.heuristic.lifespan_years
-        lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
-        inputs = heuristic_inputs(summary, config.days_per_unit)
-        # The customer table is assembled once from the columns' own arrays: the summary is not copied.
-        columns = {name: frame[name].array for frame in (summary, scores, inputs) for name in frame.columns}
-        columns["clv_heuristic"] = heuristic_clv(
-            inputs["avg_purchase_value"].to_numpy(), inputs["purchases_per_year"].to_numpy(), lifespan_years,
-            config.margin,
-        )  # fmt: skip
-        columns["segment"] = assign_tiers(scores["clv"], config.segments.tiers).array
-        columns["rfm_group"] = rfm_groups(summary).array
+        # The RFM groups need only the summary: they are found on a second thread meanwhile (numpy's quantiles
+        # and comparisons let go of the GIL).
+        with ThreadPoolExecutor(max_workers=1) as second_thread:
+            found_rfm_groups = second_thread.submit(rfm_groups, summary)
+            scores = score_customers(
+                summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
+                config.days_per_unit, histories, spend_histories,
+            )  # fmt: skip
+            lifespan = config.heuristic.lifespan_years
+            lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
+            inputs = heuristic_inputs(summary, config.days_per_unit)
+            # The customer table is assembled once from the columns' own arrays: the summary is not copied.
+            columns = {name: frame[name].array for frame in (summary, scores, inputs) for name in frame.columns}
+            columns["clv_heuristic"] = heuristic_clv(
+                inputs["avg_purchase_value"].to_numpy(), inputs["purchases_per_year"].to_numpy(), lifespan_years,
+                config.margin,
+            )  # fmt: skip
+            columns["segment"] = assign_tiers(scores["clv"], config.segments.tiers).array
+            columns["rfm_group"] = found_rfm_groups.result().array
         customers = pd.DataFrame(columns, index=summary.index, copy=False)
         segmentations = ["segment", "rfm_group", *transactions.segment_columns]
         draws = None
