@@ -566,11 +566,9 @@ def _run(
     # tables, the manifest and the report are made.
     with atomic_folder(output_path) as staging, ThreadPoolExecutor(max_workers=1) as background:
         customer_tables: list[Future[None]] = []
-        write_csv_skipped: list[str] = []
 
         def write_customers(customers: pd.DataFrame) -> None:
-            write_csv, skipped = csv_wanted(config.customers_csv, len(customers))
-            write_csv_skipped.extend([skipped] if skipped else [])
+            write_csv, _ = csv_wanted(config.customers_csv, len(customers))
             columns = customer_columns(customers)
             customer_tables.append(background.submit(write_customer_tables, customers, columns, staging, write_csv))
 
@@ -600,7 +598,8 @@ def _run(
         (staging / RUN_MODELS).mkdir()
         for role, model in (("purchases", result.purchases), ("spend", result.spend)):
             write_json(staging / RUN_MODELS / MODEL_FILES[role], model_artifact(model, role, window))
-        result.warnings.extend(write_csv_skipped)
+        _, csv_skipped = csv_wanted(config.customers_csv, len(result.customers))
+        result.warnings.extend([csv_skipped] if csv_skipped else [])
         escape_for_spreadsheet(result.segments).to_csv(staging / "segments.csv", index=False)
         if backtest_result is not None:
             write_backtest(staging, backtest_result)

@@ -430,3 +430,22 @@ def test_a_run_that_spills_to_disk_leaves_no_spill_files_when_the_process_ends(t
     assert child.returncode == 0, stderr.decode()[-2000:]
     assert spilled, "the run never spilled (lower duckdb.memory_limit in this test)"
     assert not [p for p in spill.glob("**/*") if p.is_file()]
+
+
+def test_a_run_with_more_customers_than_a_spreadsheet_holds_writes_parquet_only_and_says_so(
+    tmp_path: Path, cdnow_sample: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``customers_csv: auto`` a run past the spreadsheet limit skips customers.csv and warns in the
+    manifest (the limit lowered to 100 customers here; the sample has 2,357)."""
+    import forecast.bulk
+
+    monkeypatch.setattr(forecast.bulk, "SPREADSHEET_ROWS", 100)
+    config_path = write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "log.csv"))
+    result = run(load_config(config_path), dt.date(1997, 6, 30), tmp_path / "run")
+    assert (result.output / "customers.parquet").is_file()
+    assert not (result.output / "customers.csv").exists()
+    skipped = [m for m in result.manifest["warnings"] if m.startswith("customers.csv was not written")]
+    assert skipped == [
+        "customers.csv was not written: 2,357 customers exceed a spreadsheet's 101 rows; use customers.parquet "
+        "(or set customers_csv: always)."
+    ]
