@@ -26,14 +26,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from forecast.compress import as_floats, as_numbers, label_codes
+from forecast.compress import as_floats, as_numbers
 from forecast.errors import DataError
 from forecast.estimators import PurchaseModel
-from forecast.segments import ALL, SegmentCells
+from forecast.segments import ALL_SEGMENTATION, SegmentCells
 from forecast.uncertainty import ClvDraws, discounted_purchases_new
-
-ALL_GROUPING = "all"
-AT_RISK_SUFFIX = " at risk"
 
 BUDGET_COLUMNS = [
     "clv_lower_total", "clv_upper_total", "heuristic_gap_lower", "heuristic_gap_upper", "first_purchase_value",
@@ -49,30 +46,9 @@ def first_purchase_value(summary: pd.DataFrame) -> pd.Series:
     return value.rename("first_purchase_value")
 
 
-def interval_groups(customers: pd.DataFrame, segmentations: list[str], p_alive_threshold: float) -> pd.DataFrame:
-    """Groupings for ``forecast.uncertainty.clv_draws``: everybody, each segmentation, and its at-risk part.
-
-    Every column is categorical, its categories the segment labels as the segment table writes them (text).
-    The at-risk columns (``<segmentation> at risk``) carry the segment label for customers with P(alive)
-    below the threshold and a missing label for the others, so their per-draw totals are value at risk.
-    """
-    at_risk = as_floats(customers["p_alive"]) < p_alive_threshold
-    everybody = np.zeros(len(customers), dtype=np.int8)
-    columns = {ALL_GROUPING: _categorical(everybody, pd.Index([ALL], dtype=str))}
-    for column in segmentations:
-        codes, labels = label_codes(customers[column])
-        columns[column] = _categorical(codes, labels)
-        columns[column + AT_RISK_SUFFIX] = _categorical(np.where(at_risk, codes, -1), labels)
-    columns[ALL_GROUPING + AT_RISK_SUFFIX] = _categorical(np.where(at_risk, everybody, -1), pd.Index([ALL], dtype=str))
-    return pd.DataFrame(columns, index=customers.index, copy=False)
-
-
-def _categorical(codes: np.ndarray, labels: pd.Index) -> pd.Categorical:
-    """Categorical of the codes (-1 missing); labels that coincide as text (1 and "1") become one category."""
-    renumber, categories = pd.factorize(labels)
-    if len(categories) < len(labels):
-        codes = np.where(codes >= 0, renumber[codes], -1)
-    return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
+def customers_at_risk(customers: pd.DataFrame, p_alive_threshold: float) -> np.ndarray:
+    """Which customers count towards value at risk: P(alive) below the threshold."""
+    return as_floats(customers["p_alive"]) < p_alive_threshold
 
 
 def new_customer_clv(
@@ -136,6 +112,7 @@ def budget_columns(
     days_per_unit: float,
     target_ltv_to_cac: float,
     p_alive_threshold: float,
+    cells: SegmentCells | None = None,
 ) -> pd.DataFrame:
     """Add intervals and budget figures to a segment table (``forecast.segments.segment_table``).
 
@@ -149,12 +126,15 @@ def budget_columns(
     purchases
         Fitted purchase model (for a new customer's expected purchases).
     draws
-        CLV under parameter draws computed with ``interval_groups`` groupings, or None (no intervals:
-        the interval columns are NaN).
+        CLV under parameter draws, totalled by the cells of every segmentation of ``segments`` with the
+        customers at risk (``customers_at_risk``), or None (no intervals: the interval columns are NaN).
     target_ltv_to_cac
         Maximum acquisition cost = new-customer CLV / this ratio.
     p_alive_threshold
         Customers with P(alive) below it count towards value at risk.
+    cells
+        The customers' ``SegmentCells`` of everybody (None) and the segmentations of ``segments``, if already
+        found.
 
     Returns
     -------
@@ -164,8 +144,8 @@ def budget_columns(
     missing = [c for c in ("clv", "p_alive", "expected_spend", "revenue", "frequency") if c not in customers]
     if missing:
         raise DataError(f"The customer table lacks the columns {missing} needed for budget figures.")
-    groupings: list[str | None] = [None, *sorted(set(segments["segmentation"]) - {ALL_GROUPING})]
-    cells = SegmentCells.of(customers, groupings)
+    if cells is None:
+        cells = SegmentCells.of(customers, [None, *sorted(set(segments["segmentation"]) - {ALL_SEGMENTATION})])
     # Summed per cell a column or two at a time, each freed before the next is made; revenue - frequency x
     # monetary_value in place, the operations of first_purchase_value.
     first_value = np.multiply(as_numbers(customers["frequency"]), as_floats(customers["monetary_value"]))
@@ -176,7 +156,7 @@ def budget_columns(
     del first_value
     first_and_spend = cells.sums(spend)
     del spend
-    at_risk = as_floats(customers["p_alive"]) < p_alive_threshold
+    at_risk = customers_at_risk(customers, p_alive_threshold)
     risk_clv = cells.sums(pd.DataFrame({"risk_clv": np.where(at_risk, as_floats(customers["clv"]), 0.0)}, copy=False))
     per_cell = {
         "first_purchase_value": first_and_spend[:, 0],
@@ -185,11 +165,11 @@ def budget_columns(
         "risk_clv": risk_clv[:, 0],
     }
     parts = []
-    for column, sums in zip(groupings, cells.totals(per_cell), strict=True):
+    for name, sums in zip(cells.names, cells.totals(per_cell), strict=True):
         count = sums["customers"]
         figures = pd.DataFrame(
             {
-                "segmentation": ALL_GROUPING if column is None else column,
+                "segmentation": name,
                 "segment": sums.index,  # as segment_table labels its segments
                 "first_purchase_value": sums["first_purchase_value"] / count,
                 "new_customer_spend": sums["expected_spend"] / count,
@@ -214,10 +194,9 @@ def budget_columns(
         spend = draws.spend_totals.reindex(keys).to_numpy() / table["customers"].to_numpy()[:, None]
         per_draw = margin * (table["first_purchase_value"].to_numpy()[:, None] + spend * draws.new_customer_purchases)
         table["new_customer_clv_lower"], table["new_customer_clv_upper"] = draws.interval(per_draw)
-        risk_keys = [(s + AT_RISK_SUFFIX, label) for s, label in keys]
-        # Segments with nobody at risk have no per-draw totals: their value at risk is exactly 0.
-        risk = draws.clv_totals.reindex(risk_keys).fillna(0.0).to_numpy()
-        table["value_at_risk_lower"], table["value_at_risk_upper"] = draws.interval(risk)
+        if draws.risk_totals is not None:
+            risk = draws.risk_totals.reindex(keys).to_numpy()
+            table["value_at_risk_lower"], table["value_at_risk_upper"] = draws.interval(risk)
     table["heuristic_gap_lower"] = table["clv_heuristic_total"] - table["clv_upper_total"]
     table["heuristic_gap_upper"] = table["clv_heuristic_total"] - table["clv_lower_total"]
     table["max_acquisition_cost_lower"] = table["new_customer_clv_lower"] / target_ltv_to_cac

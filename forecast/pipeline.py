@@ -35,7 +35,7 @@ from forecast.backtest import (
     select_purchase_model,
 )
 from forecast.backtest_plots import PLOT_FILES, backtest_plots
-from forecast.budget import budget_columns, interval_groups, payback_table
+from forecast.budget import budget_columns, customers_at_risk, payback_table
 from forecast.bulk import csv_wanted, write_customer_tables
 from forecast.clv import (
     Histories,
@@ -78,7 +78,7 @@ from forecast.registry import (
 )
 from forecast.report import build_report
 from forecast.rfm import summarize
-from forecast.segments import rfm_groups, segment_table
+from forecast.segments import SegmentCells, rfm_groups, segment_table
 from forecast.uncertainty import clv_draws, has_covariance
 
 Progress = Callable[[str], None]
@@ -182,6 +182,9 @@ def forecast(
             columns["rfm_group"] = found_rfm_groups.result().array
         customers = pd.DataFrame(columns, index=summary.index, copy=False)
         segmentations = ["segment", "rfm_group", *transactions.segment_columns]
+        # The customers' cells (their segment in every segmentation) are found once, for the intervals, the
+        # segment table and the budget figures.
+        cells = SegmentCells.of(customers, [None, *segmentations])
         draws = None
         # Without a parameter covariance (estimators warns) the run goes on without intervals.
         if config.interval_draws > 0 and has_covariance(purchases) and has_covariance(spend):
@@ -189,9 +192,9 @@ def forecast(
             try:
                 draws = clv_draws(
                     summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
-                    config.days_per_unit, interval_groups(customers, segmentations, config.budget.p_alive_threshold),
-                    config.ci_level, config.interval_draws, config.seed, histories=histories,
-                    spend_histories=spend_histories,
+                    config.days_per_unit, cells, config.ci_level, config.interval_draws, config.seed,
+                    histories=histories, spend_histories=spend_histories,
+                    at_risk=customers_at_risk(customers, config.budget.p_alive_threshold),
                 )  # fmt: skip
             except FitError as exc:
                 warnings.warn(f"The CLV intervals are left empty: {exc}", ForecastWarning, stacklevel=2)
@@ -201,10 +204,11 @@ def forecast(
         customers = pd.DataFrame(columns, index=summary.index, copy=False)
         if customers_ready is not None:
             customers_ready(customers)
-        segments = segment_table(customers, segmentations, lifespan_years, config.margin)
+        segments = segment_table(customers, segmentations, lifespan_years, config.margin, cells)
         segments = budget_columns(
             segments, customers, purchases, draws, config.horizon_months, config.monthly_discount_rate,
             config.margin, config.days_per_unit, config.budget.target_ltv_to_cac, config.budget.p_alive_threshold,
+            cells,
         )  # fmt: skip
     messages = list(transactions.quality.warnings) + caught
     return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, messages)

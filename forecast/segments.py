@@ -12,10 +12,16 @@ from forecast.clv import heuristic_clv
 from forecast.compress import as_floats, as_numbers, code_counts, combine_codes, label_codes, sum_cells, take
 
 ALL = "all customers"
+#: The ``segmentation`` of the segment tables' row for everybody (its segment is ``ALL``).
+ALL_SEGMENTATION = "all"
 
 
 def segment_table(
-    customers: pd.DataFrame, segmentations: list[str], lifespan_years: float, margin: float
+    customers: pd.DataFrame,
+    segmentations: list[str],
+    lifespan_years: float,
+    margin: float,
+    cells: SegmentCells | None = None,
 ) -> pd.DataFrame:
     """Summarise customers per segment of each segmentation, plus one row for everybody.
 
@@ -33,6 +39,9 @@ def segment_table(
         Expected customer lifespan for the heuristic (years).
     margin
         Gross margin as a fraction of spend.
+    cells
+        The customers' ``SegmentCells`` of ``[None, *segmentations]``, if already found (a run finds them once
+        for the segment table, the budget figures and the intervals).
 
     Returns
     -------
@@ -44,11 +53,11 @@ def segment_table(
     values = pd.DataFrame({name: as_floats(customers[name]) for name in SUMMED_COLUMNS}, copy=False)
     groupings: list[str | None] = [None, *segmentations]
     frames = []
-    for column, totals in zip(groupings, segment_totals(customers, groupings, values), strict=True):
+    for column, totals in zip(groupings, segment_totals(customers, groupings, values, cells), strict=True):
         count = totals["customers"]
         table = pd.DataFrame(
             {
-                "segmentation": "all" if column is None else column,
+                "segmentation": ALL_SEGMENTATION if column is None else column,
                 "segment": totals.index,
                 "customers": count,
                 "revenue_to_date": totals["revenue"],
@@ -72,7 +81,10 @@ SUMMED_COLUMNS = ["revenue", "p_alive", "expected_purchases", "clv", "avg_purcha
 
 
 def segment_totals(
-    customers: pd.DataFrame, segmentations: list[str | None], values: pd.DataFrame
+    customers: pd.DataFrame,
+    segmentations: list[str | None],
+    values: pd.DataFrame,
+    cells: SegmentCells | None = None,
 ) -> list[pd.DataFrame]:
     """Count the customers and add up ``values`` per segment of every segmentation, in one pass over the rows.
 
@@ -88,6 +100,8 @@ def segment_totals(
         Columns of ``customers`` (None: everybody, one segment ``ALL``).
     values
         Numeric columns to add up, one row per customer, in the customers' order.
+    cells
+        ``SegmentCells.of(customers, segmentations)``, if already found.
 
     Returns
     -------
@@ -95,7 +109,10 @@ def segment_totals(
         One per segmentation, indexed by segment label (text, in ``groupby(sort=True)`` order, only segments
         that have customers), with ``customers`` (int) and the sums of ``values``' columns.
     """
-    cells = SegmentCells.of(customers, segmentations)
+    if cells is None:
+        cells = SegmentCells.of(customers, segmentations)
+    elif cells.segmentations != segmentations:
+        raise ValueError(f"Cells of the segmentations {cells.segmentations} cannot sum by {segmentations}.")
     return cells.totals(dict(zip(values.columns, cells.sums(values).T, strict=True)))
 
 
@@ -111,13 +128,19 @@ class SegmentCells:
     cells: np.ndarray
     labels: list[pd.Index]
     cell_codes: list[np.ndarray]
+    segmentations: list[str | None]
 
     @classmethod
     def of(cls, customers: pd.DataFrame, segmentations: list[str | None]) -> SegmentCells:
         """Cells of the segmentation columns of ``customers`` (None: everybody, one segment ``ALL``)."""
         labelled = [segment_codes(customers, column) for column in segmentations]
         cells, cell_codes = combine_codes([codes for codes, _ in labelled], [len(labels) for _, labels in labelled])
-        return cls(cells, [labels for _, labels in labelled], cell_codes)
+        return cls(cells, [labels for _, labels in labelled], cell_codes, list(segmentations))
+
+    @property
+    def names(self) -> list[str]:
+        """The segmentations as the segment tables name them (``ALL_SEGMENTATION`` for everybody)."""
+        return [ALL_SEGMENTATION if column is None else column for column in self.segmentations]
 
     @property
     def size(self) -> int:

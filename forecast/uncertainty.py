@@ -33,7 +33,6 @@ is formed.
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -45,9 +44,10 @@ import pandas as pd
 from scipy import stats
 
 from forecast.clv import Histories, SpendHistories, discount_factors, month_ends, purchases_if_alive
-from forecast.compress import combine_codes, label_codes, sum_cells
+from forecast.compress import sum_cells
 from forecast.errors import FitError, ForecastWarning
 from forecast.estimators import GammaGamma, PurchaseModel
+from forecast.segments import SegmentCells
 
 ModelT = TypeVar("ModelT", PurchaseModel, GammaGamma)
 
@@ -112,9 +112,12 @@ class ClvDraws:
     customers
         Indexed by customer_id, columns clv_lower and clv_upper (currency).
     clv_totals
-        Per-draw CLV totals: index (grouping, label), one column per draw (currency).
+        Per-draw CLV totals: index (segmentation, segment) as in the segment table, one column per draw (currency).
     spend_totals
         Per-draw sums of the Gamma-Gamma expected spend, same index (currency).
+    risk_totals
+        Per-draw CLV totals of the customers at risk, same index (0 where nobody is at risk; currency), or None
+        when no customers at risk were given.
     new_customer_purchases
         Per draw, a new customer's discounted expected repeat purchases over the horizon.
     """
@@ -123,6 +126,7 @@ class ClvDraws:
     customers: pd.DataFrame
     clv_totals: pd.DataFrame
     spend_totals: pd.DataFrame
+    risk_totals: pd.DataFrame | None
     new_customer_purchases: np.ndarray
 
     def interval(self, values: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,13 +164,14 @@ def clv_draws(
     monthly_discount_rate: float,
     margin: float,
     days_per_unit: float,
-    groups: pd.DataFrame | None = None,
+    cells: SegmentCells | None = None,
     ci_level: float = 0.9,
     draws: int = 200,
     seed: int = 0,
     chunk_customers: int = 250_000,
     histories: Histories | None = None,
     spend_histories: SpendHistories | None = None,
+    at_risk: np.ndarray | None = None,
 ) -> ClvDraws:
     """Carry the parameter uncertainty to every customer's CLV (intervals) and to group totals (per draw).
 
@@ -178,10 +183,9 @@ def clv_draws(
         The fitted purchase model and Gamma-Gamma model.
     horizon_months, monthly_discount_rate, margin, days_per_unit
         As for ``forecast.clv.score_customers``.
-    groups
-        Optional, indexed like ``summary``: each column a grouping of the customers (labels; categorical
-        columns are the fastest); the per-draw CLV and spend totals are returned for every label of every
-        column. Customers whose label is missing are left out of that grouping (for example those not at risk).
+    cells
+        The customers' ``SegmentCells`` (in the order of ``summary``): the per-draw totals are returned for
+        every segment of every segmentation. None: everybody only.
     ci_level
         Interval level, e.g. 0.9 for the 5% and 95% quantiles.
     draws
@@ -192,6 +196,9 @@ def clv_draws(
         Customers processed at a time, two chunks at once; memory is about 2 x 20 x chunk_customers x 8 bytes.
     histories, spend_histories
         The summary's unique histories, if already computed (as for ``score_customers``).
+    at_risk
+        Optional, one boolean per customer: the per-draw CLV totals of the customers it marks are returned too
+        (value at risk).
 
     Returns
     -------
@@ -227,24 +234,15 @@ def clv_draws(
     # A customer's gradient is (margin s g_row, margin v g_spend) with s the expected spend and v the discounted
     # purchases; the models are independent, so var = margin^2 (s^2 g_row' S_p g_row + v^2 g_spend' S_g g_spend),
     # and the two quadratic forms are computed once per unique row and spend history.
-    row_form = np.einsum("ij,jk,ik->i", row_gradient, covariance_p, row_gradient)
-    spend_form = np.einsum("ij,jk,ik->i", spend_gradient, covariance_g, spend_gradient)
+    row_form = ((row_gradient @ covariance_p) * row_gradient).sum(axis=1)
+    spend_form = ((spend_gradient @ covariance_g) * spend_gradient).sum(axis=1)
     z = float(stats.norm.ppf((1 + ci_level) / 2))
 
-    groups = groups if groups is not None else pd.DataFrame(index=summary.index)
-    labelled = [label_codes(groups[column]) for column in groups.columns]
-    index_tuples = [
-        (str(column), label) for column, (_, labels) in zip(groups.columns, labelled, strict=True) for label in labels
-    ]
-    if labelled:
-        cells, cell_codes = combine_codes([codes for codes, _ in labelled], [len(labels) for _, labels in labelled])
-    else:
-        cells, cell_codes = np.zeros(len(summary), dtype=np.int8), []
-    label_counts = [len(labels) for _, labels in labelled]
-    # The cells say it all from here: the groups' codes (20 MB at 3.4 million customers with the pipeline's
-    # groupings) are let go, and freed when the caller keeps no reference to the groups.
-    del groups, labelled
-    n_cells = len(cell_codes[0]) if cell_codes else 1
+    cells = cells if cells is not None else SegmentCells.of(summary, [None])
+    # A customer at risk is summed in the second of its cell's two bins, so that the bins of a cell add up to
+    # the cell and the second bins alone to its customers at risk.
+    bins_per_cell = 1 if at_risk is None else 2
+    n_bins = cells.size * bins_per_cell
     n_p, n_g = covariance_p.shape[0], covariance_g.shape[0]
     # One contiguous array per parameter: gathering from it is twice as fast as from a column of the matrix.
     row_gradient_by_param, spend_gradient_by_param = list(row_gradient.T.copy()), list(spend_gradient.T.copy())
@@ -253,13 +251,16 @@ def clv_draws(
     upper = np.empty(len(summary))
 
     def chunk_sums(chunk: slice) -> np.ndarray:
-        """Fill in the chunk's interval bounds and return its sums per cell (customers sharing every group label):
-        the CLV total and its gradient in the log-parameters (purchase model, then Gamma-Gamma), the spend total
-        and its gradient."""
+        """Fill in the chunk's interval bounds and return its sums per bin (a cell, or its customers not at risk
+        and at risk): the CLV total and its gradient in the log-parameters (purchase model, then Gamma-Gamma),
+        the spend total and its gradient."""
         # As intp once: every gather and bincount below would convert the compact codes again.
         rows = histories.row_of_customer[chunk].astype(np.intp)
         spends = spend_histories.row_of_customer[chunk].astype(np.intp)
-        in_cell = cells[chunk].astype(np.intp)
+        in_bin = cells.cells[chunk].astype(np.intp)
+        if at_risk is not None:
+            in_bin *= 2
+            in_bin += at_risk[chunk]
         value, spend_per_purchase = row_value[rows], spend_value[spends]
         clv = margin * spend_per_purchase * value
         variance = margin**2 * (spend_per_purchase**2 * row_form[rows] + value**2 * spend_form[spends])
@@ -268,42 +269,63 @@ def clv_draws(
             spread = np.where(clv > 0, z * np.sqrt(np.maximum(variance, 0.0)) / clv, 0.0)
         lower[chunk], upper[chunk] = clv * np.exp(-spread), clv * np.exp(spread)
         del variance, spread
+        sums = np.empty((n_bins, 2 + n_p + 2 * n_g))
+
+        def add(column: int, weights: np.ndarray) -> None:
+            sums[:, column] = np.bincount(in_bin, weights=weights, minlength=n_bins)
+
         # Made one at a time, as the sums take them: not all 2 + n_p + 2 n_g columns of the chunk at once.
-        weights = itertools.chain(
-            [clv],
-            (margin * spend_per_purchase * gradient[rows] for gradient in row_gradient_by_param),
-            (margin * value * gradient[spends] for gradient in spend_gradient_by_param),
-            [spend_per_purchase],
-            (gradient[spends] for gradient in spend_gradient_by_param),
-        )
-        sums = np.empty((n_cells, 2 + n_p + 2 * n_g))
-        for k, column in enumerate(weights):
-            sums[:, k] = np.bincount(in_cell, weights=column, minlength=n_cells)
+        add(0, clv)
+        spend_weight = margin * spend_per_purchase
+        for j, gradient in enumerate(row_gradient_by_param):
+            of_customer = gradient[rows]
+            of_customer *= spend_weight
+            add(1 + j, of_customer)
+        add(1 + n_p + n_g, spend_per_purchase)
+        value *= margin
+        for j, gradient in enumerate(spend_gradient_by_param):
+            of_customer = gradient[spends]
+            add(2 + n_p + n_g + j, of_customer)
+            of_customer *= value
+            add(1 + n_p + j, of_customer)
         return sums
 
     # numpy lets go of the GIL in the gathers, products and sums, so two chunks are worked on at once; their
     # sums are added in chunk order, so the totals do not depend on which thread finished first.
-    cell_sums = np.zeros((n_cells, 2 + n_p + 2 * n_g))
+    bin_sums = np.zeros((n_bins, 2 + n_p + 2 * n_g))
     with ThreadPoolExecutor(max_workers=2) as pool:
         chunks = [slice(start, start + chunk_customers) for start in range(0, len(summary), chunk_customers)]
         for chunk_total in pool.map(chunk_sums, chunks):
-            cell_sums += chunk_total
+            bin_sums += chunk_total
 
-    sums = np.vstack(
-        [np.zeros((0, cell_sums.shape[1]))]
-        + [sum_cells(cell_sums, codes, size) for codes, size in zip(cell_codes, label_counts, strict=True)]
-    )
+    def segment_sums(per_cell: np.ndarray) -> np.ndarray:
+        """Sums per segment of every segmentation, in the order of the index below."""
+        codings = zip(cells.cell_codes, cells.labels, strict=True)
+        return np.vstack([sum_cells(per_cell, codes, len(labels)) for codes, labels in codings])
+
+    by_bin = bin_sums.reshape(cells.size, bins_per_cell, -1)
+    sums = segment_sums(by_bin.sum(axis=1))
     clv_sum, spend_sum = sums[:, : 1 + n_p + n_g], sums[:, 1 + n_p + n_g :]
     # Totals are smooth sums over many customers: their value under each parameter draw is the first-order
     # expansion around the fit (exact for the gradient, O(|shift|^2) otherwise).
-    clv_totals = clv_sum[:, :1] + clv_sum[:, 1 : 1 + n_p] @ log_shift_p.T + clv_sum[:, 1 + n_p :] @ log_shift_g.T
+
+    def clv_per_draw(clv_sum: np.ndarray) -> np.ndarray:
+        return clv_sum[:, :1] + clv_sum[:, 1 : 1 + n_p] @ log_shift_p.T + clv_sum[:, 1 + n_p :] @ log_shift_g.T
+
     spend_totals = spend_sum[:, :1] + spend_sum[:, 1:] @ log_shift_g.T
-    index = pd.MultiIndex.from_tuples(index_tuples, names=["grouping", "label"])
+    index = pd.MultiIndex.from_tuples(
+        [(name, label) for name, labels in zip(cells.names, cells.labels, strict=True) for label in labels],
+        names=["segmentation", "segment"],
+    )
+    risk_totals = None
+    if at_risk is not None:
+        risk_totals = pd.DataFrame(clv_per_draw(segment_sums(by_bin[:, 1, : 1 + n_p + n_g])), index=index)
     return ClvDraws(
         ci_level=ci_level,
         customers=pd.DataFrame({"clv_lower": lower, "clv_upper": upper}, index=summary.index, copy=False),
-        clv_totals=pd.DataFrame(clv_totals, index=index),
+        clv_totals=pd.DataFrame(clv_per_draw(clv_sum), index=index),
         spend_totals=pd.DataFrame(spend_totals, index=index),
+        risk_totals=risk_totals,
         new_customer_purchases=per_new,
     )
 

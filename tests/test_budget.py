@@ -202,8 +202,8 @@ def test_budget_sums_by_cell_equal_the_sums_of_all_four_columns_at_once(sample_f
             "risk_clv": np.where(at_risk, customers["clv"].to_numpy(), 0.0),
         }
     )
-    groupings: list[str | None] = [None, "rfm_group", "segment"]
-    totals = pd.concat(segment_totals(customers, groupings, values), keys=["all", "rfm_group", "segment"])
+    groupings: list[str | None] = [None, "segment", "rfm_group"]  # a run's cells
+    totals = pd.concat(segment_totals(customers, groupings, values), keys=["all", "segment", "rfm_group"])
     figures = segments.set_index(["segmentation", "segment"]).loc[totals.index]
     count = totals["customers"]
     np.testing.assert_array_equal(figures["first_purchase_value"], totals["first_purchase_value"] / count)

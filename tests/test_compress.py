@@ -236,6 +236,7 @@ def test_fits_scores_and_intervals_on_shared_histories_equal_the_separate_comput
     minimisation); scores and intervals equal those indexed by numpy.unique's histories in reverse order to 1e-12."""
     from forecast.clv import score_customers
     from forecast.estimators import fit_models, purchase_model
+    from forecast.segments import SegmentCells
     from forecast.uncertainty import clv_draws, has_covariance
 
     summary = cdnow_summary
@@ -255,8 +256,9 @@ def test_fits_scores_and_intervals_on_shared_histories_equal_the_separate_comput
     scores = score_customers(*args, histories, spend_histories)
     pd.testing.assert_frame_equal(scores, score_customers(*args, *earlier), rtol=1e-12, atol=0)
     if has_covariance(purchases) and has_covariance(spend):
-        groups = pd.DataFrame({"tier": pd.qcut(scores["clv"].rank(method="first"), 4, labels=False)})
-        shared = clv_draws(*args, groups, draws=20, histories=histories, spend_histories=spend_histories)
-        separate = clv_draws(*args, groups, draws=20, histories=earlier[0], spend_histories=earlier[1])
+        tiers = pd.DataFrame({"tier": pd.qcut(scores["clv"].rank(method="first"), 4, labels=False)})
+        cells = SegmentCells.of(tiers, [None, "tier"])
+        shared = clv_draws(*args, cells, draws=20, histories=histories, spend_histories=spend_histories)
+        separate = clv_draws(*args, cells, draws=20, histories=earlier[0], spend_histories=earlier[1])
         pd.testing.assert_frame_equal(shared.customers, separate.customers, rtol=1e-12, atol=0)
         pd.testing.assert_frame_equal(shared.clv_totals, separate.clv_totals, rtol=1e-12, atol=0)

@@ -15,6 +15,7 @@ from forecast.errors import FitError
 from forecast.estimators import BetaGeo, GammaGamma, ModifiedBetaGeo, ParetoNBD, fit_models
 from forecast.ingest import read_transactions
 from forecast.rfm import holdout_purchases, summarize
+from forecast.segments import ALL, SegmentCells
 from forecast.simulate import TrueParams, simulate_transactions
 from forecast.uncertainty import (
     Histories,
@@ -87,25 +88,49 @@ def test_parameter_draws_need_a_covariance():
         parameter_draws(model, 10, np.random.default_rng(0))
 
 
-def _groups(scores: pd.DataFrame) -> pd.DataFrame:
+def _cells(scores: pd.DataFrame) -> SegmentCells:
     tiers = assign_tiers(scores["clv"], {"top 5%": 0.05, "next 15%": 0.15, "rest": 0.8})
-    return pd.DataFrame({"all": "everybody", "segment": tiers.astype(str)}, index=scores.index)
+    return SegmentCells.of(pd.DataFrame({"segment": tiers}, index=scores.index), [None, "segment"])
 
 
 def test_intervals_contain_the_point_estimate_and_totals_add_up(cdnow_sample):
     """Every customer's interval and the total's interval contain the point CLV; tier totals sum to the whole."""
     summary, purchases, spend, scores = cdnow_sample
     result = clv_draws(
-        summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, _groups(scores), 0.9, 200, seed=3
+        summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, _cells(scores), 0.9, 200, seed=3
     )
     tolerance = 1e-9 * scores["clv"].abs().max()
     assert (result.customers["clv_lower"] <= scores["clv"] + tolerance).all()
     assert (result.customers["clv_upper"] >= scores["clv"] - tolerance).all()
     assert (result.customers["clv_upper"] > result.customers["clv_lower"]).mean() > 0.99
-    total = result.clv_totals.loc[("all", "everybody")].to_numpy()
+    total = result.clv_totals.loc[("all", ALL)].to_numpy()
     lower, upper = result.interval(total)
     assert lower < scores["clv"].sum() < upper
     np.testing.assert_allclose(result.clv_totals.loc["segment"].sum(axis=0).to_numpy(), total, rtol=1e-12)
+
+
+def test_totals_at_risk_are_the_totals_of_the_customers_at_risk(cdnow_sample):
+    """The per-draw totals of the customers marked at risk equal the per-draw totals of a run on those customers
+    alone (the same seed draws the same parameters); segments with nobody at risk total exactly 0; marking
+    customers at risk leaves every total unchanged."""
+    summary, purchases, spend, scores = cdnow_sample
+    args = (summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK)
+    tiers = pd.DataFrame({"segment": assign_tiers(scores["clv"], {"top 5%": 0.05, "next 15%": 0.15, "rest": 0.8})})
+    # Nobody in the top tier is at risk here, so one segment has no customer at risk.
+    at_risk = (scores["p_alive"] < 0.5).to_numpy() & (tiers["segment"] != "top 5%").to_numpy()
+    cells = SegmentCells.of(tiers, [None, "segment"])
+    marked = clv_draws(*args, cells, draws=50, seed=4, at_risk=at_risk)
+    unmarked = clv_draws(*args, cells, draws=50, seed=4)
+    alone = clv_draws(
+        summary[at_risk], purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK,
+        SegmentCells.of(tiers[at_risk], [None, "segment"]), draws=50, seed=4,
+    )  # fmt: skip
+    assert unmarked.risk_totals is None and marked.risk_totals is not None
+    pd.testing.assert_frame_equal(marked.clv_totals, unmarked.clv_totals, rtol=1e-12)
+    pd.testing.assert_frame_equal(marked.risk_totals.loc[alone.clv_totals.index], alone.clv_totals, rtol=1e-9)
+    assert 0 < at_risk.sum() < len(at_risk)
+    assert (marked.risk_totals.loc[("segment", "top 5%")] == 0).all()
+    assert len(marked.risk_totals) == len(alone.clv_totals) + 1
 
 
 def test_intervals_are_reproducible_and_independent_of_chunking(cdnow_sample):
@@ -114,7 +139,7 @@ def test_intervals_are_reproducible_and_independent_of_chunking(cdnow_sample):
     Per-customer intervals come from the delta method, so they do not depend on the draws at all.
     """
     summary, purchases, spend, scores = cdnow_sample
-    args = (summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, _groups(scores), 0.9, 50)
+    args = (summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, _cells(scores), 0.9, 50)
     first = clv_draws(*args, seed=7)
     chunked = clv_draws(*args, seed=7, chunk_customers=300)
     other = clv_draws(*args, seed=8)
@@ -128,7 +153,7 @@ def test_intervals_worked_on_two_chunks_at_once_are_identical_to_the_bit(cdnow_s
     """Chunks are worked on by two threads; their per-cell sums are added in chunk order, so 24 chunks of 100
     customers give the same bytes every time, and the same figures as one chunk."""
     summary, purchases, spend, scores = cdnow_sample
-    args = (summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, _groups(scores), 0.9, 50)
+    args = (summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, _cells(scores), 0.9, 50)
     runs = [clv_draws(*args, seed=7, chunk_customers=100) for _ in range(3)]
     whole = clv_draws(*args, seed=7, chunk_customers=len(summary))
     for run in runs[1:]:
@@ -148,8 +173,7 @@ def test_first_order_propagation_matches_exact_recomputation_under_draws(cdnow_s
     quantiles of 1,000 exact recomputations within 10%.
     """
     summary, purchases, spend, _ = cdnow_sample
-    everybody = pd.DataFrame({"all": "everybody"}, index=summary.index)
-    result = clv_draws(summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, everybody, 0.9, 200, seed=5)
+    result = clv_draws(summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, None, 0.9, 200, seed=5)
     rng = np.random.default_rng(5)
     purchase_draws, spend_draws = parameter_draws(purchases, 200, rng), parameter_draws(spend, 200, rng)
     exact = np.array(
@@ -182,11 +206,8 @@ def test_intervals_widen_with_fewer_customers(cdnow_sample):
     summary, purchases, spend, _ = cdnow_sample
     subset = summary.sample(frac=0.2, random_state=0)
     small_purchases, small_spend = fit_models(subset, "bgnbd")
-    everybody = pd.DataFrame({"all": "everybody"}, index=summary.index)
-    full = clv_draws(summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, everybody, draws=200)
-    small = clv_draws(
-        subset, small_purchases, small_spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, everybody.loc[subset.index]
-    )
+    full = clv_draws(summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, draws=200)
+    small = clv_draws(subset, small_purchases, small_spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK)
 
     def relative_width(bounds: pd.DataFrame) -> pd.Series:
         return (bounds["clv_upper"] - bounds["clv_lower"]) / bounds[["clv_lower", "clv_upper"]].mean(axis=1)
