@@ -3,7 +3,8 @@
 Each model's maximum-likelihood log-parameters are asymptotically normal with the inverse Hessian of the
 negative log-likelihood as covariance (``FitResult.covariance_log_params``). That uncertainty is carried
 to the CLV figures to first order (the delta method), with the gradients of every figure in the
-log-parameters taken by central differences:
+log-parameters taken by forward differences (step 1e-5: within 5e-6 of central differences of step 1e-4,
+relative to the largest gradient, on 68,000 simulated customers; one model evaluation per parameter):
 
 - per customer, var(CLV) = g' S g with g the customer's gradient and S the covariance (purchase model and
   Gamma-Gamma independent); the interval is log-normal, CLV x exp(+-z sd / CLV), so it stays positive;
@@ -13,7 +14,7 @@ log-parameters taken by central differences:
   from totals (new-customer CLV, maximum acquisition cost) use the same draws, so their intervals are
   consistent with the totals'. A new customer's expected purchases are recomputed exactly per draw.
 
-Cost: about 14 evaluations of the models per customer instead of one per draw, so intervals add seconds,
+Cost: about 9 evaluations of the models per customer instead of one per draw, so intervals add seconds,
 not minutes, at millions of customers. On the 2,357-customer CDNOW sample, where the standard errors are
 large, the linearised total's 90% interval is within 0.4% of the one from recomputing every CLV under 200
 draws, and per-customer interval widths within 10% of 1,000 exact draws (tests/test_uncertainty.py).
@@ -233,10 +234,11 @@ def clv_draws(
     covariance_g = np.asarray(spend.result_.covariance_log_params)  # type: ignore[union-attr]
     # A customer's gradient is (margin s g_row, margin v g_spend) with s the expected spend and v the discounted
     # purchases; the models are independent, so var = margin^2 (s^2 g_row' S_p g_row + v^2 g_spend' S_g g_spend),
-    # and the two quadratic forms are computed once per unique row and spend history.
-    row_form = ((row_gradient @ covariance_p) * row_gradient).sum(axis=1)
-    spend_form = ((spend_gradient @ covariance_g) * spend_gradient).sum(axis=1)
-    z = float(stats.norm.ppf((1 + ci_level) / 2))
+    # and the interval's relative spread z sd / CLV = z sqrt(g_row' S_p g_row / v^2 + g_spend' S_g g_spend / s^2)
+    # adds two terms computed once per unique row and spend history (0 where the CLV is 0: the bounds are 0).
+    z_squared = float(stats.norm.ppf((1 + ci_level) / 2)) ** 2
+    row_spread = _relative_variance(row_gradient, covariance_p, row_value) * z_squared
+    spend_spread = _relative_variance(spend_gradient, covariance_g, spend_value) * z_squared
 
     cells = cells if cells is not None else SegmentCells.of(summary, [None])
     # A customer at risk is summed in the second of its cell's two bins, so that the bins of a cell add up to
@@ -263,12 +265,14 @@ def clv_draws(
             in_bin += at_risk[chunk]
         value, spend_per_purchase = row_value[rows], spend_value[spends]
         clv = margin * spend_per_purchase * value
-        variance = margin**2 * (spend_per_purchase**2 * row_form[rows] + value**2 * spend_form[spends])
         # Log-normal interval: positive, and a relative spread that is the delta method's.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            spread = np.where(clv > 0, z * np.sqrt(np.maximum(variance, 0.0)) / clv, 0.0)
-        lower[chunk], upper[chunk] = clv * np.exp(-spread), clv * np.exp(spread)
-        del variance, spread
+        growth = row_spread[rows]
+        growth += spend_spread[spends]
+        np.sqrt(growth, out=growth)
+        np.exp(growth, out=growth)
+        np.divide(clv, growth, out=lower[chunk])
+        np.multiply(clv, growth, out=upper[chunk])
+        del growth
         sums = np.empty((n_bins, 2 + n_p + 2 * n_g))
 
         def add(column: int, weights: np.ndarray) -> None:
@@ -330,6 +334,14 @@ def clv_draws(
     )
 
 
+def _relative_variance(gradient: np.ndarray, covariance: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Per row, the delta method's variance of ``value`` relative to its square, g' S g / value^2 (0 where
+    ``value`` is 0)."""
+    variance = np.maximum(((gradient @ covariance) * gradient).sum(axis=1), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(value > 0, variance / value**2, 0.0)
+
+
 def _require_finite_gradients(
     ids: pd.Index,
     histories: Histories,
@@ -351,8 +363,8 @@ def _require_finite_gradients(
         )
 
 
-#: Step of the central differences in the log-parameters.
-LOG_STEP = 1e-4
+#: Step of the forward differences in the log-parameters.
+LOG_STEP = 1e-5
 
 
 def _log_params(model: PurchaseModel | GammaGamma) -> np.ndarray:
@@ -377,30 +389,25 @@ def _discounted_purchases_and_gradient(
         _, if_alive = purchases_if_alive(m, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit)
         return m.p_alive(f, r, T) * if_alive[histories.pair_of_row]
 
+    at_fit = value(model)
     gradient = np.column_stack(
-        [
-            (value(_shifted(model, j, LOG_STEP)) - value(_shifted(model, j, -LOG_STEP))) / (2 * LOG_STEP)
-            for j in range(len(model.param_names))
-        ]
+        [(value(_shifted(model, j, LOG_STEP)) - at_fit) / LOG_STEP for j in range(len(model.param_names))]
     )
-    return value(model), gradient
+    return at_fit, gradient
 
 
 def _spend_and_gradient(
     model: GammaGamma, frequency: np.ndarray, monetary: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per spend history (x, m): Gamma-Gamma expected spend and its gradient in the log-parameters."""
+    at_fit = model.expected_spend(frequency, monetary)
     gradient = np.column_stack(
         [
-            (
-                _shifted(model, j, LOG_STEP).expected_spend(frequency, monetary)
-                - _shifted(model, j, -LOG_STEP).expected_spend(frequency, monetary)
-            )
-            / (2 * LOG_STEP)
+            (_shifted(model, j, LOG_STEP).expected_spend(frequency, monetary) - at_fit) / LOG_STEP
             for j in range(len(model.param_names))
         ]
     )
-    return model.expected_spend(frequency, monetary), gradient
+    return at_fit, gradient
 
 
 def _future_purchases(
