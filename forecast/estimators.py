@@ -946,11 +946,12 @@ def fit_models(
     rows, spend_rows = histories.rows, spend_histories.rows
     purchases = purchase_model(model_name).fit_unique(rows[:, 0], rows[:, 1], rows[:, 2], histories.counts)
     spend = GammaGamma().fit_unique(spend_rows[:, 0], spend_rows[:, 1], spend_histories.counts)
-    # Plain arrays: boolean-indexing the frame would build a hash table of all customer ids.
-    frequency, monetary_value = as_floats(summary["frequency"]), as_floats(summary["monetary_value"])
-    repeat = (frequency > 0) & (monetary_value > 0)
-    if repeat.sum() > 2:
-        warn_if_spend_correlated(float(np.corrcoef(frequency[repeat], monetary_value[repeat])[0, 1]))
+    # The repeat buyers' correlation from their unique spend histories, each counted as often as it occurs.
+    x, m = spend_rows[:, 0], spend_rows[:, 1]
+    repeat = (x > 0) & (m > 0)
+    if spend_histories.counts[repeat].sum() > 2:
+        covariance = np.cov(x[repeat], m[repeat], fweights=spend_histories.counts[repeat])
+        warn_if_spend_correlated(float(covariance[0, 1] / math.sqrt(covariance[0, 0] * covariance[1, 1])))
     return purchases, spend
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forecast.errors import ForecastWarning
 from forecast.estimators import BetaGeo, GammaGamma, ModifiedBetaGeo, ParetoNBD, fit_models
 
 from . import reference as ref
@@ -121,6 +122,20 @@ def test_fit_models_fits_both_and_does_not_warn_on_cdnow(cdnow_sample_summary):
     """Frequency-spend correlation on CDNOW is 0.114 (REFERENCE.md): below the warning limit."""
     purchases, spend = fit_models(cdnow_sample_summary, "bgnbd")
     assert purchases.name == "bgnbd" and spend.name == "gamma_gamma"
+
+
+def test_fit_models_warns_with_the_repeat_buyers_correlation(cdnow_sample_summary):
+    """When average spend grows with frequency, the warning quotes the Pearson correlation over the repeat buyers
+    (each customer once; found from their unique spend histories with counts)."""
+    summary = cdnow_sample_summary.copy()
+    repeat = summary["frequency"] > 0
+    # Whole amounts, so that many repeat buyers share a spend history and the counts matter.
+    noise = np.round(np.random.default_rng(0).gamma(2.0, 10.0, int(repeat.sum())))
+    summary.loc[repeat, "monetary_value"] = 10.0 + 5.0 * summary.loc[repeat, "frequency"] + noise
+    expected = np.corrcoef(summary.loc[repeat, "frequency"], summary.loc[repeat, "monetary_value"])[0, 1]
+    assert 0.3 < expected < 0.99
+    with pytest.warns(ForecastWarning, match=rf"correlated \({expected:.2f}\)"):
+        fit_models(summary, "bgnbd")
 
 
 history = st.tuples(
