@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from forecast.clv import heuristic_inputs, require_finite
+from forecast.compress import distinct_counts
 from forecast.config import DAYS_PER_YEAR, RunConfig
 from forecast.errors import ConfigError, DataError, FitError, ForecastWarning, collected_warnings
 from forecast.estimators import PURCHASE_MODELS, GammaGamma, PurchaseModel, fit_models, purchase_model
@@ -549,7 +550,7 @@ def tracking_curve(
     cumulative = np.cumsum(counts)
     positions = np.searchsorted(days, np.array(grid, dtype=object), side="right")
     actual = np.where(positions > 0, cumulative[np.maximum(positions - 1, 0)] if len(counts) else 0.0, 0.0)
-    ages, weights = np.unique(summary["T"].to_numpy(float), return_counts=True)
+    ages, weights = distinct_counts(summary["T"].to_numpy(float))
     offsets = np.array([(g - split.calibration_end).days / days_per_unit for g in grid])
     age_grid = np.clip(ages[:, None] + offsets[None, :], 0.0, None)
     expected = model.expected_purchases_new(age_grid.ravel()).reshape(age_grid.shape)

@@ -27,7 +27,7 @@ from scipy.integrate import quad
 from scipy.special import digamma, gammaln
 from threadpoolctl import threadpool_limits
 
-from forecast.compress import Histories, SpendHistories, as_floats, ranked_codes, sorted_unique_rows
+from forecast.compress import Histories, SpendHistories, as_floats, distinct_counts, ranked_codes, sorted_unique_rows
 from forecast.errors import FitError, ForecastWarning
 
 with warnings.catch_warnings():
@@ -901,7 +901,7 @@ class GammaGamma(_Model):
         """
         p, q, gamma = (self.params_[k] for k in self.param_names)
         points = np.asarray(z, float)
-        x_values, counts = np.unique(np.asarray(frequency, float), return_counts=True)
+        x_values, counts = distinct_counts(np.asarray(frequency, float))
         weights = counts / counts.sum()
         density = np.zeros(points.shape)
         positive = points > 0

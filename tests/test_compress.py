@@ -18,6 +18,7 @@ from forecast.compress import (
     as_floats,
     code_counts,
     combine_codes,
+    distinct_counts,
     label_codes,
     ranked_codes,
     small_int,
@@ -262,3 +263,11 @@ def test_fits_scores_and_intervals_on_shared_histories_equal_the_separate_comput
         separate = clv_draws(*args, cells, draws=20, histories=earlier[0], spend_histories=earlier[1])
         pd.testing.assert_frame_equal(shared.customers, separate.customers, rtol=1e-12, atol=0)
         pd.testing.assert_frame_equal(shared.clv_totals, separate.clv_totals, rtol=1e-12, atol=0)
+
+
+def test_distinct_counts_match_numpy_unique() -> None:
+    values = np.random.default_rng(3).integers(0, 90, 10_000) / 7.0
+    expected_values, expected_counts = np.unique(values, return_counts=True)
+    found_values, found_counts = distinct_counts(values)
+    np.testing.assert_array_equal(found_values, expected_values)
+    np.testing.assert_array_equal(found_counts, expected_counts)

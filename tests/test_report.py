@@ -38,7 +38,6 @@ from forecast.pipeline import run
 from forecast.report import (
     SECTIONS,
     build_report,
-    distinct_counts,
     period_transactions,
     read_run,
     rebuild_models,
@@ -313,14 +312,6 @@ def test_period_transactions_counts_every_customer(sample_run: Path) -> None:
     assert table.loc["0", "model"] == pytest.approx(1411, rel=0.02)
     frequency = folder.customers["frequency"]
     assert table.loc["7+", "actual"] == (frequency >= 7).sum()
-
-
-def test_distinct_counts_match_numpy_unique() -> None:
-    values = np.random.default_rng(3).integers(0, 90, 10_000) / 7.0
-    expected_values, expected_counts = np.unique(values, return_counts=True)
-    found_values, found_counts = distinct_counts(values)
-    np.testing.assert_array_equal(found_values, expected_values)
-    np.testing.assert_array_equal(found_counts, expected_counts)
 
 
 def test_report_from_the_in_memory_table_equals_the_report_from_the_file(run_copy: Path) -> None:
