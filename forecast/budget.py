@@ -146,6 +146,8 @@ def budget_columns(
         raise DataError(f"The customer table lacks the columns {missing} needed for budget figures.")
     if cells is None:
         cells = SegmentCells.of(customers, [None, *sorted(set(segments["segmentation"]) - {ALL_SEGMENTATION})])
+    elif set(cells.names) != set(segments["segmentation"]):
+        raise ValueError(f"Cells of the segmentations {cells.names} cannot add budget figures to those of the table.")
     # Summed per cell a column or two at a time, each freed before the next is made; revenue - frequency x
     # monetary_value in place, the operations of first_purchase_value.
     first_value = np.multiply(as_numbers(customers["frequency"]), as_floats(customers["monetary_value"]))

@@ -310,10 +310,10 @@ def clv_draws(
     by_bin = bin_sums.reshape(cells.size, bins_per_cell, -1)
     sums = segment_sums(by_bin.sum(axis=1))
     clv_sum, spend_sum = sums[:, : 1 + n_p + n_g], sums[:, 1 + n_p + n_g :]
-    # Totals are smooth sums over many customers: their value under each parameter draw is the first-order
-    # expansion around the fit (exact for the gradient, O(|shift|^2) otherwise).
 
     def clv_per_draw(clv_sum: np.ndarray) -> np.ndarray:
+        """CLV totals under every draw from their value and gradient at the fit: totals are smooth sums over many
+        customers, so the first-order expansion is exact for the gradient, O(|shift|^2) otherwise."""
         return clv_sum[:, :1] + clv_sum[:, 1 : 1 + n_p] @ log_shift_p.T + clv_sum[:, 1 + n_p :] @ log_shift_g.T
 
     spend_totals = spend_sum[:, :1] + spend_sum[:, 1:] @ log_shift_g.T
