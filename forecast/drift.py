@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from forecast.config import DriftConfig
+from forecast.segments import ALL, ALL_SEGMENTATION
 
 NEW = "new"
 MISSING = "missing"
-ALL = "all customers"
 
 
 def _float(value: Any) -> float | None:
@@ -118,7 +118,7 @@ def segment_totals(customers: pd.DataFrame, segmentations: list[str]) -> pd.Data
     pandas.DataFrame
         Columns segmentation, segment, customers, clv_total.
     """
-    frames = [pd.DataFrame({"segmentation": ["all"], "segment": [ALL], "customers": [len(customers)],
+    frames = [pd.DataFrame({"segmentation": [ALL_SEGMENTATION], "segment": [ALL], "customers": [len(customers)],
                             "clv_total": [float(customers["clv"].sum())]})]  # fmt: skip
     for column in segmentations:
         if column not in customers.columns:

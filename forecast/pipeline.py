@@ -78,7 +78,7 @@ from forecast.registry import (
 )
 from forecast.report import build_report
 from forecast.rfm import summarize
-from forecast.segments import SegmentCells, rfm_groups, segment_table
+from forecast.segments import ALL_SEGMENTATION, SegmentCells, rfm_groups, segment_table
 from forecast.uncertainty import clv_draws, has_covariance
 
 Progress = Callable[[str], None]
@@ -744,7 +744,7 @@ def backtest(
 
 def _total_interval(segments: pd.DataFrame) -> dict[str, float | None]:
     """The all-customers CLV interval and value at risk, from the segment table's 'all' row."""
-    row = segments[segments["segmentation"] == "all"].iloc[0]
+    row = segments[segments["segmentation"] == ALL_SEGMENTATION].iloc[0]
     names = ("clv_lower_total", "clv_upper_total", "value_at_risk", "value_at_risk_lower", "value_at_risk_upper")
     return {name.removesuffix("_total"): (None if pd.isna(row[name]) else float(row[name])) for name in names}
 

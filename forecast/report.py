@@ -35,6 +35,7 @@ from forecast.compress import distinct_counts
 from forecast.config import DAYS_PER_MONTH, DAYS_PER_UNIT
 from forecast.errors import ArtifactError, ForecastError
 from forecast.estimators import FREQUENCY_SPEND_CORRELATION_LIMIT, PURCHASE_MODELS, GammaGamma, PurchaseModel
+from forecast.segments import ALL_SEGMENTATION
 
 REPORT_NAME = "report.html"
 TEMPLATE_NAME = "report.html.j2"
@@ -356,7 +357,7 @@ def _total_interval(run: RunFolder) -> tuple[float, float] | None:
     candidates = [(totals.get(low), totals.get(high)) for low, high in (("clv_lower", "clv_upper"),
                   ("clv_total_lower", "clv_total_upper"))]  # fmt: skip
     if run.segments is not None and "segmentation" in run.segments.columns:
-        everyone = run.segments[run.segments["segmentation"] == "all"]
+        everyone = run.segments[run.segments["segmentation"] == ALL_SEGMENTATION]
         bounds = _interval_columns(run.segments)
         if len(everyone) == 1 and bounds is not None:
             candidates.append((everyone[bounds[0]].iloc[0], everyone[bounds[1]].iloc[0]))
@@ -845,13 +846,13 @@ def segments_section(run: RunFolder) -> dict[str, Any]:
     if table is None or table.empty or "segmentation" not in table.columns:
         return {"available": False, "groups": []}
     bounds = _interval_columns(table)
-    everyone = table[table["segmentation"] == "all"]
+    everyone = table[table["segmentation"] == ALL_SEGMENTATION]
     budget_columns = [c for c in table.columns if any(w in c for w in ("cac", "acquisition", "new_customer"))]
     risk_columns = [c for c in table.columns if "risk" in c]
     groups = []
     from forecast import charts
 
-    for segmentation, rows in table[table["segmentation"] != "all"].groupby("segmentation", sort=False):
+    for segmentation, rows in table[table["segmentation"] != ALL_SEGMENTATION].groupby("segmentation", sort=False):
         shown = pd.concat([rows, everyone]).drop(columns="segmentation")
         main_columns = [c for c in SEGMENT_COLUMN_ORDER if c in shown.columns]
         main_columns += [c for c in (bounds or ()) if c not in main_columns]

@@ -16,6 +16,11 @@ ALL = "all customers"
 ALL_SEGMENTATION = "all"
 
 
+def segmentation_name(column: str | None) -> str:
+    """A segmentation as the segment tables name it: its column, or ``ALL_SEGMENTATION`` for everybody (None)."""
+    return ALL_SEGMENTATION if column is None else column
+
+
 def segment_table(
     customers: pd.DataFrame,
     segmentations: list[str],
@@ -57,7 +62,7 @@ def segment_table(
         count = totals["customers"]
         table = pd.DataFrame(
             {
-                "segmentation": ALL_SEGMENTATION if column is None else column,
+                "segmentation": segmentation_name(column),
                 "segment": totals.index,
                 "customers": count,
                 "revenue_to_date": totals["revenue"],
@@ -140,7 +145,7 @@ class SegmentCells:
     @property
     def names(self) -> list[str]:
         """The segmentations as the segment tables name them (``ALL_SEGMENTATION`` for everybody)."""
-        return [ALL_SEGMENTATION if column is None else column for column in self.segmentations]
+        return [segmentation_name(column) for column in self.segmentations]
 
     @property
     def size(self) -> int:

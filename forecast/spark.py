@@ -43,7 +43,7 @@ from forecast.estimators import (
 )
 from forecast.ingest import fingerprint, resolve_files
 from forecast.pipeline import atomic_folder, escape_for_spreadsheet, input_record
-from forecast.segments import ALL
+from forecast.segments import ALL, ALL_SEGMENTATION
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, SparkSession
@@ -491,7 +491,7 @@ def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[s
         )
         table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
         table["segment"] = table["segment"].astype(str)
-        table.insert(0, "segmentation", "all" if column == "_all" else column)
+        table.insert(0, "segmentation", ALL_SEGMENTATION if column == "_all" else column)
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
 
