@@ -121,8 +121,8 @@ def parquet_to_csv(parquet_path: Path, csv_path: Path, threads: int | None = Non
         con.close()
 
 
-def write_customer_tables(customers: pd.DataFrame, columns: list[str], folder: Path, csv: bool = True) -> None:
-    """Write ``customers.parquet`` and (unless ``csv`` is false) ``customers.csv`` into ``folder``.
+def write_customer_tables(customers: pd.DataFrame, columns: list[str], folder: Path, csv: bool = True) -> list[Path]:
+    """Write ``customers.parquet`` and (unless ``csv`` is false) ``customers.csv`` into ``folder``; return their paths.
 
     Parameters
     ----------
@@ -131,6 +131,9 @@ def write_customer_tables(customers: pd.DataFrame, columns: list[str], folder: P
     columns
         Output columns in order (customer_id, the index, among them).
     """
-    write_parquet(customers, columns, folder / "customers.parquet")
+    written = [folder / "customers.parquet"]
+    write_parquet(customers, columns, written[0])
     if csv:
-        parquet_to_csv(folder / "customers.parquet", folder / "customers.csv")
+        written.append(folder / "customers.csv")
+        parquet_to_csv(written[0], written[1])
+    return written
