@@ -228,6 +228,16 @@ class Transactions:
     segment_columns: list[str]
     quality: DataQuality
     read_seconds: float = 0.0
+    #: ``row_hash_sum`` of every row of ``transactions``, when the checks' pass could take it (a clean log
+    #: whose every row is used); the input fingerprint then needs no pass of its own when no row is after as_of.
+    row_hash_sum: int | None = None
+
+
+def row_hash_sum(segment_columns: list[str]) -> str:
+    """SQL of the exact (128-bit) sum of the rows' 64-bit hashes of customer_id, ts, amount and the segment
+    columns (the sum that the input fingerprint is made of; see ``registry.input_fingerprint``)."""
+    columns = ["customer_id", "ts", "amount", *(quote_identifier(c) for c in segment_columns)]
+    return f"coalesce(sum(hash({', '.join(columns)})::HUGEINT), 0)"
 
 
 def _examples(con: duckdb.DuckDBPyConnection, sql: str) -> str:
@@ -384,7 +394,7 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
     except duckdb.Error as exc:
         raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
     try:
-        counts = count_problems(con)
+        counts = count_problems(con, list(config.segment_columns))
         duplicate_rows = _find_duplicate_rows(con, found)
     except duckdb.Error as exc:
         raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
@@ -544,6 +554,8 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
     return Transactions(
         connection=con, files=files, segment_columns=list(config.segment_columns), quality=quality,
         read_seconds=time.perf_counter() - started,
+        # A clean log whose every row is used is ``transactions`` row for row.
+        row_hash_sum=counts.row_hash_sum if rows_used == rows else None,
     )  # fmt: skip
 
 
@@ -584,22 +596,25 @@ class ProblemCounts(NamedTuple):
     rows_used: int
     first_ts: object
     last_ts: object
+    #: ``row_hash_sum`` over every row, for a clean log only (None when the problems were counted one by one).
+    row_hash_sum: int | None = None
 
 
-def count_problems(con: duckdb.DuckDBPyConnection) -> ProblemCounts:
+def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str] | None = None) -> ProblemCounts:
     """Count every problem of ``typed_log`` in one pass.
 
     Most logs have none of them, and counting each under its filter costs about 1.5 s at 10 million rows.
     A first pass of plain aggregates (0.3 s) proves a log clean when no id is missing or starts with a
     character at or below a space (the smallest id is at least '!'), no timestamp is missing and every amount
     is a number of at least 0 and below infinity; then every count follows from it. Otherwise the problems are
-    counted one by one.
+    counted one by one. The same pass sums the rows' hashes for the input fingerprint (``row_hash_sum`` with
+    the log's ``segment_columns``; 0.08 s more at 10 million rows, against 0.28 s for a pass of its own).
     """
     (rows, ids, smallest_id, timestamps, amounts, nans, smallest_amount, largest_amount, zero_amounts,
-     trailing_spaces, with_offset, first_ts, last_ts) = con.execute(
-        """SELECT count(*), count(customer_id), min(customer_id), count(ts), count(amount), count_if(isnan(amount)),
+     trailing_spaces, with_offset, first_ts, last_ts, hash_sum) = con.execute(
+        f"""SELECT count(*), count(customer_id), min(customer_id), count(ts), count(amount), count_if(isnan(amount)),
                   min(amount), max(amount), count_if(amount = 0), count_if(ends_with(customer_id, ' ')),
-                  count_if(has_offset), min(ts), max(ts)
+                  count_if(has_offset), min(ts), max(ts), {row_hash_sum(segment_columns or [])}
            FROM typed_log"""
     ).fetchall()[0]  # fmt: skip
     clean = (
@@ -610,8 +625,9 @@ def count_problems(con: duckdb.DuckDBPyConnection) -> ProblemCounts:
         return count_each_problem(con)
     # No id starts with a space, so the spaced ids are those that end with one.
     return ProblemCounts(
-        rows, 0, 0, 0, zero_amounts, 0, with_offset, rows - with_offset, trailing_spaces, rows, first_ts, last_ts
-    )
+        rows, 0, 0, 0, zero_amounts, 0, with_offset, rows - with_offset, trailing_spaces, rows, first_ts, last_ts,
+        int(hash_sum),
+    )  # fmt: skip
 
 
 def count_each_problem(con: duckdb.DuckDBPyConnection) -> ProblemCounts:

@@ -558,7 +558,7 @@ def _run(
     output_path = Path(output) if output else run_folder(config.output, as_of)
     lines.output = output_path
     step = time.perf_counter()
-    input_used = input_fingerprint(transactions.connection, as_of, transactions.segment_columns)
+    input_used = input_fingerprint(transactions, as_of)
     timings["fingerprint"] = time.perf_counter() - step
     check_overwrite(output_path, as_of, input_used, force)
     step = time.perf_counter()
