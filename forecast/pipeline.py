@@ -149,6 +149,7 @@ def forecast(
         summary = summarize(
             transactions.connection, as_of, config.days_per_unit, config.resolution, transactions.segment_columns,
             rows_at_most=transactions.quality.rows_used,
+            id_quantiles=transactions.id_quantiles if transactions.ends_by(as_of) else None,
         )  # fmt: skip
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
         # Every customer's unique histories, found once: the fits take their rows and counts, and they index

@@ -25,7 +25,7 @@ import duckdb
 import pandas as pd
 
 from forecast.errors import ArtifactError, ConfigError, OutputError
-from forecast.ingest import row_hash_sum
+from forecast.ingest import row_hash_sum_sql
 
 if TYPE_CHECKING:
     from forecast.estimators import GammaGamma, PurchaseModel
@@ -106,7 +106,7 @@ def input_fingerprint(transactions: Transactions, as_of: dt.date) -> dict[str, A
     """Identify the transactions a run as of a date uses, independently of row order and of later rows.
 
     Each row (customer_id, ts, amount, segment columns) is hashed to 64 bits with DuckDB's ``hash()`` and
-    the hashes are summed exactly (128-bit integers; ``ingest.row_hash_sum``), so appending next month's rows
+    the hashes are summed exactly (128-bit integers; ``ingest.row_hash_sum_sql``), so appending next month's rows
     or reordering the file does not change the fingerprint of an earlier as_of, while any edit to a row up to
     as_of does (but for a 2**-64 chance). It tells a re-run of the same data from a run of changed data; it is
     no protection against deliberately forged files. ``hash()`` is fast (0.3 s for 10 million rows, MD5 3.5 s)
@@ -120,13 +120,12 @@ def input_fingerprint(transactions: Transactions, as_of: dt.date) -> dict[str, A
         ``rows_up_to_as_of``, ``as_of_sha256`` (SHA-256 of the method, row count and hash sum) and
         ``fingerprint_method``.
     """
-    quality = transactions.quality
-    if transactions.row_hash_sum is not None and quality.as_of == as_of.isoformat() and quality.after_as_of == 0:
-        rows, total = quality.rows, transactions.row_hash_sum  # every row is used
+    if transactions.row_hash_sum is not None and transactions.ends_by(as_of):
+        rows, total = transactions.quality.rows, transactions.row_hash_sum  # every row is used
     else:
         end = (as_of + dt.timedelta(days=1)).isoformat()
         counts = transactions.connection.execute(
-            f"""SELECT count(*), {row_hash_sum(transactions.segment_columns)}
+            f"""SELECT count(*), {row_hash_sum_sql(transactions.segment_columns)}
                 FROM transactions WHERE ts < DATE '{end}'"""
         ).fetchone()
         assert counts is not None

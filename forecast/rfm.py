@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from forecast.errors import DataError
-from forecast.ingest import quote_identifier, quote_literal, release_memory
+from forecast.ingest import ID_QUANTILE_STEPS, id_quantiles_sql, quote_identifier, quote_literal, release_memory
 
 Resolution = Literal["day", "exact"]
 
@@ -34,8 +34,6 @@ EXACT_AMOUNT = "CAST({} AS DECIMAL(38, 9))"
 #: lifetimes' lowest peak, 2.49 GB.)
 ROWS_PER_SUMMARY_PART = 6_000_000
 MAX_SUMMARY_PARTS = 8
-#: The range boundaries are quantiles of the rows of about one customer in this many (chosen by id hash).
-SAMPLED_CUSTOMERS_ONE_IN = 256
 
 SUMMARY_COLUMNS = ["frequency", "recency", "T", "monetary_value", "revenue", "first_purchase", "last_purchase"]
 
@@ -74,35 +72,35 @@ def fetch_frame(con: duckdb.DuckDBPyConnection, queries: list[str]) -> pd.DataFr
 
 
 def customer_ranges(
-    con: duckdb.DuckDBPyConnection, end_exclusive: dt.date, rows_at_most: int | None = None
+    con: duckdb.DuckDBPyConnection,
+    end_exclusive: dt.date,
+    rows_at_most: int | None = None,
+    quantiles: list[str] | None = None,
 ) -> list[str]:
     """Customer ids that cut the log before ``end_exclusive`` into ranges of about equal transactions.
 
-    ``rows_at_most``, when known (the usable rows of the whole log), spares counting a log that fits in one range.
+    ``rows_at_most``, when known (the usable rows of the whole log), spares counting a log that fits in one range;
+    with it, ``quantiles`` (``ingest.id_quantiles_sql`` of the log, taken by its checks) spare the scan that takes them.
 
     Returns
     -------
     list of str
         Sorted boundaries (empty when one range will do): range k holds the ids from boundary k - 1
         (inclusive) to boundary k (exclusive). They are quantiles of the rows of a fixed sample of the
-        customers (one in ``SAMPLED_CUSTOMERS_ONE_IN`` by id hash), so the ranges are only about equal;
+        customers (``ingest.id_quantiles_sql``), the nearest to equal shares, so the ranges are only about equal;
         the summary does not depend on where they fall.
     """
     if rows_at_most is not None and rows_at_most <= ROWS_PER_SUMMARY_PART:
         return []
-    # The row count decides how many ranges; one scan also takes the sample's quantiles for every possible count.
-    levels_of = {parts: [k / parts for k in range(1, parts)] for parts in range(2, MAX_SUMMARY_PARTS + 1)}
-    all_levels = sorted({level for levels in levels_of.values() for level in levels})
-    row = con.execute(
-        f"""SELECT count(*), quantile_disc(customer_id, {all_levels})
-                FILTER (WHERE hash(customer_id) % {SAMPLED_CUSTOMERS_ONE_IN} = 0)
-            FROM transactions WHERE ts < DATE '{end_exclusive.isoformat()}'"""
-    ).fetchone()
-    rows, quantiles = row if row else (0, None)
-    parts = min(MAX_SUMMARY_PARTS, math.ceil(rows / ROWS_PER_SUMMARY_PART))
+    if rows_at_most is None or quantiles is None:
+        row = con.execute(
+            f"SELECT count(*), {id_quantiles_sql()} FROM transactions WHERE ts < DATE '{end_exclusive.isoformat()}'"
+        ).fetchone()
+        rows_at_most, quantiles = row if row else (0, None)
+    parts = min(MAX_SUMMARY_PARTS, math.ceil(rows_at_most / ROWS_PER_SUMMARY_PART))
     if parts <= 1 or not quantiles:
         return []
-    return sorted({quantiles[all_levels.index(level)] for level in levels_of[parts]})
+    return sorted({quantiles[round(k * ID_QUANTILE_STEPS / parts) - 1] for k in range(1, parts)})
 
 
 def _range_condition(low: str | None, high: str | None) -> str:
@@ -117,6 +115,7 @@ def summarize(
     resolution: Resolution = "day",
     segment_columns: list[str] | None = None,
     rows_at_most: int | None = None,
+    id_quantiles: list[str] | None = None,
 ) -> pd.DataFrame:
     """Build the per-customer summary of all transactions up to and including ``as_of``.
 
@@ -136,6 +135,9 @@ def summarize(
     rows_at_most
         An upper bound on the transactions up to ``as_of``, when known (``DataQuality.rows_used``); a log
         that is summarised in one range is then not counted first.
+    id_quantiles
+        The log's ``ingest.id_quantiles_sql`` when known and no row is after ``as_of`` (``Transactions.id_quantiles``):
+        with ``rows_at_most``, the ranges of customers are placed without a pass over the log.
 
     Returns
     -------
@@ -176,7 +178,7 @@ def summarize(
                {"".join(", " + quote_identifier(c) for c in segment_columns)}
         FROM per_customer ORDER BY customer_id"""
 
-    bounds: list[str | None] = [None, *customer_ranges(con, end_exclusive, rows_at_most), None]
+    bounds: list[str | None] = [None, *customer_ranges(con, end_exclusive, rows_at_most, id_quantiles), None]
     # The ranges are in id order and each part is sorted, so the parts put together are sorted too.
     summary = fetch_frame(con, [query(_range_condition(low, high)) for low, high in itertools.pairwise(bounds)])
     if summary.empty:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import duckdb
 import pandas as pd
 import pytest
 
@@ -139,13 +140,19 @@ def test_a_log_summarised_in_ranges_of_customers_gives_the_same_summary(monkeypa
         columns=["customer_id", "date", "number_of_cds", "dollar_value"], timestamp="date",
         timestamp_format="%Y%m%d", amount="dollar_value",
     )  # fmt: skip
-    con = read_transactions(config).connection
+    transactions = read_transactions(config)
+    con = transactions.connection
     whole = rfm.summarize(con, dt.date(1998, 6, 30))
     monkeypatch.setattr(rfm, "ROWS_PER_SUMMARY_PART", 10_000)
-    assert len(rfm.customer_ranges(con, dt.date(1998, 7, 1))) == 6  # 69,659 rows: 7 ranges (at most 8)
+    ranges = rfm.customer_ranges(con, dt.date(1998, 7, 1))
+    assert len(ranges) == 6  # 69,659 rows: 7 ranges (at most 8)
     # A known bound on the rows decides without counting: one range when it fits, else counted as before.
     assert rfm.customer_ranges(con, dt.date(1998, 7, 1), rows_at_most=10_000) == []
-    assert len(rfm.customer_ranges(con, dt.date(1998, 7, 1), rows_at_most=69_659)) == 6
+    assert rfm.customer_ranges(con, dt.date(1998, 7, 1), rows_at_most=69_659) == ranges
+    # The id quantiles that the checks took from the whole (clean) log place the same ranges without a pass
+    # (asked of a connection that has no log).
+    assert transactions.id_quantiles is not None
+    assert rfm.customer_ranges(duckdb.connect(), dt.date(1998, 7, 1), 69_659, transactions.id_quantiles) == ranges
     in_ranges = rfm.summarize(con, dt.date(1998, 6, 30))
     pd.testing.assert_frame_equal(in_ranges, whole)
     assert in_ranges.index.is_monotonic_increasing and in_ranges.index.is_unique
