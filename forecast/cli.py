@@ -376,7 +376,16 @@ def main() -> None:
     Full garbage collections are made ten times rarer than Python's default: a run's data are arrays, which form
     no reference cycles, yet each full collection walks every object of the libraries (a 10 million transaction
     run made four, 0.26 s of the main thread; now none). The young generations are collected as usual.
+
+    NumPy's transparent huge pages are turned off (``NUMPY_MADVISE_HUGEPAGE=0``, read when NumPy is imported,
+    which ``import forecast.cli`` does not do; a value set by the user is kept). NumPy asks the kernel for huge
+    pages for every array of 4 MB or more, and on a virtual machine that hands freed memory back to its host,
+    such as the 2-core machine of the README's benchmark, every fresh huge page is then faulted in from the host
+    as a whole: a 10 million transaction run spent 1.1 s more in the kernel and 0.4-0.5 s more in all (medians
+    of 5 alternating runs). Huge pages only spare the processor's page-table lookups, which the run's passes over
+    whole arrays hardly need.
     """
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, 100)
     status: str | int | None = 0

@@ -403,6 +403,25 @@ def test_the_command_ends_with_its_exit_code_after_the_exit_handlers_and_with_it
     assert "Customer-lifetime-value forecasts." in helped.stdout and helped.stdout.endswith("exit handler ran\n")
 
 
+@pytest.mark.parametrize(("asked", "huge_pages"), [(None, False), ("1", True)])
+def test_the_command_turns_numpys_huge_pages_off_unless_the_user_set_them(asked: str | None, huge_pages: bool) -> None:
+    """``main`` sets NUMPY_MADVISE_HUGEPAGE=0 before anything imports NumPy (``import forecast.cli`` does not), and a
+    value the user set is kept."""
+    code = (
+        "import atexit, importlib, sys; from forecast.cli import main; assert 'numpy' not in sys.modules; "
+        "atexit.register(lambda: print(importlib.import_module('numpy._core.multiarray')._set_madvise_hugepage(0))); "
+        "main()"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "NUMPY_MADVISE_HUGEPAGE"}
+    env["PYTHONPATH"] = str(ROOT)
+    if asked is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = asked
+    helped = subprocess.run([sys.executable, "-c", code, "--help"], env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.endswith(f"{huge_pages}\n")
+
+
 @pytest.mark.slow
 def test_a_run_that_spills_to_disk_leaves_no_spill_files_when_the_process_ends(tmp_path: Path) -> None:
     """The DuckDB connection is closed before the process ends (``main`` skips the module teardown), so the
