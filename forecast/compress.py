@@ -329,6 +329,21 @@ def distinct_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return counts.index.to_numpy(), counts.to_numpy()
 
 
+def quantile_of_counts(counts: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` (linear interpolation) of the values 0, 1, 2, ... occurring ``counts[v]`` times.
+
+    Only the two values beside the quantile's position are found (from the running counts), so the values
+    themselves are never built: a million customers' frequencies would take 8 MB, and ``np.quantile`` a copy more.
+    """
+    total = int(counts.sum())
+    position = q * (total - 1)  # numpy's virtual index for the linear method
+    below = math.floor(position)
+    ends = np.cumsum(counts)
+    low, high = np.searchsorted(ends, [below, min(below + 1, total - 1)], side="right")
+    # numpy's own interpolation between the two, at the same fraction.
+    return float(np.quantile(np.array([low, high], dtype=float), position - below))
+
+
 def label_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """Number the labels of a column in the order ``groupby(sort=True, observed=True)`` gives them.
 

@@ -20,6 +20,7 @@ from forecast.compress import (
     combine_codes,
     distinct_counts,
     label_codes,
+    quantile_of_counts,
     ranked_codes,
     small_int,
     take,
@@ -108,6 +109,16 @@ def test_ranked_codes_equal_pandas_sorted_factorize_of_the_floats(floats: list[f
         np.testing.assert_array_equal(codes, expected_codes)
         np.testing.assert_array_equal(uniques, expected_uniques)
         assert codes.dtype == small_int(len(uniques))
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=300),
+    st.floats(min_value=0.0, max_value=1.0),
+)
+@settings(max_examples=300, deadline=None)
+def test_quantile_of_counts_equals_numpys_quantile_of_the_values(values: list[int], q: float) -> None:
+    counts = np.bincount(np.array(values))
+    assert quantile_of_counts(counts, q) == float(np.quantile(np.array(values, dtype=float), q))
 
 
 def test_unique_rows_sums_weights_and_sorts_rows() -> None:
