@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -401,6 +402,18 @@ def test_the_command_ends_with_its_exit_code_after_the_exit_handlers_and_with_it
                             timeout=120)  # fmt: skip
     assert helped.returncode == 0, helped.stderr
     assert "Customer-lifetime-value forecasts." in helped.stdout and helped.stdout.endswith("exit handler ran\n")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_the_command_allocates_from_one_malloc_arena_unless_the_user_set_their_number() -> None:
+    code = "from forecast.cli import one_malloc_arena; print(one_malloc_arena())"
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    env["PYTHONPATH"] = str(ROOT)
+    set_here = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert set_here.stdout == "True\n", set_here.stderr
+    env["MALLOC_ARENA_MAX"] = "2"
+    left = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert left.stdout == "False\n", left.stderr
 
 
 @pytest.mark.parametrize(("asked", "huge_pages"), [(None, False), ("1", True)])
