@@ -27,9 +27,8 @@ import pyarrow.parquet as pq
 from forecast.ingest import quote_identifier, quote_literal
 
 #: Rows per Parquet row group (and per Arrow conversion). The file is written while the report is made, and the
-#: two peak together: half a million rows (about 70 MB converted, with their encoded pages) keep the writer's
-#: share of that peak half of what a million took. (A 10M run's peak is 1,150-1,180 MB or, in about half the
-#: runs with either slice, 1,225-1,230 MB: memory still held when the report's largest arrays are made.)
+#: two peak together: half a million rows (about 70 MB converted, with their encoded pages) hold half of what a
+#: million held while the report is made.
 SLICE_ROWS = 500_000
 #: Float columns with few distinct values (whole days in model time units), dictionary-encoded like non-floats.
 DICTIONARY_FLOAT_COLUMNS = ("recency", "T")
