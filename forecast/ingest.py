@@ -621,7 +621,7 @@ class ProblemCounts(NamedTuple):
     id_quantiles: list[str] | None = None
 
 
-def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str] | None = None) -> ProblemCounts:
+def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -> ProblemCounts:
     """Count every problem of ``typed_log`` in one pass.
 
     Most logs have none of them, and counting each under its filter costs about 1.5 s at 10 million rows.
@@ -636,7 +636,7 @@ def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str] | 
      trailing_spaces, with_offset, first_ts, last_ts, hash_sum, quantiles) = con.execute(
         f"""SELECT count(*), count(customer_id), min(customer_id), count(ts), count(amount), count_if(isnan(amount)),
                   min(amount), max(amount), count_if(amount = 0), count_if(ends_with(customer_id, ' ')),
-                  count_if(has_offset), min(ts), max(ts), {row_hash_sum_sql(segment_columns or [])},
+                  count_if(has_offset), min(ts), max(ts), {row_hash_sum_sql(segment_columns)},
                   {id_quantiles_sql()}
            FROM typed_log"""
     ).fetchall()[0]  # fmt: skip

@@ -457,14 +457,11 @@ def customers_by_frequency(customers: pd.DataFrame) -> np.ndarray:
     return np.bincount(frequency, minlength=MAX_REPEAT_BUCKET + 1)
 
 
-def period_transactions(
-    customers: pd.DataFrame, model: PurchaseModel, by_frequency: np.ndarray | None = None
-) -> pd.DataFrame:
+def period_transactions(customers: pd.DataFrame, model: PurchaseModel) -> pd.DataFrame:
     """Customers by number of repeat purchases (0, 1, ..., 7+): actual counts and the model's expectation.
 
     The model's count for x purchases is the sum over customers of P(X(T_i) = x), the probability that a
-    customer observed for T_i time units since the first purchase makes x repeat purchases. ``by_frequency``
-    is ``customers_by_frequency(customers)`` when already counted.
+    customer observed for T_i time units since the first purchase makes x repeat purchases.
 
     Returns
     -------
@@ -475,7 +472,7 @@ def period_transactions(
     ----------
     Fader, Hardie & Lee (2005), figure 2 (the calibration-period histogram).
     """
-    by_frequency = customers_by_frequency(customers) if by_frequency is None else by_frequency
+    by_frequency = customers_by_frequency(customers)
     actual = np.append(by_frequency[:MAX_REPEAT_BUCKET], by_frequency[MAX_REPEAT_BUCKET:].sum()).astype(float)
     T = customers["T"].to_numpy(float)
     ages, customers_of_age = distinct_counts(T)  # evaluate each distinct T once
@@ -485,16 +482,10 @@ def period_transactions(
     return pd.DataFrame({"actual": actual, "model": expected}, index=pd.Index(labels, name="repeat_purchases"))
 
 
-def frequency_recency_grid(
-    customers: pd.DataFrame, by_frequency: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Frequencies 0..F (F near the 99th percentile) and recencies 0..max T for the heat maps, and max T.
-
-    ``by_frequency`` is ``customers_by_frequency(customers)`` when already counted.
-    """
-    by_frequency = customers_by_frequency(customers) if by_frequency is None else by_frequency
+def frequency_recency_grid(customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
+    """Frequencies 0..F (F near the 99th percentile) and recencies 0..max T for the heat maps, and max T."""
     T_max = float(customers["T"].max())
-    top = int(np.ceil(quantile_of_counts(by_frequency, 0.99)))
+    top = int(np.ceil(quantile_of_counts(customers_by_frequency(customers), 0.99)))
     frequencies = np.arange(0, min(max(top, 5), 60) + 1, dtype=float)
     recencies = np.linspace(0.0, T_max, 60)
     return frequencies, recencies, T_max
@@ -564,8 +555,7 @@ def model_fit(run: RunFolder) -> dict[str, Any]:
     chart_list = []
     from forecast import charts  # matplotlib only when charts are drawn
 
-    by_frequency = customers_by_frequency(customers)
-    period = period_transactions(customers, purchases, by_frequency)
+    period = period_transactions(customers, purchases)
     chart_list.append(
         Chart(
             "period_transactions",
@@ -578,7 +568,7 @@ def model_fit(run: RunFolder) -> dict[str, Any]:
             ),
         )
     )
-    frequencies, recencies, T_max = frequency_recency_grid(customers, by_frequency)
+    frequencies, recencies, T_max = frequency_recency_grid(customers)
     f_grid, r_grid = np.meshgrid(frequencies, recencies, indexing="ij")
     T_grid = np.full(f_grid.size, T_max)
     expected = purchases.expected_purchases(horizon_units, f_grid.ravel(), r_grid.ravel(), T_grid).reshape(f_grid.shape)

@@ -334,7 +334,7 @@ def test_problem_counts_from_plain_aggregates_equal_the_counts_under_each_filter
     path = tmp_path / "log.csv"
     path.write_text(log, encoding="utf-8")
     transactions = read_transactions(DataConfig(path=str(path), invalid_rows="drop"))
-    counts = count_problems(transactions.connection)
+    counts = count_problems(transactions.connection, [])
     assert counts._replace(row_hash_sum=None) == count_each_problem(transactions.connection)
 
 
