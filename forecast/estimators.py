@@ -943,8 +943,21 @@ def fit_models(
     """
     histories = histories if histories is not None else Histories.from_summary(summary)
     spend_histories = spend_histories if spend_histories is not None else SpendHistories.from_summary(summary)
-    rows, spend_rows = histories.rows, spend_histories.rows
-    purchases = purchase_model(model_name).fit_unique(rows[:, 0], rows[:, 1], rows[:, 2], histories.counts)
+    return fit_purchase_model(model_name, histories), fit_spend_model(spend_histories)
+
+
+def fit_purchase_model(model_name: str, histories: Histories) -> PurchaseModel:
+    """Fit a purchase model (bgnbd, mbgnbd, pareto) on a summary's unique (frequency, recency, T) histories."""
+    rows = histories.rows
+    return purchase_model(model_name).fit_unique(rows[:, 0], rows[:, 1], rows[:, 2], histories.counts)
+
+
+def fit_spend_model(spend_histories: SpendHistories) -> GammaGamma:
+    """Fit Gamma-Gamma on a summary's unique (frequency, monetary_value) histories.
+
+    Warns when repeat buyers' frequency and average spend are correlated (Gamma-Gamma assumes independence).
+    """
+    spend_rows = spend_histories.rows
     spend = GammaGamma().fit_unique(spend_rows[:, 0], spend_rows[:, 1], spend_histories.counts)
     # The repeat buyers' correlation from their unique spend histories, each counted as often as it occurs.
     x, m = spend_rows[:, 0], spend_rows[:, 1]
@@ -952,7 +965,7 @@ def fit_models(
     if spend_histories.counts[repeat].sum() > 2:
         covariance = np.cov(x[repeat], m[repeat], fweights=spend_histories.counts[repeat])
         warn_if_spend_correlated(float(covariance[0, 1] / math.sqrt(covariance[0, 0] * covariance[1, 1])))
-    return purchases, spend
+    return spend
 
 
 def warn_if_spend_correlated(correlation: float) -> None:
