@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -73,13 +74,24 @@ def write_parquet(frame: pd.DataFrame, columns: list[str], path: Path, slice_row
     with pq.ParquetWriter(path, schema, use_dictionary=dictionary_columns(frame, schema)) as writer:
         for start in range(0, max(len(frame), 1), slice_rows):
             rows = slice(start, start + slice_rows)
-            arrays = [pa.array(_column(frame, f.name)[rows], type=f.type, from_pandas=True) for f in schema]
+            arrays = [_arrow_array(_column(frame, f.name)[rows], f.type) for f in schema]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Index | pd.api.extensions.ExtensionArray:
     """A column of the frame, or the index level of that name, to be sliced by position."""
     return frame.index.get_level_values(name) if name in frame.index.names else frame[name].array
+
+
+def _arrow_array(values: pd.Index | pd.api.extensions.ExtensionArray, arrow_type: pa.DataType) -> pa.Array:
+    """The Arrow array of a slice of a column, NaN as null. A float slice without NaN is wrapped without a copy:
+    Arrow's pandas conversion copies every float column to turn NaN into nulls (0.15-0.3 s and a second copy of
+    each slice's floats at 3.4 million customers, where no model output is NaN)."""
+    if isinstance(values, pd.arrays.NumpyExtensionArray) and pa.types.is_floating(arrow_type):
+        floats = values.to_numpy()
+        if not np.isnan(floats).any():
+            return pa.array(floats, type=arrow_type)
+    return pa.array(values, type=arrow_type, from_pandas=True)
 
 
 def dictionary_columns(frame: pd.DataFrame, schema: pa.Schema) -> list[str]:
