@@ -435,6 +435,33 @@ def test_the_command_turns_numpys_huge_pages_off_unless_the_user_set_them(asked:
     assert helped.stdout.endswith(f"{huge_pages}\n")
 
 
+@pytest.mark.parametrize(("asked", "threads"), [(None, 1), ("2", 2)])
+def test_the_command_starts_no_openblas_threads_unless_the_user_asked(asked: str | None, threads: int) -> None:
+    """``main`` sets OPENBLAS_NUM_THREADS=1 before NumPy and scipy load their OpenBLAS libraries, and a value the
+    user set is kept."""
+    code = """
+import atexit, sys
+from forecast.cli import main
+assert "numpy" not in sys.modules
+
+def blas_threads():
+    import scipy.linalg  # loads scipy's OpenBLAS beside NumPy's
+    from threadpoolctl import threadpool_info
+    print(sorted({(i["internal_api"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}))
+
+atexit.register(blas_threads)
+main()
+"""
+    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_NUM_THREADS"}
+    env["PYTHONPATH"] = str(ROOT)
+    if asked is not None:
+        env["OPENBLAS_NUM_THREADS"] = asked
+    helped = subprocess.run([sys.executable, "-c", code, "--help"], env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.endswith(f"[('openblas', {threads})]\n"), helped.stdout[-300:]
+
+
 @pytest.mark.slow
 def test_a_run_that_spills_to_disk_leaves_no_spill_files_when_the_process_ends(tmp_path: Path) -> None:
     """The DuckDB connection is closed before the process ends (``main`` skips the module teardown), so the
