@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
 
 from forecast.errors import ArtifactError, ConfigError, OutputError
 from forecast.ingest import row_hash_sum_sql
 
+# pandas (0.25-0.45 s to import) is imported where it is used: `forecast run` imports this module before it reads
+# the log, and imports pandas on a second thread while it reads (forecast.cli).
 if TYPE_CHECKING:
+    import pandas as pd
+
     from forecast.estimators import GammaGamma, PurchaseModel
     from forecast.ingest import Transactions
 
@@ -68,6 +71,8 @@ def last_complete_month_end(last_timestamp: str | dt.date | dt.datetime) -> dt.d
     A log whose last transaction falls on a month's last day covers that month; otherwise the
     month before is the last complete one.
     """
+    import pandas as pd
+
     last = pd.Timestamp(last_timestamp).date()
     if last == month_end(last):
         return last
@@ -255,8 +260,10 @@ def load_run(run_dir: str | Path) -> StoredRun:
     ArtifactError
         The folder is not a finished run, a file is missing, or a model does not match the manifest.
     """
-    # The models' libraries (scipy, lifetimes) are imported here, not with this module: `forecast run`
+    # The models' libraries (scipy, lifetimes) and pandas are imported here, not with this module: `forecast run`
     # imports the registry before reading the log, and imports them on a second thread while it reads.
+    import pandas as pd
+
     from forecast.artifacts import load_model
     from forecast.estimators import GammaGamma, PurchaseModel
 

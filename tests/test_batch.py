@@ -364,11 +364,11 @@ def test_no_drift_against_a_run_of_other_data_in_the_same_runs_root(tmp_path: Pa
 def test_the_cli_reads_the_log_while_the_models_libraries_are_imported(
     tmp_path: Path, cdnow_sample: pd.DataFrame
 ) -> None:
-    """`forecast run` reads the log before ``forecast.pipeline`` is imported (lifetimes and scipy load on a second
-    thread meanwhile), and writes what ``pipeline.run`` writes when it reads the log itself."""
+    """`forecast run` reads the log before ``forecast.pipeline`` is imported (pandas, scipy and lifetimes load on a
+    second thread meanwhile), and writes what ``pipeline.run`` writes when it reads the log itself."""
     imported = (
         "import sys, forecast.cli, forecast.ingest, forecast.registry; "
-        "print(sorted({'lifetimes', 'scipy'} & set(sys.modules)))"
+        "print(sorted({'lifetimes', 'pandas', 'scipy'} & set(sys.modules)))"
     )
     assert subprocess.run([sys.executable, "-c", imported], capture_output=True, text=True, check=True).stdout == "[]\n"
     config_path = write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "log.csv"))
