@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated
@@ -139,7 +139,10 @@ def run(
         with progress_display() as say:
             say(f"Reading {settings.data.path}")
             pipeline, transactions = _read_while_importing(settings)
-            result = pipeline.run(settings, day, output, say, force=force, transactions=transactions)
+            # Closed here, not when its last reference goes: `main` ends the process without Python's teardown,
+            # and DuckDB removes its spill files (duckdb.temp_directory) when the connection closes.
+            with closing(transactions.connection):
+                result = pipeline.run(settings, day, output, say, force=force, transactions=transactions)
     _report(result)
 
 
@@ -272,8 +275,9 @@ def validate(config: ConfigArg) -> None:
     with user_errors():
         settings = load_config(config)
         transactions = read_log(settings)
-        transactions = count_customers(transactions)
-        quality = (count_after_as_of(transactions, settings.as_of) if settings.as_of else transactions).quality
+        with closing(transactions.connection):
+            transactions = count_customers(transactions)
+            quality = (count_after_as_of(transactions, settings.as_of) if settings.as_of else transactions).quality
     typer.echo(
         f"{config}: valid. {quality.rows:,} rows, {quality.customers:,} customers, "
         f"{quality.first_timestamp} .. {quality.last_timestamp}."

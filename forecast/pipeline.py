@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -507,14 +507,24 @@ def run(
             f"pipeline.run runs the DuckDB engine; for engine: {config.engine} use forecast.spark.run "
             "(the CLI `forecast run` picks the engine from the config)."
         )
+    read_here = transactions is None
     with run_log() as lines:
         try:
+            log.info("Reading %s", config.data.path)
+            if transactions is None:
+                _quiet(progress)(f"Reading {config.data.path}")
+                transactions = read_log(config)
             return _run(config, as_of, output, progress, force, lines, transactions)
         except Exception as exc:
             if lines.output is not None:
                 log.error("The run failed: %s", exc)
                 write_failure_log(lines.output, lines.lines)
             raise
+        finally:
+            # A log read here is closed here: DuckDB removes its spill files when the connection closes, and the
+            # CLI ends its process without Python's teardown.
+            if read_here and transactions is not None:
+                transactions.connection.close()
 
 
 def failure_log_path(output_path: Path) -> Path:
@@ -538,19 +548,13 @@ def _run(
     progress: Progress | None,
     force: bool,
     lines: _LogLines,
-    transactions: Transactions | None,
+    transactions: Transactions,
 ) -> RunResult:
     def say(message: str) -> None:
         log.info(message)
         _quiet(progress)(message)
 
-    started = time.perf_counter()
-    if transactions is None:
-        say(f"Reading {config.data.path}")
-        transactions = read_log(config)
-    else:
-        log.info("Reading %s", config.data.path)  # done by the caller; the line keeps run.log complete
-        started -= transactions.read_seconds  # the total counts the reading too
+    started = time.perf_counter() - transactions.read_seconds  # the total counts the reading too
     timings = {"ingest": transactions.read_seconds}
     as_of = as_of or config.as_of or default_as_of(transactions)
     transactions = count_after_as_of(transactions, as_of)
@@ -733,9 +737,10 @@ def backtest(
     started = time.perf_counter()
     say(f"Reading {config.data.path}")
     transactions = read_log(config)
-    split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
-    say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
-    result = run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end)
+    with closing(transactions.connection):
+        split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
+        say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
+        result = run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end)
     output_path = Path(output) if output else Path(f"{config.output.rstrip('/')}-backtest")
     say(f"Writing outputs to {output_path}")
     with atomic_folder(output_path) as staging:
@@ -758,13 +763,14 @@ def budget(
     Nothing is written. See ``forecast.budget.payback_table`` for the columns of the returned table.
     """
     transactions = read_log(config)
-    as_of = as_of or config.as_of or default_as_of(transactions)
-    transactions = count_after_as_of(transactions, as_of)
-    notes: list[str] = []
-    if config.purchase_model == "auto":
-        with collected_warnings() as notes:
-            _, config = _run_backtest_for_run(config, transactions, as_of, _quiet(progress))
-    result = forecast(config, transactions, as_of, progress)
+    with closing(transactions.connection):
+        as_of = as_of or config.as_of or default_as_of(transactions)
+        transactions = count_after_as_of(transactions, as_of)
+        notes: list[str] = []
+        if config.purchase_model == "auto":
+            with collected_warnings() as notes:
+                _, config = _run_backtest_for_run(config, transactions, as_of, _quiet(progress))
+        result = forecast(config, transactions, as_of, progress)
     result.warnings.extend(notes)
     table = payback_table(
         result.segments, result.purchases, cac, config.horizon_months, config.monthly_discount_rate, config.margin,
