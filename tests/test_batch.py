@@ -15,6 +15,7 @@ import platform
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -420,46 +421,48 @@ def test_the_command_allocates_from_one_malloc_arena_unless_the_user_set_their_n
 def test_the_command_turns_numpys_huge_pages_off_unless_the_user_set_them(asked: str | None, huge_pages: bool) -> None:
     """``main`` sets NUMPY_MADVISE_HUGEPAGE=0 before anything imports NumPy (``import forecast.cli`` does not), and a
     value the user set is kept."""
-    code = (
-        "import atexit, importlib, sys; from forecast.cli import main; assert 'numpy' not in sys.modules; "
-        "atexit.register(lambda: print(importlib.import_module('numpy._core.multiarray')._set_madvise_hugepage(0))); "
-        "main()"
-    )
-    env = {key: value for key, value in os.environ.items() if key != "NUMPY_MADVISE_HUGEPAGE"}
-    env["PYTHONPATH"] = str(ROOT)
-    if asked is not None:
-        env["NUMPY_MADVISE_HUGEPAGE"] = asked
-    helped = subprocess.run([sys.executable, "-c", code, "--help"], env=env, capture_output=True, text=True,
-                            timeout=120)  # fmt: skip
-    assert helped.returncode == 0, helped.stderr
-    assert helped.stdout.endswith(f"{huge_pages}\n")
+    at_exit = """
+import importlib
+print(importlib.import_module("numpy._core.multiarray")._set_madvise_hugepage(0))
+"""
+    assert _help_under_main(at_exit, "NUMPY_MADVISE_HUGEPAGE", asked).endswith(f"{huge_pages}\n")
 
 
 @pytest.mark.parametrize(("asked", "threads"), [(None, 1), ("2", 2)])
 def test_the_command_starts_no_openblas_threads_unless_the_user_asked(asked: str | None, threads: int) -> None:
     """``main`` sets OPENBLAS_NUM_THREADS=1 before NumPy and scipy load their OpenBLAS libraries, and a value the
     user set is kept."""
-    code = """
+    at_exit = """
+import scipy.linalg  # loads scipy's OpenBLAS beside NumPy's
+from threadpoolctl import threadpool_info
+print(sorted({(i["internal_api"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}))
+"""
+    output = _help_under_main(at_exit, "OPENBLAS_NUM_THREADS", asked)
+    assert output.endswith(f"[('openblas', {threads})]\n"), output[-300:]
+
+
+def _help_under_main(at_exit: str, variable: str, value: str | None) -> str:
+    """The output of `forecast --help` through ``main`` (in a fresh process, ``variable`` set to ``value`` or unset),
+    after which the exit handler runs the code ``at_exit``. Checks that ``import forecast.cli`` loads no NumPy."""
+    code = f"""
 import atexit, sys
 from forecast.cli import main
 assert "numpy" not in sys.modules
 
-def blas_threads():
-    import scipy.linalg  # loads scipy's OpenBLAS beside NumPy's
-    from threadpoolctl import threadpool_info
-    print(sorted({(i["internal_api"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}))
+def at_exit():
+{textwrap.indent(at_exit.strip(), "    ")}
 
-atexit.register(blas_threads)
+atexit.register(at_exit)
 main()
 """
-    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_NUM_THREADS"}
+    env = {key: setting for key, setting in os.environ.items() if key != variable}
     env["PYTHONPATH"] = str(ROOT)
-    if asked is not None:
-        env["OPENBLAS_NUM_THREADS"] = asked
+    if value is not None:
+        env[variable] = value
     helped = subprocess.run([sys.executable, "-c", code, "--help"], env=env, capture_output=True, text=True,
                             timeout=120)  # fmt: skip
     assert helped.returncode == 0, helped.stderr
-    assert helped.stdout.endswith(f"[('openblas', {threads})]\n"), helped.stdout[-300:]
+    return helped.stdout
 
 
 @pytest.mark.slow
