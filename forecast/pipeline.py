@@ -491,7 +491,8 @@ def run(
         Replace an existing output folder even if it holds a run made from different input.
     transactions
         The configured log, already read by ``read_log(config)`` (the CLI reads it while this module's
-        libraries are imported); ``None`` reads it here.
+        libraries are imported; the caller closes its connection); ``None`` reads it here and closes its DuckDB
+        connection when done.
 
     Returns
     -------
