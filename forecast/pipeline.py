@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -508,24 +508,21 @@ def run(
             f"pipeline.run runs the DuckDB engine; for engine: {config.engine} use forecast.spark.run "
             "(the CLI `forecast run` picks the engine from the config)."
         )
-    read_here = transactions is None
-    with run_log() as lines:
+    with run_log() as lines, ExitStack() as read_here:
         try:
             log.info("Reading %s", config.data.path)
             if transactions is None:
                 _quiet(progress)(f"Reading {config.data.path}")
                 transactions = read_log(config)
+                # Closed here, as the caller closes its own: DuckDB removes its spill files when the connection
+                # closes, and the CLI ends its process without Python's teardown.
+                read_here.enter_context(closing(transactions.connection))
             return _run(config, as_of, output, progress, force, lines, transactions)
         except Exception as exc:
             if lines.output is not None:
                 log.error("The run failed: %s", exc)
                 write_failure_log(lines.output, lines.lines)
             raise
-        finally:
-            # A log read here is closed here: DuckDB removes its spill files when the connection closes, and the
-            # CLI ends its process without Python's teardown.
-            if read_here and transactions is not None:
-                transactions.connection.close()
 
 
 def failure_log_path(output_path: Path) -> Path:
