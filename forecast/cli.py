@@ -270,12 +270,12 @@ def backtest(
 @app.command()
 def validate(config: ConfigArg) -> None:
     """Check the config and the data without fitting; print a data-quality summary."""
-    from forecast.ingest import count_after_as_of, count_customers, read_log
+    from forecast.ingest import count_after_as_of, count_customers, duckdb_limits, read_log
 
     with user_errors():
         settings = load_config(config)
         transactions = read_log(settings)
-        with closing(transactions.connection):
+        with closing(transactions.connection), duckdb_limits(settings.duckdb, "counting customers"):
             transactions = count_customers(transactions)
             quality = (count_after_as_of(transactions, settings.as_of) if settings.as_of else transactions).quality
     typer.echo(

@@ -33,6 +33,10 @@ class OutputError(ForecastError):
     """The outputs cannot be written (folder not writable, disk full, existing run)."""
 
 
+class EngineError(ForecastError):
+    """The query engine (DuckDB or Spark) ran out of memory or spill space, or failed, under the configured settings."""
+
+
 class ForecastWarning(UserWarning):
     """A result is usable but degraded (weak fit, few repeat buyers, broken assumption)."""
 

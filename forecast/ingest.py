@@ -34,6 +34,8 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -41,7 +43,7 @@ from typing import NamedTuple
 import duckdb
 
 from forecast.config import DataConfig, DuckDBConfig, RunConfig
-from forecast.errors import DataError
+from forecast.errors import DataError, EngineError
 
 DATA_SUFFIXES = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 EXAMPLES = 5
@@ -331,6 +333,32 @@ def connect_duckdb(settings: DuckDBConfig) -> duckdb.DuckDBPyConnection:
     return con
 
 
+@contextmanager
+def duckdb_limits(settings: DuckDBConfig, doing: str | Callable[[], str]) -> Iterator[None]:
+    """Turn DuckDB running out of memory or spill space into a EngineError that says what to change.
+
+    Parameters
+    ----------
+    settings
+        The run's ``duckdb`` section, named in the message.
+    doing
+        What the block does, as a phrase ("summarising customers"), or a callable giving the current one.
+    """
+    try:
+        yield
+    except (duckdb.OutOfMemoryException, duckdb.IOException) as exc:
+        if isinstance(exc, duckdb.IOException) and "space" not in str(exc).lower():
+            raise
+        step = doing() if callable(doing) else doing
+        spill = settings.temp_directory or "DuckDB's default .tmp folder in the working directory"
+        raise EngineError(
+            f"DuckDB ran out of memory or spill space while {step[:1].lower()}{step[1:]} "
+            f"(duckdb.memory_limit {settings.memory_limit}, duckdb.temp_directory {spill}): "
+            f"{str(exc).splitlines()[0].rstrip('.')}. Raise duckdb.memory_limit in the config, or set "
+            "duckdb.temp_directory to a folder with free space for DuckDB to spill to; nothing was written."
+        ) from None
+
+
 def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection | None = None) -> Transactions:
     """Open the configured log, check it, apply the data policies and register ``transactions``.
 
@@ -372,6 +400,8 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         con.execute(f"SET TimeZone = {quote_literal(config.timezone)}")
         con.execute(f"CREATE OR REPLACE TEMP VIEW raw_log AS {_source_sql(config, files, file_format)}")
         described = con.execute("DESCRIBE raw_log").fetchall()
+    except duckdb.OutOfMemoryException:
+        raise
     except duckdb.Error as exc:
         raise DataError(f"Cannot read {where} as {file_format}: {exc}. Check data.format and the file.") from None
     types = {row[0]: str(row[1]) for row in described if row[0] not in (FILE_COLUMN, LINE_COLUMN)}
@@ -410,11 +440,15 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
                {file_col}, {line_col}{segments}
         FROM raw_log"""
         )
+    except duckdb.OutOfMemoryException:
+        raise
     except duckdb.Error as exc:
         raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
     try:
         counts = count_problems(con, list(config.segment_columns))
         duplicate_rows = _find_duplicate_rows(con, found)
+    except duckdb.OutOfMemoryException:
+        raise
     except duckdb.Error as exc:
         raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
     rows, null_ids, bad_ts, bad_amounts = counts.rows, counts.null_ids, counts.bad_ts, counts.bad_amounts
@@ -580,7 +614,13 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
 
 def read_log(config: RunConfig) -> Transactions:
     """``read_transactions`` of a run config's log, in a DuckDB connection with the config's settings."""
-    return read_transactions(config.data, connect_duckdb(config.duckdb))
+    con = connect_duckdb(config.duckdb)
+    try:
+        with duckdb_limits(config.duckdb, f"reading and checking {config.data.path}"):
+            return read_transactions(config.data, con)
+    except BaseException:
+        con.close()  # DuckDB removes its spill files when the connection closes
+        raise
 
 
 def release_memory(con: duckdb.DuckDBPyConnection) -> None:

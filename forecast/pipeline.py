@@ -62,6 +62,7 @@ from forecast.ingest import (
     Transactions,
     count_after_as_of,
     count_customers,
+    duckdb_limits,
     fingerprint,
     read_log,
 )
@@ -508,16 +509,23 @@ def run(
             f"pipeline.run runs the DuckDB engine; for engine: {config.engine} use forecast.spark.run "
             "(the CLI `forecast run` picks the engine from the config)."
         )
+    steps = [f"Reading {config.data.path}"]
+
+    def tracked(message: str) -> None:
+        steps.append(message)
+        _quiet(progress)(message)
+
     with run_log() as lines, ExitStack() as read_here:
         try:
             log.info("Reading %s", config.data.path)
             if transactions is None:
-                _quiet(progress)(f"Reading {config.data.path}")
+                _quiet(progress)(steps[0])
                 transactions = read_log(config)
                 # Closed here, as the caller closes its own: DuckDB removes its spill files when the connection
                 # closes, and the CLI ends its process without Python's teardown.
                 read_here.enter_context(closing(transactions.connection))
-            return _run(config, as_of, output, progress, force, lines, transactions)
+            with duckdb_limits(config.duckdb, lambda: steps[-1]):
+                return _run(config, as_of, output, tracked, force, lines, transactions)
         except Exception as exc:
             if lines.output is not None:
                 log.error("The run failed: %s", exc)
@@ -735,7 +743,7 @@ def backtest(
     started = time.perf_counter()
     say(f"Reading {config.data.path}")
     transactions = read_log(config)
-    with closing(transactions.connection):
+    with closing(transactions.connection), duckdb_limits(config.duckdb, "backtesting"):
         split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
         say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
         result = run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end)
@@ -761,7 +769,7 @@ def budget(
     Nothing is written. See ``forecast.budget.payback_table`` for the columns of the returned table.
     """
     transactions = read_log(config)
-    with closing(transactions.connection):
+    with closing(transactions.connection), duckdb_limits(config.duckdb, "forecasting for the budget"):
         as_of = as_of or config.as_of or default_as_of(transactions)
         transactions = count_after_as_of(transactions, as_of)
         notes: list[str] = []

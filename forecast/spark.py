@@ -18,11 +18,13 @@ import functools
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +36,7 @@ from forecast.artifacts import library_versions, model_artifact, write_json
 from forecast.bulk import csv_wanted, parquet_to_csv
 from forecast.clv import churn_window, heuristic_clv, heuristic_inputs, lifespan_from_churn, score_customers
 from forecast.config import DataConfig, RunConfig, SparkConfig
-from forecast.errors import ConfigError, DataError, collected_warnings
+from forecast.errors import ConfigError, DataError, EngineError, collected_warnings
 from forecast.estimators import (
     GammaGamma,
     PurchaseModel,
@@ -65,7 +67,10 @@ SCORE_COLUMNS = [
 def spark_session(settings: SparkConfig) -> SparkSession:
     """Get or create the SparkSession for the configured master, with UTC session time.
 
-    Local masters bind to 127.0.0.1 (``SPARK_LOCAL_IP``) unless that is already set.
+    Local masters bind to 127.0.0.1 (``SPARK_LOCAL_IP``) unless that is already set. Python workers run
+    ``spark.pyspark.python`` from the config's ``spark.conf`` if given, else ``PYSPARK_PYTHON`` if set, else (local
+    masters) this interpreter: Spark would otherwise start the ``python3`` on PATH, which a console script run
+    from a venv that is not activated (as cron runs it) does not have the project in.
 
     Raises
     ------
@@ -79,8 +84,12 @@ def spark_session(settings: SparkConfig) -> SparkSession:
             "engine: spark needs pyspark, which is not installed. Install it with "
             "pip install 'clv-forecast[spark]' (Java 17 is needed), or set engine: duckdb."
         ) from None
+    # The workers' interpreter is read from the environment when the SparkContext starts.
+    if "spark.pyspark.python" in settings.conf:
+        os.environ["PYSPARK_PYTHON"] = settings.conf["spark.pyspark.python"]
     if settings.master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.master(settings.master)
         .appName(settings.app_name)
@@ -512,6 +521,33 @@ class SparkRunResult:
     warnings: list[str] = field(default_factory=list)
 
 
+@contextmanager
+def spark_errors(settings: SparkConfig, doing: Callable[[], str]) -> Iterator[None]:
+    """Turn a failure of Spark itself (its JVM, a query, a Python worker) into an EngineError with a paragraph.
+
+    Parameters
+    ----------
+    settings
+        The run's ``spark`` section, named in the message.
+    doing
+        Gives the step under way, as a phrase ("Summarising customers as of ... on Spark").
+    """
+    try:
+        yield
+    except Exception as exc:
+        # pyspark's own exceptions and py4j's (the JVM bridge); other errors are the library's or a bug.
+        if not type(exc).__module__.startswith(("pyspark", "py4j")):
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        what = lines[0][:400] if lines else type(exc).__name__
+        step = doing()
+        raise EngineError(
+            f"Spark failed while {step[:1].lower()}{step[1:]} (spark.master {settings.master}): {what.rstrip('.')}. "
+            "Check spark.master and spark.conf in the config, that Java 17 is installed and the cluster is "
+            "reachable, and Spark's own log above; nothing was written."
+        ) from None
+
+
 def run(
     config: RunConfig,
     as_of: dt.date | None = None,
@@ -524,10 +560,28 @@ def run(
     Writes the same outputs as ``forecast.pipeline.run``: ``customers.parquet`` (a Parquet folder written
     by Spark; under ``spark.output`` when that is set, e.g. on shared storage), ``customers.csv`` (when
     wanted and the Parquet is local), ``segments.csv``, ``manifest.json`` and the model JSON files.
+
+    Raises
+    ------
+    EngineError
+        Spark itself failed (see ``spark_errors``).
     """
+    steps: list[str] = []
+
+    def tracked(message: str) -> None:
+        steps.append(message)
+        if progress is not None:
+            progress(message)
+
+    with spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
+        return _run(config, as_of, output, tracked, spark)
+
+
+def _run(
+    config: RunConfig, as_of: dt.date | None, output: str | Path | None, say: Progress, spark: SparkSession | None
+) -> SparkRunResult:
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
-    say = progress if progress is not None else (lambda _message: None)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     say(f"Starting Spark ({config.spark.master})")

@@ -7,12 +7,17 @@ covers sums taken in a different order.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sysconfig
+import venv
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from forecast.cli import app
@@ -168,3 +173,44 @@ def test_cli_rejects_an_unknown_engine(sample_config_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(sample_config_path), "--engine", "polars"])
     assert result.exit_code == 2
     assert "--engine must be duckdb or spark" in result.output
+
+
+def run_console_script(tmp_path: Path, config: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """Run the installed `forecast` console script by its absolute path, as cron does: the venv not activated,
+    PATH starting with a folder whose `python3` is a bare interpreter without the project or its libraries."""
+    bare = tmp_path / "bare"
+    venv.create(bare, with_pip=False)
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    script = Path(sysconfig.get_path("scripts")) / "forecast"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
+    env["PATH"] = f"{bare / 'bin'}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin"
+    command = [str(script), "run", str(config_path), "--engine", "spark", "--output", str(tmp_path / "out")]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_console_script_runs_spark_workers_with_its_own_interpreter(simulated_log: Path, tmp_path: Path) -> None:
+    """Without PYSPARK_PYTHON, local Spark workers start the console script's interpreter, not the `python3` on
+    PATH (which lacks pandas: the run used to exit 1 with "No module named 'pandas'" and a traceback)."""
+    config = {
+        "data": {"path": str(simulated_log)}, "as_of": END.isoformat(), "models_dir": str(tmp_path / "models"),
+        "spark": {"master": "local[1]", "conf": {"spark.ui.enabled": "false"}},
+    }  # fmt: skip
+    done = run_console_script(tmp_path, config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3,000 customers (Spark)" in done.stdout
+    assert len(pd.read_parquet(tmp_path / "out" / "customers.parquet")) == 3_000
+
+
+def test_a_spark_failure_exits_2_with_a_paragraph_and_writes_nothing(simulated_log: Path, tmp_path: Path) -> None:
+    """A query that Spark itself rejects (an unparseable setting of the session) is a user error: exit 2, one
+    paragraph naming the step and spark.master, no traceback, no outputs or models."""
+    config = {
+        "data": {"path": str(simulated_log)}, "as_of": END.isoformat(), "models_dir": str(tmp_path / "models"),
+        "spark": {"master": "local[1]", "conf": {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "-5"}},
+    }  # fmt: skip
+    done = run_console_script(tmp_path, config)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Spark failed while" in done.stderr
+    assert "spark.master local[1]" in done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "models").exists()
