@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
-import ctypes
 import datetime as dt
-import gc
-import importlib
-import os
-import sys
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -25,11 +16,7 @@ from forecast.config import RunConfig, load_config
 from forecast.errors import ConfigError, ForecastError
 
 if TYPE_CHECKING:
-    from forecast.ingest import Transactions
     from forecast.pipeline import RunResult
-
-#: glibc's ``mallopt`` parameter for the most arenas (malloc.h).
-M_ARENA_MAX = -8
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Customer-lifetime-value forecasts.")
 console = Console(stderr=True)
@@ -136,31 +123,11 @@ def run(
                 )
             _backfill(settings, month_ends_between(day, parse_as_of(through)), force)
             return
+        from forecast.pipeline import run as run_pipeline
+
         with progress_display() as say:
-            say(f"Reading {settings.data.path}")
-            pipeline, transactions = _read_while_importing(settings)
-            # Closed here, not when its last reference goes: `main` ends the process without Python's teardown,
-            # and DuckDB removes its spill files (duckdb.temp_directory) when the connection closes.
-            with closing(transactions.connection):
-                result = pipeline.run(settings, day, output, say, force=force, transactions=transactions)
+            result = run_pipeline(settings, day, output, say, force=force)
     _report(result)
-
-
-def _read_while_importing(settings: RunConfig) -> tuple[ModuleType, Transactions]:
-    """Read the configured log while ``forecast.pipeline`` is imported on a second thread.
-
-    The import (pandas, scipy, lifetimes: about 1 s) holds the GIL and DuckDB reads and checks the log mostly
-    without it; side by side they end about 0.4 s sooner than one after the other at 10 million transactions (the
-    median of 5 alternating pairs; both cores are busy, so not by the whole import). The import silences
-    warnings for a moment (lifetimes is imported under ``warnings.catch_warnings``, which is process-wide);
-    reading the log issues no Python warning (its findings are text in the data-quality record), so none is lost.
-    """
-    from forecast.ingest import read_log
-
-    with ThreadPoolExecutor(max_workers=1) as importer:
-        imported = importer.submit(importlib.import_module, "forecast.pipeline")
-        transactions = read_log(settings)
-        return imported.result(), transactions
 
 
 def _run_spark(settings: RunConfig, day: dt.date | None, output: Path | None) -> None:
@@ -372,84 +339,8 @@ def simulate(
 
 
 def main() -> None:
-    """Console-script entry point: run the command, then end the process without Python's module teardown.
-
-    A command that loaded pandas, scipy, lifetimes and matplotlib spends about 0.4 s at the end tearing the
-    libraries' modules down (garbage collections over their objects), memory the operating system frees anyway.
-    So once the command has returned, the exit handlers (``atexit``: logging, temporary files) have run and the
-    output is flushed, the process ends with ``os._exit`` and the command's exit code. The command closes its
-    own files and connections before it returns; while a thread other than the main one still runs, the usual
-    exit is kept, which waits for it.
-
-    Full garbage collections are made ten times rarer than Python's default: a run's data are arrays, which form
-    no reference cycles, yet each full collection walks every object of the libraries (a 10 million transaction
-    run made four, 0.26 s of the main thread; now none). The young generations are collected as usual.
-
-    NumPy's transparent huge pages are turned off (``NUMPY_MADVISE_HUGEPAGE=0``, read when NumPy is imported,
-    which ``import forecast.cli`` does not do; a value set by the user is kept). NumPy asks the kernel for huge
-    pages for every array of 4 MB or more, and on a virtual machine that hands freed memory back to its host,
-    such as the 2-core machine of the README's benchmark, every fresh huge page is then faulted in from the host
-    as a whole: a 10 million transaction run spent 1.1 s more in the kernel and 0.4-0.5 s more in all (medians
-    of 5 alternating runs). Huge pages only spare the processor's page-table lookups, which the run's passes over
-    whole arrays hardly need.
-
-    OpenBLAS (NumPy's and scipy's) starts no threads of its own (``OPENBLAS_NUM_THREADS=1``, read when it is
-    loaded; a value set by the user is kept). The run's matrix products are small and its fits limit BLAS to one
-    thread anyway, but at import each of the two OpenBLAS libraries starts a thread per core that waits for work
-    by spinning: on two cores that took CPU from DuckDB and the other thread (a 10 million transaction run used
-    0.8 s less CPU without them, medians of 5 alternating runs).
-
-    The process allocates from one glibc arena (``one_malloc_arena``).
-    """
-    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    one_malloc_arena()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 100)
-    status: str | int | None = 0
-    try:
-        app()
-    except SystemExit as exc:
-        status = exc.code
-    main_thread = threading.main_thread()
-    if any(t.is_alive() and not t.daemon and t is not main_thread for t in threading.enumerate()):
-        sys.exit(status)
-    code = _exit_code(status)
-    atexit._run_exitfuncs()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:
-        code = code or 120  # as Python's own exit does when its last flush fails
-    os._exit(code)
-
-
-def one_malloc_arena() -> bool:
-    """Let every thread allocate from glibc's main arena (``mallopt(M_ARENA_MAX, 1)``); True when it was set.
-
-    By default glibc gives threads arenas of their own, and memory that a second thread freed (the histories,
-    the RFM groups, the intervals' chunks, the Parquet writer's) stays in its arena instead of serving the main
-    thread's next arrays: in about half of the 10M runs the peak was 1,225-1,230 MB instead of 1,150-1,180 MB
-    (5 of 5 runs low with one arena, 3 of 5 high without; the same time). Nothing is changed where the user set
-    MALLOC_ARENA_MAX, or where the C library has no ``mallopt`` (not glibc). Call it before threads start.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_ARENA_MAX, 1))
-
-
-def _exit_code(status: str | int | None) -> int:
-    """The process exit code of a ``SystemExit`` code, as Python's own exit gives it (a message is printed, code 1)."""
-    if status is None:
-        return 0
-    if isinstance(status, int):
-        return status
-    print(status, file=sys.stderr)
-    return 1
+    """Console-script entry point."""
+    app()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from forecast.errors import ConfigError
 
@@ -163,6 +163,9 @@ class SparkConfig(_Strict):
 class RunConfig(_Strict):
     """Everything one run needs; see configs/cdnow.yaml for an annotated example."""
 
+    #: The YAML file the config was read from (``load_config``), which a run never deletes.
+    _source: Path | None = PrivateAttr(default=None)
+
     data: DataConfig
     as_of: dt.date | None = None
     time_unit: TimeUnit = "week"
@@ -223,6 +226,7 @@ def load_config(path: str | Path) -> RunConfig:
     if not data_path.startswith("lifetimes:") and not Path(data_path).is_absolute():
         resolved = str((path.parent / data_path).resolve())
         config = config.model_copy(update={"data": config.data.model_copy(update={"path": resolved})})
+    config._source = path.resolve()
     return config
 
 

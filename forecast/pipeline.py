@@ -70,6 +70,7 @@ from forecast.registry import (
     MODEL_FILES,
     RUN_MODELS,
     check_overwrite,
+    check_runs_apart_from_models,
     find_previous_run,
     input_fingerprint,
     last_complete_month_end,
@@ -491,9 +492,8 @@ def run(
     force
         Replace an existing output folder even if it holds a run made from different input.
     transactions
-        The configured log, already read by ``read_log(config)`` (the CLI reads it while this module's
-        libraries are imported; the caller closes its connection); ``None`` reads it here and closes its DuckDB
-        connection when done.
+        The configured log, already read by ``read_log(config)`` (the caller closes its connection); ``None``
+        reads it here and closes its DuckDB connection when done.
 
     Returns
     -------
@@ -509,6 +509,7 @@ def run(
             f"pipeline.run runs the DuckDB engine; for engine: {config.engine} use forecast.spark.run "
             "(the CLI `forecast run` picks the engine from the config)."
         )
+    check_runs_apart_from_models(Path(output or config.output), Path(config.models_dir))
     steps = [f"Reading {config.data.path}"]
 
     def tracked(message: str) -> None:
@@ -535,6 +536,7 @@ def run(
 
 def failure_log_path(output_path: Path) -> Path:
     """Where a failed run leaves its log: ``<output>.failed.log`` beside the run folder (a file, never a run)."""
+    output_path = output_path.resolve()
     return output_path.parent / f"{output_path.name}.failed.log"
 
 
@@ -572,7 +574,8 @@ def _run(
     step = time.perf_counter()
     input_used = input_fingerprint(transactions, as_of)
     timings["fingerprint"] = time.perf_counter() - step
-    check_overwrite(output_path, as_of, input_used, force)
+    keep = (*transactions.files, *([config._source] if config._source else []))
+    check_overwrite(output_path, as_of, input_used, force, keep)
     step = time.perf_counter()
     backtest_result = None
     backtest_notes: list[str] = []

@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 RUN_MODELS = "models"
 MODEL_FILES = {"purchases": "purchases.json", "spend": "spend.json"}
+#: Everything a run folder may hold: the only entries ``--force`` may replace.
+RUN_ENTRIES = frozenset({
+    MANIFEST, RUN_MODELS, "customers.parquet", "customers.csv", "segments.csv", "report.html", "run.log",
+    "backtest.json", "backtest_customers.csv", "backtest_conditional_expectation.svg", "backtest_tracking.svg",
+    "backtest_deciles.svg",
+})  # fmt: skip
 _MONTH = re.compile(r"^\d{4}-\d{2}$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -153,26 +159,41 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def check_overwrite(target: Path, as_of: dt.date, fingerprint: dict[str, Any], force: bool) -> None:
-    """Refuse to replace an existing folder that is not a run of the same input, unless forced.
+def check_overwrite(
+    target: Path, as_of: dt.date, fingerprint: dict[str, Any], force: bool, keep: tuple[Path, ...] = ()
+) -> None:
+    """Refuse to replace an existing folder unless it is a run of the same input, or a run and ``force`` is set.
+
+    ``force`` replaces a run as of another date or of other data, never a folder this tool did not write: one
+    without a manifest, one holding anything but a run's files (``RUN_ENTRIES``), or one holding ``keep`` (the
+    config file and the input).
 
     Raises
     ------
     OutputError
-        ``target`` is a run as of another date or made from other data (different ``as_of_sha256``),
-        or a non-empty folder that is not a run at all; ``force`` lifts all three.
+        ``target`` is not a run folder, holds a path of ``keep``, or (without ``force``) is a run as of another date
+        or made from other data (different ``as_of_sha256``).
     """
-    if force or not target.exists():
+    if not target.exists():
         return
     if not target.is_dir():
         raise OutputError(f"The output {target} exists and is not a folder. Choose another --output.")
+    inside = [path for path in keep if path.resolve().is_relative_to(target.resolve())]
+    if inside:
+        raise OutputError(
+            f"The output folder {target} holds {inside[0]}, the run's own config or input; replacing the folder "
+            "would delete it. Choose another --output (the default is <config output>/<as_of>/)."
+        )
+    foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in RUN_ENTRIES)
     previous = read_manifest(target)
-    if previous is None:
-        if any(target.iterdir()):
-            raise OutputError(
-                f"The output folder {target} is not empty and holds no {MANIFEST}, so it is not a forecast run; "
-                "replacing it would delete its files. Choose another --output, or pass --force to replace it."
-            )
+    if foreign or (previous is None and any(target.iterdir())):
+        names = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5:,} more" if len(foreign) > 5 else "")
+        held = f"holds files a run does not write ({names})" if foreign else f"holds no {MANIFEST}"
+        raise OutputError(
+            f"The output folder {target} {held}, so it is not a forecast run; replacing it would delete them, and "
+            "--force never does. Choose another --output, or an empty or new folder."
+        )
+    if previous is None or force:
         return
     before = previous.get("input", {})
     if previous.get("as_of") != as_of.isoformat():
@@ -193,6 +214,25 @@ def check_overwrite(target: Path, as_of: dt.date, fingerprint: dict[str, Any], f
             f"as_of {previous.get('as_of')} with fingerprint {str(before.get('as_of_sha256'))[:12]}..., now "
             f"{fingerprint['rows_up_to_as_of']} rows with {fingerprint['as_of_sha256'][:12]}.... The data up to "
             "as_of changed since that run. Pass --force to replace it, or write to another --output."
+        )
+
+
+def check_runs_apart_from_models(runs: Path, models_dir: Path) -> None:
+    """Refuse a runs root (or run folder) that is, holds or lies inside the models folder.
+
+    Publishing the models would otherwise replace the run just committed, or the run the published models.
+
+    Raises
+    ------
+    ConfigError
+        The two folders are the same, or one is inside the other.
+    """
+    runs, models_dir = runs.resolve(), models_dir.resolve()
+    if runs.is_relative_to(models_dir) or models_dir.is_relative_to(runs):
+        raise ConfigError(
+            f"The run output {runs} and models_dir {models_dir} are the same folder or one is inside the other, so "
+            "publishing the models would overwrite the run (or the run the models). Give output (or --output) and "
+            "models_dir separate folders, e.g. output: runs/shop and models_dir: models."
         )
 
 

@@ -11,11 +11,9 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -362,16 +360,66 @@ def test_no_drift_against_a_run_of_other_data_in_the_same_runs_root(tmp_path: Pa
     assert any("made from other data" in message for message in second.manifest["warnings"])
 
 
-def test_the_cli_reads_the_log_while_the_models_libraries_are_imported(
-    tmp_path: Path, cdnow_sample: pd.DataFrame
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_force_never_replaces_the_folder_holding_the_config_and_the_input(
+    tmp_path: Path, cdnow_sample: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`forecast run` reads the log before ``forecast.pipeline`` is imported (pandas, scipy and lifetimes load on a
-    second thread meanwhile), and writes what ``pipeline.run`` writes when it reads the log itself."""
-    imported = (
-        "import sys, forecast.cli, forecast.ingest, forecast.registry; "
-        "print(sorted({'lifetimes', 'pandas', 'scipy'} & set(sys.modules)))"
-    )
-    assert subprocess.run([sys.executable, "-c", imported], capture_output=True, text=True, check=True).stdout == "[]\n"
+    """`forecast run run.yaml --output . --force` in the folder of the config, the log and a notes file used to
+    delete all three: it is refused (exit 2, saying why) and every file stays as it was."""
+    work = tmp_path / "work"
+    write_csv(cdnow_sample, work / "log.csv")
+    (work / "notes.txt").write_text("quarterly targets", encoding="utf-8")
+    config = {"data": {"path": "log.csv"}, "models_dir": str(tmp_path / "models"), "output": "runs"}
+    (work / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    before = folder_contents(work)
+    monkeypatch.chdir(work)
+    outcome = CliRunner().invoke(app, ["run", "run.yaml", "--as-of", "1997-06", "--output", ".", "--force"])
+    assert outcome.exit_code == 2, outcome.output
+    assert "the run's own config or input" in outcome.output and "Traceback" not in outcome.output
+    assert folder_contents(work) == before and not (tmp_path / "models").exists()
+
+
+def test_force_never_replaces_a_folder_of_other_files(tmp_path: Path, cdnow_sample: pd.DataFrame) -> None:
+    """A folder of the user's documents given as --output with --force used to be deleted with exit 0; it is
+    refused, named as not a run, and left as it was; an empty folder is used."""
+    config_path = write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "data" / "log.csv"))
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "budget.xlsx").write_bytes(b"PK\x03\x04 a spreadsheet")
+    (documents / "manifest.json").write_text('{"as_of": "1997-06-30"}', encoding="utf-8")
+    before = folder_contents(documents)
+    outcome = CliRunner().invoke(app, ["run", str(config_path), "--as-of", "1997-06", "--output", str(documents),
+                                       "--force"])  # fmt: skip
+    assert outcome.exit_code == 2, outcome.output
+    assert "files a run does not write (budget.xlsx)" in outcome.output
+    assert folder_contents(documents) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    used = CliRunner().invoke(app, ["run", str(config_path), "--as-of", "1997-06", "--output", str(empty)])
+    assert used.exit_code == 0, used.output
+    assert (empty / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("models_dir", ["runs", "runs/models", "."])
+def test_a_runs_root_that_is_or_holds_or_lies_in_the_models_folder_is_refused_before_any_work(
+    tmp_path: Path, cdnow_sample: pd.DataFrame, models_dir: str
+) -> None:
+    """With output equal to models_dir, publishing the models replaced the run just committed (exit 0, two JSON
+    files left); such a config is refused before the log is read, and nothing is written."""
+    config_path = write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "data" / "log.csv"),
+                               models_dir=str(tmp_path / models_dir))  # fmt: skip
+    before = folder_contents(tmp_path)
+    outcome = CliRunner().invoke(app, ["run", str(config_path), "--as-of", "1997-06"])
+    assert outcome.exit_code == 2, outcome.output
+    assert "one is inside the other" in outcome.output and "Reading" not in outcome.output
+    assert folder_contents(tmp_path) == before and not (tmp_path / "runs").exists()
+
+
+def test_the_cli_writes_what_pipeline_run_writes(tmp_path: Path, cdnow_sample: pd.DataFrame) -> None:
+    """`forecast run` is ``pipeline.run`` behind a command line: the same files, the reading timed and logged."""
     config_path = write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "log.csv"))
     by_cli = CliRunner().invoke(app, ["run", str(config_path), "--as-of", "1997-06", "--output", str(tmp_path / "cli")])
     assert by_cli.exit_code == 0, by_cli.output
@@ -384,11 +432,9 @@ def test_the_cli_reads_the_log_while_the_models_libraries_are_imported(
     assert f"Reading {tmp_path / 'log.csv'}" in (tmp_path / "cli" / "run.log").read_text()
 
 
-def test_the_command_ends_with_its_exit_code_after_the_exit_handlers_and_with_its_output_flushed(
-    tmp_path: Path,
-) -> None:
-    """``main`` ends the process without Python's module teardown: the exit handlers still run, the output is
-    flushed into a pipe, and the exit code is the command's (0, and 2 for a user error)."""
+def test_the_command_exits_with_its_code_after_the_exit_handlers_and_with_its_output_flushed(tmp_path: Path) -> None:
+    """The console script's exit handlers run, its output reaches a pipe, and the exit code is the command's
+    (0, and 2 for a user error, without a traceback)."""
     code = (
         "import atexit, sys; atexit.register(lambda: print('exit handler ran')); from forecast.cli import main; main()"
     )
@@ -403,66 +449,6 @@ def test_the_command_ends_with_its_exit_code_after_the_exit_handlers_and_with_it
                             timeout=120)  # fmt: skip
     assert helped.returncode == 0, helped.stderr
     assert "Customer-lifetime-value forecasts." in helped.stdout and helped.stdout.endswith("exit handler ran\n")
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
-def test_the_command_allocates_from_one_malloc_arena_unless_the_user_set_their_number() -> None:
-    code = "from forecast.cli import one_malloc_arena; print(one_malloc_arena())"
-    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
-    env["PYTHONPATH"] = str(ROOT)
-    set_here = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert set_here.stdout == "True\n", set_here.stderr
-    env["MALLOC_ARENA_MAX"] = "2"
-    left = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert left.stdout == "False\n", left.stderr
-
-
-@pytest.mark.parametrize(("asked", "huge_pages"), [(None, False), ("1", True)])
-def test_the_command_turns_numpys_huge_pages_off_unless_the_user_set_them(asked: str | None, huge_pages: bool) -> None:
-    """``main`` sets NUMPY_MADVISE_HUGEPAGE=0 before anything imports NumPy (``import forecast.cli`` does not), and a
-    value the user set is kept."""
-    at_exit = """
-import importlib
-print(importlib.import_module("numpy._core.multiarray")._set_madvise_hugepage(0))
-"""
-    assert _help_under_main(at_exit, "NUMPY_MADVISE_HUGEPAGE", asked).endswith(f"{huge_pages}\n")
-
-
-@pytest.mark.parametrize(("asked", "threads"), [(None, 1), ("2", 2)])
-def test_the_command_starts_no_openblas_threads_unless_the_user_asked(asked: str | None, threads: int) -> None:
-    """``main`` sets OPENBLAS_NUM_THREADS=1 before NumPy and scipy load their OpenBLAS libraries, and a value the
-    user set is kept."""
-    at_exit = """
-import scipy.linalg  # loads scipy's OpenBLAS beside NumPy's
-from threadpoolctl import threadpool_info
-print(sorted({(i["internal_api"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}))
-"""
-    output = _help_under_main(at_exit, "OPENBLAS_NUM_THREADS", asked)
-    assert output.endswith(f"[('openblas', {threads})]\n"), output[-300:]
-
-
-def _help_under_main(at_exit: str, variable: str, value: str | None) -> str:
-    """The output of `forecast --help` through ``main`` (in a fresh process, ``variable`` set to ``value`` or unset),
-    after which the exit handler runs the code ``at_exit``. Checks that ``import forecast.cli`` loads no NumPy."""
-    code = f"""
-import atexit, sys
-from forecast.cli import main
-assert "numpy" not in sys.modules
-
-def at_exit():
-{textwrap.indent(at_exit.strip(), "    ")}
-
-atexit.register(at_exit)
-main()
-"""
-    env = {key: setting for key, setting in os.environ.items() if key != variable}
-    env["PYTHONPATH"] = str(ROOT)
-    if value is not None:
-        env[variable] = value
-    helped = subprocess.run([sys.executable, "-c", code, "--help"], env=env, capture_output=True, text=True,
-                            timeout=120)  # fmt: skip
-    assert helped.returncode == 0, helped.stderr
-    return helped.stdout
 
 
 @pytest.fixture(scope="module")
