@@ -135,7 +135,7 @@ def score_customers(
     Raises
     ------
     FitError
-        A prediction is NaN or infinite (for example Pareto/NBD for very heavy buyers).
+        A prediction is NaN or infinite (a degenerate fit, or a history no model formula can evaluate).
     """
     if histories is None:
         histories = Histories.from_summary(summary)
@@ -179,8 +179,8 @@ def require_finite(frame: pd.DataFrame, what: str) -> None:
         columns = ", ".join(sorted(map(str, bad_columns)))
         raise FitError(
             f"{what} are NaN or infinite for {len(rows):,} customers (columns {columns}; "
-            f"customers {examples}). Try purchase_model: bgnbd, which stays finite for heavy buyers, or check "
-            "those customers' transactions."
+            f"customers {examples}). Check those customers' transactions (a shared or test account?), or try "
+            "another purchase_model."
         )
 
 

@@ -6,12 +6,15 @@ hypergeometric term (Abramowitz & Stegun 15.3.3), which converges for any number
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import mpmath as mp
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from forecast.clv import score_customers
 from forecast.errors import FitError, ForecastWarning
@@ -21,7 +24,7 @@ from . import reference as ref
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from lifetimes import ModifiedBetaGeoFitter
+    from lifetimes import ModifiedBetaGeoFitter, ParetoNBDFitter
 
 # Heavy buyers: up to 50,000 purchases, 10 years of weekly history, horizons up to 10 years.
 HEAVY_GRID = [
@@ -114,13 +117,203 @@ def test_mbgnbd_stable_path_reproduces_lifetimes_and_stays_finite():
     assert lifetimes_nan > 0  # the grid does reach lifetimes' overflow
 
 
-def test_pareto_nbd_nan_for_heavy_buyers_is_a_clear_fit_error():
-    """lifetimes' Pareto/NBD returns NaN at x=1,000 over 520 weeks: a FitError that names the history."""
+# --- Pareto/NBD: the stable ln A_0 (forecast.estimators._pareto_nbd_log_a0) ------------------------------------
+
+# lifetimes' tests (test_estimation.py, TestParetoNBDFitter.test_conditional_expectation_underflow), values quoted
+# there: r, alpha, s, beta = 0.55, 10.58, 0.61, 11.67; E[X(10) | x, t_x = 200, T = 200] for x = 132 and 133.
+PARETO_LIFETIMES_UNDERFLOW_PARAMS = {"r": 0.55, "alpha": 10.58, "s": 0.61, "beta": 11.67}
+PARETO_LIFETIMES_UNDERFLOW_EXPECTATIONS = {132: 6.2060517889632418, 133: 6.2528722475748113}
+
+# R package BTYD's walkthrough (cran.r-project.org/web/packages/BTYD/vignettes/BTYD-walkthrough.pdf), p. 8, quoted
+# in lifetimes' tests: at BTYD's fit of the CDNOW sample, P(alive | x = 26, t_x = 30.86, T = 31) = 0.9979.
+PARETO_BTYD_PARAMS = {"r": 0.5534, "alpha": 10.5802, "s": 0.6061, "beta": 11.6562}
+PARETO_BTYD_P_ALIVE = 0.9979
+
+# Parameters with alpha >> beta: z = (alpha - beta) / (alpha + u) near 1 for u = t_x or T below about 30, where
+# scipy's 2F1 is NaN for heavy buyers and _hyp2f1_one integrates; and lifetimes' overflow test (alpha << beta,
+# test_estimation.py, test_conditional_probability_alive_overflow_error).
+PARETO_ALPHA_ABOVE_BETA = {"r": 2.0, "alpha": 300.0, "s": 2.0, "beta": 3.0}
+PARETO_LIFETIMES_OVERFLOW_PARAMS = {"r": 10.465, "alpha": 7.98565181e-03, "s": 3.0516, "beta": 2.820}
+
+
+def exact_pareto_log_a0(params, x, t_x, T) -> float:
+    """ln A_0 from note 009 eq. (19)-(20) as written (no transformation), 60 digits."""
+    mp.mp.dps = 60
+    r, alpha, s, beta = (mp.mpf(params[k]) for k in ("r", "alpha", "s", "beta"))
+    x, t_x, T = (mp.mpf(v) for v in (x, t_x, T))
+    a = r + s + x
+    top, b = (beta, r + x) if alpha < beta else (alpha, s + 1)
+    diff = abs(alpha - beta)
+
+    def term(u):
+        return mp.hyp2f1(a, b, a + 1, diff / (top + u)) / (top + u) ** a
+
+    return float(mp.log(term(t_x) - term(T)))
+
+
+def test_pareto_nbd_expectation_reproduces_lifetimes_reference_values():
+    """E[X(10) | x = 132 or 133, t_x = T = 200] = 6.2060517889632418, 6.2528722475748113 (lifetimes' tests)."""
+    model = fitted(ParetoNBD, PARETO_LIFETIMES_UNDERFLOW_PARAMS)
+    for x, expected in PARETO_LIFETIMES_UNDERFLOW_EXPECTATIONS.items():
+        assert model.expected_purchases(10, [x], [200.0], [200.0])[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_pareto_nbd_p_alive_matches_btyd_walkthrough():
+    """P(alive | x = 26, t_x = 30.86, T = 31) = 0.9979 at r, alpha, s, beta = 0.5534, 10.5802, 0.6061, 11.6562."""
+    model = fitted(ParetoNBD, PARETO_BTYD_PARAMS)
+    assert model.p_alive([26], [30.86], [31.0])[0] == pytest.approx(PARETO_BTYD_P_ALIVE, abs=5e-5)
+
+
+def test_pareto_nbd_stable_forms_equal_lifetimes_where_lifetimes_is_finite():
+    """At the CDNOW-sample fit, for 0 < t_x < T (lifetimes finite): P(alive), E[X(t)] and each customer's
+    log-likelihood equal lifetimes' to 1e-9 relative; likewise at lifetimes' overflow-test parameters."""
+    from forecast.estimators import _pareto_nbd_log_likelihood
+
+    grid = [
+        (x, frac * T, T)
+        for x in (0, 1, 2, 5, 10, 30, 100, 150)
+        for T in (1.0, 39.0, 78.0)
+        for frac in ((0.0,) if x == 0 else (0.25, 0.5, 0.9, 0.99))
+    ]
+    x, t_x, T = (np.array(column) for column in zip(*grid, strict=True))
+    for params in (ref.PARETO_CDNOW_SAMPLE, PARETO_LIFETIMES_OVERFLOW_PARAMS):
+        model = fitted(ParetoNBD, params)
+        fitter = ParetoNBDFitter()
+        fitter.params_ = dict(params)
+        with np.errstate(all="ignore"):
+            theirs_alive = fitter.conditional_probability_alive(x, t_x, T)
+            theirs_ll = ParetoNBDFitter._conditional_log_likelihood(list(params.values()), x, t_x, T)
+        assert np.isfinite(theirs_alive).all() and np.isfinite(theirs_ll).all()
+        np.testing.assert_allclose(model.p_alive(x, t_x, T), theirs_alive, rtol=1e-9, atol=0)
+        np.testing.assert_allclose(_pareto_nbd_log_likelihood(list(params.values()), x, t_x, T), theirs_ll, rtol=1e-9)
+        for t in (1.0, 39.0, 52.0):
+            with np.errstate(all="ignore"):
+                theirs = fitter.conditional_expected_number_of_purchases_up_to_time(t, x, t_x, T)
+            assert np.isfinite(theirs).all()
+            np.testing.assert_allclose(model.expected_purchases(t, x, t_x, T), theirs, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("params", "x", "t_x", "T"),
+    [
+        (ref.PARETO_CDNOW_SAMPLE, 1_000, 38.0, 39.0),  # heavy buyer, alpha < beta
+        (ref.PARETO_CDNOW_SAMPLE, 200, 39.0 - 1e-6, 39.0),  # last purchase just before T
+        ({**ref.PARETO_CDNOW_SAMPLE, "alpha": 11.669, "beta": 10.578}, 1_000, 38.0, 39.0),  # alpha > beta
+        (PARETO_ALPHA_ABOVE_BETA, 5_000, 1.0, 39.0),  # z = 0.987: scipy's 2F1 overflows, _hyp2f1_one integrates
+    ],
+)
+def test_pareto_nbd_log_a0_matches_60_digit_arithmetic(params, x, t_x, T):
+    """ln A_0 by Euler's transformation equals note 009's own formula in 60-digit arithmetic to 1e-10 relative."""
+    from forecast.estimators import _pareto_nbd_log_a0
+
+    got = float(_pareto_nbd_log_a0(list(params.values()), x, t_x, T))
+    assert got == pytest.approx(exact_pareto_log_a0(params, x, t_x, T), rel=1e-10)
+
+
+def test_hyp2f1_one_is_exact_where_scipy_overflows():
+    """2F1(1, 200; 221; 0.99): scipy's connection formula at z = 1 overflows (NaN); the integral matches mpmath."""
+    from scipy.special import hyp2f1
+
+    from forecast.estimators import _hyp2f1_one
+
+    mp.mp.dps = 30
+    assert np.isnan(hyp2f1(1.0, 200.0, 221.0, 0.99))
+    assert _hyp2f1_one(200.0, 221.0, 0.99) == pytest.approx(float(mp.hyp2f1(1, 200, 221, 0.99)), rel=1e-12)
+    # Elsewhere it is scipy's value.
+    assert _hyp2f1_one(1000.05, 1001.1, 0.99) == hyp2f1(1.0, 1000.05, 1001.1, 0.99)
+
+
+def test_pareto_nbd_heavy_buyer_at_end_of_observation_is_finite():
+    """x = 200, t_x = T = 39 at the CDNOW-sample fit: lifetimes (scipy >= 1.15) gives NaN for P(alive), E[X(t)] and
+    the customer's log-likelihood.
+
+    A last purchase at T means alive at T (A_0 = 0): E[X(t)] is then the closed form
+    (r + x) (beta + T) / ((alpha + T) (s - 1)) [1 - ((beta + T) / (beta + T + t))^(s - 1)] (note 009, eq. 41), and
+    the likelihood Gamma(r + x) alpha^r beta^s / (Gamma(r) (alpha + T)^(r + x) (beta + T)^s) (eq. 18).
+    """
+    from scipy.special import gammaln
+
+    from forecast.estimators import _pareto_nbd_log_likelihood
+
+    params = ref.PARETO_CDNOW_SAMPLE
+    model = fitted(ParetoNBD, params)
+    r, alpha, s, beta = (params[k] for k in ("r", "alpha", "s", "beta"))
+    x, T, t = 200, 39.0, 52.0
+    assert model.p_alive([x], [T], [T])[0] == 1.0
+    expected = (r + x) * (beta + T) / ((alpha + T) * (s - 1)) * (1 - ((beta + T) / (beta + T + t)) ** (s - 1))
+    assert model.expected_purchases(t, [x], [T], [T])[0] == pytest.approx(expected, rel=1e-12)
+    log_likelihood = (
+        gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+        - (r + x) * np.log(alpha + T) - s * np.log(beta + T)
+    )  # fmt: skip
+    assert _pareto_nbd_log_likelihood([r, alpha, s, beta], x, T, T) == pytest.approx(log_likelihood, rel=1e-12)
+
+
+def test_pareto_nbd_expectation_at_s_equal_1_is_the_limit():
+    """At s = 1 the bracket [1 - ((beta + T) / (beta + T + t))^(s - 1)] / (s - 1) is its limit ln(1 + t / (beta + T)),
+    continuous with s = 1 -+ 1e-7."""
+    history = ([3, 200], [30.0, 39.0], [39.0, 39.0])
+    at_one, below, above = (
+        fitted(ParetoNBD, {**ref.PARETO_CDNOW_SAMPLE, "s": s}).expected_purchases(52.0, *history)
+        for s in (1.0, 1.0 - 1e-7, 1.0 + 1e-7)
+    )
+    np.testing.assert_allclose(at_one, below, rtol=1e-6)
+    np.testing.assert_allclose(at_one, above, rtol=1e-6)
+
+
+def test_pareto_nbd_heavy_buyers_get_finite_predictions():
+    """x = 1,000 and 10,000 over 520 weeks, the last at T: about 1.9 and 19.2 a week, so > 90 and > 900 in 52 weeks."""
     model = fitted(ParetoNBD, ref.PARETO_CDNOW_SAMPLE)
-    with pytest.raises(FitError, match=r"NaN or infinite for 1 customer histories, e.g. \(x=1000, t_x=520, T=520\)"):
-        model.expected_purchases(52, [2, 1000], [30.0, 520.0], [39.0, 520.0])
-    with pytest.raises(FitError, match="Use purchase_model: bgnbd"):
-        model.p_alive([10_000], [520.0], [520.0])
+    expected = model.expected_purchases(52, [2, 1_000, 10_000], [30.0, 520.0, 520.0], [39.0, 520.0, 520.0])
+    assert np.isfinite(expected).all()
+    assert expected[1] > 90 and expected[2] > 900
+    np.testing.assert_array_equal(model.p_alive([1_000, 10_000], [520.0, 520.0], [520.0, 520.0]), [1.0, 1.0])
+
+
+def test_pareto_nbd_fit_with_heavy_buyers_at_the_end_is_finite(cdnow_sample_summary):
+    """The CDNOW sample plus heavy buyers whose last purchase is at T (lifetimes' likelihood is NaN for them):
+    the fit converges with a finite log-likelihood and standard errors from a finite Hessian."""
+    columns = ["frequency", "recency", "T"]
+    heavy = pd.DataFrame(
+        [(3_000, 39.0, 39.0), (5_000, 39.0, 39.0), (200, 39.0, 39.0), (10_000, 38.5, 39.0)], columns=columns
+    )
+    data = pd.concat([cdnow_sample_summary[columns], heavy], ignore_index=True)
+    model = ParetoNBD().fit(data["frequency"], data["recency"], data["T"])
+    assert math.isfinite(model.result_.log_likelihood)
+    assert all(se is not None and math.isfinite(se) for se in model.result_.standard_errors.values())
+    assert np.isfinite(model.p_alive(heavy["frequency"], heavy["recency"], heavy["T"])).all()
+
+
+pareto_params = st.sampled_from(
+    [ref.PARETO_CDNOW_SAMPLE, PARETO_BTYD_PARAMS, PARETO_ALPHA_ABOVE_BETA, PARETO_LIFETIMES_OVERFLOW_PARAMS]
+)
+pareto_history = st.tuples(
+    st.integers(min_value=0, max_value=100_000),
+    st.floats(min_value=0.5, max_value=520.0),
+    st.one_of(st.just(1.0), st.just(1.0 - 1e-12), st.floats(min_value=0.0, max_value=1.0)),
+).map(lambda h: (h[0], h[2] * h[1] if h[0] > 0 else 0.0, h[1]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(params=pareto_params, history=pareto_history)
+@example(params=PARETO_ALPHA_ABOVE_BETA, history=(5_000, 1.0, 20.0))  # z near 1: _hyp2f1_one integrates
+@example(params=ref.PARETO_CDNOW_SAMPLE, history=(100_000, 520.0, 520.0))
+@example(params=ref.PARETO_CDNOW_SAMPLE, history=(100_000, 520.0 - 1e-10, 520.0))
+def test_pareto_nbd_predictions_are_bounded_monotone_and_continuous_at_the_end(params, history):
+    """For x up to 100,000 and t_x anywhere in [0, T] (T itself and just below it included): P(alive) in [0, 1];
+    E[X(t)] finite, >= 0 and non-decreasing in t; and moving the last purchase 1e-9 before T barely changes them
+    (the odds of having died in between are about s 1e-9 / (beta + T))."""
+    model = fitted(ParetoNBD, params)
+    x, t_x, T = history
+    alive = model.p_alive([x], [t_x], [T])[0]
+    assert 0.0 <= alive <= 1.0
+    expected = np.array([model.expected_purchases(t, [x], [t_x], [T])[0] for t in (0.0, 1.0, 52.0, 520.0)])
+    assert np.isfinite(expected).all() and expected[0] == 0.0
+    assert (np.diff(expected) >= 0).all()
+    if x > 0:
+        at_end = [model.p_alive([x], [T], [T])[0], model.expected_purchases(52.0, [x], [T], [T])[0]]
+        before = [model.p_alive([x], [T - 1e-9], [T])[0], model.expected_purchases(52.0, [x], [T - 1e-9], [T])[0]]
+        assert at_end == pytest.approx(before, rel=1e-7)
 
 
 def test_scores_never_contain_nan_with_heavy_buyers():
@@ -132,8 +325,10 @@ def test_scores_never_contain_nan_with_heavy_buyers():
     scores = score_customers(summary, fitted(BetaGeo, ref.BGNBD_CDNOW_SAMPLE), spend, 12, 0.01, 0.3, 7.0)
     assert np.isfinite(scores.to_numpy()).all()
     assert scores.loc["heavy", "expected_purchases"] > 900
-    with pytest.raises(FitError, match="Pareto/NBD"):
-        score_customers(summary, fitted(ParetoNBD, ref.PARETO_CDNOW_SAMPLE), spend, 12, 0.01, 0.3, 7.0)
+    pareto_scores = score_customers(summary, fitted(ParetoNBD, ref.PARETO_CDNOW_SAMPLE), spend, 12, 0.01, 0.3, 7.0)
+    assert np.isfinite(pareto_scores.to_numpy()).all()
+    assert pareto_scores.loc["heavy", "p_alive"] == 1.0  # last purchase at T
+    assert pareto_scores.loc["heavy", "expected_purchases"] > 900
 
 
 def summary_of(histories: list[tuple[int, float, float, float]]) -> pd.DataFrame:
