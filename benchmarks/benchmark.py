@@ -4,12 +4,17 @@ Each pipeline runs in its own child process; wall time, CPU time and peak reside
 ``os.wait4``, the kernel's figure for that one child) are measured from outside. Logs are simulated once
 per size with ``forecast simulate`` (BG/NBD + Gamma-Gamma, ~2.94 transactions per customer) and reused.
 
+The figures are printed as they come and, once every size has run, written to the repository's one current
+results file: ``benchmarks/results.txt`` (what was printed) and ``benchmarks/results.json`` (the figures with
+every run), replacing the previous ones. ``--out PREFIX`` writes ``PREFIX.txt`` and ``PREFIX.json`` instead;
+``--out ""`` writes no file. docs/performance.md quotes the figures of the current files.
+
 Usage (from the repository root)::
 
-    python benchmarks/benchmark.py                       # 1M and 10M: both pipelines; 100M: forecast only
-    python benchmarks/benchmark.py --compare 20k --forecast-only ""   # a tiny run, for CI
-    python benchmarks/benchmark.py --compare 1m,10m --forecast-only 100m --engine duckdb
-    python benchmarks/benchmark.py --compare 10m --forecast-only "" --repeat 3   # medians of 3 alternating runs
+    python benchmarks/benchmark.py --repeat 3            # the full run: 1M and 10M both pipelines, 100M forecast only
+    python benchmarks/benchmark.py --compare 20k --forecast-only "" --out ""   # a tiny run (CI), no file written
+    python benchmarks/benchmark.py --compare 10m --forecast-only "" --repeat 3 --out /tmp/10m   # medians of 3
+    python benchmarks/benchmark.py --engine spark --compare "" --forecast-only 1m --out /tmp/spark
 
 The lifetimes-only pipeline is what a user of lifetimes 0.11.3 writes: pandas.read_parquet, then
 ``summary_data_from_transaction_data`` (days, expressed in weeks), BetaGeoFitter and GammaGammaFitter
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"  # the one current results file: results.txt and results.json
 AS_OF = dt.date(2021, 6, 30)
 TRANSACTIONS_PER_CUSTOMER = 2.94  # the simulator's default parameters give about 2.94 rows per customer
 SUFFIXES = {"k": 1_000, "m": 1_000_000}
@@ -177,7 +183,12 @@ def main() -> None:
         help="Runs of every pipeline at each --compare size, taken in turn; the figures are their medians "
         "(timings on a shared machine vary by 10-15%%). --forecast-only sizes run once.",
     )
-    parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this JSON file.")
+    parser.add_argument(
+        "--out",
+        default=str(RESULTS),
+        help="Write what is printed to OUT.txt and the figures with every run to OUT.json once all sizes have run "
+        "(default: benchmarks/results, the repository's current results file); '' writes no file.",
+    )
     parser.add_argument("--lifetimes-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -192,13 +203,19 @@ def main() -> None:
     compileall.compile_dir(ROOT / "forecast", quiet=1)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start")
+    lines: list[str] = []
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    say(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start")
     results = []
     for size in compare + alone:
         path, simulated = simulated_log(size, args.data_dir, args.seed)
         rows = _parquet_rows(path)
         note = f" (simulated in {simulated:.1f} s)" if simulated is not None else ""
-        print(f"\n== {size}: {rows:,} transactions, {path.stat().st_size / 2**20:,.0f} MB Parquet{note}")
+        say(f"\n== {size}: {rows:,} transactions, {path.stat().st_size / 2**20:,.0f} MB Parquet{note}")
         entry: dict[str, object] = {"size": size, "rows": rows, "simulate_s": simulated}
         runs: dict[str, list[dict[str, Any]]] = {}
         for _ in range(max(args.repeat, 1) if size in compare else 1):
@@ -219,12 +236,12 @@ def main() -> None:
                 if key == "lifetimes"
                 else f"forecast run, interval_draws {key.removeprefix('forecast_draws')}"
             )
-            _print(name, entry[key])
+            say(_line(name, entry[key]))
         theirs = entry.get("lifetimes")
         if isinstance(theirs, dict):
             for key, ours in entry.items():
                 if key.startswith("forecast_draws") and isinstance(ours, dict):
-                    print(
+                    say(
                         f"   ratios ({key}): lifetimes / forecast wall time {theirs['wall_s'] / ours['wall_s']:.1f}x, "
                         f"CPU time {theirs['cpu_s'] / ours['cpu_s']:.1f}x; forecast peak memory is "
                         f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.0%} of lifetimes' (at most "
@@ -232,8 +249,18 @@ def main() -> None:
                         "smallest)"
                     )
         results.append(entry)
-    if args.json is not None:
-        args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=2), encoding="utf-8")
+    if args.out:
+        _write(Path(f"{args.out}.txt"), "\n".join(lines) + "\n")
+        _write(Path(f"{args.out}.json"), json.dumps({"machine": machine(), "results": results}, indent=2))
+        print(f"\nresults written to {args.out}.txt and {args.out}.json")
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` in one rename, so an interrupted write never leaves half a results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.partial")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(path)
 
 
 def _parquet_rows(path: Path) -> int:
@@ -264,7 +291,7 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return figures
 
 
-def _print(name: str, figures: dict[str, Any]) -> None:
+def _line(name: str, figures: dict[str, Any]) -> str:
     stages = figures.get("stages")
     detail = ""
     if isinstance(stages, dict):
@@ -276,10 +303,9 @@ def _print(name: str, figures: dict[str, Any]) -> None:
             f" (median of {len(figures['runs'])}: wall {figures['wall_s_min']:.1f}-{figures['wall_s_max']:.1f} s, "
             f"peak {figures['peak_rss_mb_min']:,.0f}-{figures['peak_rss_mb_max']:,.0f} MB)"
         )
-    print(
+    return (
         f"   {name:15s} wall {figures['wall_s']:7.1f} s  CPU {figures['cpu_s']:7.1f} s  "
-        f"peak RSS {figures['peak_rss_mb']:7,.0f} MB{detail}{spread}",
-        flush=True,
+        f"peak RSS {figures['peak_rss_mb']:7,.0f} MB{detail}{spread}"
     )
 
 

@@ -1,6 +1,6 @@
 """Time the model fits of ``fit_models(summary, "bgnbd")``: the lifetimes path against the fast path, one run.
 
-The lifetimes path is what ``forecast.estimators`` did before the NumPy objectives: unique rows (here by
+The lifetimes path is what ``forecast.models`` did before the NumPy objectives: unique rows (here by
 ``numpy.unique(axis=0)``; factorize + lexsort then, a function since removed), lifetimes' BetaGeoFitter and
 GammaGammaFitter (autograd gradient, no autograd Hessian) and a second-difference Hessian of lifetimes'
 log-likelihood for the standard errors. The fast path is today's ``fit_models``. Each is timed 3 times (best
@@ -23,14 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast.compress import as_floats
-from forecast.estimators import (
-    BetaGeo,
-    GammaGamma,
-    _numerical_hessian,
-    _without_autograd_hessian,
-    fit_models,
-)
+from forecast.data.compress import as_floats
+from forecast.models import BetaGeo, GammaGamma, fit_models
+from forecast.models.fitting import _numerical_hessian, _without_autograd_hessian
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from forecast.batch.pipeline import default_as_of, forecast
 from forecast.config import DataConfig, load_config
-from forecast.ingest import read_log
-from forecast.pipeline import default_as_of, forecast
-from forecast.simulate import write_simulated_log
+from forecast.data.ingest import read_log
+from forecast.data.simulate import write_simulated_log
 
 ROOT = Path(__file__).resolve().parents[1]
 

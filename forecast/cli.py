@@ -16,7 +16,7 @@ from forecast.config import RunConfig, load_config
 from forecast.errors import ConfigError, ForecastError
 
 if TYPE_CHECKING:
-    from forecast.pipeline import RunResult
+    from forecast.batch.pipeline import RunResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Customer-lifetime-value forecasts.")
 console = Console(stderr=True)
@@ -101,7 +101,7 @@ def run(
 
     With --through, backfill: one run per month end from --as-of through --through, in order.
     """
-    from forecast.registry import month_ends_between, parse_as_of
+    from forecast.batch.registry import month_ends_between, parse_as_of
 
     with user_errors():
         settings = load_config(config)
@@ -123,7 +123,7 @@ def run(
                 )
             _backfill(settings, month_ends_between(day, parse_as_of(through)), force)
             return
-        from forecast.pipeline import run as run_pipeline
+        from forecast.batch.pipeline import run as run_pipeline
 
         with progress_display() as say:
             result = run_pipeline(settings, day, output, say, force=force)
@@ -132,7 +132,7 @@ def run(
 
 def _run_spark(settings: RunConfig, day: dt.date | None, output: Path | None) -> None:
     """The batch with the summary and the scoring on Spark (engine: spark)."""
-    from forecast.spark import run as run_spark
+    from forecast.engines.spark import run as run_spark
 
     with progress_display() as say:
         spark_result = run_spark(settings, day, output, say)
@@ -154,7 +154,7 @@ def _report(result: RunResult) -> None:
 
 def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> None:
     """Run each month end in order with a progress bar; stop at the first failure (earlier months stay)."""
-    from forecast.pipeline import run as run_pipeline
+    from forecast.batch.pipeline import run as run_pipeline
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -192,7 +192,7 @@ def backtest(
     output: OutputOption = None,
 ) -> None:
     """Fit on the calibration period, predict the holdout, score predictive vs heuristic vs gradient boosting."""
-    from forecast.pipeline import backtest as run_backtest
+    from forecast.batch.pipeline import backtest as run_backtest
 
     with user_errors(), progress_display() as say:
         done = run_backtest(
@@ -237,7 +237,7 @@ def backtest(
 @app.command()
 def validate(config: ConfigArg) -> None:
     """Check the config and the data without fitting; print a data-quality summary."""
-    from forecast.ingest import count_after_as_of, count_customers, duckdb_limits, read_log
+    from forecast.data.ingest import count_after_as_of, count_customers, duckdb_limits, read_log
 
     with user_errors():
         settings = load_config(config)
@@ -256,7 +256,7 @@ def validate(config: ConfigArg) -> None:
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `forecast run`.")]) -> None:
     """Rebuild report.html in a run folder from its files (after a backtest, or to refresh the charts)."""
-    from forecast.report import build_report
+    from forecast.report.build import build_report
 
     with user_errors():
         path = build_report(run_dir)
@@ -270,7 +270,7 @@ def budget(
     as_of: AsOfOption = None,
 ) -> None:
     """At an acquisition cost per customer, which segments pay back, and in how many months."""
-    from forecast.pipeline import budget as budget_pipeline
+    from forecast.batch.pipeline import budget as budget_pipeline
 
     with user_errors(), progress_display() as say:
         settings = load_config(config)
@@ -316,7 +316,7 @@ def simulate(
 ) -> None:
     """Write a simulated transaction log (BG/NBD purchases, Gamma-Gamma spend, exact timestamps) as Parquet."""
     from forecast.config import DAYS_PER_UNIT
-    from forecast.simulate import TrueParams, write_simulated_log
+    from forecast.data.simulate import TrueParams, write_simulated_log
 
     problems = []
     if time_unit not in DAYS_PER_UNIT:

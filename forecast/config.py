@@ -119,7 +119,7 @@ class BacktestConfig(_Strict):
 
 
 class DriftConfig(_Strict):
-    """When a change since the previous month's run becomes a warning (see forecast.drift)."""
+    """When a change since the previous month's run becomes a warning (see forecast.batch.drift)."""
 
     parameter_z: float = Field(default=3.0, gt=0, description="Warn when |change / SE of the change| exceeds this.")
     total_clv_change: float = Field(default=0.25, gt=0, description="Warn when total CLV changes by more (fraction).")
@@ -127,7 +127,7 @@ class DriftConfig(_Strict):
 
 
 class BudgetConfig(_Strict):
-    """Acquisition and retention budget settings (see forecast.budget)."""
+    """Acquisition and retention budget settings (see forecast.value.budget)."""
 
     target_ltv_to_cac: float = Field(
         default=3.0, gt=0.0, description="Target ratio of new-customer CLV to acquisition cost (3 means CLV = 3 x CAC)."

@@ -44,8 +44,8 @@ def cdnow_sample_summary():
     import datetime as dt
 
     from forecast.config import load_config
-    from forecast.ingest import read_transactions
-    from forecast.rfm import summarize
+    from forecast.data.ingest import read_transactions
+    from forecast.data.summary import summarize
 
     config = load_config(CONFIGS / "cdnow_sample.yaml")
     transactions = read_transactions(config.data)

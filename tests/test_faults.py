@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from forecast.artifacts import load_model
 from forecast.cli import app
-from forecast.simulate import simulate_transactions
+from forecast.data.simulate import simulate_transactions
+from forecast.models.artifacts import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_failure_while_the_customer_table_is_written_in_the_background_fails_cle
     def disk_full(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("forecast.pipeline.write_customer_tables", disk_full)
+    monkeypatch.setattr("forecast.batch.pipeline.write_customer_tables", disk_full)
     result = cli("run", "run.yaml", "--force")
     assert_clean_failure(result, "Writing the outputs to", "No space left on device", "Free disk space")
     assert snapshot(project / "out") == before

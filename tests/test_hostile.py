@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from forecast.artifacts import load_model, model_artifact, write_json
 from forecast.cli import app
 from forecast.config import DataConfig, load_config
+from forecast.data.ingest import read_transactions
+from forecast.data.summary import summarize
 from forecast.errors import ArtifactError, ConfigError
-from forecast.estimators import BetaGeo, FitResult
-from forecast.ingest import read_transactions
-from forecast.rfm import summarize
+from forecast.models import BetaGeo, FitResult
+from forecast.models.artifacts import load_model, model_artifact, write_json
 
 
 class _Exploit:
@@ -159,7 +159,7 @@ def test_hostile_timestamp_format_and_delimiter_are_literals(tmp_path):
 
 def test_formula_like_customer_ids_are_escaped_in_csv_outputs(tmp_path, monkeypatch):
     """Ids starting with = + - @ get a leading apostrophe in customers.csv; the Parquet keeps them as given."""
-    from forecast.simulate import simulate_transactions
+    from forecast.data.simulate import simulate_transactions
 
     monkeypatch.chdir(tmp_path)
     log = simulate_transactions(200, end=dt.date(2020, 12, 31), seed=5)

@@ -1,0 +1,326 @@
+"""Month-over-month drift: what changed between two runs (pure functions on their tables and models).
+
+The batch compares each run with the previous finished run in its runs root and records the result in
+``manifest.json`` under ``drift`` (keys documented in docs-batch.md): parameter changes with their
+standard errors, total and per-segment CLV change, value-tier transitions, new and lapsed customers,
+and warnings for large shifts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forecast.config import DriftConfig
+from forecast.value.segments import ALL, ALL_SEGMENTATION
+
+NEW = "new"
+MISSING = "missing"
+
+
+def _float(value: Any) -> float | None:
+    """A finite float, or None (for JSON)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def relative_change(previous: float, current: float) -> float | None:
+    """(current - previous) / |previous|; None when previous is 0."""
+    return (current - previous) / abs(previous) if previous != 0 else None
+
+
+def change_z(previous: float, current: float, se_previous: float | None, se_current: float | None) -> float | None:
+    """z statistic of a parameter change, (current - previous) / sqrt(se_previous^2 + se_current^2).
+
+    The two fits share most of their data, so they are positively correlated and the true standard
+    error of the change is smaller than this one: the z is conservative (it understates real shifts).
+    Returns None when a standard error is missing or both are 0.
+    """
+    if se_previous is None or se_current is None:
+        return None
+    scale = math.sqrt(se_previous**2 + se_current**2)
+    return (current - previous) / scale if scale > 0 else None
+
+
+def parameter_drift(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """Compare the parameters of two fits of a model (``to_dict`` documents of the estimators).
+
+    Returns
+    -------
+    dict
+        ``model``, ``previous_model``, ``comparable`` (same model), and ``params``: per parameter
+        previous, current, change, relative_change, se_previous, se_current and z (None when not comparable).
+    """
+    comparable = previous.get("name") == current.get("name")
+    params: dict[str, dict[str, float | None]] = {}
+    if comparable:
+        se_before = previous.get("standard_errors") or {}
+        se_now = current.get("standard_errors") or {}
+        for name, value in current["params"].items():
+            before = float(previous["params"][name])
+            now = float(value)
+            params[name] = {
+                "previous": before,
+                "current": now,
+                "change": now - before,
+                "relative_change": _float(relative_change(before, now)),
+                "se_previous": _float(se_before.get(name)),
+                "se_current": _float(se_now.get(name)),
+                "z": _float(change_z(before, now, _float(se_before.get(name)), _float(se_now.get(name)))),
+            }
+    return {
+        "model": current.get("name"),
+        "previous_model": previous.get("name"),
+        "comparable": comparable,
+        "params": params,
+    }
+
+
+def total_drift(previous: pd.DataFrame, current: pd.DataFrame) -> dict[str, Any]:
+    """Totals of both runs' per-customer tables: customers, clv, clv_heuristic, expected_purchases.
+
+    Returns
+    -------
+    dict
+        Per quantity: previous, current, change, relative_change.
+    """
+    totals: dict[str, Any] = {}
+    for column in ("clv", "clv_heuristic", "expected_purchases"):
+        before, now = float(previous[column].sum()), float(current[column].sum())
+        totals[column] = {
+            "previous": before,
+            "current": now,
+            "change": now - before,
+            "relative_change": _float(relative_change(before, now)),
+        }
+    before_n, now_n = len(previous), len(current)
+    totals["customers"] = {
+        "previous": before_n,
+        "current": now_n,
+        "change": now_n - before_n,
+        "relative_change": _float(relative_change(before_n, now_n)),
+    }
+    return totals
+
+
+def segment_totals(customers: pd.DataFrame, segmentations: list[str]) -> pd.DataFrame:
+    """Customers and total CLV per segment, as in the segment table: one ``all`` row, then each segmentation.
+
+    Segmentations missing from ``customers`` (a segment column added since an earlier run) are skipped.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns segmentation, segment, customers, clv_total.
+    """
+    frames = [pd.DataFrame({"segmentation": [ALL_SEGMENTATION], "segment": [ALL], "customers": [len(customers)],
+                            "clv_total": [float(customers["clv"].sum())]})]  # fmt: skip
+    for column in segmentations:
+        if column not in customers.columns:
+            continue
+        # Categorical tiers keep their order (best first); other columns sort by label.
+        grouped = customers.groupby(column, observed=True, sort=True)["clv"].agg(["size", "sum"])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "segmentation": column,
+                    "segment": grouped.index.astype(str),
+                    "customers": grouped["size"].to_numpy(),
+                    "clv_total": grouped["sum"].to_numpy(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def segment_drift(previous: pd.DataFrame, current: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per-segment CLV change from two segment tables (``forecast.value.segments.segment_table`` outputs).
+
+    Segments present in only one run get 0 customers and 0 CLV in the other.
+
+    Returns
+    -------
+    list of dict
+        One per (segmentation, segment), in the current table's order then previous-only segments:
+        segmentation, segment, customers_previous, customers_current, clv_previous, clv_current,
+        clv_change, clv_relative_change.
+    """
+    keys = ["segmentation", "segment"]
+    columns = [*keys, "customers", "clv_total"]
+    before = previous[columns].astype({"segmentation": str, "segment": str})
+    now = current[columns].astype({"segmentation": str, "segment": str})
+    merged = now.merge(before, on=keys, how="outer", suffixes=("_current", "_previous"), sort=False)
+    order = {key: i for i, key in enumerate(zip(now["segmentation"], now["segment"], strict=True))}
+    keys_merged = zip(merged["segmentation"], merged["segment"], strict=True)
+    merged["_order"] = [order.get(key, len(order)) for key in keys_merged]
+    merged = merged.sort_values(["_order", "segmentation", "segment"], kind="stable").fillna(0)
+    rows = []
+    for row in merged.to_dict("records"):
+        clv_previous, clv_current = float(row["clv_total_previous"]), float(row["clv_total_current"])
+        rows.append(
+            {
+                "segmentation": row["segmentation"],
+                "segment": row["segment"],
+                "customers_previous": int(row["customers_previous"]),
+                "customers_current": int(row["customers_current"]),
+                "clv_previous": clv_previous,
+                "clv_current": clv_current,
+                "clv_change": clv_current - clv_previous,
+                "clv_relative_change": _float(relative_change(clv_previous, clv_current)),
+            }
+        )
+    return rows
+
+
+def tier_transitions(previous: pd.Series, current: pd.Series, tiers: list[str]) -> pd.DataFrame:
+    """Count customers by value tier in the previous run (rows) and in the current run (columns).
+
+    Parameters
+    ----------
+    previous, current
+        Each customer's tier, indexed by customer_id.
+    tiers
+        Tier labels, best first.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Integer counts; rows ``new`` (not in the previous run) then the tiers; columns the tiers then
+        ``missing`` (in the previous run but not in this one).
+    """
+    before = previous.astype("string")
+    now = current.astype("string")
+    labels = list(dict.fromkeys([*tiers, *before.dropna().unique(), *now.dropna().unique()]))
+    joined = pd.DataFrame({"from": before}).join(pd.DataFrame({"to": now}), how="outer")
+    joined["from"] = joined["from"].fillna(NEW)
+    joined["to"] = joined["to"].fillna(MISSING)
+    table = pd.crosstab(joined["from"], joined["to"])
+    return table.reindex(index=[NEW, *labels], columns=[*labels, MISSING], fill_value=0).astype("int64")
+
+
+def customer_flows(previous: pd.DataFrame, current: pd.DataFrame, lapsed_p_alive: float) -> dict[str, int]:
+    """New, continuing, lapsed and missing customers between two runs.
+
+    new: in this run, not in the previous one (first purchase after the previous as_of).
+    lapsed: in both runs, P(alive) at or above ``lapsed_p_alive`` before and below it now.
+    reactivated: in both, below before and at or above now. missing: in the previous run only
+    (the data up to the previous as_of changed; normally 0).
+    """
+    both = previous[["p_alive"]].merge(
+        current[["p_alive"]], left_index=True, right_index=True, how="inner", suffixes=("_previous", "_current")
+    )
+    was_alive = both["p_alive_previous"] >= lapsed_p_alive
+    is_alive = both["p_alive_current"] >= lapsed_p_alive
+    return {
+        "previous": len(previous),
+        "current": len(current),
+        "continuing": len(both),
+        "new": int((~current.index.isin(previous.index)).sum()),
+        "missing": int((~previous.index.isin(current.index)).sum()),
+        "lapsed": int((was_alive & ~is_alive).sum()),
+        "reactivated": int((~was_alive & is_alive).sum()),
+    }
+
+
+def compare_runs(
+    previous: dict[str, Any],
+    current: dict[str, Any],
+    tiers: list[str],
+    limits: DriftConfig,
+    segmentations: list[str] | None = None,
+) -> dict[str, Any]:
+    """Drift between a previous run and the current one, with warnings for large shifts.
+
+    Parameters
+    ----------
+    previous, current
+        Each with ``as_of`` (ISO date), ``customers`` (indexed by customer_id with clv, clv_heuristic,
+        expected_purchases, p_alive, segment and the data's segment columns) and ``models``
+        (``{"purchases": to_dict(), "spend": to_dict()}``).
+    tiers
+        Value-tier labels of the current config, best first.
+    limits
+        Warning thresholds (``drift`` section of the config).
+    segmentations
+        Columns to total CLV by; default ``["segment"]`` (the value tiers). Add the data's segment columns.
+
+    Returns
+    -------
+    dict
+        previous_as_of, as_of, days_apart, thresholds, parameters (purchases, spend), totals, segments,
+        tiers (labels_from, labels_to, counts, moved, moved_up, moved_down, stayed), customers, warnings.
+    """
+    since = previous["as_of"]
+    parameters = {
+        role: parameter_drift(previous["models"][role], current["models"][role]) for role in ("purchases", "spend")
+    }
+    totals = total_drift(previous["customers"], current["customers"])
+    transitions = tier_transitions(previous["customers"]["segment"], current["customers"]["segment"], tiers)
+    labels = [label for label in transitions.columns if label != MISSING]
+    rank = {label: i for i, label in enumerate(labels)}
+    counts = transitions.loc[labels, labels].to_numpy(dtype=np.int64)
+    moved_up = moved_down = stayed = 0
+    for i, source in enumerate(labels):
+        for j, target in enumerate(labels):
+            count = int(counts[i, j])
+            if source == target:
+                stayed += count
+            elif rank[target] < rank[source]:
+                moved_up += count
+            else:
+                moved_down += count
+    flows = customer_flows(previous["customers"], current["customers"], limits.lapsed_p_alive)
+
+    warnings = []
+    for role, drift in parameters.items():
+        if not drift["comparable"]:
+            warnings.append(
+                f"The {role} model changed from {drift['previous_model']} to {drift['model']} since the run as of "
+                f"{since}: its parameters are not compared."
+            )
+        for name, values in drift["params"].items():
+            if values["z"] is not None and abs(values["z"]) > limits.parameter_z:
+                warnings.append(
+                    f"{drift['model']} parameter {name} moved from {values['previous']:.4g} to {values['current']:.4g} "
+                    f"since the run as of {since} (z = {values['z']:.1f}, beyond +-{limits.parameter_z:g})."
+                )
+    clv_change = totals["clv"]["relative_change"]
+    if clv_change is not None and abs(clv_change) > limits.total_clv_change:
+        warnings.append(
+            f"Total predictive CLV changed by {clv_change:+.0%} since the run as of {since} "
+            f"({totals['clv']['previous']:,.0f} -> {totals['clv']['current']:,.0f}; "
+            f"limit {limits.total_clv_change:.0%})."
+        )
+    if flows["missing"]:
+        warnings.append(
+            f"{flows['missing']:,} customers of the run as of {since} are missing from this run: the data up to "
+            "that date changed (rows deleted or customer ids rewritten)."
+        )
+    return {
+        "previous_as_of": since,
+        "as_of": current["as_of"],
+        "days_apart": (pd.Timestamp(current["as_of"]) - pd.Timestamp(since)).days,
+        "thresholds": limits.model_dump(mode="json"),
+        "parameters": parameters,
+        "totals": totals,
+        "segments": segment_drift(
+            segment_totals(previous["customers"], segmentations or ["segment"]),
+            segment_totals(current["customers"], segmentations or ["segment"]),
+        ),
+        "tiers": {
+            "labels_from": [str(label) for label in transitions.index],
+            "labels_to": [str(label) for label in transitions.columns],
+            "counts": transitions.to_numpy(dtype=np.int64).tolist(),
+            "moved": moved_up + moved_down,
+            "moved_up": moved_up,
+            "moved_down": moved_down,
+            "stayed": stayed,
+        },
+        "customers": flows,
+        "warnings": warnings,
+    }

@@ -1,0 +1,686 @@
+"""The Spark engine: the summary and the per-customer scoring run on a Spark cluster.
+
+``engine: spark`` in the config (or ``forecast run --engine spark``) reads the log where it lives
+(Parquet or CSV files on shared storage, or a table with ``data.path: "table:db.name"``), builds the
+per-customer summary with the same definitions as ``forecast.data.summary.summarize``, and brings back to the
+driver only the compressed summary: the unique (frequency, recency, T) rows and the unique
+(frequency, monetary_value) rows with their customer counts. The models are fitted on the driver
+exactly as in the DuckDB engine; their parameters are sent to the executors, which score every
+customer (``mapInPandas`` with ``forecast.value.clv.score_customers``) and write the per-customer Parquet.
+
+pyspark is an optional dependency (``pip install 'clv-forecast[spark]'``) and is imported lazily.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from forecast.batch.outputs import csv_wanted, parquet_to_csv
+from forecast.batch.pipeline import atomic_folder, escape_for_spreadsheet, input_record
+from forecast.config import DataConfig, RunConfig, SparkConfig
+from forecast.data.ingest import fingerprint, resolve_files
+from forecast.errors import ConfigError, DataError, EngineError, collected_warnings
+from forecast.models import GammaGamma, PurchaseModel, purchase_model
+from forecast.models.artifacts import library_versions, model_artifact, write_json
+from forecast.models.gamma_gamma import warn_if_spend_correlated
+from forecast.value.clv import churn_window, heuristic_clv, heuristic_inputs, lifespan_from_churn, score_customers
+from forecast.value.segments import ALL, ALL_SEGMENTATION
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, SparkSession
+    from pyspark.sql import DataFrame as SparkFrame
+
+Progress = Callable[[str], None]
+
+#: strptime codes and their Spark datetime-pattern equivalents.
+STRPTIME_TO_SPARK = {
+    "%Y": "yyyy", "%y": "yy", "%m": "MM", "%d": "dd", "%H": "HH", "%M": "mm", "%S": "ss", "%f": "SSSSSS",
+    "%b": "MMM", "%B": "MMMM", "%j": "DDD", "%%": "%",
+}  # fmt: skip
+SCORE_COLUMNS = [
+    "customer_id", "frequency", "recency", "T", "monetary_value", "p_alive", "expected_purchases",
+    "expected_spend", "clv", "clv_heuristic", "revenue", "avg_purchase_value", "purchases_per_year",
+]  # fmt: skip
+
+
+def spark_session(settings: SparkConfig) -> SparkSession:
+    """Get or create the SparkSession for the configured master, with UTC session time.
+
+    Local masters bind to 127.0.0.1 (``SPARK_LOCAL_IP``) unless that is already set. Python workers run
+    ``spark.pyspark.python`` from the config's ``spark.conf`` if given, else ``PYSPARK_PYTHON`` if set, else (local
+    masters) this interpreter: Spark would otherwise start the ``python3`` on PATH, which a console script run
+    from a venv that is not activated (as cron runs it) does not have the project in.
+
+    Raises
+    ------
+    ConfigError
+        pyspark is not installed.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise ConfigError(
+            "engine: spark needs pyspark, which is not installed. Install it with "
+            "pip install 'clv-forecast[spark]' (Java 17 is needed), or set engine: duckdb."
+        ) from None
+    # The workers' interpreter is read from the environment when the SparkContext starts.
+    if "spark.pyspark.python" in settings.conf:
+        os.environ["PYSPARK_PYTHON"] = settings.conf["spark.pyspark.python"]
+    if settings.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master(settings.master)
+        .appName(settings.app_name)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    if settings.master.startswith("local"):
+        # 200 shuffle partitions (Spark's default, sized for clusters) cost seconds of task overhead locally.
+        builder = builder.config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 1)))
+    for key, value in settings.conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def ship_package(spark: SparkSession) -> None:
+    """Send this forecast package to the executors (as a zip on their path), so they score with the same code.
+
+    The zip is built once per driver process and added once per SparkContext.
+    """
+    context = spark.sparkContext
+    if getattr(context, "_forecast_package_shipped", False):
+        return
+    context.addPyFile(str(_package_zip()))
+    context._forecast_package_shipped = True  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _package_zip() -> Path:
+    package = Path(__file__).resolve().parents[1]
+    archive = Path(tempfile.mkdtemp(prefix="forecast-pkg-")) / "forecast.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted(package.rglob("*.py")):
+            bundle.write(path, Path("forecast") / path.relative_to(package))
+    return archive
+
+
+def to_pandas(frame: SparkFrame) -> pd.DataFrame:
+    """``frame.toPandas()`` without pandas 3's deprecation warning about pyspark's ``copy=`` keyword.
+
+    pyspark 4 still passes ``copy=`` to pandas; the warning is harmless but, raised as an error
+    (pytest's ``filterwarnings = error``), it aborts the Arrow transfer half way.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The copy keyword is deprecated")
+        return frame.toPandas()
+
+
+def _spark_pattern(strptime_format: str) -> str:
+    pattern, i = "", 0
+    while i < len(strptime_format):
+        code = strptime_format[i : i + 2]
+        if code in STRPTIME_TO_SPARK:
+            pattern += STRPTIME_TO_SPARK[code]
+            i += 2
+        elif strptime_format[i] == "%":
+            raise ConfigError(
+                f"data.timestamp_format {strptime_format!r} uses {code}, which the Spark engine does not translate. "
+                f"Use the codes {', '.join(STRPTIME_TO_SPARK)} or engine: duckdb."
+            )
+        else:
+            char = strptime_format[i]
+            pattern += f"'{char}'" if char.isalpha() else char
+            i += 1
+    return pattern
+
+
+def read_log(spark: SparkSession, config: DataConfig) -> SparkFrame:
+    """Read the raw log as Spark sees it: files (local or shared storage URIs) or a table.
+
+    ``data.path`` may be ``table:NAME`` (a table in Spark's catalog), a URI such as
+    ``s3a://bucket/sales/*.parquet`` or ``hdfs:///logs/`` (passed to Spark as is), or a local
+    file, glob or folder (expanded here, as for DuckDB).
+    """
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    path = config.path
+    if path.startswith("table:"):
+        return spark.table(path.removeprefix("table:"))
+    if "://" in path:
+        paths, file_format = [path], config.format if config.format != "auto" else _format_of(path)
+    else:
+        files = resolve_files(path)
+        paths = [str(p) for p in files]
+        file_format = config.format if config.format != "auto" else _format_of(paths[0])
+    if file_format == "parquet":
+        return spark.read.parquet(*paths)
+    if file_format == "whitespace":
+        if config.header:
+            raise ConfigError(
+                "The Spark engine reads whitespace-separated files without a header line only: set data.header: "
+                "false (and remove the header line), or use engine: duckdb."
+            )
+        names = config.columns or []
+        lines = spark.read.text(paths).where(F.trim("value") != "")
+        parts = F.split(F.trim("value"), r"\s+")
+        return lines.select(*[parts.getItem(i).alias(name) for i, name in enumerate(names)])
+    reader = spark.read.option("header", str(config.header).lower()).option("inferSchema", "false")
+    if config.delimiter is not None:
+        reader = reader.option("sep", config.delimiter)
+    frame = reader.csv(paths)
+    if config.columns:
+        frame = frame.toDF(*config.columns)
+    return frame
+
+
+def _format_of(path: str) -> str:
+    lowered = path.lower().rstrip("/")
+    return "parquet" if lowered.endswith((".parquet", ".pq")) or "parquet" in lowered.rsplit("/", 1)[-1] else "csv"
+
+
+@dataclass(frozen=True)
+class SparkQuality:
+    """What the Spark engine saw in the log (the same counts as ``forecast.data.ingest.DataQuality``)."""
+
+    rows: int
+    customers: int
+    first_timestamp: str | None
+    last_timestamp: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def typed_log(spark: SparkSession, config: DataConfig) -> tuple[SparkFrame, SparkQuality]:
+    """Normalise the log to ``(customer_id, ts, amount, <segment columns>)``, check it, and apply the policies.
+
+    Raises
+    ------
+    DataError
+        Missing columns, unparseable timestamps or amounts, an empty log, or negative amounts under ``fail``.
+    """
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    raw = read_log(spark, config)
+    needed = {"data.customer_id": config.customer_id, "data.timestamp": config.timestamp, "data.amount": config.amount}
+    needed.update({f"data.segment_columns[{i}]": c for i, c in enumerate(config.segment_columns)})
+    missing = [f"'{col}' ({key})" for key, col in needed.items() if col not in raw.columns]
+    if missing:
+        raise DataError(
+            f"{config.path} has no column {', '.join(missing)}. Columns found: {', '.join(raw.columns) or 'none'}. "
+            "Map the right names in the config's data section."
+        )
+    ts_raw = F.col(f"`{config.timestamp}`")
+    if config.timestamp_format:
+        ts = F.try_to_timestamp(ts_raw.cast("string"), F.lit(_spark_pattern(config.timestamp_format)))
+    else:
+        ts = ts_raw.try_cast("timestamp")
+    typed = raw.select(
+        F.col(f"`{config.customer_id}`").cast("string").alias("customer_id"),
+        ts.cast("timestamp").alias("ts"),
+        F.col(f"`{config.amount}`").try_cast("double").alias("amount"),
+        *[F.col(f"`{c}`").cast("string").alias(c) for c in config.segment_columns],
+    )
+    empty_id = F.col("customer_id").isNull() | (F.trim("customer_id") == "")
+    bad_amount = F.col("amount").isNull() | F.isnan("amount") | (F.abs("amount") == float("inf"))
+    stats = typed.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count(F.when(empty_id, 1)).alias("null_ids"),
+        F.count(F.when(F.col("ts").isNull(), 1)).alias("bad_ts"),
+        F.count(F.when(bad_amount, 1)).alias("bad_amounts"),
+        F.count(F.when(F.col("amount") == 0, 1)).alias("zero_amounts"),
+        F.count(F.when(F.col("amount") < 0, 1)).alias("negative_amounts"),
+        F.count_distinct(F.when(~empty_id, F.col("customer_id"))).alias("customers"),
+        F.min(F.when(~empty_id, F.col("ts"))).alias("first_ts"),
+        F.max(F.when(~empty_id, F.col("ts"))).alias("last_ts"),
+    ).first()
+    assert stats is not None
+    rows = int(stats["rows"])
+    if rows == 0:
+        raise DataError(f"{config.path} has no transactions. Point data.path at a non-empty log.")
+    if stats["bad_ts"]:
+        examples = [r[0] for r in typed.where(F.col("ts").isNull()).select(ts_raw.cast("string")).limit(5).collect()]
+        raise DataError(
+            f"{stats['bad_ts']:,} of {rows:,} rows in {config.path} have a '{config.timestamp}' that is not a date or "
+            f"time; examples: {examples}. Fix those rows or set data.timestamp_format."
+        )
+    if stats["bad_amounts"]:
+        raise DataError(
+            f"{stats['bad_amounts']:,} of {rows:,} rows in {config.path} have a '{config.amount}' that is not a "
+            "finite number. Fix or remove those rows."
+        )
+    negative = int(stats["negative_amounts"])
+    if negative and config.negative_amounts == "fail":
+        raise DataError(
+            f"{negative:,} rows in {config.path} have a negative '{config.amount}' (returns). Set "
+            "data.negative_amounts to 'net' or 'drop', or remove them."
+        )
+    messages = []
+    if stats["null_ids"]:
+        messages.append(f"{stats['null_ids']:,} rows with an empty customer id were dropped.")
+    if stats["zero_amounts"]:
+        messages.append(f"{stats['zero_amounts']:,} rows have an amount of 0; they count as purchases.")
+    if negative:
+        action = "dropped" if config.negative_amounts == "drop" else "netted into their purchase day"
+        messages.append(f"{negative:,} rows have a negative amount (returns); they were {action}.")
+    kept = typed.where(~empty_id)
+    if config.negative_amounts != "net":
+        kept = kept.where(F.col("amount") >= 0)
+    quality = SparkQuality(
+        rows=rows,
+        customers=int(stats["customers"]),
+        first_timestamp=None if stats["first_ts"] is None else str(stats["first_ts"]),
+        last_timestamp=None if stats["last_ts"] is None else str(stats["last_ts"]),
+        warnings=messages,
+    )
+    return kept, quality
+
+
+def summarize(
+    log: SparkFrame,
+    as_of: dt.date,
+    days_per_unit: float = 7.0,
+    resolution: str = "day",
+    segment_columns: list[str] | None = None,
+) -> SparkFrame:
+    """The per-customer summary on Spark, with the definitions of ``forecast.data.summary.summarize``.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        customer_id, frequency, recency, T, monetary_value, revenue, first_purchase, last_purchase and
+        the segment columns (taken from the customer's first purchase).
+    """
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    segment_columns = segment_columns or []
+    end_exclusive = as_of + dt.timedelta(days=1)
+    observation_end = as_of if resolution == "day" else end_exclusive
+    end_day_number = float((observation_end - dt.date(1970, 1, 1)).days)
+    if resolution == "day":
+        moment = F.to_date("ts")
+        day_number = F.datediff(F.col("moment"), F.lit(dt.date(1970, 1, 1))).cast("double")
+    else:
+        moment = F.col("ts")
+        day_number = F.unix_micros(F.col("moment")) / 1e6 / 86400.0
+    purchases = (
+        log.where(F.col("ts") < F.lit(dt.datetime.combine(end_exclusive, dt.time())))
+        .withColumn("moment", moment)
+        .groupBy("customer_id", "moment")
+        .agg(F.sum("amount").alias("amount"), *[F.min_by(c, "ts").alias(c) for c in segment_columns])
+        .withColumn("day_number", day_number)
+    )
+    per_customer = purchases.groupBy("customer_id").agg(
+        (F.count(F.lit(1)) - 1).alias("frequency"),
+        F.min("day_number").alias("first_day"),
+        F.max("day_number").alias("last_day"),
+        F.sum("amount").alias("revenue"),
+        F.min_by("amount", "moment").alias("first_amount"),
+        F.to_date(F.min("moment")).alias("first_purchase"),
+        F.to_date(F.max("moment")).alias("last_purchase"),
+        *[F.min_by(c, "moment").alias(c) for c in segment_columns],
+    )
+    frequency = F.col("frequency")
+    return per_customer.select(
+        "customer_id",
+        frequency.cast("long").alias("frequency"),
+        ((F.col("last_day") - F.col("first_day")) / days_per_unit).alias("recency"),
+        ((F.lit(end_day_number) - F.col("first_day")) / days_per_unit).alias("T"),
+        F.when(frequency > 0, (F.col("revenue") - F.col("first_amount")) / frequency)
+        .otherwise(F.lit(0.0))
+        .alias("monetary_value"),
+        "revenue",
+        "first_purchase",
+        "last_purchase",
+        *segment_columns,
+    )
+
+
+def fit_on_compressed(summary: SparkFrame, model_name: str) -> tuple[PurchaseModel, GammaGamma]:
+    """Fit the purchase and spend models on the driver from the compressed summary Spark sends back.
+
+    Only unique (frequency, recency, T) rows and unique (frequency, monetary_value) rows of repeat
+    buyers travel, with their customer counts; the fits equal those on every customer row.
+    """
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    purchase_rows = to_pandas(summary.groupBy("frequency", "recency", "T").count())
+    spend_rows = to_pandas(summary.where(F.col("frequency") > 0).groupBy("frequency", "monetary_value").count())
+    purchases = purchase_model(model_name).fit(
+        purchase_rows["frequency"], purchase_rows["recency"], purchase_rows["T"], weights=purchase_rows["count"]
+    )
+    spend = GammaGamma().fit(spend_rows["frequency"], spend_rows["monetary_value"], weights=spend_rows["count"])
+    repeat = summary.where((F.col("frequency") > 0) & (F.col("monetary_value") > 0))
+    row = repeat.agg(F.count(F.lit(1)).alias("n"), F.corr("frequency", "monetary_value").alias("r")).first()
+    if row is not None and row["n"] > 2 and row["r"] is not None:
+        warn_if_spend_correlated(float(row["r"]))
+    return purchases, spend
+
+
+def score(
+    summary: SparkFrame,
+    purchases: PurchaseModel,
+    spend: GammaGamma,
+    config: RunConfig,
+    lifespan_years: float,
+    segment_columns: list[str],
+) -> SparkFrame:
+    """Score every customer on the executors (``mapInPandas``): predictions, CLV and the heuristic.
+
+    The fitted parameters travel as plain JSON-able dictionaries; each batch is scored with
+    ``forecast.value.clv.score_customers``, as in the DuckDB engine.
+    """
+    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+
+    purchases_state, spend_state, model_type = purchases.to_dict(), spend.to_dict(), type(purchases)
+    horizon, rate, margin = config.horizon_months, config.monthly_discount_rate, config.margin
+    days_per_unit = config.days_per_unit
+
+    def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from forecast.models import GammaGamma as SpendModel
+
+        purchase_model_ = model_type.from_dict(purchases_state)
+        spend_model = SpendModel.from_dict(spend_state)
+        for batch in batches:
+            if batch.empty:
+                continue
+            frame = batch.set_index("customer_id")
+            frame["frequency"] = frame["frequency"].astype("int64")
+            scores = score_customers(frame, purchase_model_, spend_model, horizon, rate, margin, days_per_unit)
+            inputs = heuristic_inputs(frame, days_per_unit)
+            out = pd.concat([frame, scores, inputs], axis=1)
+            out["clv_heuristic"] = heuristic_clv(
+                out["avg_purchase_value"], out["purchases_per_year"], lifespan_years, margin
+            )
+            yield out.reset_index()[SCORE_COLUMNS + segment_columns]
+
+    fields = [StructField("customer_id", StringType()), StructField("frequency", LongType())]
+    fields += [StructField(name, DoubleType()) for name in SCORE_COLUMNS[2:]]
+    fields += [StructField(name, StringType()) for name in segment_columns]
+    inputs = summary.select(
+        "customer_id", "frequency", "recency", "T", "monetary_value", "revenue", "first_purchase", "last_purchase",
+        *segment_columns,
+    )  # fmt: skip
+    return inputs.mapInPandas(score_batches, StructType(fields))
+
+
+def assign_tiers(scored: SparkFrame, tiers: dict[str, float]) -> SparkFrame:
+    """Add the value tier (``segment``) as ``forecast.value.clv.assign_tiers`` does: by CLV rank, ties by customer id.
+
+    The customers at the tier boundaries are found by ranking (a distributed sort and ``zipWithIndex``);
+    every customer is then labelled by comparing its (clv, customer_id) with those boundary keys.
+    """
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    customers = scored.count()
+    bounds = np.cumsum(list(tiers.values())) * customers
+    cut_positions = {k: math.ceil(float(b)) for k, b in enumerate(bounds[:-1]) if math.ceil(float(b)) < customers}
+    keys: dict[int, tuple[float, str]] = {}
+    if cut_positions:
+        wanted = set(cut_positions.values())
+        ranked = scored.select("clv", "customer_id").orderBy(F.desc("clv"), F.asc("customer_id"))
+        found = ranked.rdd.zipWithIndex().filter(lambda pair: pair[1] in wanted).collect()
+        by_position = {position: (row["clv"], row["customer_id"]) for row, position in found}
+        keys = {k: by_position[p] for k, p in cut_positions.items()}
+    index: Column = F.lit(0)
+    for clv, customer_id in keys.values():
+        after = (F.col("clv") < F.lit(clv)) | ((F.col("clv") == F.lit(clv)) & (F.col("customer_id") >= customer_id))
+        index = index + F.when(after, 1).otherwise(0)
+    labels = list(tiers)
+    label = F.element_at(F.array(*[F.lit(name) for name in labels]), F.least(index, F.lit(len(labels) - 1)) + 1)
+    return scored.withColumn("segment", label)
+
+
+def observed_lifespan_years(summary: SparkFrame, as_of: dt.date) -> float:
+    """``forecast.value.clv.observed_lifespan_years`` computed with Spark aggregates (same window and formula)."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    first_day = summary.agg(F.min("first_purchase")).first()
+    assert first_day is not None
+    window_days, cutoff = churn_window(first_day[0], as_of)
+    cutoff_literal = F.lit(cutoff.to_pydatetime())
+    row = (
+        summary.where(F.col("first_purchase").cast("timestamp") < cutoff_literal)
+        .agg(F.avg(F.when(F.col("last_purchase").cast("timestamp") < cutoff_literal, 1.0).otherwise(0.0)))
+        .first()
+    )
+    churned = float("nan") if row is None or row[0] is None else float(row[0])
+    return lifespan_from_churn(churned, window_days, cutoff)
+
+
+def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[str], lifespan_years: float,
+                  margin: float) -> pd.DataFrame:  # fmt: skip
+    """``forecast.value.segments.segment_table`` with the per-segment sums and means computed by Spark."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    frames = []
+    for column in ["_all", *segmentations]:
+        source = customers.withColumn("_all", F.lit(ALL)) if column == "_all" else customers
+        table = to_pandas(
+            source.where(F.col(column).isNotNull())
+            .groupBy(column)
+            .agg(
+                F.count(F.lit(1)).alias("customers"),
+                F.sum("revenue").alias("revenue_to_date"),
+                F.avg("p_alive").alias("mean_p_alive"),
+                F.sum("expected_purchases").alias("expected_purchases"),
+                F.sum("clv").alias("clv_total"),
+                F.avg("avg_purchase_value").alias("avg_purchase_value"),
+                F.avg("purchases_per_year").alias("purchases_per_year"),
+            )
+        ).rename(columns={column: "segment"})
+        if column == "segment":  # tier order, as the categorical tiers sort in pandas
+            table = table.sort_values("segment", key=lambda s: s.map(tiers.index), ignore_index=True)
+        else:
+            table = table.sort_values("segment", ignore_index=True)
+        table["customers"] = table["customers"].astype("int64")
+        table["clv_heuristic_total"] = table["customers"] * heuristic_clv(
+            table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
+        )
+        table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
+        table["segment"] = table["segment"].astype(str)
+        table.insert(0, "segmentation", ALL_SEGMENTATION if column == "_all" else column)
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+@dataclass
+class SparkRunResult:
+    """A finished Spark run: where its outputs are and what it computed (per-customer data stays in Spark)."""
+
+    output: Path
+    models: Path
+    customers_path: str
+    as_of: dt.date
+    customers: int
+    purchases: PurchaseModel
+    spend: GammaGamma
+    segments: pd.DataFrame
+    manifest: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def spark_errors(settings: SparkConfig, doing: Callable[[], str]) -> Iterator[None]:
+    """Turn a failure of Spark itself (its JVM, a query, a Python worker) into an EngineError with a paragraph.
+
+    Parameters
+    ----------
+    settings
+        The run's ``spark`` section, named in the message.
+    doing
+        Gives the step under way, as a phrase ("Summarising customers as of ... on Spark").
+    """
+    try:
+        yield
+    except Exception as exc:
+        # pyspark's own exceptions and py4j's (the JVM bridge); other errors are the library's or a bug.
+        if not type(exc).__module__.startswith(("pyspark", "py4j")):
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        what = lines[0][:400] if lines else type(exc).__name__
+        step = doing()
+        raise EngineError(
+            f"Spark failed while {step[:1].lower()}{step[1:]} (spark.master {settings.master}): {what.rstrip('.')}. "
+            "Check spark.master and spark.conf in the config, that Java 17 is installed and the cluster is "
+            "reachable, and Spark's own log above; nothing was written."
+        ) from None
+
+
+def run(
+    config: RunConfig,
+    as_of: dt.date | None = None,
+    output: str | Path | None = None,
+    progress: Progress | None = None,
+    spark: SparkSession | None = None,
+) -> SparkRunResult:
+    """Run the monthly batch on Spark: summary and scoring on the cluster, fits on the driver.
+
+    Writes the same outputs as ``forecast.batch.pipeline.run``: ``customers.parquet`` (a Parquet folder written
+    by Spark; under ``spark.output`` when that is set, e.g. on shared storage), ``customers.csv`` (when
+    wanted and the Parquet is local), ``segments.csv``, ``manifest.json`` and the model JSON files.
+
+    Raises
+    ------
+    EngineError
+        Spark itself failed (see ``spark_errors``).
+    """
+    steps: list[str] = []
+
+    def tracked(message: str) -> None:
+        steps.append(message)
+        if progress is not None:
+            progress(message)
+
+    with spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
+        return _run(config, as_of, output, tracked, spark)
+
+
+def _run(
+    config: RunConfig, as_of: dt.date | None, output: str | Path | None, say: Progress, spark: SparkSession | None
+) -> SparkRunResult:
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    say(f"Starting Spark ({config.spark.master})")
+    spark = spark if spark is not None else spark_session(config.spark)
+    ship_package(spark)
+    say(f"Reading {config.data.path} with Spark")
+    log, quality = typed_log(spark, config.data)
+    timings["ingest"] = time.perf_counter() - started
+    if as_of is None:
+        as_of = config.as_of or (pd.Timestamp(quality.last_timestamp).date() if quality.last_timestamp else None)
+    if as_of is None:
+        raise DataError("The transaction log has no usable rows, so there is no as_of date to default to.")
+    if quality.first_timestamp is not None and as_of < pd.Timestamp(quality.first_timestamp).date():
+        raise DataError(
+            f"as_of {as_of} is before the first transaction ({quality.first_timestamp[:10]}). Choose a later --as-of."
+        )
+    segment_columns = list(config.data.segment_columns)
+    step = time.perf_counter()
+    with collected_warnings() as caught:
+        say(f"Summarising customers as of {as_of} on Spark")
+        summary = summarize(log, as_of, config.days_per_unit, config.resolution, segment_columns).cache()
+        customers = summary.count()
+        if customers == 0:
+            raise DataError(f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of.")
+        say(f"Fitting {config.purchase_model} and Gamma-Gamma on the compressed summary of {customers:,} customers")
+        purchases, spend = fit_on_compressed(summary, config.purchase_model)
+        lifespan = config.heuristic.lifespan_years
+        lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
+        say("Scoring customers on Spark")
+        scores = score(summary, purchases, spend, config, lifespan_years, segment_columns).cache()
+        scored = assign_tiers(scores, config.segments.tiers)
+        segments = segment_table(scored, ["segment", *segment_columns], list(config.segments.tiers), lifespan_years,
+                                 config.margin)  # fmt: skip
+        totals_row = scored.agg(
+            F.sum("clv").alias("clv"), F.sum("clv_heuristic").alias("clv_heuristic"),
+            F.sum("expected_purchases").alias("expected_purchases"),
+        ).first()  # fmt: skip
+        first_purchase = summary.agg(F.min("first_purchase")).first()
+    timings["forecast"] = time.perf_counter() - step
+    messages = list(quality.warnings) + caught
+
+    output_path = Path(output or config.output)
+    models_path = Path(config.models_dir) / as_of.isoformat()
+    window = {"first_purchase": str(first_purchase[0] if first_purchase else None), "as_of": as_of.isoformat()}
+    say(f"Writing outputs to {output_path}")
+    step = time.perf_counter()
+    with atomic_folder(models_path) as staging:
+        write_json(staging / "purchases.json", model_artifact(purchases, "purchases", window))
+        write_json(staging / "spend.json", model_artifact(spend, "spend", window))
+    columns = [*SCORE_COLUMNS[:10], "segment", *SCORE_COLUMNS[10:], *segment_columns]
+    table = scored.select(*columns).orderBy("customer_id")
+    with atomic_folder(output_path) as staging:
+        if config.spark.output:
+            customers_path = config.spark.output.rstrip("/") + f"/{as_of.isoformat()}/customers.parquet"
+        else:
+            customers_path = str(staging / "customers.parquet")
+        table.write.mode("overwrite").parquet(customers_path)
+        write_csv, skipped = csv_wanted(config.customers_csv, customers)
+        if write_csv and not config.spark.output:
+            parquet_to_csv(Path(customers_path) / "*.parquet", staging / "customers.csv")
+        elif write_csv:
+            messages.append("customers.csv was not written: the Spark output is on shared storage (spark.output).")
+        if skipped:
+            messages.append(skipped)
+        escape_for_spreadsheet(segments).to_csv(staging / "segments.csv", index=False)
+        final_customers_path = customers_path.replace(str(staging), str(output_path.resolve()))
+        timings["write"] = time.perf_counter() - step
+        timings["total"] = time.perf_counter() - started
+        document = {
+            "as_of": as_of.isoformat(),
+            "engine": "spark",
+            "time_unit": config.time_unit,
+            "horizon_months": config.horizon_months,
+            "config": config.model_dump(mode="json"),
+            "input": input_record([config.data.path], quality, customers, _local_fingerprint(config.data.path)),
+            "customers_parquet": final_customers_path,
+            "models": {"purchases": purchases.to_dict(), "spend": spend.to_dict(), "path": str(models_path)},
+            "heuristic": {"lifespan_years": lifespan_years, "configured": config.heuristic.lifespan_years},
+            "totals": {k: float(totals_row[k]) if totals_row else 0.0 for k in ("clv", "clv_heuristic",
+                                                                                 "expected_purchases")},
+            "warnings": messages,
+            "versions": {**library_versions(), "pyspark": spark.version},
+            "timings_seconds": timings,
+        }  # fmt: skip
+        write_json(staging / "manifest.json", document)
+    summary.unpersist()
+    scores.unpersist()
+    return SparkRunResult(
+        output=output_path,
+        models=models_path,
+        customers_path=final_customers_path,
+        as_of=as_of,
+        customers=customers,
+        purchases=purchases,
+        spend=spend,
+        segments=segments,
+        manifest=json.loads(json.dumps(document, default=str)),
+        warnings=messages,
+    )
+
+
+def _local_fingerprint(path: str) -> str | None:
+    """SHA-256 of local input files; None for tables and remote URIs (their identity is the path)."""
+    if path.startswith("table:") or "://" in path:
+        return None
+    return fingerprint(resolve_files(path))

@@ -1,0 +1,1 @@
+"""Backtests on a holdout period: predictive against heuristic, in proper scores."""

@@ -1,0 +1,1 @@
+"""Predictive and heuristic CLV per customer, their intervals, segments, and the budget figures."""

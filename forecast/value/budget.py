@@ -1,0 +1,247 @@
+"""Budget figures per segment: new-customer CLV, maximum acquisition cost, value at risk, payback.
+
+New-customer CLV of a segment (the acquisition budget's yardstick, DESIGN.md) is the value of a customer
+acquired today, not the residual value of the existing ones:
+
+    CLV_new = m * (v_1 + s * sum_{k=1..H} (E[X(t_k)] - E[X(t_{k-1})]) / (1 + d)^k),
+
+with m the margin, v_1 the segment's mean first-purchase value (paid at acquisition, undiscounted),
+E[X(t)] the purchase model's unconditional expected repeat purchases of a new customer (the population
+model: a segment does not get its own purchase model), and s the segment's expected spend per repeat
+purchase: the mean of its customers' Gamma-Gamma expected spend (one-time buyers contribute the
+population mean, repeat buyers their shrunk own average). So "a new customer of that segment" means:
+buys at the population's rate, spends like the segment's customers. That is the right reading for the
+segments known at acquisition (channel, country, cohort). For value tiers and RFM groups, which are
+known only after customers have bought, it says what a customer who turns out to spend like that tier
+is worth; use it as an upper bound, not as a target to bid on.
+
+Maximum acquisition cost = CLV_new / target LTV:CAC. Value at risk = the predictive CLV of the customers
+whose P(alive) is below the threshold (the value a retention campaign works on). Payback month at a CAC
+= the first month k in 0..H at which the discounted cumulative expected margin m * (v_1 + s * sum_{j<=k} ...)
+reaches the CAC (month 0 is the first purchase itself).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from forecast.data.compress import as_floats, as_numbers
+from forecast.errors import DataError
+from forecast.models import PurchaseModel
+from forecast.value.segments import ALL_SEGMENTATION, SegmentCells
+from forecast.value.uncertainty import ClvDraws, discounted_purchases_new
+
+BUDGET_COLUMNS = [
+    "clv_lower_total", "clv_upper_total", "heuristic_gap_lower", "heuristic_gap_upper", "first_purchase_value",
+    "new_customer_spend", "new_customer_clv", "new_customer_clv_lower", "new_customer_clv_upper",
+    "max_acquisition_cost", "max_acquisition_cost_lower", "max_acquisition_cost_upper", "customers_at_risk",
+    "value_at_risk", "value_at_risk_lower", "value_at_risk_upper",
+]  # fmt: skip
+
+
+def first_purchase_value(summary: pd.DataFrame) -> pd.Series:
+    """Amount of each customer's first purchase (currency): revenue minus the repeat purchases' total."""
+    value = summary["revenue"] - summary["frequency"] * summary["monetary_value"]
+    return value.rename("first_purchase_value")
+
+
+def customers_at_risk(customers: pd.DataFrame, p_alive_threshold: float) -> np.ndarray:
+    """Which customers count towards value at risk: P(alive) below the threshold."""
+    return as_floats(customers["p_alive"]) < p_alive_threshold
+
+
+def new_customer_clv(
+    first_value: float | np.ndarray,
+    spend_per_purchase: float | np.ndarray,
+    purchases: PurchaseModel,
+    horizon_months: int,
+    monthly_discount_rate: float,
+    margin: float,
+    days_per_unit: float,
+) -> np.ndarray:
+    """Discounted expected margin of a newly acquired customer, cumulated by month 0..H (currency).
+
+    Parameters
+    ----------
+    first_value
+        Value of the first purchase (currency), made at acquisition (month 0, undiscounted).
+    spend_per_purchase
+        Expected spend per repeat purchase (currency).
+    purchases
+        Fitted purchase model; its unconditional expectation for a new customer is used.
+    horizon_months, monthly_discount_rate, margin, days_per_unit
+        As for ``forecast.value.clv.score_customers``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (..., H + 1): element k is the margin earned by the end of month k, discounted; the last
+        element is the new-customer CLV.
+    """
+    repeat = np.concatenate(
+        [[0.0], discounted_purchases_new(purchases, horizon_months, monthly_discount_rate, days_per_unit)]
+    )
+    first = np.asarray(first_value, float)[..., None]
+    spend = np.asarray(spend_per_purchase, float)[..., None]
+    return np.asarray(margin * (first + spend * repeat))
+
+
+def payback_month(cumulative_margin: np.ndarray, cac: float) -> np.ndarray:
+    """First month at which the cumulative margin reaches the acquisition cost; -1 when it never does.
+
+    Parameters
+    ----------
+    cumulative_margin
+        Shape (..., H + 1), as returned by ``new_customer_clv``.
+    cac
+        Acquisition cost per customer (currency).
+    """
+    reached = np.asarray(cumulative_margin) >= cac
+    return np.where(reached.any(axis=-1), reached.argmax(axis=-1), -1)
+
+
+def budget_columns(
+    segments: pd.DataFrame,
+    customers: pd.DataFrame,
+    purchases: PurchaseModel,
+    draws: ClvDraws | None,
+    horizon_months: int,
+    monthly_discount_rate: float,
+    margin: float,
+    days_per_unit: float,
+    target_ltv_to_cac: float,
+    p_alive_threshold: float,
+    cells: SegmentCells | None = None,
+) -> pd.DataFrame:
+    """Add intervals and budget figures to a segment table (``forecast.value.segments.segment_table``).
+
+    Parameters
+    ----------
+    segments
+        One row per (segmentation, segment), with customers, clv_total and clv_heuristic_total.
+    customers
+        Per-customer table with clv, p_alive, expected_spend, revenue, frequency, monetary_value and the
+        segmentation columns.
+    purchases
+        Fitted purchase model (for a new customer's expected purchases).
+    draws
+        CLV under parameter draws, totalled by the cells of every segmentation of ``segments`` with the
+        customers at risk (``customers_at_risk``), or None (no intervals: the interval columns are NaN).
+    target_ltv_to_cac
+        Maximum acquisition cost = new-customer CLV / this ratio.
+    p_alive_threshold
+        Customers with P(alive) below it count towards value at risk.
+    cells
+        The customers' ``SegmentCells`` of everybody (None) and the segmentations of ``segments``, if already
+        found.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``segments`` with the columns of ``BUDGET_COLUMNS`` added (currency except customers_at_risk).
+    """
+    missing = [c for c in ("clv", "p_alive", "expected_spend", "revenue", "frequency") if c not in customers]
+    if missing:
+        raise DataError(f"The customer table lacks the columns {missing} needed for budget figures.")
+    if cells is None:
+        cells = SegmentCells.of(customers, [None, *sorted(set(segments["segmentation"]) - {ALL_SEGMENTATION})])
+    elif set(cells.names) != set(segments["segmentation"]):
+        raise ValueError(f"Cells of the segmentations {cells.names} cannot add budget figures to those of the table.")
+    # Summed per cell a column or two at a time, each freed before the next is made; revenue - frequency x
+    # monetary_value in place, the operations of first_purchase_value.
+    first_value = np.multiply(as_numbers(customers["frequency"]), as_floats(customers["monetary_value"]))
+    np.subtract(as_floats(customers["revenue"]), first_value, out=first_value)
+    spend = pd.DataFrame(
+        {"first_purchase_value": first_value, "expected_spend": as_floats(customers["expected_spend"])}, copy=False
+    )
+    del first_value
+    first_and_spend = cells.sums(spend)
+    del spend
+    at_risk = customers_at_risk(customers, p_alive_threshold)
+    risk_clv = cells.sums(pd.DataFrame({"risk_clv": np.where(at_risk, as_floats(customers["clv"]), 0.0)}, copy=False))
+    per_cell = {
+        "first_purchase_value": first_and_spend[:, 0],
+        "expected_spend": first_and_spend[:, 1],
+        "at_risk": cells.counts(at_risk),
+        "risk_clv": risk_clv[:, 0],
+    }
+    parts = []
+    for name, sums in zip(cells.names, cells.totals(per_cell), strict=True):
+        count = sums["customers"]
+        figures = pd.DataFrame(
+            {
+                "segmentation": name,
+                "segment": sums.index,  # as segment_table labels its segments
+                "first_purchase_value": sums["first_purchase_value"] / count,
+                "new_customer_spend": sums["expected_spend"] / count,
+                "customers_at_risk": sums["at_risk"].astype(np.int64),
+                "value_at_risk": sums["risk_clv"],
+            }
+        )
+        parts.append(figures.reset_index(drop=True))
+    table = segments.reset_index(drop=True).merge(pd.concat(parts), on=["segmentation", "segment"], how="left")
+    table["new_customer_clv"] = new_customer_clv(
+        table["first_purchase_value"].to_numpy(), table["new_customer_spend"].to_numpy(), purchases,
+        horizon_months, monthly_discount_rate, margin, days_per_unit,
+    )[:, -1]  # fmt: skip
+    table["max_acquisition_cost"] = table["new_customer_clv"] / target_ltv_to_cac
+    for name in ("clv_lower_total", "clv_upper_total", "new_customer_clv_lower", "new_customer_clv_upper",
+                 "value_at_risk_lower", "value_at_risk_upper"):  # fmt: skip
+        table[name] = np.nan
+    if draws is not None:
+        keys = list(zip(table["segmentation"], table["segment"], strict=True))
+        totals = draws.clv_totals.reindex(keys).to_numpy()
+        table["clv_lower_total"], table["clv_upper_total"] = draws.interval(totals)
+        spend = draws.spend_totals.reindex(keys).to_numpy() / table["customers"].to_numpy()[:, None]
+        per_draw = margin * (table["first_purchase_value"].to_numpy()[:, None] + spend * draws.new_customer_purchases)
+        table["new_customer_clv_lower"], table["new_customer_clv_upper"] = draws.interval(per_draw)
+        if draws.risk_totals is not None:
+            risk = draws.risk_totals.reindex(keys).to_numpy()
+            table["value_at_risk_lower"], table["value_at_risk_upper"] = draws.interval(risk)
+    table["heuristic_gap_lower"] = table["clv_heuristic_total"] - table["clv_upper_total"]
+    table["heuristic_gap_upper"] = table["clv_heuristic_total"] - table["clv_lower_total"]
+    table["max_acquisition_cost_lower"] = table["new_customer_clv_lower"] / target_ltv_to_cac
+    table["max_acquisition_cost_upper"] = table["new_customer_clv_upper"] / target_ltv_to_cac
+    return table[[*segments.columns, *BUDGET_COLUMNS]]
+
+
+def payback_table(
+    segments: pd.DataFrame,
+    purchases: PurchaseModel,
+    cac: float,
+    horizon_months: int,
+    monthly_discount_rate: float,
+    margin: float,
+    days_per_unit: float,
+) -> pd.DataFrame:
+    """At an acquisition cost per customer, which segments pay back, and in how many months.
+
+    Parameters
+    ----------
+    segments
+        Output of ``budget_columns``.
+    cac
+        Acquisition cost per customer (currency).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (segmentation, segment): customers, new_customer_clv, max_acquisition_cost, cac,
+        ltv_to_cac (new-customer CLV / CAC), pays_back (within the horizon) and payback_month
+        (0 = the first purchase covers it; missing when it does not pay back within the horizon).
+    """
+    if not cac > 0:
+        raise DataError(f"The acquisition cost must be positive, got {cac}. Pass --cac with an amount per customer.")
+    cumulative = new_customer_clv(
+        segments["first_purchase_value"].to_numpy(), segments["new_customer_spend"].to_numpy(), purchases,
+        horizon_months, monthly_discount_rate, margin, days_per_unit,
+    )  # fmt: skip
+    month = payback_month(cumulative, cac)
+    table = segments[["segmentation", "segment", "customers", "new_customer_clv", "max_acquisition_cost"]].copy()
+    table["cac"] = float(cac)
+    table["ltv_to_cac"] = table["new_customer_clv"] / cac
+    table["pays_back"] = month >= 0
+    table["payback_month"] = pd.array(np.where(month >= 0, month, 0), dtype="Int64")
+    table.loc[~table["pays_back"], "payback_month"] = pd.NA
+    return table.reset_index(drop=True)

@@ -1,0 +1,266 @@
+"""Per-segment totals: predictive beside heuristic CLV, for value tiers and the data's own segments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pandas.api.typing import DataFrameGroupBy
+
+from forecast.data.compress import as_floats, as_numbers, code_counts, combine_codes, label_codes, sum_cells, take
+from forecast.value.clv import heuristic_clv
+
+ALL = "all customers"
+#: The ``segmentation`` of the segment tables' row for everybody (its segment is ``ALL``).
+ALL_SEGMENTATION = "all"
+
+
+def segmentation_name(column: str | None) -> str:
+    """A segmentation as the segment tables name it: its column, or ``ALL_SEGMENTATION`` for everybody (None)."""
+    return ALL_SEGMENTATION if column is None else column
+
+
+def segment_table(
+    customers: pd.DataFrame,
+    segmentations: list[str],
+    lifespan_years: float,
+    margin: float,
+    cells: SegmentCells | None = None,
+) -> pd.DataFrame:
+    """Summarise customers per segment of each segmentation, plus one row for everybody.
+
+    The segment heuristic uses segment averages, as marketing teams compute it:
+    mean purchase value x mean purchases per year x lifespan x margin, times the customers.
+
+    Parameters
+    ----------
+    customers
+        Per-customer table with revenue, p_alive, expected_purchases, clv, avg_purchase_value,
+        purchases_per_year and the segmentation columns.
+    segmentations
+        Columns to group by (``segment`` for the value tiers, then any data segment columns).
+    lifespan_years
+        Expected customer lifespan for the heuristic (years).
+    margin
+        Gross margin as a fraction of spend.
+    cells
+        The customers' ``SegmentCells`` of ``[None, *segmentations]``, if already found (a run finds them once
+        for the segment table, the budget figures and the intervals).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (segmentation, segment) with customers, revenue_to_date, mean_p_alive,
+        expected_purchases, clv_total, avg_purchase_value, purchases_per_year, clv_heuristic_total
+        and heuristic_gap (heuristic minus predictive).
+    """
+    values = pd.DataFrame({name: as_floats(customers[name]) for name in SUMMED_COLUMNS}, copy=False)
+    groupings: list[str | None] = [None, *segmentations]
+    frames = []
+    for column, totals in zip(groupings, segment_totals(customers, groupings, values, cells), strict=True):
+        count = totals["customers"]
+        table = pd.DataFrame(
+            {
+                "segmentation": segmentation_name(column),
+                "segment": totals.index,
+                "customers": count,
+                "revenue_to_date": totals["revenue"],
+                "mean_p_alive": totals["p_alive"] / count,
+                "expected_purchases": totals["expected_purchases"],
+                "clv_total": totals["clv"],
+                "avg_purchase_value": totals["avg_purchase_value"] / count,
+                "purchases_per_year": totals["purchases_per_year"] / count,
+            }
+        ).reset_index(drop=True)
+        table["clv_heuristic_total"] = table["customers"] * heuristic_clv(
+            table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
+        )
+        table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+#: The per-customer columns that the segment table adds up (sums, or means as sums over counts).
+SUMMED_COLUMNS = ["revenue", "p_alive", "expected_purchases", "clv", "avg_purchase_value", "purchases_per_year"]
+
+
+def segment_totals(
+    customers: pd.DataFrame,
+    segmentations: list[str | None],
+    values: pd.DataFrame,
+    cells: SegmentCells | None = None,
+) -> list[pd.DataFrame]:
+    """Count the customers and add up ``values`` per segment of every segmentation, in one pass over the rows.
+
+    The customers are grouped once, by cell (their combination of segments, ``SegmentCells``), with pandas'
+    compensated sums, more accurate than a running sum over millions of customers; the totals of a segment
+    add up its cells.
+
+    Parameters
+    ----------
+    customers
+        Per-customer table with the segmentation columns.
+    segmentations
+        Columns of ``customers`` (None: everybody, one segment ``ALL``).
+    values
+        Numeric columns to add up, one row per customer, in the customers' order.
+    cells
+        ``SegmentCells.of(customers, segmentations)``, if already found.
+
+    Returns
+    -------
+    list of pandas.DataFrame
+        One per segmentation, indexed by segment label (text, in ``groupby(sort=True)`` order, only segments
+        that have customers), with ``customers`` (int) and the sums of ``values``' columns.
+    """
+    if cells is None:
+        cells = SegmentCells.of(customers, segmentations)
+    elif cells.segmentations != segmentations:
+        raise ValueError(f"Cells of the segmentations {cells.segmentations} cannot sum by {segmentations}.")
+    return cells.totals(dict(zip(values.columns, cells.sums(values).T, strict=True)))
+
+
+@dataclass(frozen=True)
+class SegmentCells:
+    """The customers grouped by cell: their combination of segments in every segmentation (``combine_codes``).
+
+    Figures summed over each cell's customers (``counts``, ``sums``) add up to every segment's totals
+    (``totals``) without another pass over the customers, so the figures can be summed a few columns at a
+    time, each column freed before the next is made.
+    """
+
+    cells: np.ndarray
+    labels: list[pd.Index]
+    cell_codes: list[np.ndarray]
+    segmentations: list[str | None]
+
+    @classmethod
+    def of(cls, customers: pd.DataFrame, segmentations: list[str | None]) -> SegmentCells:
+        """Cells of the segmentation columns of ``customers`` (None: everybody, one segment ``ALL``)."""
+        labelled = [segment_codes(customers, column) for column in segmentations]
+        cells, cell_codes = combine_codes([codes for codes, _ in labelled], [len(labels) for _, labels in labelled])
+        return cls(cells, [labels for _, labels in labelled], cell_codes, list(segmentations))
+
+    @property
+    def names(self) -> list[str]:
+        """The segmentations as the segment tables name them (``ALL_SEGMENTATION`` for everybody)."""
+        return [segmentation_name(column) for column in self.segmentations]
+
+    @property
+    def size(self) -> int:
+        """Number of cells."""
+        return len(self.cell_codes[0])
+
+    def counts(self, where: np.ndarray | None = None) -> np.ndarray:
+        """Customers per cell; with ``where`` (a mask of the customers), only those it marks."""
+        return code_counts(self.cells if where is None else np.where(where, self.cells, -1), self.size)
+
+    def sums(self, values: pd.DataFrame) -> np.ndarray:
+        """Compensated sums of ``values``' columns (one row per customer) per cell: shape (cells, columns)."""
+        return by_codes(values, self.cells, self.size).sum().to_numpy(dtype=float)
+
+    def totals(self, per_cell: dict[str, np.ndarray]) -> list[pd.DataFrame]:
+        """Add figures given per cell up per segment of every segmentation (see ``segment_totals``).
+
+        Parameters
+        ----------
+        per_cell
+            Figures by name, one value per cell (``counts``, a column of ``sums``).
+
+        Returns
+        -------
+        list of pandas.DataFrame
+            One per segmentation, indexed by segment label, with ``customers`` (int) and the figures.
+        """
+        summed = np.column_stack([self.counts(), *per_cell.values()])
+        tables = []
+        for labels, of_cell in zip(self.labels, self.cell_codes, strict=True):
+            sums = sum_cells(summed, of_cell, len(labels))
+            table = pd.DataFrame(sums[:, 1:], index=labels, columns=list(per_cell))
+            table.insert(0, "customers", sums[:, 0].astype(np.int64))
+            tables.append(table)
+        return tables
+
+
+def segment_codes(customers: pd.DataFrame, column: str | None) -> tuple[np.ndarray, pd.Index]:
+    """Segment codes and labels of one segmentation column (``forecast.data.compress.label_codes``).
+
+    None stands for everybody: one segment, ``ALL``.
+    """
+    if column is None:
+        return np.zeros(len(customers), dtype=np.int8), pd.Index([ALL], dtype=str)
+    return label_codes(customers[column])
+
+
+def by_codes(frame: pd.DataFrame, codes: np.ndarray, size: int) -> DataFrameGroupBy:
+    """Group the rows by integer codes (0 .. size - 1; -1 left out) in code order, without hashing any label.
+
+    pandas' grouped sums and means are compensated (Kahan) sums, more accurate than ``numpy.bincount``'s
+    running sum over millions of customers.
+    """
+    key = pd.CategoricalIndex(pd.Categorical.from_codes(codes, categories=pd.RangeIndex(size)))
+    return frame.groupby(key, observed=False, sort=True)
+
+
+#: RFM groups by recency score (rows: 3 = most recent third) and frequency score (columns: 1 = one purchase).
+RFM_GROUP_GRID = {
+    3: {1: "new", 2: "loyal", 3: "champions"},
+    2: {1: "one-time", 2: "loyal", 3: "loyal"},
+    1: {1: "lapsed", 2: "at risk", 3: "at risk"},
+}
+RFM_GROUPS = ["champions", "loyal", "new", "at risk", "one-time", "lapsed"]
+
+
+def rfm_groups(summary: pd.DataFrame) -> pd.Series:
+    """Named RFM-style groups from the observed history alone (no model), so they explain themselves.
+
+    Recency score: the time since the last purchase, T - recency, split into thirds of the customers
+    (3 = the most recent third, 1 = the third who bought longest ago). Frequency score: 1 = no repeat
+    purchase; 2 = repeat purchases up to the median of the repeat buyers; 3 = more than that median.
+
+    ============  ======================  ======================  ======================
+    recency       one purchase (F=1)      some repeats (F=2)      many repeats (F=3)
+    ============  ======================  ======================  ======================
+    recent (3)    new                     loyal                   champions
+    middle (2)    one-time                loyal                   loyal
+    long ago (1)  lapsed                  at risk                 at risk
+    ============  ======================  ======================  ======================
+
+    Returns
+    -------
+    pandas.Series
+        Ordered categorical named ``rfm_group`` (champions, loyal, new, at risk, one-time, lapsed),
+        indexed like ``summary``.
+    """
+    # The cuts partition one array of the times since the last purchase in place (overwrite_input: numpy would
+    # otherwise partition a copy); the scores compare a second one. Scores are int8, set by the inner
+    # condition of where(a, 3, where(b, 1, 2)) first, so that the outer one wins, as it does there.
+    recent_cut, old_cut = np.quantile(_since_last(summary), [1 / 3, 2 / 3], overwrite_input=True)
+    since_last = _since_last(summary)
+    recency_score = np.full(len(since_last), 2, dtype=np.int8)
+    np.copyto(recency_score, 1, where=since_last > old_cut)
+    np.copyto(recency_score, 3, where=since_last <= recent_cut)
+    del since_last
+    frequency = as_numbers(summary["frequency"])  # integer counts compare with the median as their floats would
+    repeat = frequency[frequency > 0]
+    median_repeats = float(np.median(repeat)) if len(repeat) else 0.0
+    del repeat
+    frequency_score = np.full(len(frequency), 2, dtype=np.int8)
+    np.copyto(frequency_score, 3, where=frequency > median_repeats)
+    np.copyto(frequency_score, 1, where=frequency == 0)
+    # The grid as group numbers (positions in RFM_GROUPS), looked up by (recency score, frequency score).
+    grid = np.zeros((4, 4), dtype=np.int8)
+    for r, row in RFM_GROUP_GRID.items():
+        for f, group in row.items():
+            grid[r, f] = RFM_GROUPS.index(group)
+    cell = recency_score
+    cell *= 4
+    cell += frequency_score  # the position of (recency score, frequency score) in the flattened grid
+    groups = pd.Categorical.from_codes(take(grid.ravel(), cell), categories=pd.Index(RFM_GROUPS), ordered=True)
+    return pd.Series(groups, index=summary.index, name="rfm_group")
+
+
+def _since_last(summary: pd.DataFrame) -> np.ndarray:
+    """Time since each customer's last purchase, T - recency (model time units)."""
+    return as_floats(summary["T"]) - as_floats(summary["recency"])

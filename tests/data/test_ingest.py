@@ -1,0 +1,371 @@
+"""Ingest on bad input: every problem ends in a clear DataError or a documented, counted policy.
+
+The hand-made files are in tests/data/bad/; their expected counts and line numbers are read off the
+files themselves (line 1 is the header).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from forecast.batch.registry import input_fingerprint
+from forecast.config import DataConfig
+from forecast.data.ingest import (
+    count_after_as_of,
+    count_customers,
+    count_each_problem,
+    count_problems,
+    read_transactions,
+)
+from forecast.errors import DataError
+
+BAD = Path(__file__).resolve().parents[1] / "fixtures" / "bad"
+
+
+def read(name: str, **settings):
+    return read_transactions(DataConfig(path=str(BAD / name), **settings))
+
+
+def rows(transactions, sql: str = "SELECT customer_id, ts, amount FROM transactions ORDER BY ALL"):
+    return transactions.connection.execute(sql).fetchall()
+
+
+# --- schema -------------------------------------------------------------------------------------------
+
+
+def test_misnamed_columns_are_named_with_the_columns_found():
+    with pytest.raises(DataError) as error:
+        read("misnamed_columns.csv")
+    message = str(error.value)
+    assert "no column 'customer_id' (data.customer_id), 'timestamp' (data.timestamp)" in message
+    assert "Columns found: 'custmer_id', 'Timestamp', 'amount'" in message
+    assert "'customer_id' may be 'custmer_id'" in message
+    assert "'timestamp' may be 'Timestamp'" in message
+    assert "'amount'" not in message.split("Columns found")[0]
+
+
+def test_missing_order_id_and_segment_columns_are_named():
+    with pytest.raises(DataError, match=r"no column 'order' \(data.order_id\), 'region' \(data.segment_columns\[0\]\)"):
+        read("duplicates.csv", order_id="order", segment_columns=["region"])
+
+
+def test_empty_file_is_a_clear_error():
+    with pytest.raises(DataError, match=r"empty.csv is empty \(1 file\(s\) of 0 bytes"):
+        read("empty.csv")
+
+
+def test_header_only_file_is_a_clear_error():
+    with pytest.raises(DataError, match=r"has no transactions \(no rows after the header; columns customer_id"):
+        read("header_only.csv")
+
+
+def test_folder_without_data_files_is_a_clear_error():
+    with pytest.raises(DataError, match=r"holds no data files .* \(it holds README.md\)"):
+        read("no_data_folder")
+
+
+def test_mixed_file_formats_are_refused(tmp_path):
+    shutil.copy(BAD / "duplicates.csv", tmp_path / "a.csv")
+    duckdb.connect().execute(
+        f"COPY (SELECT 'X' AS customer_id, DATE '2020-01-01' AS timestamp, 1.0 AS amount) TO '{tmp_path / 'b.parquet'}'"
+    )
+    with pytest.raises(DataError, match=r"mixes CSV and Parquet files \(2 files; csv: a.csv; parquet: b.parquet\)"):
+        read_transactions(DataConfig(path=str(tmp_path)))
+
+
+def test_empty_files_among_others_are_skipped_and_reported(tmp_path):
+    shutil.copy(BAD / "empty.csv", tmp_path / "2020-01.csv")
+    shutil.copy(BAD / "header_only.csv", tmp_path / "2020-02.csv")
+    shutil.copy(BAD / "duplicates.csv", tmp_path / "2020-03.csv")
+    transactions = read_transactions(DataConfig(path=str(tmp_path)))
+    assert transactions.quality.rows == 5
+    assert transactions.quality.empty_files == [str(tmp_path / "2020-01.csv")]
+    assert any("1 empty file(s) were skipped: 2020-01.csv" in w for w in transactions.quality.warnings)
+
+
+# --- values: dates and time zones ----------------------------------------------------------------------
+
+
+def test_impossible_and_unparseable_dates_are_counted_with_line_numbers():
+    with pytest.raises(DataError) as error:
+        read("bad_dates.csv")
+    message = str(error.value)
+    assert message.startswith("3 of 6 rows in ")
+    assert "first at line 3 '2020-02-30', line 5 'not a date', line 6 '2020-13-01'" in message
+    assert "data.invalid_rows: drop" in message
+
+
+def test_line_numbers_name_the_file_when_there_are_several(tmp_path):
+    shutil.copy(BAD / "bad_amounts.csv", tmp_path / "a.csv")
+    shutil.copy(BAD / "bad_dates.csv", tmp_path / "b.csv")
+    with pytest.raises(DataError, match=r"first at b.csv:3 '2020-02-30', b.csv:5 'not a date'"):
+        read_transactions(DataConfig(path=str(tmp_path), invalid_rows="fail"))
+
+
+def test_line_numbers_stay_exact_on_a_large_multi_file_log(tmp_path):
+    """DuckDB reads big CSVs in parallel; the line number must still be the row's line in its own file."""
+    for name, size in (("a.csv", 120_000), ("b.csv", 50_000)):
+        lines = ["customer_id,timestamp,amount"]
+        lines += [f"c{i % 101},2020-01-{1 + i % 28:02d},{i}" for i in range(2, size + 2)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    transactions = read_transactions(DataConfig(path=str(tmp_path)))
+    mismatches = transactions.connection.execute(
+        'SELECT count(*), count(*) FILTER (WHERE CAST(amount_raw AS BIGINT) <> "__clv_line") FROM typed_log'
+    ).fetchall()[0]
+    assert mismatches == (170_000, 0)
+
+
+def test_invalid_rows_can_be_dropped_and_counted():
+    transactions = read("bad_dates.csv", invalid_rows="drop")
+    assert transactions.quality.invalid_timestamps == 3
+    assert transactions.quality.rows == 6
+    assert transactions.quality.rows_used == 3
+    assert any("3 rows with an invalid 'timestamp' were dropped" in w for w in transactions.quality.warnings)
+
+
+def test_offsets_are_converted_and_naive_timestamps_taken_as_utc():
+    transactions = read("mixed_timezones.csv")
+    assert rows(transactions) == [
+        ("A", dt.datetime(2020, 1, 1, 23, 30), 20.0),  # naive: taken as UTC
+        ("A", dt.datetime(2020, 1, 2, 4, 30), 10.0),  # -05:00: converted, so it falls on the next UTC day
+        ("B", dt.datetime(2020, 1, 1, 10, 0), 5.0),  # Z
+        ("B", dt.datetime(2020, 1, 1, 23, 30), 5.0),  # +01:00: the previous UTC day
+    ]
+    quality = transactions.quality
+    assert (quality.timestamps_with_offset, quality.timestamps_without_offset) == (3, 1)
+    assert any("3 timestamps carry a UTC offset and 1 do not" in w for w in quality.warnings)
+
+
+def test_data_timezone_sets_the_calendar_day():
+    transactions = read("mixed_timezones.csv", timezone="America/New_York")
+    assert rows(transactions) == [
+        ("A", dt.datetime(2020, 1, 1, 23, 30), 10.0),  # -05:00 is New York time in January
+        ("A", dt.datetime(2020, 1, 1, 23, 30), 20.0),  # naive: taken as New York time
+        ("B", dt.datetime(2020, 1, 1, 5, 0), 5.0),
+        ("B", dt.datetime(2020, 1, 1, 18, 30), 5.0),
+    ]
+
+
+def test_unknown_timezone_is_a_config_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unknown time zone 'Mars/Olympus'"):
+        DataConfig(path="x.csv", timezone="Mars/Olympus")
+
+
+# --- values: amounts ----------------------------------------------------------------------------------------
+
+
+def test_non_numeric_nan_and_infinite_amounts_are_counted_with_line_numbers():
+    with pytest.raises(DataError) as error:
+        read("bad_amounts.csv")
+    message = str(error.value)
+    assert message.startswith("5 of 7 rows in ")
+    assert "not a finite number (empty, text, NaN or infinite)" in message
+    assert "first at line 3 'ten', line 4 'NaN', line 5 'inf', line 6 None, line 7 '1e400'" in message
+
+
+def test_zero_amounts_count_as_purchases_and_returns_are_netted_into_their_day():
+    transactions = read("zero_and_negative.csv")
+    assert rows(transactions) == [
+        ("A", dt.datetime(2020, 1, 1, 10, 0), 6.0),  # 10 - 4 returned the same day
+        ("A", dt.datetime(2020, 1, 10), 0.0),  # zero amount: still a purchase
+        ("B", dt.datetime(2020, 1, 3), 8.0),
+        ("B", dt.datetime(2020, 1, 8), 6.0),
+    ]  # the return of 2020-01-20 had no purchase that day: dropped, not a purchase
+    quality = transactions.quality
+    assert (quality.zero_amounts, quality.negative_amounts, quality.returns_without_purchase) == (1, 2, 1)
+
+
+def test_netted_return_goes_to_the_last_purchase_of_the_day_at_exact_resolution(write_log):
+    path = write_log([("A", "2020-01-01 09:00:00", 10), ("A", "2020-01-01 18:00:00", 5), ("A", "2020-01-01 12:00", -3)])
+    transactions = read_transactions(DataConfig(path=str(path)))
+    assert rows(transactions) == [
+        ("A", dt.datetime(2020, 1, 1, 9, 0), 10.0),
+        ("A", dt.datetime(2020, 1, 1, 18, 0), 2.0),
+    ]
+
+
+def test_negative_amounts_drop_policy():
+    transactions = read("zero_and_negative.csv", negative_amounts="drop")
+    assert [r[2] for r in rows(transactions)] == [10.0, 0.0, 8.0, 6.0]
+
+
+def test_negative_amounts_fail_policy_names_the_lines():
+    with pytest.raises(DataError, match=r"2 rows .* negative 'amount' \(returns\); first at line 3 '-4', line 5 '-5'"):
+        read("zero_and_negative.csv", negative_amounts="fail")
+
+
+# --- values: duplicates ----------------------------------------------------------------------------------------
+
+
+def test_exact_duplicates_are_kept_and_counted_by_default():
+    transactions = read("duplicates.csv")
+    assert transactions.quality.duplicate_rows == 1
+    assert transactions.quality.rows_used == 5
+    assert any("1 rows repeat an earlier row exactly; they were kept" in w for w in transactions.quality.warnings)
+
+
+def test_duplicates_drop_keeps_the_first_row_of_each_order():
+    transactions = read("duplicates.csv", order_id="order_id", duplicates="drop")
+    assert rows(transactions) == [
+        ("A", dt.datetime(2020, 1, 1), 10.0),
+        ("A", dt.datetime(2020, 1, 5), 7.0),
+        ("B", dt.datetime(2020, 1, 6), 3.0),
+    ]
+    assert (transactions.quality.duplicate_rows, transactions.quality.duplicate_order_ids) == (1, 2)
+
+
+def test_duplicates_fail_names_the_lines():
+    with pytest.raises(DataError, match=r"1 rows repeat an earlier row exactly \(first at line 3 'A'\); 2 rows repeat"):
+        read("duplicates.csv", order_id="order_id", duplicates="fail")
+
+
+# --- values: customer ids and as_of ------------------------------------------------------------------------
+
+
+def test_customer_ids_are_kept_as_given_and_blank_ids_dropped():
+    transactions = read("customer_ids.csv")
+    ids = rows(transactions, "SELECT customer_id, count(*) FROM transactions GROUP BY ALL ORDER BY ALL")
+    assert ids == [(" 7 ", 1), ("007", 2), ("7", 1), ("Клиент-1", 1), ("顧客", 1)]
+    quality = transactions.quality
+    assert (quality.null_customer_ids, quality.ids_with_surrounding_space) == (2, 1)
+
+
+def test_transactions_after_as_of_are_counted():
+    transactions = count_after_as_of(read("duplicates.csv"), dt.date(2020, 1, 4))
+    assert (transactions.quality.as_of, transactions.quality.after_as_of) == ("2020-01-04", 3)
+    assert "3 transactions after as_of 2020-01-04 were excluded." in transactions.quality.warnings
+    again = count_after_as_of(transactions, dt.date(2020, 1, 31))
+    assert again.quality.after_as_of == 0
+    assert not any("after as_of" in w for w in again.quality.warnings)
+
+
+def test_nothing_usable_left_is_a_clear_error(write_log):
+    path = write_log([("", "2020-01-01", 5), ("A", "2020-01-02", -3)])
+    with pytest.raises(DataError, match="No usable transactions are left"):
+        read_transactions(DataConfig(path=str(path)))
+
+
+def test_parquet_rows_are_numbered_and_typed_timestamps_respected(tmp_path):
+    path = tmp_path / "log.parquet"
+    duckdb.connect().execute(
+        f"""COPY (SELECT * FROM (VALUES ('A', TIMESTAMP '2020-01-01 10:00', 5.0), ('B', NULL, 2.0))
+            AS t(customer_id, timestamp, amount)) TO '{path}'"""
+    )
+    with pytest.raises(DataError, match=r"first at row 2 None"):
+        read_transactions(DataConfig(path=str(path)))
+
+
+def test_whitespace_files_report_physical_line_numbers():
+    """CDNOW-style whitespace file: the header and a blank line are counted, so the bad date is on line 4."""
+    with pytest.raises(DataError, match=r"1 of 3 rows .* first at line 4 '19970231'"):
+        read(
+            "whitespace_bad_date.txt",
+            format="whitespace",
+            columns=["id", "date", "n", "amount"],
+            customer_id="id",
+            timestamp="date",
+            timestamp_format="%Y%m%d",
+        )
+
+
+def test_parquet_timestamps_with_time_zone_are_converted_to_data_timezone(tmp_path):
+    path = tmp_path / "log.parquet"
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(
+        f"""COPY (SELECT 'A' AS customer_id, TIMESTAMPTZ '2020-01-01 23:30:00+00' AS timestamp, 5.0 AS amount)
+            TO '{path}'"""
+    )
+    transactions = read_transactions(DataConfig(path=str(path), timezone="Asia/Tokyo"))
+    assert rows(transactions) == [("A", dt.datetime(2020, 1, 2, 8, 30), 5.0)]
+
+
+def test_parquet_duplicates_are_found_exactly_and_located_by_row(tmp_path: Path):
+    """Rows equal in every column are duplicates; rows differing in one column only are not."""
+    path = tmp_path / "log.parquet"
+    duckdb.sql(
+        """COPY (SELECT * FROM (VALUES ('A', TIMESTAMP '2020-01-01', 10.0, 'x'),
+                  ('A', TIMESTAMP '2020-01-01', 10.0, 'y'),
+                  ('B', TIMESTAMP '2020-01-02', 5.0, 'x'), ('A', TIMESTAMP '2020-01-01', 10.0, 'x'),
+                  ('B', TIMESTAMP '2020-01-02', 5.0, 'x'), ('A', TIMESTAMP '2020-01-01', 10.0, 'x'))
+                  AS t(customer_id, timestamp, amount, note)) TO '"""
+        + str(path)
+        + "' (FORMAT parquet)"
+    )
+    kept = read_transactions(DataConfig(path=str(path)))
+    assert (kept.quality.duplicate_rows, kept.quality.rows_used) == (3, 6)
+    with pytest.raises(DataError, match=r"3 rows repeat an earlier row exactly \(first at row 4 'A', row 5 'B', row 6"):
+        read_transactions(DataConfig(path=str(path), duplicates="fail"))
+    dropped = read_transactions(DataConfig(path=str(path), duplicates="drop"))
+    assert (dropped.quality.duplicate_rows, dropped.quality.rows_used) == (3, 3)
+    assert rows(dropped) == [("A", dt.datetime(2020, 1, 1), 10.0)] * 2 + [("B", dt.datetime(2020, 1, 2), 5.0)]
+
+
+def test_customers_in_the_log_are_counted_from_the_summary_only_when_nothing_is_after_as_of(tmp_path: Path):
+    log = tmp_path / "log.csv"
+    log.write_text("customer_id,timestamp,amount\nA,2020-01-01,1\nB,2020-01-02,2\nC,2020-02-03,3\nA,2020-02-04,4\n")
+    transactions = read_transactions(DataConfig(path=str(log)))
+    assert transactions.quality.customers is None
+    assert count_customers(transactions).quality.customers == 3
+    up_to_january = count_after_as_of(transactions, dt.date(2020, 1, 31))
+    assert count_customers(up_to_january, customers_up_to_as_of=2).quality.customers == 3  # C comes later
+    whole = count_after_as_of(transactions, dt.date(2020, 2, 29))
+    assert count_customers(whole, customers_up_to_as_of=3).quality.customers == 3
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        "customer_id,timestamp,amount\n7 ,2023-01-05,0\n007,2023-01-06T10:00:00+02:00,3.5\n8,2023-01-07,2\n",
+        "customer_id,timestamp,amount\n ,2023-01-05,1\n 7,2023-01-06,2\n\t8,2023-01-07,-1\n8,2023-01-07,4\n",
+        "customer_id,timestamp,amount\n7,2023-02-30,1\n8,2023-01-07,NaN\n9,2023-01-07,inf\n,2023-01-08,5\n9,2023-01-09,5\n",
+    ],
+    ids=["clean-with-trailing-space-zero-and-offset", "leading-spaces-and-returns", "invalid-rows"],
+)
+def test_problem_counts_from_plain_aggregates_equal_the_counts_under_each_filter(tmp_path: Path, log: str):
+    path = tmp_path / "log.csv"
+    path.write_text(log, encoding="utf-8")
+    transactions = read_transactions(DataConfig(path=str(path), invalid_rows="drop"))
+    counts = count_problems(transactions.connection, [])
+    assert counts._replace(row_hash_sum=None) == count_each_problem(transactions.connection)
+
+
+REPEATED_ROW = "customer_id,timestamp,amount\n7,2023-01-05,1\n7,2023-01-05,1\n8,2023-01-07,2\n"
+WITH_RETURN = "customer_id,timestamp,amount\n7,2023-01-05,4\n7,2023-01-05,-1\n8,2023-01-07,2\n"
+
+
+@pytest.mark.parametrize(
+    ("log", "settings", "summed_while_checking"),
+    [
+        ("customer_id,timestamp,amount,region\n7,2023-01-05,1,north\n8,2023-01-07,2.5,south\n7,2023-01-09,0,north\n",
+         {"segment_columns": ["region"]}, True),
+        (REPEATED_ROW, {"duplicates": "keep"}, True),
+        (REPEATED_ROW, {"duplicates": "drop"}, False),
+        (WITH_RETURN, {"negative_amounts": "net"}, False),
+        (WITH_RETURN, {"negative_amounts": "drop"}, False),
+        ("customer_id,timestamp,amount\n7,2023-01-05,4\n,2023-01-05,1\n8,2023-01-07,x\n",
+         {"invalid_rows": "drop"}, False),
+    ],
+    ids=["clean-with-segment", "duplicates-kept", "duplicates-dropped", "returns-netted", "returns-dropped",
+         "invalid-dropped"],
+)  # fmt: skip
+def test_the_fingerprint_summed_while_checking_equals_a_pass_over_the_transactions(
+    tmp_path: Path, log: str, settings: dict, summed_while_checking: bool
+):
+    """The checks' hash sum stands for the fingerprint's own pass only where ``transactions`` is the log row for row."""
+    path = tmp_path / "log.csv"
+    path.write_text(log, encoding="utf-8")
+    transactions = read_transactions(DataConfig(path=str(path), **settings))
+    assert (transactions.row_hash_sum is not None) == summed_while_checking
+    for as_of in (dt.date(2023, 1, 5), dt.date(2023, 1, 31)):  # rows after as_of, then none
+        counted = count_after_as_of(transactions, as_of)
+        own_pass = dataclasses.replace(counted, row_hash_sum=None)
+        assert input_fingerprint(counted, as_of) == input_fingerprint(own_pass, as_of)

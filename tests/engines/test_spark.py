@@ -1,0 +1,216 @@
+"""The Spark engine gives the DuckDB engine's numbers on the same data (local mode, one shared session).
+
+Reference values are the DuckDB engine's own outputs on the same logs; the tolerance (1e-9 relative)
+covers sums taken in a different order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sysconfig
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from forecast.batch.pipeline import run as run_duckdb
+from forecast.cli import app
+from forecast.config import DataConfig, RunConfig, SparkConfig
+from forecast.data.ingest import read_transactions
+from forecast.data.simulate import write_simulated_log
+from forecast.data.summary import summarize as summarize_duckdb
+from forecast.engines.spark import run as run_spark
+from forecast.engines.spark import ship_package, spark_session, summarize, to_pandas, typed_log
+
+pytestmark = pytest.mark.slow
+RELATIVE = 1e-9
+END = dt.date(2021, 6, 30)
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local SparkSession for the whole test session (starting one takes 5-10 s)."""
+    session = spark_session(
+        SparkConfig(master="local[2]", conf={"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"})
+    )
+    ship_package(session)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def simulated_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("spark") / "sim.parquet"
+    write_simulated_log(path, 3_000, end=END, seed=99)
+    return path
+
+
+def assert_close(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert list(actual.index) == list(expected.index)
+    for column in expected.columns:
+        left, right = actual[column], expected[column]
+        if pd.api.types.is_numeric_dtype(right) and not pd.api.types.is_bool_dtype(right):
+            np.testing.assert_allclose(left.to_numpy(float), right.to_numpy(float), rtol=RELATIVE, atol=1e-12,
+                                       err_msg=column)  # fmt: skip
+        else:
+            assert (left.astype(str).to_numpy() == right.astype(str).to_numpy()).all(), column
+
+
+def spark_summary(spark: object, data: DataConfig, as_of: dt.date, resolution: str) -> pd.DataFrame:
+    log, _ = typed_log(spark, data)  # type: ignore[arg-type]
+    frame = to_pandas(summarize(log, as_of, 7.0, resolution, list(data.segment_columns)))
+    frame["first_purchase"] = pd.to_datetime(frame["first_purchase"])
+    frame["last_purchase"] = pd.to_datetime(frame["last_purchase"])
+    return frame.set_index("customer_id").sort_index()
+
+
+@pytest.mark.parametrize("resolution", ["day", "exact"])
+def test_spark_summary_equals_duckdb_summary_on_a_simulated_log(
+    spark: object, simulated_log: Path, resolution: str
+) -> None:
+    data = DataConfig(path=str(simulated_log))
+    expected = summarize_duckdb(read_transactions(data).connection, END, 7.0, resolution)
+    actual = spark_summary(spark, data, END, resolution)
+    assert len(expected) == 3_000
+    assert_close(actual[expected.columns], expected)
+
+
+def test_spark_summary_equals_duckdb_on_same_day_purchases_returns_and_segments(spark: object, write_log) -> None:
+    """Same-day purchases merge, a return nets into its day, later rows are ignored, empty ids are dropped."""
+    rows = [
+        ("a", "2024-01-01 09:00:00", 10.0), ("a", "2024-01-01 17:00:00", 5.0), ("a", "2024-01-15", 20.0),
+        ("a", "2024-01-15", -4.0), ("a", "2024-03-01", 7.5), ("b", "2024-02-01", 12.0),
+        ("c", "2024-01-10", 3.0), ("c", "2024-02-20", 9.0), ("c", "2024-05-01", 99.0), ("", "2024-01-02", 1.0),
+    ]  # fmt: skip
+    path = write_log([(*row, "north" if row[0] != "b" else "south") for row in rows])
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(["customer_id,timestamp,amount,region", *lines[1:]]) + "\n")
+    data = DataConfig(path=str(path), segment_columns=["region"])
+    as_of = dt.date(2024, 3, 31)
+    expected = summarize_duckdb(read_transactions(data).connection, as_of, 7.0, "day", ["region"])
+    actual = spark_summary(spark, data, as_of, "day")
+    assert_close(actual[expected.columns], expected)
+    assert expected.loc["a", "frequency"] == 2
+    assert expected.loc["a", "monetary_value"] == pytest.approx((16.0 + 7.5) / 2)
+
+
+SPARK_MISSING_COLUMNS = ("clv_lower", "clv_upper", "rfm_group")
+
+
+def test_spark_run_gives_the_duckdb_run_predictions_parameters_and_segments(
+    spark: object, simulated_log: Path, tmp_path: Path
+) -> None:
+    config = RunConfig.model_validate(
+        {
+            "data": {"path": str(simulated_log)},
+            "as_of": END,
+            "margin": 0.3,
+            "heuristic": {"lifespan_years": "auto"},
+            "models_dir": str(tmp_path / "models"),
+            "spark": {"master": "local[2]"},
+        }
+    )
+    duck = run_duckdb(config, output=tmp_path / "duckdb")
+    result = run_spark(config, output=tmp_path / "spark", spark=spark)  # type: ignore[arg-type]
+
+    # The Spark engine writes the core per-customer columns (no intervals, RFM groups or budget columns yet):
+    # every column it writes must equal DuckDB's, in DuckDB's order.
+    expected = pd.read_parquet(tmp_path / "duckdb" / "customers.parquet").set_index("customer_id")
+    actual = pd.read_parquet(tmp_path / "spark" / "customers.parquet").set_index("customer_id")
+    core = [c for c in expected.columns if c not in SPARK_MISSING_COLUMNS]
+    assert list(actual.columns) == core
+    assert_close(actual, expected[core])
+    for role in ("purchases", "spend"):
+        ours, theirs = result.manifest["models"][role], duck.manifest["models"][role]
+        for name, value in theirs["params"].items():
+            assert ours["params"][name] == pytest.approx(value, rel=RELATIVE), (role, name)
+        assert ours["log_likelihood"] == pytest.approx(theirs["log_likelihood"], rel=RELATIVE)
+    assert result.manifest["heuristic"]["lifespan_years"] == pytest.approx(duck.forecast.lifespan_years, rel=1e-12)
+    for key, value in duck.manifest["totals"].items():
+        if key not in result.manifest["totals"]:  # intervals and value at risk: DuckDB engine only
+            continue
+        assert result.manifest["totals"][key] == pytest.approx(value, rel=RELATIVE)
+    expected_segments = pd.read_csv(tmp_path / "duckdb" / "segments.csv")
+    actual_segments = pd.read_csv(tmp_path / "spark" / "segments.csv")
+    expected_segments = expected_segments[expected_segments["segmentation"].isin(actual_segments["segmentation"])]
+    assert_close(actual_segments, expected_segments[list(actual_segments.columns)].reset_index(drop=True))
+    csv_expected = pd.read_csv(tmp_path / "duckdb" / "customers.csv", dtype={"customer_id": str})
+    csv_actual = pd.read_csv(tmp_path / "spark" / "customers.csv", dtype={"customer_id": str})
+    assert_close(csv_actual, csv_expected[list(csv_actual.columns)])
+
+
+def test_cli_run_with_engine_spark_writes_the_outputs(spark: object, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data:\n  path: lifetimes:CDNOW_sample.txt\n  format: whitespace\n  header: false\n"
+        "  columns: [master_id, customer_id, date, number_of_cds, dollar_value]\n  customer_id: customer_id\n"
+        "  timestamp: date\n  timestamp_format: '%Y%m%d'\n  amount: dollar_value\n"
+        f"as_of: 1997-09-30\nmargin: 0.3\noutput: {tmp_path / 'out'}\nmodels_dir: {tmp_path / 'models'}\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(app, ["run", str(config), "--engine", "spark"])
+    assert result.exit_code == 0, result.output
+    assert "2,357 customers (Spark)" in result.output
+    for name in ("customers.parquet", "customers.csv", "segments.csv", "manifest.json"):
+        assert (tmp_path / "out" / name).exists(), name
+    assert (tmp_path / "models" / "1997-09-30" / "purchases.json").exists()
+    # Fader, Hardie & Lee (2005), CDNOW sample, weeks: r = 0.243, alpha = 4.414, a = 0.793, b = 2.426.
+    params = pd.read_json(tmp_path / "models" / "1997-09-30" / "purchases.json", typ="series")["params"]
+    assert params["r"] == pytest.approx(0.243, abs=1e-3)
+    assert params["alpha"] == pytest.approx(4.414, abs=1e-3)
+    assert params["a"] == pytest.approx(0.793, abs=1e-3)
+    assert params["b"] == pytest.approx(2.426, abs=1e-3)
+
+
+def test_cli_rejects_an_unknown_engine(sample_config_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", str(sample_config_path), "--engine", "polars"])
+    assert result.exit_code == 2
+    assert "--engine must be duckdb or spark" in result.output
+
+
+def run_console_script(tmp_path: Path, config: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """Run the installed `forecast` console script by its absolute path, as cron does: the venv not activated,
+    PATH starting with a folder whose `python3` is a bare interpreter without the project or its libraries."""
+    bare = tmp_path / "bare"
+    venv.create(bare, with_pip=False)
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    script = Path(sysconfig.get_path("scripts")) / "forecast"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
+    env["PATH"] = f"{bare / 'bin'}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin"
+    command = [str(script), "run", str(config_path), "--engine", "spark", "--output", str(tmp_path / "out")]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_console_script_runs_spark_workers_with_its_own_interpreter(simulated_log: Path, tmp_path: Path) -> None:
+    """Without PYSPARK_PYTHON, local Spark workers start the console script's interpreter, not the `python3` on
+    PATH (which lacks pandas: the run used to exit 1 with "No module named 'pandas'" and a traceback)."""
+    config = {
+        "data": {"path": str(simulated_log)}, "as_of": END.isoformat(), "models_dir": str(tmp_path / "models"),
+        "spark": {"master": "local[1]", "conf": {"spark.ui.enabled": "false"}},
+    }  # fmt: skip
+    done = run_console_script(tmp_path, config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3,000 customers (Spark)" in done.stdout
+    assert len(pd.read_parquet(tmp_path / "out" / "customers.parquet")) == 3_000
+
+
+def test_a_spark_failure_exits_2_with_a_paragraph_and_writes_nothing(simulated_log: Path, tmp_path: Path) -> None:
+    """A query that Spark itself rejects (an unparseable setting of the session) is a user error: exit 2, one
+    paragraph naming the step and spark.master, no traceback, no outputs or models."""
+    config = {
+        "data": {"path": str(simulated_log)}, "as_of": END.isoformat(), "models_dir": str(tmp_path / "models"),
+        "spark": {"master": "local[1]", "conf": {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "-5"}},
+    }  # fmt: skip
+    done = run_console_script(tmp_path, config)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Spark failed while" in done.stderr
+    assert "spark.master local[1]" in done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "models").exists()
