@@ -7,9 +7,9 @@ log-likelihood for the standard errors. The fast path is today's ``fit_models``.
 reported: the machine is shared); then the parameters, standard errors, log-likelihoods and predictions of the
 two are compared.
 
-Usage: python benchmarks/fits.py [SUMMARY.parquet]   (default /work/shared-bench/summary_10m.parquet,
-the 10M-transaction summary: 3,401,361 customers; any per-customer summary indexed by customer_id with
-frequency, recency, T, monetary_value). Prints figures; nothing is asserted.
+Usage: python benchmarks/fits.py SUMMARY.parquet   (any per-customer summary indexed by customer_id with
+frequency, recency, T, monetary_value, e.g. of the benchmark's 10M-transaction log: 3,401,361 customers).
+Prints figures; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from lifetimes import BetaGeoFitter, GammaGammaFitter
 
-DEFAULT = "/work/shared-bench/summary_10m.parquet"
 REPEATS = 3
 
 
@@ -91,7 +90,9 @@ def relative(ours: np.ndarray, theirs: np.ndarray) -> float:
 
 
 def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else DEFAULT
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    path = sys.argv[1]
     summary = pd.read_parquet(path, columns=["frequency", "recency", "T", "monetary_value"])
     print(f"{path}: {len(summary):,} customers; best of {REPEATS} runs", flush=True)
     with warnings.catch_warnings():

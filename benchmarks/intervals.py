@@ -1,7 +1,7 @@
 """Time the CLV intervals: CDNOW full (configs/cdnow.yaml) and a simulated customer base, with and without.
 
 Usage: python benchmarks/intervals.py [SIMULATED_CUSTOMERS]   (default 1,000,000; 0 skips it)
-Prints seconds per step and peak memory; nothing is asserted (DESIGN.md: figures, not timed tests).
+Prints seconds per step and peak memory; nothing is asserted (figures live in benchmarks, never in timed tests).
 """
 
 from __future__ import annotations

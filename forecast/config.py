@@ -17,7 +17,7 @@ from forecast.errors import ConfigError
 TimeUnit = Literal["day", "week", "month"]
 PurchaseModelName = Literal["bgnbd", "mbgnbd", "pareto", "auto"]
 
-#: Days in one unit of model time; a month is 365.25 / 12 days (DESIGN.md).
+#: Days in one unit of model time; a month is 365.25 / 12 days (docs/reference.md, "How the numbers are defined").
 DAYS_PER_UNIT: dict[str, float] = {"day": 1.0, "week": 7.0, "month": 365.25 / 12}
 DAYS_PER_MONTH = 365.25 / 12
 DAYS_PER_YEAR = 365.25
@@ -148,7 +148,10 @@ class DuckDBConfig(_Strict):
 
 
 class SparkConfig(_Strict):
-    """Where and how to run the summary and the scoring with ``engine: spark`` (see docs-scale.md)."""
+    """Where and how to run the summary and the scoring with ``engine: spark``.
+
+    See docs/operations.md, "The Spark engine".
+    """
 
     master: str = Field(default="local[*]", description="spark.master: local[*], spark://host:7077, yarn, k8s://...")
     app_name: str = "clv-forecast"

@@ -1,4 +1,4 @@
-"""Published and recomputed reference values, with their provenance (docs/REFERENCE.md).
+"""Published and recomputed reference values, with their provenance (docs/reference.md).
 
 "Recomputed" values come from the files lifetimes ships, not from a paper: they are regression values
 and are compared with a looser tolerance.
@@ -34,6 +34,6 @@ GAMMA_GAMMA_FIRST_TEN_EXPECTED_SPEND = [24.65, 18.91, 35.17, 35.17, 35.17, 71.46
 CDNOW_SAMPLE_CALIBRATION_REPEAT_PURCHASES = 2457
 CDNOW_SAMPLE_HOLDOUT_REPEAT_PURCHASES = 1882
 
-# The heuristic's worked examples in the seed articles (DESIGN.md):
+# The heuristic's worked examples in the marketing articles it comes from (docs/reference.md):
 # (average purchase value, purchases per year, lifespan years, CLV).
 HEURISTIC_WORKED_EXAMPLES = [(1_000, 6, 5, 30_000), (5_000, 4, 8, 160_000), (800, 5, 3, 12_000)]

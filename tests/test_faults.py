@@ -2,7 +2,7 @@
 
 Disk full is produced for real with RLIMIT_FSIZE in a child process: the kernel refuses writes past the
 limit (EFBIG), the same failure path as ENOSPC, without needing a full file system. (The SIGKILL test
-lives in tests/test_pipeline_batch.py, owned by the batch work.)
+lives in tests/batch/test_batch.py.)
 """
 
 from __future__ import annotations

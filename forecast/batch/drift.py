@@ -1,7 +1,7 @@
 """Month-over-month drift: what changed between two runs (pure functions on their tables and models).
 
 The batch compares each run with the previous finished run in its runs root and records the result in
-``manifest.json`` under ``drift`` (keys documented in docs-batch.md): parameter changes with their
+``manifest.json`` under ``drift`` (keys documented in docs/operations.md, "Drift"): parameter changes with their
 standard errors, total and per-segment CLV change, value-tier transitions, new and lapsed customers,
 and warnings for large shifts.
 """
@@ -253,7 +253,8 @@ def compare_runs(
     -------
     dict
         previous_as_of, as_of, days_apart, thresholds, parameters (purchases, spend), totals, segments,
-        tiers (labels_from, labels_to, counts, moved, moved_up, moved_down, stayed), customers, warnings.
+        tiers (labels_from, labels_to, counts, moved, moved_up, moved_down, stayed), customers, warnings
+        (docs/operations.md, "Drift").
     """
     since = previous["as_of"]
     parameters = {
@@ -261,46 +262,7 @@ def compare_runs(
     }
     totals = total_drift(previous["customers"], current["customers"])
     transitions = tier_transitions(previous["customers"]["segment"], current["customers"]["segment"], tiers)
-    labels = [label for label in transitions.columns if label != MISSING]
-    rank = {label: i for i, label in enumerate(labels)}
-    counts = transitions.loc[labels, labels].to_numpy(dtype=np.int64)
-    moved_up = moved_down = stayed = 0
-    for i, source in enumerate(labels):
-        for j, target in enumerate(labels):
-            count = int(counts[i, j])
-            if source == target:
-                stayed += count
-            elif rank[target] < rank[source]:
-                moved_up += count
-            else:
-                moved_down += count
     flows = customer_flows(previous["customers"], current["customers"], limits.lapsed_p_alive)
-
-    warnings = []
-    for role, drift in parameters.items():
-        if not drift["comparable"]:
-            warnings.append(
-                f"The {role} model changed from {drift['previous_model']} to {drift['model']} since the run as of "
-                f"{since}: its parameters are not compared."
-            )
-        for name, values in drift["params"].items():
-            if values["z"] is not None and abs(values["z"]) > limits.parameter_z:
-                warnings.append(
-                    f"{drift['model']} parameter {name} moved from {values['previous']:.4g} to {values['current']:.4g} "
-                    f"since the run as of {since} (z = {values['z']:.1f}, beyond +-{limits.parameter_z:g})."
-                )
-    clv_change = totals["clv"]["relative_change"]
-    if clv_change is not None and abs(clv_change) > limits.total_clv_change:
-        warnings.append(
-            f"Total predictive CLV changed by {clv_change:+.0%} since the run as of {since} "
-            f"({totals['clv']['previous']:,.0f} -> {totals['clv']['current']:,.0f}; "
-            f"limit {limits.total_clv_change:.0%})."
-        )
-    if flows["missing"]:
-        warnings.append(
-            f"{flows['missing']:,} customers of the run as of {since} are missing from this run: the data up to "
-            "that date changed (rows deleted or customer ids rewritten)."
-        )
     return {
         "previous_as_of": since,
         "as_of": current["as_of"],
@@ -316,11 +278,75 @@ def compare_runs(
             "labels_from": [str(label) for label in transitions.index],
             "labels_to": [str(label) for label in transitions.columns],
             "counts": transitions.to_numpy(dtype=np.int64).tolist(),
-            "moved": moved_up + moved_down,
-            "moved_up": moved_up,
-            "moved_down": moved_down,
-            "stayed": stayed,
+            **tier_moves(transitions),
         },
         "customers": flows,
-        "warnings": warnings,
+        "warnings": [
+            *parameter_warnings(parameters, since, limits.parameter_z),
+            *total_clv_warnings(totals, since, limits.total_clv_change),
+            *missing_customer_warnings(flows, since),
+        ],
     }
+
+
+def tier_moves(transitions: pd.DataFrame) -> dict[str, int]:
+    """How many customers of both runs moved to a better tier, to a worse one, or stayed (``tier_transitions``).
+
+    Returns
+    -------
+    dict
+        moved, moved_up, moved_down, stayed. New and missing customers do not count.
+    """
+    labels = [label for label in transitions.columns if label != MISSING]
+    rank = {label: i for i, label in enumerate(labels)}  # best first
+    counts = transitions.loc[labels, labels].to_numpy(dtype=np.int64)
+    moved_up = moved_down = stayed = 0
+    for i, source in enumerate(labels):
+        for j, target in enumerate(labels):
+            count = int(counts[i, j])
+            if source == target:
+                stayed += count
+            elif rank[target] < rank[source]:
+                moved_up += count
+            else:
+                moved_down += count
+    return {"moved": moved_up + moved_down, "moved_up": moved_up, "moved_down": moved_down, "stayed": stayed}
+
+
+def parameter_warnings(parameters: dict[str, dict[str, Any]], since: str, parameter_z: float) -> list[str]:
+    """A warning per model that changed since the previous run, and per parameter whose |z| exceeds the limit."""
+    warnings = []
+    for role, drift in parameters.items():
+        if not drift["comparable"]:
+            warnings.append(
+                f"The {role} model changed from {drift['previous_model']} to {drift['model']} since the run as of "
+                f"{since}: its parameters are not compared."
+            )
+        for name, values in drift["params"].items():
+            if values["z"] is not None and abs(values["z"]) > parameter_z:
+                warnings.append(
+                    f"{drift['model']} parameter {name} moved from {values['previous']:.4g} to {values['current']:.4g} "
+                    f"since the run as of {since} (z = {values['z']:.1f}, beyond +-{parameter_z:g})."
+                )
+    return warnings
+
+
+def total_clv_warnings(totals: dict[str, Any], since: str, total_clv_change: float) -> list[str]:
+    """A warning when total predictive CLV changed by more than the limit (a share of the previous total)."""
+    clv_change = totals["clv"]["relative_change"]
+    if clv_change is None or abs(clv_change) <= total_clv_change:
+        return []
+    return [
+        f"Total predictive CLV changed by {clv_change:+.0%} since the run as of {since} "
+        f"({totals['clv']['previous']:,.0f} -> {totals['clv']['current']:,.0f}; limit {total_clv_change:.0%})."
+    ]
+
+
+def missing_customer_warnings(flows: dict[str, int], since: str) -> list[str]:
+    """A warning when customers of the previous run are missing from this one: the data up to its as_of changed."""
+    if not flows["missing"]:
+        return []
+    return [
+        f"{flows['missing']:,} customers of the run as of {since} are missing from this run: the data up to "
+        "that date changed (rows deleted or customer ids rewritten)."
+    ]

@@ -1,18 +1,17 @@
-"""Large-data plumbing: the per-customer table written fast in bounded memory.
+"""The run's tables on disk: the per-customer table as Parquet in bounded memory, and every CSV through one writer.
 
-Parquet is written in slices; the CSV is written by DuckDB from the Parquet.
+Parquet is written in slices: the frame is converted to Arrow one slice of rows at a time, column by column
+(no ``reset_index`` copy of the frame), so no second full copy of the table is held in memory.
 
-pandas' ``to_csv`` formats every value in Python (about 100 s for 3.4 million customers with the
-spreadsheet escaping); DuckDB's ``COPY ... TO`` writes the same CSV from the Parquet file in parallel
-in a few seconds. The frame is converted to Arrow one slice of rows at a time, column by column (no
-``reset_index`` copy of the frame), so no second full copy of the table is held in memory.
+Every CSV (customers.csv, segments.csv, backtest_customers.csv) is written by DuckDB's ``COPY ... TO`` through
+``copy_to_csv``, so they share one format and one escaping of formula-like text. pandas' ``to_csv`` formats
+every value in Python, far slower on millions of customers; DuckDB writes customers.csv from the Parquet file
+in parallel.
 
 Only columns with few distinct values are dictionary-encoded: for the float columns of model outputs
 (hundreds of thousands of distinct values per row group) Parquet's dictionary encoder hashes every
-value, overflows its page limit and falls back to plain encoding, which costs about half the write
-time for little size gain (at 3.4 million customers: 1.3 s instead of 1.8 s of CPU, the file 205 MB
-instead of 184 MB, both Snappy-compressed; zstd would make it 159 MB for 1.6 s, no compression of the
-float columns 328 MB for 0.8 s).
+value, overflows its page limit and falls back to plain encoding, which costs a large share of the write
+time for a file hardly smaller (docs/performance.md, "Memory and speed design").
 """
 
 from __future__ import annotations
@@ -27,13 +26,12 @@ import pyarrow.parquet as pq
 
 from forecast.data.ingest import quote_identifier, quote_literal
 
-#: Rows per Parquet row group (and per Arrow conversion). The file is written while the report is made, and the
-#: two peak together: half a million rows (about 70 MB converted, with their encoded pages) hold half of what a
-#: million held while the report is made.
+#: Rows per Parquet row group (and per Arrow conversion): memory grows by one slice while the file is written.
 SLICE_ROWS = 500_000
 #: Float columns with few distinct values (whole days in model time units), dictionary-encoded like non-floats.
 DICTIONARY_FLOAT_COLUMNS = ("recency", "T")
-#: First characters that make a spreadsheet run a cell as a formula; such text cells get a leading apostrophe.
+#: First characters that make a spreadsheet run a cell as a formula; such text cells get a leading apostrophe
+#: (``copy_to_csv``).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 #: Data rows a spreadsheet can show (Excel: 1,048,576 rows including the header).
 SPREADSHEET_ROWS = 1_048_575
@@ -85,8 +83,8 @@ def _column(frame: pd.DataFrame, name: str) -> pd.Index | pd.api.extensions.Exte
 
 def _arrow_array(values: pd.Index | pd.api.extensions.ExtensionArray, arrow_type: pa.DataType) -> pa.Array:
     """The Arrow array of a slice of a column, NaN as null. A float slice without NaN is wrapped without a copy:
-    Arrow's pandas conversion copies every float column to turn NaN into nulls (0.15-0.3 s and a second copy of
-    each slice's floats at 3.4 million customers, where no model output is NaN)."""
+    Arrow's pandas conversion copies every float column to turn NaN into nulls, a second copy of each slice's
+    floats that model outputs, never NaN, do not need."""
     if isinstance(values, pd.arrays.NumpyExtensionArray) and pa.types.is_floating(arrow_type):
         floats = values.to_numpy()
         if not np.isnan(floats).any():
@@ -105,34 +103,72 @@ def dictionary_columns(frame: pd.DataFrame, schema: pa.Schema) -> list[str]:
 
 
 def parquet_to_csv(parquet_path: Path, csv_path: Path, threads: int | None = None) -> None:
-    """Copy a Parquet file to CSV with DuckDB, prefixing formula-like text cells with an apostrophe.
-
-    The CSV has a header row and comma separators; numbers are written in their shortest exact form,
-    missing values as empty fields.
-    """
+    """Copy a Parquet file (or a glob of them) to a CSV for spreadsheets (``copy_to_csv``)."""
     con = duckdb.connect()
     try:
         if threads is not None:
             con.execute(f"SET threads = {int(threads)}")
-        source = f"read_parquet({quote_literal(str(parquet_path))})"
-        columns = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
-        prefixes = ", ".join(quote_literal(p) for p in FORMULA_PREFIXES)
-        selected = []
-        for name, column_type, *_ in columns:
-            column = quote_identifier(name)
-            if column_type == "VARCHAR" or column_type.startswith("ENUM"):
-                text = f"CAST({column} AS VARCHAR)"
-                selected.append(
-                    f"CASE WHEN left({text}, 1) IN ({prefixes}) THEN '''' || {text} ELSE {text} END AS {column}"
-                )
-            else:
-                selected.append(column)
+        copy_to_csv(con, f"read_parquet({quote_literal(str(parquet_path))})", csv_path)
+    finally:
+        con.close()
+
+
+def frame_to_csv(frame: pd.DataFrame, csv_path: Path) -> None:
+    """Write a DataFrame's columns (not its index) to a CSV for spreadsheets (``copy_to_csv``)."""
+    con = duckdb.connect()
+    try:
+        con.register("frame", pa.Table.from_pandas(frame, preserve_index=False))
+        copy_to_csv(con, "frame", csv_path)
+    finally:
+        con.close()
+
+
+def copy_to_csv(con: duckdb.DuckDBPyConnection, source: str, csv_path: Path) -> None:
+    """Write the rows of a DuckDB relation to CSV, prefixing text cells a spreadsheet would run as a formula.
+
+    Every CSV the toolkit writes goes through here, so they share one format: a header row, comma separators,
+    numbers in their shortest exact form, missing values as empty fields, and text cells that start with one of
+    ``FORMULA_PREFIXES`` prefixed with an apostrophe (a spreadsheet then shows the text instead of running it).
+
+    Parameters
+    ----------
+    con
+        The DuckDB connection ``source`` is read with.
+    source
+        A relation: a table or view name, or a table function such as ``read_parquet('...')``.
+    csv_path
+        The CSV file to write.
+
+    Raises
+    ------
+    OSError
+        The file cannot be written (DuckDB's IOException: a full disk, a file-size limit).
+
+    References
+    ----------
+    OWASP, "CSV Injection" (the formula prefixes and the apostrophe).
+    """
+    columns = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+    prefixes = ", ".join(quote_literal(p) for p in FORMULA_PREFIXES)
+    selected = []
+    for name, column_type, *_ in columns:
+        column = quote_identifier(name)
+        if column_type == "VARCHAR" or column_type.startswith("ENUM"):
+            text = f"CAST({column} AS VARCHAR)"
+            selected.append(
+                f"CASE WHEN left({text}, 1) IN ({prefixes}) THEN '''' || {text} ELSE {text} END AS {column}"
+            )
+        else:
+            selected.append(column)
+    try:
         con.execute(
             f"COPY (SELECT {', '.join(selected)} FROM {source}) TO {quote_literal(str(csv_path))} "
             "(FORMAT csv, HEADER true, DELIMITER ',')"
         )
-    finally:
-        con.close()
+    except duckdb.IOException as exc:
+        # DuckDB reports a failed write (a full disk, a file-size limit) as its own error: to the run it is a
+        # failed write like any other, which atomic_folder turns into the user error that says what to do.
+        raise OSError(f"{csv_path} could not be written ({exc})") from None
 
 
 def write_customer_tables(customers: pd.DataFrame, columns: list[str], folder: Path, csv: bool = True) -> list[Path]:

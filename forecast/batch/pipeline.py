@@ -1,7 +1,8 @@
-"""The monthly batch: sequence the stages and write the outputs (the only module that touches files).
+"""The monthly batch: sequence the stages and write the run folder.
 
-ingest -> rfm -> models -> clv -> segments -> outputs. Outputs are written to a temporary folder
-beside the target and moved into place at the end, so a failed run leaves no half-written output.
+ingest -> summary -> models -> clv -> segments and budget -> drift -> outputs and report. Outputs are written
+to a temporary folder beside the target and moved into place at the end, so a failed run leaves no half-written
+output (docs/operations.md, "Folder layout and atomic writes").
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,26 +27,21 @@ import numpy as np
 import pandas as pd
 
 from forecast.batch.drift import compare_runs
-from forecast.batch.outputs import csv_wanted, write_customer_tables
+from forecast.batch.outputs import csv_wanted, frame_to_csv, write_customer_tables
 from forecast.batch.registry import (
-    MODEL_FILES,
-    RUN_MODELS,
     check_overwrite,
     check_runs_apart_from_models,
     find_previous_run,
-    input_fingerprint,
     last_complete_month_end,
-    load_run,
     run_folder,
-    sha256_file,
 )
 from forecast.config import RunConfig
+from forecast.data.fingerprints import file_sha256, input_files_sha256, rows_up_to_as_of_fingerprint
 from forecast.data.ingest import (
     Transactions,
     count_after_as_of,
     count_customers,
     duckdb_limits,
-    fingerprint,
     read_log,
 )
 from forecast.data.summary import summarize
@@ -68,8 +64,19 @@ from forecast.evaluation.backtest import (
 )
 from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model
 from forecast.models.artifacts import library_versions, model_artifact, write_json
-from forecast.report.backtest_charts import PLOT_FILES, backtest_plots
 from forecast.report.build import build_report
+from forecast.report.run_folder import (
+    BACKTEST_CUSTOMERS_CSV,
+    BACKTEST_JSON,
+    MANIFEST,
+    MODEL_FILES,
+    PLOT_FILES,
+    RUN_LOG,
+    RUN_MODELS,
+    SEGMENTS_CSV,
+    read_models,
+    read_run,
+)
 from forecast.value.budget import budget_columns, customers_at_risk, payback_table
 from forecast.value.clv import (
     Histories,
@@ -82,6 +89,7 @@ from forecast.value.clv import (
 )
 from forecast.value.segments import ALL_SEGMENTATION, SegmentCells, rfm_groups, segment_table
 from forecast.value.uncertainty import clv_draws, has_covariance
+from forecast.value.valuation import Valuation
 
 Progress = Callable[[str], None]
 
@@ -90,7 +98,6 @@ CUSTOMER_COLUMNS = [
     "expected_spend", "clv", "clv_lower", "clv_upper", "clv_heuristic", "segment", "revenue", "avg_purchase_value",
     "purchases_per_year",
 ]  # fmt: skip
-CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 #: Seconds to sleep with every output staged, just before the commit rename (tests kill the run there).
 PAUSE_BEFORE_COMMIT_ENV = "CLV_FORECAST_PAUSE_BEFORE_COMMIT"
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
@@ -125,6 +132,16 @@ def _quiet(progress: Progress | None) -> Progress:
     return progress if progress is not None else (lambda _message: None)
 
 
+def _logged(progress: Progress | None) -> Progress:
+    """A progress callback that also writes each message to the run's log (run.log)."""
+
+    def say(message: str) -> None:
+        log.info(message)
+        _quiet(progress)(message)
+
+    return say
+
+
 def default_as_of(transactions: Transactions) -> dt.date:
     """The end of the last complete calendar month in the data (the month the log ends in, if on its last day)."""
     last = transactions.quality.last_timestamp
@@ -138,12 +155,14 @@ def forecast(
     transactions: Transactions,
     as_of: dt.date,
     progress: Progress | None = None,
-    customers_ready: Callable[[pd.DataFrame], None] | None = None,
 ) -> Forecast:
     """Summarise, fit, score and segment the customers as of a date (no file is written).
 
-    ``customers_ready``, if given, is called with the finished per-customer table before the segment tables
-    are built from it (a run starts writing it there); the table is not changed after that call.
+    Returns
+    -------
+    Forecast
+        ``customers`` indexed by customer_id (the summary, scores, heuristic, value tier, RFM group and CLV
+        interval of every customer), ``segments`` the segment table with its budget columns.
     """
     say = _quiet(progress)
     with collected_warnings() as caught:
@@ -154,36 +173,11 @@ def forecast(
             id_quantiles=transactions.id_quantiles if transactions.ends_by(as_of) else None,
         )  # fmt: skip
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
-        # Every customer's unique histories, found once: the fits take their rows and counts, and they index
-        # the model evaluations of the scores and intervals. The spend histories are found on a second thread
-        # while the purchase histories are found and the purchase model is fitted on them: pandas' factorize,
-        # numpy's counts and the likelihood's array arithmetic let go of the GIL.
-        with ThreadPoolExecutor(max_workers=1) as second_thread:
-            found_spend_histories = second_thread.submit(SpendHistories.from_summary, summary)
-            histories = Histories.from_summary(summary)
-            purchases = fit_purchase_model(config.purchase_model, histories)
-            spend_histories = found_spend_histories.result()
-        spend = fit_spend_model(spend_histories)
+        histories, spend_histories, purchases, spend = fit_on_histories(config.purchase_model, summary)
         say("Scoring customers")
-        # The RFM groups need only the summary: they are found on a second thread meanwhile (numpy's quantiles
-        # and comparisons let go of the GIL).
-        with ThreadPoolExecutor(max_workers=1) as second_thread:
-            found_rfm_groups = second_thread.submit(rfm_groups, summary)
-            scores = score_customers(
-                summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
-                config.days_per_unit, histories, spend_histories,
-            )  # fmt: skip
-            lifespan = config.heuristic.lifespan_years
-            lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
-            inputs = heuristic_inputs(summary, config.days_per_unit)
-            # The customer table is assembled once from the columns' own arrays: the summary is not copied.
-            columns = {name: frame[name].array for frame in (summary, scores, inputs) for name in frame.columns}
-            columns["clv_heuristic"] = heuristic_clv(
-                inputs["avg_purchase_value"].to_numpy(), inputs["purchases_per_year"].to_numpy(), lifespan_years,
-                config.margin,
-            )  # fmt: skip
-            columns["segment"] = assign_tiers(scores["clv"], config.segments.tiers).array
-            columns["rfm_group"] = found_rfm_groups.result().array
+        lifespan = config.heuristic.lifespan_years
+        lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
+        columns = scored_columns(config, summary, purchases, spend, histories, spend_histories, lifespan_years)
         customers = pd.DataFrame(columns, index=summary.index, copy=False)
         segmentations = ["segment", "rfm_group", *transactions.segment_columns]
         # The customers' cells (their segment in every segmentation) are found once, for the intervals, the
@@ -195,38 +189,72 @@ def forecast(
             say(f"Intervals from {config.interval_draws} parameter draws")
             try:
                 draws = clv_draws(
-                    summary, purchases, spend, config.horizon_months, config.monthly_discount_rate, config.margin,
-                    config.days_per_unit, cells, config.ci_level, config.interval_draws, config.seed,
+                    summary, purchases, spend, Valuation.from_config(config), cells, config.ci_level,
+                    config.interval_draws, config.seed,
                     histories=histories, spend_histories=spend_histories,
                     at_risk=customers_at_risk(customers, config.budget.p_alive_threshold),
                 )  # fmt: skip
             except FitError as exc:
                 warnings.warn(f"The CLV intervals are left empty: {exc}", ForecastWarning, stacklevel=2)
-        del histories, spend_histories  # 47 MB at 3.4 million customers, not needed by the tables below
+        del histories, spend_histories  # large with millions of customers, and not needed by the tables below
         for name in ("clv_lower", "clv_upper"):
             columns[name] = draws.customers[name].array if draws is not None else np.full(len(summary), np.nan)
         customers = pd.DataFrame(columns, index=summary.index, copy=False)
-        if customers_ready is not None:
-            customers_ready(customers)
         segments = segment_table(customers, segmentations, lifespan_years, config.margin, cells)
         segments = budget_columns(
-            segments, customers, purchases, draws, config.horizon_months, config.monthly_discount_rate,
-            config.margin, config.days_per_unit, config.budget.target_ltv_to_cac, config.budget.p_alive_threshold,
-            cells,
+            segments, customers, purchases, draws, Valuation.from_config(config), config.budget.target_ltv_to_cac,
+            config.budget.p_alive_threshold, cells,
         )  # fmt: skip
     messages = list(transactions.quality.warnings) + caught
     return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, messages)
 
 
-def escape_for_spreadsheet(frame: pd.DataFrame) -> pd.DataFrame:
-    """Prefix text cells that a spreadsheet would run as a formula (= + - @) with an apostrophe."""
-    escaped = frame.copy()
-    for column in escaped.columns:
-        if escaped[column].dtype == object or pd.api.types.is_string_dtype(escaped[column]):
-            text = escaped[column].astype("string")
-            risky = text.str.startswith(CSV_FORMULA_PREFIXES).fillna(False)
-            escaped[column] = text.where(~risky, "'" + text)
-    return escaped
+def fit_on_histories(
+    purchase_model: str, summary: pd.DataFrame
+) -> tuple[Histories, SpendHistories, PurchaseModel, GammaGamma]:
+    """Find every customer's unique histories once, and fit the purchase and spend models on them.
+
+    The fits take the histories' rows and counts, and the histories index the model evaluations of the scores
+    and intervals. The spend histories are found on a second thread while the purchase histories are found and
+    the purchase model is fitted on them: pandas' factorize, numpy's counts and the likelihood's array arithmetic
+    let go of the GIL.
+    """
+    with ThreadPoolExecutor(max_workers=1) as second_thread:
+        found_spend_histories = second_thread.submit(SpendHistories.from_summary, summary)
+        histories = Histories.from_summary(summary)
+        purchases = fit_purchase_model(purchase_model, histories)
+        spend_histories = found_spend_histories.result()
+    return histories, spend_histories, purchases, fit_spend_model(spend_histories)
+
+
+def scored_columns(
+    config: RunConfig,
+    summary: pd.DataFrame,
+    purchases: PurchaseModel,
+    spend: GammaGamma,
+    histories: Histories,
+    spend_histories: SpendHistories,
+    lifespan_years: float,
+) -> dict[str, Any]:
+    """The per-customer columns: the summary's, the scores, the heuristic's inputs and CLV, the value tier and
+    the RFM group, each as the column's own array, so that the customer table is assembled once without copying
+    the summary.
+
+    The RFM groups need only the summary: they are found on a second thread meanwhile (numpy's quantiles and
+    comparisons let go of the GIL).
+    """
+    with ThreadPoolExecutor(max_workers=1) as second_thread:
+        found_rfm_groups = second_thread.submit(rfm_groups, summary)
+        scores = score_customers(summary, purchases, spend, Valuation.from_config(config), histories, spend_histories)
+        inputs = heuristic_inputs(summary, config.days_per_unit)
+        columns = {name: frame[name].array for frame in (summary, scores, inputs) for name in frame.columns}
+        columns["clv_heuristic"] = heuristic_clv(
+            inputs["avg_purchase_value"].to_numpy(), inputs["purchases_per_year"].to_numpy(), lifespan_years,
+            config.margin,
+        )  # fmt: skip
+        columns["segment"] = assign_tiers(scores["clv"], config.segments.tiers).array
+        columns["rfm_group"] = found_rfm_groups.result().array
+    return columns
 
 
 def _process_alive(pid: int) -> bool:
@@ -359,21 +387,42 @@ def manifest(
     transactions: Transactions,
     timings: dict[str, float],
     models_path: Path,
-    sha256: str,
+    *,
+    input_used: dict[str, Any],
+    models_sha256: dict[str, str],
+    backtest_result: BacktestResult | None,
+    previous_run: dict[str, Any] | None,
+    drift: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The run's record: config, as_of, input fingerprint (``sha256``: ``fingerprint`` of the input files), models,
-    versions, timings, warnings."""
+    """The run's record, manifest.json (docs/operations.md, "manifest.json").
+
+    Parameters
+    ----------
+    input_used
+        ``rows_up_to_as_of_fingerprint``: the rows the run used; the input files' SHA-256 is taken here.
+    models_sha256
+        ``run_models_sha256`` of the run's own copy of the models.
+    backtest_result, previous_run, drift
+        The backtest run before the forecast, and the previous run compared with and the drift
+        (``drift_since_previous``); each None when there is none.
+    """
     quality = transactions.quality
-    return {
+    files = [str(p) for p in transactions.files]
+    document = {
         "as_of": result.as_of.isoformat(),
         "time_unit": config.time_unit,
         "horizon_months": config.horizon_months,
         "config": config.model_dump(mode="json"),
-        "input": input_record([str(p) for p in transactions.files], quality, len(result.customers), sha256),
+        "input": {
+            **input_record(files, quality, len(result.customers), input_files_sha256(transactions.files)),
+            **input_used,
+        },
         "models": {
             "purchases": result.purchases.to_dict(),
             "spend": result.spend.to_dict(),
             "path": str(models_path),
+            "run_copy": RUN_MODELS,
+            "sha256": models_sha256,
         },
         "heuristic": {"lifespan_years": result.lifespan_years, "configured": config.heuristic.lifespan_years},
         "totals": {
@@ -386,7 +435,13 @@ def manifest(
         "data_quality": dataclasses.asdict(quality),
         "versions": library_versions(),
         "timings_seconds": timings,
+        "previous_run": previous_run,
+        "drift": drift,
     }
+    if backtest_result is not None:
+        split = {k: backtest_result.document[k] for k in ("calibration_end", "holdout_end", "purchase_model")}
+        document["backtest"] = split
+    return document
 
 
 class _LogLines(logging.Handler):
@@ -432,7 +487,8 @@ def drift_since_previous(
     if previous_path is None:
         return None, None, []
     try:
-        previous = load_run(previous_path)
+        previous = read_run(previous_path)
+        previous_purchases, previous_spend = read_models(previous)
     except ArtifactError as exc:
         message = f"The previous run {previous_path} could not be read, so no drift was computed: {exc}"
         return {"as_of": None, "path": str(previous_path)}, None, [message]
@@ -454,7 +510,7 @@ def drift_since_previous(
         {
             "as_of": previous.as_of.isoformat(),
             "customers": previous.customers,
-            "models": {"purchases": previous.purchases.to_dict(), "spend": previous.spend.to_dict()},
+            "models": {"purchases": previous_purchases.to_dict(), "spend": previous_spend.to_dict()},
         },
         {
             "as_of": result.as_of.isoformat(),
@@ -558,113 +614,155 @@ def _run(
     lines: _LogLines,
     transactions: Transactions,
 ) -> RunResult:
-    def say(message: str) -> None:
-        log.info(message)
-        _quiet(progress)(message)
+    """The batch on a log already read: check the output folder, backtest, forecast, compare with the previous
+    run, then write and commit the run folder and publish its models.
 
+    ``lines.output`` is set as soon as the run folder is known, so that a failure leaves its log beside it.
+    """
+    say = _logged(progress)
     started = time.perf_counter() - transactions.read_seconds  # the total counts the reading too
     timings = {"ingest": transactions.read_seconds}
     as_of = as_of or config.as_of or default_as_of(transactions)
     transactions = count_after_as_of(transactions, as_of)
-    first = transactions.quality.first_timestamp
-    if first is not None and as_of < pd.Timestamp(first).date():
-        raise DataError(f"as_of {as_of} is before the first transaction ({first[:10]}). Choose a later --as-of.")
+    check_as_of_after_first_transaction(transactions, as_of)
     output_path = Path(output) if output else run_folder(config.output, as_of)
     lines.output = output_path
     step = time.perf_counter()
-    input_used = input_fingerprint(transactions, as_of)
+    input_used = fingerprint_and_check_output(config, transactions, as_of, output_path, force)
     timings["fingerprint"] = time.perf_counter() - step
-    keep = (*transactions.files, *([config._source] if config._source else []))
-    check_overwrite(output_path, as_of, input_used, force, keep)
-    step = time.perf_counter()
     backtest_result = None
     backtest_notes: list[str] = []
     if config.purchase_model == "auto" or config.backtest is not None:
+        step = time.perf_counter()
         with collected_warnings() as backtest_notes:
             backtest_result, config = _run_backtest_for_run(config, transactions, as_of, say)
         timings["backtest"] = time.perf_counter() - step
-        step = time.perf_counter()
-    # The staging folder is opened before the forecast: customers.parquet is written on a second thread from the
-    # moment the per-customer table is finished (Arrow encodes it without holding the GIL), while the segment
-    # tables, the manifest and the report are made.
-    with atomic_folder(output_path) as staging, ThreadPoolExecutor(max_workers=1) as background:
-        customer_tables: list[Future[None]] = []
-
-        def write_customers(customers: pd.DataFrame) -> None:
-            write_csv, _ = csv_wanted(config.customers_csv, len(customers))
-            columns = customer_columns(customers)
-            customer_tables.append(background.submit(write_and_flush_customers, customers, columns, write_csv))
-
-        def write_and_flush_customers(customers: pd.DataFrame, columns: list[str], write_csv: bool) -> None:
-            # Flushed to disk on this thread while the report is made (0.1 s for 180 MB at 3.4 million
-            # customers), so that the commit's flush finds nothing of them left to write.
-            for written in write_customer_tables(customers, columns, staging, write_csv):
-                _sync_folder(written)
-
-        # The input files' SHA-256 (0.1 s for 113 MB; hashlib lets go of the GIL) is taken on the second thread
-        # while the forecast runs, before the customers are handed to it.
-        input_sha256 = background.submit(fingerprint, transactions.files)
-        result = forecast(config, transactions, as_of, say, customers_ready=write_customers)
-        result.warnings.extend(backtest_notes)
-        if backtest_result is not None:
-            result.warnings.extend(f"backtest: {message}" for message in backtest_result.warnings)
-        timings["forecast"] = time.perf_counter() - step
-        last = transactions.quality.last_timestamp
-        if last is not None and as_of > pd.Timestamp(last).date():
-            result.warnings.append(
-                f"as_of {as_of} is after the last transaction ({last[:10]}): customers look inactive since then. "
-                "If the log is not complete yet, run for an earlier --as-of."
-            )
-
-        transactions = count_customers(transactions, len(result.customers))
-        step = time.perf_counter()
-        say("Comparing with the previous run")
-        previous_run, drift, drift_warnings = drift_since_previous(config, result, output_path)
-        result.warnings.extend(drift_warnings)
-        timings["drift"] = time.perf_counter() - step
-
-        models_path = Path(config.models_dir) / as_of.isoformat()
-        window = {"first_purchase": str(result.customers["first_purchase"].min()), "as_of": as_of.isoformat()}
+    step = time.perf_counter()
+    result = forecast(config, transactions, as_of, say)
+    result.warnings.extend(backtest_notes)
+    if backtest_result is not None:
+        result.warnings.extend(f"backtest: {message}" for message in backtest_result.warnings)
+    result.warnings.extend(as_of_after_last_transaction(transactions, as_of))
+    timings["forecast"] = time.perf_counter() - step
+    transactions = count_customers(transactions, len(result.customers))
+    step = time.perf_counter()
+    say("Comparing with the previous run")
+    previous_run, drift, drift_warnings = drift_since_previous(config, result, output_path)
+    result.warnings.extend(drift_warnings)
+    timings["drift"] = time.perf_counter() - step
+    models_path = Path(config.models_dir) / as_of.isoformat()
+    write_csv, csv_skipped = csv_wanted(config.customers_csv, len(result.customers))
+    result.warnings.extend([csv_skipped] if csv_skipped else [])
+    with atomic_folder(output_path) as staging, ThreadPoolExecutor(max_workers=1) as second_thread:
+        # customers.parquet, the largest file, is encoded by Arrow without holding Python's lock: it is written on a
+        # second thread while the other files and the report are made, which keeps a run with millions of
+        # customers noticeably shorter than writing it first (docs/performance.md, "Where the time goes").
+        customers_written = second_thread.submit(write_customers, staging, result.customers, write_csv)
         say(f"Writing outputs to {output_path}")
         step = time.perf_counter()
-        (staging / RUN_MODELS).mkdir()
-        for role, model in (("purchases", result.purchases), ("spend", result.spend)):
-            write_json(staging / RUN_MODELS / MODEL_FILES[role], model_artifact(model, role, window))
-        _, csv_skipped = csv_wanted(config.customers_csv, len(result.customers))
-        result.warnings.extend([csv_skipped] if csv_skipped else [])
-        escape_for_spreadsheet(result.segments).to_csv(staging / "segments.csv", index=False)
-        if backtest_result is not None:
-            write_backtest(staging, backtest_result)
+        write_run_files(staging, result, backtest_result)
         timings["write"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - started
-        document = manifest(config, result, transactions, timings, models_path, input_sha256.result())
-        if backtest_result is not None:
-            document["backtest"] = {k: backtest_result.document[k] for k in ("calibration_end", "holdout_end")}
-            document["backtest"]["purchase_model"] = backtest_result.document["purchase_model"]
-        document["input"].update(input_used)
-        document["models"]["run_copy"] = RUN_MODELS
-        document["models"]["sha256"] = {
-            name: sha256_file(staging / RUN_MODELS / name) for name in sorted(MODEL_FILES.values())
-        }
-        document["previous_run"] = previous_run
-        document["drift"] = drift
-        for message in result.warnings:
-            log.warning(message)
-        log.info("Committing %s (manifest.json last)", output_path)
-        (staging / "run.log").write_text("\n".join(lines.lines) + "\n", encoding="utf-8")
-        write_json(staging / "manifest.json", document)
-        say("Writing the report")
-        step = time.perf_counter()
-        build_report(staging, customers=result.customers)
-        log.info("Report written in %.1f s", time.perf_counter() - step)
-        (customers_written,) = customer_tables  # forecast() hands over the table exactly once
-        customers_written.result()  # before the folder is committed; raises what the writing raised
-    # The run folder is the authority; models/<as_of>/ is its published copy, written after the commit.
+        document = manifest(
+            config, result, transactions, timings, models_path, input_used=input_used,
+            models_sha256=run_models_sha256(staging), backtest_result=backtest_result, previous_run=previous_run,
+            drift=drift,
+        )  # fmt: skip
+        finish_run_folder(staging, output_path, document, result, lines.lines, say)
+        customers_written.result()  # before the commit; raises what the writing raised
+    publish_models(output_path, models_path)
+    failure_log_path(output_path).unlink(missing_ok=True)
+    return RunResult(output_path, models_path, result, json.loads(json.dumps(document, default=str)))
+
+
+def fingerprint_and_check_output(
+    config: RunConfig, transactions: Transactions, as_of: dt.date, output_path: Path, force: bool
+) -> dict[str, Any]:
+    """Fingerprint the rows up to as_of and refuse an output folder the run may not replace (``check_overwrite``:
+    never the config or the input, and a run of other data only with ``force``); return the fingerprint."""
+    input_used = rows_up_to_as_of_fingerprint(transactions, as_of)
+    keep = (*transactions.files, *([config._source] if config._source else []))
+    check_overwrite(output_path, as_of, input_used, force, keep)
+    return input_used
+
+
+def check_as_of_after_first_transaction(transactions: Transactions, as_of: dt.date) -> None:
+    """Refuse an as_of before the log's first transaction: there would be no customer to forecast.
+
+    Raises
+    ------
+    DataError
+        as_of is before the first transaction.
+    """
+    first = transactions.quality.first_timestamp
+    if first is not None and as_of < pd.Timestamp(first).date():
+        raise DataError(f"as_of {as_of} is before the first transaction ({first[:10]}). Choose a later --as-of.")
+
+
+def as_of_after_last_transaction(transactions: Transactions, as_of: dt.date) -> list[str]:
+    """A warning when as_of is after the log's last transaction: every customer then looks inactive since."""
+    last = transactions.quality.last_timestamp
+    if last is None or as_of <= pd.Timestamp(last).date():
+        return []
+    return [
+        f"as_of {as_of} is after the last transaction ({last[:10]}): customers look inactive since then. "
+        "If the log is not complete yet, run for an earlier --as-of."
+    ]
+
+
+def write_customers(folder: Path, customers: pd.DataFrame, write_csv: bool) -> None:
+    """Write customers.parquet (and, when ``write_csv``, customers.csv) into a run's staging folder and flush
+    them to disk, so that the commit's flush finds nothing of them left to write."""
+    for written in write_customer_tables(customers, customer_columns(customers), folder, write_csv):
+        _sync_folder(written)
+
+
+def write_run_files(staging: Path, result: Forecast, backtest_result: BacktestResult | None) -> None:
+    """Write the segment table, the run's own copy of the models and, when one ran, the backtest into the
+    staging folder (the customer tables are written by ``write_customers``; run.log, the manifest and the report
+    by ``finish_run_folder``)."""
+    window = {"first_purchase": str(result.customers["first_purchase"].min()), "as_of": result.as_of.isoformat()}
+    (staging / RUN_MODELS).mkdir()
+    for role, model in (("purchases", result.purchases), ("spend", result.spend)):
+        write_json(staging / RUN_MODELS / MODEL_FILES[role], model_artifact(model, role, window))
+    frame_to_csv(result.segments, staging / SEGMENTS_CSV)
+    if backtest_result is not None:
+        write_backtest(staging, backtest_result)
+
+
+def run_models_sha256(folder: Path) -> dict[str, str]:
+    """SHA-256 of each model file of a run's own copy (recorded in the manifest, checked when the run is read)."""
+    return {name: file_sha256(folder / RUN_MODELS / name) for name in sorted(MODEL_FILES.values())}
+
+
+def finish_run_folder(
+    staging: Path, output_path: Path, document: dict[str, Any], result: Forecast, log_lines: list[str], say: Progress
+) -> None:
+    """Log the run's warnings, then write run.log, the manifest and the report into the staging folder of
+    ``output_path``: the last files of a run.
+
+    The report is given the in-memory customer table, the rows customers.parquet holds, so it does not read
+    the file back.
+    """
+    for message in result.warnings:
+        log.warning(message)
+    log.info("Committing %s (manifest.json last)", output_path)
+    (staging / RUN_LOG).write_text("\n".join(log_lines) + "\n", encoding="utf-8")
+    write_json(staging / MANIFEST, document)
+    say("Writing the report")
+    step = time.perf_counter()
+    build_report(staging, customers=result.customers)
+    log.info("Report written in %.1f s", time.perf_counter() - step)
+
+
+def publish_models(output_path: Path, models_path: Path) -> None:
+    """Copy a committed run's models to ``<models_dir>/<as_of>/``.
+
+    The run folder is the authority; the published copy is written after the run folder is committed.
+    """
     with atomic_folder(models_path) as staging:
         for name in MODEL_FILES.values():
             shutil.copyfile(output_path / RUN_MODELS / name, staging / name)
-    failure_log_path(output_path).unlink(missing_ok=True)
-    return RunResult(output_path, models_path, result, json.loads(json.dumps(document, default=str)))
 
 
 def _run_backtest_for_run(
@@ -702,12 +800,13 @@ def _run_backtest_for_run(
 
 def write_backtest(folder: Path, result: BacktestResult, more_timings: dict[str, float] | None = None) -> None:
     """Write backtest.json, its SVG charts and backtest_customers.csv into ``folder``."""
+    from forecast.report.backtest_charts import backtest_plots  # matplotlib is loaded only to draw a backtest
+
     for name, svg in backtest_plots(result).items():
         (folder / name).write_text(svg, encoding="utf-8")
     timings = {**result.timings, **(more_timings or {})}
-    write_json(folder / "backtest.json", {**result.document, "plots": dict(PLOT_FILES), "timings_seconds": timings})
-    table = result.customers.reset_index()
-    escape_for_spreadsheet(table).to_csv(folder / "backtest_customers.csv", index=False)
+    write_json(folder / BACKTEST_JSON, {**result.document, "plots": dict(PLOT_FILES), "timings_seconds": timings})
+    frame_to_csv(result.customers.reset_index(), folder / BACKTEST_CUSTOMERS_CSV)
 
 
 @dataclass
@@ -781,8 +880,5 @@ def budget(
                 _, config = _run_backtest_for_run(config, transactions, as_of, _quiet(progress))
         result = forecast(config, transactions, as_of, progress)
     result.warnings.extend(notes)
-    table = payback_table(
-        result.segments, result.purchases, cac, config.horizon_months, config.monthly_discount_rate, config.margin,
-        config.days_per_unit,
-    )  # fmt: skip
+    table = payback_table(result.segments, result.purchases, cac, Valuation.from_config(config))
     return result, table

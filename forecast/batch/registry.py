@@ -1,48 +1,28 @@
-"""The run registry: as_of dates, the runs-root layout, input fingerprints and reading finished runs back.
+"""The run registry: as_of dates, where each run goes in a runs root, and which runs may be replaced or compared.
 
-Layout (docs-batch.md)::
+Layout (docs/operations.md, "Folder layout and atomic writes")::
 
-    <output>/<as_of YYYY-MM-DD>/        one folder per run: customers.csv/.parquet, segments.csv,
-                                        manifest.json (written last), run.log, models/*.json
+    <output>/<as_of YYYY-MM-DD>/        one folder per run (its files: ``forecast.report.run_folder``)
     <models_dir>/<as_of YYYY-MM-DD>/    the published copy of the run's fitted models
 
 A folder is a finished run when it holds ``manifest.json``; folders whose name starts with a dot
-(``.<name>.partial-<pid>``, staging of a run in progress or killed) are never read as runs.
+(``.<name>.partial-<pid>``, staging of a run in progress or killed) are never read as runs. Finished runs are
+read back with ``forecast.report.run_folder.read_run``.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
-import hashlib
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import duckdb
+import pandas as pd
 
-from forecast.data.ingest import row_hash_sum_sql
-from forecast.errors import ArtifactError, ConfigError, OutputError
+from forecast.errors import ConfigError, OutputError
+from forecast.report.run_folder import MANIFEST, RUN_ENTRIES, read_manifest
 
-# pandas (0.25-0.45 s to import) is imported where it is used: `forecast run` imports this module before it reads
-# the log, and imports pandas on a second thread while it reads (forecast.cli).
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from forecast.data.ingest import Transactions
-    from forecast.models import GammaGamma, PurchaseModel
-
-MANIFEST = "manifest.json"
-RUN_MODELS = "models"
-MODEL_FILES = {"purchases": "purchases.json", "spend": "spend.json"}
-#: Everything a run folder may hold: the only entries ``--force`` may replace.
-RUN_ENTRIES = frozenset({
-    MANIFEST, RUN_MODELS, "customers.parquet", "customers.csv", "segments.csv", "report.html", "run.log",
-    "backtest.json", "backtest_customers.csv", "backtest_conditional_expectation.svg", "backtest_tracking.svg",
-    "backtest_deciles.svg",
-})  # fmt: skip
 _MONTH = re.compile(r"^\d{4}-\d{2}$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -77,8 +57,6 @@ def last_complete_month_end(last_timestamp: str | dt.date | dt.datetime) -> dt.d
     A log whose last transaction falls on a month's last day covers that month; otherwise the
     month before is the last complete one.
     """
-    import pandas as pd
-
     last = pd.Timestamp(last_timestamp).date()
     if last == month_end(last):
         return last
@@ -106,57 +84,6 @@ def month_ends_between(first: dt.date, last: dt.date) -> list[dt.date]:
 def run_folder(runs_root: str | Path, as_of: dt.date) -> Path:
     """The folder of the run as of a date inside a runs root: ``<runs_root>/<YYYY-MM-DD>``."""
     return Path(runs_root) / as_of.isoformat()
-
-
-def fingerprint_method() -> str:
-    """The name of the row-hash method, with the DuckDB version whose ``hash()`` it uses."""
-    return "duckdb-hash-" + ".".join(duckdb.__version__.split(".")[:2])
-
-
-def input_fingerprint(transactions: Transactions, as_of: dt.date) -> dict[str, Any]:
-    """Identify the transactions a run as of a date uses, independently of row order and of later rows.
-
-    Each row (customer_id, ts, amount, segment columns) is hashed to 64 bits with DuckDB's ``hash()`` and
-    the hashes are summed exactly (128-bit integers; ``ingest.row_hash_sum_sql``), so appending next month's rows
-    or reordering the file does not change the fingerprint of an earlier as_of, while any edit to a row up to
-    as_of does (but for a 2**-64 chance). It tells a re-run of the same data from a run of changed data; it is
-    no protection against deliberately forged files. ``hash()`` is fast (0.3 s for 10 million rows, MD5 3.5 s)
-    but may change between DuckDB versions, so the method names the version (``fingerprint_method``). When
-    no row is after as_of (``count_after_as_of``) and the read's checks summed every row
-    (``Transactions.row_hash_sum``), that sum is taken instead of a pass over the log.
-
-    Returns
-    -------
-    dict
-        ``rows_up_to_as_of``, ``as_of_sha256`` (SHA-256 of the method, row count and hash sum) and
-        ``fingerprint_method``.
-    """
-    if transactions.row_hash_sum is not None and transactions.ends_by(as_of):
-        rows, total = transactions.quality.rows, transactions.row_hash_sum  # every row is used
-    else:
-        end = (as_of + dt.timedelta(days=1)).isoformat()
-        counts = transactions.connection.execute(
-            f"""SELECT count(*), {row_hash_sum_sql(transactions.segment_columns)}
-                FROM transactions WHERE ts < DATE '{end}'"""
-        ).fetchone()
-        assert counts is not None
-        rows, total = counts
-    method = fingerprint_method()
-    text = f"method={method};rows={rows};sum={total}"
-    return {
-        "rows_up_to_as_of": int(rows),
-        "as_of_sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "fingerprint_method": method,
-    }
-
-
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest of a finished run folder, or None when the folder holds no readable manifest."""
-    try:
-        document = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
 
 
 def check_overwrite(
@@ -257,80 +184,3 @@ def find_previous_run(runs_root: Path, as_of: dt.date, exclude: Path | None = No
         if folder_as_of < as_of:
             candidates.append((folder_as_of, folder))
     return max(candidates)[1] if candidates else None
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class StoredRun:
-    """A finished run read back from its folder."""
-
-    path: Path
-    manifest: dict[str, Any]
-    customers: pd.DataFrame
-    segments: pd.DataFrame
-    purchases: PurchaseModel
-    spend: GammaGamma
-
-    @property
-    def as_of(self) -> dt.date:
-        return dt.date.fromisoformat(self.manifest["as_of"])
-
-
-def load_run(run_dir: str | Path) -> StoredRun:
-    """Read a finished run: manifest, per-customer and per-segment tables, and its fitted models.
-
-    The models are read from the run folder's own ``models/`` copy, and their SHA-256 must match the
-    manifest, so tables and models always belong to the same run.
-
-    Returns
-    -------
-    StoredRun
-        ``customers`` indexed by customer_id (string).
-
-    Raises
-    ------
-    ArtifactError
-        The folder is not a finished run, a file is missing, or a model does not match the manifest.
-    """
-    # The models' libraries (scipy, lifetimes) and pandas are imported here, not with this module: `forecast run`
-    # imports the registry before reading the log, and imports them on a second thread while it reads.
-    import pandas as pd
-
-    from forecast.models import GammaGamma, PurchaseModel
-    from forecast.models.artifacts import load_model
-
-    path = Path(run_dir)
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise ArtifactError(
-            f"{path} is not a finished run (no readable {MANIFEST}); a run killed part-way leaves none. "
-            "Run `forecast run` for that as_of."
-        )
-    try:
-        customers = pd.read_parquet(path / "customers.parquet")
-        segments = pd.read_csv(path / "segments.csv", dtype={"segmentation": "string", "segment": "string"})
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"The run {path} is incomplete: {exc}. Re-run `forecast run` for that as_of.") from None
-    customers["customer_id"] = customers["customer_id"].astype("string")
-    expected = manifest.get("models", {}).get("sha256", {})
-    models: dict[str, Any] = {}
-    for role, name in MODEL_FILES.items():
-        model_path = path / RUN_MODELS / name
-        if expected and model_path.is_file() and sha256_file(model_path) != expected.get(name):
-            raise ArtifactError(
-                f"{model_path} does not match the SHA-256 recorded in {path / MANIFEST}: the model was changed "
-                "after the run. Re-run `forecast run` for that as_of."
-            )
-        models[role] = load_model(model_path)
-    purchases, spend = models["purchases"], models["spend"]
-    if not isinstance(purchases, PurchaseModel) or not isinstance(spend, GammaGamma):
-        raise ArtifactError(f"The models in {path / RUN_MODELS} are not a purchase model and a Gamma-Gamma model.")
-    return StoredRun(path, manifest, customers.set_index("customer_id"), segments, purchases, spend)

@@ -1,10 +1,9 @@
 """Collapse per-customer rows into unique rows with counts, in linear time.
 
 The models are fitted on unique (frequency, recency, T) rows weighted by their counts, and every
-unique row is scored once. ``numpy.unique(axis=0)`` sorts the rows lexicographically (10 s for
-3.4 million customers on two cores). ``sorted_unique_rows`` ranks each column's values and reads a row's
-ranks as one number, so no pass sorts all the rows (0.15 s for the 3.4 million (frequency, recency, T)
-rows of the 10M-transaction benchmark).
+unique row is scored once. ``numpy.unique(axis=0)`` sorts the rows lexicographically, comparing row by
+row. ``sorted_unique_rows`` ranks each column's values and reads a row's ranks as one number, so no pass sorts
+all the rows: the work grows with the rows, not with the rows times their logarithm.
 ``Histories`` and ``SpendHistories`` find a summary's unique rows once: the fits take their rows and
 counts, and the scores and intervals map them back to the customers.
 """
@@ -26,7 +25,7 @@ def as_floats(values: np.ndarray | pd.Series) -> np.ndarray:
     """A float array of the values; for a Series without ``numpy.asarray``.
 
     On pandas 3, ``numpy.asarray(series)`` builds (and caches on the index) a hash table of the index
-    labels: 230 MB for 3.4 million customer ids, kept for as long as the summary lives.
+    labels, about as large as the ids themselves, kept for as long as the summary lives.
     """
     if isinstance(values, pd.Series):
         return values.to_numpy(dtype=float)
@@ -55,8 +54,8 @@ def row_chunks(rows: int) -> list[slice]:
 def take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``values[index]`` for a compact integer index (int8 .. int32), a chunk at a time.
 
-    numpy converts an index array to intp before it gathers: 27 MB for the int32 codes of 3.4 million
-    customers. Chunk by chunk that copy stays ``CHUNK_ROWS`` long; the values gathered are the same.
+    numpy converts an index array to intp before it gathers, a copy of 8 bytes per customer. Chunk by chunk
+    that copy stays ``CHUNK_ROWS`` long; the values gathered are the same.
     """
     out = np.empty(len(index), dtype=values.dtype)
     for part in row_chunks(len(index)):
@@ -205,8 +204,8 @@ def sorted_unique_rows(
             counts = rows_per_key[present]
         else:
             counts = np.bincount(key, weights=weights, minlength=combinations)[present]
-        # Counted, the table becomes each key's unique-row number: a new table would cost its page faults
-        # (0.1 s for the 5 million keys of the 10M-transaction benchmark). The numbers are written in the
+        # Counted, the table becomes each key's unique-row number: a new table of every key would cost the
+        # page faults of memory touched for the first time. The numbers are written in the
         # smallest integer type over the start of the counts' buffer (the counts of the keys that are not
         # present are never read), so that the rows' numbers take 4 bytes, not 8.
         group_of_key = rows_per_key.view(small_int(len(present)))[:combinations]
@@ -322,8 +321,8 @@ def distinct_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct values in ascending order and how often each occurs, like ``np.unique(values,
     return_counts=True)`` for values without NaN.
 
-    Counted by hashing, then only the distinct values are sorted: ``np.unique`` sorts all the values,
-    four times slower for millions of customers with a few hundred distinct ages.
+    Counted by hashing, then only the distinct values are sorted: ``np.unique`` sorts all the values, though
+    millions of customers have only a few hundred distinct ages.
     """
     counts = pd.Series(values, copy=False).value_counts(sort=False).sort_index()
     return counts.index.to_numpy(), counts.to_numpy()
@@ -333,7 +332,7 @@ def quantile_of_counts(counts: np.ndarray, q: float) -> float:
     """``np.quantile(values, q)`` (linear interpolation) of the values 0, 1, 2, ... occurring ``counts[v]`` times.
 
     Only the two values beside the quantile's position are found (from the running counts), so the values
-    themselves are never built: a million customers' frequencies would take 8 MB, and ``np.quantile`` a copy more.
+    themselves are never built (8 bytes per customer, and ``np.quantile`` would copy them once more).
     """
     total = int(counts.sum())
     position = q * (total - 1)  # numpy's virtual index for the linear method

@@ -22,6 +22,13 @@ line numbers. The policies (README, "Data requirements and policies"):
 - exact duplicate rows, and repeated order ids when ``data.order_id`` is mapped: ``data.duplicates`` =
   ``keep`` (the default: CDNOW has 255 legitimate identical rows), ``drop`` (keep the first), or ``fail``.
 - transactions after as_of: excluded by the summary and counted by ``count_after_as_of``.
+
+``read_transactions`` goes through these steps, one function each, every one leaving a relation behind:
+``open_log`` (the files as ``raw_log``, the mapped columns checked), ``create_typed_log`` (``typed_log``: typed
+columns beside the raw text), ``count_problems``, ``find_duplicate_rows`` and ``count_duplicate_order_ids``; the
+policies that refuse a log (``refuse_invalid_rows``, ``refuse_negative_amounts``, ``refuse_duplicates``) and those
+that keep or drop rows (``register_kept_log``: ``kept_log``; ``register_transactions``: ``transactions``, returns
+netted or dropped); and the record of it all (``quality_warnings``, ``data_quality``).
 """
 
 from __future__ import annotations
@@ -30,9 +37,7 @@ import dataclasses
 import datetime as dt
 import difflib
 import glob
-import hashlib
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,7 +62,7 @@ OFFSET_PATTERN = r"[T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?
 # Which rows of ``typed_log`` have each problem (the policies in the module docstring).
 BAD_TS_SQL = "ts IS NULL"
 BAD_AMOUNT_SQL = "(amount IS NULL OR isnan(amount) OR isinf(amount))"
-# trim() only where an id starts or ends with a space: trimming every id costs a second at 10M rows.
+# trim() only where an id starts with a space: a trim of every id would be the costliest part of the checks.
 NULL_ID_SQL = "(customer_id IS NULL OR customer_id = '' OR (starts_with(customer_id, ' ') AND trim(customer_id) = ''))"
 SPACED_ID_SQL = "((starts_with(customer_id, ' ') OR ends_with(customer_id, ' ')) AND trim(customer_id) <> '')"
 VALID_SQL = f"NOT {NULL_ID_SQL} AND NOT {BAD_TS_SQL} AND NOT {BAD_AMOUNT_SQL}"
@@ -76,6 +81,14 @@ def quote_identifier(name: str) -> str:
 def quote_literal(text: str) -> str:
     """Quote a string literal for SQL."""
     return "'" + text.replace("'", "''") + "'"
+
+
+#: A row's place in the log: its file, then its line (or Parquet row) in that file.
+FILE_AND_LINE = f"{quote_identifier(FILE_COLUMN)}, {quote_identifier(LINE_COLUMN)}"
+#: The rows that ``find_duplicate_rows`` lists as repeating an earlier row exactly.
+DUPLICATE_ROW_SQL = f"({FILE_AND_LINE}) IN (SELECT ({FILE_AND_LINE}) FROM duplicate_rows)"
+#: What to check when DuckDB cannot read the log's rows.
+READ_ADVICE = "Check data.format, data.delimiter and the file."
 
 
 def lifetimes_dataset(name: str) -> Path:
@@ -249,35 +262,113 @@ class Transactions:
 def id_quantiles_sql() -> str:
     """SQL of an aggregate: the customer ids at every 1/``ID_QUANTILE_STEPS`` of the rows of a fixed sample of
     the customers (one in ``SAMPLED_CUSTOMERS_ONE_IN``, by id hash), from which the summary cuts the log into
-    ranges of customers of about equal rows (``rfm.customer_ranges``)."""
+    ranges of customers of about equal rows (``summary.customer_ranges``)."""
     levels = [k / ID_QUANTILE_STEPS for k in range(1, ID_QUANTILE_STEPS)]
     return f"quantile_disc(customer_id, {levels}) FILTER (WHERE hash(customer_id) % {SAMPLED_CUSTOMERS_ONE_IN} = 0)"
 
 
 def row_hash_sum_sql(segment_columns: list[str]) -> str:
     """SQL of the exact (128-bit) sum of the rows' 64-bit hashes of customer_id, ts, amount and the segment
-    columns (the sum that the input fingerprint is made of; see ``registry.input_fingerprint``)."""
+    columns (the sum that ``fingerprints.rows_up_to_as_of_fingerprint`` is made of)."""
     columns = ["customer_id", "ts", "amount", *(quote_identifier(c) for c in segment_columns)]
     return f"coalesce(sum(hash({', '.join(columns)})::HUGEINT), 0)"
 
 
-def _examples(con: duckdb.DuckDBPyConnection, sql: str) -> str:
-    rows = con.sql(f"{sql} LIMIT {EXAMPLES}").fetchall()
-    return ", ".join(repr(row[0]) if len(row) == 1 else repr(tuple(row)) for row in rows)
+# --- opening the source -------------------------------------------------------------------------------
 
 
-def _located(con: duckdb.DuckDBPyConnection, condition: str, column: str, single_file: bool, unit: str) -> str:
-    """The first few offending rows as ``line 3: '2023-02-30'`` (with the file name when there are several)."""
-    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
-    rows = con.execute(
-        f"SELECT {file_col}, {line_col}, {column} FROM typed_log WHERE {condition} "
-        f"ORDER BY {file_col}, {line_col} LIMIT {EXAMPLES}"
-    ).fetchall()
-    places = [
-        (f"{unit} {line}" if single_file else f"{Path(str(name)).name}:{line}") + f" {value!r}"
-        for name, line, value in rows
-    ]
-    return "first at " + ", ".join(places)
+@dataclass(frozen=True)
+class LogSource:
+    """The log's files, registered in the connection as the view ``raw_log``, and the raw columns DuckDB found."""
+
+    path: str
+    files: list[Path]
+    empty_files: list[Path]
+    file_format: str
+    #: The raw columns and their DuckDB types, without the internal file and line columns.
+    column_types: dict[str, str]
+
+    @property
+    def where(self) -> str:
+        """The log as the messages name it: ``data.path``, with the number of files when there are several."""
+        return _where(self.path, self.files)
+
+    @property
+    def single_file(self) -> bool:
+        return len(self.files) == 1
+
+    @property
+    def unit(self) -> str:
+        """What a row's number counts in its file: lines of text, or Parquet rows."""
+        return "row" if self.file_format == "parquet" else "line"
+
+
+def _where(path: str, files: list[Path]) -> str:
+    return path + ("" if len(files) == 1 else f" ({len(files)} files)")
+
+
+@contextmanager
+def _unreadable_as_data_error(what: str, advice: str) -> Iterator[None]:
+    """Turn a DuckDB error while reading ``what`` into a DataError ending with ``advice``.
+
+    Running out of memory is not the log's fault: it passes through for ``duckdb_limits`` to explain.
+    """
+    try:
+        yield
+    except duckdb.OutOfMemoryException:
+        raise
+    except duckdb.Error as exc:
+        raise DataError(f"Cannot read {what}: {exc}. {advice}") from None
+
+
+def _split_empty_files(path: str, files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The files with bytes in them, and the empty ones (skipped, and named in a warning).
+
+    Raises
+    ------
+    DataError
+        Every file is empty.
+    """
+    empty = [p for p in files if p.stat().st_size == 0]
+    non_empty = [p for p in files if p.stat().st_size > 0]
+    if not non_empty:
+        names = ", ".join(p.name for p in empty[:EXAMPLES])
+        raise DataError(
+            f"The transaction log {path} is empty ({len(empty)} file(s) of 0 bytes: {names}). "
+            "Point data.path at a log with a header and rows."
+        )
+    return non_empty, empty
+
+
+def open_log(con: duckdb.DuckDBPyConnection, config: DataConfig) -> LogSource:
+    """Register the configured files as the view ``raw_log`` and check that the mapped columns are there.
+
+    Raises
+    ------
+    DataError
+        No file, only empty files, files DuckDB cannot read in the configured format, or a mapped column missing.
+    """
+    files, empty = _split_empty_files(config.path, resolve_files(config.path))
+    file_format = _file_format(config, files)
+    with _unreadable_as_data_error(f"{_where(config.path, files)} as {file_format}", "Check data.format and the file."):
+        con.execute(f"SET TimeZone = {quote_literal(config.timezone)}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW raw_log AS {_source_sql(config, files, file_format)}")
+        described = con.execute("DESCRIBE raw_log").fetchall()
+    types = {row[0]: str(row[1]) for row in described if row[0] not in (FILE_COLUMN, LINE_COLUMN)}
+    source = LogSource(config.path, files, empty, file_format, types)
+    _check_columns(config, source)
+    return source
+
+
+def _check_columns(config: DataConfig, source: LogSource) -> None:
+    """Raise a DataError naming every mapped column the log lacks, with the nearest names it has."""
+    needed = {"data.customer_id": config.customer_id, "data.timestamp": config.timestamp, "data.amount": config.amount}
+    if config.order_id is not None:
+        needed["data.order_id"] = config.order_id
+    needed.update({f"data.segment_columns[{i}]": c for i, c in enumerate(config.segment_columns)})
+    missing = [(key, col) for key, col in needed.items() if col not in source.column_types]
+    if missing:
+        raise DataError(_missing_columns_message(source.where, missing, list(source.column_types)))
 
 
 def _missing_columns_message(where: str, missing: list[tuple[str, str]], found: list[str]) -> str:
@@ -294,6 +385,9 @@ def _missing_columns_message(where: str, missing: list[tuple[str, str]], found: 
     if hints:
         message += " Did you mean: " + "; ".join(hints) + "?"
     return message + " Map the right names in the config's data section (names are case-sensitive)."
+
+
+# --- the typed log ------------------------------------------------------------------------------------
 
 
 def _timestamp_sql(config: DataConfig, column: str, source_type: str) -> str:
@@ -315,6 +409,491 @@ def _timestamp_sql(config: DataConfig, column: str, source_type: str) -> str:
     if source_type.startswith(("TIMESTAMP", "DATE")):
         return f"CAST({column} AS TIMESTAMP)"
     return f"timezone({zone}, TRY_CAST(trim(CAST({column} AS VARCHAR)) AS TIMESTAMPTZ))"
+
+
+def typed_log_sql(config: DataConfig, source: LogSource) -> str:
+    """SQL of the rows of ``raw_log`` with typed columns, from which every check and every later read start.
+
+    Columns: ``customer_id`` (text, as given), ``ts`` (naive TIMESTAMP in ``data.timezone``, NULL when invalid),
+    ``amount`` (DOUBLE, NULL when not a number), the raw texts ``ts_raw`` and ``amount_raw`` that messages quote,
+    ``order_id`` (NULL unless ``data.order_id`` is mapped), ``has_offset`` (the raw timestamp carries a UTC
+    offset), ``row_hash`` (a hash of every raw column, for finding exact duplicates), the file and line, and the
+    segment columns as text.
+    """
+    types = source.column_types
+    cid, ts, amount = (quote_identifier(c) for c in (config.customer_id, config.timestamp, config.amount))
+    has_offset = (
+        f"regexp_matches(trim({ts}), {quote_literal(OFFSET_PATTERN)})"
+        if types[config.timestamp].upper() == "VARCHAR" and not config.timestamp_format
+        else "false"
+    )
+    order = f"CAST({quote_identifier(config.order_id)} AS VARCHAR)" if config.order_id else "NULL"
+    segments = "".join(
+        f", CAST({quote_identifier(c)} AS VARCHAR) AS {quote_identifier(c)}" for c in config.segment_columns
+    )
+    raw_columns = ", ".join(quote_identifier(c) for c in types)
+    return f"""
+        SELECT CAST({cid} AS VARCHAR) AS customer_id, CAST({ts} AS VARCHAR) AS ts_raw,
+               {_timestamp_sql(config, ts, types[config.timestamp])} AS ts,
+               CAST({amount} AS VARCHAR) AS amount_raw, TRY_CAST({amount} AS DOUBLE) AS amount,
+               {order} AS order_id, {has_offset} AS has_offset, hash({raw_columns}) AS row_hash,
+               {quote_identifier(FILE_COLUMN)}, {quote_identifier(LINE_COLUMN)}{segments}
+        FROM raw_log"""
+
+
+def create_typed_log(con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource) -> None:
+    """Register ``typed_log`` (``typed_log_sql``): a view of a Parquet log, a table of a CSV one.
+
+    Parquet is re-read column by column faster than a copy could be made, so its typed log is a view; a CSV
+    is parsed once into a table, so that the checks and the summary do not parse it again.
+    """
+    kind = "VIEW" if source.file_format == "parquet" else "TABLE"
+    with _unreadable_as_data_error(source.where, READ_ADVICE):
+        con.execute(f"CREATE OR REPLACE TEMP {kind} typed_log AS {typed_log_sql(config, source)}")
+
+
+# --- counting the problems ----------------------------------------------------------------------------
+
+
+class ProblemCounts(NamedTuple):
+    """The rows of ``typed_log`` with each problem, and the span of the usable ones."""
+
+    rows: int
+    null_ids: int
+    bad_ts: int
+    bad_amounts: int
+    zero_amounts: int
+    negative_amounts: int
+    with_offset: int
+    without_offset: int
+    spaced_ids: int
+    rows_used: int
+    first_ts: object
+    last_ts: object
+    #: ``row_hash_sum_sql`` and ``id_quantiles_sql`` over every row, for a clean log only (None when the problems
+    #: were counted one by one).
+    row_hash_sum: int | None = None
+    id_quantiles: list[str] | None = None
+
+
+def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -> ProblemCounts:
+    """Count every problem of ``typed_log``, in one pass of plain aggregates when the log is clean.
+
+    Most logs have none of the problems, and counting each under its own filter costs several passes' worth of
+    work. A first pass of plain aggregates (count, min, max) proves a log clean when no id is missing or starts
+    with a character at or below a space (the smallest id is at least '!'), no timestamp is missing and every
+    amount is a number of at least 0 and below infinity; then every count follows from it. Otherwise the problems
+    are counted one by one (``count_each_problem``). The same pass sums the rows' hashes for the fingerprint of the
+    rows up to as_of (``row_hash_sum_sql`` with the log's ``segment_columns``) and takes the ``id_quantiles_sql``
+    that place the summary's ranges, so that neither needs a pass of its own.
+    """
+    (rows, ids, smallest_id, timestamps, amounts, nans, smallest_amount, largest_amount, zero_amounts,
+     trailing_spaces, with_offset, first_ts, last_ts, hash_sum, quantiles) = con.execute(
+        f"""SELECT count(*), count(customer_id), min(customer_id), count(ts), count(amount), count_if(isnan(amount)),
+                  min(amount), max(amount), count_if(amount = 0), count_if(ends_with(customer_id, ' ')),
+                  count_if(has_offset), min(ts), max(ts), {row_hash_sum_sql(segment_columns)},
+                  {id_quantiles_sql()}
+           FROM typed_log"""
+    ).fetchall()[0]  # fmt: skip
+    clean = (
+        rows > 0 and ids == rows and smallest_id >= "!" and timestamps == rows and amounts == rows and nans == 0
+        and smallest_amount >= 0 and largest_amount < math.inf
+    )  # fmt: skip
+    if not clean:
+        return count_each_problem(con)
+    # No id starts with a space, so the spaced ids are those that end with one.
+    return ProblemCounts(
+        rows, 0, 0, 0, zero_amounts, 0, with_offset, rows - with_offset, trailing_spaces, rows, first_ts, last_ts,
+        int(hash_sum), quantiles,
+    )  # fmt: skip
+
+
+def count_each_problem(con: duckdb.DuckDBPyConnection) -> ProblemCounts:
+    """Count every problem of ``typed_log`` under its own filter (what ``count_problems`` proves for a clean log)."""
+    counts = con.execute(
+        f"""SELECT count(*),
+                  count(*) FILTER (WHERE {NULL_ID_SQL}),
+                  count(*) FILTER (WHERE {BAD_TS_SQL}),
+                  count(*) FILTER (WHERE {BAD_AMOUNT_SQL}),
+                  count(*) FILTER (WHERE amount = 0),
+                  count(*) FILTER (WHERE amount < 0),
+                  count(*) FILTER (WHERE has_offset),
+                  count(*) FILTER (WHERE NOT has_offset AND ts IS NOT NULL),
+                  count(*) FILTER (WHERE {SPACED_ID_SQL}),
+                  count(*) FILTER (WHERE {USED_SQL}),
+                  min(ts) FILTER (WHERE {USED_SQL}),
+                  max(ts) FILTER (WHERE {USED_SQL})
+           FROM typed_log"""
+    ).fetchall()[0]
+    return ProblemCounts(*counts)
+
+
+def find_duplicate_rows(con: duckdb.DuckDBPyConnection, raw_columns: list[str]) -> int:
+    """Register ``duplicate_rows(file, line)``: the rows that repeat an earlier row exactly; return their count.
+
+    The rows' 64-bit hashes are sorted first and a repeated hash is one equal to the hash before it, which takes
+    far less time and memory than counting them in a hash table of every row; only when a hash repeats are the
+    rows with it listed and compared column by column, in file and line order, so the first of equal rows is
+    never listed.
+    """
+    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
+    columns = ", ".join(quote_identifier(c) for c in raw_columns)
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE repeated_hashes AS SELECT DISTINCT row_hash
+        FROM (SELECT row_hash, lag(row_hash) OVER (ORDER BY row_hash) AS previous_hash FROM typed_log)
+        WHERE row_hash = previous_hash"""
+    )
+    row = con.execute("SELECT count(*) FROM repeated_hashes").fetchone()
+    # Without a repeated hash no row repeats another: the table stays empty and the log is not read again.
+    repeats = bool(row and row[0])
+    candidates = "row_hash IN (SELECT row_hash FROM repeated_hashes)" if repeats else "false"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE duplicate_rows AS SELECT {file_col}, {line_col} FROM typed_log
+        WHERE {candidates}"""
+    )
+    con.execute("DROP TABLE repeated_hashes")
+    if repeats:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE duplicate_rows AS SELECT {file_col}, {line_col} FROM (
+                SELECT {file_col}, {line_col},
+                       row_number() OVER (PARTITION BY {columns} ORDER BY {file_col}, {line_col}) AS n
+                FROM raw_log SEMI JOIN duplicate_rows USING ({file_col}, {line_col}))
+            WHERE n > 1"""
+        )
+    row = con.execute("SELECT count(*) FROM duplicate_rows").fetchone()
+    return int(row[0]) if row else 0
+
+
+def count_duplicate_order_ids(con: duckdb.DuckDBPyConnection) -> int:
+    """Count the valid rows of ``typed_log`` whose order id an earlier valid row (in file and line order) has."""
+    row = con.execute(
+        f"""SELECT count(*) FROM (SELECT row_number() OVER (PARTITION BY order_id ORDER BY {FILE_AND_LINE})
+            AS n FROM typed_log WHERE order_id IS NOT NULL AND {VALID_SQL}) WHERE n > 1"""
+    ).fetchall()[0]
+    return int(row[0])
+
+
+class Duplicates(NamedTuple):
+    """Rows that repeat an earlier row exactly (listed in ``duplicate_rows``), and rows that repeat an order id."""
+
+    rows: int
+    order_ids: int
+
+    @property
+    def found(self) -> bool:
+        """Whether any row repeats an earlier row or order id."""
+        return bool(self.rows or self.order_ids)
+
+
+def _located(con: duckdb.DuckDBPyConnection, source: LogSource, condition: str, column: str) -> str:
+    """The first few rows of ``typed_log`` matching ``condition`` as ``line 3 '2023-02-30'``.
+
+    With several files, each place names its file (``b.csv:3``) instead of the unit.
+    """
+    rows = con.execute(
+        f"SELECT {FILE_AND_LINE}, {column} FROM typed_log WHERE {condition} ORDER BY {FILE_AND_LINE} LIMIT {EXAMPLES}"
+    ).fetchall()
+    places = [
+        (f"{source.unit} {line}" if source.single_file else f"{Path(str(name)).name}:{line}") + f" {value!r}"
+        for name, line, value in rows
+    ]
+    return "first at " + ", ".join(places)
+
+
+# --- the policies -------------------------------------------------------------------------------------
+
+
+def refuse_invalid_rows(
+    con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource, counts: ProblemCounts
+) -> None:
+    """Apply ``data.invalid_rows: fail``: raise a DataError for a log without rows or with invalid ones.
+
+    Under ``drop`` the invalid rows are left out of ``kept_log`` instead (``register_kept_log``).
+    """
+    rows, where = counts.rows, source.where
+    if rows == 0:
+        found = ", ".join(source.column_types)
+        raise DataError(
+            f"{where} has no transactions (no rows after the header; columns {found}). "
+            "Point data.path at a non-empty log."
+        )
+    if config.invalid_rows == "drop":
+        return
+    if counts.bad_ts:
+        hint = f"the format {config.timestamp_format!r}" if config.timestamp_format else "ISO dates (YYYY-MM-DD)"
+        raise DataError(
+            f"{counts.bad_ts:,} of {rows:,} rows in {where} have a '{config.timestamp}' that is not a valid date or "
+            f"time ({hint}; impossible dates such as 2023-02-30 count too); "
+            f"{_located(con, source, BAD_TS_SQL, 'ts_raw')}. Fix those rows, set data.timestamp_format, "
+            "or set data.invalid_rows: drop to skip them."
+        )
+    if counts.bad_amounts:
+        raise DataError(
+            f"{counts.bad_amounts:,} of {rows:,} rows in {where} have a '{config.amount}' that is not a finite number "
+            f"(empty, text, NaN or infinite); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')}. "
+            "Fix or remove those rows, or set data.invalid_rows: drop to skip them."
+        )
+
+
+def refuse_negative_amounts(
+    con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource, counts: ProblemCounts
+) -> None:
+    """Apply ``data.negative_amounts: fail``: raise a DataError for a log with returns.
+
+    Under ``net`` or ``drop`` the returns are handled by ``register_transactions``.
+    """
+    if counts.negative_amounts and config.negative_amounts == "fail":
+        raise DataError(
+            f"{counts.negative_amounts:,} rows in {source.where} have a negative '{config.amount}' (returns); "
+            f"{_located(con, source, 'amount < 0', 'amount_raw')}. "
+            "Set data.negative_amounts to 'net' or 'drop', or remove them."
+        )
+
+
+def refuse_duplicates(
+    con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource, duplicates: Duplicates
+) -> None:
+    """Apply ``data.duplicates: fail``: raise a DataError for a log with repeated rows or order ids.
+
+    Under ``drop`` the repeats are left out of ``kept_log`` (``register_kept_log``); under ``keep`` they stay.
+    """
+    if not duplicates.found or config.duplicates != "fail":
+        return
+    what = []
+    if duplicates.rows:
+        what.append(
+            f"{duplicates.rows:,} rows repeat an earlier row exactly "
+            f"({_located(con, source, DUPLICATE_ROW_SQL, 'customer_id')})"
+        )
+    if duplicates.order_ids:
+        what.append(f"{duplicates.order_ids:,} rows repeat an earlier '{config.order_id}' (data.order_id)")
+    raise DataError(
+        f"{source.where}: {'; '.join(what)}. Remove the duplicates, or set data.duplicates to 'drop' (keep the "
+        "first) or 'keep' (count them as separate purchases)."
+    )
+
+
+def register_kept_log(
+    con: duckdb.DuckDBPyConnection, config: DataConfig, counts: ProblemCounts, duplicates: Duplicates
+) -> None:
+    """Register ``kept_log``: the rows of ``typed_log`` that survive the policies, before returns are netted.
+
+    Rows with an empty id and (under ``data.invalid_rows: drop``) invalid rows are left out, and under
+    ``data.duplicates: drop`` every exact repeat and every repeat of an order id but the first.
+    """
+    # Every later read of the log filters it again, so a filter that the counts show removes nothing is left out.
+    keep = [VALID_SQL] if counts.null_ids or counts.bad_ts or counts.bad_amounts else ["true"]
+    if config.duplicates == "drop" and duplicates.rows:
+        keep.append(f"NOT {DUPLICATE_ROW_SQL}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW kept_log AS SELECT * FROM typed_log WHERE {' AND '.join(keep)}")
+    if config.duplicates == "drop" and config.order_id is not None:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW kept_log AS SELECT * EXCLUDE (__clv_order_n) FROM (
+                SELECT *, row_number() OVER (PARTITION BY order_id ORDER BY {FILE_AND_LINE}) AS __clv_order_n
+                FROM typed_log WHERE {" AND ".join(keep)})
+                WHERE order_id IS NULL OR __clv_order_n = 1"""
+        )
+
+
+def register_transactions(con: duckdb.DuckDBPyConnection, config: DataConfig, counts: ProblemCounts) -> int:
+    """Register ``transactions`` from ``kept_log`` under ``data.negative_amounts``; return the returns dropped.
+
+    Under ``net`` each return is netted into its purchase day (``_net_returns``; a return on a day without a
+    purchase is dropped and counted), under ``drop`` every return is left out.
+    """
+    if config.negative_amounts == "net" and counts.negative_amounts:
+        return _net_returns(con, list(config.segment_columns))
+    segment_names = "".join(f", {quote_identifier(c)}" for c in config.segment_columns)
+    keep_negative = "" if config.negative_amounts == "net" else " WHERE amount >= 0"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP VIEW transactions AS
+        SELECT customer_id, ts, amount{segment_names} FROM kept_log{keep_negative}"""
+    )
+    return 0
+
+
+def _net_returns(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -> int:
+    """Register ``transactions`` with each return netted into the customer's last purchase of its day.
+
+    A return (negative amount) is added to the last non-negative row of the same customer on the same
+    calendar day, so it never creates a purchase of its own, at day or exact resolution. Returns on a
+    day without a purchase have nothing to net into and are dropped; their count is returned.
+    """
+    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
+    con.execute(
+        f"""CREATE OR REPLACE TEMP VIEW transactions AS
+        WITH purchases AS (
+            SELECT *, CAST(ts AS DATE) AS day,
+                   row_number() OVER (PARTITION BY customer_id, CAST(ts AS DATE)
+                                      ORDER BY ts DESC, {file_col} DESC, {line_col} DESC) AS last_of_day
+            FROM kept_log WHERE amount >= 0),
+        returns AS (
+            SELECT customer_id, CAST(ts AS DATE) AS day, sum(amount) AS returned
+            FROM kept_log WHERE amount < 0 GROUP BY ALL)
+        SELECT p.customer_id, p.ts,
+               p.amount + CASE WHEN p.last_of_day = 1 THEN coalesce(r.returned, 0.0) ELSE 0.0 END AS amount
+               {"".join(", p." + quote_identifier(c) for c in segment_columns)}
+        FROM purchases p LEFT JOIN returns r ON r.customer_id = p.customer_id AND r.day = p.day"""
+    )
+    row = con.execute(
+        """SELECT count(*) FROM kept_log k WHERE amount < 0 AND NOT EXISTS (
+               SELECT 1 FROM kept_log p WHERE p.customer_id = k.customer_id AND p.amount >= 0
+               AND CAST(p.ts AS DATE) = CAST(k.ts AS DATE))"""
+    ).fetchall()[0]
+    return int(row[0])
+
+
+# --- the data-quality record --------------------------------------------------------------------------
+
+
+def quality_warnings(
+    con: duckdb.DuckDBPyConnection,
+    config: DataConfig,
+    source: LogSource,
+    counts: ProblemCounts,
+    duplicates: Duplicates,
+    returns_without_purchase: int,
+) -> list[str]:
+    """One message per problem found, saying how many rows, what the policy did and where the first ones are."""
+    warnings = []
+    if source.empty_files:
+        names = ", ".join(p.name for p in source.empty_files[:EXAMPLES])
+        warnings.append(f"{len(source.empty_files)} empty file(s) were skipped: {names}.")
+    if counts.bad_ts:
+        warnings.append(
+            f"{counts.bad_ts:,} rows with an invalid '{config.timestamp}' were dropped (data.invalid_rows: drop); "
+            f"{_located(con, source, BAD_TS_SQL, 'ts_raw')}."
+        )
+    if counts.bad_amounts:
+        warnings.append(
+            f"{counts.bad_amounts:,} rows with a non-numeric or non-finite '{config.amount}' were dropped "
+            f"(data.invalid_rows: drop); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')}."
+        )
+    if counts.null_ids:
+        warnings.append(f"{counts.null_ids:,} rows with an empty customer id were dropped.")
+    if counts.spaced_ids:
+        warnings.append(
+            f"{counts.spaced_ids:,} rows have a customer id with leading or trailing spaces; ids are kept as given, "
+            "so ' 7' and '7' are different customers."
+        )
+    if counts.with_offset and counts.without_offset:
+        warnings.append(
+            f"{counts.with_offset:,} timestamps carry a UTC offset and {counts.without_offset:,} do not: offsets "
+            f"were converted to {config.timezone} and the others taken as {config.timezone} (data.timezone)."
+        )
+    if counts.zero_amounts:
+        warnings.append(f"{counts.zero_amounts:,} rows have an amount of 0; they count as purchases.")
+    if counts.negative_amounts:
+        action = "dropped" if config.negative_amounts == "drop" else "netted into their purchase day"
+        warnings.append(f"{counts.negative_amounts:,} rows have a negative amount (returns); they were {action}.")
+    if returns_without_purchase:
+        warnings.append(
+            f"{returns_without_purchase:,} returns fell on a day without a purchase by the same customer and were "
+            "dropped (a return is not a purchase)."
+        )
+    if duplicates.found:
+        action = {"keep": "kept as separate purchases", "drop": "dropped (the first was kept)"}[config.duplicates]
+        parts = [f"{duplicates.rows:,} rows repeat an earlier row exactly"] if duplicates.rows else []
+        if duplicates.order_ids:
+            parts.append(f"{duplicates.order_ids:,} rows repeat an earlier order id")
+        warnings.append(f"{' and '.join(parts)}; they were {action} (data.duplicates: {config.duplicates}).")
+    return warnings
+
+
+def data_quality(
+    config: DataConfig,
+    source: LogSource,
+    counts: ProblemCounts,
+    duplicates: Duplicates,
+    rows_used: int,
+    returns_without_purchase: int,
+    warnings: list[str],
+) -> DataQuality:
+    """The data-quality record of a read: what was found, with the policy applied to each problem."""
+    return DataQuality(
+        rows=counts.rows,
+        customers=None,
+        first_timestamp=None if counts.first_ts is None else str(counts.first_ts),
+        last_timestamp=None if counts.last_ts is None else str(counts.last_ts),
+        null_customer_ids=counts.null_ids,
+        zero_amounts=counts.zero_amounts,
+        negative_amounts=counts.negative_amounts,
+        negative_policy=config.negative_amounts,
+        warnings=warnings,
+        rows_used=rows_used,
+        files=len(source.files),
+        empty_files=[str(p) for p in source.empty_files],
+        invalid_timestamps=counts.bad_ts,
+        invalid_amounts=counts.bad_amounts,
+        invalid_policy=config.invalid_rows,
+        timezone=config.timezone,
+        timestamps_with_offset=counts.with_offset,
+        timestamps_without_offset=counts.without_offset,
+        ids_with_surrounding_space=counts.spaced_ids,
+        returns_without_purchase=returns_without_purchase,
+        duplicate_rows=duplicates.rows,
+        duplicate_order_ids=duplicates.order_ids,
+        duplicates_policy=config.duplicates,
+    )
+
+
+# --- reading a log ------------------------------------------------------------------------------------
+
+
+def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection | None = None) -> Transactions:
+    """Open the configured log, check it, apply the data policies and register ``transactions``.
+
+    Parameters
+    ----------
+    config
+        The ``data`` section of the run configuration.
+    connection
+        DuckDB connection to register the relation in; a new in-memory one by default.
+
+    Returns
+    -------
+    Transactions
+        The connection holding ``transactions(customer_id, ts, amount, <segment columns>)``
+        and a data-quality summary.
+
+    Raises
+    ------
+    DataError
+        Missing columns, an empty log, unparseable timestamps or amounts (under ``invalid_rows: fail``),
+        negative amounts (under ``negative_amounts: fail``) or duplicates (under ``duplicates: fail``).
+    """
+    started = time.perf_counter()
+    con = connection if connection is not None else duckdb.connect()
+    source = open_log(con, config)
+    create_typed_log(con, config, source)
+    with _unreadable_as_data_error(source.where, READ_ADVICE):
+        counts = count_problems(con, list(config.segment_columns))
+        duplicate_rows = find_duplicate_rows(con, list(source.column_types))
+    refuse_invalid_rows(con, config, source, counts)
+    refuse_negative_amounts(con, config, source, counts)
+    order_ids = count_duplicate_order_ids(con) if config.order_id is not None else 0
+    duplicates = Duplicates(duplicate_rows, order_ids)
+    refuse_duplicates(con, config, source, duplicates)
+
+    register_kept_log(con, config, counts, duplicates)
+    returns_without_purchase = register_transactions(con, config, counts)
+    rows_used = counts.rows_used
+    if config.duplicates == "drop" and duplicates.found:
+        rows_used = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
+
+    warnings = quality_warnings(con, config, source, counts, duplicates, returns_without_purchase)
+    if rows_used == 0:
+        raise DataError(
+            f"No usable transactions are left in {source.where} after applying the data policies ({counts.rows:,} "
+            f"rows read; {'; '.join(warnings)}). Fix the log or the data section of the config."
+        )
+    quality = data_quality(config, source, counts, duplicates, rows_used, returns_without_purchase, warnings)
+    return Transactions(
+        connection=con, files=source.files, segment_columns=list(config.segment_columns), quality=quality,
+        read_seconds=time.perf_counter() - started,
+        # A clean log whose every row is used is ``transactions`` row for row.
+        row_hash_sum=counts.row_hash_sum if rows_used == counts.rows else None, id_quantiles=counts.id_quantiles,
+    )  # fmt: skip
 
 
 def connect_duckdb(settings: DuckDBConfig) -> duckdb.DuckDBPyConnection:
@@ -359,259 +938,6 @@ def duckdb_limits(settings: DuckDBConfig, doing: str | Callable[[], str]) -> Ite
         ) from None
 
 
-def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection | None = None) -> Transactions:
-    """Open the configured log, check it, apply the data policies and register ``transactions``.
-
-    Parameters
-    ----------
-    config
-        The ``data`` section of the run configuration.
-    connection
-        DuckDB connection to register the relation in; a new in-memory one by default.
-
-    Returns
-    -------
-    Transactions
-        The connection holding ``transactions(customer_id, ts, amount, <segment columns>)``
-        and a data-quality summary.
-
-    Raises
-    ------
-    DataError
-        Missing columns, an empty log, unparseable timestamps or amounts (under ``invalid_rows: fail``),
-        negative amounts (under ``negative_amounts: fail``) or duplicates (under ``duplicates: fail``).
-    """
-    started = time.perf_counter()
-    con = connection if connection is not None else duckdb.connect()
-    all_files = resolve_files(config.path)
-    empty = [p for p in all_files if p.stat().st_size == 0]
-    files = [p for p in all_files if p.stat().st_size > 0]
-    if not files:
-        names = ", ".join(p.name for p in empty[:EXAMPLES])
-        raise DataError(
-            f"The transaction log {config.path} is empty ({len(empty)} file(s) of 0 bytes: {names}). "
-            "Point data.path at a log with a header and rows."
-        )
-    file_format = _file_format(config, files)
-    where = f"{config.path}" + ("" if len(files) == 1 else f" ({len(files)} files)")
-    single = len(files) == 1
-    unit = "row" if file_format == "parquet" else "line"
-    try:
-        con.execute(f"SET TimeZone = {quote_literal(config.timezone)}")
-        con.execute(f"CREATE OR REPLACE TEMP VIEW raw_log AS {_source_sql(config, files, file_format)}")
-        described = con.execute("DESCRIBE raw_log").fetchall()
-    except duckdb.OutOfMemoryException:
-        raise
-    except duckdb.Error as exc:
-        raise DataError(f"Cannot read {where} as {file_format}: {exc}. Check data.format and the file.") from None
-    types = {row[0]: str(row[1]) for row in described if row[0] not in (FILE_COLUMN, LINE_COLUMN)}
-    found = list(types)
-
-    needed = {"data.customer_id": config.customer_id, "data.timestamp": config.timestamp, "data.amount": config.amount}
-    if config.order_id is not None:
-        needed["data.order_id"] = config.order_id
-    needed.update({f"data.segment_columns[{i}]": c for i, c in enumerate(config.segment_columns)})
-    missing = [(key, col) for key, col in needed.items() if col not in types]
-    if missing:
-        raise DataError(_missing_columns_message(where, missing, found))
-
-    cid, ts, amount = (quote_identifier(c) for c in (config.customer_id, config.timestamp, config.amount))
-    parsed_ts = _timestamp_sql(config, ts, types[config.timestamp])
-    has_offset = (
-        f"regexp_matches(trim({ts}), {quote_literal(OFFSET_PATTERN)})"
-        if types[config.timestamp].upper() == "VARCHAR" and not config.timestamp_format
-        else "false"
-    )
-    order = f"CAST({quote_identifier(config.order_id)} AS VARCHAR)" if config.order_id else "NULL"
-    segments = "".join(
-        f", CAST({quote_identifier(c)} AS VARCHAR) AS {quote_identifier(c)}" for c in config.segment_columns
-    )
-    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
-    raw_columns = ", ".join(quote_identifier(c) for c in found)
-    # Parquet is re-read column by column faster than a copy could be made, so its typed log is a view; a CSV
-    # is parsed once into a table, so that the checks and the summary do not parse it again.
-    kind = "VIEW" if file_format == "parquet" else "TABLE"
-    try:
-        con.execute(
-            f"""CREATE OR REPLACE TEMP {kind} typed_log AS
-        SELECT CAST({cid} AS VARCHAR) AS customer_id, CAST({ts} AS VARCHAR) AS ts_raw, {parsed_ts} AS ts,
-               CAST({amount} AS VARCHAR) AS amount_raw, TRY_CAST({amount} AS DOUBLE) AS amount,
-               {order} AS order_id, {has_offset} AS has_offset, hash({raw_columns}) AS row_hash,
-               {file_col}, {line_col}{segments}
-        FROM raw_log"""
-        )
-    except duckdb.OutOfMemoryException:
-        raise
-    except duckdb.Error as exc:
-        raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
-    try:
-        counts = count_problems(con, list(config.segment_columns))
-        duplicate_rows = _find_duplicate_rows(con, found)
-    except duckdb.OutOfMemoryException:
-        raise
-    except duckdb.Error as exc:
-        raise DataError(f"Cannot read {where}: {exc}. Check data.format, data.delimiter and the file.") from None
-    rows, null_ids, bad_ts, bad_amounts = counts.rows, counts.null_ids, counts.bad_ts, counts.bad_amounts
-    zero_amounts, negative_amounts, spaced_ids = counts.zero_amounts, counts.negative_amounts, counts.spaced_ids
-    with_offset, without_offset = counts.with_offset, counts.without_offset
-    rows_used, first_ts, last_ts = counts.rows_used, counts.first_ts, counts.last_ts
-    if rows == 0:
-        raise DataError(
-            f"{where} has no transactions (no rows after the header; columns {', '.join(found)}). "
-            "Point data.path at a non-empty log."
-        )
-    drop_invalid = config.invalid_rows == "drop"
-    if bad_ts and not drop_invalid:
-        hint = f"the format {config.timestamp_format!r}" if config.timestamp_format else "ISO dates (YYYY-MM-DD)"
-        raise DataError(
-            f"{bad_ts:,} of {rows:,} rows in {where} have a '{config.timestamp}' that is not a valid date or time "
-            f"({hint}; impossible dates such as 2023-02-30 count too); "
-            f"{_located(con, BAD_TS_SQL, 'ts_raw', single, unit)}. Fix those rows, set data.timestamp_format, "
-            "or set data.invalid_rows: drop to skip them."
-        )
-    if bad_amounts and not drop_invalid:
-        raise DataError(
-            f"{bad_amounts:,} of {rows:,} rows in {where} have a '{config.amount}' that is not a finite number "
-            f"(empty, text, NaN or infinite); {_located(con, BAD_AMOUNT_SQL, 'amount_raw', single, unit)}. "
-            "Fix or remove those rows, or set data.invalid_rows: drop to skip them."
-        )
-    if negative_amounts and config.negative_amounts == "fail":
-        raise DataError(
-            f"{negative_amounts:,} rows in {where} have a negative '{config.amount}' (returns); "
-            f"{_located(con, 'amount < 0', 'amount_raw', single, unit)}. "
-            "Set data.negative_amounts to 'net' or 'drop', or remove them."
-        )
-
-    duplicate_orders = 0
-    if config.order_id is not None:
-        row = con.execute(
-            f"""SELECT count(*) FROM (SELECT row_number() OVER (PARTITION BY order_id ORDER BY {file_col}, {line_col})
-                AS n FROM typed_log WHERE order_id IS NOT NULL AND {VALID_SQL}) WHERE n > 1"""
-        ).fetchall()[0]
-        duplicate_orders = row[0]
-    duplicate_condition = f"({file_col}, {line_col}) IN (SELECT ({file_col}, {line_col}) FROM duplicate_rows)"
-    if (duplicate_rows or duplicate_orders) and config.duplicates == "fail":
-        what = []
-        if duplicate_rows:
-            what.append(
-                f"{duplicate_rows:,} rows repeat an earlier row exactly "
-                f"({_located(con, duplicate_condition, 'customer_id', single, unit)})"
-            )
-        if duplicate_orders:
-            what.append(f"{duplicate_orders:,} rows repeat an earlier '{config.order_id}' (data.order_id)")
-        raise DataError(
-            f"{where}: {'; '.join(what)}. Remove the duplicates, or set data.duplicates to 'drop' (keep the "
-            "first) or 'keep' (count them as separate purchases)."
-        )
-
-    # The rows that survive the policies, before returns are netted.
-    # Every later read of the log filters it again, so a filter that the counts show removes nothing is left out
-    # (0.1 s per read of 10 million rows).
-    keep = [VALID_SQL] if null_ids or bad_ts or bad_amounts else ["true"]
-    if config.duplicates == "drop" and duplicate_rows:
-        keep.append(f"NOT {duplicate_condition}")
-    con.execute(f"CREATE OR REPLACE TEMP VIEW kept_log AS SELECT * FROM typed_log WHERE {' AND '.join(keep)}")
-    if config.duplicates == "drop" and config.order_id is not None:
-        con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW kept_log AS SELECT * EXCLUDE (__clv_order_n) FROM (
-                SELECT *, row_number() OVER (PARTITION BY order_id ORDER BY {file_col}, {line_col}) AS __clv_order_n
-                FROM typed_log WHERE {" AND ".join(keep)})
-                WHERE order_id IS NULL OR __clv_order_n = 1"""
-        )
-    segment_names = "".join(f", {quote_identifier(c)}" for c in config.segment_columns)
-    returns_without_purchase = 0
-    if config.negative_amounts == "net" and negative_amounts:
-        returns_without_purchase = _net_returns(con, config.segment_columns)
-    else:
-        keep_negative = "" if config.negative_amounts == "net" else " WHERE amount >= 0"
-        con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW transactions AS
-            SELECT customer_id, ts, amount{segment_names} FROM kept_log{keep_negative}"""
-        )
-    if config.duplicates == "drop" and (duplicate_rows or duplicate_orders):
-        rows_used = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
-
-    warnings = []
-    if empty:
-        warnings.append(f"{len(empty)} empty file(s) were skipped: {', '.join(p.name for p in empty[:EXAMPLES])}.")
-    if bad_ts:
-        warnings.append(
-            f"{bad_ts:,} rows with an invalid '{config.timestamp}' were dropped (data.invalid_rows: drop); "
-            f"{_located(con, BAD_TS_SQL, 'ts_raw', single, unit)}."
-        )
-    if bad_amounts:
-        warnings.append(
-            f"{bad_amounts:,} rows with a non-numeric or non-finite '{config.amount}' were dropped "
-            f"(data.invalid_rows: drop); {_located(con, BAD_AMOUNT_SQL, 'amount_raw', single, unit)}."
-        )
-    if null_ids:
-        warnings.append(f"{null_ids:,} rows with an empty customer id were dropped.")
-    if spaced_ids:
-        warnings.append(
-            f"{spaced_ids:,} rows have a customer id with leading or trailing spaces; ids are kept as given, "
-            "so ' 7' and '7' are different customers."
-        )
-    if with_offset and without_offset:
-        warnings.append(
-            f"{with_offset:,} timestamps carry a UTC offset and {without_offset:,} do not: offsets were converted "
-            f"to {config.timezone} and the others taken as {config.timezone} (data.timezone)."
-        )
-    if zero_amounts:
-        warnings.append(f"{zero_amounts:,} rows have an amount of 0; they count as purchases.")
-    if negative_amounts:
-        action = "dropped" if config.negative_amounts == "drop" else "netted into their purchase day"
-        warnings.append(f"{negative_amounts:,} rows have a negative amount (returns); they were {action}.")
-    if returns_without_purchase:
-        warnings.append(
-            f"{returns_without_purchase:,} returns fell on a day without a purchase by the same customer and were "
-            "dropped (a return is not a purchase)."
-        )
-    if duplicate_rows or duplicate_orders:
-        action = {"keep": "kept as separate purchases", "drop": "dropped (the first was kept)"}[config.duplicates]
-        parts = [f"{duplicate_rows:,} rows repeat an earlier row exactly"] if duplicate_rows else []
-        if duplicate_orders:
-            parts.append(f"{duplicate_orders:,} rows repeat an earlier order id")
-        warnings.append(f"{' and '.join(parts)}; they were {action} (data.duplicates: {config.duplicates}).")
-
-    if rows_used == 0:
-        raise DataError(
-            f"No usable transactions are left in {where} after applying the data policies ({rows:,} rows read; "
-            f"{'; '.join(warnings)}). Fix the log or the data section of the config."
-        )
-    quality = DataQuality(
-        rows=rows,
-        customers=None,
-        first_timestamp=None if first_ts is None else str(first_ts),
-        last_timestamp=None if last_ts is None else str(last_ts),
-        null_customer_ids=null_ids,
-        zero_amounts=zero_amounts,
-        negative_amounts=negative_amounts,
-        negative_policy=config.negative_amounts,
-        warnings=warnings,
-        rows_used=rows_used,
-        files=len(files),
-        empty_files=[str(p) for p in empty],
-        invalid_timestamps=bad_ts,
-        invalid_amounts=bad_amounts,
-        invalid_policy=config.invalid_rows,
-        timezone=config.timezone,
-        timestamps_with_offset=with_offset,
-        timestamps_without_offset=without_offset,
-        ids_with_surrounding_space=spaced_ids,
-        returns_without_purchase=returns_without_purchase,
-        duplicate_rows=duplicate_rows,
-        duplicate_order_ids=duplicate_orders,
-        duplicates_policy=config.duplicates,
-    )
-    release_memory(con)
-    return Transactions(
-        connection=con, files=files, segment_columns=list(config.segment_columns), quality=quality,
-        read_seconds=time.perf_counter() - started,
-        # A clean log whose every row is used is ``transactions`` row for row.
-        row_hash_sum=counts.row_hash_sum if rows_used == rows else None, id_quantiles=counts.id_quantiles,
-    )  # fmt: skip
-
-
 def read_log(config: RunConfig) -> Transactions:
     """``read_transactions`` of a run config's log, in a DuckDB connection with the config's settings."""
     con = connect_duckdb(config.duckdb)
@@ -623,161 +949,7 @@ def read_log(config: RunConfig) -> Transactions:
         raise
 
 
-def release_memory(con: duckdb.DuckDBPyConnection) -> None:
-    """Hand DuckDB's cached buffers back to the operating system, keeping the configured memory limit.
-
-    After a large aggregation DuckDB keeps its buffers (about 700 MB after summarising 10 million
-    transactions); lowering the limit for a moment makes it free them.
-    """
-    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
-    if row is None:
-        return
-    try:
-        con.execute("SET memory_limit = '64MB'")
-    except duckdb.Error:
-        pass  # nothing to release if DuckDB cannot go that low right now
-    finally:
-        con.execute(f"SET memory_limit = '{str(row[0]).replace(chr(39), '')}'")
-
-
-class ProblemCounts(NamedTuple):
-    """The rows of ``typed_log`` with each problem, and the span of the usable ones."""
-
-    rows: int
-    null_ids: int
-    bad_ts: int
-    bad_amounts: int
-    zero_amounts: int
-    negative_amounts: int
-    with_offset: int
-    without_offset: int
-    spaced_ids: int
-    rows_used: int
-    first_ts: object
-    last_ts: object
-    #: ``row_hash_sum_sql`` and ``id_quantiles_sql`` over every row, for a clean log only (None when the problems
-    #: were counted one by one).
-    row_hash_sum: int | None = None
-    id_quantiles: list[str] | None = None
-
-
-def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -> ProblemCounts:
-    """Count every problem of ``typed_log`` in one pass.
-
-    Most logs have none of them, and counting each under its filter costs about 1.5 s at 10 million rows.
-    A first pass of plain aggregates (0.3 s) proves a log clean when no id is missing or starts with a
-    character at or below a space (the smallest id is at least '!'), no timestamp is missing and every amount
-    is a number of at least 0 and below infinity; then every count follows from it. Otherwise the problems are
-    counted one by one. The same pass sums the rows' hashes for the input fingerprint (``row_hash_sum_sql`` with
-    the log's ``segment_columns``) and takes the ``id_quantiles_sql`` that place the summary's ranges: at 10
-    million rows 0.27 s and 0.07 s more, against 0.28 s and 0.23 s for passes of their own.
-    """
-    (rows, ids, smallest_id, timestamps, amounts, nans, smallest_amount, largest_amount, zero_amounts,
-     trailing_spaces, with_offset, first_ts, last_ts, hash_sum, quantiles) = con.execute(
-        f"""SELECT count(*), count(customer_id), min(customer_id), count(ts), count(amount), count_if(isnan(amount)),
-                  min(amount), max(amount), count_if(amount = 0), count_if(ends_with(customer_id, ' ')),
-                  count_if(has_offset), min(ts), max(ts), {row_hash_sum_sql(segment_columns)},
-                  {id_quantiles_sql()}
-           FROM typed_log"""
-    ).fetchall()[0]  # fmt: skip
-    clean = (
-        rows > 0 and ids == rows and smallest_id >= "!" and timestamps == rows and amounts == rows and nans == 0
-        and smallest_amount >= 0 and largest_amount < math.inf
-    )  # fmt: skip
-    if not clean:
-        return count_each_problem(con)
-    # No id starts with a space, so the spaced ids are those that end with one.
-    return ProblemCounts(
-        rows, 0, 0, 0, zero_amounts, 0, with_offset, rows - with_offset, trailing_spaces, rows, first_ts, last_ts,
-        int(hash_sum), quantiles,
-    )  # fmt: skip
-
-
-def count_each_problem(con: duckdb.DuckDBPyConnection) -> ProblemCounts:
-    """Count every problem of ``typed_log`` under its own filter (what ``count_problems`` proves for a clean log)."""
-    counts = con.execute(
-        f"""SELECT count(*),
-                  count(*) FILTER (WHERE {NULL_ID_SQL}),
-                  count(*) FILTER (WHERE {BAD_TS_SQL}),
-                  count(*) FILTER (WHERE {BAD_AMOUNT_SQL}),
-                  count(*) FILTER (WHERE amount = 0),
-                  count(*) FILTER (WHERE amount < 0),
-                  count(*) FILTER (WHERE has_offset),
-                  count(*) FILTER (WHERE NOT has_offset AND ts IS NOT NULL),
-                  count(*) FILTER (WHERE {SPACED_ID_SQL}),
-                  count(*) FILTER (WHERE {USED_SQL}),
-                  min(ts) FILTER (WHERE {USED_SQL}),
-                  max(ts) FILTER (WHERE {USED_SQL})
-           FROM typed_log"""
-    ).fetchall()[0]
-    return ProblemCounts(*counts)
-
-
-def _find_duplicate_rows(con: duckdb.DuckDBPyConnection, raw_columns: list[str]) -> int:
-    """Register ``duplicate_rows(file, line)``: the rows that repeat an earlier row exactly; return their count.
-
-    The rows' 64-bit hashes are sorted first and a repeated hash is one equal to the hash before it (at 10
-    million rows 0.8 s and 360 MB, against 1.1-1.9 s and 700-830 MB for counting them in a hash table of
-    every row); only when a hash repeats are the rows with it listed and compared column by column, in file
-    and line order, so the first of equal rows is never listed.
-    """
-    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
-    columns = ", ".join(quote_identifier(c) for c in raw_columns)
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE repeated_hashes AS SELECT DISTINCT row_hash
-        FROM (SELECT row_hash, lag(row_hash) OVER (ORDER BY row_hash) AS previous_hash FROM typed_log)
-        WHERE row_hash = previous_hash"""
-    )
-    row = con.execute("SELECT count(*) FROM repeated_hashes").fetchone()
-    # Without a repeated hash no row repeats another: the table stays empty and the log is not read again.
-    repeats = bool(row and row[0])
-    candidates = "row_hash IN (SELECT row_hash FROM repeated_hashes)" if repeats else "false"
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE duplicate_rows AS SELECT {file_col}, {line_col} FROM typed_log
-        WHERE {candidates}"""
-    )
-    con.execute("DROP TABLE repeated_hashes")
-    if repeats:
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE duplicate_rows AS SELECT {file_col}, {line_col} FROM (
-                SELECT {file_col}, {line_col},
-                       row_number() OVER (PARTITION BY {columns} ORDER BY {file_col}, {line_col}) AS n
-                FROM raw_log SEMI JOIN duplicate_rows USING ({file_col}, {line_col}))
-            WHERE n > 1"""
-        )
-    row = con.execute("SELECT count(*) FROM duplicate_rows").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _net_returns(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -> int:
-    """Register ``transactions`` with each return netted into the customer's last purchase of its day.
-
-    A return (negative amount) is added to the last non-negative row of the same customer on the same
-    calendar day, so it never creates a purchase of its own, at day or exact resolution. Returns on a
-    day without a purchase have nothing to net into and are dropped; their count is returned.
-    """
-    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
-    con.execute(
-        f"""CREATE OR REPLACE TEMP VIEW transactions AS
-        WITH purchases AS (
-            SELECT *, CAST(ts AS DATE) AS day,
-                   row_number() OVER (PARTITION BY customer_id, CAST(ts AS DATE)
-                                      ORDER BY ts DESC, {file_col} DESC, {line_col} DESC) AS last_of_day
-            FROM kept_log WHERE amount >= 0),
-        returns AS (
-            SELECT customer_id, CAST(ts AS DATE) AS day, sum(amount) AS returned
-            FROM kept_log WHERE amount < 0 GROUP BY ALL)
-        SELECT p.customer_id, p.ts,
-               p.amount + CASE WHEN p.last_of_day = 1 THEN coalesce(r.returned, 0.0) ELSE 0.0 END AS amount
-               {"".join(", p." + quote_identifier(c) for c in segment_columns)}
-        FROM purchases p LEFT JOIN returns r ON r.customer_id = p.customer_id AND r.day = p.day"""
-    )
-    row = con.execute(
-        """SELECT count(*) FROM kept_log k WHERE amount < 0 AND NOT EXISTS (
-               SELECT 1 FROM kept_log p WHERE p.customer_id = k.customer_id AND p.amount >= 0
-               AND CAST(p.ts AS DATE) = CAST(k.ts AS DATE))"""
-    ).fetchall()[0]
-    return int(row[0])
+# --- after the read: counts that need as_of -------------------------------------------------------------
 
 
 def count_after_as_of(transactions: Transactions, as_of: dt.date) -> Transactions:
@@ -802,9 +974,9 @@ def count_after_as_of(transactions: Transactions, as_of: dt.date) -> Transaction
 def count_customers(transactions: Transactions, customers_up_to_as_of: int | None = None) -> Transactions:
     """Count the customers in the whole log into the data-quality report.
 
-    Counting distinct ids takes a pass over the log (a second at 10 million rows), so when no usable row
-    is after as_of (``count_after_as_of`` ran and found none) the count of the customers summarised up to
-    as_of, ``customers_up_to_as_of``, is the answer and is taken instead.
+    Counting distinct ids takes a pass over the log, so when no usable row is after as_of (``count_after_as_of``
+    ran and found none) the count of the customers summarised up to as_of, ``customers_up_to_as_of``, is the
+    answer and is taken instead.
     """
     quality = transactions.quality
     if customers_up_to_as_of is not None and quality.as_of is not None and quality.after_as_of == 0:
@@ -813,14 +985,3 @@ def count_customers(transactions: Transactions, customers_up_to_as_of: int | Non
         row = transactions.connection.execute("SELECT count(DISTINCT customer_id) FROM transactions").fetchone()
         customers = int(row[0]) if row else 0
     return dataclasses.replace(transactions, quality=dataclasses.replace(quality, customers=customers))
-
-
-def fingerprint(files: list[Path]) -> str:
-    """SHA-256 over the bytes of every input file, in path order (the input's identity in the manifest)."""
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(os.fsencode(path.name))
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()

@@ -94,7 +94,7 @@ def simulate_table(
 
     Everything is vectorised and no step sorts all rows: the Poisson event times are sorted within each
     customer by sorting ``customer + uniform`` keys, and rows are placed by arithmetic on the per-customer
-    counts. This keeps about 100 million rows within a couple of minutes on two cores.
+    counts, so the work grows linearly with the rows.
 
     Returns
     -------

@@ -1,9 +1,9 @@
 """Per-customer RFM summary (frequency, recency, T, monetary_value), computed in DuckDB.
 
-Definitions (DESIGN.md, Fader, Hardie & Lee 2005): all of a customer's transactions on one calendar
-day form one purchase whose amount is their sum; frequency = purchases - 1; recency = last purchase
-- first purchase; T = observation end - first purchase; monetary_value = mean amount of the repeat
-purchases (0 for one-time buyers). Times are counted in days and expressed in the model's time unit.
+Definitions (Fader, Hardie & Lee 2005; docs/reference.md, "How the numbers are defined"): all of a customer's
+transactions on one calendar day form one purchase whose amount is their sum; frequency = purchases - 1;
+recency = last purchase - first purchase; T = observation end - first purchase; monetary_value = mean amount of
+the repeat purchases (0 for one-time buyers). Times are counted in days and expressed in the model's time unit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from forecast.data.ingest import ID_QUANTILE_STEPS, id_quantiles_sql, quote_identifier, quote_literal, release_memory
+from forecast.data.ingest import ID_QUANTILE_STEPS, id_quantiles_sql, quote_identifier, quote_literal
 from forecast.errors import DataError
 
 Resolution = Literal["day", "exact"]
@@ -28,10 +28,9 @@ Resolution = Literal["day", "exact"]
 EXACT_AMOUNT = "CAST({} AS DECIMAL(38, 9))"
 
 #: Logs of more transactions than this are summarised in ranges of customer ids of about this many
-#: transactions, one range after the other, so that DuckDB's aggregation (about 100 bytes per purchase) stays
-#: bounded; at most ``MAX_SUMMARY_PARTS`` ranges, as every range reads the whole log again. (One range for the
-#: 10M benchmark log saves 0.1-0.5 s but takes the run's peak from 1.17-1.20 GB to 1.17-1.28 GB, up to half of
-#: lifetimes' lowest peak, 2.49 GB.)
+#: transactions, one range after the other, so that the memory of DuckDB's aggregation (which grows with the
+#: purchases it holds) stays bounded; at most ``MAX_SUMMARY_PARTS`` ranges, as every range reads the whole log
+#: again.
 ROWS_PER_SUMMARY_PART = 6_000_000
 MAX_SUMMARY_PARTS = 8
 
@@ -51,22 +50,42 @@ def _purchases_sql(
         GROUP BY customer_id, {moment}"""
 
 
+def release_duckdb_buffers(con: duckdb.DuckDBPyConnection) -> None:
+    """Make DuckDB hand the buffers of its finished queries back to the operating system.
+
+    DuckDB keeps the memory of a finished aggregation for its next queries, up to its memory limit. The summary is
+    the last large query of a run: the pandas frame, the fits and the scores that follow would hold their data on
+    top of buffers that nothing reuses, and the run's peak memory would rise by that much. DuckDB frees cached
+    buffers when its memory limit falls below them, and has no other way to ask for it, so the limit is lowered
+    for a moment and the configured one restored at once; no result depends on it.
+    """
+    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    if row is None:
+        return
+    try:
+        con.execute("SET memory_limit = '64MB'")
+    except duckdb.Error:
+        pass  # nothing to release if DuckDB cannot go that low right now
+    finally:
+        con.execute(f"SET memory_limit = {quote_literal(str(row[0]))}")
+
+
 def fetch_frame(con: duckdb.DuckDBPyConnection, queries: list[str]) -> pd.DataFrame:
     """Run queries one after the other and return their rows, in order, as one pandas DataFrame through Arrow.
 
-    Arrow hands strings over without building a Python object per value (``.df()`` takes about
-    5 s longer for 3.4 million customer ids). Dates should be given as TIMESTAMP: Arrow then hands them over
-    as datetime64[us], as ``.df()`` does (a DATE would come as datetime64[ms], and converting it costs 0.05 s
-    per column of 3.4 million customers). The results are joined as Arrow tables (no copy) and converted once.
+    Arrow hands strings over without building a Python object per value, which ``.df()`` does. Dates should be
+    given as TIMESTAMP: Arrow then hands them over as datetime64[us], as ``.df()`` does (a DATE would come as
+    datetime64[ms], to be converted column by column). The results are joined as Arrow tables (no copy) and
+    converted once.
     """
     # A relation cannot run while an earlier execute() result (e.g. a fetchone() in ingest) is unfinished.
     con.complete()
     table = pa.concat_tables([con.sql(query).to_arrow_table() for query in queries])
-    release_memory(con)
+    release_duckdb_buffers(con)
     # self_destruct frees each Arrow column as soon as it is converted (one copy of the rows at a time).
     frame = table.to_pandas(date_as_object=False, split_blocks=True, self_destruct=True)
     del table
-    # Arrow's allocator keeps freed buffers for reuse (about 50 MB at 3.4 million customers).
+    # Arrow's allocator keeps freed buffers for reuse, and nothing here reuses them after the conversion.
     pa.default_memory_pool().release_unused()
     return frame
 
@@ -106,6 +125,40 @@ def customer_ranges(
 def _range_condition(low: str | None, high: str | None) -> str:
     condition = f" AND customer_id >= {quote_literal(low)}" if low is not None else ""
     return condition + (f" AND customer_id < {quote_literal(high)}" if high is not None else "")
+
+
+def _summary_sql(
+    as_of: dt.date, days_per_unit: float, resolution: Resolution, segment_columns: list[str], customers: str
+) -> str:
+    """SQL of the summary's rows (``summarize``) of the customers that ``customers`` selects, sorted by id.
+
+    ``customers`` is a condition on ``customer_id`` appended to the purchases' WHERE clause (``_range_condition``),
+    empty for every customer.
+    """
+    end_exclusive = as_of + dt.timedelta(days=1)
+    # Day resolution measures T to the as_of day; exact resolution to the end of that day.
+    observation_end = as_of if resolution == "day" else end_exclusive
+    end_day_number = (observation_end - dt.date(1970, 1, 1)).days
+    segments = "".join(f", arg_min({quote_identifier(c)}, moment) AS {quote_identifier(c)}" for c in segment_columns)
+    return f"""
+        WITH purchases AS ({_purchases_sql(end_exclusive, resolution, segment_columns, customers)}),
+        per_customer AS (
+            SELECT customer_id, count(*) - 1 AS frequency,
+                   epoch(min(moment)) / 86400.0 AS first_day, epoch(max(moment)) / 86400.0 AS last_day,
+                   sum(amount) AS revenue, arg_min(amount, moment) AS first_amount,
+                   CAST(CAST(min(moment) AS DATE) AS TIMESTAMP) AS first_purchase,
+                   CAST(CAST(max(moment) AS DATE) AS TIMESTAMP) AS last_purchase
+                   {segments}
+            FROM purchases GROUP BY customer_id
+        )
+        SELECT customer_id, frequency,
+               (last_day - first_day) / {days_per_unit!r} AS recency,
+               ({end_day_number} - first_day) / {days_per_unit!r} AS "T",
+               CASE WHEN frequency > 0 THEN CAST(revenue - first_amount AS DOUBLE) / frequency ELSE 0.0 END
+                   AS monetary_value,
+               CAST(revenue AS DOUBLE) AS revenue, first_purchase, last_purchase
+               {"".join(", " + quote_identifier(c) for c in segment_columns)}
+        FROM per_customer ORDER BY customer_id"""
 
 
 def summarize(
@@ -152,35 +205,13 @@ def summarize(
     """
     segment_columns = segment_columns or []
     end_exclusive = as_of + dt.timedelta(days=1)
-    # Day resolution measures T to the as_of day; exact resolution to the end of that day.
-    observation_end = as_of if resolution == "day" else end_exclusive
-    end_day_number = (observation_end - dt.date(1970, 1, 1)).days
-    segments = "".join(f", arg_min({quote_identifier(c)}, moment) AS {quote_identifier(c)}" for c in segment_columns)
-
-    def query(customers: str) -> str:
-        return f"""
-        WITH purchases AS ({_purchases_sql(end_exclusive, resolution, segment_columns, customers)}),
-        per_customer AS (
-            SELECT customer_id, count(*) - 1 AS frequency,
-                   epoch(min(moment)) / 86400.0 AS first_day, epoch(max(moment)) / 86400.0 AS last_day,
-                   sum(amount) AS revenue, arg_min(amount, moment) AS first_amount,
-                   CAST(CAST(min(moment) AS DATE) AS TIMESTAMP) AS first_purchase,
-                   CAST(CAST(max(moment) AS DATE) AS TIMESTAMP) AS last_purchase
-                   {segments}
-            FROM purchases GROUP BY customer_id
-        )
-        SELECT customer_id, frequency,
-               (last_day - first_day) / {days_per_unit!r} AS recency,
-               ({end_day_number} - first_day) / {days_per_unit!r} AS "T",
-               CASE WHEN frequency > 0 THEN CAST(revenue - first_amount AS DOUBLE) / frequency ELSE 0.0 END
-                   AS monetary_value,
-               CAST(revenue AS DOUBLE) AS revenue, first_purchase, last_purchase
-               {"".join(", " + quote_identifier(c) for c in segment_columns)}
-        FROM per_customer ORDER BY customer_id"""
-
     bounds: list[str | None] = [None, *customer_ranges(con, end_exclusive, rows_at_most, id_quantiles), None]
+    queries = [
+        _summary_sql(as_of, days_per_unit, resolution, segment_columns, _range_condition(low, high))
+        for low, high in itertools.pairwise(bounds)
+    ]
     # The ranges are in id order and each part is sorted, so the parts put together are sorted too.
-    summary = fetch_frame(con, [query(_range_condition(low, high)) for low, high in itertools.pairwise(bounds)])
+    summary = fetch_frame(con, queries)
     if summary.empty:
         raise DataError(
             f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of "

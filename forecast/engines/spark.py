@@ -32,16 +32,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from forecast.batch.outputs import csv_wanted, parquet_to_csv
-from forecast.batch.pipeline import atomic_folder, escape_for_spreadsheet, input_record
+from forecast.batch.outputs import csv_wanted, frame_to_csv, parquet_to_csv
+from forecast.batch.pipeline import atomic_folder, input_record
 from forecast.config import DataConfig, RunConfig, SparkConfig
-from forecast.data.ingest import fingerprint, resolve_files
+from forecast.data.fingerprints import input_files_sha256
+from forecast.data.ingest import resolve_files
 from forecast.errors import ConfigError, DataError, EngineError, collected_warnings
 from forecast.models import GammaGamma, PurchaseModel, purchase_model
 from forecast.models.artifacts import library_versions, model_artifact, write_json
 from forecast.models.gamma_gamma import warn_if_spend_correlated
 from forecast.value.clv import churn_window, heuristic_clv, heuristic_inputs, lifespan_from_churn, score_customers
 from forecast.value.segments import ALL, ALL_SEGMENTATION
+from forecast.value.valuation import Valuation
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, SparkSession
@@ -54,6 +56,8 @@ STRPTIME_TO_SPARK = {
     "%Y": "yyyy", "%y": "yy", "%m": "MM", "%d": "dd", "%H": "HH", "%M": "mm", "%S": "ss", "%f": "SSSSSS",
     "%b": "MMM", "%B": "MMMM", "%j": "DDD", "%%": "%",
 }  # fmt: skip
+#: The internal column of ``_typed_columns`` that holds the raw timestamp as text.
+RAW_TIMESTAMP = "__clv_ts_raw"
 SCORE_COLUMNS = [
     "customer_id", "frequency", "recency", "T", "monetary_value", "p_alive", "expected_purchases",
     "expected_spend", "clv", "clv_heuristic", "revenue", "avg_purchase_value", "purchases_per_year",
@@ -211,6 +215,10 @@ class SparkQuality:
 def typed_log(spark: SparkSession, config: DataConfig) -> tuple[SparkFrame, SparkQuality]:
     """Normalise the log to ``(customer_id, ts, amount, <segment columns>)``, check it, and apply the policies.
 
+    The same checks as ``forecast.data.ingest.read_transactions`` where Spark can make them: empty ids are
+    dropped, invalid timestamps and amounts refused, returns netted (``net``, by the summary's per-day sums),
+    dropped or refused.
+
     Raises
     ------
     DataError
@@ -219,26 +227,67 @@ def typed_log(spark: SparkSession, config: DataConfig) -> tuple[SparkFrame, Spar
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
     raw = read_log(spark, config)
+    _check_columns(config, raw.columns)
+    typed = _typed_columns(raw, config)
+    stats = _problem_counts(typed)
+    _refuse_unusable_rows(typed, stats, config)
+    kept = typed.where(~_empty_id()).drop(RAW_TIMESTAMP)
+    if config.negative_amounts != "net":
+        kept = kept.where(F.col("amount") >= 0)
+    quality = SparkQuality(
+        rows=int(stats["rows"]),
+        customers=int(stats["customers"]),
+        first_timestamp=None if stats["first_ts"] is None else str(stats["first_ts"]),
+        last_timestamp=None if stats["last_ts"] is None else str(stats["last_ts"]),
+        warnings=_quality_warnings(stats, config),
+    )
+    return kept, quality
+
+
+def _check_columns(config: DataConfig, found: list[str]) -> None:
+    """Raise a DataError naming every mapped column the log lacks."""
     needed = {"data.customer_id": config.customer_id, "data.timestamp": config.timestamp, "data.amount": config.amount}
     needed.update({f"data.segment_columns[{i}]": c for i, c in enumerate(config.segment_columns)})
-    missing = [f"'{col}' ({key})" for key, col in needed.items() if col not in raw.columns]
+    missing = [f"'{col}' ({key})" for key, col in needed.items() if col not in found]
     if missing:
         raise DataError(
-            f"{config.path} has no column {', '.join(missing)}. Columns found: {', '.join(raw.columns) or 'none'}. "
+            f"{config.path} has no column {', '.join(missing)}. Columns found: {', '.join(found) or 'none'}. "
             "Map the right names in the config's data section."
         )
+
+
+def _typed_columns(raw: SparkFrame, config: DataConfig) -> SparkFrame:
+    """The mapped columns, typed: id and segments as text, ts as TIMESTAMP and amount as DOUBLE (NULL if invalid).
+
+    The raw timestamp is kept as text in ``RAW_TIMESTAMP``, for the message that quotes invalid ones.
+    """
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
     ts_raw = F.col(f"`{config.timestamp}`")
     if config.timestamp_format:
         ts = F.try_to_timestamp(ts_raw.cast("string"), F.lit(_spark_pattern(config.timestamp_format)))
     else:
         ts = ts_raw.try_cast("timestamp")
-    typed = raw.select(
+    return raw.select(
         F.col(f"`{config.customer_id}`").cast("string").alias("customer_id"),
         ts.cast("timestamp").alias("ts"),
         F.col(f"`{config.amount}`").try_cast("double").alias("amount"),
         *[F.col(f"`{c}`").cast("string").alias(c) for c in config.segment_columns],
+        ts_raw.cast("string").alias(RAW_TIMESTAMP),
     )
-    empty_id = F.col("customer_id").isNull() | (F.trim("customer_id") == "")
+
+
+def _empty_id() -> Column:
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    return F.col("customer_id").isNull() | (F.trim("customer_id") == "")
+
+
+def _problem_counts(typed: SparkFrame) -> Any:
+    """One pass of aggregates: the rows with each problem, the customers and the span of the usable rows."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    empty_id = _empty_id()
     bad_amount = F.col("amount").isNull() | F.isnan("amount") | (F.abs("amount") == float("inf"))
     stats = typed.agg(
         F.count(F.lit(1)).alias("rows"),
@@ -252,11 +301,18 @@ def typed_log(spark: SparkSession, config: DataConfig) -> tuple[SparkFrame, Spar
         F.max(F.when(~empty_id, F.col("ts"))).alias("last_ts"),
     ).first()
     assert stats is not None
+    return stats
+
+
+def _refuse_unusable_rows(typed: SparkFrame, stats: Any, config: DataConfig) -> None:
+    """Raise a DataError for an empty log, invalid timestamps or amounts, or returns under ``fail``."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
     rows = int(stats["rows"])
     if rows == 0:
         raise DataError(f"{config.path} has no transactions. Point data.path at a non-empty log.")
     if stats["bad_ts"]:
-        examples = [r[0] for r in typed.where(F.col("ts").isNull()).select(ts_raw.cast("string")).limit(5).collect()]
+        examples = [r[0] for r in typed.where(F.col("ts").isNull()).select(RAW_TIMESTAMP).limit(5).collect()]
         raise DataError(
             f"{stats['bad_ts']:,} of {rows:,} rows in {config.path} have a '{config.timestamp}' that is not a date or "
             f"time; examples: {examples}. Fix those rows or set data.timestamp_format."
@@ -272,25 +328,20 @@ def typed_log(spark: SparkSession, config: DataConfig) -> tuple[SparkFrame, Spar
             f"{negative:,} rows in {config.path} have a negative '{config.amount}' (returns). Set "
             "data.negative_amounts to 'net' or 'drop', or remove them."
         )
+
+
+def _quality_warnings(stats: Any, config: DataConfig) -> list[str]:
+    """One message per problem the policies handled, with its count."""
     messages = []
     if stats["null_ids"]:
         messages.append(f"{stats['null_ids']:,} rows with an empty customer id were dropped.")
     if stats["zero_amounts"]:
         messages.append(f"{stats['zero_amounts']:,} rows have an amount of 0; they count as purchases.")
+    negative = int(stats["negative_amounts"])
     if negative:
         action = "dropped" if config.negative_amounts == "drop" else "netted into their purchase day"
         messages.append(f"{negative:,} rows have a negative amount (returns); they were {action}.")
-    kept = typed.where(~empty_id)
-    if config.negative_amounts != "net":
-        kept = kept.where(F.col("amount") >= 0)
-    quality = SparkQuality(
-        rows=rows,
-        customers=int(stats["customers"]),
-        first_timestamp=None if stats["first_ts"] is None else str(stats["first_ts"]),
-        last_timestamp=None if stats["last_ts"] is None else str(stats["last_ts"]),
-        warnings=messages,
-    )
-    return kept, quality
+    return messages
 
 
 def summarize(
@@ -390,8 +441,7 @@ def score(
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
     purchases_state, spend_state, model_type = purchases.to_dict(), spend.to_dict(), type(purchases)
-    horizon, rate, margin = config.horizon_months, config.monthly_discount_rate, config.margin
-    days_per_unit = config.days_per_unit
+    valuation = Valuation.from_config(config)
 
     def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from forecast.models import GammaGamma as SpendModel
@@ -403,11 +453,11 @@ def score(
                 continue
             frame = batch.set_index("customer_id")
             frame["frequency"] = frame["frequency"].astype("int64")
-            scores = score_customers(frame, purchase_model_, spend_model, horizon, rate, margin, days_per_unit)
-            inputs = heuristic_inputs(frame, days_per_unit)
+            scores = score_customers(frame, purchase_model_, spend_model, valuation)
+            inputs = heuristic_inputs(frame, valuation.days_per_unit)
             out = pd.concat([frame, scores, inputs], axis=1)
             out["clv_heuristic"] = heuristic_clv(
-                out["avg_purchase_value"], out["purchases_per_year"], lifespan_years, margin
+                out["avg_purchase_value"], out["purchases_per_year"], lifespan_years, valuation.margin
             )
             yield out.reset_index()[SCORE_COLUMNS + segment_columns]
 
@@ -576,8 +626,6 @@ def run(
 def _run(
     config: RunConfig, as_of: dt.date | None, output: str | Path | None, say: Progress, spark: SparkSession | None
 ) -> SparkRunResult:
-    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
-
     timings: dict[str, float] = {}
     started = time.perf_counter()
     say(f"Starting Spark ({config.spark.master})")
@@ -586,6 +634,50 @@ def _run(
     say(f"Reading {config.data.path} with Spark")
     log, quality = typed_log(spark, config.data)
     timings["ingest"] = time.perf_counter() - started
+    as_of = _checked_as_of(config, as_of, quality)
+    step = time.perf_counter()
+    result = _forecast(config, log, as_of, say)
+    timings["forecast"] = time.perf_counter() - step
+    messages = list(quality.warnings) + result.warnings
+
+    output_path = Path(output or config.output)
+    models_path = Path(config.models_dir) / as_of.isoformat()
+    say(f"Writing outputs to {output_path}")
+    step = time.perf_counter()
+    _write_models(models_path, result, as_of)
+    with atomic_folder(output_path) as staging:
+        customers_path = _write_tables(config, as_of, result, staging, messages)
+        final_customers_path = customers_path.replace(str(staging), str(output_path.resolve()))
+        timings["write"] = time.perf_counter() - step
+        timings["total"] = time.perf_counter() - started
+        document = _manifest(config, as_of, quality, result, final_customers_path, models_path, messages)
+        document["versions"] = {**library_versions(), "pyspark": spark.version}
+        document["timings_seconds"] = timings
+        write_json(staging / "manifest.json", document)
+    result.summary.unpersist()
+    result.scores.unpersist()
+    return SparkRunResult(
+        output=output_path,
+        models=models_path,
+        customers_path=final_customers_path,
+        as_of=as_of,
+        customers=result.customers,
+        purchases=result.purchases,
+        spend=result.spend,
+        segments=result.segments,
+        manifest=json.loads(json.dumps(document, default=str)),
+        warnings=messages,
+    )
+
+
+def _checked_as_of(config: RunConfig, as_of: dt.date | None, quality: SparkQuality) -> dt.date:
+    """The run's as_of: the one given, else the config's, else the log's last day; never before the log's first.
+
+    Raises
+    ------
+    DataError
+        The log has no usable rows to default to, or as_of is before its first transaction.
+    """
     if as_of is None:
         as_of = config.as_of or (pd.Timestamp(quality.last_timestamp).date() if quality.last_timestamp else None)
     if as_of is None:
@@ -594,8 +686,32 @@ def _run(
         raise DataError(
             f"as_of {as_of} is before the first transaction ({quality.first_timestamp[:10]}). Choose a later --as-of."
         )
+    return as_of
+
+
+@dataclass
+class _SparkForecast:
+    """What a Spark run computed: the cached summary and scores (per customer, in Spark), the fits on the driver,
+    and the small results brought back."""
+
+    summary: SparkFrame
+    scores: SparkFrame
+    scored: SparkFrame
+    customers: int
+    purchases: PurchaseModel
+    spend: GammaGamma
+    lifespan_years: float
+    segments: pd.DataFrame
+    totals: dict[str, float]
+    first_purchase: Any
+    warnings: list[str]
+
+
+def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress) -> _SparkForecast:
+    """Summarise on Spark, fit on the driver, score and tier on Spark, and total per segment and overall."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
     segment_columns = list(config.data.segment_columns)
-    step = time.perf_counter()
     with collected_warnings() as caught:
         say(f"Summarising customers as of {as_of} on Spark")
         summary = summarize(log, as_of, config.days_per_unit, config.resolution, segment_columns).cache()
@@ -616,71 +732,72 @@ def _run(
             F.sum("expected_purchases").alias("expected_purchases"),
         ).first()  # fmt: skip
         first_purchase = summary.agg(F.min("first_purchase")).first()
-    timings["forecast"] = time.perf_counter() - step
-    messages = list(quality.warnings) + caught
+    totals = {k: float(totals_row[k]) if totals_row else 0.0 for k in ("clv", "clv_heuristic", "expected_purchases")}
+    return _SparkForecast(
+        summary, scores, scored, customers, purchases, spend, lifespan_years, segments, totals,
+        first_purchase[0] if first_purchase else None, caught,
+    )  # fmt: skip
 
-    output_path = Path(output or config.output)
-    models_path = Path(config.models_dir) / as_of.isoformat()
-    window = {"first_purchase": str(first_purchase[0] if first_purchase else None), "as_of": as_of.isoformat()}
-    say(f"Writing outputs to {output_path}")
-    step = time.perf_counter()
+
+def _write_models(models_path: Path, result: _SparkForecast, as_of: dt.date) -> None:
+    """Publish the fitted models' JSON artifacts to ``models_dir/<as_of>``."""
+    window = {"first_purchase": str(result.first_purchase), "as_of": as_of.isoformat()}
     with atomic_folder(models_path) as staging:
-        write_json(staging / "purchases.json", model_artifact(purchases, "purchases", window))
-        write_json(staging / "spend.json", model_artifact(spend, "spend", window))
+        write_json(staging / "purchases.json", model_artifact(result.purchases, "purchases", window))
+        write_json(staging / "spend.json", model_artifact(result.spend, "spend", window))
+
+
+def _write_tables(config: RunConfig, as_of: dt.date, result: _SparkForecast, staging: Path, messages: list[str]) -> str:
+    """Write customers.parquet (by Spark), customers.csv when wanted and local, and segments.csv; return the
+    Parquet's path. A reason not to write the CSV is added to ``messages``."""
+    segment_columns = list(config.data.segment_columns)
     columns = [*SCORE_COLUMNS[:10], "segment", *SCORE_COLUMNS[10:], *segment_columns]
-    table = scored.select(*columns).orderBy("customer_id")
-    with atomic_folder(output_path) as staging:
-        if config.spark.output:
-            customers_path = config.spark.output.rstrip("/") + f"/{as_of.isoformat()}/customers.parquet"
-        else:
-            customers_path = str(staging / "customers.parquet")
-        table.write.mode("overwrite").parquet(customers_path)
-        write_csv, skipped = csv_wanted(config.customers_csv, customers)
-        if write_csv and not config.spark.output:
-            parquet_to_csv(Path(customers_path) / "*.parquet", staging / "customers.csv")
-        elif write_csv:
-            messages.append("customers.csv was not written: the Spark output is on shared storage (spark.output).")
-        if skipped:
-            messages.append(skipped)
-        escape_for_spreadsheet(segments).to_csv(staging / "segments.csv", index=False)
-        final_customers_path = customers_path.replace(str(staging), str(output_path.resolve()))
-        timings["write"] = time.perf_counter() - step
-        timings["total"] = time.perf_counter() - started
-        document = {
-            "as_of": as_of.isoformat(),
-            "engine": "spark",
-            "time_unit": config.time_unit,
-            "horizon_months": config.horizon_months,
-            "config": config.model_dump(mode="json"),
-            "input": input_record([config.data.path], quality, customers, _local_fingerprint(config.data.path)),
-            "customers_parquet": final_customers_path,
-            "models": {"purchases": purchases.to_dict(), "spend": spend.to_dict(), "path": str(models_path)},
-            "heuristic": {"lifespan_years": lifespan_years, "configured": config.heuristic.lifespan_years},
-            "totals": {k: float(totals_row[k]) if totals_row else 0.0 for k in ("clv", "clv_heuristic",
-                                                                                 "expected_purchases")},
-            "warnings": messages,
-            "versions": {**library_versions(), "pyspark": spark.version},
-            "timings_seconds": timings,
-        }  # fmt: skip
-        write_json(staging / "manifest.json", document)
-    summary.unpersist()
-    scores.unpersist()
-    return SparkRunResult(
-        output=output_path,
-        models=models_path,
-        customers_path=final_customers_path,
-        as_of=as_of,
-        customers=customers,
-        purchases=purchases,
-        spend=spend,
-        segments=segments,
-        manifest=json.loads(json.dumps(document, default=str)),
-        warnings=messages,
-    )
+    table = result.scored.select(*columns).orderBy("customer_id")
+    if config.spark.output:
+        customers_path = config.spark.output.rstrip("/") + f"/{as_of.isoformat()}/customers.parquet"
+    else:
+        customers_path = str(staging / "customers.parquet")
+    table.write.mode("overwrite").parquet(customers_path)
+    write_csv, skipped = csv_wanted(config.customers_csv, result.customers)
+    if write_csv and not config.spark.output:
+        parquet_to_csv(Path(customers_path) / "*.parquet", staging / "customers.csv")
+    elif write_csv:
+        messages.append("customers.csv was not written: the Spark output is on shared storage (spark.output).")
+    if skipped:
+        messages.append(skipped)
+    frame_to_csv(result.segments, staging / "segments.csv")
+    return customers_path
 
 
-def _local_fingerprint(path: str) -> str | None:
-    """SHA-256 of local input files; None for tables and remote URIs (their identity is the path)."""
+def _manifest(
+    config: RunConfig,
+    as_of: dt.date,
+    quality: SparkQuality,
+    result: _SparkForecast,
+    customers_path: str,
+    models_path: Path,
+    messages: list[str],
+) -> dict[str, Any]:
+    """The Spark run's manifest.json without its versions and timings (the DuckDB run's keys where both have them)."""
+    return {
+        "as_of": as_of.isoformat(),
+        "engine": "spark",
+        "time_unit": config.time_unit,
+        "horizon_months": config.horizon_months,
+        "config": config.model_dump(mode="json"),
+        "input": input_record(
+            [config.data.path], quality, result.customers, _local_input_files_sha256(config.data.path)
+        ),
+        "customers_parquet": customers_path,
+        "models": {"purchases": result.purchases.to_dict(), "spend": result.spend.to_dict(), "path": str(models_path)},
+        "heuristic": {"lifespan_years": result.lifespan_years, "configured": config.heuristic.lifespan_years},
+        "totals": result.totals,
+        "warnings": messages,
+    }
+
+
+def _local_input_files_sha256(path: str) -> str | None:
+    """``input_files_sha256`` of local input files; None for tables and remote URIs (their identity is the path)."""
     if path.startswith("table:") or "://" in path:
         return None
-    return fingerprint(resolve_files(path))
+    return input_files_sha256(resolve_files(path))

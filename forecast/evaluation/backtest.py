@@ -10,10 +10,16 @@ Methods compared on the same customers (everyone with a purchase on or before ca
   trained on an earlier window that ends at calibration_end, then applied to the calibration features.
 
 Nothing from the holdout can reach a prediction: every prediction is computed from
-``rfm.summarize(con, calibration_end)`` and windows ending on or before calibration_end; the holdout rows are
-read by ``rfm.holdout_purchases`` only to score. (With ``purchase_model: auto`` the predictive method uses the
-model with the lowest holdout purchase error, which is model selection on the holdout; the comparison of all
-three models is reported beside it.)
+``forecast.data.summary.summarize(con, calibration_end)`` and windows ending on or before calibration_end; the
+holdout rows are read by ``forecast.data.summary.holdout_purchases`` only to score. (With ``purchase_model: auto``
+the predictive method uses the model with the lowest holdout purchase error, which is model selection on the
+holdout; the comparison of all three models is reported beside it.) The metrics are described in
+docs/reference.md, "Backtest".
+
+References
+----------
+Fader, Hardie & Lee (2005), "Counting your customers the easy way: an alternative to the Pareto/NBD model",
+Marketing Science 24(2), 275-284.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import datetime as dt
 import math
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -365,11 +373,44 @@ def gradient_boosting_predictions(
     FitError
         The calibration period is too short or too sparse to train on.
     """
-    from sklearn.ensemble import HistGradientBoostingRegressor
-    from threadpoolctl import threadpool_limits
-
     first_day, _ = log_span(con)
     features_as_of, window_days = gb_training_window(first_day, split)
+    train_summary, targets = gb_training_data(con, features_as_of, split, window_days, days_per_unit, resolution)
+    X_train = gb_features(train_summary, days_per_unit)
+    X = gb_features(summary, days_per_unit)
+    scale = split.holdout_days() / window_days
+    predictions = {}
+    for target, column in (("purchases", "purchases_holdout"), ("revenue", "revenue_holdout")):
+        y = targets[column].reindex(train_summary.index).to_numpy(float).clip(min=0).round(9)
+        predictions[f"gradient_boosting_{target}"] = poisson_boosting(X_train, y, X, seed) * scale
+    training = {
+        "features_as_of": features_as_of.isoformat(),
+        "target_end": split.calibration_end.isoformat(),
+        "window_days": window_days,
+        "scale_to_holdout": scale,
+        "customers": len(train_summary),
+        "features": GB_FEATURES,
+        "seed": seed,
+    }
+    return pd.DataFrame(predictions, index=summary.index), training
+
+
+def gb_training_data(
+    con: duckdb.DuckDBPyConnection,
+    features_as_of: dt.date,
+    split: Split,
+    window_days: int,
+    days_per_unit: float,
+    resolution: Resolution,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The baseline's training rows: the summary as of ``features_as_of`` and each customer's purchases and revenue
+    in (features_as_of, calibration_end].
+
+    Raises
+    ------
+    FitError
+        Fewer than ``GB_MIN_TRAINING_CUSTOMERS`` customers, or no purchase in the target window.
+    """
     training_customers, training_purchases = 0, 0
     if window_days >= 1:
         try:
@@ -384,38 +425,32 @@ def gradient_boosting_predictions(
             f"({training_customers} customers and {training_purchases} purchases in a {window_days}-day window). "
             "Use a later calibration_end."
         )
-    X_train = gb_features(train_summary, days_per_unit)
-    X = gb_features(summary, days_per_unit)
-    scale = split.holdout_days() / window_days
-    predictions = {}
-    for target, column in (("purchases", "purchases_holdout"), ("revenue", "revenue_holdout")):
-        # Poisson loss: the targets are non-negative and the prediction should be a mean, like the models'.
-        y = targets[column].reindex(train_summary.index).to_numpy(float).clip(min=0).round(9)
-        model = HistGradientBoostingRegressor(
-            loss="poisson",
-            learning_rate=0.1,
-            max_iter=100,
-            max_leaf_nodes=15,
-            min_samples_leaf=20,
-            early_stopping=False,
-            random_state=seed,
-        )
-        # One thread: OpenMP workers spin-wait on a busy machine (30x slower on 2 shared cores), and the
-        # data is small enough that threads gain nothing.
-        with threadpool_limits(limits=1, user_api="openmp"):
-            model.fit(X_train, y)
-            predicted = model.predict(X)
-        predictions[f"gradient_boosting_{target}"] = predicted * scale
-    training = {
-        "features_as_of": features_as_of.isoformat(),
-        "target_end": split.calibration_end.isoformat(),
-        "window_days": window_days,
-        "scale_to_holdout": scale,
-        "customers": training_customers,
-        "features": GB_FEATURES,
-        "seed": seed,
-    }
-    return pd.DataFrame(predictions, index=summary.index), training
+    return train_summary, targets
+
+
+def poisson_boosting(X_train: pd.DataFrame, y: np.ndarray, X: pd.DataFrame, seed: int) -> np.ndarray:
+    """Fit a gradient-boosted regression with Poisson loss on (X_train, y) and predict at X.
+
+    Poisson loss because the targets are non-negative counts and sums, and the prediction should be a mean, like
+    the models'. scikit-learn is imported here, so that a run without a backtest never loads it.
+    """
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from threadpoolctl import threadpool_limits
+
+    model = HistGradientBoostingRegressor(
+        loss="poisson",
+        learning_rate=0.1,
+        max_iter=100,
+        max_leaf_nodes=15,
+        min_samples_leaf=20,
+        early_stopping=False,
+        random_state=seed,
+    )
+    # One thread: OpenMP workers spin-wait on a busy machine, which can make a fit many times slower than on one
+    # thread, and the training rows are few enough that more threads gain nothing.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        model.fit(X_train, y)
+        return model.predict(X)
 
 
 # --- model comparison and diagnostics ----------------------------------------------------------------------
@@ -595,89 +630,170 @@ def run_backtest(
         raise DataError(
             f"holdout_end {holdout_end} must be after calibration_end {calibration_end}. Swap or fix the dates."
         )
-    days_per_unit = config.days_per_unit
-    holdout_length = split.holdout_days() / days_per_unit
-    seed = config.backtest.seed if config.backtest else 0
+    holdout_length = split.holdout_days() / config.days_per_unit
+    timings: dict[str, float] = {}
     with collected_warnings() as messages:
-        clock = time.perf_counter()
-        _, last_day = log_span(con)
-        if holdout_end > last_day:
-            warnings.warn(
-                f"The log ends on {last_day}, {(holdout_end - last_day).days} days before holdout_end {holdout_end}: "
-                "the holdout's actual purchases and revenue are understated. Set holdout_end to the last day with "
-                "data or earlier.",
-                ForecastWarning,
-                stacklevel=2,
-            )
-        summary = summarize(con, calibration_end, days_per_unit, config.resolution)
-        actual = holdout_purchases(con, calibration_end, holdout_end, config.resolution).reindex(summary.index)
-        if actual.isna().any().any():
-            raise DataError(
-                "The holdout counts do not cover every calibration customer; the log changed while reading."
-            )
-        actual_purchases = actual["purchases_holdout"].to_numpy(float)
-        timings = {"summary": time.perf_counter() - clock}
-
-        clock = time.perf_counter()
-        configured = config.purchase_model
-        fitted: dict[str, PurchaseModel] = {}
-        if configured != "auto":
-            fitted[configured], spend = fit_models(summary, configured)
-        comparison = compare_models(summary, actual_purchases, holdout_length, fitted)
-        if configured == "auto":
-            chosen = best_model(comparison)
-            spend = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
-        else:
-            chosen = configured
-        model = fitted[chosen]
-        timings["model_fits"] = time.perf_counter() - clock
-
-        customers = summary[["frequency", "recency", "T", "monetary_value", "revenue"]].rename(
-            columns={"revenue": "calibration_revenue"}
-        )
-        customers["actual_purchases"] = actual_purchases
-        customers["actual_revenue"] = actual["revenue_holdout"].to_numpy(float)
-        parts = [
-            predictive_predictions(summary, model, spend, holdout_length),
-            heuristic_predictions(summary, split.holdout_days(), days_per_unit),
+        with _timed(timings, "summary"):
+            summary, customers = calibration_and_holdout(con, split, config)
+        with _timed(timings, "model_fits"):
+            actual_purchases = customers["actual_purchases"].to_numpy(float)
+            fit = fit_calibration(summary, actual_purchases, holdout_length, config.purchase_model)
+        predictions = [
+            predictive_predictions(summary, fit.purchases, fit.spend, holdout_length),
+            heuristic_predictions(summary, split.holdout_days(), config.days_per_unit),
         ]
-        methods = ["predictive", "heuristic"]
-        skipped: dict[str, str] = {}
-        training: dict[str, Any] | None = None
-        clock = time.perf_counter()
-        try:
-            gb, training = gradient_boosting_predictions(con, summary, split, days_per_unit, config.resolution, seed)
-            parts.append(gb)
-            methods.append("gradient_boosting")
-        except FitError as exc:
-            skipped["gradient_boosting"] = str(exc)
-            warnings.warn(f"The gradient-boosting baseline was skipped: {exc}", ForecastWarning, stacklevel=2)
-        timings["gradient_boosting"] = time.perf_counter() - clock
-        customers = customers.join(pd.concat(parts, axis=1))
-        clock = time.perf_counter()
-        tracking = tracking_curve(con, summary, model, split, days_per_unit, config.resolution)
-        timings["tracking"] = time.perf_counter() - clock
+        with _timed(timings, "gradient_boosting"):
+            seed = config.backtest.seed if config.backtest else 0
+            baseline = gradient_boosting_or_skip(con, summary, split, config, seed)
+        if baseline.predictions is not None:
+            predictions.append(baseline.predictions)
+        customers = customers.join(pd.concat(predictions, axis=1))
+        with _timed(timings, "tracking"):
+            tracking = tracking_curve(con, summary, fit.purchases, split, config.days_per_unit, config.resolution)
+    methods = ["predictive", "heuristic", *(["gradient_boosting"] if baseline.predictions is not None else [])]
+    document = backtest_document(split, config, customers, methods, fit, baseline, tracking)
+    document["warnings"] = messages
+    return BacktestResult(split, customers, tracking, document, methods, messages, timings)
 
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Record the seconds the block takes under ``timings[step]`` (backtest.json's ``timings_seconds``)."""
+    started = time.perf_counter()
+    yield
+    timings[step] = time.perf_counter() - started
+
+
+def calibration_and_holdout(
+    con: duckdb.DuckDBPyConnection, split: Split, config: RunConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The calibration summary, and the backtest's customer table: its summary columns and what each customer
+    actually bought in the holdout.
+
+    Warns (``ForecastWarning``) when the log ends before holdout_end: the actual figures are then understated.
+
+    Returns
+    -------
+    (summary, customers)
+        ``summarize`` as of calibration_end, and a table indexed by customer_id with frequency, recency, T,
+        monetary_value, calibration_revenue, actual_purchases and actual_revenue.
+
+    Raises
+    ------
+    DataError
+        No customer was acquired by calibration_end, or the holdout counts miss a calibration customer.
+    """
+    _, last_day = log_span(con)
+    if split.holdout_end > last_day:
+        warnings.warn(
+            f"The log ends on {last_day}, {(split.holdout_end - last_day).days} days before holdout_end "
+            f"{split.holdout_end}: the holdout's actual purchases and revenue are understated. Set holdout_end to "
+            "the last day with data or earlier.",
+            ForecastWarning,
+            stacklevel=3,
+        )
+    summary = summarize(con, split.calibration_end, config.days_per_unit, config.resolution)
+    actual = holdout_purchases(con, split.calibration_end, split.holdout_end, config.resolution)
+    actual = actual.reindex(summary.index)
+    if actual.isna().any().any():
+        raise DataError("The holdout counts do not cover every calibration customer; the log changed while reading.")
+    customers = summary[["frequency", "recency", "T", "monetary_value", "revenue"]].rename(
+        columns={"revenue": "calibration_revenue"}
+    )
+    customers["actual_purchases"] = actual["purchases_holdout"].to_numpy(float)
+    customers["actual_revenue"] = actual["revenue_holdout"].to_numpy(float)
+    return summary, customers
+
+
+@dataclass(frozen=True)
+class CalibrationFit:
+    """The models the predictive method uses, and every purchase model compared on the same split."""
+
+    configured: str  # the config's purchase_model, "auto" included
+    chosen: str  # the purchase model used: the configured one, or the lowest holdout MAE for "auto"
+    purchases: PurchaseModel
+    spend: GammaGamma
+    comparison: dict[str, dict[str, Any]]  # ``compare_models``
+
+
+def fit_calibration(
+    summary: pd.DataFrame, actual_purchases: np.ndarray, holdout_length: float, configured: str
+) -> CalibrationFit:
+    """Fit the configured purchase model and Gamma-Gamma on the calibration summary, and compare every purchase
+    model on the holdout; ``auto`` takes the one with the lowest holdout purchase MAE.
+
+    Raises
+    ------
+    FitError
+        The configured model (or, for ``auto``, every model) cannot be fitted.
+    """
+    fitted: dict[str, PurchaseModel] = {}
+    if configured != "auto":
+        fitted[configured], spend = fit_models(summary, configured)
+    comparison = compare_models(summary, actual_purchases, holdout_length, fitted)
+    if configured == "auto":
+        chosen = best_model(comparison)
+        spend = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
+    else:
+        chosen = configured
+    return CalibrationFit(configured, chosen, fitted[chosen], spend, comparison)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The gradient-boosting baseline's predictions and training window, or why it was skipped."""
+
+    predictions: pd.DataFrame | None
+    training: dict[str, Any] | None
+    skipped: str | None
+
+
+def gradient_boosting_or_skip(
+    con: duckdb.DuckDBPyConnection, summary: pd.DataFrame, split: Split, config: RunConfig, seed: int
+) -> Baseline:
+    """The gradient-boosting baseline, or, when the calibration period is too short to train it, a warning and
+    the reason it was skipped: the other methods are scored without it."""
+    try:
+        predictions, training = gradient_boosting_predictions(
+            con, summary, split, config.days_per_unit, config.resolution, seed
+        )
+    except FitError as exc:
+        warnings.warn(f"The gradient-boosting baseline was skipped: {exc}", ForecastWarning, stacklevel=3)
+        return Baseline(None, None, str(exc))
+    return Baseline(predictions, training, None)
+
+
+def backtest_document(
+    split: Split,
+    config: RunConfig,
+    customers: pd.DataFrame,
+    methods: list[str],
+    fit: CalibrationFit,
+    baseline: Baseline,
+    tracking: pd.DataFrame,
+) -> dict[str, Any]:
+    """The content of backtest.json (without ``warnings`` and ``plots``): the split, every method's metrics and
+    the winners, the model comparison, the conditional expectations and the tracking curve."""
     method_entries = {m: method_metrics(customers, m) for m in methods}
-    if training is not None:
-        method_entries["gradient_boosting"]["training"] = training
-    method_entries["predictive"]["model"] = chosen
+    if baseline.training is not None:
+        method_entries["gradient_boosting"]["training"] = baseline.training
+    method_entries["predictive"]["model"] = fit.chosen
     actual_revenue = customers["actual_revenue"].to_numpy(float)
     document: dict[str, Any] = {
-        "calibration_end": calibration_end.isoformat(),
-        "holdout_end": holdout_end.isoformat(),
+        "calibration_end": split.calibration_end.isoformat(),
+        "holdout_end": split.holdout_end.isoformat(),
         "customers": len(customers),
         "time_unit": config.time_unit,
-        "holdout_length": holdout_length,
+        "holdout_length": split.holdout_days() / config.days_per_unit,
         "actual": {
-            "purchases": float(actual_purchases.sum()),
+            "purchases": float(customers["actual_purchases"].to_numpy(float).sum()),
             "revenue": float(actual_revenue.sum()),
             "top20_capture": top_capture(actual_revenue, actual_revenue),
         },
         "methods": method_entries,
         "winner": winners(method_entries),
-        "purchase_model": {"configured": configured, "used": chosen},
-        "model_comparison": comparison,
+        "purchase_model": {"configured": fit.configured, "used": fit.chosen},
+        "model_comparison": fit.comparison,
         "conditional_expectation": conditional_expectation(customers, methods),
         "tracking": [
             {"date": day.isoformat(), "actual": float(actual_count), "model": float(model_count)}
@@ -686,10 +802,9 @@ def run_backtest(
             )
         ],
     }
-    if skipped:
-        document["skipped"] = skipped
-    document["warnings"] = messages
-    return BacktestResult(split, customers, tracking, document, methods, messages, timings)
+    if baseline.skipped is not None:
+        document["skipped"] = {"gradient_boosting": baseline.skipped}
+    return document
 
 
 def select_purchase_model(

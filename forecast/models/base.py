@@ -98,7 +98,7 @@ class _Model(ABC):
         if cached is not None and cached[0] is result:
             return cached[1]
         fitter = self.fitter_class()
-        # A plain dict: lifetimes only looks parameters up by name, and a pandas Series lookup costs ~50x more.
+        # A plain dict: lifetimes only looks parameters up by name, and a pandas Series lookup costs far more.
         names = zip(self.param_names, self.lifetimes_names, strict=True)
         fitter.params_ = {name: result.params[p] for p, name in names}
         self._lifetimes_fitter = (result, fitter)
@@ -107,18 +107,28 @@ class _Model(ABC):
     def _maximise(self, data: dict[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
         """Maximum-likelihood parameters (the papers' symbols, in order), as the lifetimes fitter finds them.
 
-        With an ``objective``, by lifetimes' minimisation of it; if that reports failure (the two differ
-        only by rounding) or its arithmetic fails, the lifetimes fitter decides, so a FitError always means
-        lifetimes fails too, and a fault of the fast path is never the user's error.
+        With an ``objective``, by lifetimes' minimisation of it. If that reports failure (the two differ only
+        by rounding) or its arithmetic fails, lifetimes' own fitter decides and a ForecastWarning says so: a
+        FitError then always means lifetimes fails too, and a fault of the fast path is never the user's error.
         ``data`` holds the fitter's positional arguments in order: (frequency, recency, T), or
         (frequency, monetary_value) for Gamma-Gamma.
         """
+        fast_failure: Exception | None = None
         if self.objective is not None:
-            with contextlib.suppress(ConvergenceError, ArithmeticError, ValueError):
+            try:
                 return self.objective.maximise(data, weights)
+            except (ConvergenceError, ArithmeticError, ValueError) as exc:
+                fast_failure = exc
         fitter = _without_autograd_hessian(self.fitter_class)()
         with seeded_global_generator(LIFETIMES_START_SEED):
             fitter.fit(*data.values(), weights=weights)
+        if fast_failure is not None:
+            warnings.warn(
+                f"The fast {self.title} fit failed ({type(fast_failure).__name__}: {fast_failure}); lifetimes' own "
+                "fitter was used instead (the same likelihood, start and optimiser, only slower).",
+                ForecastWarning,
+                stacklevel=4,
+            )
         return np.array([float(fitter.params_[name]) for name in self.lifetimes_names])
 
     def _log_likelihood_and_hessian(
@@ -137,8 +147,8 @@ class _Model(ABC):
     def _fit_compressed(self, data: dict[str, np.ndarray], weights: np.ndarray) -> Self:
         try:
             # lifetimes prints the optimiser's report when it fails; the FitError says it instead. The fits'
-            # dot products span at most a few million rows, where BLAS threads only add synchronisation
-            # (a BG/NBD likelihood evaluation on 389,000 rows takes 5x longer with two threads on two busy cores).
+            # dot products span at most a few million rows, where BLAS threads only add synchronisation (and
+            # compete with the run's second thread for the cores).
             with (
                 warnings.catch_warnings(),
                 contextlib.redirect_stdout(io.StringIO()),

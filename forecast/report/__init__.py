@@ -1,1 +1,1 @@
-"""The self-contained HTML report: its sections, charts and template."""
+"""The self-contained HTML report: the run folder it reads (``run_folder``), its sections, charts and template."""

@@ -1,15 +1,15 @@
 """The run report: one self-contained HTML file with the diagnostic charts and tables of a run folder.
 
 ``build_report(run_dir)`` reads only the run folder's files (manifest.json, the columns of
-customers.parquet it draws, segments.csv, and backtest.json with its plot files when a backtest ran),
-rebuilds the fitted models from the manifest, draws the charts as inline SVG and writes ``report.html``
-beside them. The page loads nothing from anywhere: no scripts, fonts, styles or images outside the file
-itself. ``forecast run`` passes its in-memory customer table, the same rows the Parquet file holds, so
-the report does not read the file back.
+customers.parquet it draws, segments.csv, the fitted models, and backtest.json with its plot files when a
+backtest ran; ``forecast.report.run_folder``), draws the charts as inline SVG (``forecast.report.charts``)
+and writes ``report.html`` beside them. The page loads nothing from anywhere: no scripts, fonts, styles or
+images outside the file itself. ``forecast run`` passes its in-memory customer table, the same rows the
+Parquet file holds, so the report does not read the file back.
 
 Per-customer figures are computed on NumPy arrays (bincounts, one boolean mask), not pandas group-bys
-or row filters of the whole table: at 3.4 million customers these take milliseconds. matplotlib is
-imported only when a chart is drawn.
+or row filters of the whole table, so that the report stays a small part of a run with millions of
+customers. matplotlib is imported only when a chart is drawn.
 
 Every section renders whatever the run holds and says what it does not hold (no backtest, no previous
 run to compare with, no intervals or budget columns).
@@ -21,24 +21,23 @@ import base64
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from forecast.config import DAYS_PER_MONTH, DAYS_PER_UNIT
 from forecast.data.compress import distinct_counts, quantile_of_counts
 from forecast.errors import ArtifactError, ForecastError
-from forecast.models import PURCHASE_MODELS, GammaGamma, PurchaseModel
+from forecast.models import GammaGamma, PurchaseModel
 from forecast.models.gamma_gamma import FREQUENCY_SPEND_CORRELATION_LIMIT
+from forecast.report.run_folder import REPORT_HTML, RunFolder, read_models, read_run
 from forecast.value.segments import ALL_SEGMENTATION
 
-REPORT_NAME = "report.html"
 TEMPLATE_NAME = "report.html.j2"
 MAX_REPEAT_BUCKET = 7  # the period-transactions chart groups 7 or more repeat purchases
 ACTIVE_THRESHOLD = 0.5
@@ -146,88 +145,20 @@ class Chart:
     wide: bool = True
 
 
-@dataclass
-class RunFolder:
-    """The files of one run folder, as read from disk."""
-
-    path: Path
-    manifest: dict[str, Any]
-    customers: pd.DataFrame
-    segments: pd.DataFrame | None
-    backtest: dict[str, Any] | None
-    notes: list[str] = field(default_factory=list)
-
-
-# --- reading -------------------------------------------------------------------------------------------
-
-
-def read_run(run_dir: str | Path, customers: pd.DataFrame | None = None) -> RunFolder:
-    """Read a run folder's manifest, customer table, segment table and backtest (when present).
-
-    Parameters
-    ----------
-    run_dir
-        A folder written by ``forecast run``.
-    customers
-        The per-customer table, when the caller holds it (``forecast run`` does): customers.parquet is
-        then not read. Without it, only the columns the report uses are read from the file.
+def read_report_run(run_dir: str | Path, customers: pd.DataFrame | None = None) -> RunFolder:
+    """Read a run folder with the columns of customers.parquet the report draws (``REQUIRED_COLUMNS`` and those of
+    ``OPTIONAL_COLUMNS`` the file holds).
 
     Raises
     ------
     ArtifactError
-        The folder, its manifest.json or its customers.parquet is missing or unreadable.
+        The folder is not a finished run, or its customer table lacks a column of ``REQUIRED_COLUMNS``.
     """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise ArtifactError(f"Run folder {path} does not exist. Pass the output folder of `forecast run`.")
-    manifest_path = path / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(
-            f"{path} has no manifest.json, so it is not a finished run folder. Run `forecast run` first."
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}). Re-run `forecast run`.") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{manifest_path} is not a run manifest (a JSON object). Re-run `forecast run`.")
-    if customers is None:
-        customers = read_customers(path / "customers.parquet")
-    missing = sorted(set(REQUIRED_COLUMNS) - set(customers.columns))
+    run = read_run(run_dir, customers, columns=[*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
+    missing = sorted(set(REQUIRED_COLUMNS) - set(run.customers.columns))
     if missing:
-        raise ArtifactError(f"{path / 'customers.parquet'} lacks the columns {missing}. Re-run `forecast run`.")
-    notes = []
-    segments = None
-    if (path / "segments.csv").is_file():
-        segments = pd.read_csv(path / "segments.csv", keep_default_na=False, na_values=[""])
-    else:
-        notes.append("segments.csv is missing from the run folder.")
-    backtest = None
-    if (path / "backtest.json").is_file():
-        try:
-            backtest = json.loads((path / "backtest.json").read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            notes.append(f"backtest.json could not be read ({exc}); the backtest section is left out.")
-    return RunFolder(path, manifest, customers, segments, backtest, notes)
-
-
-def read_customers(path: Path) -> pd.DataFrame:
-    """Read the report's columns (``REQUIRED_COLUMNS`` and those of ``OPTIONAL_COLUMNS`` present) of a
-    customers.parquet file.
-
-    Raises
-    ------
-    ArtifactError
-        The file is missing or unreadable.
-    """
-    try:
-        present = set(pq.read_schema(path).names)
-        wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in present]
-        return pq.read_table(path, columns=wanted, memory_map=True).to_pandas(split_blocks=True)
-    except FileNotFoundError:
-        raise ArtifactError(f"{path.parent} has no customers.parquet. Re-run `forecast run` to write it.") from None
-    except Exception as exc:
-        raise ArtifactError(f"{path} cannot be read ({exc}). Re-run `forecast run`.") from None
+        raise ArtifactError(f"{run.path / 'customers.parquet'} lacks the columns {missing}. Re-run `forecast run`.")
+    return run
 
 
 # --- formatting ----------------------------------------------------------------------------------------
@@ -435,22 +366,11 @@ def headline(run: RunFolder) -> dict[str, Any]:
 # --- model fit -----------------------------------------------------------------------------------------
 
 
-def rebuild_models(manifest: dict[str, Any]) -> tuple[PurchaseModel, GammaGamma]:
-    """Rebuild the fitted purchase and spend models from the manifest's ``models`` entry."""
-    models = manifest.get("models")
-    if not isinstance(models, dict) or "purchases" not in models or "spend" not in models:
-        raise ArtifactError("The manifest has no fitted models under 'models'. Re-run `forecast run`.")
-    name = models["purchases"].get("name")
-    if name not in PURCHASE_MODELS:
-        raise ArtifactError(f"The manifest names an unknown purchase model {name!r}. Re-run `forecast run`.")
-    return PURCHASE_MODELS[name].from_dict(models["purchases"]), GammaGamma.from_dict(models["spend"])
-
-
 def customers_by_frequency(customers: pd.DataFrame) -> np.ndarray:
     """How many customers made 0, 1, 2, ... repeat purchases, counted on the column's own integers.
 
-    The report is drawn while customers.parquet is written, and the two peak together: copies of the column
-    (as floats, rounded, capped) made the report's charts take 116 MB more at 3.4 million customers.
+    Counted without copying the column (as floats, rounded, capped): with millions of customers every copy of
+    a column adds to the run's peak memory.
     """
     frequency = customers["frequency"].to_numpy()
     if not np.issubdtype(frequency.dtype, np.integer):
@@ -543,126 +463,18 @@ def parameter_rows(purchases: PurchaseModel, spend: GammaGamma, time_unit: str) 
 
 def model_fit(run: RunFolder) -> dict[str, Any]:
     """Parameters with their meaning, and the charts that show how well the models fit the data."""
-    manifest = run.manifest
     try:
-        purchases, spend = rebuild_models(manifest)
+        purchases, spend = read_models(run)
     except ForecastError as exc:
         return {"available": False, "message": str(exc)}
-    time_unit = str(manifest.get("time_unit", manifest.get("config", {}).get("time_unit", "week")))
-    days_per_unit = DAYS_PER_UNIT.get(time_unit, 7.0)
-    horizon_months = int(manifest.get("horizon_months", manifest.get("config", {}).get("horizon_months", 12)))
-    horizon_units = horizon_months * DAYS_PER_MONTH / days_per_unit
-    customers = run.customers
-    chart_list = []
-    from forecast.report import charts  # matplotlib only when charts are drawn
-
-    period = period_transactions(customers, purchases)
-    chart_list.append(
-        Chart(
-            "period_transactions",
-            "How many customers made 0, 1, 2, ... repeat purchases in the observation period (grey), and how many "
-            "the model expects (blue). Bars of similar height mean the model reproduces how often people buy.",
-            Markup(
-                charts.period_transactions(
-                    list(period.index), period["actual"].to_numpy(), period["model"].to_numpy(), purchases.title
-                )
-            ),
-        )
-    )
-    frequencies, recencies, T_max = frequency_recency_grid(customers)
-    f_grid, r_grid = np.meshgrid(frequencies, recencies, indexing="ij")
-    T_grid = np.full(f_grid.size, T_max)
-    expected = purchases.expected_purchases(horizon_units, f_grid.ravel(), r_grid.ravel(), T_grid).reshape(f_grid.shape)
-    alive = purchases.p_alive(f_grid.ravel(), r_grid.ravel(), T_grid).reshape(f_grid.shape)
-    chart_list.append(
-        Chart(
-            "heatmap_expected_purchases",
-            f"Expected purchases in the next {horizon_months} months for a customer first seen {T_max:.0f} "
-            f"{time_unit}s ago, by how often they bought (up) and how recently (right). Frequent, recent buyers "
-            "(top right) are expected to buy most; frequent buyers who stopped a while ago (top left) much less.",
-            Markup(
-                charts.heatmap(
-                    expected,
-                    frequencies,
-                    recencies,
-                    name="heatmap_expected_purchases",
-                    title=f"Expected purchases, next {horizon_months} months",
-                    time_unit=time_unit,
-                    colorbar_label="expected purchases (count)",
-                )
-            ),
-            wide=False,
-        )
-    )
-    chart_list.append(
-        Chart(
-            "heatmap_p_alive",
-            f"Probability that a customer first seen {T_max:.0f} {time_unit}s ago is still a customer (P(alive)). "
-            "A long silence after frequent buying is the strongest sign that someone has left."
-            + (
-                " In this model customers can only leave after a repeat purchase, so those who never came back "
-                "(bottom row) count as active."
-                if purchases.name == "bgnbd"
-                else ""
-            ),
-            Markup(
-                charts.heatmap(
-                    alive,
-                    frequencies,
-                    recencies,
-                    name="heatmap_p_alive",
-                    title="Probability still active, P(alive)",
-                    time_unit=time_unit,
-                    colorbar_label="P(alive) (probability, 0 to 1)",
-                    cmap="magma",
-                )
-            ),
-            wide=False,
-        )
-    )
-    frequency = customers["frequency"].to_numpy()  # the column's own integers (a float copy: 27 MB at 3.4M)
-    monetary = customers["monetary_value"].to_numpy(float)
-    repeat = (frequency > 0) & (monetary > 0)
-    spend_summary: dict[str, str] = {}
-    correlation: float | None = None
-    if np.count_nonzero(repeat) > 2:
-        observed, repeat_frequency = monetary[repeat], frequency[repeat]
-        upper = float(np.quantile(observed, 0.99)) * 1.1
-        grid = np.linspace(upper / 400, upper, 400)
-        density = spend.average_spend_density(grid, repeat_frequency)
-        chart_list.append(
-            Chart(
-                "spend_fit",
-                "Average spend per purchase of customers who bought more than once (grey bars) and the distribution "
-                "the spend model implies for them (blue line). A line that follows the bars means the spend model "
-                "describes how much people spend.",
-                Markup(charts.spend_fit(observed, grid, density)),
-            )
-        )
-        spend_summary = {
-            "observed_mean": f"{observed.mean():,.2f}",
-            "observed_median": f"{np.median(observed):,.2f}",
-            "model_mean": f"{spend.mean_spend():,.2f}",
-            "buyers": f"{len(observed):,}",
-        }
-        correlation = float(np.corrcoef(repeat_frequency, observed)[0, 1])
-        chart_list.append(
-            Chart(
-                "frequency_spend",
-                "Each dot is a repeat buyer: how often they bought (right) and how much they spent per purchase (up). "
-                "The spend model assumes these two are unrelated; a visible trend would break that assumption.",
-                Markup(
-                    charts.frequency_spend(
-                        repeat_frequency,
-                        observed,
-                        correlation,
-                        FREQUENCY_SPEND_CORRELATION_LIMIT,
-                    )
-                ),
-            )
-        )
-    purchase_dict = manifest["models"]["purchases"]
-    spend_dict = manifest["models"]["spend"]
+    config = run.manifest.get("config", {})
+    time_unit = str(run.manifest.get("time_unit", config.get("time_unit", "week")))
+    horizon_months = int(run.manifest.get("horizon_months", config.get("horizon_months", 12)))
+    period = period_transactions(run.customers, purchases)
+    chart_list = [period_chart(period, purchases), *heatmap_charts(run.customers, purchases, time_unit, horizon_months)]
+    spend_check = check_spend_model(run.customers, spend)
+    chart_list += spend_check.charts
+    correlation = spend_check.correlation
     return {
         "available": True,
         "purchase_title": MODEL_DESCRIPTIONS.get(purchases.name, (purchases.title, ""))[0],
@@ -670,29 +482,170 @@ def model_fit(run: RunFolder) -> dict[str, Any]:
         "spend_title": SPEND_DESCRIPTION[0],
         "spend_text": SPEND_DESCRIPTION[1],
         "parameters": parameter_rows(purchases, spend, time_unit),
-        "fit_facts": [
-            f"{purchases.title}: log-likelihood {purchase_dict.get('log_likelihood', float('nan')):,.2f} on "
-            f"{purchase_dict.get('customers', 0):,} customers ({purchase_dict.get('unique_rows', 0):,} distinct "
-            "histories).",
-            f"{spend.title}: log-likelihood {spend_dict.get('log_likelihood', float('nan')):,.2f} on "
-            f"{spend_dict.get('customers', 0):,} repeat buyers with a positive average spend.",
-        ],
-        "period": Table(
-            ["Repeat purchases", *period.index],
-            [
-                ["actual customers", *(f"{v:,.0f}" for v in period["actual"])],
-                ["model (expected)", *(f"{v:,.1f}" for v in period["model"])],
-            ],
-            [False] + [True] * len(period),
-            "Customers by number of repeat purchases",
-        ),
+        "fit_facts": fit_facts(run.manifest["models"], purchases, spend),
+        "period": period_table(period),
         "charts": chart_list,
-        "spend": spend_summary,
+        "spend": spend_check.summary,
         "correlation": None if correlation is None else f"{correlation:.3f}",
         "correlation_failed": correlation is not None and abs(correlation) > FREQUENCY_SPEND_CORRELATION_LIMIT,
         "correlation_limit": f"{FREQUENCY_SPEND_CORRELATION_LIMIT:g}",
         "time_unit": time_unit,
     }
+
+
+def period_chart(period: pd.DataFrame, purchases: PurchaseModel) -> Chart:
+    """Bars of customers by number of repeat purchases (``period_transactions``): actual beside the model."""
+    from forecast.report import charts  # matplotlib only when charts are drawn
+
+    return Chart(
+        "period_transactions",
+        "How many customers made 0, 1, 2, ... repeat purchases in the observation period (grey), and how many "
+        "the model expects (blue). Bars of similar height mean the model reproduces how often people buy.",
+        Markup(
+            charts.period_transactions(
+                list(period.index), period["actual"].to_numpy(), period["model"].to_numpy(), purchases.title
+            )
+        ),
+    )
+
+
+def heatmap_charts(
+    customers: pd.DataFrame, purchases: PurchaseModel, time_unit: str, horizon_months: int
+) -> list[Chart]:
+    """Expected purchases over the horizon and P(alive) on a frequency by recency grid, for a customer as old as
+    the oldest (T = max T).
+
+    References
+    ----------
+    Fader, Hardie & Lee (2005), "RFM and CLV: using iso-value curves for customer base analysis", Journal of
+    Marketing Research 42(4): the frequency by recency view of the purchase model's predictions.
+    """
+    from forecast.report import charts
+
+    frequencies, recencies, T_max = frequency_recency_grid(customers)
+    f_grid, r_grid = np.meshgrid(frequencies, recencies, indexing="ij")
+    T_grid = np.full(f_grid.size, T_max)
+    horizon_units = horizon_months * DAYS_PER_MONTH / DAYS_PER_UNIT.get(time_unit, 7.0)
+    expected = purchases.expected_purchases(horizon_units, f_grid.ravel(), r_grid.ravel(), T_grid).reshape(f_grid.shape)
+    alive = purchases.p_alive(f_grid.ravel(), r_grid.ravel(), T_grid).reshape(f_grid.shape)
+    expected_chart = Chart(
+        "heatmap_expected_purchases",
+        f"Expected purchases in the next {horizon_months} months for a customer first seen {T_max:.0f} "
+        f"{time_unit}s ago, by how often they bought (up) and how recently (right). Frequent, recent buyers "
+        "(top right) are expected to buy most; frequent buyers who stopped a while ago (top left) much less.",
+        Markup(charts.heatmap(expected, frequencies, recencies, name="heatmap_expected_purchases",
+                              title=f"Expected purchases, next {horizon_months} months", time_unit=time_unit,
+                              colorbar_label="expected purchases (count)")),
+        wide=False,
+    )  # fmt: skip
+    only_after_repeat = (
+        " In this model customers can only leave after a repeat purchase, so those who never came back "
+        "(bottom row) count as active."
+    )
+    alive_chart = Chart(
+        "heatmap_p_alive",
+        f"Probability that a customer first seen {T_max:.0f} {time_unit}s ago is still a customer (P(alive)). "
+        "A long silence after frequent buying is the strongest sign that someone has left."
+        + (only_after_repeat if purchases.name == "bgnbd" else ""),
+        Markup(charts.heatmap(alive, frequencies, recencies, name="heatmap_p_alive",
+                              title="Probability still active, P(alive)", time_unit=time_unit,
+                              colorbar_label="P(alive) (probability, 0 to 1)", cmap="magma")),
+        wide=False,
+    )  # fmt: skip
+    return [expected_chart, alive_chart]
+
+
+@dataclass(frozen=True)
+class SpendCheck:
+    """How the spend model fits the repeat buyers: its charts, summary figures and the independence check."""
+
+    charts: list[Chart]
+    summary: dict[str, str]
+    correlation: float | None  # of repeat buyers' frequency and average spend; None with too few of them
+
+
+def check_spend_model(customers: pd.DataFrame, spend: GammaGamma) -> SpendCheck:
+    """Draw repeat buyers' average spend against the Gamma-Gamma density, and their frequency against their spend.
+
+    Only customers with a repeat purchase and a positive average spend count (the data the model is fitted on);
+    with two or fewer there is nothing to show.
+
+    References
+    ----------
+    Fader & Hardie (2013), "The Gamma-Gamma model of monetary value": the density of the average spend, and
+    the assumption that spend does not depend on frequency.
+    """
+    frequency = customers["frequency"].to_numpy()  # the column's own integers: no float copy of every customer
+    monetary = customers["monetary_value"].to_numpy(float)
+    repeat = (frequency > 0) & (monetary > 0)
+    if np.count_nonzero(repeat) <= 2:
+        return SpendCheck([], {}, None)
+    observed, repeat_frequency = monetary[repeat], frequency[repeat]
+    correlation = float(np.corrcoef(repeat_frequency, observed)[0, 1])
+    summary = {
+        "observed_mean": f"{observed.mean():,.2f}",
+        "observed_median": f"{np.median(observed):,.2f}",
+        "model_mean": f"{spend.mean_spend():,.2f}",
+        "buyers": f"{len(observed):,}",
+    }
+    charts = [
+        spend_fit_chart(observed, repeat_frequency, spend),
+        frequency_spend_chart(repeat_frequency, observed, correlation),
+    ]
+    return SpendCheck(charts, summary, correlation)
+
+
+def spend_fit_chart(observed: np.ndarray, repeat_frequency: np.ndarray, spend: GammaGamma) -> Chart:
+    """Histogram of repeat buyers' average spend with the density the spend model implies for them."""
+    from forecast.report import charts
+
+    upper = float(np.quantile(observed, 0.99)) * 1.1
+    grid = np.linspace(upper / 400, upper, 400)
+    density = spend.average_spend_density(grid, repeat_frequency)
+    return Chart(
+        "spend_fit",
+        "Average spend per purchase of customers who bought more than once (grey bars) and the distribution "
+        "the spend model implies for them (blue line). A line that follows the bars means the spend model "
+        "describes how much people spend.",
+        Markup(charts.spend_fit(observed, grid, density)),
+    )
+
+
+def frequency_spend_chart(repeat_frequency: np.ndarray, observed: np.ndarray, correlation: float) -> Chart:
+    """Scatter of repeat buyers' frequency against their average spend, with the correlation."""
+    from forecast.report import charts
+
+    return Chart(
+        "frequency_spend",
+        "Each dot is a repeat buyer: how often they bought (right) and how much they spent per purchase (up). "
+        "The spend model assumes these two are unrelated; a visible trend would break that assumption.",
+        Markup(charts.frequency_spend(repeat_frequency, observed, correlation, FREQUENCY_SPEND_CORRELATION_LIMIT)),
+    )
+
+
+def fit_facts(recorded: dict[str, Any], purchases: PurchaseModel, spend: GammaGamma) -> list[str]:
+    """One sentence per model: log-likelihood and what it was fitted on, from the manifest's ``models`` entry."""
+    purchase_fit, spend_fit = recorded["purchases"], recorded["spend"]
+    return [
+        f"{purchases.title}: log-likelihood {purchase_fit.get('log_likelihood', float('nan')):,.2f} on "
+        f"{purchase_fit.get('customers', 0):,} customers ({purchase_fit.get('unique_rows', 0):,} distinct "
+        "histories).",
+        f"{spend.title}: log-likelihood {spend_fit.get('log_likelihood', float('nan')):,.2f} on "
+        f"{spend_fit.get('customers', 0):,} repeat buyers with a positive average spend.",
+    ]
+
+
+def period_table(period: pd.DataFrame) -> Table:
+    """The repeat-purchase buckets (``period_transactions``) as a table: actual customers and the model's count."""
+    return Table(
+        ["Repeat purchases", *period.index],
+        [
+            ["actual customers", *(f"{v:,.0f}" for v in period["actual"])],
+            ["model (expected)", *(f"{v:,.1f}" for v in period["model"])],
+        ],
+        [False] + [True] * len(period),
+        "Customers by number of repeat purchases",
+    )
 
 
 # --- backtest ------------------------------------------------------------------------------------------
@@ -790,6 +743,34 @@ def backtest(run: RunFolder) -> dict[str, Any]:
     data = run.backtest
     if not isinstance(data, dict):
         return {"available": False}
+    methods = data.get("methods", {}) if isinstance(data.get("methods"), dict) else {}
+    winner, winner_rows = winner_summary(data.get("winner"))
+    comparison = data.get("model_comparison")
+    plots = data.get("plots", {})
+    chart_list, problems = backtest_plot_charts(run.path, plots if isinstance(plots, dict) else {})
+    if not any("decile" in c.name for c in chart_list):
+        decile = _decile_chart(methods)
+        if decile is not None:
+            chart_list.append(decile)
+    return {
+        "available": True,
+        "facts": backtest_facts(data),
+        "metrics": metrics_table(methods),
+        "winner": winner,
+        "winner_rows": winner_rows,
+        "comparison": (
+            records_table(comparison, "model", "Purchase models compared on the same split")
+            if isinstance(comparison, dict) and comparison
+            else None
+        ),
+        "charts": chart_list,
+        "problems": problems,
+        "warnings": [str(w) for w in data.get("warnings", [])] if isinstance(data.get("warnings"), list) else [],
+    }
+
+
+def backtest_facts(data: dict[str, Any]) -> list[list[str]]:
+    """The split, the customers, the purchase model used and the actual holdout totals, as label/value rows."""
     facts = [[label(k), format_value(data[k], k)] for k in ("calibration_end", "holdout_end", "customers") if k in data]
     used = data.get("purchase_model", {})
     if isinstance(used, dict) and used.get("used"):
@@ -799,7 +780,11 @@ def backtest(run: RunFolder) -> dict[str, Any]:
         for key, value in actual.items():
             name = "Top-20% capture of a perfect ranking" if key == "top20_capture" else f"Actual holdout {key}"
             facts.append([name, format_value(value, key)])
-    methods = data.get("methods", {}) if isinstance(data.get("methods"), dict) else {}
+    return facts
+
+
+def metrics_table(methods: dict[str, Any]) -> Table | None:
+    """One row per method (predictive and heuristic first), the metrics in ``METRIC_ORDER`` then any others."""
     order = sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
     flat_methods = {}
     for name in order:
@@ -807,46 +792,27 @@ def backtest(run: RunFolder) -> dict[str, Any]:
             entry = {**{f"predicted_{k}": v for k, v in methods[name].get("predicted", {}).items()}, **methods[name]}
             known = [k for k in METRIC_ORDER if k in entry]
             flat_methods[name] = {k: entry[k] for k in known + [k for k in entry if k not in known]}
-    metrics_table = None
-    if flat_methods:
-        metrics_table = records_table(
-            flat_methods,
-            "method",
-            "Holdout accuracy per method (lower MAE and RMSE are better; higher rank correlation and top-20% "
-            "capture are better)",
-        )
-    winner, winner_rows = winner_summary(data.get("winner"))
-    comparison = data.get("model_comparison")
-    comparison_table = (
-        records_table(comparison, "model", "Purchase models compared on the same split")
-        if isinstance(comparison, dict) and comparison
-        else None
+    if not flat_methods:
+        return None
+    return records_table(
+        flat_methods,
+        "method",
+        "Holdout accuracy per method (lower MAE and RMSE are better; higher rank correlation and top-20% "
+        "capture are better)",
     )
+
+
+def backtest_plot_charts(run_dir: Path, plots: dict[str, Any]) -> tuple[list[Chart], list[str]]:
+    """The plot files backtest.json lists, in ``PLOT_ORDER``, and why any of them cannot be shown."""
     chart_list: list[Chart] = []
     problems: list[str] = []
-    plots = data.get("plots", {})
-    plots = plots if isinstance(plots, dict) else {}
     for name, file_name in sorted(plots.items(), key=lambda item: PLOT_ORDER.get(str(item[0]), len(PLOT_ORDER))):
-        chart = _plot_chart(run.path, str(name), file_name)
+        chart = _plot_chart(run_dir, str(name), file_name)
         if isinstance(chart, Chart):
             chart_list.append(chart)
         else:
             problems.append(chart)
-    if not any("decile" in c.name for c in chart_list):
-        decile = _decile_chart(methods)
-        if decile is not None:
-            chart_list.append(decile)
-    return {
-        "available": True,
-        "facts": facts,
-        "metrics": metrics_table,
-        "winner": winner,
-        "winner_rows": winner_rows,
-        "comparison": comparison_table,
-        "charts": chart_list,
-        "problems": problems,
-        "warnings": [str(w) for w in data.get("warnings", [])] if isinstance(data.get("warnings"), list) else [],
-    }
+    return chart_list, problems
 
 
 # --- segments and budget -------------------------------------------------------------------------------
@@ -862,31 +828,12 @@ def segments_section(run: RunFolder) -> dict[str, Any]:
     budget_columns = [c for c in table.columns if any(w in c for w in ("cac", "acquisition", "new_customer"))]
     risk_columns = [c for c in table.columns if "risk" in c]
     groups = []
-    from forecast.report import charts
-
     for segmentation, rows in table[table["segmentation"] != ALL_SEGMENTATION].groupby("segmentation", sort=False):
         shown = pd.concat([rows, everyone]).drop(columns="segmentation")
         main_columns = [c for c in SEGMENT_COLUMN_ORDER if c in shown.columns]
         main_columns += [c for c in (bounds or ()) if c not in main_columns]
         main_columns += [c for c in shown.columns if c not in main_columns + budget_columns + risk_columns]
-        chart = None
-        if {"clv_total", "clv_heuristic_total"} <= set(rows.columns):
-            lower = rows[bounds[0]].to_numpy(float) if bounds else None
-            upper = rows[bounds[1]].to_numpy(float) if bounds else None
-            if lower is None or upper is None or not (np.isfinite(lower).all() and np.isfinite(upper).all()):
-                lower = upper = None
-            horizon = run.manifest.get("horizon_months", "?")
-            lifespan = years(run.manifest.get("heuristic", {}).get("lifespan_years"))
-            chart = Chart(
-                f"segment_clv_{segmentation}",
-                f"Predictive CLV (next {horizon} months) beside the heuristic ({lifespan}-year lifespan) per "
-                f"{segmentation}" + (", with the interval of the predictive total." if lower is not None else "."),
-                Markup(charts.segment_bars(rows["segment"].astype(str).tolist(), rows["clv_total"].to_numpy(float),
-                       rows["clv_heuristic_total"].to_numpy(float), name=f"segment_clv_{segmentation}",
-                       title=f"Predictive vs heuristic CLV by {segmentation}",
-                       predictive_label=f"predictive, next {horizon} months",
-                       heuristic_label=f"heuristic, {lifespan}-year lifespan", lower=lower, upper=upper)),
-            )  # fmt: skip
+        chart = segment_clv_chart(rows, str(segmentation), bounds, run.manifest)
         budget = None
         if budget_columns or risk_columns:
             budget = frame_table(shown[["segment", *budget_columns, *risk_columns]], total_row=True)
@@ -914,7 +861,37 @@ def segments_section(run: RunFolder) -> dict[str, Any]:
     }
 
 
+def segment_clv_chart(
+    rows: pd.DataFrame, segmentation: str, bounds: tuple[str, str] | None, manifest: dict[str, Any]
+) -> Chart | None:
+    """Predictive beside heuristic CLV totals per segment of one segmentation, with the predictive interval
+    when every segment has a finite one; None when the table lacks either total."""
+    if not {"clv_total", "clv_heuristic_total"} <= set(rows.columns):
+        return None
+    from forecast.report import charts
+
+    lower = rows[bounds[0]].to_numpy(float) if bounds else None
+    upper = rows[bounds[1]].to_numpy(float) if bounds else None
+    if lower is None or upper is None or not (np.isfinite(lower).all() and np.isfinite(upper).all()):
+        lower = upper = None
+    horizon = manifest.get("horizon_months", "?")
+    lifespan = years(manifest.get("heuristic", {}).get("lifespan_years"))
+    return Chart(
+        f"segment_clv_{segmentation}",
+        f"Predictive CLV (next {horizon} months) beside the heuristic ({lifespan}-year lifespan) per "
+        f"{segmentation}" + (", with the interval of the predictive total." if lower is not None else "."),
+        Markup(charts.segment_bars(rows["segment"].astype(str).tolist(), rows["clv_total"].to_numpy(float),
+               rows["clv_heuristic_total"].to_numpy(float), name=f"segment_clv_{segmentation}",
+               title=f"Predictive vs heuristic CLV by {segmentation}",
+               predictive_label=f"predictive, next {horizon} months",
+               heuristic_label=f"heuristic, {lifespan}-year lifespan", lower=lower, upper=upper)),
+    )  # fmt: skip
+
+
 # --- drift, quality, about -----------------------------------------------------------------------------
+
+
+DRIFT_DATES = ("previous_as_of", "as_of", "days_apart")
 
 
 def _change_table(rows: dict[str, Any], key_label: str, caption: str) -> Table | None:
@@ -929,67 +906,37 @@ def _change_table(rows: dict[str, Any], key_label: str, caption: str) -> Table |
 
 
 def drift_section(run: RunFolder) -> dict[str, Any]:
-    """The manifest's drift against the previous run (totals, parameters, segments, tier moves, customer flows)."""
+    """The manifest's drift against the previous run (totals, parameters, segments, tier moves, customer flows).
+
+    Each part is shown when it has the layout ``forecast.batch.drift.compare_runs`` writes (docs/operations.md,
+    "Drift"); anything else in the entry is shown as plain tables under "Other drift figures".
+    """
     drift = run.manifest.get("drift")
     previous = run.manifest.get("previous_run")
     if not drift:
         return {"available": False, "previous": previous if isinstance(previous, str) else None}
     if not isinstance(drift, dict):
         return {"available": True, "facts": [], "tables": mapping_tables(drift, ""), "warnings": [], "chart": None}
-    facts = [[label(k), format_value(drift[k], k)] for k in ("previous_as_of", "as_of", "days_apart") if k in drift]
+    facts = [[label(k), format_value(drift[k], k)] for k in DRIFT_DATES if k in drift]
     tables: list[Table] = []
-    handled = {"previous_as_of", "as_of", "days_apart", "warnings", "thresholds"}
+    handled = {*DRIFT_DATES, "warnings", "thresholds"}
     totals = drift.get("totals")
     if isinstance(totals, dict) and (table := _change_table(totals, "quantity", "Totals, previous vs current")):
         tables.append(table)
         handled.add("totals")
-    parameters = drift.get("parameters")
-    if isinstance(parameters, dict):
-        for role, entry in parameters.items():
-            if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
-                caption = f"Parameters of the {role} model ({entry.get('model', '?')})"
-                if not entry.get("comparable", True):
-                    caption += f": changed from {entry.get('previous_model')}, not compared"
-                table = _change_table(entry["params"], "parameter", caption)
-                if table is not None:
-                    tables.append(table)
+    if isinstance(drift.get("parameters"), dict):
+        tables += drift_parameter_tables(drift["parameters"])
         handled.add("parameters")
-    segments = drift.get("segments")
+    segments = drift_segment_frame(drift.get("segments"))
     chart = None
-    if isinstance(segments, list) and segments and all(isinstance(r, dict) for r in segments):
-        frame = pd.DataFrame(segments)
-        tables.append(frame_table(frame, "CLV per segment, previous vs current"))
+    if segments is not None:
+        tables.append(frame_table(segments, "CLV per segment, previous vs current"))
+        chart = drift_tiers_chart(segments, drift)
         handled.add("segments")
-        needed = {"segmentation", "segment", "clv_previous", "clv_current"}
-        if needed <= set(frame.columns):
-            tiers = frame[frame["segmentation"].astype(str) == "segment"]
-            if len(tiers):
-                from forecast.report import charts
-
-                chart = Chart(
-                    "drift_segments",
-                    f"Predictive CLV per value tier in the previous run (as of {drift.get('previous_as_of', '?')}) "
-                    f"and in this one (as of {drift.get('as_of', '?')}).",
-                    Markup(
-                        charts.paired_bars(
-                            tiers["segment"].astype(str).tolist(),
-                            tiers["clv_previous"].to_numpy(float),
-                            tiers["clv_current"].to_numpy(float),
-                            name="drift_segments",
-                            title="Predictive CLV by value tier: previous vs current run",
-                            first_label=f"previous, as of {drift.get('previous_as_of', '?')}",
-                            second_label=f"current, as of {drift.get('as_of', '?')}",
-                        )
-                    ),
-                )
-    tiers_moves = drift.get("tiers")
-    if isinstance(tiers_moves, dict) and {"labels_from", "labels_to", "counts"} <= set(tiers_moves):
-        frame = pd.DataFrame(tiers_moves["counts"], index=tiers_moves["labels_from"], columns=tiers_moves["labels_to"])
-        frame = frame.rename_axis("previous tier").reset_index()
-        tables.append(frame_table(frame, "Customers moving between value tiers (rows: previous tier, columns: now)"))
-        moves = {k: tiers_moves[k] for k in ("moved", "moved_up", "moved_down", "stayed") if k in tiers_moves}
-        facts += [[f"Customers who {label(k).lower()} tier" if k != "stayed" else "Customers who stayed in their tier",
-                   format_value(v)] for k, v in moves.items()]  # fmt: skip
+    moves = tier_moves(drift.get("tiers"))
+    if moves is not None:
+        tables.append(moves[0])
+        facts += moves[1]
         handled.add("tiers")
     flows = drift.get("customers")
     if isinstance(flows, dict):
@@ -1000,6 +947,70 @@ def drift_section(run: RunFolder) -> dict[str, Any]:
         tables.extend(mapping_tables(rest, "Other drift figures"))
     warnings = [str(w) for w in drift.get("warnings", [])] if isinstance(drift.get("warnings"), list) else []
     return {"available": True, "facts": facts, "tables": tables, "warnings": warnings, "chart": chart}
+
+
+def drift_parameter_tables(parameters: dict[str, Any]) -> list[Table]:
+    """One table per model role (purchases, spend): each parameter's previous and current value and its z."""
+    tables = []
+    for role, entry in parameters.items():
+        if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
+            caption = f"Parameters of the {role} model ({entry.get('model', '?')})"
+            if not entry.get("comparable", True):
+                caption += f": changed from {entry.get('previous_model')}, not compared"
+            table = _change_table(entry["params"], "parameter", caption)
+            if table is not None:
+                tables.append(table)
+    return tables
+
+
+def drift_segment_frame(segments: Any) -> pd.DataFrame | None:
+    """The drift's per-segment rows as a frame, or None when they are not a non-empty list of records."""
+    if isinstance(segments, list) and segments and all(isinstance(r, dict) for r in segments):
+        return pd.DataFrame(segments)
+    return None
+
+
+def drift_tiers_chart(segments: pd.DataFrame, drift: dict[str, Any]) -> Chart | None:
+    """Bars of each value tier's predictive CLV in the previous and the current run, when the rows have them."""
+    if not {"segmentation", "segment", "clv_previous", "clv_current"} <= set(segments.columns):
+        return None
+    tiers = segments[segments["segmentation"].astype(str) == "segment"]
+    if not len(tiers):
+        return None
+    from forecast.report import charts
+
+    previous_as_of, as_of = drift.get("previous_as_of", "?"), drift.get("as_of", "?")
+    return Chart(
+        "drift_segments",
+        f"Predictive CLV per value tier in the previous run (as of {previous_as_of}) and in this one (as of {as_of}).",
+        Markup(
+            charts.paired_bars(
+                tiers["segment"].astype(str).tolist(),
+                tiers["clv_previous"].to_numpy(float),
+                tiers["clv_current"].to_numpy(float),
+                name="drift_segments",
+                title="Predictive CLV by value tier: previous vs current run",
+                first_label=f"previous, as of {previous_as_of}",
+                second_label=f"current, as of {as_of}",
+            )
+        ),
+    )
+
+
+def tier_moves(tiers: Any) -> tuple[Table, list[list[str]]] | None:
+    """The tier-transition counts as a table, and how many customers moved up, down or stayed as facts.
+
+    None when ``tiers`` lacks labels_from, labels_to or counts.
+    """
+    if not isinstance(tiers, dict) or not {"labels_from", "labels_to", "counts"} <= set(tiers):
+        return None
+    frame = pd.DataFrame(tiers["counts"], index=tiers["labels_from"], columns=tiers["labels_to"])
+    frame = frame.rename_axis("previous tier").reset_index()
+    table = frame_table(frame, "Customers moving between value tiers (rows: previous tier, columns: now)")
+    moves = {k: tiers[k] for k in ("moved", "moved_up", "moved_down", "stayed") if k in tiers}
+    facts = [[f"Customers who {label(k).lower()} tier" if k != "stayed" else "Customers who stayed in their tier",
+              format_value(v)] for k, v in moves.items()]  # fmt: skip
+    return table, facts
 
 
 def quality_section(run: RunFolder) -> dict[str, Any]:
@@ -1082,10 +1093,10 @@ def build_report(run_dir: str | Path, customers: pd.DataFrame | None = None) -> 
     ArtifactError
         The folder is not a finished run folder (missing or unreadable manifest or customer table).
     """
-    run = read_run(run_dir, customers)
+    run = read_report_run(run_dir, customers)
     html = render_report(run)
-    target = run.path / REPORT_NAME
-    partial = run.path / f".{REPORT_NAME}.partial-{os.getpid()}"
+    target = run.path / REPORT_HTML
+    partial = run.path / f".{REPORT_HTML}.partial-{os.getpid()}"
     partial.write_text(html, encoding="utf-8")
     os.replace(partial, target)
     return target

@@ -1,9 +1,13 @@
-"""The report's charts: matplotlib figures rendered to inline SVG text, no network, no files.
+"""The charts of the report and of the backtest: matplotlib figures rendered to SVG text, no network, no files.
 
 Every function takes plain data and returns the ``<svg>`` element as a string, with a title, axis labels
 with units and a legend. The report module computes what to draw; this module only draws it.
 Figures are built with matplotlib's object API (``Figure``), never pyplot: no GUI backend, no global
 figure registry, safe in a batch job.
+
+This module is the one place that styles charts: the palette below (a series has the same colour in every
+chart), the matplotlib settings ``STYLE`` every chart is drawn under, and ``svg_text``, which every chart is
+rendered with (glyphs as paths, so a chart looks the same without any font installed).
 """
 
 from __future__ import annotations
@@ -20,11 +24,16 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-PREDICTIVE = "#1f5fa8"
-HEURISTIC = "#e07b00"
-ACTUAL = "#4d4d4d"
-MODEL = "#1f5fa8"
-WARNING = "#b3261e"
+ACTUAL = "#4d4d4d"  # what happened: observed customers, purchases, spend
+PREDICTIVE = "#1f5fa8"  # the probability models (purchase model x Gamma-Gamma)
+HEURISTIC = "#e07b00"  # the marketing formula
+GRADIENT_BOOSTING = "#2e8b57"  # the backtest's machine-learning baseline
+PREVIOUS = "#9aa5b1"  # the previous run, beside the current one
+WARNING = "#b3261e"  # a check that fails
+INK = "#222222"  # error bars and reference lines
+METHOD_COLOURS = {"predictive": PREDICTIVE, "heuristic": HEURISTIC, "gradient_boosting": GRADIENT_BOOSTING}
+#: Colours of further series, after the methods' own.
+MORE_COLOURS = ("#8a2be2", "#a0522d")
 
 STYLE: dict[Any, Any] = {
     "font.size": 10,
@@ -37,7 +46,6 @@ STYLE: dict[Any, Any] = {
     "grid.color": "#dddddd",
     "grid.linewidth": 0.6,
     "legend.frameon": False,
-    "svg.fonttype": "path",  # glyphs as paths: the chart looks the same without any font installed
 }
 
 MAX_SCATTER_POINTS = 20_000  # a random sample of larger sets is drawn (the correlation uses all)
@@ -48,19 +56,22 @@ _XML_PROLOGUE = re.compile(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<metadata>.*?</metad
 
 
 def svg_text(fig: Figure, name: str, description: str) -> str:
-    """Render a figure to an ``<svg>`` element ready to inline in HTML.
+    """Render a figure to an ``<svg>`` element ready to inline in HTML or to write to a file.
 
-    Element ids get the chart's name as salt, so that several charts in one page never share an id.
+    Glyphs are drawn as paths, so the chart needs no font on the reader's machine. The ids other elements point
+    to (clip paths, markers) get the chart's name as salt, so that several charts in one page never point into
+    each other, and the text is the same for the same figure (no date).
     """
     buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": name}):
+    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": name}):
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
     svg = _XML_PROLOGUE.sub("", buffer.getvalue()).strip()
     label = description.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
     return svg.replace("<svg ", f'<svg role="img" aria-label="{label}" data-chart="{name}" ', 1)
 
 
-def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, Axes]:
+def new_figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, Axes]:
+    """A figure of ``width`` x ``height`` inches with one axes (call it under ``STYLE``)."""
     fig = Figure(figsize=(width, height))
     return fig, fig.subplots()
 
@@ -68,10 +79,10 @@ def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, Axes]:
 def period_transactions(labels: Sequence[str], actual: np.ndarray, model: np.ndarray, model_name: str) -> str:
     """Bars of customers by number of repeat purchases: actual beside the model's expectation."""
     with matplotlib.rc_context(STYLE):
-        fig, ax = _figure()
+        fig, ax = new_figure()
         x = np.arange(len(labels))
         ax.bar(x - 0.2, actual, width=0.4, color=ACTUAL, label="actual customers")
-        ax.bar(x + 0.2, model, width=0.4, color=MODEL, alpha=0.75, label=f"{model_name} model (expected)")
+        ax.bar(x + 0.2, model, width=0.4, color=PREDICTIVE, alpha=0.75, label=f"{model_name} model (expected)")
         ax.set_xticks(x, labels)
         ax.set_xlabel("repeat purchases in the observation period (count)")
         ax.set_ylabel("customers (count)")
@@ -94,7 +105,7 @@ def heatmap(
 ) -> str:
     """A frequency (rows) by recency (columns) heat map, frequent-and-recent customers top right."""
     with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(5.6, 4.4)
+        fig, ax = new_figure(5.6, 4.4)
         ax.grid(False)
         extent = (recency[0], recency[-1], frequency[0] - 0.5, frequency[-1] + 0.5)
         image = ax.imshow(values, origin="lower", aspect="auto", extent=extent, cmap=cmap, interpolation="nearest")
@@ -110,12 +121,12 @@ def heatmap(
 def spend_fit(observed: np.ndarray, grid: np.ndarray, density: np.ndarray) -> str:
     """Histogram of repeat buyers' observed average spend with the Gamma-Gamma model's density over it."""
     with matplotlib.rc_context(STYLE):
-        fig, ax = _figure()
+        fig, ax = new_figure()
         upper = float(grid[-1])
         shown = observed[observed <= upper]
         ax.hist(shown, bins=40, range=(0, upper), density=True, color=ACTUAL, alpha=0.55,
                 label=f"observed ({len(observed):,} repeat buyers)")  # fmt: skip
-        ax.plot(grid, density, color=MODEL, linewidth=2, label="Gamma-Gamma model")
+        ax.plot(grid, density, color=PREDICTIVE, linewidth=2, label="Gamma-Gamma model")
         ax.set_xlabel("average spend per repeat purchase (currency units)")
         ax.set_ylabel("density (share of buyers per currency unit)")
         ax.set_xlim(0, upper)
@@ -127,7 +138,7 @@ def spend_fit(observed: np.ndarray, grid: np.ndarray, density: np.ndarray) -> st
 def frequency_spend(frequency: np.ndarray, spend: np.ndarray, correlation: float, limit: float) -> str:
     """Scatter of repeat buyers' frequency against their average spend, with the correlation."""
     with matplotlib.rc_context(STYLE):
-        fig, ax = _figure()
+        fig, ax = new_figure()
         rng = np.random.default_rng(0)  # fixed: the same data always gives the same picture
         label = f"repeat buyers (correlation r = {correlation:.2f})"
         if len(frequency) > MAX_SCATTER_POINTS:
@@ -141,7 +152,7 @@ def frequency_spend(frequency: np.ndarray, spend: np.ndarray, correlation: float
             spend,
             s=9,
             alpha=0.3,
-            color=WARNING if failed else MODEL,
+            color=WARNING if failed else PREDICTIVE,
             label=label,
             rasterized=len(frequency) > RASTER_ABOVE_POINTS,
         )
@@ -154,7 +165,7 @@ def frequency_spend(frequency: np.ndarray, spend: np.ndarray, correlation: float
         verdict = "fails" if failed else "passes"
         ax.set_title(f"Frequency vs spend: independence check {verdict} (|r| limit {limit:g})")
         # Below the axes, not loc="best": "best" counts the points under each of nine candidate boxes on
-        # every layout pass (0.2 s of the chart's 0.45 s at 20,000 points); below, it never hides a point.
+        # every layout pass, most of the chart's drawing time; below, it never hides a point.
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16))
         return svg_text(fig, "frequency_spend", "Scatter of frequency against average spend")
 
@@ -187,12 +198,13 @@ def segment_bars(
 def decile_chart(deciles: Sequence[str], predicted: dict[str, np.ndarray], actual: np.ndarray, unit: str) -> str:
     """Predicted vs actual holdout value per decile of predicted value, one line per method."""
     with matplotlib.rc_context(STYLE):
-        fig, ax = _figure()
+        fig, ax = new_figure()
         x = np.arange(len(deciles))
         ax.bar(x, actual, color=ACTUAL, alpha=0.5, label="actual")
-        colors = [PREDICTIVE, HEURISTIC, "#2e8b57", "#8a2be2", "#a0522d"]
+        colours = (*METHOD_COLOURS.values(), *MORE_COLOURS)
         for i, (method, values) in enumerate(predicted.items()):
-            ax.plot(x, values, marker="o", color=colors[i % len(colors)], label=f"{method} (predicted)")
+            colour = METHOD_COLOURS.get(method, colours[i % len(colours)])
+            ax.plot(x, values, marker="o", color=colour, label=f"{method} (predicted)")
         ax.set_xticks(x, list(deciles))
         ax.set_xlabel("decile of predicted value (1 = highest)")
         ax.set_ylabel(f"holdout {unit}")
@@ -213,7 +225,7 @@ def paired_bars(
 ) -> str:
     """Two bars per label (for example the previous and the current run), values written at the bar ends."""
     return _paired_segment_bars(
-        labels, (first, first_label, "#9aa5b1", None), (second, second_label, PREDICTIVE), name, title
+        labels, (first, first_label, PREVIOUS, None), (second, second_label, PREDICTIVE), name, title
     )
 
 
@@ -227,10 +239,10 @@ def _paired_segment_bars(
     """Horizontal bar pairs of segment CLV totals: (values, legend label, colour[, error bars]) for each bar."""
     (first_values, first_label, first_color, first_error), (second_values, second_label, second_color) = first, second
     with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(7.0, max(3.0, 0.9 + 0.55 * len(labels)))
+        fig, ax = new_figure(7.0, max(3.0, 0.9 + 0.55 * len(labels)))
         y = np.arange(len(labels))
         ax.barh(y - 0.2, first_values, height=0.4, color=first_color, label=first_label, xerr=first_error,
-                error_kw={"ecolor": "#222222", "capsize": 3, "linewidth": 1})  # fmt: skip
+                error_kw={"ecolor": INK, "capsize": 3, "linewidth": 1})  # fmt: skip
         ax.barh(y + 0.2, second_values, height=0.4, color=second_color, label=second_label)
         ax.set_yticks(y, list(labels))
         ax.invert_yaxis()

@@ -1,7 +1,7 @@
 """Budget figures per segment: new-customer CLV, maximum acquisition cost, value at risk, payback.
 
-New-customer CLV of a segment (the acquisition budget's yardstick, DESIGN.md) is the value of a customer
-acquired today, not the residual value of the existing ones:
+New-customer CLV of a segment (the acquisition budget's yardstick; docs/reference.md, "Budget figures and
+segments") is the value of a customer acquired today, not the residual value of the existing ones:
 
     CLV_new = m * (v_1 + s * sum_{k=1..H} (E[X(t_k)] - E[X(t_{k-1})]) / (1 + d)^k),
 
@@ -31,6 +31,7 @@ from forecast.errors import DataError
 from forecast.models import PurchaseModel
 from forecast.value.segments import ALL_SEGMENTATION, SegmentCells
 from forecast.value.uncertainty import ClvDraws, discounted_purchases_new
+from forecast.value.valuation import Valuation
 
 BUDGET_COLUMNS = [
     "clv_lower_total", "clv_upper_total", "heuristic_gap_lower", "heuristic_gap_upper", "first_purchase_value",
@@ -55,10 +56,7 @@ def new_customer_clv(
     first_value: float | np.ndarray,
     spend_per_purchase: float | np.ndarray,
     purchases: PurchaseModel,
-    horizon_months: int,
-    monthly_discount_rate: float,
-    margin: float,
-    days_per_unit: float,
+    valuation: Valuation,
 ) -> np.ndarray:
     """Discounted expected margin of a newly acquired customer, cumulated by month 0..H (currency).
 
@@ -70,8 +68,8 @@ def new_customer_clv(
         Expected spend per repeat purchase (currency).
     purchases
         Fitted purchase model; its unconditional expectation for a new customer is used.
-    horizon_months, monthly_discount_rate, margin, days_per_unit
-        As for ``forecast.value.clv.score_customers``.
+    valuation
+        Horizon, monthly discount rate, margin and time unit, as for ``forecast.value.clv.score_customers``.
 
     Returns
     -------
@@ -79,12 +77,10 @@ def new_customer_clv(
         Shape (..., H + 1): element k is the margin earned by the end of month k, discounted; the last
         element is the new-customer CLV.
     """
-    repeat = np.concatenate(
-        [[0.0], discounted_purchases_new(purchases, horizon_months, monthly_discount_rate, days_per_unit)]
-    )
+    repeat = np.concatenate([[0.0], discounted_purchases_new(purchases, valuation)])
     first = np.asarray(first_value, float)[..., None]
     spend = np.asarray(spend_per_purchase, float)[..., None]
-    return np.asarray(margin * (first + spend * repeat))
+    return np.asarray(valuation.margin * (first + spend * repeat))
 
 
 def payback_month(cumulative_margin: np.ndarray, cac: float) -> np.ndarray:
@@ -106,10 +102,7 @@ def budget_columns(
     customers: pd.DataFrame,
     purchases: PurchaseModel,
     draws: ClvDraws | None,
-    horizon_months: int,
-    monthly_discount_rate: float,
-    margin: float,
-    days_per_unit: float,
+    valuation: Valuation,
     target_ltv_to_cac: float,
     p_alive_threshold: float,
     cells: SegmentCells | None = None,
@@ -128,6 +121,8 @@ def budget_columns(
     draws
         CLV under parameter draws, totalled by the cells of every segmentation of ``segments`` with the
         customers at risk (``customers_at_risk``), or None (no intervals: the interval columns are NaN).
+    valuation
+        Horizon, monthly discount rate, margin and time unit, as for ``forecast.value.clv.score_customers``.
     target_ltv_to_cac
         Maximum acquisition cost = new-customer CLV / this ratio.
     p_alive_threshold
@@ -148,6 +143,39 @@ def budget_columns(
         cells = SegmentCells.of(customers, [None, *sorted(set(segments["segmentation"]) - {ALL_SEGMENTATION})])
     elif set(cells.names) != set(segments["segmentation"]):
         raise ValueError(f"Cells of the segmentations {cells.names} cannot add budget figures to those of the table.")
+    sums = segment_budget_sums(customers, cells, p_alive_threshold).reset_index()
+    table = segments.reset_index(drop=True).merge(sums, on=["segmentation", "segment"], how="left")
+    table["new_customer_clv"] = new_customer_clv(
+        table["first_purchase_value"].to_numpy(), table["new_customer_spend"].to_numpy(), purchases, valuation
+    )[:, -1]
+    table["max_acquisition_cost"] = table["new_customer_clv"] / target_ltv_to_cac
+    table = table.join(interval_columns(table, draws, valuation.margin))
+    table["heuristic_gap_lower"] = table["clv_heuristic_total"] - table["clv_upper_total"]
+    table["heuristic_gap_upper"] = table["clv_heuristic_total"] - table["clv_lower_total"]
+    table["max_acquisition_cost_lower"] = table["new_customer_clv_lower"] / target_ltv_to_cac
+    table["max_acquisition_cost_upper"] = table["new_customer_clv_upper"] / target_ltv_to_cac
+    return table[[*segments.columns, *BUDGET_COLUMNS]]
+
+
+def segment_budget_sums(customers: pd.DataFrame, cells: SegmentCells, p_alive_threshold: float) -> pd.DataFrame:
+    """Per segment of every segmentation: the means that value a new customer, and the customers at risk.
+
+    Parameters
+    ----------
+    customers
+        Per-customer table with clv, p_alive, expected_spend, revenue, frequency and monetary_value.
+    cells
+        The customers' ``SegmentCells``.
+    p_alive_threshold
+        Customers with P(alive) below it count towards value at risk.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by (segmentation, segment) as ``SegmentCells.index``, with first_purchase_value and
+        new_customer_spend (the segment's means of the first purchase and of the expected spend per purchase,
+        currency), customers_at_risk (int) and value_at_risk (their total CLV, currency).
+    """
     # Summed per cell a column or two at a time, each freed before the next is made; revenue - frequency x
     # monetary_value in place, the operations of first_purchase_value.
     first_value = np.multiply(as_numbers(customers["frequency"]), as_floats(customers["monetary_value"]))
@@ -160,69 +188,78 @@ def budget_columns(
     del spend
     at_risk = customers_at_risk(customers, p_alive_threshold)
     risk_clv = cells.sums(pd.DataFrame({"risk_clv": np.where(at_risk, as_floats(customers["clv"]), 0.0)}, copy=False))
-    per_cell = {
-        "first_purchase_value": first_and_spend[:, 0],
-        "expected_spend": first_and_spend[:, 1],
-        "at_risk": cells.counts(at_risk),
-        "risk_clv": risk_clv[:, 0],
-    }
-    parts = []
-    for name, sums in zip(cells.names, cells.totals(per_cell), strict=True):
-        count = sums["customers"]
-        figures = pd.DataFrame(
-            {
-                "segmentation": name,
-                "segment": sums.index,  # as segment_table labels its segments
-                "first_purchase_value": sums["first_purchase_value"] / count,
-                "new_customer_spend": sums["expected_spend"] / count,
-                "customers_at_risk": sums["at_risk"].astype(np.int64),
-                "value_at_risk": sums["risk_clv"],
-            }
-        )
-        parts.append(figures.reset_index(drop=True))
-    table = segments.reset_index(drop=True).merge(pd.concat(parts), on=["segmentation", "segment"], how="left")
-    table["new_customer_clv"] = new_customer_clv(
-        table["first_purchase_value"].to_numpy(), table["new_customer_spend"].to_numpy(), purchases,
-        horizon_months, monthly_discount_rate, margin, days_per_unit,
-    )[:, -1]  # fmt: skip
-    table["max_acquisition_cost"] = table["new_customer_clv"] / target_ltv_to_cac
-    for name in ("clv_lower_total", "clv_upper_total", "new_customer_clv_lower", "new_customer_clv_upper",
-                 "value_at_risk_lower", "value_at_risk_upper"):  # fmt: skip
-        table[name] = np.nan
-    if draws is not None:
-        keys = list(zip(table["segmentation"], table["segment"], strict=True))
-        totals = draws.clv_totals.reindex(keys).to_numpy()
-        table["clv_lower_total"], table["clv_upper_total"] = draws.interval(totals)
-        spend = draws.spend_totals.reindex(keys).to_numpy() / table["customers"].to_numpy()[:, None]
-        per_draw = margin * (table["first_purchase_value"].to_numpy()[:, None] + spend * draws.new_customer_purchases)
-        table["new_customer_clv_lower"], table["new_customer_clv_upper"] = draws.interval(per_draw)
-        if draws.risk_totals is not None:
-            risk = draws.risk_totals.reindex(keys).to_numpy()
-            table["value_at_risk_lower"], table["value_at_risk_upper"] = draws.interval(risk)
-    table["heuristic_gap_lower"] = table["clv_heuristic_total"] - table["clv_upper_total"]
-    table["heuristic_gap_upper"] = table["clv_heuristic_total"] - table["clv_lower_total"]
-    table["max_acquisition_cost_lower"] = table["new_customer_clv_lower"] / target_ltv_to_cac
-    table["max_acquisition_cost_upper"] = table["new_customer_clv_upper"] / target_ltv_to_cac
-    return table[[*segments.columns, *BUDGET_COLUMNS]]
+    sums = cells.totals(
+        {
+            "first_purchase_value": first_and_spend[:, 0],
+            "expected_spend": first_and_spend[:, 1],
+            "at_risk": cells.counts(at_risk),
+            "risk_clv": risk_clv[:, 0],
+        }
+    )
+    count = sums["customers"]
+    return pd.DataFrame(
+        {
+            "first_purchase_value": sums["first_purchase_value"] / count,
+            "new_customer_spend": sums["expected_spend"] / count,
+            "customers_at_risk": sums["at_risk"].astype(np.int64),
+            "value_at_risk": sums["risk_clv"],
+        }
+    )
 
 
-def payback_table(
-    segments: pd.DataFrame,
-    purchases: PurchaseModel,
-    cac: float,
-    horizon_months: int,
-    monthly_discount_rate: float,
-    margin: float,
-    days_per_unit: float,
-) -> pd.DataFrame:
+#: The interval columns of the budget figures, each pair from the quantiles of one figure's per-draw values.
+INTERVAL_COLUMNS = [
+    "clv_lower_total", "clv_upper_total", "new_customer_clv_lower", "new_customer_clv_upper", "value_at_risk_lower",
+    "value_at_risk_upper",
+]  # fmt: skip
+
+
+def interval_columns(table: pd.DataFrame, draws: ClvDraws | None, margin: float) -> pd.DataFrame:
+    """Bounds of each segment's CLV total, new-customer CLV and value at risk across the parameter draws.
+
+    Parameters
+    ----------
+    table
+        Segment table with segmentation, segment, customers and first_purchase_value.
+    draws
+        CLV under parameter draws (``budget_columns``), or None: every bound is NaN.
+    margin
+        Gross margin as a fraction of spend.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed like ``table``, the columns of ``INTERVAL_COLUMNS`` (currency; value at risk NaN when ``draws``
+        have no totals at risk).
+    """
+    bounds = pd.DataFrame(np.nan, index=table.index, columns=INTERVAL_COLUMNS)
+    if draws is None:
+        return bounds
+    keys = list(zip(table["segmentation"], table["segment"], strict=True))
+    totals = draws.clv_totals.reindex(keys).to_numpy()
+    bounds["clv_lower_total"], bounds["clv_upper_total"] = draws.interval(totals)
+    spend = draws.spend_totals.reindex(keys).to_numpy() / table["customers"].to_numpy()[:, None]
+    per_draw = margin * (table["first_purchase_value"].to_numpy()[:, None] + spend * draws.new_customer_purchases)
+    bounds["new_customer_clv_lower"], bounds["new_customer_clv_upper"] = draws.interval(per_draw)
+    if draws.risk_totals is not None:
+        risk = draws.risk_totals.reindex(keys).to_numpy()
+        bounds["value_at_risk_lower"], bounds["value_at_risk_upper"] = draws.interval(risk)
+    return bounds
+
+
+def payback_table(segments: pd.DataFrame, purchases: PurchaseModel, cac: float, valuation: Valuation) -> pd.DataFrame:
     """At an acquisition cost per customer, which segments pay back, and in how many months.
 
     Parameters
     ----------
     segments
         Output of ``budget_columns``.
+    purchases
+        Fitted purchase model (for a new customer's expected purchases).
     cac
         Acquisition cost per customer (currency).
+    valuation
+        Horizon, monthly discount rate, margin and time unit, as for ``forecast.value.clv.score_customers``.
 
     Returns
     -------
@@ -234,9 +271,8 @@ def payback_table(
     if not cac > 0:
         raise DataError(f"The acquisition cost must be positive, got {cac}. Pass --cac with an amount per customer.")
     cumulative = new_customer_clv(
-        segments["first_purchase_value"].to_numpy(), segments["new_customer_spend"].to_numpy(), purchases,
-        horizon_months, monthly_discount_rate, margin, days_per_unit,
-    )  # fmt: skip
+        segments["first_purchase_value"].to_numpy(), segments["new_customer_spend"].to_numpy(), purchases, valuation
+    )
     month = payback_month(cumulative, cac)
     table = segments[["segmentation", "segment", "customers", "new_customer_clv", "max_acquisition_cost"]].copy()
     table["cac"] = float(cac)

@@ -1,6 +1,6 @@
 """Predictive CLV from the fitted models, and the marketing heuristic beside it.
 
-Predictive CLV over H months, monthly discount rate d and margin m (DESIGN.md):
+Predictive CLV over H months, monthly discount rate d and margin m (``Valuation``; docs/reference.md):
 
     CLV = sum_{k=1..H} m * E[spend | history] * (E[X(t_k)] - E[X(t_{k-1})]) / (1 + d)^k,
 
@@ -12,11 +12,16 @@ The purchase models' expectations factorise as
 
 because a customer known to be alive at T has the posterior lambda ~ Gamma(r + x, alpha + T) and, for
 BG/NBD, p ~ Beta(a, b + x) (MBG/NBD: Beta(a, b + x + 1); Pareto/NBD: mu ~ Gamma(s, beta + T)), none of
-which depends on t_x. So the H monthly expectations are evaluated once per unique (x, T) pair (a few
-thousand), and P(alive) once per unique (x, t_x, T) row, however many customers there are.
+which depends on t_x. So the H monthly expectations are evaluated once per unique (x, T) pair, far fewer
+than the customers, and P(alive) once per unique (x, t_x, T) row, however many customers there are.
 
 Heuristic CLV (the formula in the seed articles): average purchase value x purchases per year
 x expected lifespan in years x margin.
+
+References
+----------
+Fader, Hardie & Lee (2005), "Counting your customers the easy way", eq. (10) and (13);
+Fader & Hardie (2013), "The Gamma-Gamma model of monetary value" (the expected spend per purchase).
 """
 
 from __future__ import annotations
@@ -26,36 +31,30 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from forecast.config import DAYS_PER_MONTH, DAYS_PER_YEAR
+from forecast.config import DAYS_PER_YEAR
 from forecast.data.compress import Histories, SpendHistories, row_chunks, take
 from forecast.errors import FitError
 from forecast.models import GammaGamma, PurchaseModel
+from forecast.value.valuation import Valuation
 
 PREDICTION_COLUMNS = ["p_alive", "expected_purchases", "expected_spend", "clv"]
 
 
-def month_ends(horizon_months: int, days_per_unit: float) -> np.ndarray:
-    """Times t_0 = 0, t_1, ..., t_H of the month ends over the horizon, in model time units."""
-    return np.arange(horizon_months + 1) * DAYS_PER_MONTH / days_per_unit
-
-
-def discount_factors(horizon_months: int, monthly_discount_rate: float) -> np.ndarray:
-    """1 / (1 + d)^k for the months k = 1..H."""
-    return 1.0 / (1.0 + monthly_discount_rate) ** np.arange(1, horizon_months + 1)
-
-
 def discounted_purchases(
-    model: PurchaseModel,
-    frequency: np.ndarray,
-    recency: np.ndarray,
-    T: np.ndarray,
-    horizon_months: int,
-    monthly_discount_rate: float,
-    days_per_unit: float,
+    model: PurchaseModel, frequency: np.ndarray, recency: np.ndarray, T: np.ndarray, valuation: Valuation
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected purchases over the horizon, plain and discounted month by month, evaluated per customer.
 
     The direct formula; ``score_customers`` evaluates its factorised form (module docstring).
+
+    Parameters
+    ----------
+    model
+        Fitted purchase model.
+    frequency, recency, T
+        The customers' histories (repeat purchases, model time units).
+    valuation
+        Horizon, discount rate and time unit (the margin is not used).
 
     Returns
     -------
@@ -63,21 +62,28 @@ def discounted_purchases(
         Arrays of the customers' expected purchases E[X(t_H)] and of
         sum_k (E[X(t_k)] - E[X(t_{k-1})]) / (1 + d)^k.
     """
-    times = month_ends(horizon_months, days_per_unit)
+    times = valuation.month_ends()
     cumulative = np.column_stack(
         [np.zeros(len(frequency))] + [model.expected_purchases(t, frequency, recency, T) for t in times[1:]]
     )
     monthly = np.diff(cumulative, axis=1)
-    return cumulative[:, -1], monthly @ discount_factors(horizon_months, monthly_discount_rate)
+    return cumulative[:, -1], monthly @ valuation.discount_factors()
 
 
-def purchases_if_alive(
-    model: PurchaseModel, pairs: np.ndarray, horizon_months: int, monthly_discount_rate: float, days_per_unit: float
-) -> tuple[np.ndarray, np.ndarray]:
+def purchases_if_alive(model: PurchaseModel, pairs: np.ndarray, valuation: Valuation) -> tuple[np.ndarray, np.ndarray]:
     """Expected purchases over the horizon of a customer alive at T, plain and discounted, per (x, T) pair.
 
     Computed as E[X(t) | x, t_x = T, T] / P(alive | x, t_x = T, T), which by the factorisation in the module
     docstring equals E[X(t) | alive at T, x, T] for any t_x.
+
+    Parameters
+    ----------
+    model
+        Fitted purchase model.
+    pairs
+        Unique (frequency, T) pairs, one per row (``Histories.pairs``).
+    valuation
+        Horizon, discount rate and time unit (the margin is not used).
 
     Returns
     -------
@@ -85,11 +91,11 @@ def purchases_if_alive(
         E[X(t_H) | alive] and sum_k (E[X(t_k) | alive] - E[X(t_{k-1}) | alive]) / (1 + d)^k, per pair.
     """
     x, T = pairs[:, 0], pairs[:, 1]
-    times = month_ends(horizon_months, days_per_unit)[1:]
+    times = valuation.month_ends()[1:]
     alive = model.p_alive(x, T, T)
     cumulative = np.column_stack([np.zeros(len(x))] + [model.expected_purchases(t, x, T, T) for t in times])
     cumulative /= alive[:, None]
-    discounted = np.diff(cumulative, axis=1) @ discount_factors(horizon_months, monthly_discount_rate)
+    discounted = np.diff(cumulative, axis=1) @ valuation.discount_factors()
     return cumulative[:, -1], np.asarray(discounted)
 
 
@@ -97,10 +103,7 @@ def score_customers(
     summary: pd.DataFrame,
     purchases: PurchaseModel,
     spend: GammaGamma,
-    horizon_months: int,
-    monthly_discount_rate: float,
-    margin: float,
-    days_per_unit: float,
+    valuation: Valuation,
     histories: Histories | None = None,
     spend_histories: SpendHistories | None = None,
 ) -> pd.DataFrame:
@@ -114,14 +117,10 @@ def score_customers(
     ----------
     summary
         Output of ``forecast.data.summary.summarize`` (indexed by customer_id).
-    horizon_months
-        Forecast horizon in months.
-    monthly_discount_rate
-        Discount rate per month (0.01 = 1%).
-    margin
-        Gross margin as a fraction of spend.
-    days_per_unit
-        Days in one unit of model time.
+    purchases, spend
+        The fitted purchase model and Gamma-Gamma model.
+    valuation
+        Horizon, monthly discount rate, margin and time unit of the CLV.
     histories, spend_histories
         The summary's unique histories, if already computed (``Histories.from_summary``,
         ``SpendHistories.from_summary``).
@@ -143,14 +142,12 @@ def score_customers(
         spend_histories = SpendHistories.from_summary(summary)
     frequency, recency, T = (histories.rows[:, i] for i in range(3))
     p_alive = purchases.p_alive(frequency, recency, T)
-    expected, discounted = purchases_if_alive(
-        purchases, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit
-    )
+    expected, discounted = purchases_if_alive(purchases, histories.pairs, valuation)
     rows = histories.row_of_customer
     # Each column is gathered from its per-row values straight into its own array, and the CLV is multiplied
     # in place by chunks: the products are those of margin * expected_spend * (p_alive * discounted)[rows].
     expected_spend = take(spend.expected_spend(*spend_histories.rows.T), spend_histories.row_of_customer)
-    clv = np.multiply(margin, expected_spend)
+    clv = np.multiply(valuation.margin, expected_spend)
     discounted_of_row = p_alive * discounted[histories.pair_of_row]
     for part in row_chunks(len(clv)):
         clv[part] *= np.take(discounted_of_row, rows[part], mode="wrap")

@@ -56,29 +56,26 @@ def segment_table(
         and heuristic_gap (heuristic minus predictive).
     """
     values = pd.DataFrame({name: as_floats(customers[name]) for name in SUMMED_COLUMNS}, copy=False)
-    groupings: list[str | None] = [None, *segmentations]
-    frames = []
-    for column, totals in zip(groupings, segment_totals(customers, groupings, values, cells), strict=True):
-        count = totals["customers"]
-        table = pd.DataFrame(
-            {
-                "segmentation": segmentation_name(column),
-                "segment": totals.index,
-                "customers": count,
-                "revenue_to_date": totals["revenue"],
-                "mean_p_alive": totals["p_alive"] / count,
-                "expected_purchases": totals["expected_purchases"],
-                "clv_total": totals["clv"],
-                "avg_purchase_value": totals["avg_purchase_value"] / count,
-                "purchases_per_year": totals["purchases_per_year"] / count,
-            }
-        ).reset_index(drop=True)
-        table["clv_heuristic_total"] = table["customers"] * heuristic_clv(
-            table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
-        )
-        table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
-        frames.append(table)
-    return pd.concat(frames, ignore_index=True)
+    totals = segment_totals(customers, [None, *segmentations], values, cells).reset_index()
+    count = totals["customers"]
+    table = pd.DataFrame(
+        {
+            "segmentation": totals["segmentation"],
+            "segment": totals["segment"],
+            "customers": count,
+            "revenue_to_date": totals["revenue"],
+            "mean_p_alive": totals["p_alive"] / count,
+            "expected_purchases": totals["expected_purchases"],
+            "clv_total": totals["clv"],
+            "avg_purchase_value": totals["avg_purchase_value"] / count,
+            "purchases_per_year": totals["purchases_per_year"] / count,
+        }
+    )
+    table["clv_heuristic_total"] = table["customers"] * heuristic_clv(
+        table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
+    )
+    table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
+    return table
 
 
 #: The per-customer columns that the segment table adds up (sums, or means as sums over counts).
@@ -90,7 +87,7 @@ def segment_totals(
     segmentations: list[str | None],
     values: pd.DataFrame,
     cells: SegmentCells | None = None,
-) -> list[pd.DataFrame]:
+) -> pd.DataFrame:
     """Count the customers and add up ``values`` per segment of every segmentation, in one pass over the rows.
 
     The customers are grouped once, by cell (their combination of segments, ``SegmentCells``), with pandas'
@@ -110,9 +107,9 @@ def segment_totals(
 
     Returns
     -------
-    list of pandas.DataFrame
-        One per segmentation, indexed by segment label (text, in ``groupby(sort=True)`` order, only segments
-        that have customers), with ``customers`` (int) and the sums of ``values``' columns.
+    pandas.DataFrame
+        Indexed by (segmentation, segment) as ``SegmentCells.index``, with ``customers`` (int) and the sums of
+        ``values``' columns.
     """
     if cells is None:
         cells = SegmentCells.of(customers, segmentations)
@@ -126,8 +123,9 @@ class SegmentCells:
     """The customers grouped by cell: their combination of segments in every segmentation (``combine_codes``).
 
     Figures summed over each cell's customers (``counts``, ``sums``) add up to every segment's totals
-    (``totals``) without another pass over the customers, so the figures can be summed a few columns at a
-    time, each column freed before the next is made.
+    (``roll_up``, or ``totals`` with the customer counts and names) without another pass over the customers, so
+    the figures can be summed a few columns at a time, each column freed before the next is made. This is the
+    one way the segment table, the budget figures and the intervals' per-draw totals are added up per segment.
     """
 
     cells: np.ndarray
@@ -152,6 +150,17 @@ class SegmentCells:
         """Number of cells."""
         return len(self.cell_codes[0])
 
+    @property
+    def index(self) -> pd.MultiIndex:
+        """(segmentation, segment) of every segment of every segmentation, in the order of ``roll_up``'s rows.
+
+        Segmentations come in their order, and within one the segments in ``groupby(sort=True)`` order
+        (categories in their order, other labels sorted as text); only segments that have customers.
+        """
+        names = [name for name, labels in zip(self.names, self.labels, strict=True) for _ in labels]
+        segments = [label for labels in self.labels for label in labels]
+        return pd.MultiIndex.from_arrays([names, segments], names=["segmentation", "segment"])
+
     def counts(self, where: np.ndarray | None = None) -> np.ndarray:
         """Customers per cell; with ``where`` (a mask of the customers), only those it marks."""
         return code_counts(self.cells if where is None else np.where(where, self.cells, -1), self.size)
@@ -160,8 +169,28 @@ class SegmentCells:
         """Compensated sums of ``values``' columns (one row per customer) per cell: shape (cells, columns)."""
         return by_codes(values, self.cells, self.size).sum().to_numpy(dtype=float)
 
-    def totals(self, per_cell: dict[str, np.ndarray]) -> list[pd.DataFrame]:
-        """Add figures given per cell up per segment of every segmentation (see ``segment_totals``).
+    def roll_up(self, per_cell: np.ndarray) -> np.ndarray:
+        """Add figures given per cell up per segment of every segmentation.
+
+        Parameters
+        ----------
+        per_cell
+            Shape (cells, columns): figures summed over each cell's customers.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape (segments, columns), one row per entry of ``index``.
+        """
+        return np.vstack(
+            [
+                sum_cells(per_cell, of_cell, len(labels))
+                for labels, of_cell in zip(self.labels, self.cell_codes, strict=True)
+            ]
+        )
+
+    def totals(self, per_cell: dict[str, np.ndarray]) -> pd.DataFrame:
+        """Count the customers and add figures given per cell up per segment of every segmentation.
 
         Parameters
         ----------
@@ -170,17 +199,13 @@ class SegmentCells:
 
         Returns
         -------
-        list of pandas.DataFrame
-            One per segmentation, indexed by segment label, with ``customers`` (int) and the figures.
+        pandas.DataFrame
+            Indexed by ``index``, with ``customers`` (int) and the figures.
         """
-        summed = np.column_stack([self.counts(), *per_cell.values()])
-        tables = []
-        for labels, of_cell in zip(self.labels, self.cell_codes, strict=True):
-            sums = sum_cells(summed, of_cell, len(labels))
-            table = pd.DataFrame(sums[:, 1:], index=labels, columns=list(per_cell))
-            table.insert(0, "customers", sums[:, 0].astype(np.int64))
-            tables.append(table)
-        return tables
+        summed = self.roll_up(np.column_stack([self.counts(), *per_cell.values()]))
+        table = pd.DataFrame(summed[:, 1:], index=self.index, columns=list(per_cell))
+        table.insert(0, "customers", summed[:, 0].astype(np.int64))
+        return table
 
 
 def segment_codes(customers: pd.DataFrame, column: str | None) -> tuple[np.ndarray, pd.Index]:

@@ -14,10 +14,10 @@ relative to the largest gradient, on 68,000 simulated customers; one model evalu
   from totals (new-customer CLV, maximum acquisition cost) use the same draws, so their intervals are
   consistent with the totals'. A new customer's expected purchases are recomputed exactly per draw.
 
-Cost: about 9 evaluations of the models per customer instead of one per draw, so intervals add seconds,
-not minutes, at millions of customers. On the 2,357-customer CDNOW sample, where the standard errors are
-large, the linearised total's 90% interval is within 0.4% of the one from recomputing every CLV under 200
-draws, and per-customer interval widths within 10% of 1,000 exact draws (tests/test_uncertainty.py).
+Cost: one evaluation of the models at the fit and one per parameter (about 9 in all), however many draws,
+instead of one per draw. On the 2,357-customer CDNOW sample, where the standard errors are large, the
+linearised total's 90% interval is within 0.4% of the one from recomputing every CLV under 200 draws, and
+per-customer interval widths within 10% of 1,000 exact draws (tests/value/test_uncertainty.py).
 
 What the CLV intervals cover: the estimation error of the model parameters, that is, how much the
 expected CLV could differ had the data been another sample from the same customers. What they do not
@@ -38,17 +38,18 @@ import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from functools import partial
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from forecast.data.compress import sum_cells
 from forecast.errors import FitError, ForecastWarning
 from forecast.models import GammaGamma, PurchaseModel
-from forecast.value.clv import Histories, SpendHistories, discount_factors, month_ends, purchases_if_alive
+from forecast.value.clv import Histories, SpendHistories, purchases_if_alive
 from forecast.value.segments import SegmentCells
+from forecast.value.valuation import Valuation
 
 ModelT = TypeVar("ModelT", PurchaseModel, GammaGamma)
 
@@ -94,12 +95,10 @@ def parameter_draws(model: ModelT, draws: int, rng: np.random.Generator) -> list
     ]
 
 
-def discounted_purchases_new(
-    model: PurchaseModel, horizon_months: int, monthly_discount_rate: float, days_per_unit: float
-) -> np.ndarray:
+def discounted_purchases_new(model: PurchaseModel, valuation: Valuation) -> np.ndarray:
     """A new customer's discounted expected repeat purchases, cumulated month by month (months 1..H)."""
-    cumulative = model.expected_purchases_new(month_ends(horizon_months, days_per_unit))
-    return np.cumsum(np.diff(cumulative) * discount_factors(horizon_months, monthly_discount_rate))
+    cumulative = model.expected_purchases_new(valuation.month_ends())
+    return np.cumsum(np.diff(cumulative) * valuation.discount_factors())
 
 
 @dataclass(frozen=True)
@@ -135,36 +134,11 @@ class ClvDraws:
         return interval(np.asarray(values, dtype=float), self.ci_level)
 
 
-def _usable_draws(
-    purchase_models: list[PurchaseModel], spend_models: list[GammaGamma], per_new: np.ndarray
-) -> np.ndarray:
-    usable = np.isfinite(per_new)
-    usable &= np.array([math.isfinite(m.mean_spend()) for m in spend_models])
-    dropped = int((~usable).sum())
-    if dropped > MAX_DROPPED_DRAWS * len(usable):
-        raise FitError(
-            f"{dropped} of {len(usable)} parameter draws give unusable predictions (for example Gamma-Gamma q <= 1, "
-            f"an undefined mean spend). The {purchase_models[0].title} or Gamma-Gamma estimates are too uncertain "
-            "for intervals: use more customers or a longer history, or set interval_draws: 0."
-        )
-    if dropped:
-        warnings.warn(
-            f"{dropped} of {len(usable)} parameter draws gave unusable predictions (for example Gamma-Gamma q <= 1) "
-            "and were left out of the intervals, which may therefore be slightly too narrow.",
-            ForecastWarning,
-            stacklevel=3,
-        )
-    return usable
-
-
 def clv_draws(
     summary: pd.DataFrame,
     purchases: PurchaseModel,
     spend: GammaGamma,
-    horizon_months: int,
-    monthly_discount_rate: float,
-    margin: float,
-    days_per_unit: float,
+    valuation: Valuation,
     cells: SegmentCells | None = None,
     ci_level: float = 0.9,
     draws: int = 200,
@@ -182,8 +156,8 @@ def clv_draws(
         Per-customer summary (frequency, recency, T, monetary_value), indexed by customer_id.
     purchases, spend
         The fitted purchase model and Gamma-Gamma model.
-    horizon_months, monthly_discount_rate, margin, days_per_unit
-        As for ``forecast.value.clv.score_customers``.
+    valuation
+        Horizon, monthly discount rate, margin and time unit, as for ``forecast.value.clv.score_customers``.
     cells
         The customers' ``SegmentCells`` (in the order of ``summary``): the per-draw totals are returned for
         every segment of every segmentation. None: everybody only.
@@ -211,126 +185,349 @@ def clv_draws(
     """
     if draws < 2:
         raise FitError(f"Intervals need at least 2 parameter draws, got interval_draws = {draws}.")
-    rng = np.random.default_rng(seed)
-    purchase_models = parameter_draws(purchases, draws, rng)
-    spend_models = parameter_draws(spend, draws, rng)
-    per_new = np.array(
-        [discounted_purchases_new(m, horizon_months, monthly_discount_rate, days_per_unit)[-1] for m in purchase_models]
-    )
-    usable = _usable_draws(purchase_models, spend_models, per_new)
-    log_shift_p = np.array([_log_params(m) for m in purchase_models])[usable] - _log_params(purchases)
-    log_shift_g = np.array([_log_params(m) for m in spend_models])[usable] - _log_params(spend)
-    per_new = per_new[usable]
-
+    shifts = draw_parameter_shifts(purchases, spend, valuation, draws, np.random.default_rng(seed))
     histories = histories if histories is not None else Histories.from_summary(summary)
     spend_histories = spend_histories if spend_histories is not None else SpendHistories.from_summary(summary)
-    row_value, row_gradient = _discounted_purchases_and_gradient(
-        purchases, histories, horizon_months, monthly_discount_rate, days_per_unit
-    )
-    spend_value, spend_gradient = _spend_and_gradient(spend, *spend_histories.rows.T)
-    _require_finite_gradients(summary.index, histories, spend_histories, row_value, row_gradient, spend_value,
-                              spend_gradient)  # fmt: skip
-    covariance_p = np.asarray(purchases.result_.covariance_log_params)  # type: ignore[union-attr]
-    covariance_g = np.asarray(spend.result_.covariance_log_params)  # type: ignore[union-attr]
-    # A customer's gradient is (margin s g_row, margin v g_spend) with s the expected spend and v the discounted
-    # purchases; the models are independent, so var = margin^2 (s^2 g_row' S_p g_row + v^2 g_spend' S_g g_spend),
-    # and the interval's relative spread z sd / CLV = z sqrt(g_row' S_p g_row / v^2 + g_spend' S_g g_spend / s^2)
-    # adds two terms computed once per unique row and spend history (0 where the CLV is 0: the bounds are 0).
-    z_squared = float(stats.norm.ppf((1 + ci_level) / 2)) ** 2
-    row_spread = _relative_variance(row_gradient, covariance_p, row_value) * z_squared
-    spend_spread = _relative_variance(spend_gradient, covariance_g, spend_value) * z_squared
-
+    gradients = history_gradients(purchases, spend, valuation, histories, spend_histories, ci_level, summary.index)
     cells = cells if cells is not None else SegmentCells.of(summary, [None])
-    # A customer at risk is summed in the second of its cell's two bins, so that the bins of a cell add up to
-    # the cell and the second bins alone to its customers at risk.
-    bins_per_cell = 1 if at_risk is None else 2
-    n_bins = cells.size * bins_per_cell
-    n_p, n_g = covariance_p.shape[0], covariance_g.shape[0]
-    # One contiguous array per parameter: gathering from it is twice as fast as from a column of the matrix.
-    row_gradient_by_param, spend_gradient_by_param = list(row_gradient.T.copy()), list(spend_gradient.T.copy())
-    del row_gradient, spend_gradient
-    lower = np.empty(len(summary))
-    upper = np.empty(len(summary))
-
-    def chunk_sums(chunk: slice) -> np.ndarray:
-        """Fill in the chunk's interval bounds and return its sums per bin (a cell, or its customers not at risk
-        and at risk): the CLV total and its gradient in the log-parameters (purchase model, then Gamma-Gamma),
-        the spend total and its gradient."""
-        # As intp once: every gather and bincount below would convert the compact codes again.
-        rows = histories.row_of_customer[chunk].astype(np.intp)
-        spends = spend_histories.row_of_customer[chunk].astype(np.intp)
-        in_bin = cells.cells[chunk].astype(np.intp)
-        if at_risk is not None:
-            in_bin *= 2
-            in_bin += at_risk[chunk]
-        value, spend_per_purchase = row_value[rows], spend_value[spends]
-        clv = margin * spend_per_purchase * value
-        # Log-normal interval: positive, and a relative spread that is the delta method's.
-        growth = row_spread[rows]
-        growth += spend_spread[spends]
-        np.sqrt(growth, out=growth)
-        np.exp(growth, out=growth)
-        np.divide(clv, growth, out=lower[chunk])
-        np.multiply(clv, growth, out=upper[chunk])
-        del growth
-        sums = np.empty((n_bins, 2 + n_p + 2 * n_g))
-
-        def add(column: int, weights: np.ndarray) -> None:
-            sums[:, column] = np.bincount(in_bin, weights=weights, minlength=n_bins)
-
-        # Made one at a time, as the sums take them: not all 2 + n_p + 2 n_g columns of the chunk at once.
-        add(0, clv)
-        spend_weight = margin * spend_per_purchase
-        for j, gradient in enumerate(row_gradient_by_param):
-            of_customer = gradient[rows]
-            of_customer *= spend_weight
-            add(1 + j, of_customer)
-        add(1 + n_p + n_g, spend_per_purchase)
-        value *= margin
-        for j, gradient in enumerate(spend_gradient_by_param):
-            of_customer = gradient[spends]
-            add(2 + n_p + n_g + j, of_customer)
-            of_customer *= value
-            add(1 + n_p + j, of_customer)
-        return sums
-
-    # numpy lets go of the GIL in the gathers, products and sums, so two chunks are worked on at once; their
-    # sums are added in chunk order, so the totals do not depend on which thread finished first.
-    bin_sums = np.zeros((n_bins, 2 + n_p + 2 * n_g))
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        chunks = [slice(start, start + chunk_customers) for start in range(0, len(summary), chunk_customers)]
-        for chunk_total in pool.map(chunk_sums, chunks):
-            bin_sums += chunk_total
-
-    def segment_sums(per_cell: np.ndarray) -> np.ndarray:
-        """Sums per segment of every segmentation, in the order of the index below."""
-        codings = zip(cells.cell_codes, cells.labels, strict=True)
-        return np.vstack([sum_cells(per_cell, codes, len(labels)) for codes, labels in codings])
-
-    by_bin = bin_sums.reshape(cells.size, bins_per_cell, -1)
-    sums = segment_sums(by_bin.sum(axis=1))
-    clv_sum, spend_sum = sums[:, : 1 + n_p + n_g], sums[:, 1 + n_p + n_g :]
-
-    def clv_per_draw(clv_sum: np.ndarray) -> np.ndarray:
-        """CLV totals under every draw from their value and gradient at the fit: totals are smooth sums over many
-        customers, so the first-order expansion is exact for the gradient, O(|shift|^2) otherwise."""
-        return clv_sum[:, :1] + clv_sum[:, 1 : 1 + n_p] @ log_shift_p.T + clv_sum[:, 1 + n_p :] @ log_shift_g.T
-
-    spend_totals = spend_sum[:, :1] + spend_sum[:, 1:] @ log_shift_g.T
-    index = pd.MultiIndex.from_tuples(
-        [(name, label) for name, labels in zip(cells.names, cells.labels, strict=True) for label in labels],
-        names=["segmentation", "segment"],
-    )
-    risk_totals = None
-    if at_risk is not None:
-        risk_totals = pd.DataFrame(clv_per_draw(segment_sums(by_bin[:, 1, : 1 + n_p + n_g])), index=index)
+    bins = CustomerBins(histories, spend_histories, cells, at_risk)
+    lower, upper, bin_sums = sum_over_customers(bins, gradients, valuation.margin, chunk_customers)
+    clv_totals, spend_totals, risk_totals = totals_per_draw(bin_sums, bins, gradients.columns, shifts)
+    index = cells.index
     return ClvDraws(
         ci_level=ci_level,
         customers=pd.DataFrame({"clv_lower": lower, "clv_upper": upper}, index=summary.index, copy=False),
-        clv_totals=pd.DataFrame(clv_per_draw(clv_sum), index=index),
+        clv_totals=pd.DataFrame(clv_totals, index=index),
         spend_totals=pd.DataFrame(spend_totals, index=index),
-        risk_totals=risk_totals,
-        new_customer_purchases=per_new,
+        risk_totals=None if risk_totals is None else pd.DataFrame(risk_totals, index=index),
+        new_customer_purchases=shifts.new_customer_purchases,
+    )
+
+
+@dataclass(frozen=True)
+class ParameterShifts:
+    """The usable parameter draws of both models, as shifts of their log-parameters from the fit.
+
+    Attributes
+    ----------
+    purchases
+        Shape (draws, purchase-model parameters): log(drawn) - log(fitted).
+    spend
+        Shape (draws, Gamma-Gamma parameters): log(drawn) - log(fitted).
+    new_customer_purchases
+        Per draw, a new customer's discounted expected repeat purchases over the horizon.
+    """
+
+    purchases: np.ndarray
+    spend: np.ndarray
+    new_customer_purchases: np.ndarray
+
+
+def draw_parameter_shifts(
+    purchases: PurchaseModel, spend: GammaGamma, valuation: Valuation, draws: int, rng: np.random.Generator
+) -> ParameterShifts:
+    """Draw both models' parameters (``parameter_draws``) and keep the draws whose predictions are defined.
+
+    Raises
+    ------
+    FitError
+        A fit has no covariance, or more than ``MAX_DROPPED_DRAWS`` of the draws are unusable.
+    """
+    purchase_models = parameter_draws(purchases, draws, rng)
+    spend_models = parameter_draws(spend, draws, rng)
+    per_new = np.array([discounted_purchases_new(m, valuation)[-1] for m in purchase_models])
+    usable = _usable_draws(purchase_models, spend_models, per_new)
+    return ParameterShifts(
+        purchases=np.array([_log_params(m) for m in purchase_models])[usable] - _log_params(purchases),
+        spend=np.array([_log_params(m) for m in spend_models])[usable] - _log_params(spend),
+        new_customer_purchases=per_new[usable],
+    )
+
+
+def _usable_draws(
+    purchase_models: list[PurchaseModel], spend_models: list[GammaGamma], per_new: np.ndarray
+) -> np.ndarray:
+    """Which draws give defined predictions; warn when some do not, raise when too many do not."""
+    usable = np.isfinite(per_new)
+    usable &= np.array([math.isfinite(m.mean_spend()) for m in spend_models])
+    dropped = int((~usable).sum())
+    if dropped > MAX_DROPPED_DRAWS * len(usable):
+        raise FitError(
+            f"{dropped} of {len(usable)} parameter draws give unusable predictions (for example Gamma-Gamma q <= 1, "
+            f"an undefined mean spend). The {purchase_models[0].title} or Gamma-Gamma estimates are too uncertain "
+            "for intervals: use more customers or a longer history, or set interval_draws: 0."
+        )
+    if dropped:
+        warnings.warn(
+            f"{dropped} of {len(usable)} parameter draws gave unusable predictions (for example Gamma-Gamma q <= 1) "
+            "and were left out of the intervals, which may therefore be slightly too narrow.",
+            ForecastWarning,
+            stacklevel=4,  # the caller of clv_draws
+        )
+    return usable
+
+
+@dataclass(frozen=True)
+class SumColumns:
+    """The columns of the summed figures (one row per bin, cell or segment): named blocks of one matrix.
+
+    ``clv`` is the CLV total, ``clv_by_purchase_params`` and ``clv_by_spend_params`` its gradient in the
+    purchase model's and the Gamma-Gamma's log-parameters (together the ``clv_block``); ``spend`` is the total
+    Gamma-Gamma expected spend and ``spend_by_spend_params`` its gradient in the Gamma-Gamma's log-parameters.
+    """
+
+    purchase_params: int
+    spend_params: int
+
+    #: The CLV total.
+    clv: ClassVar[int] = 0
+
+    @property
+    def clv_by_purchase_params(self) -> slice:
+        """d CLV total / d log(purchase-model parameter), one column per parameter."""
+        return slice(self.clv + 1, self.clv + 1 + self.purchase_params)
+
+    @property
+    def clv_by_spend_params(self) -> slice:
+        """d CLV total / d log(Gamma-Gamma parameter), one column per parameter."""
+        start = self.clv_by_purchase_params.stop
+        return slice(start, start + self.spend_params)
+
+    @property
+    def clv_block(self) -> slice:
+        """The CLV total and its gradients."""
+        return slice(self.clv, self.clv_by_spend_params.stop)
+
+    @property
+    def spend(self) -> int:
+        """The total expected spend per purchase."""
+        return self.clv_block.stop
+
+    @property
+    def spend_by_spend_params(self) -> slice:
+        """d spend total / d log(Gamma-Gamma parameter), one column per parameter."""
+        return slice(self.spend + 1, self.spend + 1 + self.spend_params)
+
+    @property
+    def width(self) -> int:
+        """Number of columns."""
+        return self.spend_by_spend_params.stop
+
+
+@dataclass(frozen=True)
+class HistoryGradients:
+    """Per unique history, the two factors of a customer's CLV and their gradients in the log-parameters at the fit.
+
+    A customer's CLV is margin x s x v, with v the discounted expected purchases of its history row
+    (``Histories.rows``) and s the Gamma-Gamma expected spend of its spend history (``SpendHistories.rows``).
+
+    Attributes
+    ----------
+    purchases
+        v per history row.
+    purchases_gradient
+        dv / d log(parameter), one array per purchase-model parameter: a customer's values are gathered from
+        one contiguous array per parameter rather than from a strided column of a matrix.
+    spend
+        s per spend history (currency).
+    spend_gradient
+        ds / d log(parameter), one array per Gamma-Gamma parameter.
+    purchases_spread, spend_spread
+        z^2 g' S g / v^2 per history row and z^2 g' S g / s^2 per spend history (0 where v or s is 0): the two
+        terms of the square of a customer's relative spread z sd / CLV.
+    """
+
+    purchases: np.ndarray
+    purchases_gradient: list[np.ndarray]
+    spend: np.ndarray
+    spend_gradient: list[np.ndarray]
+    purchases_spread: np.ndarray
+    spend_spread: np.ndarray
+
+    @property
+    def columns(self) -> SumColumns:
+        """The columns of these figures' sums."""
+        return SumColumns(len(self.purchases_gradient), len(self.spend_gradient))
+
+
+def history_gradients(
+    purchases: PurchaseModel,
+    spend: GammaGamma,
+    valuation: Valuation,
+    histories: Histories,
+    spend_histories: SpendHistories,
+    ci_level: float,
+    customer_ids: pd.Index,
+) -> HistoryGradients:
+    """Evaluate both CLV factors and their gradients once per unique history, with each history's spread.
+
+    A customer's gradient is (margin s g_v, margin v g_s); the models are independent, so
+    var(CLV) = margin^2 (s^2 g_v' S_p g_v + v^2 g_s' S_g g_s), and the interval's relative spread
+    z sd / CLV = z sqrt(g_v' S_p g_v / v^2 + g_s' S_g g_s / s^2) adds two terms found once per history.
+
+    Raises
+    ------
+    FitError
+        A customer's CLV or gradient is NaN or infinite (the message names a few of ``customer_ids``).
+    """
+    row_value, row_gradient = _discounted_purchases_and_gradient(purchases, histories, valuation)
+    spend_value, spend_gradient = _spend_and_gradient(spend, *spend_histories.rows.T)
+    _require_finite_gradients(customer_ids, histories, spend_histories, row_value, row_gradient, spend_value,
+                              spend_gradient)  # fmt: skip
+    covariance_p = np.asarray(purchases.result_.covariance_log_params)  # type: ignore[union-attr]
+    covariance_g = np.asarray(spend.result_.covariance_log_params)  # type: ignore[union-attr]
+    z_squared = float(stats.norm.ppf((1 + ci_level) / 2)) ** 2
+    return HistoryGradients(
+        purchases=row_value,
+        purchases_gradient=list(row_gradient.T.copy()),
+        spend=spend_value,
+        spend_gradient=list(spend_gradient.T.copy()),
+        purchases_spread=_relative_variance(row_gradient, covariance_p, row_value) * z_squared,
+        spend_spread=_relative_variance(spend_gradient, covariance_g, spend_value) * z_squared,
+    )
+
+
+@dataclass(frozen=True)
+class CustomerBins:
+    """Where each customer's figures are looked up (history row, spend history) and summed (its bin).
+
+    A bin is a cell of ``cells``; with customers at risk, a cell has two bins, its customers not at risk and
+    those at risk, so that a cell's bins add up to the cell and the second bins alone to its customers at risk.
+    """
+
+    histories: Histories
+    spend_histories: SpendHistories
+    cells: SegmentCells
+    at_risk: np.ndarray | None
+
+    @property
+    def per_cell(self) -> int:
+        """Bins per cell: 1, or 2 with customers at risk."""
+        return 1 if self.at_risk is None else 2
+
+    @property
+    def size(self) -> int:
+        """Number of bins."""
+        return self.cells.size * self.per_cell
+
+    def codes(self, chunk: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """History rows, spend histories and bins of a chunk of customers."""
+        # As intp once: every gather and bincount would otherwise convert the compact codes again.
+        rows = self.histories.row_of_customer[chunk].astype(np.intp)
+        spends = self.spend_histories.row_of_customer[chunk].astype(np.intp)
+        bins = self.cells.cells[chunk].astype(np.intp)
+        if self.at_risk is not None:
+            bins *= 2
+            bins += self.at_risk[chunk]
+        return rows, spends, bins
+
+
+def sum_over_customers(
+    bins: CustomerBins, gradients: HistoryGradients, margin: float, chunk_customers: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every customer's interval bounds, and the CLV and spend with their gradients summed per bin.
+
+    Customers are taken a chunk at a time, so that only a chunk's per-customer columns exist at once, and two
+    chunks at once: numpy lets go of Python's lock in the gathers, products and sums. The chunks' sums are added
+    in chunk order, so the totals do not depend on which thread finished first.
+
+    Returns
+    -------
+    (lower, upper, bin_sums)
+        The bounds of each customer's CLV interval (currency), and the sums, shape (bins, ``gradients.columns``).
+    """
+    customers = len(bins.histories.row_of_customer)
+    lower, upper = np.empty(customers), np.empty(customers)
+    bin_sums = np.zeros((bins.size, gradients.columns.width))
+    chunks = [slice(start, start + chunk_customers) for start in range(0, customers, chunk_customers)]
+    sums_of = partial(_chunk_sums, bins=bins, gradients=gradients, margin=margin, lower=lower, upper=upper)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for chunk_sums in pool.map(sums_of, chunks):
+            bin_sums += chunk_sums
+    return lower, upper, bin_sums
+
+
+def _chunk_sums(
+    chunk: slice, bins: CustomerBins, gradients: HistoryGradients, margin: float, lower: np.ndarray, upper: np.ndarray
+) -> np.ndarray:
+    """Fill in a chunk's interval bounds and return its sums per bin, in the columns of ``gradients.columns``."""
+    rows, spends, in_bin = bins.codes(chunk)
+    discounted, spend_per_purchase = gradients.purchases[rows], gradients.spend[spends]
+    clv = margin * spend_per_purchase * discounted
+    spread_squared = gradients.purchases_spread[rows]
+    spread_squared += gradients.spend_spread[spends]
+    _log_normal_bounds(clv, spread_squared, lower[chunk], upper[chunk])
+    del spread_squared
+
+    columns = gradients.columns
+    sums = np.empty((bins.size, columns.width))
+
+    def bin_sum(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(in_bin, weights=weights, minlength=bins.size)
+
+    # Each per-customer column is made as its sum takes it, not all of the chunk's columns at once. The blocks
+    # below are views of ``sums``: filling in a column of one fills in ``sums``.
+    sums[:, columns.clv] = bin_sum(clv)
+    spend_weight = margin * spend_per_purchase
+    clv_by_purchase_params = sums[:, columns.clv_by_purchase_params]
+    for j, gradient in enumerate(gradients.purchases_gradient):
+        of_customer = gradient[rows]
+        of_customer *= spend_weight
+        clv_by_purchase_params[:, j] = bin_sum(of_customer)
+    sums[:, columns.spend] = bin_sum(spend_per_purchase)
+    discounted *= margin
+    clv_by_spend_params = sums[:, columns.clv_by_spend_params]
+    spend_by_spend_params = sums[:, columns.spend_by_spend_params]
+    for j, gradient in enumerate(gradients.spend_gradient):
+        of_customer = gradient[spends]
+        spend_by_spend_params[:, j] = bin_sum(of_customer)
+        of_customer *= discounted
+        clv_by_spend_params[:, j] = bin_sum(of_customer)
+    return sums
+
+
+def _log_normal_bounds(clv: np.ndarray, spread_squared: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
+    """Write CLV / exp(z sd / CLV) into ``lower`` and CLV x exp(z sd / CLV) into ``upper``.
+
+    A log-normal interval stays positive and has the delta method's relative spread; ``spread_squared``,
+    (z sd / CLV)^2, is overwritten.
+    """
+    growth = np.sqrt(spread_squared, out=spread_squared)
+    np.exp(growth, out=growth)
+    np.divide(clv, growth, out=lower)
+    np.multiply(clv, growth, out=upper)
+
+
+def totals_per_draw(
+    bin_sums: np.ndarray, bins: CustomerBins, columns: SumColumns, shifts: ParameterShifts
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Add the bin sums up per segment and expand them to every parameter draw.
+
+    Returns
+    -------
+    (clv, spend, risk)
+        One row per segment of every segmentation (``SegmentCells.index``), one column per draw: the CLV
+        totals, the expected-spend totals and, with customers at risk, the CLV totals of those at risk (else None).
+    """
+    by_bin = bin_sums.reshape(bins.cells.size, bins.per_cell, -1)
+    sums = bins.cells.roll_up(by_bin.sum(axis=1))
+    spend = sums[:, columns.spend, np.newaxis] + sums[:, columns.spend_by_spend_params] @ shifts.spend.T
+    risk = None
+    if bins.at_risk is not None:
+        risk = _clv_per_draw(bins.cells.roll_up(by_bin[:, 1, columns.clv_block]), columns, shifts)
+    return _clv_per_draw(sums, columns, shifts), spend, risk
+
+
+def _clv_per_draw(sums: np.ndarray, columns: SumColumns, shifts: ParameterShifts) -> np.ndarray:
+    """CLV totals under every draw from their value and gradient at the fit.
+
+    Totals are smooth sums over many customers, so the first-order expansion is exact for the gradient,
+    O(|shift|^2) otherwise.
+    """
+    return (
+        sums[:, columns.clv, np.newaxis]
+        + sums[:, columns.clv_by_purchase_params] @ shifts.purchases.T
+        + sums[:, columns.clv_by_spend_params] @ shifts.spend.T
     )
 
 
@@ -380,13 +577,13 @@ def _shifted(model: ModelT, index: int, step: float) -> ModelT:
 
 
 def _discounted_purchases_and_gradient(
-    model: PurchaseModel, histories: Histories, horizon_months: int, monthly_discount_rate: float, days_per_unit: float
+    model: PurchaseModel, histories: Histories, valuation: Valuation
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per unique history row: discounted expected purchases and their gradient in the log-parameters."""
 
     def value(m: PurchaseModel) -> np.ndarray:
         f, r, T = (histories.rows[:, i] for i in range(3))
-        _, if_alive = purchases_if_alive(m, histories.pairs, horizon_months, monthly_discount_rate, days_per_unit)
+        _, if_alive = purchases_if_alive(m, histories.pairs, valuation)
         return m.p_alive(f, r, T) * if_alive[histories.pair_of_row]
 
     at_fit = value(model)

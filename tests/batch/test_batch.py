@@ -26,7 +26,6 @@ from forecast.batch.pipeline import PAUSE_BEFORE_COMMIT_ENV, clean_leftovers, ru
 from forecast.batch.registry import (
     find_previous_run,
     last_complete_month_end,
-    load_run,
     month_ends_between,
     parse_as_of,
     run_folder,
@@ -34,6 +33,7 @@ from forecast.batch.registry import (
 from forecast.cli import app
 from forecast.config import load_config
 from forecast.errors import ConfigError, OutputError
+from forecast.report.run_folder import read_run
 
 ROOT = Path(__file__).resolve().parents[2]
 REPRODUCIBLE_FILES = [
@@ -97,7 +97,7 @@ def test_parse_as_of_accepts_month_and_day() -> None:
         parse_as_of("1997-13")
 
 
-def test_last_complete_month_end() -> None:
+def test_last_complete_month_end_is_the_month_before_unless_the_log_ends_on_a_month_end() -> None:
     assert last_complete_month_end("1998-06-30 00:00:00") == dt.date(1998, 6, 30)
     assert last_complete_month_end("1998-06-30 23:59:59") == dt.date(1998, 6, 30)
     assert last_complete_month_end("1998-06-29 10:00:00") == dt.date(1998, 5, 31)
@@ -156,7 +156,7 @@ def test_as_of_after_the_log_ends_is_warned_about(tmp_path: Path, cdnow_sample: 
     assert any("after the last transaction (1997-06-20)" in w for w in result.manifest["warnings"])
 
 
-def test_backfill_several_months_with_drift_chain(tmp_path: Path) -> None:
+def test_backfill_writes_one_run_per_month_each_compared_with_the_one_before(tmp_path: Path) -> None:
     """`forecast run --as-of 1997-04 --through 1997-06` writes three runs, each compared with the one before."""
     config = write_config(tmp_path, yaml.safe_load((ROOT / "configs" / "cdnow_sample.yaml").read_text())["data"])
     outcome = CliRunner().invoke(app, ["run", str(config), "--as-of", "1997-04", "--through", "1997-06"])
@@ -314,7 +314,7 @@ def test_kill_9_while_committing_leaves_previous_outputs_intact(tmp_path: Path, 
 
     assert digests(previous.output, [*REPRODUCIBLE_FILES, "manifest.json"]) == before
     assert digests(previous.models, ["purchases.json", "spend.json"]) == models_before
-    assert load_run(previous.output).as_of == dt.date(1997, 6, 30)
+    assert read_run(previous.output).as_of == dt.date(1997, 6, 30)
     assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) == ["1997-06-30"]
     assert find_previous_run(runs, dt.date(1997, 7, 31)) == previous.output
 

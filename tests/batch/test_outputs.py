@@ -1,5 +1,5 @@
-"""Bulk outputs: the DuckDB-written CSV holds what pandas wrote before, formula-like text escaped;
-the CSV policy; DuckDB resources."""
+"""Bulk outputs: the Parquet and CSV writers, formula-like text escaped in every CSV; the CSV policy; DuckDB
+resources."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from forecast.batch.outputs import SPREADSHEET_ROWS, csv_wanted, write_customer_tables
-from forecast.batch.pipeline import escape_for_spreadsheet
+from forecast.batch.outputs import SPREADSHEET_ROWS, csv_wanted, frame_to_csv, write_customer_tables
 from forecast.config import DuckDBConfig
 from forecast.data.ingest import connect_duckdb
 
 
-def test_customer_tables_match_the_pandas_writers(tmp_path: Path) -> None:
+def test_customer_tables_hold_the_frame_and_the_csv_escapes_formula_text(tmp_path: Path) -> None:
+    """customers.parquet round-trips the frame; customers.csv holds the same rows, formula-like ids and segments
+    with a leading apostrophe, floats exactly, and the same bytes as ``frame_to_csv`` of the frame."""
     ids = ["=SUM(A1)", "+1", "-2", "@x", "plain", "007"]
     customers = pd.DataFrame(
         {
@@ -30,13 +31,29 @@ def test_customer_tables_match_the_pandas_writers(tmp_path: Path) -> None:
     parquet = pd.read_parquet(tmp_path / "customers.parquet")
     assert list(parquet.columns) == columns
     pd.testing.assert_frame_equal(parquet, expected, check_dtype=False, check_categorical=False)
-    escape_for_spreadsheet(expected).to_csv(tmp_path / "pandas.csv", index=False)
-    ours = pd.read_csv(tmp_path / "customers.csv", dtype=str, keep_default_na=False)
-    theirs = pd.read_csv(tmp_path / "pandas.csv", dtype=str, keep_default_na=False)
-    assert ours["customer_id"].tolist() == ["'=SUM(A1)", "'+1", "'-2", "'@x", "plain", "007"]
-    assert ours["segment"].tolist() == theirs["segment"].tolist()
-    np.testing.assert_array_equal(ours["clv"].astype(float), theirs["clv"].astype(float))  # exact round trip
-    assert ours.drop(columns="clv").equals(theirs.drop(columns="clv"))
+    written = pd.read_csv(tmp_path / "customers.csv", dtype=str, keep_default_na=False)
+    assert written["customer_id"].tolist() == ["'=SUM(A1)", "'+1", "'-2", "'@x", "plain", "007"]
+    assert written["segment"].tolist() == ["rest", "top", "rest", "'=evil", "rest", "top"]
+    np.testing.assert_array_equal(written["clv"].astype(float), expected["clv"])  # exact round trip
+    frame_to_csv(expected, tmp_path / "frame.csv")
+    assert (tmp_path / "frame.csv").read_bytes() == (tmp_path / "customers.csv").read_bytes()
+
+
+def test_frame_to_csv_escapes_formulas_only_in_text(tmp_path: Path) -> None:
+    """Text starting with = + - @ (or tab, CR) gets a leading apostrophe; numbers, other text and missing values
+    do not, and the frame is left alone."""
+    frame = pd.DataFrame(
+        {
+            "segment": ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "plain", "a=b", None],
+            "value": [-1.0, 2.0, 3.0, 4.0, 5.0, 6.0, np.nan],
+        }
+    )
+    frame_to_csv(frame, tmp_path / "t.csv")
+    written = pd.read_csv(tmp_path / "t.csv", dtype={"segment": str}, keep_default_na=False, na_values=[""])
+    assert written["segment"].tolist()[:6] == ['\'=HYPERLINK("http://x")', "'+1", "'-2", "'@SUM(A1)", "plain", "a=b"]
+    assert pd.isna(written["segment"].iloc[6])
+    np.testing.assert_array_equal(written["value"], frame["value"])
+    assert frame["segment"].iloc[0].startswith("=")
 
 
 def test_parquet_is_written_in_slices_without_losing_rows(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def run_cli(*args: str):
 
 
 def test_run_on_cdnow_sample_reproduces_published_fits(in_tmp, sample_config_path):
-    """BG/NBD 0.2426, 4.4136, 0.7929, 2.4259 and Gamma-Gamma 6.25, 3.74, 15.44 in the manifest (REFERENCE.md)."""
+    """BG/NBD 0.2426, 4.4136, 0.7929, 2.4259 and Gamma-Gamma 6.25, 3.74, 15.44 in the manifest (tests/reference.py)."""
     result = run_cli("run", str(sample_config_path), "--output", "out")
     assert result.exit_code == 0, result.output
     out = in_tmp / "out"
@@ -62,7 +62,7 @@ def test_run_on_cdnow_sample_reproduces_published_fits(in_tmp, sample_config_pat
 
 
 def test_run_on_full_cdnow_has_no_nan_or_infinite_value(in_tmp):
-    """23,570 customers, with the 80 zero-value rows of CDNOW_master.txt (REFERENCE.md)."""
+    """23,570 customers (docs/reference.md), with the 80 zero-value rows of CDNOW_master.txt."""
     from tests.conftest import CONFIGS
 
     result = run_cli("run", str(CONFIGS / "cdnow.yaml"), "--output", "out")
@@ -152,25 +152,3 @@ def test_a_degenerate_fit_is_named_as_such(in_tmp, sample_config_path):
     assert result.exit_code == 2
     assert "the fit itself is degenerate" in result.output and "Traceback" not in result.output
     assert "heavy buyers" not in result.output
-
-
-def test_forecast_hands_over_the_finished_customer_table_once(sample_config_path):
-    """A run starts writing customers.parquet from ``customers_ready``: the table it gets is the final one."""
-    import datetime as dt
-
-    from forecast.batch.pipeline import forecast
-    from forecast.config import load_config
-    from forecast.data.ingest import read_transactions
-
-    config = load_config(sample_config_path)
-    handed_over: list[pd.DataFrame] = []
-    snapshots: list[pd.DataFrame] = []
-
-    def customers_ready(customers: pd.DataFrame) -> None:
-        handed_over.append(customers)
-        snapshots.append(customers.copy())
-
-    result = forecast(config, read_transactions(config.data), dt.date(1997, 9, 30), customers_ready=customers_ready)
-    assert len(handed_over) == 1 and handed_over[0] is result.customers
-    pd.testing.assert_frame_equal(snapshots[0], result.customers)  # not changed after the hand-over
-    assert result.customers["clv_lower"].notna().all() and result.customers["clv_upper"].notna().all()

@@ -200,7 +200,7 @@ def test_fit_without_the_autograd_hessian_gives_lifetimes_parameters_bit_for_bit
     """Skipping lifetimes' unused autograd Hessian leaves its maximisation, so its parameters, unchanged.
 
     MBG/NBD is fitted by lifetimes (Pareto/NBD keeps lifetimes' own _fit); BG/NBD and Gamma-Gamma by the
-    NumPy objectives, checked against lifetimes in tests/test_estimators_fast.py.
+    NumPy objectives, checked against lifetimes in tests/models/test_fast_fits.py.
     """
     import warnings
 
@@ -251,6 +251,7 @@ def test_fits_scores_and_intervals_on_shared_histories_equal_the_separate_comput
     from forecast.value.clv import score_customers
     from forecast.value.segments import SegmentCells
     from forecast.value.uncertainty import clv_draws, has_covariance
+    from forecast.value.valuation import Valuation
 
     summary = cdnow_summary
     histories, spend_histories = Histories.from_summary(summary), SpendHistories.from_summary(summary)
@@ -264,7 +265,8 @@ def test_fits_scores_and_intervals_on_shared_histories_equal_the_separate_comput
     usable = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
     assert spend.result_ == GammaGamma().fit(usable["frequency"], usable["monetary_value"]).result_
 
-    args = (summary, purchases, spend, 12, 0.01, 0.3, 7.0)
+    weekly = Valuation(horizon_months=12, monthly_discount_rate=0.01, margin=0.3, days_per_unit=7.0)
+    args = (summary, purchases, spend, weekly)
     earlier = reordered_histories(summary)
     scores = score_customers(*args, histories, spend_histories)
     pd.testing.assert_frame_equal(scores, score_customers(*args, *earlier), rtol=1e-12, atol=0)

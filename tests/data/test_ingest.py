@@ -1,12 +1,11 @@
 """Ingest on bad input: every problem ends in a clear DataError or a documented, counted policy.
 
-The hand-made files are in tests/data/bad/; their expected counts and line numbers are read off the
+The hand-made files are in tests/fixtures/bad/; their expected counts and line numbers are read off the
 files themselves (line 1 is the header).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import shutil
 from pathlib import Path
@@ -14,7 +13,6 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from forecast.batch.registry import input_fingerprint
 from forecast.config import DataConfig
 from forecast.data.ingest import (
     count_after_as_of,
@@ -336,36 +334,3 @@ def test_problem_counts_from_plain_aggregates_equal_the_counts_under_each_filter
     transactions = read_transactions(DataConfig(path=str(path), invalid_rows="drop"))
     counts = count_problems(transactions.connection, [])
     assert counts._replace(row_hash_sum=None) == count_each_problem(transactions.connection)
-
-
-REPEATED_ROW = "customer_id,timestamp,amount\n7,2023-01-05,1\n7,2023-01-05,1\n8,2023-01-07,2\n"
-WITH_RETURN = "customer_id,timestamp,amount\n7,2023-01-05,4\n7,2023-01-05,-1\n8,2023-01-07,2\n"
-
-
-@pytest.mark.parametrize(
-    ("log", "settings", "summed_while_checking"),
-    [
-        ("customer_id,timestamp,amount,region\n7,2023-01-05,1,north\n8,2023-01-07,2.5,south\n7,2023-01-09,0,north\n",
-         {"segment_columns": ["region"]}, True),
-        (REPEATED_ROW, {"duplicates": "keep"}, True),
-        (REPEATED_ROW, {"duplicates": "drop"}, False),
-        (WITH_RETURN, {"negative_amounts": "net"}, False),
-        (WITH_RETURN, {"negative_amounts": "drop"}, False),
-        ("customer_id,timestamp,amount\n7,2023-01-05,4\n,2023-01-05,1\n8,2023-01-07,x\n",
-         {"invalid_rows": "drop"}, False),
-    ],
-    ids=["clean-with-segment", "duplicates-kept", "duplicates-dropped", "returns-netted", "returns-dropped",
-         "invalid-dropped"],
-)  # fmt: skip
-def test_the_fingerprint_summed_while_checking_equals_a_pass_over_the_transactions(
-    tmp_path: Path, log: str, settings: dict, summed_while_checking: bool
-):
-    """The checks' hash sum stands for the fingerprint's own pass only where ``transactions`` is the log row for row."""
-    path = tmp_path / "log.csv"
-    path.write_text(log, encoding="utf-8")
-    transactions = read_transactions(DataConfig(path=str(path), **settings))
-    assert (transactions.row_hash_sum is not None) == summed_while_checking
-    for as_of in (dt.date(2023, 1, 5), dt.date(2023, 1, 31)):  # rows after as_of, then none
-        counted = count_after_as_of(transactions, as_of)
-        own_pass = dataclasses.replace(counted, row_hash_sum=None)
-        assert input_fingerprint(counted, as_of) == input_fingerprint(own_pass, as_of)

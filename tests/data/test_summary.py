@@ -1,4 +1,4 @@
-"""The per-customer summary on hand-built logs with exact answers (DESIGN.md definitions)."""
+"""The per-customer summary on hand-built logs with exact answers (the definitions in docs/reference.md)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_holdout_counts_purchase_days_of_calibration_customers_only(transactions
 
 
 def test_cdnow_sample_summary_matches_published_cohort(sample_config_path):
-    """CDNOW sample: 2,357 customers, 2,457 repeat purchases in weeks 1-39 (recomputed, REFERENCE.md);
+    """CDNOW sample: 2,357 customers, 2,457 repeat purchases in weeks 1-39 (recomputed, tests/reference.py);
     customer 1 has x=2, t_x=30.43, T=38.86 (Fader, Hardie & Lee 2005, lifetimes' cdnow_customers_summary.csv)."""
     from forecast.config import load_config
     from tests.reference import CDNOW_SAMPLE_CALIBRATION_REPEAT_PURCHASES

@@ -1,4 +1,4 @@
-"""Property tests: on generated transaction logs, ingest + summary obey the DESIGN.md definitions.
+"""Property tests: on generated transaction logs, ingest + summary obey the definitions of docs/reference.md.
 
 Checked for any log: recency <= T; frequency = purchase days - 1; monetary_value = mean amount of the
 repeat purchase days; the summary does not depend on row order; rows after as_of never change it and

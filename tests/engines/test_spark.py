@@ -28,6 +28,7 @@ from forecast.data.simulate import write_simulated_log
 from forecast.data.summary import summarize as summarize_duckdb
 from forecast.engines.spark import run as run_spark
 from forecast.engines.spark import ship_package, spark_session, summarize, to_pandas, typed_log
+from forecast.errors import DataError
 
 pytestmark = pytest.mark.slow
 RELATIVE = 1e-9
@@ -36,7 +37,7 @@ END = dt.date(2021, 6, 30)
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
-    """One local SparkSession for the whole test session (starting one takes 5-10 s)."""
+    """One local SparkSession for the whole test session (starting one takes seconds)."""
     session = spark_session(
         SparkConfig(master="local[2]", conf={"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"})
     )
@@ -99,6 +100,20 @@ def test_spark_summary_equals_duckdb_on_same_day_purchases_returns_and_segments(
     assert_close(actual[expected.columns], expected)
     assert expected.loc["a", "frequency"] == 2
     assert expected.loc["a", "monetary_value"] == pytest.approx((16.0 + 7.5) / 2)
+
+
+def test_spark_invalid_timestamps_are_a_data_error_quoting_them(spark: object, tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("customer_id,timestamp,amount\n1,2020-01-01,5\n2,not a date,3\n3,2020-13-45,4\n")
+    with pytest.raises(DataError, match=r"2 of 3 rows .* examples: \['not a date', '2020-13-45'\]"):
+        typed_log(spark, DataConfig(path=str(path)))  # type: ignore[arg-type]
+
+
+def test_spark_typed_log_has_only_the_log_columns(spark: object, write_log) -> None:
+    path = write_log([("a", "2024-01-01", 10.0), ("b", "2024-01-02", 5.0)])
+    log, quality = typed_log(spark, DataConfig(path=str(path)))  # type: ignore[arg-type]
+    assert log.columns == ["customer_id", "ts", "amount"]
+    assert (quality.rows, quality.customers) == (2, 2)
 
 
 SPARK_MISSING_COLUMNS = ("clv_lower", "clv_upper", "rfm_group")

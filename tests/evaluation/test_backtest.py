@@ -62,7 +62,7 @@ def sample_log(sample_config: RunConfig) -> pd.DataFrame:
 def connection_for(log: pd.DataFrame) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection whose ``transactions`` table holds exactly these rows, in this order.
 
-    One thread: DuckDB's parallel sums differ in the last bits from run to run (GOTCHAS.md), which would
+    One thread: DuckDB's parallel sums differ in the last bits from run to run (their order varies), which would
     hide whether a difference comes from the data or from the summation order.
     """
     con = duckdb.connect(config={"threads": 1})
@@ -83,7 +83,7 @@ def sample_backtest(sample_config: RunConfig, sample_log: pd.DataFrame) -> Backt
 def test_backtest_reproduces_cdnow_39_week_holdout(sample_backtest: BacktestResult) -> None:
     """Holdout figures on the CDNOW sample, weeks 1-39 calibration, weeks 40-78 holdout.
 
-    REFERENCE.md (recomputed from CDNOW_sample.txt; BTYD vignette tables): repeat purchases 2,457 in
+    tests/reference.py (recomputed from CDNOW_sample.txt; BTYD vignette tables): repeat purchases 2,457 in
     calibration and 1,882 in the holdout; sum of BG/NBD conditional expectations about 1,653; per-customer
     purchase MAE 0.786 (BG/NBD) vs 1.024 (naive (x/T) x 39), RMSE 1.608 vs 2.212, naive total 2,930.
     """
@@ -243,21 +243,22 @@ def test_holdout_rows_cannot_reach_the_predictions(
 # --- metrics on hand-built cases ---------------------------------------------------------------------
 
 
-def test_error_metrics_on_a_hand_built_case() -> None:
+def test_mae_and_rmse_average_over_customers() -> None:
+    """Errors 0, 2, 0, 4 on four customers: MAE 6 / 4, RMSE sqrt(20 / 4)."""
     predicted = np.array([1.0, 2.0, 3.0, 4.0])
     actual = np.array([1.0, 0.0, 3.0, 8.0])
     assert mae(predicted, actual) == pytest.approx(6.0 / 4)
     assert rmse(predicted, actual) == pytest.approx(math.sqrt(20.0 / 4))
 
 
-def test_spearman_with_ties_on_a_hand_built_case() -> None:
+def test_spearman_gives_ties_their_average_rank_and_none_for_a_constant() -> None:
     """Ranks x = 1..5, y = 1, 2, 3.5, 5, 3.5: r = 8 / sqrt(10 x 9.5)."""
     assert spearman(np.array([1, 2, 3, 4, 5.0]), np.array([5, 6, 7, 8, 7.0])) == pytest.approx(8 / math.sqrt(95))
     assert spearman(np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(-1.0)
     assert spearman(np.zeros(4), np.arange(4.0)) is None
 
 
-def test_top20_capture_on_a_hand_built_case() -> None:
+def test_top20_capture_takes_the_highest_ranked_and_shares_boundary_ties() -> None:
     """Ten customers: the top 20% are the two ranked highest; ties at the boundary share the places."""
     actual = np.array([10.0, 0.0, 0, 0, 0, 0, 0, 0, 30.0, 60.0])
     assert top_capture(np.array([9.0, 8, 7, 6, 5, 4, 3, 2, 1, 0]), actual) == pytest.approx(0.10)
@@ -286,7 +287,7 @@ def test_rank_metrics_stay_in_range_and_below_a_perfect_ranking(pairs: list[tupl
     assert correlation is None or -1 - 1e-12 <= correlation <= 1 + 1e-12
 
 
-def test_decile_table_on_a_hand_built_case() -> None:
+def test_decile_table_puts_the_highest_predictions_in_decile_1() -> None:
     """Twenty customers with predicted revenue 20..1: decile 1 holds the two highest (20 and 19)."""
     predicted = np.arange(20.0, 0.0, -1.0)
     actual = np.arange(20.0)
@@ -349,6 +350,8 @@ def test_config_rejects_a_holdout_that_ends_before_calibration(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_cli_backtest_writes_backtest_json_and_plots(tmp_path: Path) -> None:
+    from forecast.report.charts import PREDICTIVE
+
     output = tmp_path / "bt"
     result = CliRunner().invoke(app, ["backtest", str(CONFIGS / "cdnow_sample.yaml"), "--output", str(output)])
     assert result.exit_code == 0, result.output
@@ -369,7 +372,9 @@ def test_cli_backtest_writes_backtest_json_and_plots(tmp_path: Path) -> None:
     assert set(document["model_comparison"]) == {"bgnbd", "mbgnbd", "pareto"}
     assert set(document["plots"]) == {"conditional_expectation", "tracking", "deciles"}
     for file_name in document["plots"].values():
-        assert "<svg" in (output / file_name).read_text(encoding="utf-8")
+        svg = (output / file_name).read_text(encoding="utf-8")
+        assert "<svg" in svg and "<text" not in svg  # the report's chart style: glyphs drawn as paths
+    assert PREDICTIVE in (output / document["plots"]["tracking"]).read_text(encoding="utf-8")  # the one palette
     customers = pd.read_csv(output / "backtest_customers.csv", dtype={"customer_id": str})
     assert len(customers) == 2357 and customers["actual_purchases"].sum() == 1882
 

@@ -1,4 +1,4 @@
-"""Fitted-model artifacts: JSON round trips, schema and library-version checks, no unpickling, load_run."""
+"""Fitted-model artifacts: JSON round trips, schema and version checks, no unpickling, a run's models read back."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 import yaml
 
 from forecast.batch.pipeline import run
-from forecast.batch.registry import load_run
 from forecast.config import load_config
 from forecast.data.ingest import read_transactions
 from forecast.data.summary import summarize
 from forecast.errors import ArtifactError
 from forecast.models import BetaGeo, GammaGamma, fit_models
 from forecast.models.artifacts import SCHEMA_VERSION, library_versions, load_model, model_artifact, write_json
+from forecast.report.run_folder import read_models, read_run
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW = {"first_purchase": "1997-01-01", "as_of": "1997-09-30"}
@@ -78,15 +78,16 @@ def test_refuses_another_lifetimes_minor_version(tmp_path: Path, fitted) -> None
     assert isinstance(load_model(_artifact(tmp_path, fitted, versions=patched)), BetaGeo)
 
 
-def test_load_run_reads_tables_and_models_and_detects_tampering(tmp_path: Path) -> None:
+def test_a_run_read_back_gives_its_tables_and_models_and_refuses_a_changed_model(tmp_path: Path) -> None:
     document = yaml.safe_load((ROOT / "configs" / "cdnow_sample.yaml").read_text())
     document.update(output=str(tmp_path / "runs"), models_dir=str(tmp_path / "models"))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
     result = run(load_config(tmp_path / "config.yaml"))
-    stored = load_run(result.output)
+    stored = read_run(result.output)
+    purchases, _spend = read_models(stored)
     assert stored.as_of == dt.date(1997, 9, 30)
     assert len(stored.customers) == 2357
-    assert stored.purchases.result_ == result.forecast.purchases.result_
+    assert purchases.result_ == result.forecast.purchases.result_
     assert stored.customers["clv"].sum() == pytest.approx(result.manifest["totals"]["clv"], rel=1e-12)
 
     model = result.output / "models" / "purchases.json"
@@ -94,7 +95,7 @@ def test_load_run_reads_tables_and_models_and_detects_tampering(tmp_path: Path) 
     tampered["params"]["r"] *= 2
     write_json(model, tampered)
     with pytest.raises(ArtifactError, match="does not match the SHA-256"):
-        load_run(result.output)
+        read_models(read_run(result.output))
     (result.output / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match="not a finished run"):
-        load_run(result.output)
+        read_run(result.output)

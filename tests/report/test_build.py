@@ -35,13 +35,8 @@ from forecast.cli import app
 from forecast.config import load_config
 from forecast.errors import ArtifactError
 from forecast.models import BetaGeo, GammaGamma, ParetoNBD
-from forecast.report.build import (
-    SECTIONS,
-    build_report,
-    period_transactions,
-    read_run,
-    rebuild_models,
-)
+from forecast.report.build import SECTIONS, build_report, period_transactions, read_report_run
+from forecast.report.run_folder import read_models
 
 CHROMIUM = Path("/usr/bin/chromium")
 VIEWPORT_WIDTH = 1280
@@ -302,8 +297,8 @@ def test_period_transactions_counts_every_customer(sample_run: Path) -> None:
     The actual buckets are counted from customers.parquet; 1,411 CDNOW sample customers made no repeat
     purchase in weeks 1-39 (recomputed from CDNOW_sample.txt), and the BG/NBD expectation is within 2% of it.
     """
-    folder = read_run(sample_run)
-    purchases, _spend = rebuild_models(folder.manifest)
+    folder = read_report_run(sample_run)
+    purchases, _spend = read_models(folder)
     table = period_transactions(folder.customers, purchases)
     assert list(table.index) == ["0", "1", "2", "3", "4", "5", "6", "7+"]
     assert table["actual"].sum() == len(folder.customers) == 2357
@@ -367,7 +362,7 @@ def test_sample_run_report_renders_offline_in_chromium(sample_run: Path, tmp_pat
     assert f"{manifest['totals']['clv_heuristic']:,.0f}" in text
     assert f"{manifest['totals']['clv_heuristic'] - manifest['totals']['clv']:,.0f}" in text
     assert "2,357" in text
-    assert "Check passed" in text  # CDNOW frequency-spend correlation is 0.11 (REFERENCE.md)
+    assert "Check passed" in text  # the sample's frequency-spend correlation is 0.114 (docs/reference.md)
     assert "No backtest in this run folder" in text
     assert "No previous run to compare with" in text
     assert "8 rows have an amount of 0" in text  # the data-quality warning of the manifest
@@ -376,7 +371,7 @@ def test_sample_run_report_renders_offline_in_chromium(sample_run: Path, tmp_pat
 def add_backtest(folder: Path) -> dict[str, Any]:
     """Write a backtest.json in the layout of the backtest step (issue 3), with an SVG and a PNG plot file.
 
-    The figures are the CDNOW sample's (REFERENCE.md): 1,882 actual holdout purchases, BG/NBD MAE 0.786
+    The figures are the CDNOW sample's (docs/reference.md, "Backtest"): 1,882 actual holdout purchases, BG/NBD MAE 0.786
     against 1.024 for the naive rate; the other numbers only need to be recognisable in the page.
     """
     figure = Figure(figsize=(4, 3))

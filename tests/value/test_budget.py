@@ -3,6 +3,7 @@ the segment heuristic, the budget figures in the pipeline and the `forecast budg
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,6 @@ import pytest
 from scipy.special import hyp2f1
 from typer.testing import CliRunner
 
-from forecast.batch.pipeline import escape_for_spreadsheet
 from forecast.batch.pipeline import forecast as run_forecast
 from forecast.cli import app
 from forecast.config import DAYS_PER_MONTH, load_config
@@ -19,12 +19,15 @@ from forecast.data.ingest import read_transactions
 from forecast.models import BetaGeo
 from forecast.value.budget import budget_columns, first_purchase_value, new_customer_clv, payback_month, payback_table
 from forecast.value.segments import rfm_groups, segment_table, segment_totals
+from forecast.value.valuation import Valuation
 from tests import reference as ref
 from tests.conftest import model_with_params
 
 CONFIGS = Path(__file__).parents[2] / "configs"
-#: BG/NBD on the CDNOW sample, Fader, Hardie & Lee (2005); docs/REFERENCE.md.
+#: BG/NBD on the CDNOW sample, Fader, Hardie & Lee (2005); tests/reference.py.
 FHL_2005 = ref.BGNBD_CDNOW_SAMPLE
+#: 12 months in weeks at 1% a month and margin 0.3, the CDNOW configs' valuation.
+WEEKLY = Valuation(horizon_months=12, monthly_discount_rate=0.01, margin=0.3, days_per_unit=7.0)
 
 
 def expected_purchases_new_by_hand(t: np.ndarray, r: float, alpha: float, a: float, b: float) -> np.ndarray:
@@ -33,7 +36,7 @@ def expected_purchases_new_by_hand(t: np.ndarray, r: float, alpha: float, a: flo
 
 
 def test_hand_formula_reproduces_the_published_new_customer_expectations():
-    """E[X(t)] = 0.0532, 0.1506, 1.0437, 1.444, 1.8576 at t = 1, 3, 32, 52, 78 weeks (REFERENCE.md)."""
+    """E[X(t)] = 0.0532, 0.1506, 1.0437, 1.444, 1.8576 at t = 1, 3, 32, 52, 78 weeks (tests/reference.py)."""
     t = np.array(list(ref.BGNBD_NEW_CUSTOMER_EXPECTATIONS), dtype=float)
     expected = list(ref.BGNBD_NEW_CUSTOMER_EXPECTATIONS.values())
     np.testing.assert_allclose(expected_purchases_new_by_hand(t, **FHL_2005), expected, atol=6e-4)
@@ -52,7 +55,7 @@ def _segment_customers(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
 def test_segment_heuristic_reproduces_the_worked_examples(value, per_year, years, expected):
     """Segment heuristic = mean purchase value x mean purchases per year x lifespan, per customer.
 
-    Worked examples of the seed articles (DESIGN.md): 1,000 x 6 x 5 = 30,000; 5,000 x 4 x 8 = 160,000;
+    Worked examples of the seed articles (tests/reference.py): 1,000 x 6 x 5 = 30,000; 5,000 x 4 x 8 = 160,000;
     800 x 5 x 3 = 12,000; 200 x 1 = 200 vs 75 x 3 = 225 a year. Two customers straddle the means.
     """
     customers = _segment_customers([("s", value * 0.8, per_year - 0.5), ("s", value * 1.2, per_year + 0.5)])
@@ -62,7 +65,7 @@ def test_segment_heuristic_reproduces_the_worked_examples(value, per_year, years
 
 
 def test_segment_heuristic_ranks_the_frequent_small_spender_above_the_big_one_time_spender():
-    """200 x 1 = 200 a year against 75 x 3 = 225 a year; over 3 years 600 against 675 (DESIGN.md)."""
+    """200 x 1 = 200 a year against 75 x 3 = 225 a year; over 3 years 600 against 675 (seed articles)."""
     customers = _segment_customers([("big, once a year", 200, 1), ("small, three times", 75, 3)])
     table = segment_table(customers, ["segment"], lifespan_years=3, margin=1.0).set_index("segment")
     assert table.loc["big, once a year", "clv_heuristic_total"] == pytest.approx(600)
@@ -78,7 +81,8 @@ def test_new_customer_clv_and_payback_equal_a_hand_computation():
     months = np.arange(4) * DAYS_PER_MONTH / 7.0
     increments = np.diff(expected_purchases_new_by_hand(months, **FHL_2005))
     by_hand = 0.5 * (20 + 30 * np.concatenate([[0.0], np.cumsum(increments / 1.01 ** np.arange(1, 4))]))
-    cumulative = new_customer_clv(20.0, 30.0, model_with_params(BetaGeo, FHL_2005), 3, 0.01, 0.5, 7.0)
+    valuation = replace(WEEKLY, horizon_months=3, margin=0.5)
+    cumulative = new_customer_clv(20.0, 30.0, model_with_params(BetaGeo, FHL_2005), valuation)
     np.testing.assert_allclose(cumulative, by_hand, rtol=1e-9)
     assert payback_month(cumulative, by_hand[0]) == 0
     assert payback_month(cumulative, (by_hand[1] + by_hand[2]) / 2) == 2
@@ -106,10 +110,10 @@ def test_budget_columns_match_a_hand_computation():
     np.testing.assert_allclose(first_purchase_value(customers), [30.0, 5.0, 50.0])
     model = model_with_params(BetaGeo, FHL_2005)
     table = segment_table(customers, ["segment", "channel"], 3.0, 0.3)
-    table = budget_columns(table, customers, model, None, 12, 0.01, 0.3, 7.0, 3.0, 0.5).set_index("segment")
+    table = budget_columns(table, customers, model, None, WEEKLY, 3.0, 0.5).set_index("segment")
     assert table.loc["=cmd", "customers"] == 2 and table.loc["=cmd", "value_at_risk"] == 7.0
     assert table.loc["=cmd", "first_purchase_value"] == pytest.approx(40.0)
-    repeat = new_customer_clv(0.0, 1.0, model, 12, 0.01, 1.0, 7.0)[-1]  # discounted repeat purchases
+    repeat = new_customer_clv(0.0, 1.0, model, replace(WEEKLY, margin=1.0))[-1]  # discounted repeat purchases
     a_clv = 0.3 * (17.5 + 16.0 * repeat)
     assert table.loc["a", "new_customer_clv"] == pytest.approx(a_clv)
     assert table.loc["a", "max_acquisition_cost"] == pytest.approx(a_clv / 3)
@@ -119,10 +123,10 @@ def test_budget_columns_match_a_hand_computation():
     assert table.loc["all customers", "customers_at_risk"] == 2
     assert table["clv_lower_total"].isna().all()  # no draws, no intervals
 
-    payback = payback_table(table.reset_index(), model, a_clv / 3, 12, 0.01, 0.3, 7.0).set_index("segment")
+    payback = payback_table(table.reset_index(), model, a_clv / 3, WEEKLY).set_index("segment")
     assert payback.loc["a", "ltv_to_cac"] == pytest.approx(3.0)
     assert bool(payback.loc["b", "pays_back"]) and payback.loc["b", "payback_month"] == 0  # 0.3 x 50 > CAC
-    cumulative = new_customer_clv(17.5, 16.0, model, 12, 0.01, 0.3, 7.0)
+    cumulative = new_customer_clv(17.5, 16.0, model, WEEKLY)
     assert payback.loc["a", "payback_month"] == int(np.argmax(cumulative >= a_clv / 3))
 
 
@@ -150,20 +154,6 @@ def test_rfm_groups_follow_the_documented_grid():
         "at risk",
         "lapsed",
     ]
-
-
-def test_escape_for_spreadsheet_neutralises_formulas_only_in_text():
-    """Text starting with = + - @ (or tab, CR) gets a leading apostrophe; numbers and other text do not."""
-    frame = pd.DataFrame(
-        {
-            "segment": ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "plain", "a=b"],
-            "value": [-1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-        }
-    )
-    escaped = escape_for_spreadsheet(frame)
-    assert escaped["segment"].tolist() == ['\'=HYPERLINK("http://x")', "'+1", "'-2", "'@SUM(A1)", "plain", "a=b"]
-    assert escaped["value"].tolist() == frame["value"].tolist()
-    assert frame["segment"].iloc[0].startswith("=")  # the input is left alone
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +192,7 @@ def test_budget_sums_by_cell_equal_the_sums_of_all_four_columns_at_once(sample_f
         }
     )
     groupings: list[str | None] = [None, "segment", "rfm_group"]  # a run's cells
-    totals = pd.concat(segment_totals(customers, groupings, values), keys=["all", "segment", "rfm_group"])
+    totals = segment_totals(customers, groupings, values)
     figures = segments.set_index(["segmentation", "segment"]).loc[totals.index]
     count = totals["customers"]
     np.testing.assert_array_equal(figures["first_purchase_value"], totals["first_purchase_value"] / count)

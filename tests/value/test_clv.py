@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -17,12 +18,16 @@ from forecast.value.clv import (
     discounted_purchases,
     heuristic_clv,
     heuristic_inputs,
-    month_ends,
     observed_lifespan_years,
+    purchases_if_alive,
     require_finite,
     score_customers,
 )
+from forecast.value.valuation import Valuation
 from tests import reference as ref
+
+#: 12 months in weeks at 1% a month and margin 0.3, the CDNOW configs' valuation.
+WEEKLY = Valuation(horizon_months=12, monthly_discount_rate=0.01, margin=0.3, days_per_unit=7.0)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +37,7 @@ def models(cdnow_sample_summary):
 
 @pytest.mark.parametrize(("value", "per_year", "years", "clv"), ref.HEURISTIC_WORKED_EXAMPLES)
 def test_heuristic_reproduces_worked_examples(value, per_year, years, clv):
-    """1,000 x 6 x 5 = 30,000; 5,000 x 4 x 8 = 160,000; 800 x 5 x 3 = 12,000 (seed articles, DESIGN.md)."""
+    """1,000 x 6 x 5 = 30,000; 5,000 x 4 x 8 = 160,000; 800 x 5 x 3 = 12,000 (seed articles, tests/reference.py)."""
     assert heuristic_clv(value, per_year, years) == clv
 
 
@@ -44,16 +49,11 @@ def test_heuristic_frequent_small_buyer_beats_rare_big_buyer():
     assert heuristic_clv(75, 3, 3, margin=0.5) == 337.5
 
 
-def test_month_is_365_25_over_12_days_in_model_units():
-    assert month_ends(12, 7.0)[-1] == pytest.approx(365.25 / 7)
-    assert month_ends(1, 1.0)[1] == pytest.approx(30.4375)
-
-
 def test_clv_equals_hand_computed_discounted_sum(models, cdnow_sample_summary):
     """CLV = sum_k m * E[spend] * (E[X(t_k)] - E[X(t_k-1)]) / (1 + d)^k with t_k = k months in weeks."""
     purchases, spend = models
     customers = cdnow_sample_summary.iloc[:5]
-    scores = score_customers(customers, purchases, spend, 6, 0.02, 0.3, 7.0)
+    scores = score_customers(customers, purchases, spend, replace(WEEKLY, horizon_months=6, monthly_discount_rate=0.02))
     for customer_id, row in customers.iterrows():
         args = ([row["frequency"]], [row["recency"]], [row["T"]])
         total = 0.0
@@ -73,8 +73,8 @@ def test_clv_equals_hand_computed_discounted_sum(models, cdnow_sample_summary):
 def test_clv_falls_as_discount_rate_rises(models, cdnow_sample_summary, low, step):
     purchases, spend = models
     customers = cdnow_sample_summary.iloc[:50]
-    cheap = score_customers(customers, purchases, spend, 12, low, 0.3, 7.0)["clv"]
-    dear = score_customers(customers, purchases, spend, 12, low + step, 0.3, 7.0)["clv"]
+    cheap = score_customers(customers, purchases, spend, replace(WEEKLY, monthly_discount_rate=low))["clv"]
+    dear = score_customers(customers, purchases, spend, replace(WEEKLY, monthly_discount_rate=low + step))["clv"]
     assert (dear <= cheap).all()
     assert dear.sum() < cheap.sum()
 
@@ -156,9 +156,9 @@ def test_scores_equal_the_direct_per_customer_expectation(cdnow_sample_summary, 
     direct formula E[X(t) | x, t_x, T] evaluated for every customer."""
     summary = cdnow_sample_summary
     purchases, spend = models
-    scores = score_customers(summary, purchases, spend, 12, 0.01, 0.3, 7.0)
+    scores = score_customers(summary, purchases, spend, WEEKLY)
     columns = [summary[c].to_numpy(float) for c in ("frequency", "recency", "T")]
-    expected, discounted = discounted_purchases(purchases, *columns, 12, 0.01, 7.0)
+    expected, discounted = discounted_purchases(purchases, *columns, WEEKLY)
     spend_per_purchase = spend.expected_spend(summary["frequency"], summary["monetary_value"])
     np.testing.assert_allclose(scores["expected_purchases"], expected, rtol=1e-12)
     np.testing.assert_allclose(scores["expected_spend"], spend_per_purchase, rtol=0)
@@ -172,15 +172,14 @@ def test_scores_gathered_by_chunks_equal_whole_array_indexing_bit_for_bit(cdnow_
     from unittest import mock
 
     from forecast.data import compress
-    from forecast.value.clv import purchases_if_alive
 
     summary = cdnow_sample_summary
     purchases, spend = models
     histories, spend_histories = compress.Histories.from_summary(summary), compress.SpendHistories.from_summary(summary)
     with mock.patch.object(compress, "CHUNK_ROWS", 5):
-        scores = score_customers(summary, purchases, spend, 12, 0.01, 0.3, 7.0, histories, spend_histories)
+        scores = score_customers(summary, purchases, spend, WEEKLY, histories, spend_histories)
     p_alive = purchases.p_alive(*histories.rows.T)
-    expected, discounted = purchases_if_alive(purchases, histories.pairs, 12, 0.01, 7.0)
+    expected, discounted = purchases_if_alive(purchases, histories.pairs, WEEKLY)
     rows = histories.row_of_customer.astype(np.intp)
     spend_per_purchase = spend.expected_spend(*spend_histories.rows.T)[spend_histories.row_of_customer.astype(np.intp)]
     by_hand = pd.DataFrame(

@@ -1,6 +1,6 @@
 """Tests of forecast.value.segments: RFM groups against their where() formulation, and segment totals summed by cell
 a few columns at a time against pandas' groupby. (The segment heuristic's worked examples and the RFM grid by
-hand are in tests/test_budget.py.)"""
+hand are in tests/value/test_budget.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forecast.data import compress
-from forecast.value.segments import ALL, RFM_GROUP_GRID, RFM_GROUPS, SegmentCells, rfm_groups, segment_totals
+from forecast.value.segments import (
+    ALL,
+    ALL_SEGMENTATION,
+    RFM_GROUP_GRID,
+    RFM_GROUPS,
+    SegmentCells,
+    rfm_groups,
+    segment_table,
+    segment_totals,
+)
 
 
 def rfm_groups_by_where(summary: pd.DataFrame) -> pd.Series:
@@ -59,7 +68,7 @@ def customers() -> pd.DataFrame:
     """60 customers in 3 value tiers (one unused category) and 4 regions (some missing), with two figures."""
     rng = np.random.default_rng(11)
     tiers = pd.Categorical.from_codes(rng.integers(0, 3, 60), categories=["top", "middle", "rest", "unused"])
-    regions = pd.Series(rng.choice(["north", "south", "east", None], 60), dtype="string")
+    regions = pd.array(rng.choice(["north", "south", "east", None], 60), dtype="string")  # not aligned on an index
     return pd.DataFrame(
         {"segment": tiers, "region": regions, "clv": rng.gamma(2.0, 50.0, 60), "revenue": rng.gamma(1.0, 80.0, 60)},
         index=pd.Index([f"c{i:02d}" for i in range(60)], name="customer_id"),
@@ -74,10 +83,11 @@ def test_cells_summed_a_column_at_a_time_equal_the_totals_summed_at_once(custome
     at_once = segment_totals(customers, segmentations, values)
     cells = SegmentCells.of(customers, segmentations)
     one_by_one = cells.totals({name: cells.sums(values[[name]])[:, 0] for name in values.columns})
-    for expected, table in zip(at_once, one_by_one, strict=True):
-        pd.testing.assert_frame_equal(table, expected, check_exact=True)
-    assert at_once[0].index.tolist() == [ALL] and at_once[0]["customers"].tolist() == [60]
-    for column, table in zip(segmentations[1:], at_once[1:], strict=True):
+    pd.testing.assert_frame_equal(one_by_one, at_once, check_exact=True)
+    assert at_once.loc[ALL_SEGMENTATION].index.tolist() == [ALL]
+    assert at_once.loc[ALL_SEGMENTATION, "customers"].tolist() == [60]
+    for column in segmentations[1:]:
+        table = at_once.loc[column]
         grouped = customers.groupby(column, observed=True, sort=True)  # categories in their order, text sorted
         assert table.index.tolist() == grouped.size().index.tolist()  # no unused tier, no missing region
         assert table["customers"].tolist() == grouped.size().tolist()
@@ -88,6 +98,17 @@ def test_cell_counts_where_a_mask_holds_count_those_customers(customers):
     """counts(where) is the number of the cell's customers the mask marks: at-risk customers per segment."""
     cells = SegmentCells.of(customers, ["segment"])
     at_risk = customers["clv"].to_numpy() < 80.0
-    table = cells.totals({"at_risk": cells.counts(at_risk)})[0]
+    table = cells.totals({"at_risk": cells.counts(at_risk)}).loc["segment"]
     expected = customers[at_risk].groupby("segment", observed=True)["clv"].size()
     assert table["at_risk"].to_dict() == expected.astype(float).to_dict()
+
+
+def test_segment_table_rows_follow_the_cells_index(customers):
+    """The segment table lists everybody, then every segmentation's segments, in the order of
+    ``SegmentCells.index``, which is also the order of the interval draws' totals; its CLV totals are the
+    per-cell sums rolled up."""
+    frame = customers.assign(p_alive=0.5, expected_purchases=1.0, avg_purchase_value=10.0, purchases_per_year=2.0)
+    cells = SegmentCells.of(frame, [None, "segment", "region"])
+    table = segment_table(frame, ["segment", "region"], lifespan_years=3.0, margin=0.3, cells=cells)
+    assert list(zip(table["segmentation"], table["segment"], strict=True)) == cells.index.tolist()
+    np.testing.assert_array_equal(table["clv_total"], cells.roll_up(cells.sums(frame[["clv"]]))[:, 0])

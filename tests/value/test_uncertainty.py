@@ -23,10 +23,13 @@ from forecast.value.uncertainty import (
     parameter_draws,
     predictive_totals,
 )
+from forecast.value.valuation import Valuation
 from tests import reference as ref
 from tests.conftest import model_with_params
 
-HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK = 12, 0.01, 0.3, 7.0
+WEEK = 7.0
+#: 12 months in weeks at 1% a month and margin 0.3, the CDNOW configs' valuation.
+WEEKLY = Valuation(horizon_months=12, monthly_discount_rate=0.01, margin=0.3, days_per_unit=WEEK)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def cdnow_sample():
     assert config.as_of is not None
     summary = summarize(transactions.connection, config.as_of, WEEK)
     purchases, spend = fit_models(summary, "bgnbd")
-    scores = score_customers(summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK)
+    scores = score_customers(summary, purchases, spend, WEEKLY)
     return summary, purchases, spend, scores
 
 
@@ -52,7 +55,7 @@ def cdnow_sample():
 def test_expectation_factorises_into_p_alive_times_purchases_if_alive(model_class, params):
     """E[X(t) | x, t_x, T] = P(alive) x E[X(t) | alive at T, x, T] for all three models.
 
-    Parameters: the CDNOW estimates in docs/REFERENCE.md (Fader, Hardie & Lee 2005; lifetimes tests).
+    Parameters: the CDNOW estimates in tests/reference.py (Fader, Hardie & Lee 2005; lifetimes tests).
     """
     model = model_with_params(model_class, params)
     frequency = np.array([0, 0, 1, 2, 2, 7, 26, 40], float)
@@ -60,9 +63,9 @@ def test_expectation_factorises_into_p_alive_times_purchases_if_alive(model_clas
     T = np.array([10.0, 38.86, 38.86, 38.86, 38.86, 38.86, 31.0, 39.0])
     summary = pd.DataFrame({"frequency": frequency, "recency": recency, "T": T})
     histories = Histories.from_summary(summary)
-    _, if_alive = purchases_if_alive(model, histories.pairs, HORIZON_MONTHS, DISCOUNT, WEEK)
+    _, if_alive = purchases_if_alive(model, histories.pairs, WEEKLY)
     factored = (model.p_alive(*histories.rows.T) * if_alive[histories.pair_of_row])[histories.row_of_customer]
-    _, direct = discounted_purchases(model, frequency, recency, T, HORIZON_MONTHS, DISCOUNT, WEEK)
+    _, direct = discounted_purchases(model, frequency, recency, T, WEEKLY)
     np.testing.assert_allclose(factored, direct, rtol=1e-9)
 
 
@@ -95,9 +98,7 @@ def _cells(scores: pd.DataFrame) -> SegmentCells:
 def test_intervals_contain_the_point_estimate_and_totals_add_up(cdnow_sample):
     """Every customer's interval and the total's interval contain the point CLV; tier totals sum to the whole."""
     summary, purchases, spend, scores = cdnow_sample
-    result = clv_draws(
-        summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, _cells(scores), 0.9, 200, seed=3
-    )
+    result = clv_draws(summary, purchases, spend, WEEKLY, _cells(scores), 0.9, 200, seed=3)
     tolerance = 1e-9 * scores["clv"].abs().max()
     assert (result.customers["clv_lower"] <= scores["clv"] + tolerance).all()
     assert (result.customers["clv_upper"] >= scores["clv"] - tolerance).all()
@@ -113,7 +114,7 @@ def test_totals_at_risk_are_the_totals_of_the_customers_at_risk(cdnow_sample):
     alone (the same seed draws the same parameters); segments with nobody at risk total exactly 0; marking
     customers at risk leaves every total unchanged."""
     summary, purchases, spend, scores = cdnow_sample
-    args = (summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK)
+    args = (summary, purchases, spend, WEEKLY)
     tiers = pd.DataFrame({"segment": assign_tiers(scores["clv"], {"top 5%": 0.05, "next 15%": 0.15, "rest": 0.8})})
     # Nobody in the top tier is at risk here, so one segment has no customer at risk.
     at_risk = (scores["p_alive"] < 0.5).to_numpy() & (tiers["segment"] != "top 5%").to_numpy()
@@ -121,9 +122,8 @@ def test_totals_at_risk_are_the_totals_of_the_customers_at_risk(cdnow_sample):
     marked = clv_draws(*args, cells, draws=50, seed=4, at_risk=at_risk)
     unmarked = clv_draws(*args, cells, draws=50, seed=4)
     alone = clv_draws(
-        summary[at_risk], purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK,
-        SegmentCells.of(tiers[at_risk], [None, "segment"]), draws=50, seed=4,
-    )  # fmt: skip
+        summary[at_risk], purchases, spend, WEEKLY, SegmentCells.of(tiers[at_risk], [None, "segment"]), draws=50, seed=4
+    )
     assert unmarked.risk_totals is None and marked.risk_totals is not None
     pd.testing.assert_frame_equal(marked.clv_totals, unmarked.clv_totals, rtol=1e-12)
     pd.testing.assert_frame_equal(marked.risk_totals.loc[alone.clv_totals.index], alone.clv_totals, rtol=1e-9)
@@ -138,7 +138,7 @@ def test_intervals_are_reproducible_and_independent_of_chunking(cdnow_sample):
     Per-customer intervals come from the delta method, so they do not depend on the draws at all.
     """
     summary, purchases, spend, scores = cdnow_sample
-    args = (summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, _cells(scores), 0.9, 50)
+    args = (summary, purchases, spend, WEEKLY, _cells(scores), 0.9, 50)
     first = clv_draws(*args, seed=7)
     chunked = clv_draws(*args, seed=7, chunk_customers=300)
     other = clv_draws(*args, seed=8)
@@ -152,7 +152,7 @@ def test_intervals_worked_on_two_chunks_at_once_are_identical_to_the_bit(cdnow_s
     """Chunks are worked on by two threads; their per-cell sums are added in chunk order, so 24 chunks of 100
     customers give the same bytes every time, and the same figures as one chunk."""
     summary, purchases, spend, scores = cdnow_sample
-    args = (summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, _cells(scores), 0.9, 50)
+    args = (summary, purchases, spend, WEEKLY, _cells(scores), 0.9, 50)
     runs = [clv_draws(*args, seed=7, chunk_customers=100) for _ in range(3)]
     whole = clv_draws(*args, seed=7, chunk_customers=len(summary))
     for run in runs[1:]:
@@ -172,14 +172,11 @@ def test_first_order_propagation_matches_exact_recomputation_under_draws(cdnow_s
     quantiles of 1,000 exact recomputations within 10%.
     """
     summary, purchases, spend, _ = cdnow_sample
-    result = clv_draws(summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, None, 0.9, 200, seed=5)
+    result = clv_draws(summary, purchases, spend, WEEKLY, None, 0.9, 200, seed=5)
     rng = np.random.default_rng(5)
     purchase_draws, spend_draws = parameter_draws(purchases, 200, rng), parameter_draws(spend, 200, rng)
     exact = np.array(
-        [
-            score_customers(summary, p, g, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK)["clv"].sum()
-            for p, g in zip(purchase_draws, spend_draws, strict=True)
-        ]
+        [score_customers(summary, p, g, WEEKLY)["clv"].sum() for p, g in zip(purchase_draws, spend_draws, strict=True)]
     )
     linear = result.clv_totals.to_numpy()[0]
     assert np.corrcoef(linear, exact)[0, 1] > 0.98
@@ -190,7 +187,7 @@ def test_first_order_propagation_matches_exact_recomputation_under_draws(cdnow_s
     purchase_draws, spend_draws = parameter_draws(purchases, 1000, rng), parameter_draws(spend, 1000, rng)
     per_draw = np.column_stack(
         [
-            score_customers(some, p, g, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK)["clv"].to_numpy()
+            score_customers(some, p, g, WEEKLY)["clv"].to_numpy()
             for p, g in zip(purchase_draws, spend_draws, strict=True)
         ]
     )
@@ -205,8 +202,8 @@ def test_intervals_widen_with_fewer_customers(cdnow_sample):
     summary, purchases, spend, _ = cdnow_sample
     subset = summary.sample(frac=0.2, random_state=0)
     small_purchases, small_spend = fit_models(subset, "bgnbd")
-    full = clv_draws(summary, purchases, spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, draws=200)
-    small = clv_draws(subset, small_purchases, small_spend, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK)
+    full = clv_draws(summary, purchases, spend, WEEKLY, draws=200)
+    small = clv_draws(subset, small_purchases, small_spend, WEEKLY)
 
     def relative_width(bounds: pd.DataFrame) -> pd.Series:
         return (bounds["clv_upper"] - bounds["clv_lower"]) / bounds[["clv_lower", "clv_upper"]].mean(axis=1)
@@ -225,8 +222,9 @@ def test_intervals_widen_with_fewer_customers(cdnow_sample):
 def test_predictive_interval_of_the_holdout_total_covers_at_the_stated_rate(tmp_path):
     """Over repeated simulated data sets, the 90% interval of holdout totals covers the realised totals ~90%.
 
-    Truth: the simulator's BG/NBD + Gamma-Gamma parameters (r=0.25, alpha=4, a=0.8, b=2.5; p=6, q=4,
-    gamma=15; docs/REFERENCE.md). Calibration 39 weeks, holdout 39 weeks, 1,500 customers, exact timestamps.
+    Truth: the simulator's BG/NBD + Gamma-Gamma parameters (``forecast.data.simulate.TrueParams``: r=0.25,
+    alpha=4, a=0.8, b=2.5; p=6, q=4, gamma=15). Calibration 39 weeks, holdout 39 weeks, 1,500 customers, exact
+    timestamps.
     The interval must include the customers' own randomness: parameter uncertainty alone covers too rarely.
     Measured coverage at 1,500 customers: 0.82-0.86 (purchases) and 0.82-0.90 (revenue) over three sets of
     50-100 seeds; 0.87 and 0.90 at 4,000 customers: slightly under 0.9 because the normal approximation of
@@ -276,7 +274,7 @@ def test_predictive_totals_centre_on_the_expected_purchases(cdnow_sample):
     expected = purchases.expected_purchases(39.0, summary["frequency"], summary["recency"], summary["T"]).sum()
     standard_error = totals["purchases"].std() / np.sqrt(len(totals))
     assert abs(totals["purchases"].mean() - expected) < 4 * standard_error
-    assert expected == pytest.approx(1653, rel=0.01)  # docs/REFERENCE.md: about 1,653 holdout purchases
+    assert expected == pytest.approx(1653, rel=0.01)  # docs/reference.md (Backtest): 1,653 holdout purchases
 
 
 def test_gamma_gamma_draws_with_q_at_most_one_are_dropped_with_a_warning(cdnow_sample):
@@ -287,5 +285,5 @@ def test_gamma_gamma_draws_with_q_at_most_one_are_dropped_with_a_warning(cdnow_s
         {**spend.to_dict(), "params": {**spend.params_, "q": 1.15}, "covariance_log_params": covariance}
     )
     with pytest.warns(UserWarning, match="left out of the intervals"):
-        result = clv_draws(summary, purchases, wide, HORIZON_MONTHS, DISCOUNT, MARGIN, WEEK, draws=200)
+        result = clv_draws(summary, purchases, wide, WEEKLY, draws=200)
     assert 0 < 200 - result.new_customer_purchases.shape[0] <= 20

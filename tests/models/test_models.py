@@ -118,7 +118,7 @@ def test_time_unit_does_not_change_p_alive(cdnow_sample_summary, bgnbd):
 
 
 def test_fit_models_fits_both_and_does_not_warn_on_cdnow(cdnow_sample_summary):
-    """Frequency-spend correlation on CDNOW is 0.114 (REFERENCE.md): below the warning limit."""
+    """Frequency-spend correlation on CDNOW is 0.114 (docs/reference.md): below the warning limit."""
     purchases, spend = fit_models(cdnow_sample_summary, "bgnbd")
     assert purchases.name == "bgnbd" and spend.name == "gamma_gamma"
 

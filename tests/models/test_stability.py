@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from forecast.errors import FitError, ForecastWarning
 from forecast.models import BetaGeo, FitResult, GammaGamma, ModifiedBetaGeo, ParetoNBD, fit_models
 from forecast.value.clv import score_customers
+from forecast.value.valuation import Valuation
 from tests import reference as ref
 
 with warnings.catch_warnings():
@@ -116,7 +117,7 @@ def test_mbgnbd_stable_path_reproduces_lifetimes_and_stays_finite():
     assert lifetimes_nan > 0  # the grid does reach lifetimes' overflow
 
 
-# --- Pareto/NBD: the stable ln A_0 (forecast.models._pareto_nbd_log_a0) ------------------------------------
+# --- Pareto/NBD: the stable ln A_0 (forecast.models.pareto._pareto_nbd_log_a0) ------------------------------------
 
 # lifetimes' tests (test_estimation.py, TestParetoNBDFitter.test_conditional_expectation_underflow), values quoted
 # there: r, alpha, s, beta = 0.55, 10.58, 0.61, 11.67; E[X(10) | x, t_x = 200, T = 200] for x = 132 and 133.
@@ -321,10 +322,11 @@ def test_scores_never_contain_nan_with_heavy_buyers():
         index=pd.Index(["light", "heavy"], name="customer_id"),
     )
     spend = fitted(GammaGamma, ref.GAMMA_GAMMA_CDNOW_SAMPLE)
-    scores = score_customers(summary, fitted(BetaGeo, ref.BGNBD_CDNOW_SAMPLE), spend, 12, 0.01, 0.3, 7.0)
+    weekly = Valuation(horizon_months=12, monthly_discount_rate=0.01, margin=0.3, days_per_unit=7.0)
+    scores = score_customers(summary, fitted(BetaGeo, ref.BGNBD_CDNOW_SAMPLE), spend, weekly)
     assert np.isfinite(scores.to_numpy()).all()
     assert scores.loc["heavy", "expected_purchases"] > 900
-    pareto_scores = score_customers(summary, fitted(ParetoNBD, ref.PARETO_CDNOW_SAMPLE), spend, 12, 0.01, 0.3, 7.0)
+    pareto_scores = score_customers(summary, fitted(ParetoNBD, ref.PARETO_CDNOW_SAMPLE), spend, weekly)
     assert np.isfinite(pareto_scores.to_numpy()).all()
     assert pareto_scores.loc["heavy", "p_alive"] == 1.0  # last purchase at T
     assert pareto_scores.loc["heavy", "expected_purchases"] > 900
@@ -354,7 +356,8 @@ def test_handful_of_customers_fits_with_finite_predictions():
         warnings.simplefilter("ignore", ForecastWarning)  # few customers: the information matrix may be singular
         purchases = BetaGeo().fit(summary["frequency"], summary["recency"], summary["T"])
     spend = fitted(GammaGamma, ref.GAMMA_GAMMA_CDNOW_SAMPLE)
-    scores = score_customers(summary, purchases, spend, 12, 0.01, 0.3, 7.0)
+    weekly = Valuation(horizon_months=12, monthly_discount_rate=0.01, margin=0.3, days_per_unit=7.0)
+    scores = score_customers(summary, purchases, spend, weekly)
     assert np.isfinite(scores.to_numpy()).all()
     assert scores["p_alive"].between(0, 1).all()
 

@@ -133,17 +133,50 @@ def test_bgnbd_fit_reproduces_lifetimes(summary):
     assert relative(model.p_alive(x, t_x, T), fitter.conditional_probability_alive(x, t_x, T)) < 1e-6
 
 
-def test_a_failing_fast_path_falls_back_to_lifetimes_fitter(summary, monkeypatch):
-    """An error in the fast objective's arithmetic is not the user's: lifetimes' fitter decides instead."""
-    data, weights = purchase_rows(summary)
-    fast = _BetaGeoObjective.maximise(data, weights)
+@pytest.mark.parametrize(
+    "failure", [ArithmeticError("overflow in exp"), ValueError("math domain error"), ConvergenceError("no")]
+)
+def test_a_failing_fast_fit_warns_and_falls_back_to_lifetimes_fitter(cdnow_sample_summary, monkeypatch, failure):
+    """A fault of the fast objective is not the user's: lifetimes' fitter decides, and a ForecastWarning says so.
+
+    The fallback gives the fast fit's parameters (to rounding), so the warning is the only trace it leaves.
+    """
+    s = cdnow_sample_summary
+    fast = BetaGeo().fit(s["frequency"], s["recency"], s["T"])
 
     def failing(*_args):
-        raise ValueError("math domain error")
+        raise failure
 
     monkeypatch.setattr(_BetaGeoObjective, "maximise", classmethod(failing))
-    model = BetaGeo().fit(summary["frequency"], summary["recency"], summary["T"])
-    assert relative(np.array(list(model.params_.values())), fast) < PARAMS_REL
+    with pytest.warns(ForecastWarning, match="The fast BG/NBD fit failed") as caught:
+        model = BetaGeo().fit(s["frequency"], s["recency"], s["T"])
+    (message,) = [str(w.message) for w in caught if issubclass(w.category, ForecastWarning)]
+    assert f"{type(failure).__name__}: {failure}" in message
+    assert "lifetimes' own fitter was used" in message
+    ours, theirs = np.array(list(model.params_.values())), np.array(list(fast.params_.values()))
+    assert relative(ours, theirs) < PARAMS_REL
+
+
+def test_gamma_gamma_fast_fit_failure_warns_too(cdnow_sample_summary, monkeypatch):
+    s = cdnow_sample_summary
+    fast = GammaGamma().fit(s["frequency"], s["monetary_value"])
+
+    def failing(*_args):
+        raise ArithmeticError("overflow in exp")
+
+    monkeypatch.setattr(_GammaGammaObjective, "maximise", classmethod(failing))
+    with pytest.warns(ForecastWarning, match=r"The fast Gamma-Gamma fit failed \(ArithmeticError: overflow in exp\)"):
+        model = GammaGamma().fit(s["frequency"], s["monetary_value"])
+    ours, theirs = np.array(list(model.params_.values())), np.array(list(fast.params_.values()))
+    assert relative(ours, theirs) < PARAMS_REL
+
+
+def test_a_fast_fit_that_succeeds_does_not_warn(cdnow_sample_summary):
+    s = cdnow_sample_summary
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ForecastWarning)
+        BetaGeo().fit(s["frequency"], s["recency"], s["T"])
+        GammaGamma().fit(s["frequency"], s["monetary_value"])
 
 
 def test_gamma_gamma_fit_reproduces_lifetimes(summary):

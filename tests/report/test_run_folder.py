@@ -1,0 +1,104 @@
+"""Tests of forecast.report.run_folder: the one reader of a finished run folder (tables, backtest, models)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from forecast.batch.pipeline import run
+from forecast.config import load_config
+from forecast.errors import ArtifactError
+from forecast.models import BetaGeo, GammaGamma
+from forecast.report.run_folder import (
+    MODEL_FILES,
+    RUN_ENTRIES,
+    RUN_MODELS,
+    read_customers,
+    read_manifest,
+    read_models,
+    read_run,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of configs/cdnow_sample.yaml (2,357 CDNOW customers, as_of 1997-09-30) in a scratch folder."""
+    folder = tmp_path_factory.mktemp("run_folder")
+    config = load_config(ROOT / "configs" / "cdnow_sample.yaml")
+    config = config.model_copy(update={"models_dir": str(folder / "models")})
+    return run(config, output=folder / "run").output
+
+
+@pytest.fixture
+def run_copy(sample_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the sample run that a test may change."""
+    copy = tmp_path / "run"
+    shutil.copytree(sample_run, copy)
+    return copy
+
+
+def test_a_run_writes_only_the_entries_the_layout_names(sample_run: Path) -> None:
+    """Every file of a run folder is in RUN_ENTRIES, the only names ``--force`` may replace."""
+    assert {entry.name for entry in sample_run.iterdir()} <= RUN_ENTRIES
+
+
+def test_read_run_gives_customers_indexed_by_id_and_the_segment_table(sample_run: Path) -> None:
+    folder = read_run(sample_run)
+    assert folder.as_of.isoformat() == "1997-09-30"
+    assert folder.customers.index.name == "customer_id" and len(folder.customers) == 2357
+    assert folder.customers.index.dtype == "string"
+    assert folder.segments is not None and folder.segments["segmentation"].iloc[0] == "all"
+    assert folder.backtest is None and folder.notes == []
+
+
+def test_read_customers_reads_only_the_columns_asked_for_that_the_file_holds(sample_run: Path) -> None:
+    """Without customer_id among them, the table keeps a plain index (the report reads no ids)."""
+    customers = read_customers(sample_run / "customers.parquet", ["clv", "p_alive", "not_a_column"])
+    assert list(customers.columns) == ["clv", "p_alive"]
+    assert isinstance(customers.index, pd.RangeIndex)
+
+
+def test_segment_labels_stay_text(run_copy: Path) -> None:
+    """A segment labelled "NA" (a country code, say) is a label, not a missing value."""
+    segments = pd.read_csv(run_copy / "segments.csv")
+    segments.loc[segments.index[-1], "segment"] = "NA"
+    segments.to_csv(run_copy / "segments.csv", index=False)
+    folder = read_run(run_copy)
+    assert folder.segments is not None and folder.segments["segment"].iloc[-1] == "NA"
+
+
+def test_read_models_reads_the_run_copy_and_refuses_a_changed_file(run_copy: Path) -> None:
+    folder = read_run(run_copy)
+    purchases, spend = read_models(folder)
+    assert isinstance(purchases, BetaGeo) and isinstance(spend, GammaGamma)
+    assert purchases.params_ == folder.manifest["models"]["purchases"]["params"]
+    model_file = run_copy / RUN_MODELS / MODEL_FILES["purchases"]
+    document = json.loads(model_file.read_text())
+    document["params"]["r"] *= 2
+    model_file.write_text(json.dumps(document))
+    with pytest.raises(ArtifactError, match="does not match the SHA-256"):
+        read_models(read_run(run_copy))
+
+
+def test_read_models_falls_back_to_the_manifest_without_a_run_copy(run_copy: Path) -> None:
+    """A Spark run folder holds no models/ copy: the models recorded in the manifest are used."""
+    expected = read_models(read_run(run_copy))
+    shutil.rmtree(run_copy / RUN_MODELS)
+    purchases, spend = read_models(read_run(run_copy))
+    assert purchases.params_ == expected[0].params_ and spend.params_ == expected[1].params_
+
+
+def test_a_folder_without_a_readable_manifest_is_not_a_run(tmp_path: Path) -> None:
+    assert read_manifest(tmp_path) is None
+    with pytest.raises(ArtifactError, match=r"no manifest\.json, so it is not a finished run"):
+        read_run(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    assert read_manifest(tmp_path) is None
+    with pytest.raises(ArtifactError, match="not a run manifest"):
+        read_run(tmp_path)
