@@ -30,9 +30,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from typer.testing import CliRunner
 
-from forecast.batch.pipeline import run
 from forecast.cli import app
-from forecast.config import load_config
 from forecast.errors import ArtifactError
 from forecast.models import BetaGeo, GammaGamma, ParetoNBD
 from forecast.report.build import SECTIONS, build_report, period_transactions, read_report_run
@@ -217,23 +215,6 @@ def require_chromium() -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run of configs/cdnow_sample.yaml (2,357 CDNOW customers, as_of 1997-09-30) in a scratch folder."""
-    folder = tmp_path_factory.mktemp("report")
-    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "cdnow_sample.yaml")
-    config = config.model_copy(update={"models_dir": str(folder / "models")})
-    return run(config, output=folder / "run").output
-
-
-@pytest.fixture
-def run_copy(sample_run: Path, tmp_path: Path) -> Path:
-    """A private copy of the sample run that a test may change."""
-    copy = tmp_path / "run"
-    shutil.copytree(sample_run, copy)
-    return copy
 
 
 # --- the model quantities the charts draw ----------------------------------------------------------------

@@ -9,8 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from forecast.batch.pipeline import run
-from forecast.config import load_config
 from forecast.errors import ArtifactError
 from forecast.models import BetaGeo, GammaGamma
 from forecast.report.run_folder import (
@@ -22,25 +20,6 @@ from forecast.report.run_folder import (
     read_models,
     read_run,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run of configs/cdnow_sample.yaml (2,357 CDNOW customers, as_of 1997-09-30) in a scratch folder."""
-    folder = tmp_path_factory.mktemp("run_folder")
-    config = load_config(ROOT / "configs" / "cdnow_sample.yaml")
-    config = config.model_copy(update={"models_dir": str(folder / "models")})
-    return run(config, output=folder / "run").output
-
-
-@pytest.fixture
-def run_copy(sample_run: Path, tmp_path: Path) -> Path:
-    """A private copy of the sample run that a test may change."""
-    copy = tmp_path / "run"
-    shutil.copytree(sample_run, copy)
-    return copy
 
 
 def test_a_run_writes_only_the_entries_the_layout_names(sample_run: Path) -> None:
