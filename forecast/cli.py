@@ -1,4 +1,8 @@
-"""The `forecast` command: the only place that prints or exits."""
+"""The `forecast` command: the only place that prints or exits.
+
+Every error ends as one paragraph and exit code 2, without a traceback: a ForecastError says what to do, anything
+else is reported as unexpected (``--debug`` shows its traceback instead).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,90 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
 
-from forecast.config import RunConfig, load_config
-from forecast.errors import ConfigError, ForecastError
+from forecast import __version__
+from forecast.config import RunConfig, check_date, load_config
+from forecast.errors import ConfigError, ForecastError, clip
 
 if TYPE_CHECKING:
     from forecast.batch.pipeline import RunResult
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Customer-lifetime-value forecasts.")
+#: Longest error message printed: messages quote user input in short, this bounds the rest (column lists, paths).
+MAX_MESSAGE = 2000
+
+
+@contextmanager
+def user_errors(debug: bool = False) -> Iterator[None]:
+    """Turn any error into a one-paragraph message and exit code 2, without a traceback.
+
+    A ForecastError says what is wrong and what to do; any other exception is a bug or an unforeseen fault,
+    reported as such, or re-raised with its traceback (exit 1) when ``debug``.
+    """
+    try:
+        yield
+    except ForecastError as exc:
+        _error(str(exc))
+        raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted:[/] the run in progress wrote and replaced nothing.")
+        raise typer.Exit(code=130) from None
+    except (typer.Exit, typer.Abort, typer.TyperException, BrokenPipeError):
+        raise  # the command line's own exits and usage errors, and a closed pipe: typer reports them
+    except Exception as exc:
+        if debug:
+            raise
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        _error(
+            f"an unexpected error stopped the command: {clip(detail, 500)}. "
+            "Re-run with --debug for the traceback, and report it."
+        )
+        raise typer.Exit(code=2) from None
+
+
+def _error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(clip(message, MAX_MESSAGE))}", highlight=False, soft_wrap=True)
+
+
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+class _Commands(TyperGroup):
+    """The commands, each run inside ``user_errors`` (with the global --debug option)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        with user_errors(debug=bool(ctx.params.get("debug"))):
+            return super().invoke(ctx)
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, help="Customer-lifetime-value forecasts.")
 console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"forecast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an unexpected error, show its traceback (exit 1) instead of a message.")
+    ] = False,
+) -> None:
+    """Options before the command; ``_Commands.invoke`` reads --debug."""
+
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run configuration, e.g. configs/cdnow.yaml.")]
 AsOfOption = Annotated[
@@ -46,26 +120,13 @@ RunOutputOption = Annotated[
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn library errors into a one-paragraph message and exit code 2, without a traceback."""
-    try:
-        yield
-    except ForecastError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
-    except KeyboardInterrupt:
-        console.print("[bold red]interrupted:[/] the run in progress wrote and replaced nothing.")
-        raise typer.Exit(code=130) from None
-
-
-@contextmanager
 def progress_display() -> Iterator[Callable[[str], None]]:
     """A spinner showing the current step (quiet when stderr is not a terminal)."""
     if not console.is_terminal:
-        yield lambda message: console.print(f"- {message}", highlight=False)
+        yield lambda message: console.print(f"- {escape(message)}", highlight=False)
         return
     with console.status("Starting") as status:
-        yield lambda message: status.update(message)
+        yield lambda message: status.update(escape(message))
 
 
 EngineOption = Annotated[str | None, typer.Option("--engine", help="duckdb or spark (overrides the config's engine).")]
@@ -101,33 +162,45 @@ def run(
 
     With --through, backfill: one run per month end from --as-of through --through, in order.
     """
-    from forecast.batch.registry import month_ends_between, parse_as_of
+    from forecast.batch.registry import month_ends_between
 
-    with user_errors():
-        settings = load_config(config)
-        if engine is not None:
-            if engine not in ("duckdb", "spark"):
-                raise ConfigError(f"--engine must be duckdb or spark, not {engine!r}.")
-            settings = settings.model_copy(update={"engine": engine})
-        day = parse_as_of(as_of) if as_of else None
-        if settings.engine == "spark":
-            if through is not None:
-                raise ConfigError("--through backfills with the DuckDB engine only; run Spark months one by one.")
-            _run_spark(settings, day, output)
-            return
+    settings = load_config(config)
+    if engine is not None:
+        if engine not in ("duckdb", "spark"):
+            raise ConfigError(f"--engine must be duckdb or spark, not {clip(repr(engine))}.")
+        settings = settings.model_copy(update={"engine": engine})
+    day = _month_option(as_of, "--as-of")
+    if settings.engine == "spark":
         if through is not None:
-            if day is None or output is not None:
-                raise ConfigError(
-                    "--through backfills a range of months: give the first month with --as-of (YYYY-MM) and "
-                    "leave out --output (each month goes to <config output>/<as_of>/)."
-                )
-            _backfill(settings, month_ends_between(day, parse_as_of(through)), force)
-            return
-        from forecast.batch.pipeline import run as run_pipeline
+            raise ConfigError("--through backfills with the DuckDB engine only; run Spark months one by one.")
+        _run_spark(settings, day, output)
+        return
+    last = _month_option(through, "--through")
+    if last is not None:
+        if day is None or output is not None:
+            raise ConfigError(
+                "--through backfills a range of months: give the first month with --as-of (YYYY-MM) and "
+                "leave out --output (each month goes to <config output>/<as_of>/)."
+            )
+        _backfill(settings, month_ends_between(day, last), force)
+        return
+    from forecast.batch.pipeline import run as run_pipeline
 
-        with progress_display() as say:
-            result = run_pipeline(settings, day, output, say, force=force)
+    with progress_display() as say:
+        result = run_pipeline(settings, day, output, say, force=force)
     _report(result)
+
+
+def _month_option(text: str | None, option: str) -> dt.date | None:
+    """The date an --as-of or --through gives (YYYY-MM or YYYY-MM-DD), within the dates a run can use."""
+    from forecast.batch.registry import parse_as_of
+
+    return check_date(parse_as_of(text), option) if text else None
+
+
+def _day_option(value: dt.datetime | None, option: str) -> dt.date | None:
+    """The date a YYYY-MM-DD option gives, within the dates a run can use."""
+    return check_date(value.date(), option) if value else None
 
 
 def _run_spark(settings: RunConfig, day: dt.date | None, output: Path | None) -> None:
@@ -137,7 +210,7 @@ def _run_spark(settings: RunConfig, day: dt.date | None, output: Path | None) ->
     with progress_display() as say:
         spark_result = run_spark(settings, day, output, say)
     for message in spark_result.warnings:
-        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        _warn(message)
     totals = spark_result.manifest["totals"]
     typer.echo(
         f"as_of {spark_result.as_of}: {spark_result.customers:,} customers (Spark), predictive CLV "
@@ -148,7 +221,7 @@ def _run_spark(settings: RunConfig, day: dt.date | None, output: Path | None) ->
 
 def _report(result: RunResult) -> None:
     for message in result.forecast.warnings:
-        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        _warn(message)
     typer.echo(_summary_line(result))
 
 
@@ -165,13 +238,13 @@ def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> No
 
             def say(message: str, month: dt.date = month) -> None:
                 if console.is_terminal:
-                    bar.update(task, description=f"{month}: {message}")
+                    bar.update(task, description=f"{month}: {escape(message)}")
                 else:
-                    console.print(f"- {month}: {message}", highlight=False)
+                    console.print(f"- {month}: {escape(message)}", highlight=False)
 
             try:
                 result = run_pipeline(settings, month, None, say, force=force)
-            except (ForecastError, KeyboardInterrupt):
+            except (Exception, KeyboardInterrupt):
                 console.print(f"[bold red]backfill stopped at {month}[/]; the months before it are complete.")
                 raise
             _report(result)
@@ -194,17 +267,14 @@ def backtest(
     """Fit on the calibration period, predict the holdout, score predictive vs heuristic vs gradient boosting."""
     from forecast.batch.pipeline import backtest as run_backtest
 
-    with user_errors(), progress_display() as say:
-        done = run_backtest(
-            load_config(config),
-            calibration_end.date() if calibration_end else None,
-            holdout_end.date() if holdout_end else None,
-            output,
-            say,
-        )
+    settings = load_config(config)
+    first_day = _day_option(calibration_end, "--calibration-end")
+    last_day = _day_option(holdout_end, "--holdout-end")
+    with progress_display() as say:
+        done = run_backtest(settings, first_day, last_day, output, say)
     document = done.result.document
     for message in done.data_warnings + done.result.warnings:
-        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        _warn(message)
     typer.echo(
         f"calibration to {document['calibration_end']}, holdout to {document['holdout_end']}: "
         f"{document['customers']:,} customers, actual holdout purchases {document['actual']['purchases']:,.0f}, "
@@ -239,12 +309,11 @@ def validate(config: ConfigArg) -> None:
     """Check the config and the data without fitting; print a data-quality summary."""
     from forecast.data.ingest import count_after_as_of, count_customers, duckdb_limits, read_log
 
-    with user_errors():
-        settings = load_config(config)
-        transactions = read_log(settings)
-        with closing(transactions.connection), duckdb_limits(settings.duckdb, "counting customers"):
-            transactions = count_customers(transactions)
-            quality = (count_after_as_of(transactions, settings.as_of) if settings.as_of else transactions).quality
+    settings = load_config(config)
+    transactions = read_log(settings)
+    with closing(transactions.connection), duckdb_limits(settings.duckdb, "counting customers"):
+        transactions = count_customers(transactions)
+        quality = (count_after_as_of(transactions, settings.as_of) if settings.as_of else transactions).quality
     typer.echo(
         f"{config}: valid. {quality.rows:,} rows, {quality.customers:,} customers, "
         f"{quality.first_timestamp} .. {quality.last_timestamp}."
@@ -258,8 +327,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by
     """Rebuild report.html in a run folder from its files (after a backtest, or to refresh the charts)."""
     from forecast.report.build import build_report
 
-    with user_errors():
-        path = build_report(run_dir)
+    path = build_report(run_dir)
     typer.echo(f"report written to {path}")
 
 
@@ -272,11 +340,12 @@ def budget(
     """At an acquisition cost per customer, which segments pay back, and in how many months."""
     from forecast.batch.pipeline import budget as budget_pipeline
 
-    with user_errors(), progress_display() as say:
-        settings = load_config(config)
-        result, table = budget_pipeline(settings, cac, as_of.date() if as_of else None, say)
+    settings = load_config(config)
+    day = _day_option(as_of, "--as-of")
+    with progress_display() as say:
+        result, table = budget_pipeline(settings, cac, day, say)
     for message in result.warnings:
-        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        _warn(message)
     typer.echo(
         f"as_of {result.as_of}: a new customer acquired at {cac:,.2f}, margin {settings.margin:g}, "
         f"{settings.horizon_months} months at {settings.monthly_discount_rate:.2%} a month; "
@@ -324,17 +393,14 @@ def simulate(
     if end.date() <= start.date():
         problems.append(f"--end ({end.date()}) must be after --start ({start.date()})")
     if problems:
-        console.print(f"[bold red]error:[/] {'; '.join(problems)}.", highlight=False)
+        _error(f"{'; '.join(problems)}.")
         raise typer.Exit(code=2)
     params = TrueParams(r=r, alpha=alpha, a=a, b=b, p=p, q=q, gamma=gamma)
-    with user_errors():
-        try:
-            rows = write_simulated_log(
-                out, customers, params, start.date(), end.date(), acquisition_days, time_unit, seed
-            )
-        except OSError as exc:
-            console.print(f"[bold red]error:[/] cannot write {out}: {exc}. Choose a writable path.", highlight=False)
-            raise typer.Exit(code=2) from None
+    try:
+        rows = write_simulated_log(out, customers, params, start.date(), end.date(), acquisition_days, time_unit, seed)
+    except OSError as exc:
+        _error(f"cannot write {out}: {exc}. Choose a writable path.")
+        raise typer.Exit(code=2) from None
     typer.echo(f"{out}: {rows:,} transactions of {customers:,} customers ({params}).")
 
 

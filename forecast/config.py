@@ -1,18 +1,29 @@
 """The run configuration: a YAML file validated into typed settings.
 
 Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+A config is at most 64 KiB of UTF-8 YAML without aliases, so that no file can make a huge message or eat memory.
 """
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from forecast.errors import ConfigError
+from forecast.errors import ConfigError, clip
 
 TimeUnit = Literal["day", "week", "month"]
 PurchaseModelName = Literal["bgnbd", "mbgnbd", "pareto", "auto"]
@@ -21,6 +32,29 @@ PurchaseModelName = Literal["bgnbd", "mbgnbd", "pareto", "auto"]
 DAYS_PER_UNIT: dict[str, float] = {"day": 1.0, "week": 7.0, "month": 365.25 / 12}
 DAYS_PER_MONTH = 365.25 / 12
 DAYS_PER_YEAR = 365.25
+
+#: Largest config file read: ten times the annotated example, far below what could exhaust memory.
+MAX_CONFIG_BYTES = 64 * 1024
+#: Problems listed in one validation message; the rest are counted.
+MAX_PROBLEMS = 10
+#: The dates a run can use: the code adds days and months to them, which overflows at the end of the calendar.
+FIRST_DATE, LAST_DATE = dt.date(1900, 1, 1), dt.date(2999, 12, 31)
+
+
+def check_date(day: dt.date, name: str) -> dt.date:
+    """Return ``day``, or raise a ConfigError naming the option ``name`` when it is outside FIRST_DATE..LAST_DATE."""
+    if not FIRST_DATE <= day <= LAST_DATE:
+        raise ConfigError(f"{name} {day} is out of range: give a date from {FIRST_DATE} to {LAST_DATE}.")
+    return day
+
+
+def _within_calendar(day: dt.date) -> dt.date:
+    if not FIRST_DATE <= day <= LAST_DATE:
+        raise ValueError(f"must be a date from {FIRST_DATE} to {LAST_DATE}")
+    return day
+
+
+CalendarDate = Annotated[dt.date, AfterValidator(_within_calendar)]
 
 
 class _Strict(BaseModel):
@@ -105,8 +139,8 @@ class SegmentConfig(_Strict):
 class BacktestConfig(_Strict):
     """A calibration/holdout split: fit up to calibration_end, score (calibration_end, holdout_end]."""
 
-    calibration_end: dt.date = Field(description="Last day of the calibration period (inclusive).")
-    holdout_end: dt.date | None = Field(
+    calibration_end: CalendarDate = Field(description="Last day of the calibration period (inclusive).")
+    holdout_end: CalendarDate | None = Field(
         default=None, description="Last day of the holdout period (inclusive); default as_of, else the last day."
     )
     seed: int = Field(default=0, description="Seed of the machine-learning baseline.")
@@ -146,6 +180,23 @@ class DuckDBConfig(_Strict):
     )
     temp_directory: str | None = Field(default=None, description="Spill folder; default DuckDB's own (.tmp).")
 
+    @field_validator("memory_limit")
+    @classmethod
+    def _duckdb_accepts(cls, value: str) -> str:
+        """Try the limit on a throwaway connection: DuckDB's own parser decides, as it will in the run."""
+        import duckdb
+
+        with duckdb.connect() as con:
+            try:
+                con.execute("SET memory_limit = '{}'".format(value.replace("'", "''")))
+            except duckdb.Error as exc:
+                reason = clip(str(exc).splitlines()[0].rstrip("."))
+                raise ValueError(
+                    f"DuckDB refuses it ({reason}); give a size such as '4GB' or '512MB', or a share of RAM such as "
+                    "'50%'"
+                ) from None
+        return value
+
 
 class SparkConfig(_Strict):
     """Where and how to run the summary and the scoring with ``engine: spark``.
@@ -170,7 +221,7 @@ class RunConfig(_Strict):
     _source: Path | None = PrivateAttr(default=None)
 
     data: DataConfig
-    as_of: dt.date | None = None
+    as_of: CalendarDate | None = None
     time_unit: TimeUnit = "week"
     resolution: Literal["day", "exact"] = "day"
     horizon_months: int = Field(default=12, ge=1, le=600)
@@ -202,6 +253,21 @@ class RunConfig(_Strict):
         return DAYS_PER_UNIT[self.time_unit]
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that stops at the first alias: a few nested aliases expand to billions of values."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1 if event.start_mark else "?"
+            raise _AliasError(f"*{event.anchor} (line {line})")
+        return super().compose_node(parent, index)
+
+
+class _AliasError(Exception):
+    """A YAML alias in a config: its name and line."""
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML run configuration.
 
@@ -210,13 +276,29 @@ def load_config(path: str | Path) -> RunConfig:
     Raises
     ------
     ConfigError
-        The file is missing, is not YAML, or has unknown, missing or invalid keys.
+        The file is missing, unreadable, too large, not UTF-8, not YAML, uses aliases, or has unknown, missing or
+        invalid keys.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}. Check the path, or copy configs/cdnow.yaml as a start.")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc.strerror or exc}. Check its permissions.") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"Config file {path} is {path.stat().st_size:,} bytes; a run config is at most {MAX_CONFIG_BYTES:,} "
+            "(configs/cdnow.yaml is 2 KB). Check that it is the run config, and move data out of it."
+        )
+    try:
+        raw = yaml.load(_config_text(path, data), Loader=_NoAliasLoader)
+    except _AliasError as exc:
+        raise ConfigError(
+            f"Config file {path} uses the YAML alias {exc}. A run config takes no aliases: write the value out "
+            "in full where the alias is."
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file {path} is not valid YAML: {exc}. Fix the syntax and run again.") from None
     if not isinstance(raw, dict):
@@ -233,15 +315,33 @@ def load_config(path: str | Path) -> RunConfig:
     return config
 
 
+def _config_text(path: Path, data: bytes) -> str:
+    """The config's text, or a ConfigError saying how to re-encode a file that is not UTF-8 (a BOM is allowed)."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data:
+        problem, source = " (it looks like UTF-16)", "UTF-16"
+    else:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            problem, source = f": byte 0x{data[exc.start]:02x} on line {line} is not UTF-8", "CP1252"
+    raise ConfigError(
+        f"Config file {path} is not UTF-8 text{problem}. Save it as UTF-8 in your editor, or re-encode it, e.g. "
+        f"`iconv -f {source} -t UTF-8 {path} > utf8.yaml` (with the encoding it was saved in, if not {source})."
+    )
+
+
 def describe_validation_error(exc: ValidationError) -> str:
-    """Turn pydantic's report into one sentence per problem, naming each key."""
+    """Turn pydantic's report into one sentence per problem, naming each key and quoting at most 200 characters."""
     problems = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        key = clip(".".join(str(part) for part in error["loc"]) or "(top level)")
         if error["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}' (remove it or check its spelling)")
         elif error["type"] == "missing":
             problems.append(f"missing key '{key}'")
         else:
-            problems.append(f"'{key}': {error['msg']} (got {error.get('input')!r})")
+            problems.append(f"'{key}': {clip(error['msg'], 500)} (got {clip(repr(error.get('input')))})")
+    if len(problems) > MAX_PROBLEMS:
+        problems[MAX_PROBLEMS:] = [f"and {len(problems) - MAX_PROBLEMS:,} more"]
     return "; ".join(problems) + "."

@@ -37,6 +37,17 @@ class EngineError(ForecastError):
     """The query engine (DuckDB or Spark) ran out of memory or spill space, or failed, under the configured settings."""
 
 
+def clip(text: str, limit: int = 200) -> str:
+    """Return ``text``, or its beginning and end around " ... " when it is longer than ``limit`` characters.
+
+    Messages quote what a user gave through this, so that a huge value never makes a huge message.
+    """
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    return f"{text[: limit - tail - 5]} ... {text[-tail:]}"
+
+
 class ForecastWarning(UserWarning):
     """A result is usable but degraded (weak fit, few repeat buyers, broken assumption)."""
 

@@ -55,3 +55,34 @@ def test_missing_and_malformed_files(tmp_path):
 def test_data_path_is_relative_to_the_config_file(tmp_path):
     config = load_config(write(tmp_path, "data: {path: logs/tx.csv}\n"))
     assert Path(config.data.path) == (tmp_path / "logs" / "tx.csv").resolve()
+
+
+@pytest.mark.parametrize("limit", ["4GB", "512MB", "1.5GB", "8GiB", "50%"])
+def test_memory_limits_duckdb_accepts_load(tmp_path, limit):
+    assert load_config(write(tmp_path, f"data: {{path: log.csv}}\nduckdb: {{memory_limit: '{limit}'}}\n")).duckdb
+
+
+@pytest.mark.parametrize("limit", ["lots", "4", "4 parsecs", "4GB'; SELECT 1; --"])
+def test_memory_limits_duckdb_refuses_are_config_errors(tmp_path, limit):
+    with pytest.raises(ConfigError, match=r"'duckdb.memory_limit': .*DuckDB refuses it.*such as '4GB'"):
+        load_config(write(tmp_path, f'data: {{path: log.csv}}\nduckdb: {{memory_limit: "{limit}"}}\n'))
+
+
+def test_dates_must_lie_between_1900_and_2999(tmp_path):
+    assert str(load_config(write(tmp_path, "data: {path: log.csv}\nas_of: 2999-12-31\n")).as_of) == "2999-12-31"
+    with pytest.raises(ConfigError, match=r"'as_of': .*from 1900-01-01 to 2999-12-31"):
+        load_config(write(tmp_path, "data: {path: log.csv}\nas_of: 9999-12-31\n"))
+    with pytest.raises(ConfigError, match=r"'backtest.calibration_end': .*from 1900-01-01"):
+        load_config(write(tmp_path, "data: {path: log.csv}\nbacktest: {calibration_end: 1899-12-31}\n"))
+
+
+def test_yaml_aliases_are_refused_and_anchors_alone_are_harmless(tmp_path):
+    with pytest.raises(ConfigError, match=r"uses the YAML alias \*p \(line 2\)"):
+        load_config(write(tmp_path, "data: &p {path: log.csv}\nbacktest: *p\n"))
+    assert load_config(write(tmp_path, "data: &p {path: log.csv}\n")).data
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes("\ufeffdata: {path: log.csv}  # café\n".encode())
+    assert load_config(path).data

@@ -176,3 +176,76 @@ def test_rows_after_as_of_are_counted_in_the_manifest_and_by_validate(project):
     result = cli("validate", "early.yaml")
     assert result.exit_code == 0, result.output
     assert f"warning: {after:,} transactions after as_of 2020-09-30 were excluded." in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "source"),
+    [
+        ("data: {path: log.csv}  # café\noutput: out\n", "cp1252", "CP1252"),
+        ("data: {path: log.csv}\noutput: out\n", "utf-16", "UTF-16"),
+    ],
+)
+def test_config_that_is_not_utf8_says_how_to_re_encode_it(project, text, encoding, source):
+    (project / "run.yaml").write_bytes(text.encode(encoding))
+    result = cli("run", "run.yaml")
+    assert_clean_failure(result, "Config file run.yaml is not UTF-8 text", f"iconv -f {source} -t UTF-8 run.yaml")
+    assert not (project / "out").exists()
+
+
+def test_memory_limit_duckdb_refuses_is_a_config_error(project):
+    (project / "run.yaml").write_text("data: {path: log.csv}\nduckdb: {memory_limit: lots}\n", encoding="utf-8")
+    result = cli("validate", "run.yaml")
+    assert_clean_failure(result, "'duckdb.memory_limit'", "'lots'", "'4GB'")
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--as-of", "9999-12-31"], "--as-of 9999-12-31 is out of range"),
+        (["--as-of", "1850-01"], "--as-of 1850-01-31 is out of range"),
+        (["--as-of", "2020-11", "--through", "9999-12"], "--through 9999-12-31 is out of range"),
+    ],
+)
+def test_dates_at_the_ends_of_the_calendar_are_refused(project, args, named):
+    result = cli("run", "run.yaml", *args)
+    assert_clean_failure(result, named, "from 1900-01-01 to 2999-12-31")
+    assert not (project / "out").exists()
+
+
+def test_dates_at_the_ends_of_the_calendar_are_refused_in_the_config_and_by_backtest(project):
+    (project / "late.yaml").write_text("data: {path: log.csv}\nas_of: 9999-12-31\n", encoding="utf-8")
+    assert_clean_failure(cli("run", "late.yaml"), "'as_of'", "from 1900-01-01 to 2999-12-31")
+    result = cli("backtest", "run.yaml", "--calibration-end", "2020-06-30", "--holdout-end", "9999-12-31")
+    assert_clean_failure(result, "--holdout-end 9999-12-31 is out of range")
+
+
+def test_an_unexpected_error_is_one_paragraph_unless_debug(project, monkeypatch):
+    def bug(*_args, **_kwargs):
+        raise RuntimeError("something no one foresaw")
+
+    monkeypatch.setattr("forecast.batch.pipeline.run", bug)
+    result = cli("run", "run.yaml")
+    assert_clean_failure(
+        result, "unexpected error", "RuntimeError: something no one foresaw", "Re-run with --debug", "report it"
+    )
+    debugged = cli("--debug", "run", "run.yaml")
+    assert debugged.exit_code == 1
+    assert isinstance(debugged.exception, RuntimeError)
+
+
+def test_an_interrupt_still_says_nothing_was_written(project, monkeypatch):
+    def interrupt(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("forecast.batch.pipeline.run", interrupt)
+    result = cli("run", "run.yaml")
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "Traceback" not in result.output
+
+
+def test_version():
+    from forecast import __version__
+
+    result = cli("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"forecast {__version__}"

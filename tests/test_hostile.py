@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +22,8 @@ from forecast.data.summary import summarize
 from forecast.errors import ArtifactError, ConfigError
 from forecast.models import BetaGeo, FitResult
 from forecast.models.artifacts import load_model, model_artifact, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Exploit:
@@ -176,3 +181,63 @@ def test_formula_like_customer_ids_are_escaped_in_csv_outputs(tmp_path, monkeypa
     assert not written["customer_id"].str.match(r"^[=+\-@]").any()
     raw = pd.read_parquet(tmp_path / "out" / "2020-12-31" / "customers.parquet")
     assert set(hostile) <= set(raw["customer_id"])
+
+
+def alias_bomb(levels: int) -> str:
+    """A "billion laughs" YAML: each level is a list of nine aliases to the level before (9**levels leaves)."""
+    names = [f"l{level}" for level in range(levels)]
+    lines = [f"{names[0]}: &{names[0]} [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{name}: &{name} [{', '.join(['*' + previous] * 9)}]" for previous, name in itertools.pairwise(names)]
+    return "\n".join([*lines, f"data: *{names[-1]}"]) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """A 9-level bomb (387 million leaves, about 400 bytes) used to print megabytes and take gigabytes.
+
+    It runs in a child process, so that a regression times out instead of exhausting the test machine.
+    """
+    (tmp_path / "bomb.yaml").write_text(alias_bomb(9), encoding="utf-8")
+    child = subprocess.run(
+        [sys.executable, "-m", "forecast.cli", "validate", "bomb.yaml"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 2, child.stderr[:2000]
+    assert "Traceback" not in child.stderr
+    assert len(child.stderr) < 2000
+    assert "uses the YAML alias *l0 (line 2)" in " ".join(child.stderr.split())
+
+
+def test_a_config_larger_than_64_kib_is_refused(tmp_path):
+    (tmp_path / "run.yaml").write_text("data: {path: log.csv}\n" + "# padding\n" * 7000, encoding="utf-8")
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "run.yaml")])
+    assert result.exit_code == 2
+    assert "is 70,022 bytes; a run config is at most 65,536" in " ".join(result.output.split())
+
+
+def test_a_huge_value_is_quoted_in_short(tmp_path):
+    """A 20 KB value and 5,000 unknown keys: the message quotes the value's ends and names the first keys."""
+    keys = "".join(f"k{i}: 1\n" for i in range(5000))
+    (tmp_path / "run.yaml").write_text(f"data: {{path: log.csv}}\nmargin: {'9' * 20_000}x\n{keys}", encoding="utf-8")
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "run.yaml")])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert len(message) < 2000
+    assert (
+        f"'margin': Input should be a valid number, unable to parse string as a number (got '{'9' * 144} ... "
+        in message
+    )
+    assert f" ... {'9' * 48}x')" in message
+    assert "unknown key 'k0'" in message and "unknown key 'k8'" in message and "and 4,991 more." in message
+
+
+def test_markup_in_a_message_is_printed_as_text(tmp_path):
+    """rich would read '[/x]' in a key as a closing tag (MarkupError); it must come out as typed."""
+    (tmp_path / "run.yaml").write_text('data: {path: log.csv}\n"[/x]": 1\n', encoding="utf-8")
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "run.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "unknown key '[/x]'" in result.output

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
-import os
-import re
 import shutil
 import time
 import warnings
@@ -28,6 +27,7 @@ import pandas as pd
 
 from forecast.batch.drift import compare_runs
 from forecast.batch.outputs import csv_wanted, frame_to_csv, write_customer_tables
+from forecast.batch.publish import atomic_folder, atomic_folders, month_lock, sync_to_disk
 from forecast.batch.registry import (
     check_overwrite,
     check_runs_apart_from_models,
@@ -39,6 +39,7 @@ from forecast.config import RunConfig
 from forecast.data.fingerprints import file_sha256, input_files_sha256, rows_up_to_as_of_fingerprint
 from forecast.data.ingest import (
     Transactions,
+    check_input_unchanged,
     count_after_as_of,
     count_customers,
     duckdb_limits,
@@ -51,7 +52,6 @@ from forecast.errors import (
     DataError,
     FitError,
     ForecastWarning,
-    OutputError,
     collected_warnings,
 )
 from forecast.evaluation.backtest import (
@@ -98,10 +98,6 @@ CUSTOMER_COLUMNS = [
     "expected_spend", "clv", "clv_lower", "clv_upper", "clv_heuristic", "segment", "revenue", "avg_purchase_value",
     "purchases_per_year",
 ]  # fmt: skip
-#: Seconds to sleep with every output staged, just before the commit rename (tests kill the run there).
-PAUSE_BEFORE_COMMIT_ENV = "CLV_FORECAST_PAUSE_BEFORE_COMMIT"
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
-_RUN_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 log = logging.getLogger("forecast")
 
 
@@ -255,96 +251,6 @@ def scored_columns(
         columns["segment"] = assign_tiers(scores["clv"], config.segments.tiers).array
         columns["rfm_group"] = found_rfm_groups.result().array
     return columns
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_leftovers(parent: Path, name: str | None = None) -> None:
-    """Remove staging folders that killed runs left in ``parent``, and restore a replaced folder if needed.
-
-    ``.<name>.partial-<pid>`` folders of dead processes are deleted. ``.<name>.old-<pid>`` is the
-    previous ``<name>`` moved aside during a commit; if the run died between the two renames and
-    ``<name>`` is missing, it is moved back, otherwise deleted. Only run folders (named YYYY-MM-DD)
-    and ``name`` are considered, so other programs' files in a shared parent are never touched.
-    """
-    if not parent.is_dir():
-        return
-    for leftover in sorted(parent.iterdir()):
-        match = _LEFTOVER.match(leftover.name)
-        if match is None or _process_alive(int(match["pid"])):
-            continue
-        if match["name"] != name and not _RUN_NAME.match(match["name"]):
-            continue
-        original = parent / match["name"]
-        if match["kind"] == "old" and not original.exists():
-            leftover.rename(original)
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _sync_folder(path: Path) -> None:
-    """Flush one file or folder entry to disk (folders only where the OS can open them: not on Windows)."""
-    if path.is_dir() and os.name == "nt":
-        return
-    handle = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0))
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def _sync_tree(folder: Path) -> None:
-    """Flush every file and folder under ``folder`` to disk, so a rename never publishes unwritten data."""
-    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:
-        _sync_folder(path)
-
-
-@contextmanager
-def atomic_folder(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename.
-
-    On any failure the temporary folder is removed and ``target`` is left as it was. Staged files are
-    fsynced before the rename; staging folders left by killed runs are cleaned first (``clean_leftovers``).
-    """
-    target = target.resolve()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        clean_leftovers(target.parent, target.name)
-        staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-    except OSError as exc:
-        raise OutputError(f"Cannot create the output folder {target}: {exc}. Choose a writable --output.") from None
-    try:
-        yield staging
-        _sync_tree(staging)
-        pause = os.environ.get(PAUSE_BEFORE_COMMIT_ENV)
-        if pause:
-            time.sleep(float(pause))
-        retired = target.parent / f".{target.name}.old-{os.getpid()}"
-        if target.exists():
-            target.rename(retired)
-        staging.rename(target)
-        _sync_folder(target.parent)
-        shutil.rmtree(retired, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(
-            f"Writing the outputs to {target} failed: {exc}. Free disk space or choose another --output."
-        ) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def customer_columns(customers: pd.DataFrame) -> list[str]:
@@ -614,19 +520,36 @@ def _run(
     lines: _LogLines,
     transactions: Transactions,
 ) -> RunResult:
-    """The batch on a log already read: check the output folder, backtest, forecast, compare with the previous
-    run, then write and commit the run folder and publish its models.
+    """The batch on a log already read: find as_of and the run folder, then run and publish under the month's lock.
 
     ``lines.output`` is set as soon as the run folder is known, so that a failure leaves its log beside it.
     """
     say = _logged(progress)
     started = time.perf_counter() - transactions.read_seconds  # the total counts the reading too
-    timings = {"ingest": transactions.read_seconds}
     as_of = as_of or config.as_of or default_as_of(transactions)
     transactions = count_after_as_of(transactions, as_of)
     check_as_of_after_first_transaction(transactions, as_of)
     output_path = Path(output) if output else run_folder(config.output, as_of)
     lines.output = output_path
+    models_path = Path(config.models_dir) / as_of.isoformat()
+    with month_lock(output_path.resolve().parent, models_path.resolve().parent, as_of_name=as_of.isoformat()):
+        return _run_and_publish(config, as_of, output_path, models_path, force, lines, transactions, say, started)
+
+
+def _run_and_publish(
+    config: RunConfig,
+    as_of: dt.date,
+    output_path: Path,
+    models_path: Path,
+    force: bool,
+    lines: _LogLines,
+    transactions: Transactions,
+    say: Progress,
+    started: float,
+) -> RunResult:
+    """Under the month's lock: check the output folder, backtest, forecast, compare with the previous run, then
+    write the run folder and the published models and commit them together, if the input is still the one read."""
+    timings = {"ingest": transactions.read_seconds}
     step = time.perf_counter()
     input_used = fingerprint_and_check_output(config, transactions, as_of, output_path, force)
     timings["fingerprint"] = time.perf_counter() - step
@@ -650,10 +573,13 @@ def _run(
     previous_run, drift, drift_warnings = drift_since_previous(config, result, output_path)
     result.warnings.extend(drift_warnings)
     timings["drift"] = time.perf_counter() - step
-    models_path = Path(config.models_dir) / as_of.isoformat()
     write_csv, csv_skipped = csv_wanted(config.customers_csv, len(result.customers))
     result.warnings.extend([csv_skipped] if csv_skipped else [])
-    with atomic_folder(output_path) as staging, ThreadPoolExecutor(max_workers=1) as second_thread:
+    unchanged = functools.partial(check_input_unchanged, transactions.identities)
+    with (
+        atomic_folders(output_path, models_path, before_commit=unchanged) as (staging, models_staging),
+        ThreadPoolExecutor(max_workers=1) as second_thread,
+    ):
         # customers.parquet, the largest file, is encoded by Arrow without holding Python's lock: it is written on a
         # second thread while the other files and the report are made, which keeps a run with millions of
         # customers noticeably shorter than writing it first (docs/performance.md, "Where the time goes").
@@ -669,8 +595,8 @@ def _run(
             drift=drift,
         )  # fmt: skip
         finish_run_folder(staging, output_path, document, result, lines.lines, say)
+        copy_models(staging, models_staging)
         customers_written.result()  # before the commit; raises what the writing raised
-    publish_models(output_path, models_path)
     failure_log_path(output_path).unlink(missing_ok=True)
     return RunResult(output_path, models_path, result, json.loads(json.dumps(document, default=str)))
 
@@ -714,7 +640,7 @@ def write_customers(folder: Path, customers: pd.DataFrame, write_csv: bool) -> N
     """Write customers.parquet (and, when ``write_csv``, customers.csv) into a run's staging folder and flush
     them to disk, so that the commit's flush finds nothing of them left to write."""
     for written in write_customer_tables(customers, customer_columns(customers), folder, write_csv):
-        _sync_folder(written)
+        sync_to_disk(written)
 
 
 def write_run_files(staging: Path, result: Forecast, backtest_result: BacktestResult | None) -> None:
@@ -755,14 +681,10 @@ def finish_run_folder(
     log.info("Report written in %.1f s", time.perf_counter() - step)
 
 
-def publish_models(output_path: Path, models_path: Path) -> None:
-    """Copy a committed run's models to ``<models_dir>/<as_of>/``.
-
-    The run folder is the authority; the published copy is written after the run folder is committed.
-    """
-    with atomic_folder(models_path) as staging:
-        for name in MODEL_FILES.values():
-            shutil.copyfile(output_path / RUN_MODELS / name, staging / name)
+def copy_models(run_staging: Path, models_staging: Path) -> None:
+    """Copy the run's model files into the staging folder of their published copy, ``<models_dir>/<as_of>/``."""
+    for name in MODEL_FILES.values():
+        shutil.copyfile(run_staging / RUN_MODELS / name, models_staging / name)
 
 
 def _run_backtest_for_run(

@@ -253,6 +253,9 @@ class Transactions:
     #: ``id_quantiles_sql`` of the whole log, when the checks' pass took them (a clean log): the summary's ranges
     #: of customers need no pass of their own when no row is after as_of.
     id_quantiles: list[str] | None = None
+    #: ``file_identities`` of the input files taken before they were read: ``check_input_unchanged`` compares them
+    #: with the files as they are just before a run publishes.
+    identities: tuple[FileIdentity, ...] = ()
 
     def ends_by(self, as_of: dt.date) -> bool:
         """Whether no usable row is after ``as_of`` (``count_after_as_of`` counted them for that day)."""
@@ -338,6 +341,44 @@ def _split_empty_files(path: str, files: list[Path]) -> tuple[list[Path], list[P
             "Point data.path at a log with a header and rows."
         )
     return non_empty, empty
+
+
+class FileIdentity(NamedTuple):
+    """What tells a file apart from the file that replaces or rewrites it: its path, inode, size and mtime."""
+
+    path: str
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+def file_identities(files: list[Path]) -> tuple[FileIdentity, ...]:
+    """The identity of each input file, to be compared before publishing (``check_input_unchanged``)."""
+    identities = []
+    for path in files:
+        stat = path.stat()
+        identities.append(FileIdentity(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(identities)
+
+
+def check_input_unchanged(identities: tuple[FileIdentity, ...]) -> None:
+    """Raise a DataError if an input file was replaced, rewritten or removed since it was first read.
+
+    DuckDB reads the log's files again for each query, so a log replaced while a run reads it would give figures
+    that mix the old and the new file; such a run must not publish.
+    """
+    for before in identities:
+        path = Path(before.path)
+        try:
+            now = file_identities([path])[0]
+        except OSError:
+            now = None
+        if now != before:
+            raise DataError(
+                f"The input file {path} was {'removed' if now is None else 'replaced or rewritten'} while the run "
+                "read it, so its figures may mix two versions of the log; nothing was published. Run again once "
+                "the log is complete (write new logs beside the old one and rename them into place)."
+            )
 
 
 def open_log(con: duckdb.DuckDBPyConnection, config: DataConfig) -> LogSource:
@@ -863,6 +904,7 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         negative amounts (under ``negative_amounts: fail``) or duplicates (under ``duplicates: fail``).
     """
     started = time.perf_counter()
+    identities = file_identities(resolve_files(config.path))
     con = connection if connection is not None else duckdb.connect()
     source = open_log(con, config)
     create_typed_log(con, config, source)
@@ -893,6 +935,7 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         read_seconds=time.perf_counter() - started,
         # A clean log whose every row is used is ``transactions`` row for row.
         row_hash_sum=counts.row_hash_sum if rows_used == counts.rows else None, id_quantiles=counts.id_quantiles,
+        identities=identities,
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ observed until the end date; timestamps are exact (to the second).
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,10 +162,12 @@ def write_simulated_log(
 ) -> int:
     """Simulate a log in chunks of customers and write it as one Parquet file; return the rows written.
 
-    Each chunk uses its own seed derived from ``seed``, so memory stays bounded at any size.
+    Each chunk uses its own seed derived from ``seed``, so memory stays bounded at any size. The file is written
+    beside ``path`` and renamed onto it once complete: an existing file is replaced whole or not at all.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.parent / f".{path.name}.partial-{os.getpid()}"
     seeds = np.random.SeedSequence(seed).spawn((customers + chunk_customers - 1) // chunk_customers)
     rows = 0
     writer: pq.ParquetWriter | None = None
@@ -176,10 +179,15 @@ def write_simulated_log(
                 seed=int(child.generate_state(1)[0]), first_id=index * chunk_customers,
             )  # fmt: skip
             if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
+                writer = pq.ParquetWriter(partial, table.schema)
             writer.write_table(table)
             rows += table.num_rows
+        if writer is not None:
+            writer.close()
+            writer = None
+        os.replace(partial, path)
     finally:
         if writer is not None:
             writer.close()
+        partial.unlink(missing_ok=True)
     return rows

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from forecast.batch.outputs import csv_wanted, frame_to_csv, parquet_to_csv
-from forecast.batch.pipeline import atomic_folder, input_record
+from forecast.batch.pipeline import input_record
+from forecast.batch.publish import atomic_folder
 from forecast.config import DataConfig, RunConfig, SparkConfig
 from forecast.data.fingerprints import input_files_sha256
 from forecast.data.ingest import resolve_files

@@ -7,8 +7,6 @@ Data: the CDNOW 2,357-customer sample that lifetimes ships (Fader, Hardie & Lee 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,7 +20,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from forecast.batch.pipeline import PAUSE_BEFORE_COMMIT_ENV, clean_leftovers, run
+from forecast.batch.pipeline import run
+from forecast.batch.publish import PAUSE_BEFORE_COMMIT_ENV, clean_leftovers
 from forecast.batch.registry import (
     find_previous_run,
     last_complete_month_end,
@@ -34,57 +33,9 @@ from forecast.cli import app
 from forecast.config import load_config
 from forecast.errors import ConfigError, OutputError
 from forecast.report.run_folder import read_run
+from tests.batch.conftest import REPRODUCIBLE_FILES, digests, write_config, write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
-REPRODUCIBLE_FILES = [
-    "customers.csv", "customers.parquet", "segments.csv", "models/purchases.json", "models/spend.json",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def cdnow_sample() -> pd.DataFrame:
-    """The CDNOW sample as (customer_id, timestamp, amount) rows, customer ids with their leading zeros."""
-    spec = importlib.util.find_spec("lifetimes")
-    assert spec is not None and spec.origin is not None
-    path = Path(spec.origin).parent / "datasets" / "CDNOW_sample.txt"
-    raw = pd.read_csv(
-        path, sep=r"\s+", header=None, names=["master", "customer_id", "date", "cds", "amount"], dtype=str
-    )
-    return pd.DataFrame(
-        {
-            "customer_id": raw["customer_id"],
-            "timestamp": pd.to_datetime(raw["date"], format="%Y%m%d").dt.strftime("%Y-%m-%d"),
-            "amount": raw["amount"],
-        }
-    )
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
-    return path
-
-
-def write_config(folder: Path, data: Path | dict, **settings: object) -> Path:
-    """A run config on a CSV log (or a data section), with the runs root and models folder inside ``folder``."""
-    if isinstance(data, Path):
-        data = {"path": str(data), "customer_id": "customer_id", "timestamp": "timestamp", "amount": "amount"}
-    folder.mkdir(parents=True, exist_ok=True)
-    document = {
-        "data": data,
-        "time_unit": "week",
-        "margin": 0.3,
-        "output": str(folder / "runs"),
-        "models_dir": str(folder / "models"),
-        **settings,
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(document), encoding="utf-8")
-    return path
-
-
-def digests(folder: Path, names: list[str] = REPRODUCIBLE_FILES) -> dict[str, str]:
-    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in names}
 
 
 def test_parse_as_of_accepts_month_and_day() -> None:
