@@ -11,8 +11,12 @@ line numbers. The policies (README, "Data requirements and policies"):
 - timestamps: an ISO string with a UTC offset (``+02:00``, ``Z``) is converted to ``data.timezone``;
   a naive timestamp is taken to be in ``data.timezone`` already (default UTC). Purchase days are
   calendar days in ``data.timezone``.
-- unparseable or impossible dates, non-numeric, NaN or infinite amounts: ``data.invalid_rows``
-  (``fail`` by default, or ``drop`` and count).
+- unparseable or impossible dates, dates before 1900-01-01 or after tomorrow (``timestamp_range``), non-numeric,
+  NaN or infinite amounts and amounts of 1e29 or more in size: ``data.invalid_rows`` (``fail`` by default, or
+  ``drop`` and count).
+- hidden files (``._log.csv``, ``.DS_Store``) in a folder or glob: skipped and named in a warning.
+- a non-UTF-8 CSV, Parquet files storing the id as text in some and numbers in others, floating-point ids that
+  are not whole numbers below 2^53: a ``DataError``. Whole floating-point ids are read as integers, with a warning.
 - empty or blank customer ids: dropped and counted. Ids are kept as given (text: leading zeros,
   spaces and unicode survive; ``"007"`` and ``"7"`` are different customers).
 - zero amounts: kept as purchases and counted.
@@ -37,13 +41,14 @@ import dataclasses
 import datetime as dt
 import difflib
 import glob
-import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
 import duckdb
 
@@ -61,7 +66,13 @@ OFFSET_PATTERN = r"[T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?
 
 # Which rows of ``typed_log`` have each problem (the policies in the module docstring).
 BAD_TS_SQL = "ts IS NULL"
-BAD_AMOUNT_SQL = "(amount IS NULL OR isnan(amount) OR isinf(amount))"
+#: Floating-point customer ids must be whole numbers below this in size (2^53: a double holds every integer below it).
+FLOAT_ID_LIMIT = 2**53
+#: Timestamps before this day are invalid (``timestamp_range``).
+FIRST_VALID_DAY = dt.date(1900, 1, 1)
+#: Amounts must be below this in size: the summary sums them exactly as DECIMAL(38, 9), 29 digits before the point.
+AMOUNT_LIMIT = 1e29
+BAD_AMOUNT_SQL = "(amount IS NULL OR isnan(amount) OR isinf(amount) OR abs(amount) >= 1e29)"
 # trim() only where an id starts with a space: a trim of every id would be the costliest part of the checks.
 NULL_ID_SQL = "(customer_id IS NULL OR customer_id = '' OR (starts_with(customer_id, ' ') AND trim(customer_id) = ''))"
 SPACED_ID_SQL = "((starts_with(customer_id, ' ') OR ends_with(customer_id, ' ')) AND trim(customer_id) <> '')"
@@ -89,6 +100,8 @@ FILE_AND_LINE = f"{quote_identifier(FILE_COLUMN)}, {quote_identifier(LINE_COLUMN
 DUPLICATE_ROW_SQL = f"({FILE_AND_LINE}) IN (SELECT ({FILE_AND_LINE}) FROM duplicate_rows)"
 #: What to check when DuckDB cannot read the log's rows.
 READ_ADVICE = "Check data.format, data.delimiter and the file."
+#: What DuckDB's CSV reader says of a file that is not UTF-8.
+NOT_UTF8_TEXT = "not utf-8 encoded"
 
 
 def lifetimes_dataset(name: str) -> Path:
@@ -105,8 +118,30 @@ def lifetimes_dataset(name: str) -> Path:
     return path
 
 
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether a file found under ``root`` is hidden: its name, or a folder's between, starts with '.'.
+
+    macOS leaves ``._log.csv`` (resource forks) and ``.DS_Store`` beside copied files; they are not data.
+    """
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def hidden_files(spec: str) -> list[Path]:
+    """The hidden files (``is_hidden``) that ``resolve_files`` leaves out of a folder or glob, sorted."""
+    path = Path(spec)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and is_hidden(p, path))
+    if any(char in spec for char in "*?[") and not spec.startswith("lifetimes:"):
+        matches = {Path(p) for p in glob.glob(spec, recursive=True, include_hidden=True)}
+        visible = {Path(p) for p in glob.glob(spec, recursive=True)}
+        return sorted(p for p in matches - visible if p.is_file())
+    return []
+
+
 def resolve_files(spec: str) -> list[Path]:
     """Expand a file, glob or folder into the sorted list of data files it names.
+
+    Hidden files (``is_hidden``) in a folder or glob are left out (``hidden_files`` lists them).
 
     Raises
     ------
@@ -117,9 +152,11 @@ def resolve_files(spec: str) -> list[Path]:
         return [lifetimes_dataset(spec.removeprefix("lifetimes:"))]
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES and not is_hidden(p, path)
+        )
         if not files:
-            others = sorted(p.name for p in path.rglob("*") if p.is_file())[:EXAMPLES]
+            others = sorted(p.name for p in path.rglob("*") if p.is_file() and not is_hidden(p, path))[:EXAMPLES]
             found = f" (it holds {', '.join(others)})" if others else " (it is empty)"
             raise DataError(
                 f"The folder {path} holds no data files (.csv, .txt, .tsv, .parquet, .pq){found}. "
@@ -290,6 +327,8 @@ class LogSource:
     file_format: str
     #: The raw columns and their DuckDB types, without the internal file and line columns.
     column_types: dict[str, str]
+    #: Hidden files in the folder or glob, left out (``hidden_files``) and named in a warning.
+    hidden_files: list[Path] = field(default_factory=list)
 
     @property
     def where(self) -> str:
@@ -321,7 +360,25 @@ def _unreadable_as_data_error(what: str, advice: str) -> Iterator[None]:
     except duckdb.OutOfMemoryException:
         raise
     except duckdb.Error as exc:
+        if NOT_UTF8_TEXT in str(exc):
+            raise DataError(_not_utf8_message(what, str(exc))) from None
         raise DataError(f"Cannot read {what}: {exc}. {advice}") from None
+
+
+def _not_utf8_message(what: str, error: str) -> str:
+    """A one-paragraph DataError message for a CSV that is not UTF-8, from DuckDB's sniffer report ``error``.
+
+    The report names the file (``file = ...``) and the line (``CSV Error on Line: N``) when DuckDB knows them.
+    """
+    file = re.search(r"^\s*file = (.+)$", error, re.MULTILINE)
+    line = re.search(r"CSV Error on Line: (\d+)", error)
+    name = file.group(1).strip() if file else what
+    place = f"{name}, line {line.group(1)}" if line else name
+    return (
+        f"{place} is not UTF-8 text (it is probably in a Windows or Latin encoding such as CP1252, where 'café' is "
+        f"stored as other bytes). Re-encode it as UTF-8 (e.g. iconv -f CP1252 -t UTF-8 {Path(name).name} > "
+        f"{Path(name).stem}-utf8{Path(name).suffix}) and point data.path at the new file."
+    )
 
 
 def _split_empty_files(path: str, files: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -396,9 +453,73 @@ def open_log(con: duckdb.DuckDBPyConnection, config: DataConfig) -> LogSource:
         con.execute(f"CREATE OR REPLACE TEMP VIEW raw_log AS {_source_sql(config, files, file_format)}")
         described = con.execute("DESCRIBE raw_log").fetchall()
     types = {row[0]: str(row[1]) for row in described if row[0] not in (FILE_COLUMN, LINE_COLUMN)}
-    source = LogSource(config.path, files, empty, file_format, types)
+    source = LogSource(config.path, files, empty, file_format, types, hidden_files(config.path))
     _check_columns(config, source)
+    with _unreadable_as_data_error(source.where, READ_ADVICE):
+        _check_id_kinds(con, config, source)
+        _check_float_ids(con, config, source)
     return source
+
+
+def _id_kind(physical_type: str, converted_type: str | None) -> str:
+    """What a Parquet column's physical and converted types make its values: text, integer or float."""
+    if converted_type == "DECIMAL" or physical_type in ("FLOAT", "DOUBLE"):
+        return "float"
+    return "integer" if physical_type.startswith("INT") else "text"
+
+
+def _check_id_kinds(con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource) -> None:
+    """Raise a DataError when the Parquet files store the customer id as text in some and as numbers in others.
+
+    Read together, 42 and '00042' would both become text and one customer two.
+    """
+    if source.file_format != "parquet" or source.single_file:
+        return
+    file_list = "[" + ", ".join(quote_literal(str(p)) for p in source.files) + "]"
+    rows = con.execute(
+        f"SELECT file_name, type, converted_type FROM parquet_schema({file_list}) WHERE name = ?",
+        [config.customer_id],
+    ).fetchall()
+    by_kind: dict[str, list[str]] = {}
+    for name, physical_type, converted_type in rows:
+        by_kind.setdefault(_id_kind(str(physical_type), converted_type), []).append(Path(str(name)).name)
+    if "text" in by_kind and len(by_kind) > 1:
+        listing = "; ".join(f"{kind}: {', '.join(names[:3])}" for kind, names in sorted(by_kind.items()))
+        raise DataError(
+            f"{source.where} stores '{config.customer_id}' (data.customer_id) as text in some files and as numbers "
+            f"in others ({listing}), so an id such as '00042' in one and 42 in another would count as two "
+            "customers. Export the ids with one type in every file (text keeps leading zeros)."
+        )
+
+
+def _float_ids(config: DataConfig, source: LogSource) -> bool:
+    """Whether the log stores the customer id as floating-point numbers (read as integers when they are whole)."""
+    return source.column_types[config.customer_id].upper() in ("FLOAT", "DOUBLE", "REAL")
+
+
+def _check_float_ids(con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource) -> None:
+    """Raise a DataError when floating-point ids are not whole numbers or not below 2^53 in size.
+
+    A double holds every integer only up to 2^53; above it different ids may have been stored as one number.
+    """
+    if not _float_ids(config, source):
+        return
+    cid = quote_identifier(config.customer_id)
+    condition = f"NOT isnan({cid}) AND (abs({cid}) >= {FLOAT_ID_LIMIT} OR {cid} <> trunc({cid}))"
+    rows = con.execute(
+        f"SELECT {FILE_AND_LINE}, {cid} FROM raw_log WHERE {condition} ORDER BY {FILE_AND_LINE} LIMIT {EXAMPLES}"
+    ).fetchall()
+    if rows:
+        places = ", ".join(
+            f"{source.unit if source.single_file else Path(str(name)).name} {line} {value!r}"
+            for name, line, value in rows
+        )
+        raise DataError(
+            f"{source.where} stores '{config.customer_id}' (data.customer_id) as floating-point numbers, and some "
+            f"are not whole numbers below 2^53 = {FLOAT_ID_LIMIT:,} (first at {places}): beyond that a float "
+            "cannot tell neighbouring ids apart, so customers may have been merged. Export the ids as integers or "
+            "text (e.g. df['customer_id'].astype('Int64') or astype(str) before writing the Parquet file)."
+        )
 
 
 def _check_columns(config: DataConfig, source: LogSource) -> None:
@@ -452,17 +573,46 @@ def _timestamp_sql(config: DataConfig, column: str, source_type: str) -> str:
     return f"timezone({zone}, TRY_CAST(trim(CAST({column} AS VARCHAR)) AS TIMESTAMPTZ))"
 
 
+def timestamp_range(config: DataConfig) -> tuple[dt.date, dt.date]:
+    """The first day a valid timestamp may fall on, and the first day after the last one (exclusive).
+
+    A purchase before 1900 or after tomorrow in ``data.timezone`` (a day of slack for clocks and zones) is a
+    typing error such as 3020 for 2020 or 0202 for 2022; taken as given it would move the default as_of
+    centuries away or make every recency meaningless, so it counts as an invalid timestamp.
+    """
+    today = dt.datetime.now(ZoneInfo(config.timezone)).date()
+    return FIRST_VALID_DAY, today + dt.timedelta(days=2)
+
+
+def _in_range_sql(config: DataConfig, column: str) -> str:
+    """``column`` where it is inside ``timestamp_range``, NULL (an invalid timestamp) outside it."""
+    first, after_last = timestamp_range(config)
+    return (
+        f"CASE WHEN {column} >= TIMESTAMP '{first.isoformat()}' AND {column} < TIMESTAMP '{after_last.isoformat()}' "
+        f"THEN {column} END"
+    )
+
+
+def _customer_id_sql(config: DataConfig, source: LogSource) -> str:
+    """SQL of the customer id as text: floating-point ids (whole, ``_check_float_ids``) as integers, 42.0 as '42'."""
+    cid = quote_identifier(config.customer_id)
+    if _float_ids(config, source):
+        return f"CASE WHEN NOT isnan({cid}) THEN CAST(CAST({cid} AS BIGINT) AS VARCHAR) END"
+    return f"CAST({cid} AS VARCHAR)"
+
+
 def typed_log_sql(config: DataConfig, source: LogSource) -> str:
     """SQL of the rows of ``raw_log`` with typed columns, from which every check and every later read start.
 
-    Columns: ``customer_id`` (text, as given), ``ts`` (naive TIMESTAMP in ``data.timezone``, NULL when invalid),
-    ``amount`` (DOUBLE, NULL when not a number), the raw texts ``ts_raw`` and ``amount_raw`` that messages quote,
+    Columns: ``customer_id`` (text, as given; whole floating-point ids as integers), ``ts`` (naive TIMESTAMP in
+    ``data.timezone``, NULL when invalid or outside ``timestamp_range``), ``amount`` (DOUBLE, NULL when not a
+    number), the raw texts ``ts_raw`` and ``amount_raw`` that messages quote,
     ``order_id`` (NULL unless ``data.order_id`` is mapped), ``has_offset`` (the raw timestamp carries a UTC
     offset), ``row_hash`` (a hash of every raw column, for finding exact duplicates), the file and line, and the
     segment columns as text.
     """
     types = source.column_types
-    cid, ts, amount = (quote_identifier(c) for c in (config.customer_id, config.timestamp, config.amount))
+    ts, amount = quote_identifier(config.timestamp), quote_identifier(config.amount)
     has_offset = (
         f"regexp_matches(trim({ts}), {quote_literal(OFFSET_PATTERN)})"
         if types[config.timestamp].upper() == "VARCHAR" and not config.timestamp_format
@@ -474,12 +624,13 @@ def typed_log_sql(config: DataConfig, source: LogSource) -> str:
     )
     raw_columns = ", ".join(quote_identifier(c) for c in types)
     return f"""
-        SELECT CAST({cid} AS VARCHAR) AS customer_id, CAST({ts} AS VARCHAR) AS ts_raw,
+        SELECT * REPLACE ({_in_range_sql(config, "ts")} AS ts) FROM (
+        SELECT {_customer_id_sql(config, source)} AS customer_id, CAST({ts} AS VARCHAR) AS ts_raw,
                {_timestamp_sql(config, ts, types[config.timestamp])} AS ts,
                CAST({amount} AS VARCHAR) AS amount_raw, TRY_CAST({amount} AS DOUBLE) AS amount,
                {order} AS order_id, {has_offset} AS has_offset, hash({raw_columns}) AS row_hash,
                {quote_identifier(FILE_COLUMN)}, {quote_identifier(LINE_COLUMN)}{segments}
-        FROM raw_log"""
+        FROM raw_log)"""
 
 
 def create_typed_log(con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource) -> None:
@@ -538,7 +689,7 @@ def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -
     ).fetchall()[0]  # fmt: skip
     clean = (
         rows > 0 and ids == rows and smallest_id >= "!" and timestamps == rows and amounts == rows and nans == 0
-        and smallest_amount >= 0 and largest_amount < math.inf
+        and smallest_amount >= 0 and largest_amount < AMOUNT_LIMIT
     )  # fmt: skip
     if not clean:
         return count_each_problem(con)
@@ -644,6 +795,12 @@ def _located(con: duckdb.DuckDBPyConnection, source: LogSource, condition: str, 
 # --- the policies -------------------------------------------------------------------------------------
 
 
+def _range_text(config: DataConfig) -> str:
+    """``timestamp_range`` as the messages give it: ``1900-01-01 to 2026-12-08`` (both days included)."""
+    first, after_last = timestamp_range(config)
+    return f"{first.isoformat()} to {(after_last - dt.timedelta(days=1)).isoformat()}"
+
+
 def refuse_invalid_rows(
     con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource, counts: ProblemCounts
 ) -> None:
@@ -664,14 +821,15 @@ def refuse_invalid_rows(
         hint = f"the format {config.timestamp_format!r}" if config.timestamp_format else "ISO dates (YYYY-MM-DD)"
         raise DataError(
             f"{counts.bad_ts:,} of {rows:,} rows in {where} have a '{config.timestamp}' that is not a valid date or "
-            f"time ({hint}; impossible dates such as 2023-02-30 count too); "
+            f"time ({hint}; impossible dates such as 2023-02-30 count too) or falls outside {_range_text(config)}; "
             f"{_located(con, source, BAD_TS_SQL, 'ts_raw')}. Fix those rows, set data.timestamp_format, "
             "or set data.invalid_rows: drop to skip them."
         )
     if counts.bad_amounts:
         raise DataError(
             f"{counts.bad_amounts:,} of {rows:,} rows in {where} have a '{config.amount}' that is not a finite number "
-            f"(empty, text, NaN or infinite); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')}. "
+            f"(empty, text, NaN or infinite) or is 1e29 or more in size (amounts are summed exactly with 29 digits "
+            f"before the point); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')}. "
             "Fix or remove those rows, or set data.invalid_rows: drop to skip them."
         )
 
@@ -800,14 +958,27 @@ def quality_warnings(
     if source.empty_files:
         names = ", ".join(p.name for p in source.empty_files[:EXAMPLES])
         warnings.append(f"{len(source.empty_files)} empty file(s) were skipped: {names}.")
+    if source.hidden_files:
+        names = ", ".join(p.name for p in source.hidden_files[:EXAMPLES])
+        warnings.append(
+            f"{len(source.hidden_files)} hidden file(s) (names starting with '.', such as macOS's ._ and .DS_Store "
+            f"files) were skipped: {names}."
+        )
+    if _float_ids(config, source):
+        warnings.append(
+            f"'{config.customer_id}' (data.customer_id) is stored as floating-point numbers; they are all whole and "
+            "were read as integers (42.0 as '42'). Export the ids as integers or text to be sure none is rounded."
+        )
     if counts.bad_ts:
         warnings.append(
-            f"{counts.bad_ts:,} rows with an invalid '{config.timestamp}' were dropped (data.invalid_rows: drop); "
+            f"{counts.bad_ts:,} rows with an invalid '{config.timestamp}' were dropped (data.invalid_rows: drop; "
+            f"valid dates run from {_range_text(config)}); "
             f"{_located(con, source, BAD_TS_SQL, 'ts_raw')}."
         )
     if counts.bad_amounts:
         warnings.append(
-            f"{counts.bad_amounts:,} rows with a non-numeric or non-finite '{config.amount}' were dropped "
+            f"{counts.bad_amounts:,} rows with a non-numeric or non-finite (or 1e29 or more in size) "
+            f"'{config.amount}' were dropped "
             f"(data.invalid_rows: drop); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')}."
         )
     if counts.null_ids:

@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from forecast.batch.pipeline import default_as_of
 from forecast.config import DataConfig
 from forecast.data.ingest import (
     count_after_as_of,
@@ -21,6 +22,7 @@ from forecast.data.ingest import (
     count_problems,
     read_transactions,
 )
+from forecast.data.summary import summarize
 from forecast.errors import DataError
 
 BAD = Path(__file__).resolve().parents[1] / "fixtures" / "bad"
@@ -334,3 +336,90 @@ def test_problem_counts_from_plain_aggregates_equal_the_counts_under_each_filter
     transactions = read_transactions(DataConfig(path=str(path), invalid_rows="drop"))
     counts = count_problems(transactions.connection, [])
     assert counts._replace(row_hash_sum=None) == count_each_problem(transactions.connection)
+
+
+# --- issue 21: files and values that gave wrong numbers or tracebacks ---------------------------------------------
+
+#: The first bytes of a macOS AppleDouble file (``._log.csv``): binary, not a CSV.
+APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02\x00\x00\x00\t\x00\x00\x002\x00\x00\x0e\xb0"
+
+
+def test_hidden_macos_files_in_a_folder_or_glob_are_skipped_and_reported(tmp_path: Path):
+    shutil.copy(BAD / "duplicates.csv", tmp_path / "log.csv")
+    (tmp_path / "._log.csv").write_bytes(APPLE_DOUBLE)
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1\x00\x00")
+    for path, hidden in ((tmp_path, "2 hidden file(s)"), (tmp_path / "*.csv", "1 hidden file(s)")):
+        transactions = read_transactions(DataConfig(path=str(path)))
+        assert transactions.files == [tmp_path / "log.csv"]
+        assert transactions.quality.rows == 5
+        assert any(w.startswith(hidden) and "._log.csv" in w for w in transactions.quality.warnings)
+
+
+def test_a_csv_that_is_not_utf8_names_the_file_and_line_and_says_how_to_re_encode():
+    with pytest.raises(DataError) as error:
+        read("not_utf8.csv", segment_columns=["region"])
+    message = str(error.value)
+    assert "not_utf8.csv, line 3 is not UTF-8 text" in message
+    assert "Re-encode it as UTF-8 (e.g. iconv -f CP1252 -t UTF-8 not_utf8.csv > not_utf8-utf8.csv)" in message
+    assert "sniff" not in message.lower() and "\n" not in message
+
+
+def test_amounts_of_1e29_or_more_are_invalid_amounts_under_invalid_rows():
+    """DECIMAL(38, 9), in which the summary sums amounts, holds less than 1e29: larger ones overflowed it."""
+    with pytest.raises(DataError) as error:
+        read("huge_amounts.csv")
+    message = str(error.value)
+    assert message.startswith("2 of 5 rows in ")
+    assert "1e29 or more in size" in message
+    assert "first at line 3 '1e30', line 4 '-2e29'" in message
+    transactions = read("huge_amounts.csv", invalid_rows="drop")
+    assert transactions.quality.invalid_amounts == 2
+    assert summarize(transactions.connection, dt.date(2020, 1, 31), 7.0, "day", [])["monetary_value"].sum() == 0.0
+    assert rows(transactions)[1] == ("B", dt.datetime(2020, 1, 4), 9.5e28)
+
+
+def test_dates_before_1900_or_after_tomorrow_are_invalid_timestamps_and_never_set_as_of():
+    tomorrow = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    with pytest.raises(DataError) as error:
+        read("far_dates.csv")
+    message = str(error.value)
+    assert message.startswith("2 of 5 rows in ")
+    assert f"falls outside 1900-01-01 to {tomorrow}" in message
+    assert "first at line 3 '3020-01-01', line 5 '0202-01-01'" in message
+    transactions = read("far_dates.csv", invalid_rows="drop")
+    assert transactions.quality.invalid_timestamps == 2
+    assert (transactions.quality.first_timestamp, transactions.quality.last_timestamp) == (
+        "2020-01-01 00:00:00",
+        "2020-02-10 00:00:00",
+    )
+    assert default_as_of(transactions) == dt.date(2020, 1, 31)
+
+
+def _write_parquet(path: Path, id_sql: str) -> None:
+    duckdb.connect().execute(
+        f"COPY (SELECT * FROM (VALUES ({id_sql}, DATE '2020-01-01', 1.0), ({id_sql}, DATE '2020-01-05', 2.0)) "
+        f"AS t(customer_id, timestamp, amount)) TO '{path}'"
+    )
+
+
+def test_ids_stored_as_numbers_in_one_parquet_file_and_text_in_another_are_refused(tmp_path: Path):
+    _write_parquet(tmp_path / "a.parquet", "42::BIGINT")
+    _write_parquet(tmp_path / "b.parquet", "'00042'")
+    with pytest.raises(DataError, match=r"as text in some files and as numbers in others \(integer: a.parquet; "
+                       r"text: b.parquet\).*Export the ids with one type"):  # fmt: skip
+        read_transactions(DataConfig(path=str(tmp_path)))
+
+
+def test_whole_float_ids_are_read_as_integers_with_a_warning(tmp_path: Path):
+    _write_parquet(tmp_path / "a.parquet", "42.0::DOUBLE")
+    transactions = read_transactions(DataConfig(path=str(tmp_path / "a.parquet")))
+    assert {row[0] for row in rows(transactions)} == {"42"}
+    assert any("floating-point numbers; they are all whole" in w for w in transactions.quality.warnings)
+
+
+def test_float_ids_at_or_above_2_to_the_53_are_refused(tmp_path: Path):
+    """2^53 + 1 is stored as 2^53: a float id that large may be two customers merged."""
+    _write_parquet(tmp_path / "a.parquet", "9007199254740993::DOUBLE")
+    with pytest.raises(DataError, match=r"not whole numbers below 2\^53 .*first at row 1 9007199254740992.0.*"
+                       r"Export the ids as integers or text"):  # fmt: skip
+        read_transactions(DataConfig(path=str(tmp_path / "a.parquet")))
