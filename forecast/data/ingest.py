@@ -1147,8 +1147,10 @@ def duckdb_limits(settings: DuckDBConfig, doing: str | Callable[[], str]) -> Ite
         raise EngineError(
             f"DuckDB ran out of memory or spill space while {step[:1].lower()}{step[1:]} "
             f"(duckdb.memory_limit {settings.memory_limit}, duckdb.temp_directory {spill}): "
-            f"{str(exc).splitlines()[0].rstrip('.')}. Raise duckdb.memory_limit in the config, or set "
-            "duckdb.temp_directory to a folder with free space for DuckDB to spill to; nothing was written."
+            f"{str(exc).splitlines()[0].rstrip('.')}. Set duckdb.memory_limit to what this job may really use: "
+            "higher if the machine has memory to spare, lower than a process or container limit (a 'bad "
+            "allocation' means the system refused memory below DuckDB's own limit), so that DuckDB spills; and "
+            "set duckdb.temp_directory to a folder with free space for the spill. Nothing was written."
         ) from None
 
 

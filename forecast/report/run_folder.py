@@ -102,6 +102,14 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
+#: The type of each top-level manifest entry the report reads (a key may be missing, or null where a run had none).
+MANIFEST_TYPES: dict[str, type] = {
+    "as_of": str, "time_unit": str, "horizon_months": int, "config": dict, "input": dict, "models": dict,
+    "heuristic": dict, "totals": dict, "data_quality": dict, "warnings": list, "versions": dict,
+    "timings_seconds": dict, "backtest": dict, "drift": dict, "previous_run": dict,
+}  # fmt: skip
+
+
 def read_run(
     run_dir: str | Path, customers: pd.DataFrame | None = None, columns: Sequence[str] | None = None
 ) -> RunFolder:
@@ -161,7 +169,28 @@ def _read_run_manifest(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}). Re-run `forecast run`.") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{manifest_path} is not a run manifest (a JSON object). Re-run `forecast run`.")
+    wrong = [
+        f"'{key}' is {type(manifest[key]).__name__}, not {kind.__name__}"
+        for key, kind in MANIFEST_TYPES.items()
+        if key in manifest and manifest[key] is not None and not isinstance(manifest[key], kind)
+    ]
+    as_of = manifest.get("as_of")
+    if isinstance(as_of, str) and not _is_iso_date(as_of):
+        wrong.append(f"'as_of' is {as_of[:40]!r}, not a YYYY-MM-DD date")
+    if wrong:
+        raise ArtifactError(
+            f"{manifest_path} was changed after its run wrote it: {'; '.join(wrong[:5])}. Restore it, or re-run "
+            "`forecast run` for that as_of (with --force if its input changed)."
+        )
     return manifest
+
+
+def _is_iso_date(text: str) -> bool:
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_customers(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from forecast.cli import app
 from forecast.errors import ArtifactError
 from forecast.models import BetaGeo, GammaGamma
 from forecast.report.run_folder import (
@@ -81,3 +83,15 @@ def test_a_folder_without_a_readable_manifest_is_not_a_run(tmp_path: Path) -> No
     assert read_manifest(tmp_path) is None
     with pytest.raises(ArtifactError, match="not a run manifest"):
         read_run(tmp_path)
+
+
+def test_a_hand_edited_manifest_is_named_as_such_by_forecast_report(run_copy: Path) -> None:
+    """A manifest whose entries no longer have their types (here totals and as_of edited by hand) used to end
+    `forecast report` with an AttributeError; it is exit 2 saying which entries changed and what to do."""
+    manifest = json.loads((run_copy / "manifest.json").read_text(encoding="utf-8"))
+    manifest["totals"], manifest["as_of"] = "lots", "June"
+    (run_copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    outcome = CliRunner().invoke(app, ["report", str(run_copy)])
+    assert outcome.exit_code == 2, outcome.output
+    assert "was changed after its run wrote it: 'totals' is str, not dict; 'as_of' is 'June'" in outcome.output
+    assert "Traceback" not in outcome.output and "unexpected" not in outcome.output
