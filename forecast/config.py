@@ -87,6 +87,10 @@ class DataConfig(_Strict):
     timezone: str = Field(
         default="UTC", description="IANA zone of naive timestamps; offsets are converted to it; days are local."
     )
+    exclude_customers: list[str] = Field(
+        default_factory=list,
+        description="Customer ids to leave out (shared, test or guest-checkout accounts); their rows are counted.",
+    )
 
     @field_validator("timezone")
     @classmethod

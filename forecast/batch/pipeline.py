@@ -45,7 +45,7 @@ from forecast.data.ingest import (
     duckdb_limits,
     read_log,
 )
-from forecast.data.summary import summarize
+from forecast.data.summary import summarize, warn_if_extreme_customers
 from forecast.errors import (
     ArtifactError,
     ConfigError,
@@ -168,6 +168,7 @@ def forecast(
             rows_at_most=transactions.quality.rows_used,
             id_quantiles=transactions.id_quantiles if transactions.ends_by(as_of) else None,
         )  # fmt: skip
+        warn_if_extreme_customers(summary)
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
         histories, spend_histories, purchases, spend = fit_on_histories(config.purchase_model, summary)
         say("Scoring customers")

@@ -882,6 +882,8 @@ def register_kept_log(
     """
     # Every later read of the log filters it again, so a filter that the counts show removes nothing is left out.
     keep = [VALID_SQL] if counts.null_ids or counts.bad_ts or counts.bad_amounts else ["true"]
+    if config.exclude_customers:
+        keep.append(f"customer_id NOT IN ({', '.join(quote_literal(i) for i in config.exclude_customers)})")
     if config.duplicates == "drop" and duplicates.rows:
         keep.append(f"NOT {DUPLICATE_ROW_SQL}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW kept_log AS SELECT * FROM typed_log WHERE {' AND '.join(keep)}")
@@ -892,6 +894,25 @@ def register_kept_log(
                 FROM typed_log WHERE {" AND ".join(keep)})
                 WHERE order_id IS NULL OR __clv_order_n = 1"""
         )
+
+
+def excluded_customers_warning(con: duckdb.DuckDBPyConnection, config: DataConfig) -> list[str]:
+    """Say how many rows ``data.exclude_customers`` left out, and which listed ids the log does not hold."""
+    if not config.exclude_customers:
+        return []
+    listed = ", ".join(quote_literal(i) for i in config.exclude_customers)
+    found = dict(
+        con.execute(
+            f"SELECT customer_id, count(*) FROM typed_log WHERE customer_id IN ({listed}) GROUP BY customer_id"
+        ).fetchall()
+    )
+    message = (
+        f"{sum(found.values()):,} rows of {len(found):,} customer(s) listed in data.exclude_customers were left out."
+    )
+    absent = [i for i in config.exclude_customers if i not in found]
+    if absent:
+        message += f" Not in the log: {', '.join(repr(i) for i in absent[:5])}{' ...' if len(absent) > 5 else ''}."
+    return [message]
 
 
 def register_transactions(con: duckdb.DuckDBPyConnection, config: DataConfig, counts: ProblemCounts) -> int:
@@ -1091,10 +1112,11 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
     register_kept_log(con, config, counts, duplicates)
     returns_without_purchase = register_transactions(con, config, counts)
     rows_used = counts.rows_used
-    if config.duplicates == "drop" and duplicates.found:
+    if (config.duplicates == "drop" and duplicates.found) or config.exclude_customers:
         rows_used = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
 
     warnings = quality_warnings(con, config, source, counts, duplicates, returns_without_purchase)
+    warnings.extend(excluded_customers_warning(con, config))
     if rows_used == 0:
         raise DataError(
             f"No usable transactions are left in {source.where} after applying the data policies ({counts.rows:,} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+import warnings
 from typing import Literal
 
 import duckdb
@@ -18,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from forecast.data.ingest import ID_QUANTILE_STEPS, id_quantiles_sql, quote_identifier, quote_literal
-from forecast.errors import DataError
+from forecast.errors import DataError, ForecastWarning
 
 Resolution = Literal["day", "exact"]
 
@@ -260,3 +261,49 @@ def holdout_purchases(
     holdout["customer_id"] = holdout["customer_id"].astype("string")
     holdout["purchases_holdout"] = holdout["purchases_holdout"].astype("int64")
     return holdout.set_index("customer_id")
+
+
+#: A customer whose repeat purchases or average spend exceed this many times the 99th percentile of the repeat
+#: buyers' (and at least ``EXTREME_MIN_PURCHASES`` purchases) is named as extreme. Real and simulated logs stay
+#: well inside it: CDNOW's heaviest buyer has 7.4 times the 99th percentile's purchases, 5.1 times its spend.
+EXTREME_FACTOR = 20.0
+EXTREME_MIN_PURCHASES = 100
+
+
+def extreme_customers(summary: pd.DataFrame) -> pd.DataFrame:
+    """The customers whose repeat purchases or average spend lie far beyond everybody else's.
+
+    One such customer (a shared guest-checkout account, a test account, an amount typed with extra digits) pulls
+    the fitted parameters towards itself: BG/NBD's r and alpha, Gamma-Gamma's p and gamma.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The summary's rows of those customers (frequency, monetary_value), the largest first.
+    """
+    repeat = summary[summary["frequency"] > 0]
+    if len(repeat) < 100:
+        return summary.iloc[:0]
+    purchases_limit = max(EXTREME_MIN_PURCHASES, EXTREME_FACTOR * repeat["frequency"].quantile(0.99))
+    spend_limit = EXTREME_FACTOR * repeat["monetary_value"].quantile(0.99)
+    extreme = repeat[(repeat["frequency"] > purchases_limit) | (repeat["monetary_value"] > spend_limit)]
+    return extreme.sort_values(["frequency", "monetary_value"], ascending=False)
+
+
+def warn_if_extreme_customers(summary: pd.DataFrame) -> None:
+    """Warn, naming them, when a few customers lie far beyond the rest (``extreme_customers``)."""
+    extreme = extreme_customers(summary)
+    if extreme.empty:
+        return
+    named = ", ".join(
+        f"{customer!r} ({row.frequency:,.0f} repeat purchases, average spend {row.monetary_value:,.2f})"
+        for customer, row in zip(extreme.index[:5], extreme.itertuples(), strict=False)
+    )
+    warnings.warn(
+        f"{len(extreme):,} customer(s) lie far beyond all others in repeat purchases or average spend (over "
+        f"{EXTREME_FACTOR:g} times the 99th percentile): {named}. They pull the fitted parameters towards "
+        "themselves; if they are shared, test or guest-checkout accounts, list their ids under "
+        "data.exclude_customers, or fix their rows.",
+        ForecastWarning,
+        stacklevel=2,
+    )

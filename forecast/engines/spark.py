@@ -627,6 +627,11 @@ def run(
 def _run(
     config: RunConfig, as_of: dt.date | None, output: str | Path | None, say: Progress, spark: SparkSession | None
 ) -> SparkRunResult:
+    if config.data.exclude_customers:
+        raise ConfigError(
+            "data.exclude_customers is applied by the DuckDB engine only: remove those customers from the Spark "
+            "table, or run with --engine duckdb."
+        )
     timings: dict[str, float] = {}
     started = time.perf_counter()
     say(f"Starting Spark ({config.spark.master})")
