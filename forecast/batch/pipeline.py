@@ -45,7 +45,7 @@ from forecast.data.ingest import (
     duckdb_limits,
     read_log,
 )
-from forecast.data.summary import summarize, warn_if_extreme_customers
+from forecast.data.summary import extreme_customers_message, summarize
 from forecast.errors import (
     ArtifactError,
     ConfigError,
@@ -168,9 +168,16 @@ def forecast(
             rows_at_most=transactions.quality.rows_used,
             id_quantiles=transactions.id_quantiles if transactions.ends_by(as_of) else None,
         )  # fmt: skip
-        warn_if_extreme_customers(summary)
+        extreme = extreme_customers_message(summary)
+        if extreme is not None:
+            warnings.warn(extreme, ForecastWarning, stacklevel=2)
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
-        histories, spend_histories, purchases, spend = fit_on_histories(config.purchase_model, summary)
+        try:
+            histories, spend_histories, purchases, spend = fit_on_histories(config.purchase_model, summary)
+        except FitError as exc:
+            if extreme is None:
+                raise
+            raise FitError(f"{exc} {extreme}") from None
         say("Scoring customers")
         lifespan = config.heuristic.lifespan_years
         lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)

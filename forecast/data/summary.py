@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
-import warnings
 from typing import Literal
 
 import duckdb
@@ -19,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from forecast.data.ingest import ID_QUANTILE_STEPS, id_quantiles_sql, quote_identifier, quote_literal
-from forecast.errors import DataError, ForecastWarning
+from forecast.errors import DataError
 
 Resolution = Literal["day", "exact"]
 
@@ -290,20 +289,18 @@ def extreme_customers(summary: pd.DataFrame) -> pd.DataFrame:
     return extreme.sort_values(["frequency", "monetary_value"], ascending=False)
 
 
-def warn_if_extreme_customers(summary: pd.DataFrame) -> None:
-    """Warn, naming them, when a few customers lie far beyond the rest (``extreme_customers``)."""
+def extreme_customers_message(summary: pd.DataFrame) -> str | None:
+    """Name the customers of ``extreme_customers`` and what to do about them; None when there are none."""
     extreme = extreme_customers(summary)
     if extreme.empty:
-        return
+        return None
     named = ", ".join(
         f"{customer!r} ({row.frequency:,.0f} repeat purchases, average spend {row.monetary_value:,.2f})"
         for customer, row in zip(extreme.index[:5], extreme.itertuples(), strict=False)
     )
-    warnings.warn(
+    return (
         f"{len(extreme):,} customer(s) lie far beyond all others in repeat purchases or average spend (over "
         f"{EXTREME_FACTOR:g} times the 99th percentile): {named}. They pull the fitted parameters towards "
         "themselves; if they are shared, test or guest-checkout accounts, list their ids under "
-        "data.exclude_customers, or fix their rows.",
-        ForecastWarning,
-        stacklevel=2,
+        "data.exclude_customers, or fix their rows."
     )

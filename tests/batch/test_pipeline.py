@@ -182,3 +182,27 @@ def test_an_extreme_customer_is_named_and_data_exclude_customers_leaves_it_out(t
                     dt.date(1998, 6, 30))  # fmt: skip
     assert without.forecast.purchases.params_ == pytest.approx(reference.forecast.purchases.params_, rel=1e-12)
     assert with_guest.forecast.purchases.params_["r"] < 0.95 * reference.forecast.purchases.params_["r"]  # 0.237, 0.254
+
+
+def test_a_fit_that_fails_with_an_extreme_customer_names_it(tmp_path, cdnow_sample, monkeypatch):
+    """When the fit fails (here made to fail) on a log with an extreme customer, the FitError names that customer
+    and data.exclude_customers, instead of advising only a longer calibration period."""
+    import datetime as dt
+
+    import forecast.batch.pipeline as pipeline
+    from forecast.config import load_config
+    from forecast.errors import FitError
+    from tests.batch.conftest import write_config, write_csv
+
+    days = pd.date_range("1997-01-01", "1998-06-30", freq="D").strftime("%Y-%m-%d")
+    guest = pd.DataFrame({"customer_id": "guest", "timestamp": days, "amount": "12.50"})
+    log = write_csv(pd.concat([cdnow_sample, guest], ignore_index=True), tmp_path / "log.csv")
+
+    def failing_fit(*args, **kwargs):
+        raise FitError("The Gamma-Gamma model did not converge on 2,358 customers.")
+
+    monkeypatch.setattr(pipeline, "fit_on_histories", failing_fit)
+    with pytest.raises(
+        FitError, match=r"did not converge on 2,358 customers\. 1 customer\(s\) lie far beyond .*'guest'"
+    ):
+        pipeline.run(load_config(write_config(tmp_path, log)), dt.date(1998, 6, 30))
