@@ -173,7 +173,7 @@ def run(
     if settings.engine == "spark":
         if through is not None:
             raise ConfigError("--through backfills with the DuckDB engine only; run Spark months one by one.")
-        _run_spark(settings, day, output)
+        _run_spark(settings, day, output, force)
         return
     last = _month_option(through, "--through")
     if last is not None:
@@ -203,12 +203,12 @@ def _day_option(value: dt.datetime | None, option: str) -> dt.date | None:
     return check_date(value.date(), option) if value else None
 
 
-def _run_spark(settings: RunConfig, day: dt.date | None, output: Path | None) -> None:
+def _run_spark(settings: RunConfig, day: dt.date | None, output: Path | None, force: bool) -> None:
     """The batch with the summary and the scoring on Spark (engine: spark)."""
     from forecast.engines.spark import run as run_spark
 
     with progress_display() as say:
-        spark_result = run_spark(settings, day, output, say)
+        spark_result = run_spark(settings, day, output, say, force=force)
     for message in spark_result.warnings:
         _warn(message)
     totals = spark_result.manifest["totals"]

@@ -86,23 +86,19 @@ def run_folder(runs_root: str | Path, as_of: dt.date) -> Path:
     return Path(runs_root) / as_of.isoformat()
 
 
-def check_overwrite(
-    target: Path, as_of: dt.date, fingerprint: dict[str, Any], force: bool, keep: tuple[Path, ...] = ()
-) -> None:
-    """Refuse to replace an existing folder unless it is a run of the same input, or a run and ``force`` is set.
+def check_replaceable(target: Path, keep: tuple[Path, ...] = ()) -> dict[str, Any] | None:
+    """Refuse a target that no option may replace; return the manifest of the run it holds (None if empty or new).
 
-    ``force`` replaces a run as of another date or of other data, never a folder this tool did not write: one
-    without a manifest, one holding anything but a run's files (``RUN_ENTRIES``), or one holding ``keep`` (the
-    config file and the input).
+    Only a run folder may be replaced: one with a manifest and nothing but a run's files (``RUN_ENTRIES``), not
+    holding a path of ``keep`` (the config file and the input).
 
     Raises
     ------
     OutputError
-        ``target`` is not a run folder, holds a path of ``keep``, or (without ``force``) is a run as of another date
-        or made from other data (different ``as_of_sha256``).
+        ``target`` is not a folder, holds a path of ``keep``, or holds anything but a run.
     """
     if not target.exists():
-        return
+        return None
     if not target.is_dir():
         raise OutputError(f"The output {target} exists and is not a folder. Choose another --output.")
     inside = [path for path in keep if path.resolve().is_relative_to(target.resolve())]
@@ -120,6 +116,24 @@ def check_overwrite(
             f"The output folder {target} {held}, so it is not a forecast run; replacing it would delete them, and "
             "--force never does. Choose another --output, or an empty or new folder."
         )
+    return previous
+
+
+def check_overwrite(
+    target: Path, as_of: dt.date, fingerprint: dict[str, Any], force: bool, keep: tuple[Path, ...] = ()
+) -> None:
+    """Refuse to replace an existing folder unless it is a run of the same input, or a run and ``force`` is set.
+
+    ``force`` replaces a run as of another date or of other data, never a folder this tool did not write
+    (``check_replaceable``).
+
+    Raises
+    ------
+    OutputError
+        ``target`` is not a run folder, holds a path of ``keep``, or (without ``force``) is a run as of another date
+        or made from other data (different ``as_of_sha256``).
+    """
+    previous = check_replaceable(target, keep)
     if previous is None or force:
         return
     before = previous.get("input", {})

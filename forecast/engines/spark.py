@@ -34,11 +34,12 @@ import pandas as pd
 
 from forecast.batch.outputs import csv_wanted, frame_to_csv, parquet_to_csv
 from forecast.batch.pipeline import input_record
-from forecast.batch.publish import atomic_folder
+from forecast.batch.publish import atomic_folders, month_lock
+from forecast.batch.registry import check_replaceable, check_runs_apart_from_models, run_folder
 from forecast.config import DataConfig, RunConfig, SparkConfig
 from forecast.data.fingerprints import input_files_sha256
 from forecast.data.ingest import resolve_files
-from forecast.errors import ConfigError, DataError, EngineError, collected_warnings
+from forecast.errors import ConfigError, DataError, EngineError, OutputError, collected_warnings
 from forecast.models import GammaGamma, PurchaseModel, purchase_model
 from forecast.models.artifacts import library_versions, model_artifact, write_json
 from forecast.models.gamma_gamma import warn_if_spend_correlated
@@ -601,12 +602,16 @@ def run(
     output: str | Path | None = None,
     progress: Progress | None = None,
     spark: SparkSession | None = None,
+    force: bool = False,
 ) -> SparkRunResult:
     """Run the monthly batch on Spark: summary and scoring on the cluster, fits on the driver.
 
     Writes the same outputs as ``forecast.batch.pipeline.run``: ``customers.parquet`` (a Parquet folder written
     by Spark; under ``spark.output`` when that is set, e.g. on shared storage), ``customers.csv`` (when
-    wanted and the Parquet is local), ``segments.csv``, ``manifest.json`` and the model JSON files.
+    wanted and the Parquet is local), ``segments.csv``, ``manifest.json`` and the model JSON files, into
+    ``output`` or ``<config output>/<as_of>/``, published with the models under the month's lock as the DuckDB
+    engine publishes. An existing run folder there is replaced only with ``force`` (Spark has no row fingerprint
+    to tell a run of the same input); a folder that is not a run never is.
 
     Raises
     ------
@@ -620,12 +625,18 @@ def run(
         if progress is not None:
             progress(message)
 
+    check_runs_apart_from_models(Path(output or config.output), Path(config.models_dir))
     with spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
-        return _run(config, as_of, output, tracked, spark)
+        return _run(config, as_of, output, tracked, spark, force)
 
 
 def _run(
-    config: RunConfig, as_of: dt.date | None, output: str | Path | None, say: Progress, spark: SparkSession | None
+    config: RunConfig,
+    as_of: dt.date | None,
+    output: str | Path | None,
+    say: Progress,
+    spark: SparkSession | None,
+    force: bool,
 ) -> SparkRunResult:
     if config.data.exclude_customers:
         raise ConfigError(
@@ -646,12 +657,16 @@ def _run(
     timings["forecast"] = time.perf_counter() - step
     messages = list(quality.warnings) + result.warnings
 
-    output_path = Path(output or config.output)
+    output_path = Path(output) if output else run_folder(config.output, as_of)
     models_path = Path(config.models_dir) / as_of.isoformat()
     say(f"Writing outputs to {output_path}")
     step = time.perf_counter()
-    _write_models(models_path, result, as_of)
-    with atomic_folder(output_path) as staging:
+    with (
+        month_lock(output_path.resolve().parent, models_path.resolve().parent, as_of_name=as_of.isoformat()),
+        atomic_folders(output_path, models_path) as (staging, models_staging),
+    ):
+        _check_spark_target(output_path, config, force)
+        _write_models(models_staging, result, as_of)
         customers_path = _write_tables(config, as_of, result, staging, messages)
         final_customers_path = customers_path.replace(str(staging), str(output_path.resolve()))
         timings["write"] = time.perf_counter() - step
@@ -745,12 +760,32 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
     )  # fmt: skip
 
 
-def _write_models(models_path: Path, result: _SparkForecast, as_of: dt.date) -> None:
-    """Publish the fitted models' JSON artifacts to ``models_dir/<as_of>``."""
+def _check_spark_target(output_path: Path, config: RunConfig, force: bool) -> None:
+    """Refuse to replace a folder that is not a run (ever), or a run without ``force``.
+
+    Raises
+    ------
+    OutputError
+        The folder exists and is not a run, holds the config or the input, or is a run and ``force`` is not set.
+    """
+    local_inputs = (
+        ()
+        if config.data.path.startswith("table:") or "://" in config.data.path
+        else tuple(resolve_files(config.data.path))
+    )
+    keep = (*local_inputs, *([config._source] if config._source else []))
+    if check_replaceable(output_path, keep) is not None and not force:
+        raise OutputError(
+            f"{output_path} already holds a run. Pass --force to replace it (the Spark engine cannot tell whether "
+            "it was made from the same input), or choose another --output."
+        )
+
+
+def _write_models(models_staging: Path, result: _SparkForecast, as_of: dt.date) -> None:
+    """Write the fitted models' JSON artifacts into the staging folder of ``models_dir/<as_of>``."""
     window = {"first_purchase": str(result.first_purchase), "as_of": as_of.isoformat()}
-    with atomic_folder(models_path) as staging:
-        write_json(staging / "purchases.json", model_artifact(result.purchases, "purchases", window))
-        write_json(staging / "spend.json", model_artifact(result.spend, "spend", window))
+    write_json(models_staging / "purchases.json", model_artifact(result.purchases, "purchases", window))
+    write_json(models_staging / "spend.json", model_artifact(result.spend, "spend", window))
 
 
 def _write_tables(config: RunConfig, as_of: dt.date, result: _SparkForecast, staging: Path, messages: list[str]) -> str:

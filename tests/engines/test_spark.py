@@ -174,8 +174,19 @@ def test_cli_run_with_engine_spark_writes_the_outputs(spark: object, tmp_path: P
     assert result.exit_code == 0, result.output
     assert "2,357 customers (Spark)" in result.output
     for name in ("customers.parquet", "customers.csv", "segments.csv", "manifest.json"):
-        assert (tmp_path / "out" / name).exists(), name
+        assert (tmp_path / "out" / "1997-09-30" / name).exists(), name  # <output>/<as_of>/, as the DuckDB engine
     assert (tmp_path / "models" / "1997-09-30" / "purchases.json").exists()
+    # The month's run is replaced only with --force; a folder that is not a run never is.
+    again = CliRunner().invoke(app, ["run", str(config), "--engine", "spark"])
+    assert again.exit_code == 2 and "already holds a run. Pass --force" in again.output, again.output
+    assert CliRunner().invoke(app, ["run", str(config), "--engine", "spark", "--force"]).exit_code == 0
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "notes.txt").write_text("keep me", encoding="utf-8")
+    refused = CliRunner().invoke(app, ["run", str(config), "--engine", "spark", "--output", str(documents), "--force"])
+    assert refused.exit_code == 2 and "not a forecast run" in refused.output, refused.output
+    assert (documents / "notes.txt").read_text(encoding="utf-8") == "keep me"
+    assert not list((tmp_path / "out").glob(".*")) and not list((tmp_path / "models").glob(".*"))
     # Fader, Hardie & Lee (2005), CDNOW sample, weeks: r = 0.243, alpha = 4.414, a = 0.793, b = 2.426.
     params = pd.read_json(tmp_path / "models" / "1997-09-30" / "purchases.json", typ="series")["params"]
     assert params["r"] == pytest.approx(0.243, abs=1e-3)
