@@ -33,6 +33,7 @@ from forecast.batch.registry import (
     check_runs_apart_from_models,
     find_previous_run,
     last_complete_month_end,
+    paths_never_replaced,
     run_folder,
 )
 from forecast.config import RunConfig
@@ -161,6 +162,7 @@ def forecast(
         interval of every customer), ``segments`` the segment table with its budget columns.
     """
     say = _quiet(progress)
+    valuation = Valuation.from_config(config)
     with collected_warnings() as caught:
         say(f"Summarising customers as of {as_of}")
         summary = summarize(
@@ -181,7 +183,9 @@ def forecast(
         say("Scoring customers")
         lifespan = config.heuristic.lifespan_years
         lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
-        columns = scored_columns(config, summary, purchases, spend, histories, spend_histories, lifespan_years)
+        columns = scored_columns(
+            config, valuation, summary, purchases, spend, histories, spend_histories, lifespan_years
+        )
         customers = pd.DataFrame(columns, index=summary.index, copy=False)
         segmentations = ["segment", "rfm_group", *transactions.segment_columns]
         # The customers' cells (their segment in every segmentation) are found once, for the intervals, the
@@ -193,7 +197,7 @@ def forecast(
             say(f"Intervals from {config.interval_draws} parameter draws")
             try:
                 draws = clv_draws(
-                    summary, purchases, spend, Valuation.from_config(config), cells, config.ci_level,
+                    summary, purchases, spend, valuation, cells, config.ci_level,
                     config.interval_draws, config.seed,
                     histories=histories, spend_histories=spend_histories,
                     at_risk=customers_at_risk(customers, config.budget.p_alive_threshold),
@@ -206,7 +210,7 @@ def forecast(
         customers = pd.DataFrame(columns, index=summary.index, copy=False)
         segments = segment_table(customers, segmentations, lifespan_years, config.margin, cells)
         segments = budget_columns(
-            segments, customers, purchases, draws, Valuation.from_config(config), config.budget.target_ltv_to_cac,
+            segments, customers, purchases, draws, valuation, config.budget.target_ltv_to_cac,
             config.budget.p_alive_threshold, cells,
         )  # fmt: skip
     messages = list(transactions.quality.warnings) + caught
@@ -233,6 +237,7 @@ def fit_on_histories(
 
 def scored_columns(
     config: RunConfig,
+    valuation: Valuation,
     summary: pd.DataFrame,
     purchases: PurchaseModel,
     spend: GammaGamma,
@@ -249,7 +254,7 @@ def scored_columns(
     """
     with ThreadPoolExecutor(max_workers=1) as second_thread:
         found_rfm_groups = second_thread.submit(rfm_groups, summary)
-        scores = score_customers(summary, purchases, spend, Valuation.from_config(config), histories, spend_histories)
+        scores = score_customers(summary, purchases, spend, valuation, histories, spend_histories)
         inputs = heuristic_inputs(summary, config.days_per_unit)
         columns = {name: frame[name].array for frame in (summary, scores, inputs) for name in frame.columns}
         columns["clv_heuristic"] = heuristic_clv(
@@ -493,7 +498,7 @@ def run(
                 _quiet(progress)(steps[0])
                 transactions = read_log(config)
                 # Closed here, as the caller closes its own: DuckDB removes its spill files when the connection
-                # closes, and the CLI ends its process without Python's teardown.
+                # closes.
                 read_here.enter_context(closing(transactions.connection))
             with duckdb_limits(config.duckdb, lambda: steps[-1]):
                 return _run(config, as_of, output, tracked, force, lines, transactions)
@@ -615,8 +620,7 @@ def fingerprint_and_check_output(
     """Fingerprint the rows up to as_of and refuse an output folder the run may not replace (``check_overwrite``:
     never the config or the input, and a run of other data only with ``force``); return the fingerprint."""
     input_used = rows_up_to_as_of_fingerprint(transactions, as_of)
-    keep = (*transactions.files, *([config._source] if config._source else []))
-    check_overwrite(output_path, as_of, input_used, force, keep)
+    check_overwrite(output_path, as_of, input_used, force, paths_never_replaced(config, transactions.files))
     return input_used
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import IO
 
 from forecast.errors import OutputError
 
@@ -76,14 +77,28 @@ def sync_to_disk(path: Path) -> None:
         os.close(handle)
 
 
+def _lock(handle: IO[str], path: Path) -> bool:
+    """Take the lock of the open file ``handle`` if no process holds it and ``path`` still names that file.
+
+    A holder removes its lock file when done: between our open and our lock it may have removed the file we opened.
+    """
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def _remove_if_unlocked(path: Path) -> None:
     """Remove a month's lock file that no process holds (its run was killed); leave a held one alone."""
     try:
         with open(path, "a+", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            if _lock(handle, path):
                 path.unlink()
-    except OSError:  # held (BlockingIOError), or already gone
+    except OSError:  # already gone
         pass
 
 
@@ -204,18 +219,13 @@ def _locked(path: Path, as_of_name: str) -> Iterator[None]:
             "writable --output, output and models_dir."
         ) from None
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # The holder before us may have removed the file between our open and our lock.
-            if not path.exists() or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
-                raise BlockingIOError
-        except BlockingIOError:
+        if not _lock(handle, path):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise OutputError(
                 f"The run as of {as_of_name} is being written by {holder} (lock {path}). Wait for it to finish, "
                 "then run again; two runs of the same month never write at once."
-            ) from None
+            )
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()}")

@@ -15,13 +15,17 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from forecast.errors import ConfigError, OutputError
 from forecast.report.run_folder import MANIFEST, RUN_ENTRIES, read_manifest
+
+if TYPE_CHECKING:
+    from forecast.config import RunConfig
 
 _MONTH = re.compile(r"^\d{4}-\d{2}$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -84,6 +88,11 @@ def month_ends_between(first: dt.date, last: dt.date) -> list[dt.date]:
 def run_folder(runs_root: str | Path, as_of: dt.date) -> Path:
     """The folder of the run as of a date inside a runs root: ``<runs_root>/<YYYY-MM-DD>``."""
     return Path(runs_root) / as_of.isoformat()
+
+
+def paths_never_replaced(config: RunConfig, input_files: Sequence[Path]) -> tuple[Path, ...]:
+    """The run's own input files and config file: no output folder holding one of them is ever replaced."""
+    return (*input_files, *([config._source] if config._source else []))
 
 
 def check_replaceable(target: Path, keep: tuple[Path, ...] = ()) -> dict[str, Any] | None:

@@ -35,7 +35,12 @@ import pandas as pd
 from forecast.batch.outputs import csv_wanted, frame_to_csv, parquet_to_csv
 from forecast.batch.pipeline import input_record
 from forecast.batch.publish import atomic_folders, month_lock
-from forecast.batch.registry import check_replaceable, check_runs_apart_from_models, run_folder
+from forecast.batch.registry import (
+    check_replaceable,
+    check_runs_apart_from_models,
+    paths_never_replaced,
+    run_folder,
+)
 from forecast.config import DataConfig, RunConfig, SparkConfig
 from forecast.data.fingerprints import input_files_sha256
 from forecast.data.ingest import resolve_files
@@ -768,12 +773,7 @@ def _check_spark_target(output_path: Path, config: RunConfig, force: bool) -> No
     OutputError
         The folder exists and is not a run, holds the config or the input, or is a run and ``force`` is not set.
     """
-    local_inputs = (
-        ()
-        if config.data.path.startswith("table:") or "://" in config.data.path
-        else tuple(resolve_files(config.data.path))
-    )
-    keep = (*local_inputs, *([config._source] if config._source else []))
+    keep = paths_never_replaced(config, _local_files(config.data.path))
     if check_replaceable(output_path, keep) is not None and not force:
         raise OutputError(
             f"{output_path} already holds a run. Pass --force to replace it (the Spark engine cannot tell whether "
@@ -837,8 +837,14 @@ def _manifest(
     }
 
 
+def _local_files(path: str) -> list[Path]:
+    """The local files of ``data.path``; none for a catalog table or a remote URI (read where they live)."""
+    if path.startswith("table:") or "://" in path:
+        return []
+    return resolve_files(path)
+
+
 def _local_input_files_sha256(path: str) -> str | None:
     """``input_files_sha256`` of local input files; None for tables and remote URIs (their identity is the path)."""
-    if path.startswith("table:") or "://" in path:
-        return None
-    return input_files_sha256(resolve_files(path))
+    files = _local_files(path)
+    return input_files_sha256(files) if files else None
