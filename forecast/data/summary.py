@@ -14,6 +14,7 @@ import math
 from typing import Literal
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -280,12 +281,15 @@ def extreme_customers(summary: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         The summary's rows of those customers (frequency, monetary_value), the largest first.
     """
-    repeat = summary[summary["frequency"] > 0]
-    if len(repeat) < 100:
+    # On the two columns alone: the summary of millions of customers is not copied to look at a few.
+    frequency = summary["frequency"].to_numpy()
+    spend = summary["monetary_value"].to_numpy(float)
+    repeat = frequency > 0
+    if np.count_nonzero(repeat) < 100:
         return summary.iloc[:0]
-    purchases_limit = max(EXTREME_MIN_PURCHASES, EXTREME_FACTOR * repeat["frequency"].quantile(0.99))
-    spend_limit = EXTREME_FACTOR * repeat["monetary_value"].quantile(0.99)
-    extreme = repeat[(repeat["frequency"] > purchases_limit) | (repeat["monetary_value"] > spend_limit)]
+    purchases_limit = max(EXTREME_MIN_PURCHASES, EXTREME_FACTOR * np.quantile(frequency[repeat], 0.99))
+    spend_limit = EXTREME_FACTOR * np.quantile(spend[repeat], 0.99)
+    extreme = summary[repeat & ((frequency > purchases_limit) | (spend > spend_limit))]
     return extreme.sort_values(["frequency", "monetary_value"], ascending=False)
 
 
