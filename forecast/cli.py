@@ -24,6 +24,7 @@ from forecast.errors import ConfigError, ForecastError, clip
 
 if TYPE_CHECKING:
     from forecast.batch.pipeline import RunResult
+    from forecast.data.ingest import DataQuality
 
 #: Longest error message printed: messages quote user input in short, this bounds the rest (column lists, paths).
 MAX_MESSAGE = 2000
@@ -315,11 +316,32 @@ def validate(config: ConfigArg) -> None:
         transactions = count_customers(transactions)
         quality = (count_after_as_of(transactions, settings.as_of) if settings.as_of else transactions).quality
     typer.echo(
-        f"{config}: valid. {quality.rows:,} rows, {quality.customers:,} customers, "
+        f"{config}: valid. {quality.rows_used or 0:,} of {quality.rows:,} rows used, {quality.customers:,} customers, "
         f"{quality.first_timestamp} .. {quality.last_timestamp}."
     )
+    for line in _rows_left_out(quality):
+        typer.echo(line)
     for message in quality.warnings:
         typer.echo(f"warning: {message}")
+
+
+def _rows_left_out(quality: DataQuality) -> list[str]:
+    """One line per kind of row that did not become a purchase, with its share of the rows read, largest first."""
+    left_out = {
+        "invalid timestamp or amount (data.invalid_rows: drop)": quality.invalid_rows,
+        "left out by data.exclude": quality.excluded_rows,
+        "empty customer id": quality.null_customer_ids,
+        "returns (netted or dropped, data.negative_amounts)": quality.negative_amounts,
+        "exact duplicates dropped (data.duplicates: drop)": (
+            quality.duplicate_rows if quality.duplicates_policy == "drop" else 0
+        ),
+    }
+    rows = max(quality.rows, 1)
+    return [
+        f"  {count:>12,} rows ({count / rows:6.1%}) {what}"
+        for what, count in sorted(left_out.items(), key=lambda item: -item[1])
+        if count
+    ]
 
 
 @app.command()

@@ -61,6 +61,49 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RowFilter(_Strict):
+    """Rows of the log to leave out before anything else: ``column`` equals, starts with, or is one of values.
+
+    Values are compared with the column's text as the file gives it (a Parquet number as DuckDB prints it).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    column: str
+    equals: str | None = None
+    starts_with: str | None = None
+    in_: list[str] | None = Field(default=None, alias="in")
+
+    @field_validator("equals", "starts_with", mode="before")
+    @classmethod
+    def _scalar_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @field_validator("in_", mode="before")
+    @classmethod
+    def _list_as_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _one_test(self) -> RowFilter:
+        given = [name for name in ("equals", "starts_with", "in_") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'equals', 'starts_with' or 'in' beside 'column'")
+        if self.in_ is not None and not self.in_:
+            raise ValueError("'in' needs at least one value")
+        return self
+
+    def describe(self) -> str:
+        """The filter as the messages name it: ``StockCode in [POST, M]``."""
+        if self.equals is not None:
+            return f"{self.column} equals {self.equals!r}"
+        if self.starts_with is not None:
+            return f"{self.column} starts with {self.starts_with!r}"
+        return f"{self.column} in [{', '.join(self.in_ or [])}]"
+
+
 class DataConfig(_Strict):
     """Where the transaction log is and which of its columns mean what."""
 
@@ -69,6 +112,12 @@ class DataConfig(_Strict):
     customer_id: str = "customer_id"
     timestamp: str = "timestamp"
     amount: str = "amount"
+    quantity: str | None = Field(
+        default=None, description="Column of quantities: a row's amount is then amount x quantity (unit price)."
+    )
+    exclude: list[RowFilter] = Field(
+        default_factory=list, description="Row filters applied first (e.g. postage lines); the rows are counted."
+    )
     timestamp_format: str | None = Field(
         default=None, description="strptime format, e.g. '%Y%m%d'; None parses ISO dates and timestamps."
     )
@@ -77,12 +126,18 @@ class DataConfig(_Strict):
     delimiter: str | None = None
     segment_columns: list[str] = Field(default_factory=list)
     negative_amounts: Literal["net", "drop", "fail"] = "net"
+    return_window_days: int = Field(
+        default=90, ge=0, le=3660, description="net: a return is netted into a purchase at most this many days before."
+    )
     order_id: str | None = Field(default=None, description="Column identifying one row per order (optional).")
     duplicates: Literal["keep", "drop", "fail"] = Field(
         default="keep", description="Exact duplicate rows and repeated order ids: keep, drop (keep the first), fail."
     )
     invalid_rows: Literal["fail", "drop"] = Field(
         default="fail", description="Rows with an unparseable date or a non-numeric/non-finite amount."
+    )
+    invalid_rows_max_share: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="invalid_rows: drop fails when more than this share is invalid."
     )
     timezone: str = Field(
         default="UTC", description="IANA zone of naive timestamps; offsets are converted to it; days are local."

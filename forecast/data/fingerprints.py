@@ -90,7 +90,7 @@ def rows_up_to_as_of_fingerprint(transactions: Transactions, as_of: dt.date) -> 
         ``fingerprint_method`` (``row_hash_method``): the keys of the manifest's ``input`` they are written to.
     """
     if transactions.row_hash_sum is not None and transactions.ends_by(as_of):
-        rows, total = transactions.quality.rows, transactions.row_hash_sum  # every row is used
+        rows, total = transactions.quality.rows_used or 0, transactions.row_hash_sum  # every row is used
     else:
         end = (as_of + dt.timedelta(days=1)).isoformat()
         counts = transactions.connection.execute(

@@ -52,7 +52,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from forecast.config import DataConfig, DuckDBConfig, RunConfig
+from forecast.config import DataConfig, DuckDBConfig, RowFilter, RunConfig
 from forecast.errors import DataError, EngineError
 
 DATA_SUFFIXES = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -240,7 +240,8 @@ def _source_sql(config: DataConfig, files: list[Path], file_format: str) -> str:
 class DataQuality:
     """What ingest saw and did: counts per problem, with the policy applied.
 
-    ``rows`` counts the rows read; ``rows_used`` those left in ``transactions`` after the policies.
+    ``rows`` counts the rows read (with those ``data.exclude`` left out); ``rows_used`` those left in
+    ``transactions`` after the policies.
     ``after_as_of`` is filled in by ``count_after_as_of`` once the observation end is known, ``customers``
     (in the whole log, after the policies) by ``count_customers``.
     """
@@ -259,12 +260,21 @@ class DataQuality:
     empty_files: list[str] = field(default_factory=list)
     invalid_timestamps: int = 0
     invalid_amounts: int = 0
+    #: Rows with an invalid timestamp, amount or both, dropped under ``data.invalid_rows: drop``.
+    invalid_rows: int = 0
     invalid_policy: str = "fail"
     timezone: str = "UTC"
     timestamps_with_offset: int = 0
     timestamps_without_offset: int = 0
     ids_with_surrounding_space: int = 0
     returns_without_purchase: int = 0
+    #: Purchase days whose returns exceeded them (netted to zero), under ``data.negative_amounts: net``.
+    returns_over_purchase: int = 0
+    #: Rows ``data.exclude`` left out (included in ``rows``), and how many each filter matched.
+    excluded_rows: int = 0
+    excluded_by_filter: dict[str, int] = field(default_factory=dict)
+    #: Customer ids written as whole floating-point numbers in a text file ('13085.0'), read as '13085'.
+    float_text_ids: int = 0
     duplicate_rows: int = 0
     duplicate_order_ids: int = 0
     duplicates_policy: str = "keep"
@@ -527,7 +537,10 @@ def _check_columns(config: DataConfig, source: LogSource) -> None:
     needed = {"data.customer_id": config.customer_id, "data.timestamp": config.timestamp, "data.amount": config.amount}
     if config.order_id is not None:
         needed["data.order_id"] = config.order_id
+    if config.quantity is not None:
+        needed["data.quantity"] = config.quantity
     needed.update({f"data.segment_columns[{i}]": c for i, c in enumerate(config.segment_columns)})
+    needed.update({f"data.exclude[{i}].column": f.column for i, f in enumerate(config.exclude)})
     missing = [(key, col) for key, col in needed.items() if col not in source.column_types]
     if missing:
         raise DataError(_missing_columns_message(source.where, missing, list(source.column_types)))
@@ -601,18 +614,57 @@ def _customer_id_sql(config: DataConfig, source: LogSource) -> str:
     return f"CAST({cid} AS VARCHAR)"
 
 
+def _filter_sql(row_filter: RowFilter) -> str:
+    """SQL true for the rows ``row_filter`` leaves out, comparing the column's text (never NULL)."""
+    column = f"CAST({quote_identifier(row_filter.column)} AS VARCHAR)"
+    if row_filter.equals is not None:
+        test = f"{column} = {quote_literal(row_filter.equals)}"
+    elif row_filter.starts_with is not None:
+        test = f"starts_with({column}, {quote_literal(row_filter.starts_with)})"
+    else:
+        test = f"{column} IN ({', '.join(quote_literal(v) for v in row_filter.in_ or [])})"
+    return f"coalesce({test}, false)"
+
+
+def excluded_sql(config: DataConfig) -> str:
+    """SQL true for the rows of ``raw_log`` that ``data.exclude`` leaves out."""
+    return " OR ".join(_filter_sql(f) for f in config.exclude) or "false"
+
+
+def _amount_sql(config: DataConfig) -> tuple[str, str]:
+    """SQL of a row's amount as a number (NULL when not one) and as the text that messages quote.
+
+    With ``data.quantity`` the amount is the unit price times the quantity, quoted as ``'2.55 x 6'``.
+    """
+    amount = quote_identifier(config.amount)
+    if config.quantity is None:
+        return f"TRY_CAST({amount} AS DOUBLE)", f"CAST({amount} AS VARCHAR)"
+    quantity = quote_identifier(config.quantity)
+    return (
+        f"TRY_CAST({amount} AS DOUBLE) * TRY_CAST({quantity} AS DOUBLE)",
+        f"coalesce(CAST({amount} AS VARCHAR), '') || ' x ' || coalesce(CAST({quantity} AS VARCHAR), '')",
+    )
+
+
+def amount_name(config: DataConfig) -> str:
+    """The amount as the messages name it: ``'amount'``, or ``'Price' x 'Quantity'`` with ``data.quantity``."""
+    return f"'{config.amount}'" + ("" if config.quantity is None else f" x '{config.quantity}'")
+
+
 def typed_log_sql(config: DataConfig, source: LogSource) -> str:
     """SQL of the rows of ``raw_log`` with typed columns, from which every check and every later read start.
 
-    Columns: ``customer_id`` (text, as given; whole floating-point ids as integers), ``ts`` (naive TIMESTAMP in
-    ``data.timezone``, NULL when invalid or outside ``timestamp_range``), ``amount`` (DOUBLE, NULL when not a
-    number), the raw texts ``ts_raw`` and ``amount_raw`` that messages quote,
+    The rows ``data.exclude`` leaves out are not in it. Columns: ``customer_id`` (text, as given; whole
+    floating-point ids as integers), ``ts`` (naive TIMESTAMP in ``data.timezone``, NULL when invalid or outside
+    ``timestamp_range``), ``amount`` (DOUBLE, NULL when not a number; times ``data.quantity`` when mapped), the raw
+    texts ``ts_raw`` and ``amount_raw`` that messages quote,
     ``order_id`` (NULL unless ``data.order_id`` is mapped), ``has_offset`` (the raw timestamp carries a UTC
     offset), ``row_hash`` (a hash of every raw column, for finding exact duplicates), the file and line, and the
     segment columns as text.
     """
     types = source.column_types
-    ts, amount = quote_identifier(config.timestamp), quote_identifier(config.amount)
+    ts = quote_identifier(config.timestamp)
+    amount, amount_raw = _amount_sql(config)
     has_offset = (
         f"regexp_matches(trim({ts}), {quote_literal(OFFSET_PATTERN)})"
         if types[config.timestamp].upper() == "VARCHAR" and not config.timestamp_format
@@ -627,10 +679,10 @@ def typed_log_sql(config: DataConfig, source: LogSource) -> str:
         SELECT * REPLACE ({_in_range_sql(config, "ts")} AS ts) FROM (
         SELECT {_customer_id_sql(config, source)} AS customer_id, CAST({ts} AS VARCHAR) AS ts_raw,
                {_timestamp_sql(config, ts, types[config.timestamp])} AS ts,
-               CAST({amount} AS VARCHAR) AS amount_raw, TRY_CAST({amount} AS DOUBLE) AS amount,
+               {amount_raw} AS amount_raw, {amount} AS amount,
                {order} AS order_id, {has_offset} AS has_offset, hash({raw_columns}) AS row_hash,
                {quote_identifier(FILE_COLUMN)}, {quote_identifier(LINE_COLUMN)}{segments}
-        FROM raw_log)"""
+        FROM raw_log{"" if not config.exclude else f" WHERE NOT ({excluded_sql(config)})"})"""
 
 
 def create_typed_log(con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource) -> None:
@@ -654,6 +706,8 @@ class ProblemCounts(NamedTuple):
     null_ids: int
     bad_ts: int
     bad_amounts: int
+    #: Rows with an invalid timestamp, an invalid amount or both.
+    invalid: int
     zero_amounts: int
     negative_amounts: int
     with_offset: int
@@ -695,7 +749,7 @@ def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -
         return count_each_problem(con)
     # No id starts with a space, so the spaced ids are those that end with one.
     return ProblemCounts(
-        rows, 0, 0, 0, zero_amounts, 0, with_offset, rows - with_offset, trailing_spaces, rows, first_ts, last_ts,
+        rows, 0, 0, 0, 0, zero_amounts, 0, with_offset, rows - with_offset, trailing_spaces, rows, first_ts, last_ts,
         int(hash_sum), quantiles,
     )  # fmt: skip
 
@@ -707,6 +761,7 @@ def count_each_problem(con: duckdb.DuckDBPyConnection) -> ProblemCounts:
                   count(*) FILTER (WHERE {NULL_ID_SQL}),
                   count(*) FILTER (WHERE {BAD_TS_SQL}),
                   count(*) FILTER (WHERE {BAD_AMOUNT_SQL}),
+                  count(*) FILTER (WHERE {BAD_TS_SQL} OR {BAD_AMOUNT_SQL}),
                   count(*) FILTER (WHERE amount = 0),
                   count(*) FILTER (WHERE amount < 0),
                   count(*) FILTER (WHERE has_offset),
@@ -816,6 +871,7 @@ def refuse_invalid_rows(
             "Point data.path at a non-empty log."
         )
     if config.invalid_rows == "drop":
+        _refuse_too_many_invalid(con, config, source, counts)
         return
     if counts.bad_ts:
         hint = f"the format {config.timestamp_format!r}" if config.timestamp_format else "ISO dates (YYYY-MM-DD)"
@@ -827,11 +883,38 @@ def refuse_invalid_rows(
         )
     if counts.bad_amounts:
         raise DataError(
-            f"{counts.bad_amounts:,} of {rows:,} rows in {where} have a '{config.amount}' that is not a finite number "
-            f"(empty, text, NaN or infinite) or is 1e29 or more in size (amounts are summed exactly with 29 digits "
-            f"before the point); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')}. "
+            f"{counts.bad_amounts:,} of {rows:,} rows in {where} have an amount ({amount_name(config)}) that is not a "
+            "finite number (empty, text, NaN or infinite) or is 1e29 or more in size (amounts are summed exactly "
+            f"with 29 digits before the point); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')}. "
             "Fix or remove those rows, or set data.invalid_rows: drop to skip them."
         )
+
+
+def _refuse_too_many_invalid(
+    con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource, counts: ProblemCounts
+) -> None:
+    """Under ``data.invalid_rows: drop``, raise a DataError when more than ``invalid_rows_max_share`` are invalid.
+
+    Dropping a few broken rows is housekeeping; dropping a large share (day and month swapped, a wrong column)
+    would quietly forecast from a fraction of the log.
+    """
+    share = counts.invalid / counts.rows
+    if share <= config.invalid_rows_max_share:
+        return
+    where = []
+    if counts.bad_ts:
+        located = _located(con, source, BAD_TS_SQL, "ts_raw")
+        where.append(f"{counts.bad_ts:,} with an invalid '{config.timestamp}' ({located})")
+    if counts.bad_amounts:
+        where.append(
+            f"{counts.bad_amounts:,} with an invalid amount ({_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')})"
+        )
+    raise DataError(
+        f"{counts.invalid:,} of {counts.rows:,} rows in {source.where} ({share:.1%}) are invalid, more than "
+        f"data.invalid_rows_max_share {config.invalid_rows_max_share:.1%} allows dropping: {'; '.join(where)}. "
+        "Check data.timestamp_format and the amount column; raise data.invalid_rows_max_share only if these rows "
+        "are really unusable."
+    )
 
 
 def refuse_negative_amounts(
@@ -843,7 +926,8 @@ def refuse_negative_amounts(
     """
     if counts.negative_amounts and config.negative_amounts == "fail":
         raise DataError(
-            f"{counts.negative_amounts:,} rows in {source.where} have a negative '{config.amount}' (returns); "
+            f"{counts.negative_amounts:,} rows in {source.where} have a negative amount ({amount_name(config)}; "
+            "returns); "
             f"{_located(con, source, 'amount < 0', 'amount_raw')}. "
             "Set data.negative_amounts to 'net' or 'drop', or remove them."
         )
@@ -915,67 +999,165 @@ def excluded_customers_warning(con: duckdb.DuckDBPyConnection, config: DataConfi
     return [message]
 
 
-def register_transactions(con: duckdb.DuckDBPyConnection, config: DataConfig, counts: ProblemCounts) -> int:
-    """Register ``transactions`` from ``kept_log`` under ``data.negative_amounts``; return the returns dropped.
+class Netting(NamedTuple):
+    """What ``data.negative_amounts: net`` could not do: returns without a purchase to net into (dropped), and
+    purchase days that the returns netted into them took below zero (set to zero)."""
 
-    Under ``net`` each return is netted into its purchase day (``_net_returns``; a return on a day without a
-    purchase is dropped and counted), under ``drop`` every return is left out.
+    unmatched: int = 0
+    over_purchase_days: int = 0
+
+
+def register_transactions(con: duckdb.DuckDBPyConnection, config: DataConfig, counts: ProblemCounts) -> Netting:
+    """Register ``transactions`` from ``kept_log`` under ``data.negative_amounts``; return what netting left.
+
+    Under ``net`` each return is netted into a purchase day (``_net_returns``), under ``drop`` every return is
+    left out.
     """
     if config.negative_amounts == "net" and counts.negative_amounts:
-        return _net_returns(con, list(config.segment_columns))
+        return _net_returns(con, config)
     segment_names = "".join(f", {quote_identifier(c)}" for c in config.segment_columns)
     keep_negative = "" if config.negative_amounts == "net" else " WHERE amount >= 0"
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW transactions AS
         SELECT customer_id, ts, amount{segment_names} FROM kept_log{keep_negative}"""
     )
-    return 0
+    return Netting()
 
 
-def _net_returns(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -> int:
-    """Register ``transactions`` with each return netted into the customer's last purchase of its day.
+def _return_days_sql(config: DataConfig) -> str:
+    """SQL of every return of ``kept_log`` with the purchase day it is netted into (NULL when there is none).
 
-    A return (negative amount) is added to the last non-negative row of the same customer on the same
-    calendar day, so it never creates a purchase of its own, at day or exact resolution. Returns on a
-    day without a purchase have nothing to net into and are dropped; their count is returned.
+    That day is the day of the same order's last purchase when ``data.order_id`` is mapped and the order has
+    one; otherwise the customer's most recent purchase day on or before the return's day, if it is at most
+    ``data.return_window_days`` before it. Refunds often come days after the purchase, and by order or by
+    customer is how the shop's own books match them.
+    """
+    by_order = (
+        """LEFT JOIN (SELECT customer_id, order_id, max(day) AS order_day FROM purchase_days_by_order GROUP BY ALL)
+               USING (customer_id, order_id)"""
+        if config.order_id is not None
+        else "LEFT JOIN (SELECT NULL::DATE AS order_day) ON true"
+    )
+    return f"""
+        WITH purchase_days_by_order AS (
+            SELECT DISTINCT customer_id, order_id, CAST(ts AS DATE) AS day FROM kept_log WHERE amount >= 0),
+        purchase_days AS (SELECT DISTINCT customer_id, day FROM purchase_days_by_order),
+        returns AS (
+            SELECT customer_id, order_id, CAST(ts AS DATE) AS return_day, amount FROM kept_log WHERE amount < 0),
+        by_time AS (
+            SELECT r.*, p.day AS recent_day FROM returns r
+            ASOF LEFT JOIN purchase_days p ON r.customer_id = p.customer_id AND r.return_day >= p.day)
+        SELECT customer_id, amount,
+               coalesce(order_day, CASE WHEN return_day - recent_day <= {config.return_window_days}
+                                        THEN recent_day END) AS day
+        FROM by_time {by_order}"""
+
+
+def _net_returns(con: duckdb.DuckDBPyConnection, config: DataConfig) -> Netting:
+    """Register ``transactions`` with each return netted into a purchase day (``_return_days_sql``).
+
+    The returns of a day are added to the customer's last purchase of that day, so a return never creates a
+    purchase of its own, at day or exact resolution; a day whose returns exceed its purchases is netted to zero
+    (it stays a purchase). Returns without a purchase day are dropped. Both are counted.
     """
     file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
+    # The returns are few: their days are found once, not in every read of the view.
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE returned_by_day AS
+        SELECT customer_id, day, sum(amount) AS returned, count(*) AS returns
+        FROM ({_return_days_sql(config)}) GROUP BY ALL"""
+    )
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW transactions AS
         WITH purchases AS (
             SELECT *, CAST(ts AS DATE) AS day,
+                   sum(amount) OVER (PARTITION BY customer_id, CAST(ts AS DATE)) AS day_total,
                    row_number() OVER (PARTITION BY customer_id, CAST(ts AS DATE)
                                       ORDER BY ts DESC, {file_col} DESC, {line_col} DESC) AS last_of_day
-            FROM kept_log WHERE amount >= 0),
-        returns AS (
-            SELECT customer_id, CAST(ts AS DATE) AS day, sum(amount) AS returned
-            FROM kept_log WHERE amount < 0 GROUP BY ALL)
+            FROM kept_log WHERE amount >= 0)
         SELECT p.customer_id, p.ts,
-               p.amount + CASE WHEN p.last_of_day = 1 THEN coalesce(r.returned, 0.0) ELSE 0.0 END AS amount
-               {"".join(", p." + quote_identifier(c) for c in segment_columns)}
-        FROM purchases p LEFT JOIN returns r ON r.customer_id = p.customer_id AND r.day = p.day"""
+               p.amount + CASE WHEN p.last_of_day = 1 THEN greatest(coalesce(r.returned, 0.0), -p.day_total)
+                               ELSE 0.0 END AS amount
+               {"".join(", p." + quote_identifier(c) for c in config.segment_columns)}
+        FROM purchases p LEFT JOIN returned_by_day r ON r.customer_id = p.customer_id AND r.day = p.day"""
     )
-    row = con.execute(
-        """SELECT count(*) FROM kept_log k WHERE amount < 0 AND NOT EXISTS (
-               SELECT 1 FROM kept_log p WHERE p.customer_id = k.customer_id AND p.amount >= 0
-               AND CAST(p.ts AS DATE) = CAST(k.ts AS DATE))"""
+    unmatched, over = con.execute(
+        """SELECT coalesce(sum(returns) FILTER (WHERE day IS NULL), 0),
+                  count(*) FILTER (WHERE day IS NOT NULL AND returned < -(
+                      SELECT sum(amount) FROM kept_log k
+                      WHERE k.customer_id = r.customer_id AND CAST(k.ts AS DATE) = r.day AND k.amount >= 0))
+           FROM returned_by_day r"""
     ).fetchall()[0]
-    return int(row[0])
+    return Netting(int(unmatched), int(over))
+
+
+# --- what the filters and the text ids did ----------------------------------------------------------
+
+
+def count_excluded(con: duckdb.DuckDBPyConnection, config: DataConfig) -> dict[str, int]:
+    """How many rows of ``raw_log`` each ``data.exclude`` filter matches (a row may match several)."""
+    if not config.exclude:
+        return {}
+    counts = con.execute(
+        f"SELECT {', '.join(f'count_if({_filter_sql(f)})' for f in config.exclude)} FROM raw_log"
+    ).fetchall()[0]
+    return {f.describe(): int(n) for f, n in zip(config.exclude, counts, strict=True)}
+
+
+#: A customer id that a spreadsheet or pandas wrote as a whole floating-point number: '13085.0'.
+WHOLE_FLOAT_TEXT = r"-?[0-9]+(\.0+)?"
+
+
+def read_whole_float_text_ids(con: duckdb.DuckDBPyConnection, source: LogSource) -> int:
+    """Rewrite ids such as '13085.0' to '13085' in a text log's ``typed_log`` when every id looks like that.
+
+    A CSV export of a numeric column with blanks (pandas makes it float) writes '13085.0', while the shop's own
+    systems say '13085'. Only when every non-empty id is a whole number, and some are written with '.0', are the
+    decimals dropped; any other id keeps the text exactly as given. Returns the ids rewritten.
+    """
+    if source.file_format == "parquet":  # typed: floating-point Parquet ids are read as integers already
+        return 0
+    if not con.execute("SELECT 1 FROM typed_log WHERE contains(customer_id, '.') LIMIT 1").fetchall():
+        return 0
+    row = con.execute(
+        f"""SELECT bool_and(regexp_full_match(customer_id, '{WHOLE_FLOAT_TEXT}'))
+            FROM typed_log WHERE NOT {NULL_ID_SQL}"""
+    ).fetchall()[0]
+    if not row[0]:
+        return 0
+    changed = con.execute(
+        "UPDATE typed_log SET customer_id = split_part(customer_id, '.', 1) WHERE contains(customer_id, '.')"
+    ).fetchall()[0]
+    return int(changed[0])
+
+
+class Found(NamedTuple):
+    """Everything a read found and did, for its warnings and its data-quality record."""
+
+    counts: ProblemCounts
+    duplicates: Duplicates
+    excluded: dict[str, int]
+    excluded_rows: int
+    float_text_ids: int
+    netting: Netting
 
 
 # --- the data-quality record --------------------------------------------------------------------------
 
 
-def quality_warnings(
-    con: duckdb.DuckDBPyConnection,
-    config: DataConfig,
-    source: LogSource,
-    counts: ProblemCounts,
-    duplicates: Duplicates,
-    returns_without_purchase: int,
-) -> list[str]:
+def quality_warnings(con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource, found: Found) -> list[str]:
     """One message per problem found, saying how many rows, what the policy did and where the first ones are."""
+    counts, duplicates, netting = found.counts, found.duplicates, found.netting
     warnings = []
+    if found.excluded_rows:
+        each = "; ".join(f"{rows:,} where {name}" for name, rows in found.excluded.items())
+        warnings.append(f"{found.excluded_rows:,} rows were left out by data.exclude ({each}).")
+    if found.float_text_ids:
+        warnings.append(
+            f"{found.float_text_ids:,} rows have their '{config.customer_id}' (data.customer_id) written as a whole "
+            "floating-point number ('13085.0'); as every id is a whole number, they were read as integers "
+            "('13085'). Export the ids as integers or text to be sure none was rounded."
+        )
     if source.empty_files:
         names = ", ".join(p.name for p in source.empty_files[:EXAMPLES])
         warnings.append(f"{len(source.empty_files)} empty file(s) were skipped: {names}.")
@@ -999,7 +1181,7 @@ def quality_warnings(
     if counts.bad_amounts:
         warnings.append(
             f"{counts.bad_amounts:,} rows with a non-numeric or non-finite (or 1e29 or more in size) "
-            f"'{config.amount}' were dropped "
+            f"{amount_name(config)} were dropped "
             f"(data.invalid_rows: drop); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')}."
         )
     if counts.null_ids:
@@ -1017,12 +1199,19 @@ def quality_warnings(
     if counts.zero_amounts:
         warnings.append(f"{counts.zero_amounts:,} rows have an amount of 0; they count as purchases.")
     if counts.negative_amounts:
-        action = "dropped" if config.negative_amounts == "drop" else "netted into their purchase day"
+        action = "dropped" if config.negative_amounts == "drop" else "netted into the purchases they refund"
         warnings.append(f"{counts.negative_amounts:,} rows have a negative amount (returns); they were {action}.")
-    if returns_without_purchase:
+    if netting.unmatched:
+        within = "of the same order or " if config.order_id is not None else ""
         warnings.append(
-            f"{returns_without_purchase:,} returns fell on a day without a purchase by the same customer and were "
-            "dropped (a return is not a purchase)."
+            f"{netting.unmatched:,} returns had no purchase {within}by the same customer on or up to "
+            f"{config.return_window_days} days before them (data.return_window_days) and were dropped (a return is "
+            "not a purchase)."
+        )
+    if netting.over_purchase_days:
+        warnings.append(
+            f"{netting.over_purchase_days:,} purchase days received returns larger than their purchases; they were "
+            "netted to 0 (still a purchase), and the excess was dropped."
         )
     if duplicates.found:
         action = {"keep": "kept as separate purchases", "drop": "dropped (the first was kept)"}[config.duplicates]
@@ -1034,17 +1223,12 @@ def quality_warnings(
 
 
 def data_quality(
-    config: DataConfig,
-    source: LogSource,
-    counts: ProblemCounts,
-    duplicates: Duplicates,
-    rows_used: int,
-    returns_without_purchase: int,
-    warnings: list[str],
+    config: DataConfig, source: LogSource, found: Found, rows_used: int, warnings: list[str]
 ) -> DataQuality:
     """The data-quality record of a read: what was found, with the policy applied to each problem."""
+    counts, duplicates = found.counts, found.duplicates
     return DataQuality(
-        rows=counts.rows,
+        rows=counts.rows + found.excluded_rows,
         customers=None,
         first_timestamp=None if counts.first_ts is None else str(counts.first_ts),
         last_timestamp=None if counts.last_ts is None else str(counts.last_ts),
@@ -1058,12 +1242,17 @@ def data_quality(
         empty_files=[str(p) for p in source.empty_files],
         invalid_timestamps=counts.bad_ts,
         invalid_amounts=counts.bad_amounts,
+        invalid_rows=counts.invalid,
         invalid_policy=config.invalid_rows,
         timezone=config.timezone,
         timestamps_with_offset=counts.with_offset,
         timestamps_without_offset=counts.without_offset,
         ids_with_surrounding_space=counts.spaced_ids,
-        returns_without_purchase=returns_without_purchase,
+        returns_without_purchase=found.netting.unmatched,
+        returns_over_purchase=found.netting.over_purchase_days,
+        excluded_rows=found.excluded_rows,
+        excluded_by_filter=found.excluded,
+        float_text_ids=found.float_text_ids,
         duplicate_rows=duplicates.rows,
         duplicate_order_ids=duplicates.order_ids,
         duplicates_policy=config.duplicates,
@@ -1101,8 +1290,12 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
     source = open_log(con, config)
     create_typed_log(con, config, source)
     with _unreadable_as_data_error(source.where, READ_ADVICE):
+        excluded = count_excluded(con, config)
+        float_text_ids = read_whole_float_text_ids(con, source)
         counts = count_problems(con, list(config.segment_columns))
         duplicate_rows = find_duplicate_rows(con, list(source.column_types))
+    excluded_rows = sum(excluded.values()) and _rows(con, "raw_log") - counts.rows
+    refuse_excluded_everything(source, counts, excluded_rows)
     refuse_invalid_rows(con, config, source, counts)
     refuse_negative_amounts(con, config, source, counts)
     order_ids = count_duplicate_order_ids(con) if config.order_id is not None else 0
@@ -1110,19 +1303,20 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
     refuse_duplicates(con, config, source, duplicates)
 
     register_kept_log(con, config, counts, duplicates)
-    returns_without_purchase = register_transactions(con, config, counts)
+    netting = register_transactions(con, config, counts)
     rows_used = counts.rows_used
     if (config.duplicates == "drop" and duplicates.found) or config.exclude_customers:
-        rows_used = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
+        rows_used = _rows(con, "transactions")
 
-    warnings = quality_warnings(con, config, source, counts, duplicates, returns_without_purchase)
+    found = Found(counts, duplicates, excluded, excluded_rows, float_text_ids, netting)
+    warnings = quality_warnings(con, config, source, found)
     warnings.extend(excluded_customers_warning(con, config))
     if rows_used == 0:
         raise DataError(
             f"No usable transactions are left in {source.where} after applying the data policies ({counts.rows:,} "
             f"rows read; {'; '.join(warnings)}). Fix the log or the data section of the config."
         )
-    quality = data_quality(config, source, counts, duplicates, rows_used, returns_without_purchase, warnings)
+    quality = data_quality(config, source, found, rows_used, warnings)
     return Transactions(
         connection=con, files=source.files, segment_columns=list(config.segment_columns), quality=quality,
         read_seconds=time.perf_counter() - started,
@@ -1130,6 +1324,19 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         row_hash_sum=counts.row_hash_sum if rows_used == counts.rows else None, id_quantiles=counts.id_quantiles,
         identities=identities,
     )  # fmt: skip
+
+
+def _rows(con: duckdb.DuckDBPyConnection, relation: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0])
+
+
+def refuse_excluded_everything(source: LogSource, counts: ProblemCounts, excluded_rows: int) -> None:
+    """Raise a DataError when ``data.exclude`` left no row of a log that had some."""
+    if counts.rows == 0 and excluded_rows:
+        raise DataError(
+            f"data.exclude left out every one of the {excluded_rows:,} rows of {source.where}. Check the filters' "
+            "columns and values (compared as text, case-sensitive)."
+        )
 
 
 def connect_duckdb(settings: DuckDBConfig) -> duckdb.DuckDBPyConnection:

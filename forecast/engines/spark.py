@@ -643,10 +643,16 @@ def _run(
     spark: SparkSession | None,
     force: bool,
 ) -> SparkRunResult:
-    if config.data.exclude_customers:
+    duckdb_only = [
+        name for name, value in (("data.exclude_customers", config.data.exclude_customers),
+                                 ("data.exclude", config.data.exclude), ("data.quantity", config.data.quantity))
+        if value
+    ]  # fmt: skip
+    if duckdb_only:
         raise ConfigError(
-            "data.exclude_customers is applied by the DuckDB engine only: remove those customers from the Spark "
-            "table, or run with --engine duckdb."
+            f"{' and '.join(duckdb_only)} {'is' if len(duckdb_only) == 1 else 'are'} applied by the DuckDB engine "
+            "only: prepare the Spark table accordingly (leave those rows out, multiply the amounts), or run with "
+            "--engine duckdb."
         )
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -116,7 +116,7 @@ def test_user_errors_exit_non_zero_without_traceback(in_tmp):
 def test_validate_prints_a_data_quality_summary(sample_config_path):
     result = run_cli("validate", str(sample_config_path))
     assert result.exit_code == 0, result.output
-    assert "6,919 rows, 2,357 customers" in result.output
+    assert "6,919 of 6,919 rows used, 2,357 customers" in result.output
     assert "8 rows have an amount of 0" in result.output
 
 

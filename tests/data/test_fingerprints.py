@@ -61,7 +61,7 @@ def test_rows_up_to_as_of_fingerprint_ignores_row_order_and_later_rows_but_not_a
         (WITH_RETURN, {"negative_amounts": "net"}, False),
         (WITH_RETURN, {"negative_amounts": "drop"}, False),
         ("customer_id,timestamp,amount\n7,2023-01-05,4\n,2023-01-05,1\n8,2023-01-07,x\n",
-         {"invalid_rows": "drop"}, False),
+         {"invalid_rows": "drop", "invalid_rows_max_share": 1.0}, False),
     ],
     ids=["clean-with-segment", "duplicates-kept", "duplicates-dropped", "returns-netted", "returns-dropped",
          "invalid-dropped"],

@@ -122,7 +122,7 @@ def test_line_numbers_stay_exact_on_a_large_multi_file_log(tmp_path):
 
 
 def test_invalid_rows_can_be_dropped_and_counted():
-    transactions = read("bad_dates.csv", invalid_rows="drop")
+    transactions = read("bad_dates.csv", invalid_rows="drop", invalid_rows_max_share=1.0)
     assert transactions.quality.invalid_timestamps == 3
     assert transactions.quality.rows == 6
     assert transactions.quality.rows_used == 3
@@ -178,9 +178,10 @@ def test_zero_amounts_count_as_purchases_and_returns_are_netted_into_their_day()
         ("A", dt.datetime(2020, 1, 10), 0.0),  # zero amount: still a purchase
         ("B", dt.datetime(2020, 1, 3), 8.0),
         ("B", dt.datetime(2020, 1, 8), 6.0),
-    ]  # the return of 2020-01-20 had no purchase that day: dropped, not a purchase
+    ]  # the return of 2020-01-20 refunds more than A's purchase of 2020-01-10: netted to 0, the excess dropped
     quality = transactions.quality
-    assert (quality.zero_amounts, quality.negative_amounts, quality.returns_without_purchase) == (1, 2, 1)
+    assert (quality.zero_amounts, quality.negative_amounts) == (1, 2)
+    assert (quality.returns_without_purchase, quality.returns_over_purchase) == (0, 1)
 
 
 def test_netted_return_goes_to_the_last_purchase_of_the_day_at_exact_resolution(write_log):
@@ -198,7 +199,9 @@ def test_negative_amounts_drop_policy():
 
 
 def test_negative_amounts_fail_policy_names_the_lines():
-    with pytest.raises(DataError, match=r"2 rows .* negative 'amount' \(returns\); first at line 3 '-4', line 5 '-5'"):
+    with pytest.raises(
+        DataError, match=r"2 rows .* negative amount \('amount'; returns\); first at line 3 '-4', line 5 '-5'"
+    ):
         read("zero_and_negative.csv", negative_amounts="fail")
 
 
@@ -333,7 +336,7 @@ def test_customers_in_the_log_are_counted_from_the_summary_only_when_nothing_is_
 def test_problem_counts_from_plain_aggregates_equal_the_counts_under_each_filter(tmp_path: Path, log: str):
     path = tmp_path / "log.csv"
     path.write_text(log, encoding="utf-8")
-    transactions = read_transactions(DataConfig(path=str(path), invalid_rows="drop"))
+    transactions = read_transactions(DataConfig(path=str(path), invalid_rows="drop", invalid_rows_max_share=1.0))
     counts = count_problems(transactions.connection, [])
     assert counts._replace(row_hash_sum=None) == count_each_problem(transactions.connection)
 
@@ -372,7 +375,7 @@ def test_amounts_of_1e29_or_more_are_invalid_amounts_under_invalid_rows():
     assert message.startswith("2 of 5 rows in ")
     assert "1e29 or more in size" in message
     assert "first at line 3 '1e30', line 4 '-2e29'" in message
-    transactions = read("huge_amounts.csv", invalid_rows="drop")
+    transactions = read("huge_amounts.csv", invalid_rows="drop", invalid_rows_max_share=1.0)
     assert transactions.quality.invalid_amounts == 2
     assert summarize(transactions.connection, dt.date(2020, 1, 31), 7.0, "day", [])["monetary_value"].sum() == 0.0
     assert rows(transactions)[1] == ("B", dt.datetime(2020, 1, 4), 9.5e28)
@@ -386,7 +389,7 @@ def test_dates_before_1900_or_after_tomorrow_are_invalid_timestamps_and_never_se
     assert message.startswith("2 of 5 rows in ")
     assert f"falls outside 1900-01-01 to {tomorrow}" in message
     assert "first at line 3 '3020-01-01', line 5 '0202-01-01'" in message
-    transactions = read("far_dates.csv", invalid_rows="drop")
+    transactions = read("far_dates.csv", invalid_rows="drop", invalid_rows_max_share=1.0)
     assert transactions.quality.invalid_timestamps == 2
     assert (transactions.quality.first_timestamp, transactions.quality.last_timestamp) == (
         "2020-01-01 00:00:00",
