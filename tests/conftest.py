@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hypothesis import settings
 
@@ -64,5 +66,23 @@ def model_with_params(model_class, params: dict[str, float]):
             "converged": True,
             "customers": 0,
             "unique_rows": 0,
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def cdnow_sample() -> pd.DataFrame:
+    """The CDNOW sample as (customer_id, timestamp, amount) rows, customer ids with their leading zeros."""
+    spec = importlib.util.find_spec("lifetimes")
+    assert spec is not None and spec.origin is not None
+    path = Path(spec.origin).parent / "datasets" / "CDNOW_sample.txt"
+    raw = pd.read_csv(
+        path, sep=r"\s+", header=None, names=["master", "customer_id", "date", "cds", "amount"], dtype=str
+    )
+    return pd.DataFrame(
+        {
+            "customer_id": raw["customer_id"],
+            "timestamp": pd.to_datetime(raw["date"], format="%Y%m%d").dt.strftime("%Y-%m-%d"),
+            "amount": raw["amount"],
         }
     )

@@ -159,10 +159,10 @@ def forecast(
     -------
     Forecast
         ``customers`` indexed by customer_id (the summary, scores, heuristic, value tier, RFM group and CLV
-        interval of every customer), ``segments`` the segment table with its budget columns.
+        interval of every customer), ``segments`` the segment table with its budget columns; its ``warnings``
+        are the read's and the forecast's.
     """
     say = _quiet(progress)
-    valuation = Valuation.from_config(config)
     with collected_warnings() as caught:
         say(f"Summarising customers as of {as_of}")
         summary = summarize(
@@ -170,51 +170,65 @@ def forecast(
             rows_at_most=transactions.quality.rows_used,
             id_quantiles=transactions.id_quantiles if transactions.ends_by(as_of) else None,
         )  # fmt: skip
-        extreme = extreme_customers_message(summary)
-        if extreme is not None:
-            warnings.warn(extreme, ForecastWarning, stacklevel=2)
-        say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
+        result = score_summary(config, summary, as_of, transactions.segment_columns, progress)
+    return dataclasses.replace(result, warnings=list(transactions.quality.warnings) + caught)
+
+
+def score_summary(
+    config: RunConfig,
+    summary: pd.DataFrame,
+    as_of: dt.date,
+    segment_columns: list[str],
+    progress: Progress | None = None,
+) -> Forecast:
+    """Fit, score and segment the customers of a summary (``summarize``'s), as ``forecast`` does for a run.
+
+    Warnings (ForecastWarning) are issued, not collected: ``forecast`` collects them for the run's messages.
+    """
+    say = _quiet(progress)
+    valuation = Valuation.from_config(config)
+    extreme = extreme_customers_message(summary)
+    if extreme is not None:
+        warnings.warn(extreme, ForecastWarning, stacklevel=2)
+    say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
+    try:
+        histories, spend_histories, purchases, spend = fit_on_histories(config.purchase_model, summary)
+    except FitError as exc:
+        if extreme is None:
+            raise
+        raise FitError(f"{exc} {extreme}") from None
+    say("Scoring customers")
+    lifespan = config.heuristic.lifespan_years
+    lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
+    columns = scored_columns(config, valuation, summary, purchases, spend, histories, spend_histories, lifespan_years)
+    customers = pd.DataFrame(columns, index=summary.index, copy=False)
+    segmentations = ["segment", "rfm_group", *segment_columns]
+    # The customers' cells (their segment in every segmentation) are found once, for the intervals, the
+    # segment table and the budget figures.
+    cells = SegmentCells.of(customers, [None, *segmentations])
+    draws = None
+    # Without a parameter covariance (estimators warns) the run goes on without intervals.
+    if config.interval_draws > 0 and has_covariance(purchases) and has_covariance(spend):
+        say(f"Intervals from {config.interval_draws} parameter draws")
         try:
-            histories, spend_histories, purchases, spend = fit_on_histories(config.purchase_model, summary)
+            draws = clv_draws(
+                summary, purchases, spend, valuation, cells, config.ci_level,
+                config.interval_draws, config.seed,
+                histories=histories, spend_histories=spend_histories,
+                at_risk=customers_at_risk(customers, config.budget.p_alive_threshold),
+            )  # fmt: skip
         except FitError as exc:
-            if extreme is None:
-                raise
-            raise FitError(f"{exc} {extreme}") from None
-        say("Scoring customers")
-        lifespan = config.heuristic.lifespan_years
-        lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
-        columns = scored_columns(
-            config, valuation, summary, purchases, spend, histories, spend_histories, lifespan_years
-        )
-        customers = pd.DataFrame(columns, index=summary.index, copy=False)
-        segmentations = ["segment", "rfm_group", *transactions.segment_columns]
-        # The customers' cells (their segment in every segmentation) are found once, for the intervals, the
-        # segment table and the budget figures.
-        cells = SegmentCells.of(customers, [None, *segmentations])
-        draws = None
-        # Without a parameter covariance (estimators warns) the run goes on without intervals.
-        if config.interval_draws > 0 and has_covariance(purchases) and has_covariance(spend):
-            say(f"Intervals from {config.interval_draws} parameter draws")
-            try:
-                draws = clv_draws(
-                    summary, purchases, spend, valuation, cells, config.ci_level,
-                    config.interval_draws, config.seed,
-                    histories=histories, spend_histories=spend_histories,
-                    at_risk=customers_at_risk(customers, config.budget.p_alive_threshold),
-                )  # fmt: skip
-            except FitError as exc:
-                warnings.warn(f"The CLV intervals are left empty: {exc}", ForecastWarning, stacklevel=2)
-        del histories, spend_histories  # large with millions of customers, and not needed by the tables below
-        for name in ("clv_lower", "clv_upper"):
-            columns[name] = draws.customers[name].array if draws is not None else np.full(len(summary), np.nan)
-        customers = pd.DataFrame(columns, index=summary.index, copy=False)
-        segments = segment_table(customers, segmentations, lifespan_years, config.margin, cells)
-        segments = budget_columns(
-            segments, customers, purchases, draws, valuation, config.budget.target_ltv_to_cac,
-            config.budget.p_alive_threshold, cells,
-        )  # fmt: skip
-    messages = list(transactions.quality.warnings) + caught
-    return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, messages)
+            warnings.warn(f"The CLV intervals are left empty: {exc}", ForecastWarning, stacklevel=2)
+    del histories, spend_histories  # large with millions of customers, and not needed by the tables below
+    for name in ("clv_lower", "clv_upper"):
+        columns[name] = draws.customers[name].array if draws is not None else np.full(len(summary), np.nan)
+    customers = pd.DataFrame(columns, index=summary.index, copy=False)
+    segments = segment_table(customers, segmentations, lifespan_years, config.margin, cells)
+    segments = budget_columns(
+        segments, customers, purchases, draws, valuation, config.budget.target_ltv_to_cac,
+        config.budget.p_alive_threshold, cells,
+    )  # fmt: skip
+    return Forecast(as_of, customers, segments, purchases, spend, lifespan_years)
 
 
 def fit_on_histories(

@@ -51,6 +51,7 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import duckdb
+import pandas as pd
 
 from forecast.config import DataConfig, DuckDBConfig, RowFilter, RunConfig
 from forecast.errors import DataError, EngineError
@@ -347,16 +348,16 @@ class LogSource:
 
     @property
     def single_file(self) -> bool:
-        return len(self.files) == 1
+        return len(self.files) <= 1
 
     @property
     def unit(self) -> str:
-        """What a row's number counts in its file: lines of text, or Parquet rows."""
-        return "row" if self.file_format == "parquet" else "line"
+        """What a row's number counts in its file: lines of text, or Parquet and DataFrame rows."""
+        return "row" if self.file_format in ("parquet", "frame") else "line"
 
 
 def _where(path: str, files: list[Path]) -> str:
-    return path + ("" if len(files) == 1 else f" ({len(files)} files)")
+    return path + ("" if len(files) <= 1 else f" ({len(files)} files)")
 
 
 @contextmanager
@@ -468,6 +469,35 @@ def open_log(con: duckdb.DuckDBPyConnection, config: DataConfig) -> LogSource:
     with _unreadable_as_data_error(source.where, READ_ADVICE):
         _check_id_kinds(con, config, source)
         _check_float_ids(con, config, source)
+    return source
+
+
+#: How a log given as a pandas DataFrame is named in messages, and its "file format".
+FRAME = "the DataFrame"
+
+
+def open_frame(con: duckdb.DuckDBPyConnection, config: DataConfig, frame: pd.DataFrame) -> LogSource:
+    """Register a pandas DataFrame as the view ``raw_log``, as ``open_log`` registers files.
+
+    Its rows are numbered from 0 as pandas' ``iloc`` counts them; the frame is read in place, not copied.
+
+    Raises
+    ------
+    DataError
+        A mapped column missing.
+    """
+    con.execute(f"SET TimeZone = {quote_literal(config.timezone)}")
+    con.register("__clv_frame", frame)
+    file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
+    con.execute(
+        f"""CREATE OR REPLACE TEMP VIEW raw_log AS SELECT *, {quote_literal(FRAME)} AS {file_col},
+            row_number() OVER () - 1 AS {line_col} FROM __clv_frame"""
+    )
+    described = con.execute("DESCRIBE raw_log").fetchall()
+    types = {row[0]: str(row[1]) for row in described if row[0] not in (FILE_COLUMN, LINE_COLUMN)}
+    source = LogSource(FRAME, [], [], "frame", types)
+    _check_columns(config, source)
+    _check_float_ids(con, config, source)
     return source
 
 
@@ -1262,7 +1292,9 @@ def data_quality(
 # --- reading a log ------------------------------------------------------------------------------------
 
 
-def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection | None = None) -> Transactions:
+def read_transactions(
+    config: DataConfig, connection: duckdb.DuckDBPyConnection | None = None, frame: pd.DataFrame | None = None
+) -> Transactions:
     """Open the configured log, check it, apply the data policies and register ``transactions``.
 
     Parameters
@@ -1271,6 +1303,8 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         The ``data`` section of the run configuration.
     connection
         DuckDB connection to register the relation in; a new in-memory one by default.
+    frame
+        The log as a pandas DataFrame, read instead of ``config.path`` (which then only names it).
 
     Returns
     -------
@@ -1285,9 +1319,9 @@ def read_transactions(config: DataConfig, connection: duckdb.DuckDBPyConnection 
         negative amounts (under ``negative_amounts: fail``) or duplicates (under ``duplicates: fail``).
     """
     started = time.perf_counter()
-    identities = file_identities(resolve_files(config.path))
+    identities = file_identities(resolve_files(config.path)) if frame is None else ()
     con = connection if connection is not None else duckdb.connect()
-    source = open_log(con, config)
+    source = open_log(con, config) if frame is None else open_frame(con, config, frame)
     create_typed_log(con, config, source)
     with _unreadable_as_data_error(source.where, READ_ADVICE):
         excluded = count_excluded(con, config)

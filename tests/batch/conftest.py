@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 
 REPRODUCIBLE_FILES = [
     "customers.csv", "customers.parquet", "segments.csv", "models/purchases.json", "models/spend.json",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def cdnow_sample() -> pd.DataFrame:
-    """The CDNOW sample as (customer_id, timestamp, amount) rows, customer ids with their leading zeros."""
-    spec = importlib.util.find_spec("lifetimes")
-    assert spec is not None and spec.origin is not None
-    path = Path(spec.origin).parent / "datasets" / "CDNOW_sample.txt"
-    raw = pd.read_csv(
-        path, sep=r"\s+", header=None, names=["master", "customer_id", "date", "cds", "amount"], dtype=str
-    )
-    return pd.DataFrame(
-        {
-            "customer_id": raw["customer_id"],
-            "timestamp": pd.to_datetime(raw["date"], format="%Y%m%d").dt.strftime("%Y-%m-%d"),
-            "amount": raw["amount"],
-        }
-    )
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
