@@ -25,6 +25,14 @@ class FitError(ForecastError):
     """A model did not converge or gave unusable parameters."""
 
 
+class NotFittedError(FitError, ValueError, AttributeError):
+    """A model was asked for what only a fit teaches it (parameters, predictions) before it was fitted.
+
+    Also a ValueError and an AttributeError, as scikit-learn's ``NotFittedError``: ``hasattr(model, "params_")``
+    is False before fit.
+    """
+
+
 class ArtifactError(ForecastError):
     """A fitted-model artifact is missing, corrupt or of an incompatible version."""
 

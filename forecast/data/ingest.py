@@ -6,7 +6,7 @@ Nothing is pulled into Python row by row: checks are aggregate queries.
 
 Every problem the job can handle is handled by a documented policy and counted in ``DataQuality``;
 every problem it cannot handle is a ``DataError`` that names the column, the count and the first
-line numbers. The policies (README, "Data requirements and policies"):
+line numbers. The policies (docs/operations.md, "Data checks and model policies"):
 
 - timestamps: an ISO string with a UTC offset (``+02:00``, ``Z``) is converted to ``data.timezone``;
   a naive timestamp is taken to be in ``data.timezone`` already (default UTC). Purchase days are
@@ -20,9 +20,13 @@ line numbers. The policies (README, "Data requirements and policies"):
 - empty or blank customer ids: dropped and counted. Ids are kept as given (text: leading zeros,
   spaces and unicode survive; ``"007"`` and ``"7"`` are different customers).
 - zero amounts: kept as purchases and counted.
-- negative amounts (returns): ``data.negative_amounts`` = ``net`` (subtracted from the customer's
-  last purchase of that calendar day; a return on a day without a purchase is dropped and counted),
-  ``drop``, or ``fail``.
+- rows matching a ``data.exclude`` filter: left out before anything else, counted per filter.
+- ``data.quantity``: a row's amount is ``data.amount`` times it.
+- ids written as whole floats in a text file ('13085.0'): read as '13085' when every id is whole, counted.
+- negative amounts (returns): ``data.negative_amounts`` = ``net`` (subtracted from the same order's purchase
+  day, else from the customer's most recent purchase day within ``data.return_window_days``, never below zero;
+  a return without one is dropped and counted), ``drop``, or ``fail``.
+- more invalid rows than ``data.invalid_rows_max_share`` under ``drop``: a ``DataError``.
 - exact duplicate rows, and repeated order ids when ``data.order_id`` is mapped: ``data.duplicates`` =
   ``keep`` (the default: CDNOW has 255 legitimate identical rows), ``drop`` (keep the first), or ``fail``.
 - transactions after as_of: excluded by the summary and counted by ``count_after_as_of``.

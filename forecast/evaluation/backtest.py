@@ -165,12 +165,12 @@ def resolve_split(
 # --- metrics ---------------------------------------------------------------------------------------------
 
 
-def mae(predicted: np.ndarray, actual: np.ndarray) -> float:
+def mae(predicted: np.ndarray | pd.Series, actual: np.ndarray | pd.Series) -> float:
     """Mean absolute error per customer."""
     return float(np.mean(np.abs(np.asarray(predicted, float) - np.asarray(actual, float))))
 
 
-def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
+def rmse(predicted: np.ndarray | pd.Series, actual: np.ndarray | pd.Series) -> float:
     """Root mean squared error per customer."""
     return float(np.sqrt(np.mean((np.asarray(predicted, float) - np.asarray(actual, float)) ** 2)))
 

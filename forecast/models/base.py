@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, overload
 
 import numpy as np
+import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from forecast.data.compress import (
     as_floats,
 )
-from forecast.errors import FitError, ForecastWarning
+from forecast.errors import FitError, ForecastWarning, NotFittedError
 from forecast.models._lifetimes import (
     ConvergenceError,
 )
@@ -32,6 +34,9 @@ from forecast.models.fitting import (
 
 #: Above this variance of a log-parameter (a standard error of 10), the data do not identify the parameter.
 MAX_LOG_PARAM_VARIANCE = 100.0
+
+#: Half-width of 95% intervals in standard errors: the standard normal's 97.5% quantile, norm.ppf(0.975).
+Z_95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -55,13 +60,78 @@ class FitResult:
         return bool(np.all(np.diag(np.asarray(self.covariance_log_params)) < MAX_LOG_PARAM_VARIANCE))
 
 
-class _Model(ABC):
+class _Estimator:
+    """scikit-learn's estimator contract without importing scikit-learn (60-90 ms more on every CLI run).
+
+    Settings are the ``__init__`` arguments, stored under their own names; ``get_params`` and ``set_params``
+    read and write them as ``sklearn.base.BaseEstimator`` does, so ``sklearn.base.clone`` works.
+    """
+
+    @classmethod
+    def _init_parameters(cls) -> list[inspect.Parameter]:
+        """The settings: ``__init__``'s named parameters, sorted by name (none when there is no ``__init__``)."""
+        if cls.__init__ is object.__init__:
+            return []
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        return sorted((p for p in parameters if p.name != "self" and p.kind not in kinds), key=lambda p: p.name)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The settings by name; with ``deep``, those of settings that are estimators too, as ``name__setting``."""
+        params: dict[str, Any] = {}
+        for parameter in self._init_parameters():
+            value = getattr(self, parameter.name)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                params.update((f"{parameter.name}__{k}", v) for k, v in value.get_params().items())
+            params[parameter.name] = value
+        return params
+
+    def set_params(self, **params: Any) -> Self:
+        """Change settings by name (``name__setting`` for a setting of a setting) and return self.
+
+        Raises
+        ------
+        ValueError
+            A name is not a setting of this estimator.
+        """
+        valid = self.get_params(deep=True)
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            name, delimiter, sub_key = key.partition("__")
+            if name not in valid:
+                raise ValueError(
+                    f"Invalid parameter {name!r} for estimator {type(self).__name__}. "
+                    f"Valid parameters are: {sorted(valid)!r}."
+                )
+            if delimiter:
+                nested.setdefault(name, {})[sub_key] = value
+            else:
+                setattr(self, name, value)
+                valid[name] = value
+        for name, sub_params in nested.items():
+            valid[name].set_params(**sub_params)
+        return self
+
+    def _changed_settings(self) -> list[str]:
+        """``name=value`` for each setting that differs from its default, as scikit-learn's repr shows them."""
+        return [
+            f"{p.name}={getattr(self, p.name)!r}"
+            for p in self._init_parameters()
+            if p.default is inspect.Parameter.empty or getattr(self, p.name) != p.default
+        ]
+
+
+class _Model(_Estimator, ABC):
     """Shared plumbing: fit (lifetimes' maximisation), check, compute the total log-likelihood and SEs.
 
     Subclasses declare the model's name, the papers' parameter symbols, the lifetimes fitter with its
     parameter names, and the total log-likelihood (from lifetimes' own formula, un-normalised). A model
     that declares an ``objective`` (its likelihood with an analytic gradient) is maximised by lifetimes'
     minimisation of it (``_maximise``) and gets its Hessian from gradient differences.
+
+    As a scikit-learn estimator: ``__init__`` only stores settings, ``fit`` returns self, and what a fit learns
+    ends in ``_`` and exists only after it (``result_``, ``params_``, ``log_likelihood_``); before, they raise
+    ``NotFittedError``, which is a ``FitError`` and an ``AttributeError``.
     """
 
     name: ClassVar[str]
@@ -72,8 +142,8 @@ class _Model(ABC):
     objective: ClassVar[type[_Objective] | None] = None
     convergence_advice: ClassVar[str] = "another purchase_model (bgnbd, mbgnbd, pareto)"
 
-    def __init__(self) -> None:
-        self.result_: FitResult | None = None
+    #: What the fit learned; set by ``fit`` and ``from_dict`` only, absent before.
+    result_: FitResult
 
     # --- to be declared by each model -------------------------------------------------------------
     @staticmethod
@@ -84,12 +154,74 @@ class _Model(ABC):
     # --- shared ------------------------------------------------------------------------------------
     @property
     def params_(self) -> dict[str, float]:
+        """Fitted parameters by the papers' symbols."""
         return self._result().params
 
+    @property
+    def log_likelihood_(self) -> float:
+        """Total log-likelihood of the fitted customers at ``params_``."""
+        return self._result().log_likelihood
+
     def _result(self) -> FitResult:
-        if self.result_ is None:
-            raise FitError(f"The {self.title} model is not fitted yet: call fit() or load an artifact first.")
-        return self.result_
+        result: FitResult | None = getattr(self, "result_", None)
+        if result is None:
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with appropriate arguments "
+                f"before using this estimator, or load a fitted {self.title} model with from_dict."
+            )
+        return result
+
+    def summary(self) -> pd.DataFrame:
+        """Parameter estimates with standard errors and 95% intervals; the fit's diagnostics in ``attrs``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by parameter (the papers' symbols, in ``param_names`` order) with columns ``estimate``,
+            ``std_error`` (delta method) and ``lower_95``, ``upper_95`` (exp(ln theta -/+ 1.96 se(ln theta)), from
+            the log-parameter covariance, so always positive); NaN where the information matrix was not
+            invertible. ``attrs`` holds ``model``, ``log_likelihood``, ``customers``, ``unique_rows`` and
+            ``converged``.
+
+        Raises
+        ------
+        NotFittedError
+            The model is not fitted.
+        """
+        result = self._result()
+        estimate = np.array([result.params[p] for p in self.param_names])
+        errors = (result.standard_errors.get(p) for p in self.param_names)
+        std_error = np.array([np.nan if e is None else e for e in errors], dtype=float)
+        log_se = np.full(len(estimate), np.nan)
+        if result.covariance_log_params is not None:
+            log_se = np.sqrt(np.diag(np.asarray(result.covariance_log_params, dtype=float)))
+        frame = pd.DataFrame(
+            {
+                "estimate": estimate,
+                "std_error": std_error,
+                "lower_95": estimate * np.exp(-Z_95 * log_se),
+                "upper_95": estimate * np.exp(Z_95 * log_se),
+            },
+            index=pd.Index(self.param_names, name="parameter"),
+        )
+        frame.attrs = {
+            "model": self.name,
+            "log_likelihood": result.log_likelihood,
+            "customers": result.customers,
+            "unique_rows": result.unique_rows,
+            "converged": result.converged,
+        }
+        return frame
+
+    def __repr__(self) -> str:
+        """``BetaGeo()`` before fit; after, ``BetaGeo(r=0.2426, ...; 2,357 customers, log-likelihood -9582.4)``."""
+        parts = self._changed_settings()
+        result: FitResult | None = getattr(self, "result_", None)
+        if result is None:
+            return f"{type(self).__name__}({', '.join(parts)})"
+        parts += [f"{p}={result.params[p]:.4g}" for p in self.param_names]
+        fit = f"{result.customers:,} customers, log-likelihood {result.log_likelihood:.1f}"
+        return f"{type(self).__name__}({', '.join(parts)}; {fit})"
 
     def _fitter(self) -> Any:
         """A lifetimes fitter holding this model's parameters, built once per fit (predictions are hot paths)."""
@@ -236,9 +368,9 @@ def _require_finite(
     if bad.any():
         x, t_x, age = (np.broadcast_to(np.asarray(v, float), values.shape)[bad] for v in (frequency, recency, T))
         examples = ", ".join(f"(x={a:g}, t_x={b:g}, T={c:g})" for a, b, c in list(zip(x, t_x, age, strict=True))[:3])
-        result = model.result_
+        result = model._result()
         # Fitted on data (more distinct histories than parameters) that do not identify the parameters.
-        if result is not None and not result.identified and result.unique_rows > len(result.params):
+        if not result.identified and result.unique_rows > len(result.params):
             params = ", ".join(f"{name} {value:.3g}" for name, value in result.params.items())
             why = (
                 f"the fit itself is degenerate ({params}; its information matrix is singular or nearly so), so the "
@@ -251,6 +383,13 @@ def _require_finite(
             f"The {model.title} {what} are NaN or infinite for {int(bad.sum()):,} customer histories, "
             f"e.g. {examples}: {why}"
         )
+    return values
+
+
+def _like_input(values: np.ndarray, first: object, name: str) -> np.ndarray | pd.Series:
+    """``values`` as a Series named ``name`` on ``first``'s index when ``first`` is a Series, else as they are."""
+    if isinstance(first, pd.Series):
+        return pd.Series(values, index=first.index, name=name)
     return values
 
 
@@ -322,22 +461,64 @@ class PurchaseModel(_Model):
             self._fitter().conditional_expected_number_of_purchases_up_to_time(t, frequency, recency, T), dtype=float
         )
 
-    def expected_purchases(self, t: float, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
-        """Expected number of purchases in the next ``t`` time units given each customer's history."""
+    def _probability_alive(self, frequency: np.ndarray, recency: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """P(alive | x, t_x, T) by the model's formula (lifetimes' unless a model has a stabler form)."""
+        return np.asarray(self._fitter().conditional_probability_alive(frequency, recency, T), dtype=float)
+
+    @overload
+    def expected_purchases(self, t: float, frequency: pd.Series, recency: ArrayLike, T: ArrayLike) -> pd.Series: ...
+    @overload
+    def expected_purchases(self, t: float, frequency: np.ndarray, recency: ArrayLike, T: ArrayLike) -> np.ndarray: ...
+    def expected_purchases(
+        self, t: float, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    ) -> np.ndarray | pd.Series:
+        """Expected number of purchases in the next ``t`` time units given each customer's history.
+
+        Parameters
+        ----------
+        t
+            Horizon in model time units.
+        frequency, recency, T
+            Per-customer summary in model time units (see ``forecast.data.summary.summarize``).
+
+        Returns
+        -------
+        pandas.Series or numpy.ndarray
+            E[X(t) | x, t_x, T]: a Series named ``expected_purchases`` on ``frequency``'s index (customer_id)
+            when ``frequency`` is a Series, else an array.
+        """
         with np.errstate(all="ignore"):
             values = self._conditional_expectation(
                 t, np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
             )
         # The closed forms, 1 - (...) * hyp2f1(...), round to about -1e-15 for short horizons.
-        return np.maximum(_require_finite(values, self, "expected purchases", frequency, recency, T), 0.0)
+        values = np.maximum(_require_finite(values, self, "expected purchases", frequency, recency, T), 0.0)
+        return _like_input(values, frequency, "expected_purchases")
 
-    def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
-        """Probability that each customer is still active at the end of observation."""
+    @overload
+    def p_alive(self, frequency: pd.Series, recency: ArrayLike, T: ArrayLike) -> pd.Series: ...
+    @overload
+    def p_alive(self, frequency: np.ndarray, recency: ArrayLike, T: ArrayLike) -> np.ndarray: ...
+    def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray | pd.Series:
+        """Probability that each customer is still active at the end of observation.
+
+        Parameters
+        ----------
+        frequency, recency, T
+            Per-customer summary in model time units (see ``forecast.data.summary.summarize``).
+
+        Returns
+        -------
+        pandas.Series or numpy.ndarray
+            P(alive | x, t_x, T): a Series named ``p_alive`` on ``frequency``'s index (customer_id) when
+            ``frequency`` is a Series, else an array.
+        """
         with np.errstate(all="ignore"):
-            values = self._fitter().conditional_probability_alive(
+            values = self._probability_alive(
                 np.asarray(frequency, float), np.asarray(recency, float), np.asarray(T, float)
             )
-        return _require_finite(values, self, "probabilities of being alive", frequency, recency, T)
+        values = _require_finite(values, self, "probabilities of being alive", frequency, recency, T)
+        return _like_input(values, frequency, "p_alive")
 
     def expected_purchases_new(self, t: ArrayLike) -> np.ndarray:
         """Expected repeat purchases in ``t`` time units for a customer acquired at time 0."""

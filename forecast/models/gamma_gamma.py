@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Self
+from typing import Self, overload
 
 import numpy as np
+import pandas as pd
 from scipy.special import digamma, gammaln
 
 from forecast.data.compress import (
@@ -19,7 +20,7 @@ from forecast.models._lifetimes import (
     GammaGammaFitter,
     _check_inputs,
 )
-from forecast.models.base import ArrayLike, _Model
+from forecast.models.base import ArrayLike, _like_input, _Model
 from forecast.models.fitting import (
     _distinct,
     _Objective,
@@ -179,16 +180,37 @@ class GammaGamma(_Model):
             )
         return self
 
-    def expected_spend(self, frequency: ArrayLike, monetary_value: ArrayLike) -> np.ndarray:
+    @overload
+    def expected_spend(self, frequency: pd.Series, monetary_value: ArrayLike) -> pd.Series: ...
+    @overload
+    def expected_spend(self, frequency: np.ndarray, monetary_value: ArrayLike) -> np.ndarray: ...
+    def expected_spend(self, frequency: ArrayLike, monetary_value: ArrayLike) -> np.ndarray | pd.Series:
         """Expected average spend per future purchase given each customer's history (currency units).
 
         Customers with no repeat purchase get the population mean, p * gamma / (q - 1).
+
+        Parameters
+        ----------
+        frequency
+            Repeat purchases per customer.
+        monetary_value
+            Mean amount of each customer's repeat purchases (currency units).
+
+        Returns
+        -------
+        pandas.Series or numpy.ndarray
+            E[spend | x, m]: a Series named ``expected_spend`` on ``frequency``'s index (customer_id) when
+            ``frequency`` is a Series, else an array.
+
+        References
+        ----------
+        Fader & Hardie (2013), "The Gamma-Gamma model of monetary value", eq. (5).
         """
         x = np.asarray(frequency, float)
         m = np.where(x > 0, np.asarray(monetary_value, float), 0.0)
         with np.errstate(all="ignore"):
             values = self._fitter().conditional_expected_average_profit(x, m)
-        return np.asarray(values, dtype=float)
+        return _like_input(np.asarray(values, dtype=float), frequency, "expected_spend")
 
     def average_spend_density(self, z: ArrayLike, frequency: ArrayLike) -> np.ndarray:
         """Model density of a customer's observed average spend, mixed over the customers' repeat purchases.

@@ -14,7 +14,7 @@ from scipy.special import expit, gammaln, hyp2f1
 from forecast.models._lifetimes import (
     ParetoNBDFitter,
 )
-from forecast.models.base import ArrayLike, PurchaseModel, _require_finite
+from forecast.models.base import ArrayLike, PurchaseModel
 
 ParetoParams = Sequence[float] | np.ndarray  # r, alpha, s, beta
 
@@ -189,8 +189,8 @@ class ParetoNBD(PurchaseModel):
         row_ll = _pareto_nbd_log_likelihood(params, data["frequency"], data["recency"], data["T"])
         return float(np.sum(weights * row_ll))
 
-    def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
-        """Probability that each customer is still active at the end of observation (1 when t_x = T).
+    def _probability_alive(self, frequency: np.ndarray, recency: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """P(alive | x, t_x, T), 1 when t_x = T.
 
         P(alive) = 1 / (1 + s / (r + s + x) (alpha + T)^(r + x) (beta + T)^s A_0), evaluated as the logistic
         function of minus the log-odds with the stable ln A_0 (``_pareto_nbd_log_a0``), so it is finite for any
@@ -200,16 +200,8 @@ class ParetoNBD(PurchaseModel):
         ----------
         Fader & Hardie (2005), note 009, eq. (36) and (37).
         """
-        with np.errstate(all="ignore"):
-            values = expit(
-                -_pareto_nbd_log_odds_dead(
-                    [self.params_[k] for k in self.param_names],
-                    np.asarray(frequency, float),
-                    np.asarray(recency, float),
-                    np.asarray(T, float),
-                )
-            )
-        return _require_finite(values, self, "probabilities of being alive", frequency, recency, T)
+        params = [self.params_[k] for k in self.param_names]
+        return np.asarray(expit(-_pareto_nbd_log_odds_dead(params, frequency, recency, T)), dtype=float)
 
     def _conditional_expectation(
         self, t: float, frequency: np.ndarray, recency: np.ndarray, T: np.ndarray

@@ -445,7 +445,8 @@ def parameter_rows(purchases: PurchaseModel, spend: GammaGamma, time_unit: str) 
         f"{spend.mean_spend():,.2f}."
     )
     for model, title in ((purchases, purchases.title), (spend, spend.title)):
-        errors = model.result_.standard_errors if model.result_ is not None else {}
+        result = getattr(model, "result_", None)  # absent before fit
+        errors = result.standard_errors if result is not None else {}
         for name in model.param_names:
             value = model.params_[name]
             error = errors.get(name)

@@ -65,7 +65,8 @@ def interval(values: np.ndarray, ci_level: float) -> tuple[np.ndarray, np.ndarra
 
 def has_covariance(model: PurchaseModel | GammaGamma) -> bool:
     """Whether the fit has a parameter covariance, which the intervals need."""
-    return model.result_ is not None and model.result_.covariance_log_params is not None
+    result = getattr(model, "result_", None)  # absent before fit
+    return result is not None and result.covariance_log_params is not None
 
 
 def parameter_draws(model: ModelT, draws: int, rng: np.random.Generator) -> list[ModelT]:
@@ -79,7 +80,7 @@ def parameter_draws(model: ModelT, draws: int, rng: np.random.Generator) -> list
     FitError
         The fit has no covariance (its information matrix was not invertible).
     """
-    result = model.result_
+    result = getattr(model, "result_", None)  # absent before fit
     if result is None or result.covariance_log_params is None:
         raise FitError(
             f"The {model.title} fit has no parameter covariance (its information matrix is not invertible), so "
@@ -374,8 +375,8 @@ def history_gradients(
     spend_value, spend_gradient = _spend_and_gradient(spend, *spend_histories.rows.T)
     _require_finite_gradients(customer_ids, histories, spend_histories, row_value, row_gradient, spend_value,
                               spend_gradient)  # fmt: skip
-    covariance_p = np.asarray(purchases.result_.covariance_log_params)  # type: ignore[union-attr]
-    covariance_g = np.asarray(spend.result_.covariance_log_params)  # type: ignore[union-attr]
+    covariance_p = np.asarray(purchases.result_.covariance_log_params)
+    covariance_g = np.asarray(spend.result_.covariance_log_params)
     z_squared = float(stats.norm.ppf((1 + ci_level) / 2)) ** 2
     return HistoryGradients(
         purchases=row_value,
