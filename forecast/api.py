@@ -100,7 +100,8 @@ def score(
     segment_columns
         Columns of the summary that are segments of their own (they get rows in the segment table).
     **settings
-        Any top-level key of the run config except ``data``: ``purchase_model``, ``time_unit``, ``horizon_months``,
+        Any top-level key of the run config except ``data``: ``purchase_model`` (default ``bgnbd`` here, as ``auto``
+        needs the log), ``time_unit``, ``horizon_months``,
         ``monthly_discount_rate``, ``margin``, ``interval_draws``, ``ci_level``, ``seed``, ``heuristic``,
         ``segments``, ``budget`` ... (``time_unit`` must be the summary's).
 
@@ -110,7 +111,15 @@ def score(
         Indexed by customer_id, the columns of customers.parquet in its order (README, "Outputs").
     """
     from forecast.batch.pipeline import customer_columns, score_summary
+    from forecast.errors import ConfigError
 
+    # A summary cannot be validated (that needs the purchases before as_of): score's model defaults to BG/NBD.
+    settings = {"purchase_model": "bgnbd", **settings}
+    if settings["purchase_model"] == "auto":
+        raise ConfigError(
+            "purchase_model auto chooses by refitting the models on the transaction log before as_of, which a summary "
+            "does not hold: pass purchase_model='bgnbd', 'mbgnbd' or 'pareto', or use forecast.run on the log."
+        )
     config = _config({"path": FRAME_PATH}, as_of=as_of, **settings)
     day = config.as_of or pd.Timestamp(summary["last_purchase"].max()).date()
     customers = score_summary(config, summary, day, list(segment_columns or [])).customers

@@ -281,28 +281,50 @@ def backtest(
         f"{document['customers']:,} customers, actual holdout purchases {document['actual']['purchases']:,.0f}, "
         f"revenue {document['actual']['revenue']:,.2f}"
     )
-    typer.echo(f"{'method':<18} {'purchases':>10} {'MAE':>7} {'RMSE':>7} {'revenue':>12} {'MAE':>8} {'RMSE':>8} "
-               f"{'Spearman':>8} {'top20%':>7}")  # fmt: skip
-    for name, m in document["methods"].items():
-        spearman = "n/a" if m["spearman_revenue"] is None else f"{m['spearman_revenue']:.3f}"
-        top = "n/a" if m["top20_capture"] is None else f"{m['top20_capture']:.1%}"
-        typer.echo(
-            f"{name:<18} {m['predicted_purchases']:>10,.0f} {m['mae_purchases']:>7.3f} {m['rmse_purchases']:>7.3f} "
-            f"{m['predicted_revenue']:>12,.0f} {m['mae_revenue']:>8.2f} {m['rmse_revenue']:>8.2f} {spearman:>8} "
-            f"{top:>7}"
-        )
-    winners = ", ".join(f"{metric} {name}" for metric, name in document["winner"].items())
-    typer.echo(f"best: {winners}")
-    comparison = document["model_comparison"]
-    for name, entry in comparison.items():
-        if "error" in entry:
-            typer.echo(f"model {name}: not fitted ({entry['error']})")
-        else:
-            typer.echo(
-                f"model {name:<7} LL {entry['log_likelihood']:,.2f}  BIC {entry['bic']:,.2f}  "
-                f"holdout purchases {entry['predicted_purchases']:,.0f}  MAE {entry['mae_purchases']:.3f}"
-            )
+    for line in _backtest_lines(document):
+        typer.echo(line)
     typer.echo(f"outputs in {done.output}")
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _backtest_lines(document: dict[str, Any]) -> list[str]:
+    """The backtest's table: the deciding scores first, the information ones after the bar; the winner; the model
+    choice and the models' holdout scores (information)."""
+    lines = [
+        f"{'':<18} {'deciding scores':^34} | {'information':^48}",
+        f"{'method':<18} {'revenue':>11} {'total':>7} {'RMSE':>7} {'Gini':>6} | {'purchases':>9} {'MAE':>6} "
+        f"{'RMSE':>6} {'rev MAE':>8} {'Spearman':>8} {'top20%':>6}",
+    ]
+    for name, m in document["methods"].items():
+        lines.append(
+            f"{name:<18} {m['predicted_revenue']:>11,.0f} {_number(m.get('total_revenue_error'), '+.1%'):>7} "
+            f"{m['rmse_revenue']:>7.2f} {_number(m.get('normalized_gini'), '.3f'):>6} | "
+            f"{m['predicted_purchases']:>9,.0f} {m['mae_purchases']:>6.3f} {m['rmse_purchases']:>6.3f} "
+            f"{m['mae_revenue']:>8.2f} {_number(m['spearman_revenue'], '.3f'):>8} "
+            f"{_number(m['top20_capture'], '.1%'):>6}"
+        )
+    overall = document.get("overall_winner", {})
+    if overall.get("method"):
+        won = overall["wins"][overall["method"]]
+        lines.append(
+            f"winner: {overall['method']} (best on {won} of {len(overall['decided_by'])} deciding scores: total "
+            "revenue error, revenue RMSE, normalized Gini; MAE, Spearman and top-20% capture are information)"
+        )
+    used = document["purchase_model"]
+    lines.append(f"purchase model {used['used']} (configured {used['configured']}): {used.get('reason', '')}")
+    for name, entry in document["model_comparison"].items():
+        if "error" in entry:
+            lines.append(f"  model {name}: not fitted ({entry['error']})")
+            continue
+        lines.append(
+            f"  model {name:<7} LL {entry['log_likelihood']:,.2f}  BIC {entry['bic']:,.2f}  holdout purchases "
+            f"{entry['predicted_purchases']:,.0f}  MAE {entry['mae_purchases']:.3f}  holdout LL per 1,000 "
+            f"{_number(entry.get('holdout_log_likelihood_per_1000'), ',.1f')} (information)"
+        )
+    return lines
 
 
 @app.command()
@@ -356,32 +378,34 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by
 @app.command()
 def budget(
     config: ConfigArg,
-    cac: Annotated[float, typer.Option("--cac", help="Acquisition cost per customer (currency).")],
-    as_of: AsOfOption = None,
+    cac: Annotated[
+        float | None,
+        typer.Option("--cac", help="Acquisition cost per customer (currency); default the config's budget.cac."),
+    ] = None,
+    as_of: MonthOption = None,
+    output: Annotated[Path, typer.Option("--output", help="The budget file to write.")] = Path("budget.csv"),
 ) -> None:
-    """At an acquisition cost per customer, which segments pay back, and in how many months."""
+    """Per segment one can bid on: does a new customer acquired at the CAC pay back, and when; writes budget.csv."""
     from forecast.batch.pipeline import budget as budget_pipeline
+    from forecast.batch.pipeline import budget_table, check_budget_file, write_budget_file
 
     settings = load_config(config)
-    day = _day_option(as_of, "--as-of")
+    day = _month_option(as_of, "--as-of")
+    check_budget_file(output)
     with progress_display() as say:
-        result, table = budget_pipeline(settings, cac, day, say)
+        result = budget_pipeline(settings, cac, day, say)
     for message in result.warnings:
         _warn(message)
+    table = budget_table(result, settings)
+    write_budget_file(table, output)
     typer.echo(
-        f"as_of {result.as_of}: a new customer acquired at {cac:,.2f}, margin {settings.margin:g}, "
-        f"{settings.horizon_months} months at {settings.monthly_discount_rate:.2%} a month; "
-        f"target LTV:CAC {settings.budget.target_ltv_to_cac:g}"
+        f"as_of {result.as_of}: a new customer's value over {settings.horizon_months} months at "
+        f"{settings.monthly_discount_rate:.2%} a month, margin {settings.margin:g}; target LTV:CAC "
+        f"{settings.budget.target_ltv_to_cac:g}. Segments one can bid on:"
     )
-    typer.echo(
-        f"{'segmentation':<14} {'segment':<16} {'customers':>9} {'new CLV':>9} {'max CAC':>9} {'LTV:CAC':>7}  payback"
-    )
-    for row in table.itertuples(index=False):
-        payback = f"month {row.payback_month}" if row.pays_back else f"not within {settings.horizon_months} months"
-        typer.echo(
-            f"{row.segmentation:<14.14} {row.segment:<16.16} {row.customers:>9,} {row.new_customer_clv:>9,.2f} "
-            f"{row.max_acquisition_cost:>9,.2f} {row.ltv_to_cac:>7.2f}  {payback}"
-        )
+    for row in table[table["biddable"] & (table["verdict"] != "")].itertuples(index=False):
+        typer.echo(f"  {row.segmentation}={row.segment} ({row.customers:,} customers): {row.verdict}")
+    typer.echo(f"all segments, with value tiers and RFM groups (known only after acquisition), in {output}")
 
 
 @app.command()

@@ -211,6 +211,42 @@ class BacktestConfig(_Strict):
         return self
 
 
+class ModelSelectionConfig(_Strict):
+    """How ``purchase_model: auto`` chooses, and how a configured model is checked: an internal validation inside
+    the data up to the cut-off (as_of, or a backtest's calibration_end); see forecast.evaluation.selection."""
+
+    window_days: int = Field(
+        default=91, ge=7, le=3653,
+        description="Days at the end of the data before the cut-off that the models predict (13 weeks); at most a "
+        "third of the data's span.",
+    )  # fmt: skip
+    origins: int = Field(default=1, ge=1, le=6, description="Validation windows, back to back before the cut-off.")
+    max_customers: int = Field(
+        default=25_000, ge=1_000, le=100_000_000,
+        description="Customers fitted and scored per window at most (a fixed sample by id hash above it).",
+    )  # fmt: skip
+    check_configured: bool = Field(
+        default=False,
+        description="Also validate a configured purchase_model, and warn when another scores clearly better.",
+    )
+
+
+class PenalizerConfig(_Strict):
+    """lifetimes' L2 penalty on the models' parameters (``penalizer_coef``); 0 is maximum likelihood.
+
+    ``penalizer * sum(params ** 2)`` is added to the mean negative log-likelihood per customer (the total for
+    Pareto/NBD), with alpha and beta in lifetimes' rescaled time (ages up to 1), so a fit equals lifetimes' fitter
+    with the same ``penalizer_coef``. Typical values are 0.001 to 0.1; see docs/reference.md.
+    """
+
+    purchases: float = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False, description="Penalty of the purchase model (and of the NBD)."
+    )
+    spend: float = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False, description="Penalty of Gamma-Gamma (gamma in currency units)."
+    )
+
+
 class DriftConfig(_Strict):
     """When a change since the previous month's run becomes a warning (see forecast.batch.drift)."""
 
@@ -228,6 +264,25 @@ class BudgetConfig(_Strict):
     p_alive_threshold: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="Customers with P(alive) below this count as value at risk."
     )
+    cac: float | dict[str, float] | None = Field(
+        default=None,
+        description="Acquisition cost per customer: one amount, or amounts by segment name with 'default' for "
+        "the rest (e.g. {web: 20, store: 12, default: 15}); gives segments.csv its payback columns.",
+    )
+    cohort: Literal["month", "quarter"] = Field(
+        default="quarter",
+        description="Acquisition cohorts (segmentation 'cohort'): the month or quarter of the first purchase.",
+    )
+
+    @field_validator("cac")
+    @classmethod
+    def _positive_costs(cls, value: float | dict[str, float] | None) -> float | dict[str, float] | None:
+        amounts = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        if any(not (amount > 0 and amount < float("inf")) for amount in amounts):
+            raise ValueError("acquisition costs must be positive amounts per customer")
+        if isinstance(value, dict) and not value:
+            raise ValueError("give one amount, or amounts by segment name (with 'default' for the rest)")
+        return value
 
 
 class DuckDBConfig(_Strict):
@@ -286,7 +341,11 @@ class RunConfig(_Strict):
     horizon_months: int = Field(default=12, ge=1, le=600)
     monthly_discount_rate: float = Field(default=0.01, ge=0.0, lt=1.0)
     margin: float = Field(default=1.0, gt=0.0, le=1.0)
+    #: ``auto`` is not the default yet: on a short log the internal validation's Pareto/NBD fit goes through
+    #: lifetimes' Nelder-Mead with the quadrature form of its likelihood and can take many minutes.
     purchase_model: PurchaseModelName = "bgnbd"
+    model_selection: ModelSelectionConfig = Field(default_factory=ModelSelectionConfig)
+    penalizer: PenalizerConfig = Field(default_factory=PenalizerConfig)
     backtest: BacktestConfig | None = None
     heuristic: HeuristicConfig = Field(default_factory=HeuristicConfig)
     segments: SegmentConfig = Field(default_factory=SegmentConfig)

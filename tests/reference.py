@@ -37,3 +37,16 @@ CDNOW_SAMPLE_HOLDOUT_REPEAT_PURCHASES = 1882
 # The heuristic's worked examples in the marketing articles it comes from (docs/reference.md):
 # (average purchase value, purchases per year, lifespan years, CLV).
 HEURISTIC_WORKED_EXAMPLES = [(1_000, 6, 5, 30_000), (5_000, 4, 8, 160_000), (800, 5, 3, 12_000)]
+
+# DERT (discounted expected residual transactions) of Pareto/NBD, docs REFERENCE.md "DERT": R BTYD 2.4.3 `pnbd.DERT`
+# (an independent implementation, run on this project's machines) at BTYD's own fit of the CDNOW sample, continuous
+# discounting delta = 0.15 / 52 a week, for the customer x = 2, t_x = 30.43, T = 38.86. No printed value is known.
+# CLVTools 0.11.2 gives 6.22792325440761 for that customer at its own fit (s and beta ~5e-4 from BTYD's).
+BTYD_PARETO_CDNOW_SAMPLE = {"r": 0.553371025230202, "alpha": 10.5795196344365, "s": 0.605907381772719,
+                            "beta": 11.658116182064}  # fmt: skip
+BTYD_DERT_DELTA = 0.15 / 52
+BTYD_DERT_CUSTOMER = (2.0, 30.43, 38.86)
+BTYD_DERT = 6.22828547348117
+CLVTOOLS_DERT = 6.22792325440761
+# Gamma-Gamma expected spend of that customer (Hardie's spreadsheet value 24.65, to more digits).
+BTYD_DERT_CUSTOMER_EXPECTED_SPEND = 24.6540311704301

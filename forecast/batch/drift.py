@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from forecast.config import DriftConfig
-from forecast.value.segments import ALL, ALL_SEGMENTATION
+from forecast.value.segments import ALL, segmentation_name
 
 NEW = "new"
 MISSING = "missing"
@@ -109,8 +109,11 @@ def total_drift(previous: pd.DataFrame, current: pd.DataFrame) -> dict[str, Any]
 
 
 def segment_totals(customers: pd.DataFrame, segmentations: list[str]) -> pd.DataFrame:
-    """Customers and total CLV per segment, as in the segment table: one ``all`` row, then each segmentation.
+    """Customers and total CLV per segment, as in the segment table: one ``all`` row, then each segmentation
+    (named as there, ``forecast.value.segments.segmentation_name``: ``value_tier`` for the column ``segment``).
 
+    Both runs are totalled from their per-customer tables, whose columns keep their names across versions, so a
+    previous run written when the segment tables named the value tiers ``segment`` compares under the new names.
     Segmentations missing from ``customers`` (a segment column added since an earlier run) are skipped.
 
     Returns
@@ -118,7 +121,7 @@ def segment_totals(customers: pd.DataFrame, segmentations: list[str]) -> pd.Data
     pandas.DataFrame
         Columns segmentation, segment, customers, clv_total.
     """
-    frames = [pd.DataFrame({"segmentation": [ALL_SEGMENTATION], "segment": [ALL], "customers": [len(customers)],
+    frames = [pd.DataFrame({"segmentation": [segmentation_name(None)], "segment": [ALL], "customers": [len(customers)],
                             "clv_total": [float(customers["clv"].sum())]})]  # fmt: skip
     for column in segmentations:
         if column not in customers.columns:
@@ -128,7 +131,7 @@ def segment_totals(customers: pd.DataFrame, segmentations: list[str]) -> pd.Data
         frames.append(
             pd.DataFrame(
                 {
-                    "segmentation": column,
+                    "segmentation": segmentation_name(column),
                     "segment": grouped.index.astype(str),
                     "customers": grouped["size"].to_numpy(),
                     "clv_total": grouped["sum"].to_numpy(),

@@ -4,9 +4,10 @@ Parquet is written in slices: the frame is converted to Arrow one slice of rows 
 (no ``reset_index`` copy of the frame), so no second full copy of the table is held in memory.
 
 Every CSV (customers.csv, segments.csv, backtest_customers.csv) is written by DuckDB's ``COPY ... TO`` through
-``copy_to_csv``, so they share one format and one escaping of formula-like text. pandas' ``to_csv`` formats
-every value in Python, far slower on millions of customers; DuckDB writes customers.csv from the Parquet file
-in parallel.
+``copy_to_csv``, so they share one format, one rounding of numbers (``csv_number``: money to cents, other
+figures to 4 significant figures; Parquet and JSON keep full precision) and one escaping of formula-like text.
+pandas' ``to_csv`` formats every value in Python, far slower on millions of customers; DuckDB writes
+customers.csv from the Parquet file in parallel.
 
 Only columns with few distinct values are dictionary-encoded: for the float columns of model outputs
 (hundreds of thousands of distinct values per row group) Parquet's dictionary encoder hashes every
@@ -16,6 +17,7 @@ time for a file hardly smaller (docs/performance.md, "Memory and speed design").
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import duckdb
@@ -35,6 +37,18 @@ DICTIONARY_FLOAT_COLUMNS = ("recency", "T")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 #: Data rows a spreadsheet can show (Excel: 1,048,576 rows including the header).
 SPREADSHEET_ROWS = 1_048_575
+#: Words that make a float column a currency amount in CSV files (``is_money``): the column's name, split at
+#: underscores, has one of them (clv, clv_lower_total, revenue_to_date, expected_spend, monetary_value,
+#: avg_purchase_value, heuristic_gap, max_acquisition_cost, value_at_risk, new_customer_clv, cac, actual_revenue
+#: ...), unless the word follows ``to``: x_to_cac (ltv_to_cac) is a ratio of amounts, revenue_to_date an amount.
+MONEY_WORDS = frozenset({"clv", "revenue", "spend", "value", "cost", "gap", "cac"})
+#: Decimals of a currency amount in CSV files: cents.
+MONEY_DECIMALS = 2
+#: Significant figures of every other float in CSV files: rates, probabilities, counts per time, ratios, times
+#: (p_alive, mean_p_alive, expected_purchases, purchases_per_year, recency, T, ltv_to_cac ...).
+SIGNIFICANT_FIGURES = 4
+#: DuckDB types rounded in CSV files; integers (customers, frequency, counts) and text are written as they are.
+FLOAT_TYPES = ("DOUBLE", "FLOAT")
 
 
 def csv_wanted(setting: str, customers: int) -> tuple[bool, str | None]:
@@ -127,8 +141,10 @@ def copy_to_csv(con: duckdb.DuckDBPyConnection, source: str, csv_path: Path) -> 
     """Write the rows of a DuckDB relation to CSV, prefixing text cells a spreadsheet would run as a formula.
 
     Every CSV the toolkit writes goes through here, so they share one format: a header row, comma separators,
-    numbers in their shortest exact form, missing values as empty fields, and text cells that start with one of
-    ``FORMULA_PREFIXES`` prefixed with an apostrophe (a spreadsheet then shows the text instead of running it).
+    floats rounded by ``csv_number`` (money to cents, other figures to 4 significant figures) and written in their
+    shortest form (2500315.63, 0.1235, 12350.0), integers as they are, missing values as empty fields, and text
+    cells that start with one of ``FORMULA_PREFIXES`` prefixed with an apostrophe (a spreadsheet then shows the
+    text instead of running it).
 
     Parameters
     ----------
@@ -158,6 +174,8 @@ def copy_to_csv(con: duckdb.DuckDBPyConnection, source: str, csv_path: Path) -> 
             selected.append(
                 f"CASE WHEN left({text}, 1) IN ({prefixes}) THEN '''' || {text} ELSE {text} END AS {column}"
             )
+        elif column_type in FLOAT_TYPES:
+            selected.append(f"{csv_number(name, column_type)} AS {column}")
         else:
             selected.append(column)
     try:
@@ -169,6 +187,43 @@ def copy_to_csv(con: duckdb.DuckDBPyConnection, source: str, csv_path: Path) -> 
         # DuckDB reports a failed write (a full disk, a file-size limit) as its own error: to the run it is a
         # failed write like any other, which atomic_folder turns into the user error that says what to do.
         raise OSError(f"{csv_path} could not be written ({exc})") from None
+
+
+def is_money(column: str) -> bool:
+    """Whether a float column holds currency amounts (rounded to cents in CSV files): its name, split at
+    underscores, has one of ``MONEY_WORDS``, and none of them comes after ``to`` (a ratio: ltv_to_cac). Every other
+    float column is a rate, probability, count per time, ratio or time (``SIGNIFICANT_FIGURES``)."""
+    words = column.lower().split("_")
+    ratio = any(word == "to" and after in MONEY_WORDS for word, after in itertools.pairwise(words))
+    return not ratio and not MONEY_WORDS.isdisjoint(words)
+
+
+def csv_number(name: str, column_type: str) -> str:
+    """The SQL expression of a float column's values in a CSV file: money rounded to ``MONEY_DECIMALS``, other
+    figures to ``SIGNIFICANT_FIGURES`` significant figures (``is_money``); 0, NaN, infinities and NULL unchanged.
+
+    DuckDB's ``round(x, d)`` computes round(x * 10^d) / 10^d: for d from -22 to 22 the power of ten is exact, so
+    the result is the double nearest the rounded decimal and prints as it (2500315.63, not 2500315.6299999994).
+    Beyond that (|x| below 1e-19 or from 1e22, as a P(alive) of 1e-30) the significant figures come from the
+    value's decimal text instead, right at any magnitude but slower.
+
+    Parameters
+    ----------
+    name
+        The column's name.
+    column_type
+        Its DuckDB type, one of ``FLOAT_TYPES`` (the expression keeps it).
+    """
+    column = quote_identifier(name)
+    if is_money(name):
+        return f"round({column}, {MONEY_DECIMALS})"
+    decimals = f"CAST({SIGNIFICANT_FIGURES - 1} - floor(log10(abs({column}))) AS INTEGER)"
+    as_text = f"CAST(format('{{:.{SIGNIFICANT_FIGURES}g}}', {column}) AS {column_type})"
+    # CASE evaluates each branch on the rows it selects only: log10 never sees 0, NaN or an infinity.
+    return (
+        f"CASE WHEN isfinite({column}) AND abs({column}) >= 1e-19 AND abs({column}) < 1e22 "
+        f"THEN round({column}, {decimals}) ELSE {as_text} END"
+    )
 
 
 def write_customer_tables(customers: pd.DataFrame, columns: list[str], folder: Path, csv: bool = True) -> list[Path]:

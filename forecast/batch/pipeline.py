@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from forecast.batch.drift import compare_runs
 from forecast.batch.outputs import csv_wanted, frame_to_csv, write_customer_tables
@@ -36,7 +38,7 @@ from forecast.batch.registry import (
     paths_never_replaced,
     run_folder,
 )
-from forecast.config import RunConfig
+from forecast.config import BudgetConfig, PenalizerConfig, RunConfig, describe_validation_error
 from forecast.data.fingerprints import file_sha256, input_files_sha256, rows_up_to_as_of_fingerprint
 from forecast.data.ingest import (
     Transactions,
@@ -53,17 +55,16 @@ from forecast.errors import (
     DataError,
     FitError,
     ForecastWarning,
+    OutputError,
     collected_warnings,
 )
 from forecast.evaluation.backtest import (
     BacktestResult,
-    default_split,
-    log_span,
     resolve_split,
     run_backtest,
-    select_purchase_model,
 )
-from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model
+from forecast.evaluation.selection import Selection, select_purchase_model
+from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model, mean_amount_per_purchase
 from forecast.models.artifacts import library_versions, model_artifact, write_json
 from forecast.report.build import build_report
 from forecast.report.run_folder import (
@@ -78,17 +79,20 @@ from forecast.report.run_folder import (
     read_models,
     read_run,
 )
-from forecast.value.budget import budget_columns, customers_at_risk, payback_table
+from forecast.value.budget import budget_columns, customers_at_risk, decision_columns, verdict
 from forecast.value.clv import (
     Histories,
     SpendHistories,
     assign_tiers,
+    discounted_purchases_if_alive,
     heuristic_clv,
     heuristic_inputs,
     observed_lifespan_years,
     score_customers,
+    score_lifetime,
 )
-from forecast.value.segments import ALL_SEGMENTATION, SegmentCells, rfm_groups, segment_table
+from forecast.value.comparison import comparison_record, matched_segment_columns, matched_span_months
+from forecast.value.segments import ALL_SEGMENTATION, SegmentCells, cohorts, rfm_groups, segment_table
 from forecast.value.uncertainty import clv_draws, has_covariance
 from forecast.value.valuation import Valuation
 
@@ -97,7 +101,7 @@ Progress = Callable[[str], None]
 CUSTOMER_COLUMNS = [
     "customer_id", "frequency", "recency", "T", "monetary_value", "p_alive", "expected_purchases",
     "expected_spend", "clv", "clv_lower", "clv_upper", "clv_heuristic", "segment", "revenue", "avg_purchase_value",
-    "purchases_per_year",
+    "purchases_per_year", "clv_lifetime", "clv_matched",
 ]  # fmt: skip
 log = logging.getLogger("forecast")
 
@@ -192,7 +196,9 @@ def score_summary(
         warnings.warn(extreme, ForecastWarning, stacklevel=2)
     say(f"Fitting {config.purchase_model} and Gamma-Gamma on {len(summary):,} customers")
     try:
-        histories, spend_histories, purchases, spend = fit_on_histories(config.purchase_model, summary)
+        histories, spend_histories, purchases, spend = fit_on_histories(
+            config.purchase_model, summary, config.penalizer
+        )
     except FitError as exc:
         if extreme is None:
             raise
@@ -202,7 +208,7 @@ def score_summary(
     lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
     columns = scored_columns(config, valuation, summary, purchases, spend, histories, spend_histories, lifespan_years)
     customers = pd.DataFrame(columns, index=summary.index, copy=False)
-    segmentations = ["segment", "rfm_group", *segment_columns]
+    segmentations = ["segment", "rfm_group", "cohort", *segment_columns]
     # The customers' cells (their segment in every segmentation) are found once, for the intervals, the
     # segment table and the budget figures.
     cells = SegmentCells.of(customers, [None, *segmentations])
@@ -224,29 +230,34 @@ def score_summary(
         columns[name] = draws.customers[name].array if draws is not None else np.full(len(summary), np.nan)
     customers = pd.DataFrame(columns, index=summary.index, copy=False)
     segments = segment_table(customers, segmentations, lifespan_years, config.margin, cells)
+    segments = matched_segment_columns(segments, valuation, lifespan_years)
     segments = budget_columns(
         segments, customers, purchases, draws, valuation, config.budget.target_ltv_to_cac,
         config.budget.p_alive_threshold, cells,
     )  # fmt: skip
+    segments = decision_columns(segments, purchases, valuation, config.budget.cac, config.budget.target_ltv_to_cac)
     return Forecast(as_of, customers, segments, purchases, spend, lifespan_years)
 
 
 def fit_on_histories(
-    purchase_model: str, summary: pd.DataFrame
+    purchase_model: str, summary: pd.DataFrame, penalizer: PenalizerConfig | None = None
 ) -> tuple[Histories, SpendHistories, PurchaseModel, GammaGamma]:
     """Find every customer's unique histories once, and fit the purchase and spend models on them.
 
     The fits take the histories' rows and counts, and the histories index the model evaluations of the scores
     and intervals. The spend histories are found on a second thread while the purchase histories are found and
     the purchase model is fitted on them: pandas' factorize, numpy's counts and the likelihood's array arithmetic
-    let go of the GIL.
+    let go of the GIL. The models fall back as ``forecast.models.catalog`` says (the NBD without visible dropout;
+    Gamma-Gamma with shrinkage, then the mean spend), with a ForecastWarning.
     """
+    penalizer = penalizer if penalizer is not None else PenalizerConfig()
     with ThreadPoolExecutor(max_workers=1) as second_thread:
         found_spend_histories = second_thread.submit(SpendHistories.from_summary, summary)
         histories = Histories.from_summary(summary)
-        purchases = fit_purchase_model(purchase_model, histories)
+        purchases = fit_purchase_model(purchase_model, histories, penalizer.purchases)
         spend_histories = found_spend_histories.result()
-    return histories, spend_histories, purchases, fit_spend_model(spend_histories)
+    spend = fit_spend_model(spend_histories, penalizer.spend, mean_amount_per_purchase(summary))
+    return histories, spend_histories, purchases, spend
 
 
 def scored_columns(
@@ -259,14 +270,16 @@ def scored_columns(
     spend_histories: SpendHistories,
     lifespan_years: float,
 ) -> dict[str, Any]:
-    """The per-customer columns: the summary's, the scores, the heuristic's inputs and CLV, the value tier and
-    the RFM group, each as the column's own array, so that the customer table is assembled once without copying
-    the summary.
+    """The per-customer columns: the summary's, the scores, the heuristic's inputs and CLV, the value tier, the
+    lifetime and matched-span CLV (``score_lifetime``) and the RFM group, each as the column's own array, so that
+    the customer table is assembled once without copying the summary.
 
-    The RFM groups need only the summary: they are found on a second thread meanwhile (numpy's quantiles and
-    comparisons let go of the GIL).
+    The lifetime sums per unique (x, T) pair and the RFM groups need no scores: they are found on a second thread
+    meanwhile (the models' special functions, numpy's quantiles and comparisons let go of the GIL).
     """
+    span = [matched_span_months(lifespan_years)]
     with ThreadPoolExecutor(max_workers=1) as second_thread:
+        found_sums = second_thread.submit(discounted_purchases_if_alive, purchases, histories.pairs, valuation, span)
         found_rfm_groups = second_thread.submit(rfm_groups, summary)
         scores = score_customers(summary, purchases, spend, valuation, histories, spend_histories)
         inputs = heuristic_inputs(summary, config.days_per_unit)
@@ -276,7 +289,10 @@ def scored_columns(
             config.margin,
         )  # fmt: skip
         columns["segment"] = assign_tiers(scores["clv"], config.segments.tiers).array
+        lifetime = score_lifetime(scores, histories, valuation, found_sums.result())
+        columns.update({name: lifetime[name].array for name in lifetime.columns})
         columns["rfm_group"] = found_rfm_groups.result().array
+        columns["cohort"] = cohorts(summary["first_purchase"], config.budget.cohort).array
     return columns
 
 
@@ -326,6 +342,7 @@ def manifest(
     backtest_result: BacktestResult | None,
     previous_run: dict[str, Any] | None,
     drift: dict[str, Any] | None,
+    selection: Selection | None = None,
 ) -> dict[str, Any]:
     """The run's record, manifest.json (docs/operations.md, "manifest.json").
 
@@ -338,6 +355,8 @@ def manifest(
     backtest_result, previous_run, drift
         The backtest run before the forecast, and the previous run compared with and the drift
         (``drift_since_previous``); each None when there is none.
+    selection
+        The purchase model's internal validation (``choose_purchase_model``), recorded as ``model_selection``.
     """
     quality = transactions.quality
     files = [str(p) for p in transactions.files]
@@ -361,9 +380,11 @@ def manifest(
         "totals": {
             "clv": float(result.customers["clv"].sum()),
             "clv_heuristic": float(result.customers["clv_heuristic"].sum()),
+            "clv_lifetime": _finite_or_none(float(result.customers["clv_lifetime"].sum())),
             **_total_interval(result.segments),
             "expected_purchases": float(result.customers["expected_purchases"].sum()),
         },
+        "comparison": comparison_record(result.customers, Valuation.from_config(config), result.lifespan_years),
         "warnings": result.warnings,
         "data_quality": dataclasses.asdict(quality),
         "versions": library_versions(),
@@ -374,6 +395,7 @@ def manifest(
     if backtest_result is not None:
         split = {k: backtest_result.document[k] for k in ("calibration_end", "holdout_end", "purchase_model")}
         document["backtest"] = split
+    document["model_selection"] = selection.document() if selection is not None else None
     return document
 
 
@@ -582,14 +604,18 @@ def _run_and_publish(
     timings["fingerprint"] = time.perf_counter() - step
     backtest_result = None
     backtest_notes: list[str] = []
-    if config.purchase_model == "auto" or config.backtest is not None:
+    if config.backtest is not None:
         step = time.perf_counter()
         with collected_warnings() as backtest_notes:
-            backtest_result, config = _run_backtest_for_run(config, transactions, as_of, say)
+            backtest_result = _run_backtest_for_run(config, transactions, as_of, say)
         timings["backtest"] = time.perf_counter() - step
     step = time.perf_counter()
+    with collected_warnings() as selection_notes:
+        selection, config = choose_purchase_model(config, transactions, as_of, say)
+    timings["model_selection"] = time.perf_counter() - step
+    step = time.perf_counter()
     result = forecast(config, transactions, as_of, say)
-    result.warnings.extend(backtest_notes)
+    result.warnings.extend(backtest_notes + selection_notes)
     if backtest_result is not None:
         result.warnings.extend(f"backtest: {message}" for message in backtest_result.warnings)
     result.warnings.extend(as_of_after_last_transaction(transactions, as_of))
@@ -619,7 +645,7 @@ def _run_and_publish(
         document = manifest(
             config, result, transactions, timings, models_path, input_used=input_used,
             models_sha256=run_models_sha256(staging), backtest_result=backtest_result, previous_run=previous_run,
-            drift=drift,
+            drift=drift, selection=selection,
         )  # fmt: skip
         finish_run_folder(staging, output_path, document, result, lines.lines, say)
         copy_models(staging, models_staging)
@@ -715,35 +741,47 @@ def copy_models(run_staging: Path, models_staging: Path) -> None:
 
 def _run_backtest_for_run(
     config: RunConfig, transactions: Transactions, as_of: dt.date, say: Progress
-) -> tuple[BacktestResult | None, RunConfig]:
-    """Backtest on the config's split, within the data up to as_of; resolve ``purchase_model: auto``.
+) -> BacktestResult | None:
+    """Backtest on the config's split, within the data up to as_of.
 
     A run never looks past its as_of: the holdout is cut at as_of, and a configured split whose calibration
-    ends on or after as_of is left to `forecast backtest` (with a warning); ``auto`` then falls back to the
-    default split (the last third up to as_of).
+    ends on or after as_of is left to `forecast backtest` (with a warning).
     """
     section = config.backtest
     holdout_end = min((section.holdout_end if section else None) or as_of, as_of)
     calibration_end = section.calibration_end if section else None
     if calibration_end is not None and calibration_end >= holdout_end:
-        message = (
+        warnings.warn(
             f"The backtest split ({calibration_end} .. {section.holdout_end if section else as_of}) ends after "
-            f"as_of {as_of}, so this run does not include it: run `forecast backtest` for it."
+            f"as_of {as_of}, so this run does not include it: run `forecast backtest` for it.",
+            ForecastWarning,
+            stacklevel=2,
         )
-        if config.purchase_model != "auto":
-            warnings.warn(message, ForecastWarning, stacklevel=2)
-            return None, config
-        warnings.warn(message + " purchase_model auto used the last third up to as_of.", ForecastWarning, stacklevel=2)
-        first_day, _ = log_span(transactions.connection)
-        split = default_split(first_day, holdout_end)
-    else:
-        split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
+        return None
+    split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
     say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
+    return run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end)
+
+
+def choose_purchase_model(
+    config: RunConfig, transactions: Transactions, as_of: dt.date, say: Progress
+) -> tuple[Selection | None, RunConfig]:
+    """Resolve ``purchase_model: auto``, or check a configured model, by the internal validation up to as_of.
+
+    Returns
+    -------
+    (selection, config)
+        The validation (None when a configured model is not checked, ``model_selection.check_configured``) and
+        the config with the purchase model to fit. A configured model that scores clearly worse than another
+        is kept, with a ForecastWarning (``forecast.evaluation.selection``).
+    """
+    if config.purchase_model != "auto" and not config.model_selection.check_configured:
+        return None, config
+    say(f"Validating the purchase models on the data up to {as_of}")
+    selection = select_purchase_model(transactions.connection, config, as_of)
     if config.purchase_model == "auto":
-        chosen, result = select_purchase_model(transactions.connection, config, split)
-        say(f"purchase_model auto: {chosen} has the lowest holdout purchase error")
-        return result, config.model_copy(update={"purchase_model": chosen})
-    return run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end), config
+        say(f"purchase_model auto: {selection.chosen} ({selection.reason})")
+    return selection, config.model_copy(update={"purchase_model": selection.chosen})
 
 
 def write_backtest(folder: Path, result: BacktestResult, more_timings: dict[str, float] | None = None) -> None:
@@ -804,6 +842,11 @@ def backtest(
     return BacktestRun(output_path, result, list(transactions.quality.warnings))
 
 
+def _finite_or_none(value: float) -> float | None:
+    """A total for the manifest: None (JSON null) when it is NaN (clv_lifetime at a discount rate of 0)."""
+    return value if np.isfinite(value) else None
+
+
 def _total_interval(segments: pd.DataFrame) -> dict[str, float | None]:
     """The all-customers CLV interval and value at risk, from the segment table's 'all' row."""
     row = segments[segments["segmentation"] == ALL_SEGMENTATION].iloc[0]
@@ -812,21 +855,82 @@ def _total_interval(segments: pd.DataFrame) -> dict[str, float | None]:
 
 
 def budget(
-    config: RunConfig, cac: float, as_of: dt.date | None = None, progress: Progress | None = None
-) -> tuple[Forecast, pd.DataFrame]:
-    """Forecast as of a date and say, per segment, whether a new customer acquired at ``cac`` pays back.
+    config: RunConfig, cac: float | None = None, as_of: dt.date | None = None, progress: Progress | None = None
+) -> Forecast:
+    """Forecast as of a date and say, per segment, whether a new customer acquired at the CAC pays back.
 
-    Nothing is written. See ``forecast.value.budget.payback_table`` for the columns of the returned table.
+    Nothing is written. ``cac`` replaces ``budget.cac`` (one amount for every segment); the returned forecast's
+    ``segments`` carry the decision columns (``forecast.value.budget.decision_columns``).
     """
+    if cac is not None:
+        config = config.model_copy(update={"budget": _budget_at(config, cac)})
+    if config.budget.cac is None:
+        raise ConfigError(
+            "No acquisition cost: pass --cac with an amount per customer, or set budget.cac in the config."
+        )
     transactions = read_log(config)
     with closing(transactions.connection), duckdb_limits(config.duckdb, "forecasting for the budget"):
         as_of = as_of or config.as_of or default_as_of(transactions)
         transactions = count_after_as_of(transactions, as_of)
-        notes: list[str] = []
-        if config.purchase_model == "auto":
-            with collected_warnings() as notes:
-                _, config = _run_backtest_for_run(config, transactions, as_of, _quiet(progress))
+        with collected_warnings() as notes:
+            _, config = choose_purchase_model(config, transactions, as_of, _quiet(progress))
         result = forecast(config, transactions, as_of, progress)
     result.warnings.extend(notes)
-    table = payback_table(result.segments, result.purchases, cac, Valuation.from_config(config))
-    return result, table
+    return result
+
+
+def _budget_at(config: RunConfig, cac: float) -> BudgetConfig:
+    """The config's budget settings with ``cac`` for every segment, or a ConfigError saying what is wrong with it."""
+    try:
+        return BudgetConfig.model_validate({**config.budget.model_dump(), "cac": cac})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"--cac {cac:g}: {describe_validation_error(exc)} Give a positive amount per customer."
+        ) from None
+
+
+#: The columns of budget.csv, in order: what a budget owner reads, per segment.
+BUDGET_FILE_COLUMNS = [
+    "segmentation", "segment", "biddable", "customers", "new_customer_clv", "cac", "ltv_to_cac", "pays_back",
+    "payback_month", "max_acquisition_cost", "verdict",
+]  # fmt: skip
+
+
+def budget_table(result: Forecast, config: RunConfig) -> pd.DataFrame:
+    """The segments' budget decisions as budget.csv holds them, with one verdict sentence per segment."""
+    table = result.segments.reset_index(drop=True)
+    table["verdict"] = [
+        verdict(row, config.budget.target_ltv_to_cac, config.horizon_months) if not pd.isna(row["cac"]) else ""
+        for _, row in table.iterrows()
+    ]
+    return table[BUDGET_FILE_COLUMNS]
+
+
+def check_budget_file(path: Path) -> None:
+    """Raise an OutputError, before any work, when ``path`` exists and is not a budget.csv this tool wrote."""
+    if not path.exists():
+        return
+    header = ",".join(BUDGET_FILE_COLUMNS)
+    try:
+        with path.open(encoding="utf-8", errors="replace") as file:
+            first = file.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise OutputError(f"Cannot read {path}: {exc.strerror or exc}. Choose another --output.") from None
+    if not path.is_file() or first != header:
+        raise OutputError(
+            f"{path} exists and is not a budget file written by `forecast budget`; it is left as it is. "
+            "Choose another --output, or move that file away."
+        )
+
+
+def write_budget_file(table: pd.DataFrame, path: Path) -> None:
+    """Write budget.csv beside ``path`` and rename it into place: an existing file is replaced whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.parent / f".{path.name}.partial-{os.getpid()}"
+    try:
+        frame_to_csv(table, partial)
+        os.replace(partial, path)
+    except OSError as exc:
+        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}. Check the folder and the free space.") from None
+    finally:
+        partial.unlink(missing_ok=True)

@@ -45,11 +45,12 @@ from forecast.config import DataConfig, RunConfig, SparkConfig
 from forecast.data.fingerprints import input_files_sha256
 from forecast.data.ingest import resolve_files
 from forecast.errors import ConfigError, DataError, EngineError, OutputError, collected_warnings
+from forecast.evaluation.selection import Selection, Window, WindowCounts, select_on_counts, validation_windows
 from forecast.models import GammaGamma, PurchaseModel, purchase_model
 from forecast.models.artifacts import library_versions, model_artifact, write_json
 from forecast.models.gamma_gamma import warn_if_spend_correlated
 from forecast.value.clv import churn_window, heuristic_clv, heuristic_inputs, lifespan_from_churn, score_customers
-from forecast.value.segments import ALL, ALL_SEGMENTATION
+from forecast.value.segments import ALL, segmentation_name
 from forecast.value.valuation import Valuation
 
 if TYPE_CHECKING:
@@ -553,7 +554,7 @@ def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[s
         )
         table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
         table["segment"] = table["segment"].astype(str)
-        table.insert(0, "segmentation", ALL_SEGMENTATION if column == "_all" else column)
+        table.insert(0, "segmentation", segmentation_name(None if column == "_all" else column))
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
 
@@ -737,6 +738,7 @@ class _SparkForecast:
     totals: dict[str, float]
     first_purchase: Any
     warnings: list[str]
+    selection: Selection | None = None
 
 
 def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress) -> _SparkForecast:
@@ -750,6 +752,7 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
         customers = summary.count()
         if customers == 0:
             raise DataError(f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of.")
+        selection, config = choose_purchase_model(config, log, summary, as_of, say)
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on the compressed summary of {customers:,} customers")
         purchases, spend = fit_on_compressed(summary, config.purchase_model)
         lifespan = config.heuristic.lifespan_years
@@ -767,8 +770,66 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
     totals = {k: float(totals_row[k]) if totals_row else 0.0 for k in ("clv", "clv_heuristic", "expected_purchases")}
     return _SparkForecast(
         summary, scores, scored, customers, purchases, spend, lifespan_years, segments, totals,
-        first_purchase[0] if first_purchase else None, caught,
+        first_purchase[0] if first_purchase else None, caught, selection,
     )  # fmt: skip
+
+
+def choose_purchase_model(
+    config: RunConfig, log: SparkFrame, summary: SparkFrame, as_of: dt.date, say: Progress
+) -> tuple[Selection | None, RunConfig]:
+    """``forecast.batch.pipeline.choose_purchase_model`` on Spark: the validation windows counted on the cluster,
+    the models fitted and scored on the driver (``forecast.evaluation.selection``)."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    settings = config.model_selection
+    if config.purchase_model != "auto" and not settings.check_configured:
+        return None, config
+    say(f"Validating the purchase models on the data up to {as_of}")
+    first = summary.agg(F.min("first_purchase")).first()
+    first_day = first[0] if first and first[0] else as_of
+    windows = validation_windows(first_day, as_of, settings.window_days, settings.origins)
+    tables = [window_counts(log, w, config.days_per_unit, config.resolution, settings.max_customers) for w in windows]
+    tables = [t for t in tables if len(t.rows)]
+    selection = select_on_counts(
+        config.purchase_model, as_of, tables, config.days_per_unit, penalizer=config.penalizer.purchases
+    )
+    return selection, config.model_copy(update={"purchase_model": selection.chosen})
+
+
+#: Spark's sample of customers: those whose id hash falls in the first share of this many buckets.
+SAMPLE_BUCKETS = 1_000_000
+
+
+def window_counts(
+    log: SparkFrame, window: Window, days_per_unit: float, resolution: str, max_customers: int
+) -> WindowCounts:
+    """A validation window's compressed customers (``forecast.evaluation.selection.window_counts``) on Spark.
+
+    The summary as of the window's origin, each customer's purchases in (origin, end], grouped by (frequency,
+    recency, T, n). Above ``max_customers`` customers at the origin, a sample by xxhash64 of the id (another
+    sample than DuckDB's).
+    """
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    end_exclusive = dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time())
+    origin_end = dt.datetime.combine(window.origin + dt.timedelta(days=1), dt.time())
+    at_origin_summary = summarize(log, window.origin, days_per_unit, resolution)
+    at_origin = at_origin_summary.count()
+    if at_origin > max_customers:
+        bucket = F.pmod(F.xxhash64("customer_id"), F.lit(SAMPLE_BUCKETS))
+        at_origin_summary = at_origin_summary.where(bucket < F.lit(SAMPLE_BUCKETS * max_customers // at_origin))
+    moment = F.to_date("ts") if resolution == "day" else F.col("ts")
+    later = (
+        log.where((F.col("ts") >= F.lit(origin_end)) & (F.col("ts") < F.lit(end_exclusive)))
+        .select("customer_id", moment.alias("moment"))
+        .distinct()
+        .groupBy("customer_id")
+        .agg(F.count(F.lit(1)).alias("n"))
+    )
+    joined = at_origin_summary.join(later, "customer_id", "left").fillna(0, subset=["n"])
+    grouped = joined.groupBy("frequency", "recency", "T", "n").agg(F.count(F.lit(1)).alias("customers"))
+    rows = to_pandas(grouped).astype(float).sort_values(["frequency", "recency", "T", "n"], ignore_index=True)
+    return WindowCounts(window, rows[["frequency", "recency", "T", "n", "customers"]], at_origin)
 
 
 def _check_spark_target(output_path: Path, config: RunConfig, force: bool) -> None:
@@ -840,6 +901,7 @@ def _manifest(
         "heuristic": {"lifespan_years": result.lifespan_years, "configured": config.heuristic.lifespan_years},
         "totals": result.totals,
         "warnings": messages,
+        "model_selection": result.selection.document() if result.selection is not None else None,
     }
 
 

@@ -2,7 +2,8 @@
 
 Methods compared on the same customers (everyone with a purchase on or before calibration_end):
 
-- ``predictive``: the configured purchase model x Gamma-Gamma. Holdout purchases are the conditional
+- ``predictive``: the purchase model (the configured one, or with ``auto`` the one the internal validation before
+  calibration_end scores best, ``forecast.evaluation.selection``) x Gamma-Gamma. Holdout purchases are the conditional
   expectation E[X(L) | x, t_x, T] over the holdout length L; revenue is that times E[spend | x, m].
 - ``heuristic``: the marketing formula restricted to the holdout: purchases per year x holdout years,
   revenue = that x average purchase value. Its purchases are the naive (x / T) x L of Fader, Hardie & Lee (2005).
@@ -11,10 +12,10 @@ Methods compared on the same customers (everyone with a purchase on or before ca
 
 Nothing from the holdout can reach a prediction: every prediction is computed from
 ``forecast.data.summary.summarize(con, calibration_end)`` and windows ending on or before calibration_end; the
-holdout rows are read by ``forecast.data.summary.holdout_purchases`` only to score. (With ``purchase_model: auto``
-the predictive method uses the model with the lowest holdout purchase error, which is model selection on the
-holdout; the comparison of all three models is reported beside it.) The metrics are described in
-docs/reference.md, "Backtest".
+holdout rows are read by ``forecast.data.summary.holdout_purchases`` only to score. The purchase model is chosen
+before calibration_end too; every model's holdout scores are reported beside it as information. The overall
+winner is decided by the total's error, revenue RMSE and normalized Gini (``forecast.evaluation.metrics``). The
+metrics are described in docs/reference.md, "Backtest".
 
 References
 ----------
@@ -37,19 +38,34 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from forecast.config import DAYS_PER_YEAR, RunConfig
+from forecast.config import DAYS_PER_YEAR, PenalizerConfig, RunConfig
 from forecast.data.compress import distinct_counts
 from forecast.data.summary import Resolution, holdout_purchases, summarize
 from forecast.errors import ConfigError, DataError, FitError, ForecastWarning, collected_warnings
+from forecast.evaluation.metrics import (
+    DECIDING,
+    decile_table,
+    mae,
+    method_metrics,
+    normalized_gini,
+    overall_winner,
+    rmse,
+    spearman,
+    top_capture,
+    winners,
+)
+from forecast.evaluation.predictive_counts import log_count_probability
+from forecast.evaluation.selection import Selection, select_purchase_model
 from forecast.models import PURCHASE_MODELS, GammaGamma, PurchaseModel, fit_models, purchase_model
 from forecast.value.clv import heuristic_inputs, require_finite
 
+__all__ = [
+    "DECIDING", "BacktestResult", "Split", "decile_table", "default_split", "mae", "method_metrics",
+    "normalized_gini", "overall_winner", "resolve_split", "rmse", "run_backtest", "spearman", "top_capture",
+    "winners",
+]  # fmt: skip
+
 METHODS = ("predictive", "heuristic", "gradient_boosting")
-#: Metrics where lower is better, then higher is better; ``winner`` names the best method for each.
-LOWER_IS_BETTER = ("mae_purchases", "rmse_purchases", "mae_revenue", "rmse_revenue")
-HIGHER_IS_BETTER = ("spearman_revenue", "top20_capture")
-TOP_SHARE = 0.20
-DECILES = 10
 #: Calibration frequencies 0 .. FREQUENCY_CAP - 1 get their own row in the conditional-expectation table.
 FREQUENCY_CAP = 7
 GB_FEATURES = ["frequency", "recency", "T", "monetary_value", "avg_purchase_value", "time_since_last_purchase"]
@@ -160,139 +176,6 @@ def resolve_split(
             f"{last_day}. Choose an earlier calibration_end."
         )
     return Split(calibration_end, holdout_end)
-
-
-# --- metrics ---------------------------------------------------------------------------------------------
-
-
-def mae(predicted: np.ndarray | pd.Series, actual: np.ndarray | pd.Series) -> float:
-    """Mean absolute error per customer."""
-    return float(np.mean(np.abs(np.asarray(predicted, float) - np.asarray(actual, float))))
-
-
-def rmse(predicted: np.ndarray | pd.Series, actual: np.ndarray | pd.Series) -> float:
-    """Root mean squared error per customer."""
-    return float(np.sqrt(np.mean((np.asarray(predicted, float) - np.asarray(actual, float)) ** 2)))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    sorted_values = values[order]
-    ranks = np.empty(len(values))
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    ends = np.r_[starts[1:], len(values)]
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + end + 1) / 2.0  # ranks start at 1; ties share their mean rank
-    return ranks
-
-
-def spearman(predicted: np.ndarray, actual: np.ndarray) -> float | None:
-    """Spearman rank correlation (ties get their average rank); None when either side is constant.
-
-    Values are compared at 1e-9 so that equal sums added in another order (last-bit differences) still tie.
-    """
-    x = _average_ranks(np.round(np.asarray(predicted, float), 9))
-    y = _average_ranks(np.round(np.asarray(actual, float), 9))
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def top_capture(predicted: np.ndarray, actual: np.ndarray, share: float = TOP_SHARE) -> float | None:
-    """Share of the actual total earned by the ``share`` of customers the prediction ranks highest.
-
-    The top group has ``share x n`` customers (a fraction of a customer counts fractionally). Customers
-    tied at the boundary share the remaining places equally, so ties are not broken by an arbitrary order.
-    None when the actual total is not positive.
-    """
-    predicted = np.asarray(predicted, float)
-    actual = np.asarray(actual, float)
-    total = actual.sum()
-    if total <= 0 or len(actual) == 0:
-        return None
-    places = share * len(actual)
-    frame = pd.DataFrame({"predicted": predicted, "actual": actual})
-    groups = frame.groupby("predicted", sort=True)["actual"].agg(["size", "sum"]).iloc[::-1]
-    captured = 0.0
-    for size, group_sum in zip(groups["size"].to_numpy(), groups["sum"].to_numpy(), strict=True):
-        if places <= 0:
-            break
-        taken = min(size, places)
-        captured += group_sum * taken / size
-        places -= taken
-    return float(captured / total)
-
-
-def decile_table(
-    predicted_revenue: np.ndarray,
-    actual_revenue: np.ndarray,
-    predicted_purchases: np.ndarray,
-    actual_purchases: np.ndarray,
-    customer_ids: pd.Index,
-) -> list[dict[str, float | int]]:
-    """Totals per decile of predicted revenue (decile 1 = the 10% ranked highest).
-
-    Ties are ordered by customer id so that the table is reproducible.
-    """
-    order = pd.DataFrame(
-        {"predicted": np.asarray(predicted_revenue, float), "id": np.asarray(customer_ids.astype(str))}
-    ).sort_values(["predicted", "id"], ascending=[False, True], kind="stable")
-    n = len(order)
-    decile = np.empty(n, dtype=int)
-    decile[order.index.to_numpy()] = np.arange(n) * DECILES // n + 1
-    frame = pd.DataFrame(
-        {
-            "decile": decile,
-            "predicted_revenue": np.asarray(predicted_revenue, float),
-            "actual_revenue": np.asarray(actual_revenue, float),
-            "predicted_purchases": np.asarray(predicted_purchases, float),
-            "actual_purchases": np.asarray(actual_purchases, float),
-        }
-    )
-    table = frame.groupby("decile").agg(
-        customers=("decile", "size"),
-        predicted_revenue=("predicted_revenue", "sum"),
-        actual_revenue=("actual_revenue", "sum"),
-        predicted_purchases=("predicted_purchases", "sum"),
-        actual_purchases=("actual_purchases", "sum"),
-    )
-    return [
-        {"decile": int(row["decile"]), "customers": int(row["customers"])}
-        | {k: float(row[k]) for k in table.columns[1:]}
-        for row in table.reset_index().to_dict("records")
-    ]
-
-
-def method_metrics(customers: pd.DataFrame, method: str) -> dict[str, Any]:
-    """The backtest.json entry of one method: totals, errors, rank quality and the decile table."""
-    purchases = customers[f"{method}_purchases"].to_numpy(float)
-    revenue = customers[f"{method}_revenue"].to_numpy(float)
-    actual_purchases = customers["actual_purchases"].to_numpy(float)
-    actual_revenue = customers["actual_revenue"].to_numpy(float)
-    return {
-        "predicted_purchases": float(purchases.sum()),
-        "predicted_revenue": float(revenue.sum()),
-        "mae_purchases": mae(purchases, actual_purchases),
-        "rmse_purchases": rmse(purchases, actual_purchases),
-        "mae_revenue": mae(revenue, actual_revenue),
-        "rmse_revenue": rmse(revenue, actual_revenue),
-        "spearman_revenue": spearman(revenue, actual_revenue),
-        "top20_capture": top_capture(revenue, actual_revenue),
-        "deciles": decile_table(revenue, actual_revenue, purchases, actual_purchases, customers.index),
-    }
-
-
-def winners(methods: dict[str, dict[str, Any]]) -> dict[str, str | None]:
-    """The best method per metric (lowest error, highest rank quality); the first listed wins a tie."""
-    best: dict[str, str | None] = {}
-    for metric in (*LOWER_IS_BETTER, *HIGHER_IS_BETTER):
-        scored = [(name, m[metric]) for name, m in methods.items() if m.get(metric) is not None]
-        if not scored:
-            best[metric] = None
-            continue
-        sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
-        best[metric] = min(scored, key=lambda item: sign * item[1])[0]
-    return best
 
 
 # --- predictions -----------------------------------------------------------------------------------------
@@ -461,60 +344,59 @@ def compare_models(
     actual_purchases: np.ndarray,
     holdout_length: float,
     fitted: dict[str, PurchaseModel],
+    penalizer: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
-    """Fit every purchase model on the calibration summary; log-likelihood, BIC and holdout error side by side.
+    """Fit every purchase model on the calibration summary; log-likelihood, BIC and holdout scores side by side.
 
-    BIC = k ln(n) - 2 LL with k parameters and n customers. A model that fails to fit or predicts
-    non-finite values gets an ``error`` entry instead of figures.
+    BIC = k ln(n) - 2 LL with k parameters and n customers. The holdout scores (purchase MAE and RMSE, and the
+    predictive log-likelihood of the holdout counts per 1,000 customers, the score the internal validation uses)
+    are information only: no choice is made on them. A model that fails to fit or predicts non-finite values gets
+    an ``error`` entry instead of figures.
 
     Parameters
     ----------
     fitted
         Models already fitted on this summary (by name), reused instead of refitted.
+    penalizer
+        lifetimes' ``penalizer_coef`` of the purchase models fitted here (config ``penalizer.purchases``).
     """
     comparison: dict[str, dict[str, Any]] = {}
-    n = len(summary)
     for name in PURCHASE_MODELS:
         try:
             if name not in fitted:
-                fitted[name] = purchase_model(name).fit(summary["frequency"], summary["recency"], summary["T"])
-            model = fitted[name]
-            expected = model.expected_purchases(holdout_length, summary["frequency"], summary["recency"], summary["T"])
-            if not np.all(np.isfinite(expected)):
-                raise FitError(
-                    f"{model.title} predicts NaN or infinite purchases for "
-                    f"{int((~np.isfinite(expected)).sum()):,} customers."
-                )
+                model = purchase_model(name, penalizer)
+                fitted[name] = model.fit(summary["frequency"], summary["recency"], summary["T"])
+            comparison[name] = model_entry(fitted[name], summary, actual_purchases, holdout_length)
         except FitError as exc:
             comparison[name] = {"error": str(exc)}
-            continue
-        result = model._result()
-        k = len(model.param_names)
-        comparison[name] = {
-            "params": dict(result.params),
-            "log_likelihood": result.log_likelihood,
-            "parameters": k,
-            "bic": k * math.log(n) - 2 * result.log_likelihood,
-            "predicted_purchases": float(expected.sum()),
-            "mae_purchases": mae(expected, actual_purchases),
-            "rmse_purchases": rmse(expected, actual_purchases),
-        }
     return comparison
 
 
-def best_model(comparison: dict[str, dict[str, Any]]) -> str:
-    """The purchase model with the lowest holdout purchase MAE.
+def model_entry(
+    model: PurchaseModel, summary: pd.DataFrame, actual_purchases: np.ndarray, holdout_length: float
+) -> dict[str, Any]:
+    """One fitted model's ``model_comparison`` entry (see ``compare_models``).
 
     Raises
     ------
     FitError
-        No model could be fitted.
+        The model predicts NaN or infinite purchases or probabilities.
     """
-    usable = {name: entry["mae_purchases"] for name, entry in comparison.items() if "mae_purchases" in entry}
-    if not usable:
-        reasons = "; ".join(f"{name}: {entry['error']}" for name, entry in comparison.items())
-        raise FitError(f"No purchase model could be fitted on the calibration period ({reasons}).")
-    return min(usable, key=lambda name: usable[name])
+    x, t_x, age = (summary[c].to_numpy(float) for c in ("frequency", "recency", "T"))
+    expected = model.expected_purchases(holdout_length, x, t_x, age)
+    log_probability = log_count_probability(model, holdout_length, x, t_x, age, actual_purchases)
+    result = model._result()
+    k = len(model.param_names)
+    return {
+        "params": dict(result.params),
+        "log_likelihood": result.log_likelihood,
+        "parameters": k,
+        "bic": k * math.log(len(summary)) - 2 * result.log_likelihood,
+        "predicted_purchases": float(expected.sum()),
+        "mae_purchases": mae(expected, actual_purchases),
+        "rmse_purchases": rmse(expected, actual_purchases),
+        "holdout_log_likelihood_per_1000": 1000.0 * float(np.mean(log_probability)),
+    }
 
 
 def conditional_expectation(customers: pd.DataFrame, methods: list[str]) -> list[dict[str, Any]]:
@@ -605,8 +487,9 @@ def run_backtest(
     con
         DuckDB connection with the ``transactions`` relation (see ``forecast.data.ingest``).
     config
-        Run configuration: time_unit, resolution, purchase_model (``auto`` picks the model with the lowest
-        holdout purchase MAE) and the backtest seed.
+        Run configuration: time_unit, resolution, purchase_model (``auto`` takes the model that the internal
+        validation before calibration_end scores best, ``forecast.evaluation.selection``), model_selection and the
+        backtest seed.
     calibration_end, holdout_end
         Last days (inclusive) of the calibration and holdout periods.
 
@@ -635,9 +518,11 @@ def run_backtest(
     with collected_warnings() as messages:
         with _timed(timings, "summary"):
             summary, customers = calibration_and_holdout(con, split, config)
+        with _timed(timings, "model_selection"):
+            selection = select_purchase_model(con, config, split.calibration_end)
         with _timed(timings, "model_fits"):
             actual_purchases = customers["actual_purchases"].to_numpy(float)
-            fit = fit_calibration(summary, actual_purchases, holdout_length, config.purchase_model)
+            fit = fit_calibration(summary, actual_purchases, holdout_length, selection, config.penalizer)
         predictions = [
             predictive_predictions(summary, fit.purchases, fit.spend, holdout_length),
             heuristic_predictions(summary, split.holdout_days(), config.days_per_unit),
@@ -710,33 +595,40 @@ class CalibrationFit:
     """The models the predictive method uses, and every purchase model compared on the same split."""
 
     configured: str  # the config's purchase_model, "auto" included
-    chosen: str  # the purchase model used: the configured one, or the lowest holdout MAE for "auto"
+    chosen: str  # the purchase model used: the configured one, or the internal validation's best for "auto"
     purchases: PurchaseModel
     spend: GammaGamma
     comparison: dict[str, dict[str, Any]]  # ``compare_models``
+    selection: Selection
 
 
 def fit_calibration(
-    summary: pd.DataFrame, actual_purchases: np.ndarray, holdout_length: float, configured: str
+    summary: pd.DataFrame,
+    actual_purchases: np.ndarray,
+    holdout_length: float,
+    selection: Selection,
+    penalizer: PenalizerConfig | None = None,
 ) -> CalibrationFit:
-    """Fit the configured purchase model and Gamma-Gamma on the calibration summary, and compare every purchase
-    model on the holdout; ``auto`` takes the one with the lowest holdout purchase MAE.
+    """Fit the selected purchase model and Gamma-Gamma on the calibration summary, and compare every purchase model
+    on the holdout (information only: the choice was made before calibration_end, ``selection``).
+
+    The fits are the run's (``forecast.models.fit_models``: the config's ``penalizer``, and the fallbacks to the
+    NBD and the mean spend); the compared models are fitted as configured, with the purchase penalizer.
 
     Raises
     ------
     FitError
-        The configured model (or, for ``auto``, every model) cannot be fitted.
+        The selected model cannot be fitted on the calibration period.
     """
+    penalizer = penalizer if penalizer is not None else PenalizerConfig()
     fitted: dict[str, PurchaseModel] = {}
-    if configured != "auto":
-        fitted[configured], spend = fit_models(summary, configured)
-    comparison = compare_models(summary, actual_purchases, holdout_length, fitted)
-    if configured == "auto":
-        chosen = best_model(comparison)
-        spend = GammaGamma().fit(summary["frequency"], summary["monetary_value"])
-    else:
-        chosen = configured
-    return CalibrationFit(configured, chosen, fitted[chosen], spend, comparison)
+    fitted[selection.chosen], spend = fit_models(
+        summary, selection.chosen, purchase_penalizer=penalizer.purchases, spend_penalizer=penalizer.spend
+    )
+    comparison = compare_models(summary, actual_purchases, holdout_length, fitted, penalizer.purchases)
+    return CalibrationFit(
+        selection.configured, selection.chosen, fitted[selection.chosen], spend, comparison, selection
+    )
 
 
 @dataclass(frozen=True)
@@ -772,8 +664,9 @@ def backtest_document(
     baseline: Baseline,
     tracking: pd.DataFrame,
 ) -> dict[str, Any]:
-    """The content of backtest.json (without ``warnings`` and ``plots``): the split, every method's metrics and
-    the winners, the model comparison, the conditional expectations and the tracking curve."""
+    """The content of backtest.json (without ``warnings`` and ``plots``): the split, every method's metrics, the
+    winner per metric and overall (by ``metrics.DECIDING``), the model choice and comparison, the conditional
+    expectations and the tracking curve."""
     method_entries = {m: method_metrics(customers, m) for m in methods}
     if baseline.training is not None:
         method_entries["gradient_boosting"]["training"] = baseline.training
@@ -792,7 +685,9 @@ def backtest_document(
         },
         "methods": method_entries,
         "winner": winners(method_entries),
-        "purchase_model": {"configured": fit.configured, "used": fit.chosen},
+        "overall_winner": overall_winner(method_entries),
+        "purchase_model": {"configured": fit.configured, "used": fit.chosen, "reason": fit.selection.reason},
+        "model_selection": fit.selection.document(),
         "model_comparison": fit.comparison,
         "conditional_expectation": conditional_expectation(customers, methods),
         "tracking": [
@@ -805,13 +700,3 @@ def backtest_document(
     if baseline.skipped is not None:
         document["skipped"] = {"gradient_boosting": baseline.skipped}
     return document
-
-
-def select_purchase_model(
-    con: duckdb.DuckDBPyConnection, config: RunConfig, split: Split
-) -> tuple[str, BacktestResult]:
-    """Resolve ``purchase_model: auto``: backtest on the split and take the lowest holdout purchase MAE."""
-    result = run_backtest(
-        con, config.model_copy(update={"purchase_model": "auto"}), split.calibration_end, split.holdout_end
-    )
-    return str(result.document["purchase_model"]["used"]), result

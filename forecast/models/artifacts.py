@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from forecast.errors import ArtifactError
-from forecast.models import PURCHASE_MODELS, GammaGamma, PurchaseModel
+from forecast.models import MODELS, GammaGamma, PurchaseModel
 
 SCHEMA_VERSION = 1
 #: Packages whose major.minor version must match between the run that wrote an artifact and the reader:
@@ -94,7 +94,8 @@ def schema_problems(document: dict[str, Any]) -> list[str]:
     """What is wrong with a model document's fields and types (an empty list when it is well formed).
 
     Only plain JSON values of the expected types are accepted: parameters are finite positive numbers,
-    standard errors numbers or null, the covariance a square list of numbers or null.
+    standard errors numbers or null, the covariance a square list of numbers or null, the log-likelihood a number
+    or null (a model without one, the mean spend), settings (``penalizer``, ``shrinkage``) non-negative numbers.
     """
     problems = []
     params = document.get("params")
@@ -114,8 +115,14 @@ def schema_problems(document: dict[str, Any]) -> list[str]:
         and all(_is_number(v) for row in covariance for v in row)
     ):
         problems.append("'covariance_log_params' must be a square list of numbers or null")
-    if not _is_number(document.get("log_likelihood")):
-        problems.append("'log_likelihood' must be a number")
+    if "log_likelihood" not in document or not (
+        document["log_likelihood"] is None or _is_number(document["log_likelihood"])
+    ):
+        problems.append("'log_likelihood' must be a number or null")
+    for key in ("penalizer", "shrinkage"):
+        value = document.get(key, 0.0)
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            problems.append(f"'{key}' must be a non-negative number")
     if not isinstance(document.get("converged"), bool):
         problems.append("'converged' must be true or false")
     for key in ("customers", "unique_rows"):
@@ -150,11 +157,27 @@ def load_model(path: str | Path) -> PurchaseModel | GammaGamma:
     if problems:
         raise ArtifactError(f"Model artifact {path} is malformed: {'; '.join(problems)}. Re-run `forecast run`.")
     check_versions(path, document.get("versions"))
-    name = document.get("name")
-    model_class = GammaGamma if name == GammaGamma.name else PURCHASE_MODELS.get(str(name))
-    if model_class is None:
-        raise ArtifactError(f"Model artifact {path} names an unknown model {name!r}.")
     try:
-        return model_class.from_dict(document)
+        return model_from_dict(document)
+    except ArtifactError as exc:
+        raise ArtifactError(f"Model artifact {path}: {exc}") from None
+
+
+def model_from_dict(document: dict[str, Any]) -> PurchaseModel | GammaGamma:
+    """The fitted model a ``to_dict`` document describes, by its ``name`` (any model a run can publish).
+
+    Raises
+    ------
+    ArtifactError
+        The name is not a model this toolkit knows, or the document does not describe one.
+    """
+    name = document.get("name")
+    model_class = MODELS.get(str(name))
+    if model_class is None:
+        raise ArtifactError(f"names an unknown model {name!r}.")
+    try:
+        model = model_class.from_dict(document)
     except Exception as exc:
-        raise ArtifactError(f"Model artifact {path} is malformed: {exc}. Re-run `forecast run`.") from None
+        raise ArtifactError(f"is malformed: {exc}. Re-run `forecast run`.") from None
+    assert isinstance(model, PurchaseModel | GammaGamma)
+    return model

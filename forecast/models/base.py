@@ -25,9 +25,11 @@ from forecast.models._lifetimes import (
 from forecast.models.fitting import (
     LIFETIMES_START_SEED,
     ArrayLike,
+    OptimiserStoppedError,
     _numerical_hessian,
     _Objective,
     _without_autograd_hessian,
+    penalty_hessian,
     seeded_global_generator,
     unique_rows,
 )
@@ -37,6 +39,23 @@ MAX_LOG_PARAM_VARIANCE = 100.0
 
 #: Half-width of 95% intervals in standard errors: the standard normal's 97.5% quantile, norm.ppf(0.975).
 Z_95 = 1.959963984540054
+
+
+class ConvergenceFitError(FitError):
+    """The optimiser stopped without converging: a FitError that also says where it stopped.
+
+    Attributes
+    ----------
+    stopped_at
+        The parameters where the optimiser stopped (the papers' symbols), None when it did not say.
+    log_likelihood
+        The total log-likelihood there, None when not known or not finite.
+    """
+
+    def __init__(self, message: str, stopped_at: dict[str, float] | None, log_likelihood: float | None) -> None:
+        super().__init__(message)
+        self.stopped_at = stopped_at
+        self.log_likelihood = log_likelihood
 
 
 @dataclass(frozen=True)
@@ -112,13 +131,17 @@ class _Estimator:
             valid[name].set_params(**sub_params)
         return self
 
-    def _changed_settings(self) -> list[str]:
-        """``name=value`` for each setting that differs from its default, as scikit-learn's repr shows them."""
-        return [
-            f"{p.name}={getattr(self, p.name)!r}"
+    def _non_default_settings(self) -> dict[str, Any]:
+        """The settings that differ from their defaults, by name."""
+        return {
+            p.name: getattr(self, p.name)
             for p in self._init_parameters()
             if p.default is inspect.Parameter.empty or getattr(self, p.name) != p.default
-        ]
+        }
+
+    def _changed_settings(self) -> list[str]:
+        """``name=value`` for each setting that differs from its default, as scikit-learn's repr shows them."""
+        return [f"{name}={value!r}" for name, value in self._non_default_settings().items()]
 
 
 class _Model(_Estimator, ABC):
@@ -138,12 +161,33 @@ class _Model(_Estimator, ABC):
     title: ClassVar[str]
     param_names: ClassVar[tuple[str, ...]]
     lifetimes_names: ClassVar[tuple[str, ...]]
-    fitter_class: ClassVar[type]
+    #: lifetimes' fitter of the model (None for a model lifetimes does not have).
+    fitter_class: ClassVar[type | None]
     objective: ClassVar[type[_Objective] | None] = None
     convergence_advice: ClassVar[str] = "another purchase_model (bgnbd, mbgnbd, pareto)"
+    #: Whether a failed fast fit is retried with lifetimes' own fitter (much slower; off for the many quick fits
+    #: of the model selection, where a failure just rules the model out).
+    lifetimes_fallback: bool = True
+    #: Parameters lifetimes estimates in its rescaled time (ages up to 1, ``_scale_time``), so penalises there.
+    time_scaled_params: ClassVar[tuple[str, ...]] = ()
+    #: Whether lifetimes adds the penalty to the mean negative log-likelihood per customer (BG/NBD, MBG/NBD,
+    #: Gamma-Gamma), so that it weighs as much as one customer's likelihood; Pareto/NBD adds it to the total.
+    penalty_per_customer: ClassVar[bool] = True
 
     #: What the fit learned; set by ``fit`` and ``from_dict`` only, absent before.
     result_: FitResult
+
+    def __init__(self, penalizer: float = 0.0) -> None:
+        """Store the settings.
+
+        Parameters
+        ----------
+        penalizer
+            lifetimes' ``penalizer_coef``: ``penalizer * sum(params ** 2)`` is added to the objective lifetimes
+            minimises (the mean negative log-likelihood per customer; the total for Pareto/NBD), with alpha and
+            beta in lifetimes' rescaled time. 0 is maximum likelihood.
+        """
+        self.penalizer = penalizer
 
     # --- to be declared by each model -------------------------------------------------------------
     @staticmethod
@@ -229,6 +273,8 @@ class _Model(_Estimator, ABC):
         cached = getattr(self, "_lifetimes_fitter", None)
         if cached is not None and cached[0] is result:
             return cached[1]
+        if self.fitter_class is None:
+            raise TypeError(f"lifetimes has no {self.title} fitter: the model computes its predictions itself.")
         fitter = self.fitter_class()
         # A plain dict: lifetimes only looks parameters up by name, and a pandas Series lookup costs far more.
         names = zip(self.param_names, self.lifetimes_names, strict=True)
@@ -248,10 +294,13 @@ class _Model(_Estimator, ABC):
         fast_failure: Exception | None = None
         if self.objective is not None:
             try:
-                return self.objective.maximise(data, weights)
+                return self.objective.maximise(data, weights, **self._penalties())
             except (ConvergenceError, ArithmeticError, ValueError) as exc:
                 fast_failure = exc
-        fitter = _without_autograd_hessian(self.fitter_class)()
+        fitter_class = self._lifetimes_fitter_class() if self.lifetimes_fallback else None
+        if fitter_class is None:  # nothing else can decide: the fast fit's failure is the fit's
+            raise fast_failure if isinstance(fast_failure, ConvergenceError) else ConvergenceError(str(fast_failure))
+        fitter = _without_autograd_hessian(fitter_class)(penalizer_coef=self.penalizer)
         with seeded_global_generator(LIFETIMES_START_SEED):
             fitter.fit(*data.values(), weights=weights)
         if fast_failure is not None:
@@ -263,18 +312,60 @@ class _Model(_Estimator, ABC):
             )
         return np.array([float(fitter.params_[name]) for name in self.lifetimes_names])
 
+    def _penalties(self) -> dict[str, float]:
+        """The penalty settings of the model's objective, by name."""
+        return {"penalizer": self.penalizer}
+
+    def _lifetimes_fitter_class(self) -> type | None:
+        """The lifetimes fitter that fits this model with these settings, None when lifetimes has none."""
+        return self.fitter_class
+
     def _log_likelihood_and_hessian(
         self, params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray
     ) -> tuple[float, np.ndarray]:
-        """Total log-likelihood at ``params`` and the Hessian of its negative over the log-parameters."""
+        """Total log-likelihood at ``params`` and the Hessian of the negative of what the fit maximised (the
+        log-likelihood, less the penalty when there is one) over the log-parameters."""
         if self.objective is not None:
             objective = self.objective(data, weights)
-            return objective.log_likelihood(params), objective.hessian(np.log(params))
+            log_likelihood, hessian = objective.log_likelihood(params), objective.hessian(np.log(params))
+        else:
 
-        def neg_ll(log_params: np.ndarray) -> float:
-            return -self._log_likelihood(np.exp(log_params), data, weights)
+            def neg_ll(log_params: np.ndarray) -> float:
+                return -self._log_likelihood(np.exp(log_params), data, weights)
 
-        return -neg_ll(np.log(params)), _numerical_hessian(neg_ll, np.log(params))
+            log_likelihood, hessian = -neg_ll(np.log(params)), _numerical_hessian(neg_ll, np.log(params))
+        penalty = self._penalty_hessian(params, data, weights)
+        return log_likelihood, hessian if penalty is None else hessian + penalty
+
+    def _penalty_hessian(
+        self, params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray
+    ) -> np.ndarray | None:
+        """Hessian over the log-parameters of the penalty in total log-likelihood units (None without one)."""
+        if not self.penalizer:
+            return None
+        per_customer = float(weights.sum()) if self.penalty_per_customer else 1.0
+        return penalty_hessian(self._as_lifetimes_scales(params, data), self.penalizer) * per_customer
+
+    def _as_lifetimes_scales(self, params: np.ndarray, data: dict[str, np.ndarray]) -> np.ndarray:
+        """The parameters as lifetimes' optimiser sees them: the time-scaled ones in time units of max T."""
+        scaled = np.array(params, dtype=float)
+        for name in self.time_scaled_params:
+            scaled[self.param_names.index(name)] /= float(data["T"].max())
+        return scaled
+
+    def _stopping_point(
+        self, stopped: ConvergenceError, data: dict[str, np.ndarray], weights: np.ndarray
+    ) -> tuple[dict[str, float] | None, float | None]:
+        """Where a fit that did not converge stopped, and the log-likelihood there (Nones when not known)."""
+        if not isinstance(stopped, OptimiserStoppedError):
+            return None, None
+        params = np.exp(stopped.log_params)
+        for name in self.time_scaled_params:
+            params[self.param_names.index(name)] /= stopped.time_scale
+        with np.errstate(all="ignore"):
+            log_likelihood = float(self._log_likelihood(params, data, weights))
+        named = {p: float(v) for p, v in zip(self.param_names, params, strict=True)}
+        return named, log_likelihood if math.isfinite(log_likelihood) else None
 
     def _fit_compressed(self, data: dict[str, np.ndarray], weights: np.ndarray) -> Self:
         try:
@@ -288,10 +379,11 @@ class _Model(_Estimator, ABC):
             ):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 vector = self._maximise(data, weights)
-        except ConvergenceError:
-            raise FitError(
+        except ConvergenceError as exc:
+            raise ConvergenceFitError(
                 f"The {self.title} model did not converge on {int(weights.sum()):,} customers. Try a longer "
-                f"calibration period, more customers, or {self.convergence_advice}."
+                f"calibration period, more customers, or {self.convergence_advice}.",
+                *self._stopping_point(exc, data, weights),
             ) from None
         params = {p: float(v) for p, v in zip(self.param_names, vector, strict=True)}
         bad = {p: v for p, v in params.items() if not math.isfinite(v) or v <= 0}
@@ -333,14 +425,19 @@ class _Model(_Estimator, ABC):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """The fitted model as plain JSON-serialisable data."""
+        """The fitted model as plain JSON-serialisable data: its name, the settings that differ from their
+        defaults (a penalised fit's ``penalizer``), and what the fit learned."""
         result = self._result()
-        return {"name": self.name, **result.__dict__}
+        return {"name": self.name, **self._non_default_settings(), **result.__dict__}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """Rebuild a fitted model from ``to_dict`` output (no pickle, no code execution)."""
-        model = cls()
+        settings = {p.name: data[p.name] for p in cls._init_parameters() if p.name in data}
+        bad = {k: v for k, v in settings.items() if not _is_penalty(v)}
+        if bad:
+            raise FitError(f"A {cls.title} model's settings {bad} are not finite non-negative numbers.")
+        model = cls(**settings)
         fields = set(FitResult.__dataclass_fields__)
         missing = fields - set(data)
         if data.get("name") != cls.name or missing:
@@ -350,8 +447,16 @@ class _Model(_Estimator, ABC):
         params = data["params"]
         if set(params) != set(cls.param_names):
             raise FitError(f"A {cls.title} model needs parameters {cls.param_names}, got {sorted(params)}.")
-        model.result_ = FitResult(**{k: data[k] for k in fields})
+        values = {k: data[k] for k in fields}
+        if values["log_likelihood"] is None:  # a model without a likelihood (JSON null for NaN)
+            values["log_likelihood"] = math.nan
+        model.result_ = FitResult(**values)
         return model
+
+
+def _is_penalty(value: Any) -> bool:
+    """Whether ``value`` is a usable penalty setting: a finite non-negative number (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _require_finite(
@@ -395,6 +500,9 @@ def _like_input(values: np.ndarray, first: object, name: str) -> np.ndarray | pd
 
 class PurchaseModel(_Model):
     """Base for the purchase-and-dropout models; predictions take a horizon in model time units."""
+
+    #: The parameter whose limit 0 means that nobody drops out (a, s), None for a model without dropout.
+    dropout_param: ClassVar[str | None] = None
 
     def fit(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, weights: ArrayLike | None = None) -> Self:
         """Fit by maximum likelihood on the unique (frequency, recency, T) rows, weighted by their counts.

@@ -7,12 +7,12 @@ from scipy.special import digamma, gammaln
 
 from forecast.models._lifetimes import (
     BetaGeoFitter,
-    _check_inputs,
 )
 from forecast.models.base import PurchaseModel
 from forecast.models.fitting import (
     _distinct,
     _Objective,
+    maximise_in_lifetimes_time,
 )
 
 
@@ -34,8 +34,8 @@ class _BetaGeoObjective(_Objective):
 
     size = 4
 
-    def __init__(self, data: dict[str, np.ndarray], weights: np.ndarray) -> None:
-        super().__init__(data, weights)
+    def __init__(self, data: dict[str, np.ndarray], weights: np.ndarray, penalizer: float = 0.0) -> None:
+        super().__init__(data, weights, penalizer)
         x = np.asarray(data["frequency"], dtype=float)
         self._x_values, x_codes = _distinct(x)
         self._x_weights = np.bincount(x_codes, weights=weights, minlength=len(self._x_values))
@@ -47,7 +47,7 @@ class _BetaGeoObjective(_Objective):
         self._repeat_x, self._repeat_weights = x[repeat], weights[repeat]
         self._repeat_x_codes, self._repeat_age_codes = x_codes[repeat], age_codes[repeat]
 
-    def __call__(self, log_params: np.ndarray) -> tuple[float, np.ndarray]:
+    def negative_log_likelihood(self, log_params: np.ndarray) -> tuple[float, np.ndarray]:
         r, alpha, a, b = np.exp(log_params)
         # np.log, not math.log: a line search may underflow alpha to 0, where lifetimes' objective is not finite
         # either (and the search steps back); math.log would raise instead.
@@ -87,14 +87,9 @@ class _BetaGeoObjective(_Objective):
         return -float(ll) / total, -gradient / total
 
     @classmethod
-    def maximise(cls, data: dict[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
+    def maximise(cls, data: dict[str, np.ndarray], weights: np.ndarray, **penalties: float) -> np.ndarray:
         """``BetaGeoFitter.fit`` with this objective: lifetimes' input checks, time scale and minimisation."""
-        frequency = data["frequency"].astype(int)  # lifetimes truncates, then checks
-        _check_inputs(frequency, data["recency"], data["T"])
-        scale = 1.0 / data["T"].max()  # lifetimes' _scale_time: the optimiser sees ages up to 1
-        scaled = {"frequency": frequency, "recency": data["recency"] * scale, "T": data["T"] * scale}
-        r, alpha, a, b = super().maximise(scaled, weights)
-        return np.array([r, alpha / scale, a, b])
+        return maximise_in_lifetimes_time(cls, data, weights, **penalties)
 
 
 class BetaGeo(PurchaseModel):
@@ -111,6 +106,8 @@ class BetaGeo(PurchaseModel):
     lifetimes_names = ("r", "alpha", "a", "b")
     fitter_class = BetaGeoFitter
     objective = _BetaGeoObjective
+    time_scaled_params = ("alpha",)
+    dropout_param = "a"
 
     @staticmethod
     def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:

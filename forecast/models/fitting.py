@@ -18,6 +18,7 @@ from forecast.data.compress import (
 from forecast.models._lifetimes import (
     BaseFitter,
     ConvergenceError,
+    _check_inputs,
     minimize,
     value_and_grad,
 )
@@ -62,6 +63,25 @@ def unique_rows(columns: dict[str, ArrayLike], weights: ArrayLike | None = None)
     return unique, counts
 
 
+class OptimiserStoppedError(ConvergenceError):
+    """lifetimes' ConvergenceError, with where the optimiser stopped: for telling a likelihood that runs off to
+    the edge of the parameter space (no dropout) from a failure.
+
+    Attributes
+    ----------
+    log_params
+        The optimiser's last log-parameters, in the time scale it worked in.
+    time_scale
+        The factor lifetimes multiplied the ages by (1 / max T, ``_scale_time``), 1.0 where it did not: the
+        time-scaled parameters (alpha, beta) are the model's times this factor.
+    """
+
+    def __init__(self, log_params: np.ndarray, time_scale: float = 1.0) -> None:
+        super().__init__("The model did not converge.")
+        self.log_params = np.asarray(log_params, dtype=float)
+        self.time_scale = float(time_scale)
+
+
 #: Seed of NumPy's global generator while lifetimes fits (its Pareto/NBD fitter draws its start from it).
 LIFETIMES_START_SEED = 0
 
@@ -102,7 +122,7 @@ def _without_autograd_hessian(fitter_class: type) -> type:
             args=minimizing_function_args, options=options, bounds=bounds,
         )  # fmt: skip
         if not output.success:
-            raise ConvergenceError("The model did not converge.")
+            raise OptimiserStoppedError(output.x, getattr(self, "_scale", 1.0))
         # lifetimes turns this matrix into its own (unused) variance estimates; the identity keeps them finite.
         return output.x, output.fun, np.eye(params_size)
 
@@ -124,40 +144,97 @@ def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _Objective(ABC):
     """A model's negative log-likelihood over log-parameters, with its analytic gradient, as lifetimes minimises it.
 
-    Calling it gives lifetimes' objective (the weighted mean negative log-likelihood of the rows,
-    penalizer 0) and its gradient. Terms that depend on one column only are summed once per distinct
-    value of that column, so an evaluation costs a few passes over the rows rather than a dozen
-    special-function calls per row.
+    Calling it gives lifetimes' objective (the weighted mean negative log-likelihood of the rows, plus lifetimes'
+    penalty ``penalizer * sum(params ** 2)`` on the parameters, not their logarithms) and its gradient. Terms that
+    depend on one column only are summed once per distinct value of that column, so an evaluation costs a few
+    passes over the rows rather than a dozen special-function calls per row.
     """
 
     size: ClassVar[int]  # number of parameters
 
-    def __init__(self, data: dict[str, np.ndarray], weights: np.ndarray) -> None:
+    def __init__(self, data: dict[str, np.ndarray], weights: np.ndarray, penalizer: float = 0.0) -> None:
         self.total_weight = float(weights.sum())
+        self.penalizer = float(penalizer)
 
     @abstractmethod
-    def __call__(self, log_params: np.ndarray) -> tuple[float, np.ndarray]:
+    def negative_log_likelihood(self, log_params: np.ndarray) -> tuple[float, np.ndarray]:
         """Mean negative log-likelihood and its gradient at ``log_params`` (the papers' symbols, in order)."""
 
-    @classmethod
-    def maximise(cls, data: dict[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
-        """The lifetimes fitter's maximum-likelihood parameters, found with this objective.
+    @property
+    def penalised(self) -> bool:
+        """Whether a penalty is added to the likelihood."""
+        return bool(self.penalizer)
 
-        The minimisation is ``BaseFitter._fit``'s call: start 0.1 for every log-parameter, ``method=None``
-        without bounds (BFGS in scipy), ``tol=1e-7``, so the optimiser takes lifetimes' steps up to rounding.
-        Raises lifetimes' ConvergenceError, as its fitters do, when the optimiser reports failure.
-        """
-        output = minimize(
-            cls(data, weights), x0=0.1 * np.ones(cls.size), jac=True, method="BFGS", tol=1e-7, options={"disp": False}
-        )
-        if not output.success:
-            raise ConvergenceError("The model did not converge.")
-        return np.exp(output.x)
+    def penalty(self, log_params: np.ndarray) -> tuple[float, np.ndarray]:
+        """lifetimes' penalty, ``penalizer * sum(params ** 2)``, and its gradient in the log-parameters."""
+        params = np.exp(log_params)
+        return self.penalizer * float(np.sum(params**2)), 2.0 * self.penalizer * params**2
+
+    def __call__(self, log_params: np.ndarray) -> tuple[float, np.ndarray]:
+        """The penalised objective and its gradient at ``log_params``: what the optimiser minimises."""
+        value, gradient = self.negative_log_likelihood(log_params)
+        if self.penalised:  # without a penalty, exactly the likelihood's values (not + 0.0)
+            penalty, penalty_gradient = self.penalty(log_params)
+            value, gradient = value + penalty, gradient + penalty_gradient
+        return value, gradient
+
+    @classmethod
+    def maximise(cls, data: dict[str, np.ndarray], weights: np.ndarray, **penalties: float) -> np.ndarray:
+        """The lifetimes fitter's maximum-(penalised-)likelihood parameters, found with this objective
+        (``lifetimes_minimisation``); ``penalties`` are the objective's penalty settings (``penalizer``)."""
+        return lifetimes_minimisation(cls, data, weights, **penalties)
 
     def log_likelihood(self, params: np.ndarray) -> float:
-        """Total log-likelihood of the weighted rows at ``params``."""
-        return -self(np.log(params))[0] * self.total_weight
+        """Total log-likelihood of the weighted rows at ``params`` (without the penalty)."""
+        return -self.negative_log_likelihood(np.log(params))[0] * self.total_weight
 
     def hessian(self, log_params: np.ndarray) -> np.ndarray:
-        """Hessian of the total negative log-likelihood over log-parameters, by differences of gradients."""
-        return _hessian_from_gradients(lambda x: self(x)[1], log_params) * self.total_weight
+        """Hessian of the total negative log-likelihood (without the penalty) over log-parameters, by differences
+        of gradients."""
+        return _hessian_from_gradients(lambda x: self.negative_log_likelihood(x)[1], log_params) * self.total_weight
+
+
+def lifetimes_minimisation(
+    objective: type[_Objective], data: dict[str, np.ndarray], weights: np.ndarray, **penalties: float
+) -> np.ndarray:
+    """The parameters that minimise ``objective`` on ``data``, as ``BaseFitter._fit`` finds them.
+
+    The minimisation is ``BaseFitter._fit``'s call: start 0.1 for every log-parameter, ``method=None``
+    without bounds (BFGS in scipy), ``tol=1e-7``, so the optimiser takes lifetimes' steps up to rounding.
+    Raises lifetimes' ConvergenceError, as its fitters do, when the optimiser reports failure
+    (``OptimiserStoppedError``, which says where it stopped).
+    """
+    output = minimize(
+        objective(data, weights, **penalties), x0=0.1 * np.ones(objective.size), jac=True, method="BFGS", tol=1e-7,
+        options={"disp": False},
+    )  # fmt: skip
+    if not output.success:
+        raise OptimiserStoppedError(output.x)
+    return np.exp(output.x)
+
+
+def maximise_in_lifetimes_time(
+    objective: type[_Objective], data: dict[str, np.ndarray], weights: np.ndarray, **penalties: float
+) -> np.ndarray:
+    """Maximise a purchase model's ``objective`` as ``BetaGeoFitter.fit`` does: lifetimes' input checks, then ages
+    in units of the largest T (``_scale_time``), so that the start, the steps and the penalty on alpha are lifetimes'.
+
+    Returns the parameters (r, alpha, ...) with alpha, the second, back in the data's time unit; a
+    OptimiserStoppedError says the time scale it stopped in.
+    """
+    frequency = data["frequency"].astype(int)  # lifetimes truncates, then checks
+    _check_inputs(frequency, data["recency"], data["T"])
+    scale = 1.0 / data["T"].max()  # lifetimes' _scale_time: the optimiser sees ages up to 1
+    scaled = {"frequency": frequency, "recency": data["recency"] * scale, "T": data["T"] * scale}
+    try:
+        params = lifetimes_minimisation(objective, scaled, weights, **penalties)
+    except OptimiserStoppedError as exc:
+        raise OptimiserStoppedError(exc.log_params, scale) from None
+    params[1] /= scale
+    return params
+
+
+def penalty_hessian(penalised_params: np.ndarray, penalizer: float) -> np.ndarray:
+    """Hessian over the log-parameters of lifetimes' penalty, ``penalizer * sum(params ** 2)``: diag(4 penalizer
+    params^2), with the parameters as lifetimes penalises them (alpha in its rescaled time)."""
+    return np.diag(4.0 * penalizer * np.asarray(penalised_params, dtype=float) ** 2)

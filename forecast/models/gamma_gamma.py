@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Self, overload
+from typing import ClassVar, Self, overload
 
 import numpy as np
 import pandas as pd
 from scipy.special import digamma, gammaln
 
 from forecast.data.compress import (
-    SpendHistories,
     as_floats,
     distinct_counts,
 )
@@ -46,9 +45,13 @@ class _GammaGammaObjective(_Objective):
 
     size = 3
 
-    def __init__(self, data: dict[str, np.ndarray], weights: np.ndarray) -> None:
-        super().__init__(data, weights)
+    def __init__(
+        self, data: dict[str, np.ndarray], weights: np.ndarray, penalizer: float = 0.0, shrinkage: float = 0.0
+    ) -> None:
+        super().__init__(data, weights, penalizer)
         x, m = np.asarray(data["frequency"], dtype=float), np.asarray(data["monetary_value"], dtype=float)
+        self.shrinkage = float(shrinkage)
+        self.centre = shrinkage_centre(m, weights)
         self._x_values, x_codes = _distinct(x)
         self._x_weights = np.bincount(x_codes, weights=weights, minlength=len(self._x_values))
         self._weights, self._weights_x = weights, weights * x
@@ -56,7 +59,7 @@ class _GammaGammaObjective(_Objective):
         self._log_m = float(weights @ np.log(m))
         self._log_spend = float(weights @ np.log(self._spend))
 
-    def __call__(self, log_params: np.ndarray) -> tuple[float, np.ndarray]:
+    def negative_log_likelihood(self, log_params: np.ndarray) -> tuple[float, np.ndarray]:
         p, q, gamma = np.exp(log_params)
         px, x_weights, total = p * self._x_values, self._x_weights, self.total_weight
         log_ratio = np.log1p(gamma * self._inverse_spend)  # ln(1 + gamma / s)
@@ -73,11 +76,29 @@ class _GammaGammaObjective(_Objective):
         gradient = np.array([d_p * p, d_q * q, d_gamma * gamma])  # chain rule to log-parameters
         return -float(ll) / total, -gradient / total
 
+    def penalty(self, log_params: np.ndarray) -> tuple[float, np.ndarray]:
+        """lifetimes' penalty plus the shrinkage, ``shrinkage * sum((ln params - centre) ** 2)``, and its gradient."""
+        value, gradient = super().penalty(log_params)
+        offset = log_params - self.centre
+        return value + self.shrinkage * float(offset @ offset), gradient + 2.0 * self.shrinkage * offset
+
+    @property
+    def penalised(self) -> bool:
+        return bool(self.penalizer or self.shrinkage)
+
     @classmethod
-    def maximise(cls, data: dict[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
+    def maximise(cls, data: dict[str, np.ndarray], weights: np.ndarray, **penalties: float) -> np.ndarray:
         """``GammaGammaFitter.fit`` with this objective: lifetimes' input checks and minimisation."""
         _check_inputs(data["frequency"], monetary_value=data["monetary_value"])
-        return super().maximise(data, weights)
+        return super().maximise(data, weights, **penalties)
+
+
+def shrinkage_centre(monetary_value: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Where the shrinkage pulls the log-parameters: p = q = 1 and gamma = the buyers' mean average spend, the
+    parameters that are 0 on log scale when spend is measured in units of its mean (so the pull does not depend
+    on the currency)."""
+    mean = float(weights @ monetary_value) / float(weights.sum()) if len(weights) else 1.0
+    return np.array([0.0, 0.0, math.log(mean) if mean > 0 else 0.0])
 
 
 class GammaGamma(_Model):
@@ -93,11 +114,44 @@ class GammaGamma(_Model):
 
     name = "gamma_gamma"
     title = "Gamma-Gamma"
-    param_names = ("p", "q", "gamma")
-    lifetimes_names = ("p", "q", "v")
+    param_names: ClassVar[tuple[str, ...]] = ("p", "q", "gamma")
+    lifetimes_names: ClassVar[tuple[str, ...]] = ("p", "q", "v")
     fitter_class = GammaGammaFitter
     convergence_advice = "the heuristic CLV until there are more repeat buyers"
-    objective = _GammaGammaObjective
+    objective: ClassVar[type[_Objective] | None] = _GammaGammaObjective
+
+    def __init__(self, penalizer: float = 0.0, shrinkage: float = 0.0) -> None:
+        """Store the settings.
+
+        Parameters
+        ----------
+        penalizer
+            lifetimes' ``penalizer_coef``: ``penalizer * (p^2 + q^2 + gamma^2)`` is added to the mean negative
+            log-likelihood per repeat buyer (gamma in currency units). 0 is maximum likelihood.
+        shrinkage
+            Weight of a ridge on the log-parameters, ``shrinkage * [(ln p)^2 + (ln q)^2 + (ln(gamma / m))^2]``
+            with m the buyers' mean average spend, also added to the mean: it keeps a fit whose likelihood
+            runs off (all buyers alike) finite, does not depend on the currency, and, unlike lifetimes' penalty,
+            does not pull q below 1 (an undefined mean spend). 0 is none.
+        """
+        super().__init__(penalizer)
+        self.shrinkage = shrinkage
+
+    def _penalties(self) -> dict[str, float]:
+        return {"penalizer": self.penalizer, "shrinkage": self.shrinkage}
+
+    def _lifetimes_fitter_class(self) -> type | None:
+        return None if self.shrinkage else self.fitter_class  # lifetimes has no shrinkage
+
+    def _penalty_hessian(
+        self, params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray
+    ) -> np.ndarray | None:
+        """lifetimes' penalty's Hessian plus the shrinkage's, 2 shrinkage I, per repeat buyer."""
+        hessian = super()._penalty_hessian(params, data, weights)
+        if not self.shrinkage:
+            return hessian
+        shrinkage = 2.0 * self.shrinkage * float(weights.sum()) * np.eye(len(params))
+        return shrinkage if hessian is None else hessian + shrinkage
 
     @staticmethod
     def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:
@@ -256,22 +310,6 @@ class GammaGamma(_Model):
         """Population mean spend per purchase, p * gamma / (q - 1); infinite when q <= 1."""
         p, q, gamma = (self.params_[k] for k in self.param_names)
         return p * gamma / (q - 1) if q > 1 else math.inf
-
-
-def fit_spend_model(spend_histories: SpendHistories) -> GammaGamma:
-    """Fit Gamma-Gamma on a summary's unique (frequency, monetary_value) histories.
-
-    Warns when repeat buyers' frequency and average spend are correlated (Gamma-Gamma assumes independence).
-    """
-    spend_rows = spend_histories.rows
-    spend = GammaGamma().fit_unique(spend_rows[:, 0], spend_rows[:, 1], spend_histories.counts)
-    # The repeat buyers' correlation from their unique spend histories, each counted as often as it occurs.
-    x, m = spend_rows[:, 0], spend_rows[:, 1]
-    repeat = (x > 0) & (m > 0)
-    if spend_histories.counts[repeat].sum() > 2:
-        covariance = np.cov(x[repeat], m[repeat], fweights=spend_histories.counts[repeat])
-        warn_if_spend_correlated(float(covariance[0, 1] / math.sqrt(covariance[0, 0] * covariance[1, 1])))
-    return spend
 
 
 def warn_if_spend_correlated(correlation: float) -> None:

@@ -25,6 +25,8 @@ class ModifiedBetaGeo(PurchaseModel):
     param_names = ("r", "alpha", "a", "b")
     lifetimes_names = ("r", "alpha", "a", "b")
     fitter_class = ModifiedBetaGeoFitter
+    time_scaled_params = ("alpha",)
+    dropout_param = "a"
 
     @staticmethod
     def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:

@@ -156,8 +156,12 @@ class _StableParetoNBDFitter(ParetoNBDFitter):
     def _negative_log_likelihood(
         params: Any, freq: Any, rec: Any, T: Any, weights: Any, penalizer_coef: float
     ) -> float:
-        """lifetimes' objective (weighted mean negative log-likelihood plus its L2 penalty), +inf outside the domain.
+        """lifetimes' objective (total negative log-likelihood plus its L2 penalty, over the mean weight), +inf
+        outside the domain.
 
+        lifetimes divides the weighted total by the mean weight, which is 1 on one row per customer; its penalty
+        is divided by it here too, so that a fit on unique rows with their counts is the fit on the customers'
+        rows (lifetimes adds the penalty undivided, so its compressed fit is penalised more).
         Not finite (parameters the optimiser has pushed to overflow) counts as +inf, the worst value: a NaN
         would leave Nelder-Mead's comparisons undefined.
         """
@@ -165,7 +169,7 @@ class _StableParetoNBDFitter(ParetoNBDFitter):
             return np.inf
         row_ll = _pareto_nbd_log_likelihood(params, freq, rec, T)
         penalty = penalizer_coef * float(np.sum(np.asarray(params) ** 2))
-        value = -float((weights * row_ll).sum() / weights.mean()) + penalty
+        value = -float(((weights * row_ll).sum() - penalty) / weights.mean())
         return value if math.isfinite(value) else np.inf
 
 
@@ -183,6 +187,9 @@ class ParetoNBD(PurchaseModel):
     param_names = ("r", "alpha", "s", "beta")
     lifetimes_names = ("r", "alpha", "s", "beta")
     fitter_class = _StableParetoNBDFitter
+    time_scaled_params = ("alpha", "beta")
+    penalty_per_customer = False
+    dropout_param = "s"
 
     @staticmethod
     def _log_likelihood(params: np.ndarray, data: dict[str, np.ndarray], weights: np.ndarray) -> float:

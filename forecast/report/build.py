@@ -36,7 +36,7 @@ from forecast.errors import ArtifactError, ForecastError
 from forecast.models import GammaGamma, PurchaseModel
 from forecast.models.gamma_gamma import FREQUENCY_SPEND_CORRELATION_LIMIT
 from forecast.report.run_folder import REPORT_HTML, RunFolder, read_models, read_run
-from forecast.value.segments import ALL_SEGMENTATION
+from forecast.value.segments import ALL_SEGMENTATION, VALUE_TIERS, segmentation_name
 
 TEMPLATE_NAME = "report.html.j2"
 MAX_REPEAT_BUCKET = 7  # the period-transactions chart groups 7 or more repeat purchases
@@ -68,6 +68,11 @@ MODEL_DESCRIPTIONS = {
         "Like BG/NBD (every customer buys at their own pace and may leave after a purchase), except that a "
         "customer may also leave right after the first purchase, so one-time buyers can be lost customers too.",
     ),
+    "nbd": (
+        "NBD (negative binomial distribution, no dropout)",
+        "Every customer buys at their own steady pace and nobody leaves: the data showed no dropout, so the "
+        "configured model was replaced by this one (see the warnings). P(alive) is 1 for everyone.",
+    ),
     "pareto": (
         "Pareto/NBD",
         "Every customer buys at their own steady pace while they are still a customer and leaves, unannounced, at "
@@ -93,7 +98,14 @@ COLUMN_LABELS = {
     "clv_heuristic": "Heuristic CLV",
     "rfm_group": "RFM group",
     "clv_heuristic_total": "Heuristic CLV",
-    "heuristic_gap": "Gap (heuristic − predictive)",
+    "heuristic_gap": "Gap, unmatched spans (heuristic − predictive)",
+    "clv_lifetime": "Lifetime CLV",
+    "clv_lifetime_total": "Lifetime CLV",
+    "clv_matched": "Predictive CLV, matched span",
+    "clv_matched_total": "Predictive CLV, matched span",
+    "clv_heuristic_matched_total": "Heuristic CLV, matched span",
+    "heuristic_gap_matched": "Gap, matched span (heuristic − predictive)",
+    "matched_span_months": "Matched span (months)",
     "avg_purchase_value": "Avg purchase value",
     "purchases_per_year": "Purchases per year",
     "mae_purchases": "MAE purchases",
@@ -101,6 +113,12 @@ COLUMN_LABELS = {
     "rmse_revenue": "RMSE revenue",
     "spearman_revenue": "Spearman rank corr.",
     "top20_capture": "Top-20% capture",
+    "total_revenue_error": "Total revenue error",
+    "normalized_gini": "Normalized Gini",
+    "per_1000_customers": "Log-likelihood per 1,000 customers",
+    "behind_best_per_1000": "Behind the best, per 1,000",
+    "standard_error_per_1000": "Standard error, per 1,000",
+    "holdout_log_likelihood_per_1000": "Holdout log-likelihood per 1,000",
     "rmse_purchases": "RMSE purchases",
     "predicted_purchases": "Predicted purchases",
     "predicted_revenue": "Predicted revenue",
@@ -116,7 +134,8 @@ ACRONYMS = {"clv": "CLV", "bic": "BIC", "aic": "AIC", "se": "SE", "mae": "MAE", 
             "rfm": "RFM", "ltv": "LTV", "ci": "CI"}  # fmt: skip
 SEGMENT_COLUMN_ORDER = [
     "segment", "customers", "clv_total", "clv_total_lower", "clv_total_upper", "clv_lower_total", "clv_upper_total",
-    "clv_heuristic_total", "heuristic_gap", "mean_p_alive", "expected_purchases", "revenue_to_date",
+    "clv_heuristic_total", "heuristic_gap", "matched_span_months", "clv_matched_total", "clv_heuristic_matched_total",
+    "heuristic_gap_matched", "clv_lifetime_total", "mean_p_alive", "expected_purchases", "revenue_to_date",
     "avg_purchase_value", "purchases_per_year",
 ]  # fmt: skip
 SHARE_WORDS = ("p_alive", "capture", "share", "rate")
@@ -305,7 +324,8 @@ def _interval_columns(segments: pd.DataFrame) -> tuple[str, str] | None:
 
 
 def headline(run: RunFolder) -> dict[str, Any]:
-    """The headline cards: customers, active share, predictive and heuristic totals, and the gap."""
+    """The headline cards: customers, active share, predictive CLV (horizon and lifetime), and the predictive and
+    heuristic totals with their gap over the same discounted months (``matched_comparison``)."""
     customers = run.customers
     manifest = run.manifest
     config = manifest.get("config", {})
@@ -315,7 +335,6 @@ def headline(run: RunFolder) -> dict[str, Any]:
     lifespan = manifest.get("heuristic", {}).get("lifespan_years")
     clv_total = float(totals.get("clv", customers["clv"].sum()))
     heuristic_total = float(totals.get("clv_heuristic", customers["clv_heuristic"].sum()))
-    gap = heuristic_total - clv_total
     mean_alive = float(customers["p_alive"].mean())
     share_alive = float((customers["p_alive"] > ACTIVE_THRESHOLD).mean())
     interval = _total_interval(run)
@@ -326,7 +345,8 @@ def headline(run: RunFolder) -> dict[str, Any]:
         else "no interval in this run"
     )
     margin_text = f"at {margin:.0%} margin" if isinstance(margin, int | float) else ""
-    ratio = heuristic_total / clv_total if clv_total else math.inf
+    plain = {"predictive": clv_total, "heuristic": heuristic_total, "horizon": horizon, "lifespan": years(lifespan)}
+    comparison = matched_comparison(manifest)
     cards = [
         {"label": "Customers", "value": f"{len(customers):,}", "detail": f"as of {manifest.get('as_of', '?')}"},
         {
@@ -336,19 +356,12 @@ def headline(run: RunFolder) -> dict[str, Any]:
         },
         {
             "label": "Predictive CLV",
+            "kind": "predictive",
             "value": money(clv_total),
             "detail": f"next {horizon} months, discounted, {margin_text}; {interval_text}",
         },
-        {
-            "label": "Heuristic CLV",
-            "value": money(heuristic_total),
-            "detail": f"{years(lifespan)}-year lifespan, {margin_text}; sum over customers",
-        },
-        {
-            "label": "Gap",
-            "value": money(gap),
-            "detail": f"heuristic − predictive; the heuristic is {ratio:.1f}× the predictive figure",
-        },
+        *lifetime_cards(totals.get("clv_lifetime"), config.get("monthly_discount_rate"), margin_text, comparison),
+        *(comparison_cards(comparison, plain, margin_text) if comparison else unmatched_cards(plain, margin_text)),
     ]
     expected = float(totals.get("expected_purchases", customers.get("expected_purchases", pd.Series(0.0)).sum()))
     return {
@@ -357,10 +370,119 @@ def headline(run: RunFolder) -> dict[str, Any]:
         "expected_purchases": f"{expected:,.0f}",
         "horizon_months": horizon,
         "lifespan_years": years(lifespan),
+        "comparison_text": comparison_sentences(comparison, plain),
+        "span_months": comparison["span_months"] if comparison else None,
         "mean_alive": f"{mean_alive:.1%}",
         "share_alive": f"{share_alive:.1%}",
         "has_customer_intervals": {"clv_lower", "clv_upper"} <= set(customers.columns),
     }
+
+
+def matched_comparison(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's like-for-like ``comparison`` (``forecast.value.comparison.comparison_record``), or None for
+    a run written before it had one."""
+    comparison = manifest.get("comparison")
+    numbers = ("span_months", "predictive", "heuristic", "gap")
+    if not isinstance(comparison, dict) or not all(isinstance(comparison.get(k), int | float) for k in numbers):
+        return None
+    return comparison
+
+
+def _basis(comparison: dict[str, Any]) -> str:
+    """The comparison's basis in words ('the same 36 months, each discounted at 1% a month')."""
+    basis = comparison.get("basis")
+    return basis if isinstance(basis, str) and basis else f"the same {comparison['span_months']} months"
+
+
+def _ratio(heuristic: float, predictive: float) -> str:
+    """heuristic / predictive as '1.7×'."""
+    return f"{heuristic / predictive:.1f}×" if predictive else "undefined (no predictive value)"
+
+
+def lifetime_cards(
+    lifetime: Any, rate: Any, margin_text: str, comparison: dict[str, Any] | None
+) -> list[dict[str, str]]:
+    """The lifetime CLV card, when the run has a finite clv_lifetime total, with the share of it that falls in the
+    comparison's span."""
+    if not isinstance(lifetime, int | float) or not math.isfinite(lifetime):
+        return []
+    discount = f"each discounted at {rate * 100:.3g}% a month" if isinstance(rate, int | float) else "discounted"
+    detail = f"every future month, {discount}, {margin_text}"
+    if comparison and lifetime > 0:
+        share = float(comparison["predictive"]) / lifetime
+        detail += f"; {share:.0%} of it in the first {comparison['span_months']} months"
+    return [{"label": "Lifetime CLV", "kind": "predictive", "value": money(float(lifetime)), "detail": detail}]
+
+
+def comparison_cards(comparison: dict[str, Any], plain: dict[str, Any], margin_text: str) -> list[dict[str, str]]:
+    """Predictive and heuristic totals over the heuristic's span, discounted alike, and their gap."""
+    span, basis = comparison["span_months"], _basis(comparison)
+    predictive, heuristic = float(comparison["predictive"]), float(comparison["heuristic"])
+    return [
+        {
+            "label": f"Predictive CLV, {span} months",
+            "kind": "predictive",
+            "value": money(predictive),
+            "detail": f"{basis} (the heuristic's {plain['lifespan']}-year lifespan), {margin_text}",
+        },
+        {
+            "label": f"Heuristic CLV, {span} months",
+            "kind": "heuristic",
+            "value": money(heuristic),
+            "detail": f"{basis}, {margin_text}; {money(plain['heuristic'])} over {plain['lifespan']} years "
+            "undiscounted",
+        },
+        {
+            "label": "Gap",
+            "value": money(float(comparison["gap"])),
+            "detail": f"heuristic − predictive over {basis}; the heuristic is {_ratio(heuristic, predictive)} the "
+            "predictive figure",
+        },
+    ]
+
+
+def unmatched_cards(plain: dict[str, Any], margin_text: str) -> list[dict[str, str]]:
+    """The heuristic and gap cards of a run without a like-for-like comparison: said not to be like for like."""
+    return [
+        {
+            "label": "Heuristic CLV",
+            "kind": "heuristic",
+            "value": money(plain["heuristic"]),
+            "detail": f"{plain['lifespan']}-year lifespan, undiscounted, {margin_text}; sum over customers",
+        },
+        {
+            "label": "Gap",
+            "value": money(plain["heuristic"] - plain["predictive"]),
+            "detail": f"heuristic ({plain['lifespan']} years, undiscounted) − predictive (next {plain['horizon']} "
+            "months, discounted): not like for like; runs of this version compare them over the same months",
+        },
+    ]
+
+
+def comparison_sentences(comparison: dict[str, Any] | None, plain: dict[str, Any]) -> str:
+    """Why the two CLV figures differ, on the matched basis when the run has one, and what the gap means for a
+    budget."""
+    plain_text = (
+        f"{money(plain['heuristic'])} for {plain['lifespan']} undiscounted years against {money(plain['predictive'])} "
+        f"for the next {plain['horizon']} discounted months, {_ratio(plain['heuristic'], plain['predictive'])}"
+    )
+    if comparison is None:
+        return (
+            f"The plain figures ({plain_text}) are not like for like: they cover different spans and only the "
+            "predictive one is discounted. This run has no like-for-like comparison; a run of this version adds one."
+        )
+    span, basis = comparison["span_months"], _basis(comparison)
+    predictive, heuristic, gap = (float(comparison[k]) for k in ("predictive", "heuristic", "gap"))
+    direction = "more" if gap >= 0 else "less"
+    return (
+        f"Compared like for like, over {basis} (the heuristic's {plain['lifespan']}-year lifespan), the heuristic "
+        f"expects {money(heuristic)} and the models {money(predictive)}: {_ratio(heuristic, predictive)} as much. "
+        f"A budget built on the heuristic assumes {money(abs(gap))} {direction} value over the same {span} "
+        "discounted months than the models expect. On the same span and discounting, that difference is the models' "
+        "view of the customers: the heuristic has every customer keep buying at their past pace, the models let "
+        f"customers who have gone quiet count for less. The plain figures ({plain_text}) are not like for like: the "
+        "rest of their difference is the span and the discounting."
+    )
 
 
 # --- model fit -----------------------------------------------------------------------------------------
@@ -437,13 +559,15 @@ def parameter_rows(purchases: PurchaseModel, spend: GammaGamma, time_unit: str) 
             f"Scale of lifetimes (in {unit}s). On average a customer leaves at a rate s/beta = {death:.3g} per {unit}."
         )
     g = spend.params_
-    cv = 1 / math.sqrt(g["p"])
-    meanings["p"] = f"How steady one customer's spend is: purchases scatter about {cv:.0%} around their own mean."
-    meanings["q"] = "How differently customers spend: the larger q, the more alike; below 1 the mean is undefined."
-    meanings["gamma"] = (
-        f"Scale of spend (currency units). Average spend per purchase over all customers: p·gamma/(q−1) = "
-        f"{spend.mean_spend():,.2f}."
-    )
+    if "p" in g:  # Gamma-Gamma; the mean spend it falls back to has only its mean
+        cv = 1 / math.sqrt(g["p"])
+        meanings["p"] = f"How steady one customer's spend is: purchases scatter about {cv:.0%} around their own mean."
+        meanings["q"] = "How differently customers spend: the larger q, the more alike; below 1 the mean is undefined."
+        meanings["gamma"] = (
+            f"Scale of spend (currency units). Average spend per purchase over all customers: p·gamma/(q−1) = "
+            f"{spend.mean_spend():,.2f}."
+        )
+    meanings["mean"] = "Expected spend per purchase of every customer (currency units): Gamma-Gamma was not fitted."
     for model, title in ((purchases, purchases.title), (spend, spend.title)):
         result = getattr(model, "result_", None)  # absent before fit
         errors = result.standard_errors if result is not None else {}
@@ -582,17 +706,18 @@ def check_spend_model(customers: pd.DataFrame, spend: GammaGamma) -> SpendCheck:
     if np.count_nonzero(repeat) <= 2:
         return SpendCheck([], {}, None)
     observed, repeat_frequency = monetary[repeat], frequency[repeat]
-    correlation = float(np.corrcoef(repeat_frequency, observed)[0, 1])
+    # Every repeat buyer with the same average spend (or frequency): no correlation to show (the mean spend run).
+    alike = np.ptp(observed) == 0 or np.ptp(repeat_frequency) == 0
+    correlation = None if alike else float(np.corrcoef(repeat_frequency, observed)[0, 1])
     summary = {
         "observed_mean": f"{observed.mean():,.2f}",
         "observed_median": f"{np.median(observed):,.2f}",
         "model_mean": f"{spend.mean_spend():,.2f}",
         "buyers": f"{len(observed):,}",
     }
-    charts = [
-        spend_fit_chart(observed, repeat_frequency, spend),
-        frequency_spend_chart(repeat_frequency, observed, correlation),
-    ]
+    charts = [spend_fit_chart(observed, repeat_frequency, spend)]
+    if correlation is not None:
+        charts.append(frequency_spend_chart(repeat_frequency, observed, correlation))
     return SpendCheck(charts, summary, correlation)
 
 
@@ -627,12 +752,14 @@ def frequency_spend_chart(repeat_frequency: np.ndarray, observed: np.ndarray, co
 def fit_facts(recorded: dict[str, Any], purchases: PurchaseModel, spend: GammaGamma) -> list[str]:
     """One sentence per model: log-likelihood and what it was fitted on, from the manifest's ``models`` entry."""
     purchase_fit, spend_fit = recorded["purchases"], recorded["spend"]
+    spend_likelihood = spend_fit.get("log_likelihood")  # null for the mean spend, which has none
     return [
         f"{purchases.title}: log-likelihood {purchase_fit.get('log_likelihood', float('nan')):,.2f} on "
         f"{purchase_fit.get('customers', 0):,} customers ({purchase_fit.get('unique_rows', 0):,} distinct "
         "histories).",
-        f"{spend.title}: log-likelihood {spend_fit.get('log_likelihood', float('nan')):,.2f} on "
-        f"{spend_fit.get('customers', 0):,} repeat buyers with a positive average spend.",
+        f"{spend.title}: "
+        + ("no likelihood, the mean of" if spend_likelihood is None else f"log-likelihood {spend_likelihood:,.2f} on")
+        + f" {spend_fit.get('customers', 0):,} repeat buyers with a positive average spend.",
     ]
 
 
@@ -668,9 +795,11 @@ def _plot_chart(run_dir: Path, name: str, file_name: Any) -> Chart | str:
 
 METHOD_ORDER = ["predictive", "heuristic"]
 METRIC_ORDER = [
-    "predicted_purchases", "predicted_revenue", "mae_purchases", "rmse_purchases", "mae_revenue", "rmse_revenue",
-    "spearman_revenue", "top20_capture",
+    "predicted_revenue", "total_revenue_error", "rmse_revenue", "normalized_gini", "predicted_purchases",
+    "mae_purchases", "rmse_purchases", "mae_revenue", "spearman_revenue", "top20_capture",
 ]  # fmt: skip
+#: What the model-selection table shows of each model's validation score.
+SELECTION_COLUMNS = ["per_1000_customers", "behind_best_per_1000", "standard_error_per_1000", "predicted_purchases"]
 PLOT_ORDER = {"conditional_expectation": 0, "tracking": 1, "deciles": 2}
 BACKTEST_CAPTIONS = {
     "conditional_expectation": "Holdout purchases by calibration-period purchases: what customers who bought 0, 1, "
@@ -721,13 +850,23 @@ def records_table(records: dict[str, Any], key_label: str, caption: str) -> Tabl
     return frame_table(frame, caption)
 
 
-def winner_summary(winner: Any) -> tuple[str | None, list[list[str]]]:
-    """The overall winner (most metrics won) and the metric -> best method rows, from backtest.json's winner."""
+def winner_summary(winner: Any, overall: Any = None) -> tuple[str | None, list[list[str]]]:
+    """The overall winner and the metric -> best method rows, from backtest.json's ``winner`` (and its
+    ``overall_winner``, decided by the deciding scores; older files without it: the most metrics won)."""
     if isinstance(winner, str):
         return winner, []
     if not isinstance(winner, dict):
         return None, []
     rows = [[label(metric), str(method) if method else "–"] for metric, method in winner.items()]
+    if isinstance(overall, dict) and overall.get("method") and isinstance(overall.get("wins"), dict):
+        decided_by = [label(str(m)) for m in overall.get("decided_by", [])]
+        won = overall["wins"].get(overall["method"], 0)
+        tie = sum(count == won for count in overall["wins"].values()) > 1
+        text = (
+            f"{overall['method']} (best on {won} of {len(decided_by)} deciding scores: {', '.join(decided_by)}"
+            f"{'; a tie broken by the sum of its ranks' if tie else ''})"
+        )
+        return text, rows
     wins: dict[str, int] = {}
     for method in winner.values():
         if method:
@@ -740,12 +879,13 @@ def winner_summary(winner: Any) -> tuple[str | None, list[list[str]]]:
 
 
 def backtest(run: RunFolder) -> dict[str, Any]:
-    """The backtest's summary, metrics table, winner, model comparison and plots, when a backtest ran."""
+    """The backtest's summary, metrics table, winner, model choice and comparison, and plots, when a backtest ran."""
+    choice = run_model_choice(run.manifest.get("model_selection"))
     data = run.backtest
     if not isinstance(data, dict):
-        return {"available": False}
+        return {"available": False, **choice}
     methods = data.get("methods", {}) if isinstance(data.get("methods"), dict) else {}
-    winner, winner_rows = winner_summary(data.get("winner"))
+    winner, winner_rows = winner_summary(data.get("winner"), data.get("overall_winner"))
     comparison = data.get("model_comparison")
     plots = data.get("plots", {})
     chart_list, problems = backtest_plot_charts(run.path, plots if isinstance(plots, dict) else {})
@@ -759,23 +899,80 @@ def backtest(run: RunFolder) -> dict[str, Any]:
         "metrics": metrics_table(methods),
         "winner": winner,
         "winner_rows": winner_rows,
+        "selection": selection_table(data.get("model_selection")),
         "comparison": (
-            records_table(comparison, "model", "Purchase models compared on the same split")
+            records_table(
+                {name: _holdout_score_rounded(entry) for name, entry in comparison.items()},
+                "model",
+                "Purchase models fitted on the whole calibration period, with their "
+                "holdout scores (information: the choice was made before the calibration end)",
+            )
             if isinstance(comparison, dict) and comparison
             else None
         ),
         "charts": chart_list,
         "problems": problems,
         "warnings": [str(w) for w in data.get("warnings", [])] if isinstance(data.get("warnings"), list) else [],
+        **choice,
     }
 
 
+def run_model_choice(selection: Any) -> dict[str, Any]:
+    """The run's own purchase-model choice (manifest.json's ``model_selection``): a sentence and the score table."""
+    if not isinstance(selection, dict) or not selection.get("chosen"):
+        return {"run_choice": None, "run_selection": None}
+    configured = selection.get("configured")
+    how = "chosen by" if configured == "auto" else "configured; checked by"
+    sentence = (
+        f"This run uses {selection['chosen']} ({how} a validation on the data up to {selection.get('cutoff')}): "
+        f"{selection.get('reason', '')}"
+    )
+    return {"run_choice": sentence, "run_selection": selection_table(selection)}
+
+
+def selection_table(selection: Any) -> Table | None:
+    """Every purchase model's internal-validation score (``model_selection.scores``), when the file has them."""
+    if not isinstance(selection, dict) or not isinstance(selection.get("scores"), dict):
+        return None
+    rows = {
+        str(name): {k: _one_decimal(entry.get(k), k) for k in SELECTION_COLUMNS} if "per_1000_customers" in entry else
+        {"error": entry.get("error")}
+        for name, entry in selection["scores"].items()
+        if isinstance(entry, dict)
+    }  # fmt: skip
+    if not rows:
+        return None
+    windows = selection.get("windows")
+    windows = windows if isinstance(windows, list) else []
+    scored = ", ".join(f"{w.get('fit_through')} .. {w.get('scored_through')}" for w in windows if isinstance(w, dict))
+    caption = (
+        f"Model choice: each model refitted on the data up to the start of the validation window and scored on the "
+        f"purchases in it ({scored or 'no window'}; higher log-likelihood is better)"
+    )
+    return records_table(rows, "model", caption)
+
+
+def _holdout_score_rounded(entry: Any) -> Any:
+    """A model-comparison entry with its holdout log-likelihood per 1,000 customers to one decimal."""
+    if not isinstance(entry, dict):
+        return entry
+    key = "holdout_log_likelihood_per_1000"
+    return {**entry, key: _one_decimal(entry[key], key)} if key in entry else entry
+
+
+def _one_decimal(value: Any, column: str) -> Any:
+    """A score per 1,000 customers with one decimal (the table's own format would round -582.9 to -583)."""
+    return f"{value:,.1f}" if isinstance(value, float) and "per_1000" in column else value
+
+
 def backtest_facts(data: dict[str, Any]) -> list[list[str]]:
-    """The split, the customers, the purchase model used and the actual holdout totals, as label/value rows."""
+    """The split, the customers, the purchase model used and why, and the actual holdout totals, as label/value rows."""
     facts = [[label(k), format_value(data[k], k)] for k in ("calibration_end", "holdout_end", "customers") if k in data]
     used = data.get("purchase_model", {})
     if isinstance(used, dict) and used.get("used"):
         facts.append(["Purchase model", f"{used['used']} (configured: {used.get('configured', '?')})"])
+        if used.get("reason"):
+            facts.append(["Why this model", str(used["reason"])])
     actual = data.get("actual", {})
     if isinstance(actual, dict):
         for key, value in actual.items():
@@ -793,13 +990,16 @@ def metrics_table(methods: dict[str, Any]) -> Table | None:
             entry = {**{f"predicted_{k}": v for k, v in methods[name].get("predicted", {}).items()}, **methods[name]}
             known = [k for k in METRIC_ORDER if k in entry]
             flat_methods[name] = {k: entry[k] for k in known + [k for k in entry if k not in known]}
+            error = flat_methods[name].get("total_revenue_error")
+            if isinstance(error, int | float):  # a signed share, which the money format would show as 0.22
+                flat_methods[name]["total_revenue_error"] = f"{error:+.1%}"
     if not flat_methods:
         return None
     return records_table(
         flat_methods,
         "method",
-        "Holdout accuracy per method (lower MAE and RMSE are better; higher rank correlation and top-20% "
-        "capture are better)",
+        "Holdout accuracy per method: the deciding scores first (total revenue error and RMSE, lower is better; "
+        "normalized Gini, higher is better), then the information ones",
     )
 
 
@@ -826,7 +1026,10 @@ def segments_section(run: RunFolder) -> dict[str, Any]:
         return {"available": False, "groups": []}
     bounds = _interval_columns(table)
     everyone = table[table["segmentation"] == ALL_SEGMENTATION]
-    budget_columns = [c for c in table.columns if any(w in c for w in ("cac", "acquisition", "new_customer"))]
+    budget_columns = [
+        c for c in table.columns if any(w in c for w in ("cac", "acquisition", "new_customer", "pays_back", "payback"))
+    ]
+    budget_columns += ["biddable"] if "biddable" in table.columns else []
     risk_columns = [c for c in table.columns if "risk" in c]
     groups = []
     for segmentation, rows in table[table["segmentation"] != ALL_SEGMENTATION].groupby("segmentation", sort=False):
@@ -865,8 +1068,11 @@ def segments_section(run: RunFolder) -> dict[str, Any]:
 def segment_clv_chart(
     rows: pd.DataFrame, segmentation: str, bounds: tuple[str, str] | None, manifest: dict[str, Any]
 ) -> Chart | None:
-    """Predictive beside heuristic CLV totals per segment of one segmentation, with the predictive interval
-    when every segment has a finite one; None when the table lacks either total."""
+    """Predictive beside heuristic CLV totals per segment of one segmentation: over the same discounted months
+    when the table has the matched columns (``matched_segment_chart``), else over the horizon and the lifespan with
+    the interval of the predictive total when every segment has a finite one; None when the table lacks them."""
+    if {"clv_matched_total", "clv_heuristic_matched_total"} <= set(rows.columns):
+        return matched_segment_chart(rows, segmentation, manifest)
     if not {"clv_total", "clv_heuristic_total"} <= set(rows.columns):
         return None
     from forecast.report import charts
@@ -879,13 +1085,31 @@ def segment_clv_chart(
     lifespan = years(manifest.get("heuristic", {}).get("lifespan_years"))
     return Chart(
         f"segment_clv_{segmentation}",
-        f"Predictive CLV (next {horizon} months) beside the heuristic ({lifespan}-year lifespan) per "
-        f"{segmentation}" + (", with the interval of the predictive total." if lower is not None else "."),
+        f"Predictive CLV (next {horizon} months) beside the heuristic ({lifespan}-year lifespan, undiscounted: not "
+        f"like for like) per {segmentation}" + (", with the interval of the predictive total." if lower is not None
+                                                else "."),
         Markup(charts.segment_bars(rows["segment"].astype(str).tolist(), rows["clv_total"].to_numpy(float),
                rows["clv_heuristic_total"].to_numpy(float), name=f"segment_clv_{segmentation}",
                title=f"Predictive vs heuristic CLV by {segmentation}",
                predictive_label=f"predictive, next {horizon} months",
                heuristic_label=f"heuristic, {lifespan}-year lifespan", lower=lower, upper=upper)),
+    )  # fmt: skip
+
+
+def matched_segment_chart(rows: pd.DataFrame, segmentation: str, manifest: dict[str, Any]) -> Chart:
+    """Predictive beside heuristic CLV totals per segment over the same months, discounted the same way."""
+    from forecast.report import charts
+
+    comparison = matched_comparison(manifest)
+    span = int(rows["matched_span_months"].iloc[0]) if "matched_span_months" in rows.columns else "?"
+    basis = _basis(comparison) if comparison else f"the same {span} months"
+    return Chart(
+        f"segment_clv_{segmentation}",
+        f"Predictive beside heuristic CLV per {segmentation}, both over {basis} (the heuristic's lifespan).",
+        Markup(charts.segment_bars(rows["segment"].astype(str).tolist(), rows["clv_matched_total"].to_numpy(float),
+               rows["clv_heuristic_matched_total"].to_numpy(float), name=f"segment_clv_{segmentation}",
+               title=f"Predictive vs heuristic CLV by {segmentation}, {span} months",
+               predictive_label=f"predictive, {span} months", heuristic_label=f"heuristic, {span} months")),
     )  # fmt: skip
 
 
@@ -965,9 +1189,16 @@ def drift_parameter_tables(parameters: dict[str, Any]) -> list[Table]:
 
 
 def drift_segment_frame(segments: Any) -> pd.DataFrame | None:
-    """The drift's per-segment rows as a frame, or None when they are not a non-empty list of records."""
+    """The drift's per-segment rows as a frame, or None when they are not a non-empty list of records.
+
+    Segmentations get their current names (``segmentation_name``): runs written before the value tiers were named
+    ``value_tier`` recorded them as ``segment``.
+    """
     if isinstance(segments, list) and segments and all(isinstance(r, dict) for r in segments):
-        return pd.DataFrame(segments)
+        frame = pd.DataFrame(segments)
+        if "segmentation" in frame.columns:
+            frame["segmentation"] = [segmentation_name(str(name)) for name in frame["segmentation"]]
+        return frame
     return None
 
 
@@ -975,7 +1206,7 @@ def drift_tiers_chart(segments: pd.DataFrame, drift: dict[str, Any]) -> Chart | 
     """Bars of each value tier's predictive CLV in the previous and the current run, when the rows have them."""
     if not {"segmentation", "segment", "clv_previous", "clv_current"} <= set(segments.columns):
         return None
-    tiers = segments[segments["segmentation"].astype(str) == "segment"]
+    tiers = segments[segments["segmentation"].astype(str) == VALUE_TIERS]
     if not len(tiers):
         return None
     from forecast.report import charts

@@ -30,8 +30,9 @@ import pyarrow.parquet as pq
 
 from forecast.data.fingerprints import file_sha256
 from forecast.errors import ArtifactError
-from forecast.models import PURCHASE_MODELS, GammaGamma, PurchaseModel
-from forecast.models.artifacts import load_model
+from forecast.models import GammaGamma, PurchaseModel
+from forecast.models.artifacts import load_model, model_from_dict
+from forecast.value.segments import segmentation_name
 
 MANIFEST = "manifest.json"
 CUSTOMERS_PARQUET = "customers.parquet"
@@ -221,10 +222,18 @@ def read_customers(path: Path, columns: Sequence[str] | None = None) -> pd.DataF
 
 
 def read_segments(path: Path) -> pd.DataFrame:
-    """Read a segments.csv file; segment labels stay text ("NA" is a label, not a missing value)."""
-    return pd.read_csv(
+    """Read a segments.csv file; segment labels stay text ("NA" is a label, not a missing value).
+
+    Segmentations are given their current names (``forecast.value.segments.segmentation_name``), so a run written
+    when the value tiers and RFM groups were labelled ``segment`` and ``rfm_group`` reads as ``value_tier`` and
+    ``rfm``.
+    """
+    segments = pd.read_csv(
         path, dtype={"segmentation": "string", "segment": "string"}, keep_default_na=False, na_values=[""]
     )
+    if "segmentation" in segments.columns:
+        segments["segmentation"] = segments["segmentation"].map(segmentation_name, na_action="ignore")
+    return segments
 
 
 def read_models(run: RunFolder) -> tuple[PurchaseModel, GammaGamma]:
@@ -247,13 +256,10 @@ def read_models(run: RunFolder) -> tuple[PurchaseModel, GammaGamma]:
         recorded_sha256 = recorded.get("sha256") or {}
         purchases, spend = (_load_model_copy(run.path, name, recorded_sha256) for name in MODEL_FILES.values())
     else:
-        name = recorded["purchases"].get("name")
-        if name not in PURCHASE_MODELS:
-            raise ArtifactError(f"The manifest names an unknown purchase model {name!r}. Re-run `forecast run`.")
-        purchases, spend = (
-            PURCHASE_MODELS[name].from_dict(recorded["purchases"]),
-            GammaGamma.from_dict(recorded["spend"]),
-        )
+        try:
+            purchases, spend = (model_from_dict(recorded[role]) for role in ("purchases", "spend"))
+        except ArtifactError as exc:
+            raise ArtifactError(f"The manifest's model {exc}") from None
     if not isinstance(purchases, PurchaseModel) or not isinstance(spend, GammaGamma):
         raise ArtifactError(f"The models of {run.path} are not a purchase model and a Gamma-Gamma model.")
     return purchases, spend

@@ -16,9 +16,11 @@ known only after customers have bought, it says what a customer who turns out to
 is worth; use it as an upper bound, not as a target to bid on.
 
 Maximum acquisition cost = CLV_new / target LTV:CAC. Value at risk = the predictive CLV of the customers
-whose P(alive) is below the threshold (the value a retention campaign works on). Payback month at a CAC
-= the first month k in 0..H at which the discounted cumulative expected margin m * (v_1 + s * sum_{j<=k} ...)
-reaches the CAC (month 0 is the first purchase itself).
+whose P(alive) is below the threshold (the value a retention campaign works on). At a CAC (``budget.cac``), a
+segment pays back when CLV_new >= target x CAC, and its payback month is the first month k in 0..H at which
+the discounted cumulative expected margin m * (v_1 + s * sum_{j<=k} ...) reaches the CAC (month 0 is the first
+purchase itself). Only segments known at acquisition are biddable: acquisition cohorts and the data's own
+segments, not value tiers or RFM groups.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pandas as pd
 from forecast.data.compress import as_floats, as_numbers
 from forecast.errors import DataError
 from forecast.models import PurchaseModel
-from forecast.value.segments import ALL_SEGMENTATION, SegmentCells
+from forecast.value.segments import ALL_SEGMENTATION, RFM, VALUE_TIERS, SegmentCells, segmentation_column
 from forecast.value.uncertainty import ClvDraws, discounted_purchases_new
 from forecast.value.valuation import Valuation
 
@@ -83,7 +85,7 @@ def new_customer_clv(
     return np.asarray(valuation.margin * (first + spend * repeat))
 
 
-def payback_month(cumulative_margin: np.ndarray, cac: float) -> np.ndarray:
+def payback_month(cumulative_margin: np.ndarray, cac: float | np.ndarray) -> np.ndarray:
     """First month at which the cumulative margin reaches the acquisition cost; -1 when it never does.
 
     Parameters
@@ -91,7 +93,7 @@ def payback_month(cumulative_margin: np.ndarray, cac: float) -> np.ndarray:
     cumulative_margin
         Shape (..., H + 1), as returned by ``new_customer_clv``.
     cac
-        Acquisition cost per customer (currency).
+        Acquisition cost per customer (currency): one, or one per row shaped (..., 1).
     """
     reached = np.asarray(cumulative_margin) >= cac
     return np.where(reached.any(axis=-1), reached.argmax(axis=-1), -1)
@@ -140,7 +142,8 @@ def budget_columns(
     if missing:
         raise DataError(f"The customer table lacks the columns {missing} needed for budget figures.")
     if cells is None:
-        cells = SegmentCells.of(customers, [None, *sorted(set(segments["segmentation"]) - {ALL_SEGMENTATION})])
+        named = sorted(set(segments["segmentation"]) - {ALL_SEGMENTATION})
+        cells = SegmentCells.of(customers, [None, *(segmentation_column(name) for name in named)])
     elif set(cells.names) != set(segments["segmentation"]):
         raise ValueError(f"Cells of the segmentations {cells.names} cannot add budget figures to those of the table.")
     sums = segment_budget_sums(customers, cells, p_alive_threshold).reset_index()
@@ -247,8 +250,38 @@ def interval_columns(table: pd.DataFrame, draws: ClvDraws | None, margin: float)
     return bounds
 
 
-def payback_table(segments: pd.DataFrame, purchases: PurchaseModel, cac: float, valuation: Valuation) -> pd.DataFrame:
-    """At an acquisition cost per customer, which segments pay back, and in how many months.
+#: The columns ``decision_columns`` adds to a segment table.
+DECISION_COLUMNS = ["cac", "ltv_to_cac", "pays_back", "payback_month", "biddable"]
+#: Segmentations known only after customers have bought (value tiers, RFM groups): nobody can bid on them.
+KNOWN_AFTER_ACQUISITION = frozenset({VALUE_TIERS, RFM})
+
+
+def segment_costs(table: pd.DataFrame, cac: float | dict[str, float] | None) -> np.ndarray:
+    """The acquisition cost per customer of each row of a segment table (NaN where none is given).
+
+    Parameters
+    ----------
+    table
+        Segment table with the column ``segment``.
+    cac
+        ``budget.cac``: one amount for every segment, amounts by segment name (``default`` for the rest), or None.
+    """
+    if cac is None:
+        return np.full(len(table), np.nan)
+    if not isinstance(cac, dict):
+        return np.full(len(table), float(cac))
+    default = cac.get("default", np.nan)
+    return np.array([cac.get(str(segment), default) for segment in table["segment"]], dtype=float)
+
+
+def decision_columns(
+    segments: pd.DataFrame,
+    purchases: PurchaseModel,
+    valuation: Valuation,
+    cac: float | dict[str, float] | None,
+    target_ltv_to_cac: float,
+) -> pd.DataFrame:
+    """Add to a segment table whether a new customer acquired at the segment's CAC pays back, and when.
 
     Parameters
     ----------
@@ -256,28 +289,52 @@ def payback_table(segments: pd.DataFrame, purchases: PurchaseModel, cac: float, 
         Output of ``budget_columns``.
     purchases
         Fitted purchase model (for a new customer's expected purchases).
-    cac
-        Acquisition cost per customer (currency).
     valuation
         Horizon, monthly discount rate, margin and time unit, as for ``forecast.value.clv.score_customers``.
+    cac
+        ``budget.cac`` (one amount, amounts by segment name, or None: the decision columns stay empty).
+    target_ltv_to_cac
+        A segment pays back when its new-customer CLV is at least this many times its CAC.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (segmentation, segment): customers, new_customer_clv, max_acquisition_cost, cac,
-        ltv_to_cac (new-customer CLV / CAC), pays_back (within the horizon) and payback_month
-        (0 = the first purchase covers it; missing when it does not pay back within the horizon).
+        ``segments`` with ``DECISION_COLUMNS``: cac, ltv_to_cac (new-customer CLV / CAC), pays_back (ltv_to_cac at
+        least the target), payback_month (the first month, 0 = the first purchase, by whose end the discounted
+        cumulative margin reaches the CAC; missing when it does not within the horizon), biddable (the segment
+        is known when a customer is acquired: not a value tier or an RFM group).
     """
-    if not cac > 0:
-        raise DataError(f"The acquisition cost must be positive, got {cac}. Pass --cac with an amount per customer.")
+    costs = segment_costs(segments, cac)
     cumulative = new_customer_clv(
         segments["first_purchase_value"].to_numpy(), segments["new_customer_spend"].to_numpy(), purchases, valuation
     )
-    month = payback_month(cumulative, cac)
-    table = segments[["segmentation", "segment", "customers", "new_customer_clv", "max_acquisition_cost"]].copy()
-    table["cac"] = float(cac)
-    table["ltv_to_cac"] = table["new_customer_clv"] / cac
-    table["pays_back"] = month >= 0
+    month = payback_month(cumulative, np.nan_to_num(costs, nan=np.inf)[:, None])
+    table = segments.copy()
+    table["cac"] = costs
+    table["ltv_to_cac"] = table["new_customer_clv"] / costs
+    given = ~np.isnan(costs)
+    table["pays_back"] = pd.array(np.where(given, table["ltv_to_cac"] >= target_ltv_to_cac, False), dtype="boolean")
+    table.loc[~given, "pays_back"] = pd.NA
     table["payback_month"] = pd.array(np.where(month >= 0, month, 0), dtype="Int64")
-    table.loc[~table["pays_back"], "payback_month"] = pd.NA
-    return table.reset_index(drop=True)
+    table.loc[month < 0, "payback_month"] = pd.NA
+    table["biddable"] = ~table["segmentation"].isin(KNOWN_AFTER_ACQUISITION)
+    return table
+
+
+def verdict(row: pd.Series, target_ltv_to_cac: float, horizon_months: int) -> str:
+    """One sentence on whether to bid for a segment at its CAC, for the budget command and the report."""
+    cac, ltv = row["cac"], row["ltv_to_cac"]
+    within = (
+        f"the CAC is recovered in month {row['payback_month']}"
+        if not pd.isna(row["payback_month"])
+        else f"the CAC is not recovered within {horizon_months} months"
+    )
+    if row["pays_back"]:
+        return (
+            f"pays back at {cac:,.2f}: LTV:CAC {ltv:.2f} reaches the target {target_ltv_to_cac:g} and {within}; "
+            f"bid up to {row['max_acquisition_cost']:,.2f} per customer"
+        )
+    return (
+        f"misses the target at {cac:,.2f}: LTV:CAC {ltv:.2f} is below {target_ltv_to_cac:g} ({within}); "
+        f"bid at most {row['max_acquisition_cost']:,.2f} per customer"
+    )

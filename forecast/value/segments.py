@@ -9,16 +9,40 @@ import pandas as pd
 from pandas.api.typing import DataFrameGroupBy
 
 from forecast.data.compress import as_floats, as_numbers, code_counts, combine_codes, label_codes, sum_cells, take
+from forecast.errors import DataError
 from forecast.value.clv import heuristic_clv
 
 ALL = "all customers"
 #: The ``segmentation`` of the segment tables' row for everybody (its segment is ``ALL``).
 ALL_SEGMENTATION = "all"
+#: The ``segmentation`` of the value tiers (per-customer column ``segment``, ``forecast.value.clv.assign_tiers``).
+VALUE_TIERS = "value_tier"
+#: The ``segmentation`` of the RFM groups (per-customer column ``rfm_group``, ``rfm_groups``).
+RFM = "rfm"
+#: The ``segmentation`` of the acquisition cohorts (per-customer column ``cohort``, ``cohorts``).
+COHORT = "cohort"
+#: The segmentations the toolkit makes, by their per-customer column: the one place their names in the segment
+#: tables (segments.csv, the report, the budget table, drift) are set. The per-customer columns keep their names
+#: (customers.parquet is a contract); the data's segment columns are named as they are.
+SEGMENTATION_NAMES = {"segment": VALUE_TIERS, "rfm_group": RFM, "cohort": COHORT}
 
 
 def segmentation_name(column: str | None) -> str:
-    """A segmentation as the segment tables name it: its column, or ``ALL_SEGMENTATION`` for everybody (None)."""
-    return ALL_SEGMENTATION if column is None else column
+    """A segmentation as the segment tables name it: ``SEGMENTATION_NAMES`` for the toolkit's, the column for the
+    data's, ``ALL_SEGMENTATION`` for everybody (None).
+
+    Runs written before the toolkit's segmentations were renamed labelled them by their column (``segment``,
+    ``rfm_group``), so this also gives the current name of a label read from an old segment table or drift entry;
+    current names are left as they are.
+    """
+    return ALL_SEGMENTATION if column is None else SEGMENTATION_NAMES.get(column, column)
+
+
+def segmentation_column(name: str) -> str | None:
+    """The per-customer column of a segmentation named as in the segment tables (None for everybody)."""
+    if name == ALL_SEGMENTATION:
+        return None
+    return next((column for column, named in SEGMENTATION_NAMES.items() if named == name), name)
 
 
 def segment_table(
@@ -39,7 +63,8 @@ def segment_table(
         Per-customer table with revenue, p_alive, expected_purchases, clv, avg_purchase_value,
         purchases_per_year and the segmentation columns.
     segmentations
-        Columns to group by (``segment`` for the value tiers, then any data segment columns).
+        Columns to group by (``segment`` for the value tiers, ``rfm_group``, then any data segment columns); the
+        table names them by ``segmentation_name``.
     lifespan_years
         Expected customer lifespan for the heuristic (years).
     margin
@@ -51,11 +76,13 @@ def segment_table(
     Returns
     -------
     pandas.DataFrame
-        One row per (segmentation, segment) with customers, revenue_to_date, mean_p_alive,
-        expected_purchases, clv_total, avg_purchase_value, purchases_per_year, clv_heuristic_total
-        and heuristic_gap (heuristic minus predictive).
+        One row per (segmentation, segment), segmentations named by ``segmentation_name``, with customers,
+        revenue_to_date, mean_p_alive, expected_purchases, clv_total, avg_purchase_value, purchases_per_year,
+        clv_heuristic_total and heuristic_gap (heuristic minus predictive), then ``<name>_total`` for each of
+        ``OPTIONAL_SUMMED_COLUMNS`` the customer table has.
     """
-    values = pd.DataFrame({name: as_floats(customers[name]) for name in SUMMED_COLUMNS}, copy=False)
+    optional = [name for name in OPTIONAL_SUMMED_COLUMNS if name in customers.columns]
+    values = pd.DataFrame({name: as_floats(customers[name]) for name in SUMMED_COLUMNS + optional}, copy=False)
     totals = segment_totals(customers, [None, *segmentations], values, cells).reset_index()
     count = totals["customers"]
     table = pd.DataFrame(
@@ -75,11 +102,15 @@ def segment_table(
         table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
     )
     table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
+    for name in optional:
+        table[f"{name}_total"] = totals[name]
     return table
 
 
 #: The per-customer columns that the segment table adds up (sums, or means as sums over counts).
 SUMMED_COLUMNS = ["revenue", "p_alive", "expected_purchases", "clv", "avg_purchase_value", "purchases_per_year"]
+#: Per-customer columns summed when the customer table has them (``forecast.value.clv.score_lifetime``).
+OPTIONAL_SUMMED_COLUMNS = ["clv_matched", "clv_lifetime"]
 
 
 def segment_totals(
@@ -135,7 +166,22 @@ class SegmentCells:
 
     @classmethod
     def of(cls, customers: pd.DataFrame, segmentations: list[str | None]) -> SegmentCells:
-        """Cells of the segmentation columns of ``customers`` (None: everybody, one segment ``ALL``)."""
+        """Cells of the segmentation columns of ``customers`` (None: everybody, one segment ``ALL``).
+
+        Raises
+        ------
+        DataError
+            Two segmentations would have the same name in the segment tables (a data segment column named like
+            one the toolkit makes, ``SEGMENTATION_NAMES``, or ``all``).
+        """
+        names = [segmentation_name(column) for column in segmentations]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            taken = ", ".join([ALL_SEGMENTATION, *SEGMENTATION_NAMES.values()])
+            raise DataError(
+                f"Two segmentations would both be named {', '.join(repeated)} in the segment tables: the names "
+                f"{taken} are the toolkit's. Rename that column of data.segment_columns in the data."
+            )
         labelled = [segment_codes(customers, column) for column in segmentations]
         cells, cell_codes = combine_codes([codes for codes, _ in labelled], [len(labels) for _, labels in labelled])
         return cls(cells, [labels for _, labels in labelled], cell_codes, list(segmentations))
@@ -289,3 +335,21 @@ def rfm_groups(summary: pd.DataFrame) -> pd.Series:
 def _since_last(summary: pd.DataFrame) -> np.ndarray:
     """Time since each customer's last purchase, T - recency (model time units)."""
     return as_floats(summary["T"]) - as_floats(summary["recency"])
+
+
+def cohorts(first_purchase: pd.Series, period: str = "quarter") -> pd.Series:
+    """Each customer's acquisition cohort: the quarter (``1997-Q1``) or month (``1997-01``) of the first purchase.
+
+    Known the day a customer is acquired, so a cohort is a segment one can bid on. Built from the distinct
+    periods only, as a categorical in time order, so millions of customers cost one pass of integer arithmetic.
+    """
+    days = pd.to_datetime(first_purchase)
+    year, month = days.dt.year.to_numpy(), days.dt.month.to_numpy()
+    step = 3 if period == "quarter" else 1
+    keys = year * 12 + (month - 1) // step * step
+    periods, codes = np.unique(keys, return_inverse=True)
+    if period == "quarter":
+        labels = [f"{key // 12}-Q{key % 12 // 3 + 1}" for key in periods]
+    else:
+        labels = [f"{key // 12}-{key % 12 + 1:02d}" for key in periods]
+    return pd.Series(pd.Categorical.from_codes(codes, pd.Index(labels)), index=first_purchase.index, name="cohort")

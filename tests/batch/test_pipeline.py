@@ -55,9 +55,9 @@ def test_run_on_cdnow_sample_reproduces_published_fits(in_tmp, sample_config_pat
     assert csv["customer_id"].iloc[0] == "0001"
     segments = pd.read_csv(out / "segments.csv")
     everyone = segments[segments["segmentation"] == "all"].iloc[0]
-    tiers = segments[segments["segmentation"] == "segment"]
+    tiers = segments[segments["segmentation"] == "value_tier"]
     assert tiers["customers"].sum() == everyone["customers"] == 2357
-    assert tiers["clv_total"].sum() == pytest.approx(everyone["clv_total"])
+    assert tiers["clv_total"].sum() == pytest.approx(everyone["clv_total"], abs=0.005 * (len(tiers) + 1))  # cents
     assert (in_tmp / "models" / "1997-09-30" / "purchases.json").is_file()
 
 

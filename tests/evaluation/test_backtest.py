@@ -1,4 +1,5 @@
-"""Tests of forecast.evaluation.backtest: CDNOW holdout figures, leakage, metrics, the auto model choice and the CLI."""
+"""Tests of forecast.evaluation.backtest: CDNOW holdout figures, leakage, the model choice before the cut-off, the
+winner by the deciding scores, and the CLI. The metrics themselves: test_metrics.py."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from forecast.errors import ConfigError, FitError
 from forecast.evaluation.backtest import (
     BacktestResult,
     Split,
-    best_model,
     decile_table,
     default_split,
     gb_training_window,
@@ -102,6 +102,7 @@ def test_backtest_reproduces_cdnow_39_week_holdout(sample_backtest: BacktestResu
     assert heuristic["mae_purchases"] == pytest.approx(1.024, abs=6e-4)
     assert heuristic["rmse_purchases"] == pytest.approx(2.212, abs=6e-4)
     assert document["winner"]["mae_purchases"] == "predictive"
+    assert predictive["total_revenue_error"] == pytest.approx(predictive["predicted_revenue"] / 70976.39 - 1)
 
 
 def test_heuristic_purchases_are_the_naive_rate_times_the_holdout(sample_backtest: BacktestResult) -> None:
@@ -141,18 +142,40 @@ def test_model_comparison_matches_published_fits(sample_backtest: BacktestResult
     assert comparison["bgnbd"]["mae_purchases"] == sample_backtest.document["methods"]["predictive"]["mae_purchases"]
 
 
-def test_auto_uses_the_model_with_the_lowest_holdout_error(
+def test_auto_uses_the_model_the_validation_before_calibration_end_scores_best(
     sample_config: RunConfig, sample_log: pd.DataFrame, sample_backtest: BacktestResult
 ) -> None:
-    comparison = sample_backtest.document["model_comparison"]
-    lowest = min(comparison, key=lambda name: comparison[name]["mae_purchases"])
-    assert best_model(comparison) == lowest
+    """``auto`` takes the best predictive log-likelihood on the last window before calibration_end, never a holdout
+    score; the holdout comparison stays in the file as information."""
     auto = run_backtest(
         connection_for(sample_log), sample_config.model_copy(update={"purchase_model": "auto"}),
         CALIBRATION_END, HOLDOUT_END,
     )  # fmt: skip
-    assert auto.document["purchase_model"] == {"configured": "auto", "used": lowest}
-    assert auto.document["methods"]["predictive"]["mae_purchases"] == pytest.approx(comparison[lowest]["mae_purchases"])
+    selection = auto.document["model_selection"]
+    scores = selection["scores"]
+    best = max(scores, key=lambda name: scores[name]["log_likelihood"])
+    assert selection["chosen"] == best == auto.document["purchase_model"]["used"]
+    assert auto.document["purchase_model"]["configured"] == "auto"
+    assert auto.document["methods"]["predictive"]["model"] == best
+    assert all(window["scored_through"] <= CALIBRATION_END.isoformat() for window in selection["windows"])
+    assert auto.document["model_comparison"][best]["mae_purchases"] == pytest.approx(
+        auto.document["methods"]["predictive"]["mae_purchases"]
+    )
+    # The configured BG/NBD run validated the same models on the same window: the same scores.
+    assert sample_backtest.document["model_selection"]["scores"] == scores
+    assert sample_backtest.document["purchase_model"]["used"] == "bgnbd"
+
+
+def test_overall_winner_is_decided_by_the_deciding_scores(sample_backtest: BacktestResult) -> None:
+    """On the CDNOW sample each method wins one deciding score (total error: gradient boosting, revenue RMSE: the
+    predictive method, normalized Gini: the heuristic); the predictive method has the lowest sum of ranks."""
+    document = sample_backtest.document
+    overall = document["overall_winner"]
+    assert overall["decided_by"] == ["total_revenue_error", "rmse_revenue", "normalized_gini"]
+    assert overall["wins"] == {"predictive": 1, "heuristic": 1, "gradient_boosting": 1}
+    assert overall["method"] == "predictive"
+    for metric in overall["decided_by"]:
+        assert document["winner"][metric] in document["methods"]
 
 
 def test_gradient_boosting_trains_inside_the_calibration_period(sample_backtest: BacktestResult) -> None:
@@ -291,7 +314,7 @@ def test_decile_table_puts_the_highest_predictions_in_decile_1() -> None:
     """Twenty customers with predicted revenue 20..1: decile 1 holds the two highest (20 and 19)."""
     predicted = np.arange(20.0, 0.0, -1.0)
     actual = np.arange(20.0)
-    table = decile_table(predicted, actual, predicted / 10, actual / 10, pd.Index([f"c{i:02d}" for i in range(20)]))
+    table = decile_table(predicted, actual, predicted / 10, actual / 10)
     assert [row["decile"] for row in table] == list(range(1, 11))
     assert all(row["customers"] == 2 for row in table)
     assert table[0]["predicted_revenue"] == 39.0 and table[0]["actual_revenue"] == 1.0
@@ -301,14 +324,14 @@ def test_decile_table_puts_the_highest_predictions_in_decile_1() -> None:
 
 def test_winners_take_lowest_errors_and_highest_rank_quality() -> None:
     methods = {
-        "a": {"mae_purchases": 1.0, "rmse_purchases": 2.0, "mae_revenue": 5.0, "rmse_revenue": 9.0,
-              "spearman_revenue": 0.4, "top20_capture": 0.5},
-        "b": {"mae_purchases": 0.5, "rmse_purchases": 2.0, "mae_revenue": 6.0, "rmse_revenue": 8.0,
-              "spearman_revenue": 0.6, "top20_capture": None},
+        "a": {"total_revenue_error": -0.1, "mae_purchases": 1.0, "rmse_purchases": 2.0, "mae_revenue": 5.0,
+              "rmse_revenue": 9.0, "normalized_gini": 0.7, "spearman_revenue": 0.4, "top20_capture": 0.5},
+        "b": {"total_revenue_error": 0.05, "mae_purchases": 0.5, "rmse_purchases": 2.0, "mae_revenue": 6.0,
+              "rmse_revenue": 8.0, "normalized_gini": None, "spearman_revenue": 0.6, "top20_capture": None},
     }  # fmt: skip
     assert winners(methods) == {
-        "mae_purchases": "b", "rmse_purchases": "a", "mae_revenue": "a", "rmse_revenue": "b",
-        "spearman_revenue": "b", "top20_capture": "a",
+        "total_revenue_error": "b", "rmse_revenue": "b", "mae_purchases": "b", "rmse_purchases": "a",
+        "mae_revenue": "a", "normalized_gini": "a", "spearman_revenue": "b", "top20_capture": "a",
     }  # fmt: skip
 
 
@@ -362,14 +385,22 @@ def test_cli_backtest_writes_backtest_json_and_plots(tmp_path: Path) -> None:
     assert document["actual"]["purchases"] == 1882
     assert set(document["methods"]) == {"predictive", "heuristic", "gradient_boosting"}
     for entry in document["methods"].values():
-        for key in ("predicted_purchases", "predicted_revenue", "mae_purchases", "rmse_purchases", "mae_revenue",
-                    "rmse_revenue", "spearman_revenue", "top20_capture"):  # fmt: skip
+        for key in ("predicted_purchases", "predicted_revenue", "total_revenue_error", "rmse_revenue",
+                    "normalized_gini", "mae_purchases", "rmse_purchases", "mae_revenue", "spearman_revenue",
+                    "top20_capture"):  # fmt: skip
             assert isinstance(entry[key], float), key
         assert len(entry["deciles"]) == 10
-        assert sum(row["customers"] for row in entry["deciles"]) == 2357
-    assert set(document["winner"]) == {"mae_purchases", "rmse_purchases", "mae_revenue", "rmse_revenue",
-                                       "spearman_revenue", "top20_capture"}  # fmt: skip
+        assert sum(row["customers"] for row in entry["deciles"]) == pytest.approx(2357)
+        assert sum(row["actual_revenue"] for row in entry["deciles"]) == pytest.approx(document["actual"]["revenue"])
+    assert set(document["winner"]) == {
+        "total_revenue_error", "rmse_revenue", "normalized_gini", "mae_purchases", "rmse_purchases", "mae_revenue",
+        "spearman_revenue", "top20_capture",
+    }  # fmt: skip
+    assert document["overall_winner"]["method"] in document["methods"]
+    assert f"winner: {document['overall_winner']['method']}" in result.output
     assert set(document["model_comparison"]) == {"bgnbd", "mbgnbd", "pareto"}
+    assert set(document["model_selection"]["scores"]) == {"bgnbd", "mbgnbd", "pareto"}
+    assert document["purchase_model"]["reason"] == document["model_selection"]["reason"]
     assert set(document["plots"]) == {"conditional_expectation", "tracking", "deciles"}
     for file_name in document["plots"].values():
         svg = (output / file_name).read_text(encoding="utf-8")
@@ -398,18 +429,26 @@ def test_cli_backtest_reports_bad_dates_without_a_traceback(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_run_with_auto_picks_by_holdout_error_and_writes_the_backtest(sample_config: RunConfig, tmp_path: Path) -> None:
-    """`forecast run` with purchase_model auto backtests on the config's split, fits the chosen model on
-    everything up to as_of, and writes backtest.json beside the customer table."""
+def test_run_with_auto_chooses_before_as_of_and_records_why(sample_config: RunConfig, tmp_path: Path) -> None:
+    """`forecast run` with purchase_model auto on the CDNOW sample as of 1999-06-30 (so that its 1998 holdout is
+    inside): the run's own choice is validated on the last window before as_of and is in the manifest with every
+    model's score; the backtest made its own choice before its calibration_end and says so in backtest.json."""
     from forecast.batch.pipeline import run
 
-    config = sample_config.model_copy(update={"purchase_model": "auto", "models_dir": str(tmp_path / "models")})
+    config = sample_config.model_copy(
+        update={"purchase_model": "auto", "as_of": dt.date(1998, 6, 30), "models_dir": str(tmp_path / "models")}
+    )
     result = run(config, output=tmp_path / "run")
+    selection = result.manifest["model_selection"]
+    scores = selection["scores"]
+    assert selection["configured"] == "auto" and selection["cutoff"] == "1998-06-30"
+    assert selection["chosen"] == max(scores, key=lambda name: scores[name]["log_likelihood"])
+    assert result.forecast.purchases.name == selection["chosen"]
+    assert selection["windows"][0]["scored_through"] == "1998-06-30"
+    assert selection["reason"].startswith(f"{selection['chosen']} scores highest")
     document = json.loads((tmp_path / "run" / "backtest.json").read_text(encoding="utf-8"))
-    comparison = document["model_comparison"]
-    chosen = min(comparison, key=lambda name: comparison[name]["mae_purchases"])
-    assert document["purchase_model"] == {"configured": "auto", "used": chosen}
-    assert result.forecast.purchases.name == chosen
-    assert result.manifest["backtest"]["purchase_model"]["used"] == chosen
+    assert document["model_selection"]["cutoff"] == CALIBRATION_END.isoformat()
+    assert document["purchase_model"]["used"] == document["model_selection"]["chosen"]
+    assert result.manifest["backtest"]["purchase_model"]["used"] == document["model_selection"]["chosen"]
     for file_name in document["plots"].values():
         assert (tmp_path / "run" / file_name).is_file()

@@ -45,7 +45,7 @@ def gamma_gamma(cdnow):
 
 
 class _WithSetting(BetaGeo):
-    """A BG/NBD with one setting, to exercise get_params and set_params (the models have none yet)."""
+    """A BG/NBD with another setting, to exercise get_params and set_params on a subclass's own settings."""
 
     def __init__(self, ci_level: float = 0.9) -> None:
         self.ci_level = ci_level
@@ -77,8 +77,10 @@ def test_bgnbd_on_lifetimes_cdnow_matches_fader_hardie_lee_2005(bgnbd):
 
 
 def test_get_params_and_set_params_round_trip():
-    assert BetaGeo().get_params() == {}
-    assert BetaGeo().set_params() is not None
+    assert BetaGeo().get_params() == {"penalizer": 0.0}
+    assert GammaGamma().get_params() == {"penalizer": 0.0, "shrinkage": 0.0}
+    assert BetaGeo().set_params(penalizer=0.1).get_params() == {"penalizer": 0.1}
+    assert repr(BetaGeo(penalizer=0.1)) == "BetaGeo(penalizer=0.1)"
     model = _WithSetting()
     assert model.get_params() == {"ci_level": 0.9}
     assert model.set_params(ci_level=0.8) is model

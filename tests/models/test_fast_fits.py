@@ -144,7 +144,7 @@ def test_a_failing_fast_fit_warns_and_falls_back_to_lifetimes_fitter(cdnow_sampl
     s = cdnow_sample_summary
     fast = BetaGeo().fit(s["frequency"], s["recency"], s["T"])
 
-    def failing(*_args):
+    def failing(*_args, **_penalties):
         raise failure
 
     monkeypatch.setattr(_BetaGeoObjective, "maximise", classmethod(failing))
@@ -161,7 +161,7 @@ def test_gamma_gamma_fast_fit_failure_warns_too(cdnow_sample_summary, monkeypatc
     s = cdnow_sample_summary
     fast = GammaGamma().fit(s["frequency"], s["monetary_value"])
 
-    def failing(*_args):
+    def failing(*_args, **_penalties):
         raise ArithmeticError("overflow in exp")
 
     monkeypatch.setattr(_GammaGammaObjective, "maximise", classmethod(failing))

@@ -330,7 +330,8 @@ def test_sample_run_report_renders_offline_in_chromium(sample_run: Path, tmp_pat
     names = [figure["id"] for figure in probe["figures"]]
     assert names == [
         "chart-period_transactions", "chart-heatmap_expected_purchases", "chart-heatmap_p_alive", "chart-spend_fit",
-        "chart-frequency_spend", "chart-segment_clv_segment", "chart-segment_clv_rfm_group",
+        "chart-frequency_spend", "chart-segment_clv_value_tier", "chart-segment_clv_rfm",
+        "chart-segment_clv_cohort",
     ]  # fmt: skip
     for figure in probe["figures"]:
         assert figure["kind"] == "svg" and figure["width"] > 300 and figure["height"] > 200, figure
@@ -404,6 +405,7 @@ def add_drift_and_budget(folder: Path) -> pd.DataFrame:
         "parameters": {"purchases": {"model": "bgnbd", "previous_model": "bgnbd", "comparable": True,
                                      "params": {"r": change}}},
         "totals": {"clv": {"previous": 22699.5, "current": 21465.0, "change": -1234.5, "relative_change": -0.0544}},
+        # "segment": the value tiers as runs before the rename to value_tier labelled them; still drawn.
         "segments": [{"segmentation": "segment", "segment": tier, "customers_previous": 10, "customers_current": 11,
                       "clv_previous": 1000.0 * (i + 1), "clv_current": 1100.0 * (i + 1), "clv_change": 100.0 * (i + 1),
                       "clv_relative_change": 0.1} for i, tier in enumerate(["top 1%", "next 4%", "next 15%", "rest"])],
@@ -450,7 +452,7 @@ def test_report_shows_backtest_drift_intervals_and_budget_when_present(run_copy:
     text = probe["text"]
     assert "Winner: predictive (predictive on 4 of 6 metrics, heuristic on 2 of 6 metrics)" in text
     assert "0.786" in text and "1.02" in text and "66.3%" in text and "1,882" in text
-    assert "Purchase models compared" in text and "19,196" in text
+    assert "Purchase models fitted on the whole calibration period" in text and "19,196" in text
     assert "../outside.svg is not an .svg or .png file in the run folder" in text
     assert "The gradient-boosting baseline was skipped" in text
     assert "Total predictive CLV changed by -5% since the run as of 1997-08-31." in text
@@ -464,6 +466,38 @@ def test_report_shows_backtest_drift_intervals_and_budget_when_present(run_copy:
     for absent in ("No backtest in this run folder", "No previous run", "no interval in this run",
                    "No acquisition ceilings", "No value-at-risk"):  # fmt: skip
         assert absent not in text
+
+
+def test_report_says_which_purchase_model_the_run_uses_and_why(run_copy: Path) -> None:
+    """With the run's model validation in the manifest (``model_selection``: BG/NBD configured, every model scored
+    on the 90 days before as_of), the backtest section names the model, the reason and every model's score, also
+    without a backtest; a backtest.json written before the overall winner existed still gets its winner by metrics
+    won."""
+    import datetime as dt
+
+    from forecast.config import load_config
+    from forecast.data.ingest import read_transactions
+    from forecast.evaluation.selection import select_purchase_model
+    from tests.conftest import CONFIGS
+
+    config = load_config(CONFIGS / "cdnow_sample.yaml")
+    checked = config.model_selection.model_copy(update={"check_configured": True})
+    config = config.model_copy(update={"model_selection": checked})
+    con = read_transactions(config.data).connection
+    selection = select_purchase_model(con, config, dt.date(1997, 9, 30)).document()
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    (run_copy / "manifest.json").write_text(json.dumps({**manifest, "model_selection": selection}))
+    html = build_report(run_copy).read_text(encoding="utf-8")
+    assert "Which purchase model this run uses, and why" in html
+    assert "This run uses bgnbd (configured; checked by a validation on the data up to 1997-09-30)" in html
+    for name, entry in selection["scores"].items():
+        assert f"<td>{name}</td>" in html and f"{entry['per_1000_customers']:,.1f}" in html
+    document = add_backtest(run_copy)
+    assert "overall_winner" not in document
+    html = build_report(run_copy).read_text(encoding="utf-8")
+    assert "Winner: predictive (predictive on 4 of 6 metrics" in html and "This run uses bgnbd" in html
+    (run_copy / "manifest.json").write_text(json.dumps({**manifest, "model_selection": None}))
+    assert "Which purchase model this run uses" not in build_report(run_copy).read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

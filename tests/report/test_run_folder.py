@@ -54,6 +54,20 @@ def test_segment_labels_stay_text(run_copy: Path) -> None:
     assert folder.segments is not None and folder.segments["segment"].iloc[-1] == "NA"
 
 
+def test_segments_of_a_run_written_with_the_old_segmentation_names_read_with_the_new_ones(run_copy: Path) -> None:
+    """Runs written before the rename labelled the value tiers ``segment`` and the RFM groups ``rfm_group``: read
+    back, they are ``value_tier`` and ``rfm``, and a data segment column keeps its name."""
+    segments = pd.read_csv(run_copy / "segments.csv")
+    assert {"all", "value_tier", "rfm"} <= set(segments["segmentation"])
+    old = segments.replace({"segmentation": {"value_tier": "segment", "rfm": "rfm_group"}})
+    old.loc[old.index[-1], "segmentation"] = "region"
+    old.to_csv(run_copy / "segments.csv", index=False)
+    folder = read_run(run_copy)
+    assert folder.segments is not None
+    expected = [*segments["segmentation"].iloc[:-1], "region"]
+    assert folder.segments["segmentation"].tolist() == expected
+
+
 def test_read_models_reads_the_run_copy_and_refuses_a_changed_file(run_copy: Path) -> None:
     folder = read_run(run_copy)
     purchases, spend = read_models(folder)

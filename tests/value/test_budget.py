@@ -17,8 +17,14 @@ from forecast.cli import app
 from forecast.config import DAYS_PER_MONTH, load_config
 from forecast.data.ingest import read_transactions
 from forecast.models import BetaGeo
-from forecast.value.budget import budget_columns, first_purchase_value, new_customer_clv, payback_month, payback_table
-from forecast.value.segments import rfm_groups, segment_table, segment_totals
+from forecast.value.budget import (
+    budget_columns,
+    decision_columns,
+    first_purchase_value,
+    new_customer_clv,
+    payback_month,
+)
+from forecast.value.segments import cohorts, rfm_groups, segment_table, segment_totals
 from forecast.value.valuation import Valuation
 from tests import reference as ref
 from tests.conftest import model_with_params
@@ -60,7 +66,7 @@ def test_segment_heuristic_reproduces_the_worked_examples(value, per_year, years
     """
     customers = _segment_customers([("s", value * 0.8, per_year - 0.5), ("s", value * 1.2, per_year + 0.5)])
     table = segment_table(customers, ["segment"], lifespan_years=years, margin=1.0)
-    row = table[table["segmentation"] == "segment"].iloc[0]
+    row = table[table["segmentation"] == "value_tier"].iloc[0]
     assert row["clv_heuristic_total"] == pytest.approx(2 * expected)
 
 
@@ -123,11 +129,32 @@ def test_budget_columns_match_a_hand_computation():
     assert table.loc["all customers", "customers_at_risk"] == 2
     assert table["clv_lower_total"].isna().all()  # no draws, no intervals
 
-    payback = payback_table(table.reset_index(), model, a_clv / 3, WEEKLY).set_index("segment")
+    payback = decision_columns(table.reset_index(), model, WEEKLY, a_clv / 3, 3.0).set_index("segment")
     assert payback.loc["a", "ltv_to_cac"] == pytest.approx(3.0)
     assert bool(payback.loc["b", "pays_back"]) and payback.loc["b", "payback_month"] == 0  # 0.3 x 50 > CAC
     cumulative = new_customer_clv(17.5, 16.0, model, WEEKLY)
     assert payback.loc["a", "payback_month"] == int(np.argmax(cumulative >= a_clv / 3))
+    assert payback["biddable"].to_dict() == {"all customers": True, "a": False, "b": False, "=cmd": True}
+    by_segment = decision_columns(table.reset_index(), model, WEEKLY, {"a": 1e9, "default": 1.0}, 3.0)
+    assert by_segment.set_index("segment")["cac"].to_dict() == {"all customers": 1.0, "a": 1e9, "b": 1.0, "=cmd": 1.0}
+    assert not by_segment.set_index("segment").loc["a", "pays_back"]
+    assert pd.isna(by_segment.set_index("segment").loc["a", "payback_month"])  # never within the horizon
+    without = decision_columns(table.reset_index(), model, WEEKLY, None, 3.0)
+    assert without["cac"].isna().all() and without["pays_back"].isna().all()
+
+
+def test_payback_is_month_0_when_the_first_purchase_covers_the_cac_and_never_when_nothing_does():
+    """A customer whose first purchase alone covers the CAC pays back in month 0; one who never covers it, never."""
+    model = model_with_params(BetaGeo, FHL_2005)
+    cumulative = new_customer_clv(np.array([100.0, 0.0]), np.array([0.0, 0.0]), model, WEEKLY)
+    np.testing.assert_array_equal(payback_month(cumulative, np.array([[30.0], [1.0]])), [0, -1])
+
+
+def test_cohorts_are_the_quarters_or_months_of_the_first_purchase_in_time_order():
+    first = pd.Series(pd.to_datetime(["1997-03-31", "1996-12-01", "1997-01-01", "1997-04-01"]))
+    assert cohorts(first).tolist() == ["1997-Q1", "1996-Q4", "1997-Q1", "1997-Q2"]
+    assert list(cohorts(first).cat.categories) == ["1996-Q4", "1997-Q1", "1997-Q2"]
+    assert cohorts(first, "month").tolist() == ["1997-03", "1996-12", "1997-01", "1997-04"]
 
 
 def test_rfm_groups_follow_the_documented_grid():
@@ -170,7 +197,7 @@ def test_segment_totals_add_up_to_the_whole(sample_forecast):
     _, result = sample_forecast
     table = result.segments
     whole = table[table["segmentation"] == "all"].iloc[0]
-    assert set(table["segmentation"]) == {"all", "segment", "rfm_group"}
+    assert set(table["segmentation"]) == {"all", "value_tier", "rfm", "cohort"}
     for segmentation, rows in table[table["segmentation"] != "all"].groupby("segmentation"):
         for column in ("customers", "revenue_to_date", "clv_total", "value_at_risk", "customers_at_risk"):
             assert rows[column].sum() == pytest.approx(whole[column], rel=1e-9), (segmentation, column)
@@ -232,12 +259,28 @@ def test_no_draws_means_no_intervals(sample_forecast):
     pd.testing.assert_series_equal(plain.segments["new_customer_clv"], result.segments["new_customer_clv"])
 
 
-def test_budget_command_lists_payback_per_segment():
-    """`forecast budget CONFIG --cac X` prints every segment with its payback month, or exits 2 on a bad CAC."""
+def test_budget_command_prints_a_verdict_per_biddable_segment_and_writes_budget_csv(tmp_path):
+    """`forecast budget CONFIG --cac X` takes the run's as_of forms, prints one verdict per segment one can bid on
+    and writes every segment to budget.csv; it refuses a bad CAC or a file it did not write before any work."""
     runner = CliRunner()
-    result = runner.invoke(app, ["budget", str(CONFIGS / "cdnow_sample.yaml"), "--cac", "8"])
+    output = tmp_path / "budget.csv"
+    config = str(CONFIGS / "cdnow_sample.yaml")
+    result = runner.invoke(app, ["budget", config, "--cac", "8", "--as-of", "1997-09", "--output", str(output)])
     assert result.exit_code == 0, result.output
-    assert "all customers" in result.stdout and "top 1%" in result.stdout and "month" in result.stdout
-    bad = runner.invoke(app, ["budget", str(CONFIGS / "cdnow_sample.yaml"), "--cac", "0"])
-    assert bad.exit_code == 2
-    assert "must be positive" in bad.output
+    verdicts = [line for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert verdicts[0].startswith("  all=all customers (2,357 customers): pays back at 8.00: LTV:CAC")
+    assert all(line.startswith(("  all=", "  cohort=")) for line in verdicts)  # no value tier, no RFM group
+    table = pd.read_csv(output)
+    assert set(table["segmentation"]) == {"all", "value_tier", "rfm", "cohort"}
+    assert set(table.loc[~table["biddable"], "segmentation"]) == {"value_tier", "rfm"}
+    assert (table["cac"] == 8.0).all() and table["verdict"].str.len().gt(0).all()
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((CONFIGS / "cdnow_sample.yaml").read_text().replace("lifetimes:CDNOW_sample.txt", "nowhere.csv"))
+    bad = runner.invoke(app, ["budget", str(broken), "--cac", "0", "--output", str(output)])
+    assert bad.exit_code == 2 and "--cac 0" in bad.output and "positive" in bad.output  # before reading the log
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my own numbers\n")
+    refused = runner.invoke(app, ["budget", config, "--cac", "8", "--output", str(notes)])
+    assert refused.exit_code == 2 and "not a budget file" in refused.output
+    assert notes.read_text() == "my own numbers\n"

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forecast.data import compress
+from forecast.errors import DataError
 from forecast.value.segments import (
     ALL,
     ALL_SEGMENTATION,
@@ -22,6 +23,8 @@ from forecast.value.segments import (
     rfm_groups,
     segment_table,
     segment_totals,
+    segmentation_column,
+    segmentation_name,
 )
 
 
@@ -87,7 +90,7 @@ def test_cells_summed_a_column_at_a_time_equal_the_totals_summed_at_once(custome
     assert at_once.loc[ALL_SEGMENTATION].index.tolist() == [ALL]
     assert at_once.loc[ALL_SEGMENTATION, "customers"].tolist() == [60]
     for column in segmentations[1:]:
-        table = at_once.loc[column]
+        table = at_once.loc[segmentation_name(column)]
         grouped = customers.groupby(column, observed=True, sort=True)  # categories in their order, text sorted
         assert table.index.tolist() == grouped.size().index.tolist()  # no unused tier, no missing region
         assert table["customers"].tolist() == grouped.size().tolist()
@@ -98,7 +101,7 @@ def test_cell_counts_where_a_mask_holds_count_those_customers(customers):
     """counts(where) is the number of the cell's customers the mask marks: at-risk customers per segment."""
     cells = SegmentCells.of(customers, ["segment"])
     at_risk = customers["clv"].to_numpy() < 80.0
-    table = cells.totals({"at_risk": cells.counts(at_risk)}).loc["segment"]
+    table = cells.totals({"at_risk": cells.counts(at_risk)}).loc["value_tier"]
     expected = customers[at_risk].groupby("segment", observed=True)["clv"].size()
     assert table["at_risk"].to_dict() == expected.astype(float).to_dict()
 
@@ -112,3 +115,24 @@ def test_segment_table_rows_follow_the_cells_index(customers):
     table = segment_table(frame, ["segment", "region"], lifespan_years=3.0, margin=0.3, cells=cells)
     assert list(zip(table["segmentation"], table["segment"], strict=True)) == cells.index.tolist()
     np.testing.assert_array_equal(table["clv_total"], cells.roll_up(cells.sums(frame[["clv"]]))[:, 0])
+
+
+def test_segmentations_are_named_for_what_they_are_and_map_back_to_their_columns(customers):
+    """Value tiers (column segment) are value_tier, RFM groups (rfm_group) rfm, cohorts cohort, everybody all, the
+    data's columns keep their names; each name maps back to its column, and an old label (a column name) to the new
+    name."""
+    columns: list[str | None] = [None, "segment", "rfm_group", "cohort", "region"]
+    names = [segmentation_name(column) for column in columns]
+    assert names == [ALL_SEGMENTATION, "value_tier", "rfm", "cohort", "region"] and ALL_SEGMENTATION == "all"
+    assert [segmentation_column(name) for name in names] == columns
+    assert [segmentation_name(name) for name in names] == names  # current names stay as they are
+    table = segment_totals(customers, [None, "segment", "region"], customers[["clv"]])
+    assert list(dict.fromkeys(table.index.get_level_values("segmentation"))) == ["all", "value_tier", "region"]
+
+
+@pytest.mark.parametrize("column", ["value_tier", "rfm", "all"])
+def test_a_data_segment_column_named_like_a_toolkit_segmentation_is_refused(customers, column):
+    """Two segmentations of one name would merge in the segment tables: the error names the column to rename."""
+    frame = customers.assign(**{"rfm_group": customers["region"], column: customers["region"]})
+    with pytest.raises(DataError, match=f"both be named {column}.*data.segment_columns"):
+        SegmentCells.of(frame, [None, "segment", "rfm_group", column])

@@ -106,7 +106,7 @@ def test_intervals_contain_the_point_estimate_and_totals_add_up(cdnow_sample):
     total = result.clv_totals.loc[("all", ALL)].to_numpy()
     lower, upper = result.interval(total)
     assert lower < scores["clv"].sum() < upper
-    np.testing.assert_allclose(result.clv_totals.loc["segment"].sum(axis=0).to_numpy(), total, rtol=1e-12)
+    np.testing.assert_allclose(result.clv_totals.loc["value_tier"].sum(axis=0).to_numpy(), total, rtol=1e-12)
 
 
 def test_totals_at_risk_are_the_totals_of_the_customers_at_risk(cdnow_sample):
@@ -128,7 +128,7 @@ def test_totals_at_risk_are_the_totals_of_the_customers_at_risk(cdnow_sample):
     pd.testing.assert_frame_equal(marked.clv_totals, unmarked.clv_totals, rtol=1e-12)
     pd.testing.assert_frame_equal(marked.risk_totals.loc[alone.clv_totals.index], alone.clv_totals, rtol=1e-9)
     assert 0 < at_risk.sum() < len(at_risk)
-    assert (marked.risk_totals.loc[("segment", "top 5%")] == 0).all()
+    assert (marked.risk_totals.loc[("value_tier", "top 5%")] == 0).all()
     assert len(marked.risk_totals) == len(alone.clv_totals) + 1
 
 
