@@ -337,12 +337,12 @@ def test_sample_run_report_renders_offline_in_chromium(sample_run: Path, tmp_pat
         assert figure["kind"] == "svg" and figure["width"] > 300 and figure["height"] > 200, figure
         assert figure["caption"].strip()
     # parameters, repeat purchases, per segmentation (tiers, RFM groups) segments and budget, data quality, about
-    assert probe["tables"] == 8
+    assert probe["tables"] == 10
     manifest = json.loads((sample_run / "manifest.json").read_text())
     text = probe["text"]
     assert f"{manifest['totals']['clv']:,.0f}" in text
     assert f"{manifest['totals']['clv_heuristic']:,.0f}" in text
-    assert f"{manifest['totals']['clv_heuristic'] - manifest['totals']['clv']:,.0f}" in text
+    assert f"{manifest['comparison']['gap']:,.0f}" in text  # the gap on matched terms, not 3 years against 12 months
     assert "2,357" in text
     assert "Check passed" in text  # the sample's frequency-spend correlation is 0.114 (docs/reference.md)
     assert "No backtest in this run folder" in text
