@@ -466,14 +466,19 @@ def open_log(con: duckdb.DuckDBPyConnection, config: DataConfig) -> LogSource:
     with _unreadable_as_data_error(f"{_where(config.path, files)} as {file_format}", "Check data.format and the file."):
         con.execute(f"SET TimeZone = {quote_literal(config.timezone)}")
         con.execute(f"CREATE OR REPLACE TEMP VIEW raw_log AS {_source_sql(config, files, file_format)}")
-        described = con.execute("DESCRIBE raw_log").fetchall()
-    types = {row[0]: str(row[1]) for row in described if row[0] not in (FILE_COLUMN, LINE_COLUMN)}
+        types = _raw_column_types(con)
     source = LogSource(config.path, files, empty, file_format, types, hidden_files(config.path))
     _check_columns(config, source)
     with _unreadable_as_data_error(source.where, READ_ADVICE):
         _check_id_kinds(con, config, source)
         _check_float_ids(con, config, source)
     return source
+
+
+def _raw_column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """The columns of ``raw_log`` and their DuckDB types, without the internal file and line columns."""
+    described = con.execute("DESCRIBE raw_log").fetchall()
+    return {row[0]: str(row[1]) for row in described if row[0] not in (FILE_COLUMN, LINE_COLUMN)}
 
 
 #: How a log given as a pandas DataFrame is named in messages, and its "file format".
@@ -497,9 +502,7 @@ def open_frame(con: duckdb.DuckDBPyConnection, config: DataConfig, frame: pd.Dat
         f"""CREATE OR REPLACE TEMP VIEW raw_log AS SELECT *, {quote_literal(FRAME)} AS {file_col},
             row_number() OVER () - 1 AS {line_col} FROM __clv_frame"""
     )
-    described = con.execute("DESCRIBE raw_log").fetchall()
-    types = {row[0]: str(row[1]) for row in described if row[0] not in (FILE_COLUMN, LINE_COLUMN)}
-    source = LogSource(FRAME, [], [], "frame", types)
+    source = LogSource(FRAME, [], [], "frame", _raw_column_types(con))
     _check_columns(config, source)
     _check_float_ids(con, config, source)
     return source
@@ -1128,14 +1131,16 @@ def _net_returns(con: duckdb.DuckDBPyConnection, config: DataConfig) -> Netting:
 # --- what the filters and the text ids did ----------------------------------------------------------
 
 
-def count_excluded(con: duckdb.DuckDBPyConnection, config: DataConfig) -> dict[str, int]:
-    """How many rows of ``raw_log`` each ``data.exclude`` filter matches (a row may match several)."""
+def count_excluded(con: duckdb.DuckDBPyConnection, config: DataConfig) -> tuple[dict[str, int], int]:
+    """How many rows of ``raw_log`` each ``data.exclude`` filter matches (a row may match several), and how many
+    rows they leave out together, in one pass."""
     if not config.exclude:
-        return {}
-    counts = con.execute(
-        f"SELECT {', '.join(f'count_if({_filter_sql(f)})' for f in config.exclude)} FROM raw_log"
+        return {}, 0
+    *counts, total = con.execute(
+        f"""SELECT {", ".join(f"count_if({_filter_sql(f)})" for f in config.exclude)},
+                   count_if({excluded_sql(config)}) FROM raw_log"""
     ).fetchall()[0]
-    return {f.describe(): int(n) for f, n in zip(config.exclude, counts, strict=True)}
+    return {f.describe(): int(n) for f, n in zip(config.exclude, counts, strict=True)}, int(total)
 
 
 #: A customer id that a spreadsheet or pandas wrote as a whole floating-point number: '13085.0'.
@@ -1328,11 +1333,10 @@ def read_transactions(
     source = open_log(con, config) if frame is None else open_frame(con, config, frame)
     create_typed_log(con, config, source)
     with _unreadable_as_data_error(source.where, READ_ADVICE):
-        excluded = count_excluded(con, config)
+        excluded, excluded_rows = count_excluded(con, config)
         float_text_ids = read_whole_float_text_ids(con, source)
         counts = count_problems(con, list(config.segment_columns))
         duplicate_rows = find_duplicate_rows(con, list(source.column_types))
-    excluded_rows = sum(excluded.values()) and _rows(con, "raw_log") - counts.rows
     refuse_excluded_everything(source, counts, excluded_rows)
     refuse_invalid_rows(con, config, source, counts)
     refuse_negative_amounts(con, config, source, counts)
