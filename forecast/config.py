@@ -247,6 +247,22 @@ class PenalizerConfig(_Strict):
     )
 
 
+class CostsConfig(_Strict):
+    """The cost of serving a customer, subtracted after the margin from the predictive and the heuristic CLV.
+
+    Zero by default: the CLV is then the gross margin. With costs, the outputs carry the net figures beside the
+    gross ones (``clv_net``, ``clv_heuristic_net``; forecast.value.costs).
+    """
+
+    per_purchase: float = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False, description="Cost of each purchase (fulfilment, handling), currency."
+    )
+    per_active_month: float = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False,
+        description="Cost of each month the customer is alive (service, accounts), currency.",
+    )  # fmt: skip
+
+
 class DriftConfig(_Strict):
     """When a change since the previous month's run becomes a warning (see forecast.batch.drift)."""
 
@@ -341,6 +357,7 @@ class RunConfig(_Strict):
     horizon_months: int = Field(default=12, ge=1, le=600)
     monthly_discount_rate: float = Field(default=0.01, ge=0.0, lt=1.0)
     margin: float = Field(default=1.0, gt=0.0, le=1.0)
+    costs: CostsConfig = Field(default_factory=CostsConfig)
     #: ``auto`` is not the default yet: on a short log the internal validation's Pareto/NBD fit goes through
     #: lifetimes' Nelder-Mead with the quadrature form of its likelihood and can take many minutes.
     purchase_model: PurchaseModelName = "bgnbd"

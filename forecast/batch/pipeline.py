@@ -92,6 +92,7 @@ from forecast.value.clv import (
     score_lifetime,
 )
 from forecast.value.comparison import comparison_record, matched_segment_columns, matched_span_months
+from forecast.value.costs import NET_COLUMNS, net_columns, net_segment_columns
 from forecast.value.segments import ALL_SEGMENTATION, SegmentCells, cohorts, rfm_groups, segment_table
 from forecast.value.uncertainty import clv_draws, has_covariance
 from forecast.value.valuation import Valuation
@@ -101,7 +102,7 @@ Progress = Callable[[str], None]
 CUSTOMER_COLUMNS = [
     "customer_id", "frequency", "recency", "T", "monetary_value", "p_alive", "expected_purchases",
     "expected_spend", "clv", "clv_lower", "clv_upper", "clv_heuristic", "segment", "revenue", "avg_purchase_value",
-    "purchases_per_year", "clv_lifetime", "clv_matched",
+    "purchases_per_year", "clv_lifetime", "clv_matched", *NET_COLUMNS,
 ]  # fmt: skip
 log = logging.getLogger("forecast")
 
@@ -231,6 +232,7 @@ def score_summary(
     customers = pd.DataFrame(columns, index=summary.index, copy=False)
     segments = segment_table(customers, segmentations, lifespan_years, config.margin, cells)
     segments = matched_segment_columns(segments, valuation, lifespan_years)
+    segments = net_segment_columns(segments, valuation, lifespan_years)
     segments = budget_columns(
         segments, customers, purchases, draws, valuation, config.budget.target_ltv_to_cac,
         config.budget.p_alive_threshold, cells,
@@ -277,9 +279,11 @@ def scored_columns(
     The lifetime sums per unique (x, T) pair and the RFM groups need no scores: they are found on a second thread
     meanwhile (the models' special functions, numpy's quantiles and comparisons let go of the GIL).
     """
-    span = [matched_span_months(lifespan_years)]
+    spans = (config.horizon_months, matched_span_months(lifespan_years))
     with ThreadPoolExecutor(max_workers=1) as second_thread:
-        found_sums = second_thread.submit(discounted_purchases_if_alive, purchases, histories.pairs, valuation, span)
+        found_sums = second_thread.submit(
+            discounted_purchases_if_alive, purchases, histories.pairs, valuation, spans[::-1]
+        )
         found_rfm_groups = second_thread.submit(rfm_groups, summary)
         scores = score_customers(summary, purchases, spend, valuation, histories, spend_histories)
         inputs = heuristic_inputs(summary, config.days_per_unit)
@@ -289,8 +293,12 @@ def scored_columns(
             config.margin,
         )  # fmt: skip
         columns["segment"] = assign_tiers(scores["clv"], config.segments.tiers).array
-        lifetime = score_lifetime(scores, histories, valuation, found_sums.result())
+        over_spans, lifetime_sums = found_sums.result()
+        lifetime = score_lifetime(scores, histories, valuation, (over_spans, lifetime_sums))
         columns.update({name: lifetime[name].array for name in lifetime.columns})
+        columns.update(
+            net_columns(columns, histories, purchases, valuation, spans, over_spans[:, ::-1], lifespan_years)
+        )
         columns["rfm_group"] = found_rfm_groups.result().array
         columns["cohort"] = cohorts(summary["first_purchase"], config.budget.cohort).array
     return columns
@@ -381,6 +389,8 @@ def manifest(
             "clv": float(result.customers["clv"].sum()),
             "clv_heuristic": float(result.customers["clv_heuristic"].sum()),
             "clv_lifetime": _finite_or_none(float(result.customers["clv_lifetime"].sum())),
+            "clv_net": float(result.customers["clv_net"].sum()),
+            "clv_heuristic_net": float(result.customers["clv_heuristic_net"].sum()),
             **_total_interval(result.segments),
             "expected_purchases": float(result.customers["expected_purchases"].sum()),
         },

@@ -106,6 +106,12 @@ COLUMN_LABELS = {
     "clv_heuristic_matched_total": "Heuristic CLV, matched span",
     "heuristic_gap_matched": "Gap, matched span (heuristic − predictive)",
     "matched_span_months": "Matched span (months)",
+    "clv_net": "Predictive CLV, net of costs",
+    "clv_net_total": "Predictive CLV, net of costs",
+    "clv_heuristic_net": "Heuristic CLV, net of costs",
+    "clv_heuristic_net_total": "Heuristic CLV, net of costs",
+    "clv_matched_net": "Predictive CLV, matched span, net of costs",
+    "clv_matched_net_total": "Predictive CLV, matched span, net of costs",
     "avg_purchase_value": "Avg purchase value",
     "purchases_per_year": "Purchases per year",
     "mae_purchases": "MAE purchases",
@@ -135,9 +141,11 @@ ACRONYMS = {"clv": "CLV", "bic": "BIC", "aic": "AIC", "se": "SE", "mae": "MAE", 
 SEGMENT_COLUMN_ORDER = [
     "segment", "customers", "clv_total", "clv_total_lower", "clv_total_upper", "clv_lower_total", "clv_upper_total",
     "clv_heuristic_total", "heuristic_gap", "matched_span_months", "clv_matched_total", "clv_heuristic_matched_total",
-    "heuristic_gap_matched", "clv_lifetime_total", "mean_p_alive", "expected_purchases", "revenue_to_date",
-    "avg_purchase_value", "purchases_per_year",
+    "heuristic_gap_matched", "clv_net_total", "clv_heuristic_net_total", "clv_matched_net_total", "clv_lifetime_total",
+    "mean_p_alive", "expected_purchases", "revenue_to_date", "avg_purchase_value", "purchases_per_year",
 ]  # fmt: skip
+#: Segment columns net of the cost of serving customers: the same as the gross ones when a run has no costs.
+NET_SEGMENT_COLUMNS = ["clv_net_total", "clv_heuristic_net_total", "clv_matched_net_total"]
 SHARE_WORDS = ("p_alive", "capture", "share", "rate")
 MONEY_WORDS = ("clv", "revenue", "value", "cac", "gap", "risk", "spend", "margin")
 
@@ -362,6 +370,7 @@ def headline(run: RunFolder) -> dict[str, Any]:
         },
         *lifetime_cards(totals.get("clv_lifetime"), config.get("monthly_discount_rate"), margin_text, comparison),
         *(comparison_cards(comparison, plain, margin_text) if comparison else unmatched_cards(plain, margin_text)),
+        *net_cards(totals, comparison, horizon),
     ]
     expected = float(totals.get("expected_purchases", customers.get("expected_purchases", pd.Series(0.0)).sum()))
     return {
@@ -441,6 +450,36 @@ def comparison_cards(comparison: dict[str, Any], plain: dict[str, Any], margin_t
     ]
 
 
+def costs_text(net: dict[str, Any]) -> str:
+    """The costs of serving a customer in words ('costs of 5.00 a purchase and 2.00 an active month')."""
+    per_purchase, per_month = float(net["cost_per_purchase"]), float(net["cost_per_active_month"])
+    return f"costs of {per_purchase:,.2f} a purchase and {per_month:,.2f} an active month"
+
+
+def net_cards(totals: dict[str, Any], comparison: dict[str, Any] | None, horizon: Any) -> list[dict[str, str]]:
+    """The predictive CLV net of the cost of serving customers, and the matched comparison net of costs, when the
+    run has costs (the manifest's ``comparison.net``)."""
+    net = comparison.get("net") if comparison else None
+    if not isinstance(net, dict) or not isinstance(totals.get("clv_net"), int | float) or comparison is None:
+        return []
+    predictive, heuristic = float(net["predictive"]), float(net["heuristic"])
+    return [
+        {
+            "label": "Predictive CLV, net of costs",
+            "kind": "predictive",
+            "value": money(float(totals["clv_net"])),
+            "detail": f"next {horizon} months, discounted, after {costs_text(net)}; "
+            f"gross {money(float(totals['clv']))}",
+        },
+        {
+            "label": "Gap, net of costs",
+            "value": money(float(net["gap"])),
+            "detail": f"heuristic {money(heuristic)} − predictive {money(predictive)} over {_basis(comparison)}, "
+            f"both after {costs_text(net)}",
+        },
+    ]
+
+
 def unmatched_cards(plain: dict[str, Any], margin_text: str) -> list[dict[str, str]]:
     """The heuristic and gap cards of a run without a like-for-like comparison: said not to be like for like."""
     return [
@@ -482,6 +521,17 @@ def comparison_sentences(comparison: dict[str, Any] | None, plain: dict[str, Any
         "view of the customers: the heuristic has every customer keep buying at their past pace, the models let "
         f"customers who have gone quiet count for less. The plain figures ({plain_text}) are not like for like: the "
         "rest of their difference is the span and the discounting."
+    ) + net_sentence(comparison)
+
+
+def net_sentence(comparison: dict[str, Any]) -> str:
+    """The matched comparison net of the cost of serving customers, when the run has costs; else ''."""
+    net = comparison.get("net")
+    if not isinstance(net, dict):
+        return ""
+    return (
+        f" Net of {costs_text(net)}, the heuristic expects {money(float(net['heuristic']))} and the models "
+        f"{money(float(net['predictive']))} over the same months: the net gap is {money(float(net['gap']))}."
     )
 
 
@@ -1031,9 +1081,12 @@ def segments_section(run: RunFolder) -> dict[str, Any]:
     ]
     budget_columns += ["biddable"] if "biddable" in table.columns else []
     risk_columns = [c for c in table.columns if "risk" in c]
+    comparison = matched_comparison(run.manifest)
+    has_costs = comparison is not None and isinstance(comparison.get("net"), dict)
+    gross_only = [] if has_costs else [c for c in NET_SEGMENT_COLUMNS if c in table.columns]
     groups = []
     for segmentation, rows in table[table["segmentation"] != ALL_SEGMENTATION].groupby("segmentation", sort=False):
-        shown = pd.concat([rows, everyone]).drop(columns="segmentation")
+        shown = pd.concat([rows, everyone]).drop(columns=["segmentation", *gross_only])
         main_columns = [c for c in SEGMENT_COLUMN_ORDER if c in shown.columns]
         main_columns += [c for c in (bounds or ()) if c not in main_columns]
         main_columns += [c for c in shown.columns if c not in main_columns + budget_columns + risk_columns]

@@ -31,6 +31,7 @@ import pandas as pd
 from forecast.data.compress import as_floats, as_numbers
 from forecast.errors import DataError
 from forecast.models import PurchaseModel
+from forecast.value.costs import new_customer_alive_months, new_customer_costs
 from forecast.value.segments import ALL_SEGMENTATION, RFM, VALUE_TIERS, SegmentCells, segmentation_column
 from forecast.value.uncertainty import ClvDraws, discounted_purchases_new
 from forecast.value.valuation import Valuation
@@ -76,13 +77,18 @@ def new_customer_clv(
     Returns
     -------
     numpy.ndarray
-        Shape (..., H + 1): element k is the margin earned by the end of month k, discounted; the last
+        Shape (..., H + 1): element k is the margin earned by the end of month k, discounted, less the cost of
+        serving the customer by then (``forecast.value.costs.new_customer_costs``; none by default); the last
         element is the new-customer CLV.
     """
-    repeat = np.concatenate([[0.0], discounted_purchases_new(purchases, valuation)])
+    repeat_purchases = discounted_purchases_new(purchases, valuation)
+    repeat = np.concatenate([[0.0], repeat_purchases])
     first = np.asarray(first_value, float)[..., None]
     spend = np.asarray(spend_per_purchase, float)[..., None]
-    return np.asarray(valuation.margin * (first + spend * repeat))
+    gross = np.asarray(valuation.margin * (first + spend * repeat))
+    if not valuation.has_costs:
+        return gross
+    return gross - new_customer_costs(purchases, valuation, repeat_purchases)
 
 
 def payback_month(cumulative_margin: np.ndarray, cac: float | np.ndarray) -> np.ndarray:
@@ -152,7 +158,7 @@ def budget_columns(
         table["first_purchase_value"].to_numpy(), table["new_customer_spend"].to_numpy(), purchases, valuation
     )[:, -1]
     table["max_acquisition_cost"] = table["new_customer_clv"] / target_ltv_to_cac
-    table = table.join(interval_columns(table, draws, valuation.margin))
+    table = table.join(interval_columns(table, draws, valuation, purchases))
     table["heuristic_gap_lower"] = table["clv_heuristic_total"] - table["clv_upper_total"]
     table["heuristic_gap_upper"] = table["clv_heuristic_total"] - table["clv_lower_total"]
     table["max_acquisition_cost_lower"] = table["new_customer_clv_lower"] / target_ltv_to_cac
@@ -217,7 +223,9 @@ INTERVAL_COLUMNS = [
 ]  # fmt: skip
 
 
-def interval_columns(table: pd.DataFrame, draws: ClvDraws | None, margin: float) -> pd.DataFrame:
+def interval_columns(
+    table: pd.DataFrame, draws: ClvDraws | None, valuation: Valuation, purchases: PurchaseModel
+) -> pd.DataFrame:
     """Bounds of each segment's CLV total, new-customer CLV and value at risk across the parameter draws.
 
     Parameters
@@ -226,8 +234,10 @@ def interval_columns(table: pd.DataFrame, draws: ClvDraws | None, margin: float)
         Segment table with segmentation, segment, customers and first_purchase_value.
     draws
         CLV under parameter draws (``budget_columns``), or None: every bound is NaN.
-    margin
-        Gross margin as a fraction of spend.
+    valuation
+        Margin and costs (the cost of active months is the point estimate's, the cost of purchases each draw's).
+    purchases
+        Fitted purchase model (for the cost of a new customer's active months).
 
     Returns
     -------
@@ -242,7 +252,12 @@ def interval_columns(table: pd.DataFrame, draws: ClvDraws | None, margin: float)
     totals = draws.clv_totals.reindex(keys).to_numpy()
     bounds["clv_lower_total"], bounds["clv_upper_total"] = draws.interval(totals)
     spend = draws.spend_totals.reindex(keys).to_numpy() / table["customers"].to_numpy()[:, None]
-    per_draw = margin * (table["first_purchase_value"].to_numpy()[:, None] + spend * draws.new_customer_purchases)
+    repeat = draws.new_customer_purchases
+    per_draw = valuation.margin * (table["first_purchase_value"].to_numpy()[:, None] + spend * repeat)
+    if valuation.has_costs:
+        per_draw = per_draw - valuation.cost_per_purchase * (1.0 + repeat)
+        if valuation.cost_per_active_month > 0:
+            per_draw = per_draw - valuation.cost_per_active_month * new_customer_alive_months(purchases, valuation)[-1]
     bounds["new_customer_clv_lower"], bounds["new_customer_clv_upper"] = draws.interval(per_draw)
     if draws.risk_totals is not None:
         risk = draws.risk_totals.reindex(keys).to_numpy()

@@ -68,13 +68,23 @@ def matched_heuristic(
     return avg_purchase_value * (purchases_per_year / 12) * valuation.margin * discount_sum(valuation, span_months)
 
 
+def matched_heuristic_costs(
+    purchases_per_year: np.ndarray | pd.Series | float, valuation: Valuation, span_months: int
+) -> Any:
+    """The heuristic's cost of serving (``forecast.value.costs``) over ``span_months`` months, discounted monthly
+    as ``matched_heuristic`` discounts its value."""
+    monthly = valuation.cost_per_purchase * purchases_per_year / 12 + valuation.cost_per_active_month
+    return monthly * discount_sum(valuation, span_months)
+
+
 def comparison_record(customers: pd.DataFrame, valuation: Valuation, lifespan_years: float) -> dict[str, Any]:
     """The manifest's ``comparison``: predictive and heuristic totals on the matched basis, their gap and ratio.
 
     Parameters
     ----------
     customers
-        Per-customer table with clv_matched, avg_purchase_value and purchases_per_year.
+        Per-customer table with clv_matched, avg_purchase_value and purchases_per_year (and clv_matched_net when
+        the valuation has costs).
     valuation
         Monthly discount rate and margin of the run.
     lifespan_years
@@ -85,7 +95,9 @@ def comparison_record(customers: pd.DataFrame, valuation: Valuation, lifespan_ye
     dict
         span_months, discounted, monthly_discount_rate, basis (in words), predictive (sum of clv_matched),
         heuristic (sum of the per-customer ``matched_heuristic``), gap (heuristic - predictive) and ratio
-        (heuristic / predictive; None when the predictive total is 0).
+        (heuristic / predictive; None when the predictive total is 0); net: None without costs, else the costs
+        and the same totals and gap net of them (clv_matched_net, and the heuristic less
+        ``matched_heuristic_costs``).
     """
     span = matched_span_months(lifespan_years)
     predictive = float(customers["clv_matched"].sum())
@@ -99,7 +111,7 @@ def comparison_record(customers: pd.DataFrame, valuation: Valuation, lifespan_ye
             )
         )
     )
-    return {
+    record: dict[str, Any] = {
         "span_months": span,
         "discounted": valuation.monthly_discount_rate > 0,
         "monthly_discount_rate": valuation.monthly_discount_rate,
@@ -108,7 +120,21 @@ def comparison_record(customers: pd.DataFrame, valuation: Valuation, lifespan_ye
         "heuristic": heuristic,
         "gap": heuristic - predictive,
         "ratio": heuristic / predictive if predictive else None,
+        "net": None,
     }
+    if valuation.has_costs:
+        predictive_net = float(customers["clv_matched_net"].sum())
+        heuristic_net = heuristic - float(
+            np.sum(matched_heuristic_costs(customers["purchases_per_year"].to_numpy(float), valuation, span))
+        )
+        record["net"] = {
+            "cost_per_purchase": valuation.cost_per_purchase,
+            "cost_per_active_month": valuation.cost_per_active_month,
+            "predictive": predictive_net,
+            "heuristic": heuristic_net,
+            "gap": heuristic_net - predictive_net,
+        }
+    return record
 
 
 def matched_segment_columns(segments: pd.DataFrame, valuation: Valuation, lifespan_years: float) -> pd.DataFrame:

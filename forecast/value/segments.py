@@ -109,8 +109,9 @@ def segment_table(
 
 #: The per-customer columns that the segment table adds up (sums, or means as sums over counts).
 SUMMED_COLUMNS = ["revenue", "p_alive", "expected_purchases", "clv", "avg_purchase_value", "purchases_per_year"]
-#: Per-customer columns summed when the customer table has them (``forecast.value.clv.score_lifetime``).
-OPTIONAL_SUMMED_COLUMNS = ["clv_matched", "clv_lifetime"]
+#: Per-customer columns summed when the customer table has them (``forecast.value.clv.score_lifetime``,
+#: ``forecast.value.costs.net_columns``).
+OPTIONAL_SUMMED_COLUMNS = ["clv_matched", "clv_lifetime", "clv_net", "clv_matched_net"]
 
 
 def segment_totals(

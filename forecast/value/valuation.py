@@ -33,6 +33,9 @@ class Valuation:
         Gross margin m as a fraction of spend.
     days_per_unit
         Days in one unit of model time (7.0 when the models count in weeks).
+    cost_per_purchase, cost_per_active_month
+        The cost of serving a customer (currency), subtracted after the margin in the net CLV
+        (``forecast.value.costs``); 0 by default.
 
     Examples
     --------
@@ -44,6 +47,8 @@ class Valuation:
     monthly_discount_rate: float
     margin: float
     days_per_unit: float
+    cost_per_purchase: float = 0.0
+    cost_per_active_month: float = 0.0
 
     @classmethod
     def from_config(cls, config: RunConfig) -> Valuation:
@@ -53,7 +58,14 @@ class Valuation:
             monthly_discount_rate=config.monthly_discount_rate,
             margin=config.margin,
             days_per_unit=config.days_per_unit,
+            cost_per_purchase=config.costs.per_purchase,
+            cost_per_active_month=config.costs.per_active_month,
         )
+
+    @property
+    def has_costs(self) -> bool:
+        """Whether serving a customer costs anything, so that the net CLV differs from the gross."""
+        return self.cost_per_purchase > 0 or self.cost_per_active_month > 0
 
     def month_ends(self) -> np.ndarray:
         """Times t_0 = 0, t_1, ..., t_H of the month ends over the horizon, in model time units."""
