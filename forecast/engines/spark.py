@@ -42,6 +42,7 @@ from forecast.batch.registry import (
     run_folder,
 )
 from forecast.config import DataConfig, RunConfig, SparkConfig
+from forecast.data.compress import label_codes
 from forecast.data.fingerprints import input_files_sha256
 from forecast.data.ingest import resolve_files
 from forecast.errors import ConfigError, DataError, EngineError, OutputError, collected_warnings
@@ -525,15 +526,20 @@ def observed_lifespan_years(summary: SparkFrame, as_of: dt.date) -> float:
 
 def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[str], lifespan_years: float,
                   margin: float) -> pd.DataFrame:  # fmt: skip
-    """``forecast.value.segments.segment_table`` with the per-segment sums and means computed by Spark."""
+    """``forecast.value.segments.segment_table`` with the per-segment sums and means computed by Spark.
+
+    Rows come in that table's order, whatever order Spark collects the groups in: everybody (``all``) first, then
+    the segmentations in the order given, each one's segments as ``in_segment_order`` puts them.
+    """
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
     frames = []
-    for column in ["_all", *segmentations]:
-        source = customers.withColumn("_all", F.lit(ALL)) if column == "_all" else customers
+    for column in [None, *segmentations]:
+        # Everybody is grouped by a literal, not by a helper column that a data segment column could be named.
+        key = F.lit(ALL) if column is None else F.col(column)
         table = to_pandas(
-            source.where(F.col(column).isNotNull())
-            .groupBy(column)
+            customers.where(key.isNotNull())
+            .groupBy(key.alias("segment"))
             .agg(
                 F.count(F.lit(1)).alias("customers"),
                 F.sum("revenue").alias("revenue_to_date"),
@@ -543,20 +549,38 @@ def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[s
                 F.avg("avg_purchase_value").alias("avg_purchase_value"),
                 F.avg("purchases_per_year").alias("purchases_per_year"),
             )
-        ).rename(columns={column: "segment"})
-        if column == "segment":  # tier order, as the categorical tiers sort in pandas
-            table = table.sort_values("segment", key=lambda s: s.map(tiers.index), ignore_index=True)
-        else:
-            table = table.sort_values("segment", ignore_index=True)
+        )
+        table = in_segment_order(table, tiers if column == "segment" else None)
         table["customers"] = table["customers"].astype("int64")
         table["clv_heuristic_total"] = table["customers"] * heuristic_clv(
             table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
         )
         table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
         table["segment"] = table["segment"].astype(str)
-        table.insert(0, "segmentation", segmentation_name(None if column == "_all" else column))
+        table.insert(0, "segmentation", segmentation_name(column))
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
+
+
+def in_segment_order(table: pd.DataFrame, tiers: list[str] | None = None) -> pd.DataFrame:
+    """One segmentation's rows (one per label in ``segment``, in any order) in the order of the DuckDB engine's
+    segment tables (``forecast.value.segments.SegmentCells.index``), found by the same function,
+    ``forecast.data.compress.label_codes``: the value tiers (``tiers`` given) in their configured order, as their
+    ordered categorical has them, other labels sorted as text.
+
+    Raises
+    ------
+    ValueError
+        A label is not one of ``tiers``.
+    """
+    labels = table["segment"].astype(str)
+    if tiers is not None:
+        unknown = sorted(set(labels) - set(tiers))
+        if unknown:
+            raise ValueError(f"Value tiers {unknown} are not among the configured tiers {tiers}.")
+        labels = pd.Series(pd.Categorical(labels, categories=tiers, ordered=True))
+    codes, _ = label_codes(labels)
+    return table.iloc[np.argsort(codes, kind="stable")].reset_index(drop=True)
 
 
 @dataclass
@@ -649,6 +673,11 @@ def _run(
                                  ("data.exclude", config.data.exclude), ("data.quantity", config.data.quantity))
         if value
     ]  # fmt: skip
+    if config.costs.per_purchase or config.costs.per_active_month:
+        raise ConfigError(
+            "costs.per_purchase and costs.per_active_month are applied by the DuckDB engine only: the Spark engine "
+            "writes the gross CLV. Set both to 0 for Spark, or run with --engine duckdb for the net figures."
+        )
     if duckdb_only:
         raise ConfigError(
             f"{' and '.join(duckdb_only)} {'is' if len(duckdb_only) == 1 else 'are'} applied by the DuckDB engine "

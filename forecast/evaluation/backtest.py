@@ -42,6 +42,7 @@ from forecast.config import DAYS_PER_YEAR, PenalizerConfig, RunConfig
 from forecast.data.compress import distinct_counts
 from forecast.data.summary import Resolution, holdout_purchases, summarize
 from forecast.errors import ConfigError, DataError, FitError, ForecastWarning, collected_warnings
+from forecast.evaluation.holdout_interval import holdout_interval
 from forecast.evaluation.metrics import (
     DECIDING,
     decile_table,
@@ -535,10 +536,33 @@ def run_backtest(
         customers = customers.join(pd.concat(predictions, axis=1))
         with _timed(timings, "tracking"):
             tracking = tracking_curve(con, summary, fit.purchases, split, config.days_per_unit, config.resolution)
+        with _timed(timings, "holdout_interval"):
+            interval = holdout_interval_or_none(summary, fit, holdout_length, customers, config)
     methods = ["predictive", "heuristic", *(["gradient_boosting"] if baseline.predictions is not None else [])]
     document = backtest_document(split, config, customers, methods, fit, baseline, tracking)
+    document["holdout_interval"] = interval
     document["warnings"] = messages
     return BacktestResult(split, customers, tracking, document, methods, messages, timings)
+
+
+def holdout_interval_or_none(
+    summary: pd.DataFrame, fit: CalibrationFit, length: float, customers: pd.DataFrame, config: RunConfig
+) -> dict[str, Any] | None:
+    """backtest.json's ``holdout_interval`` (``forecast.evaluation.holdout_interval``); None without interval draws
+    (``interval_draws: 0``) or, with a warning, when the fit has no usable parameter covariance."""
+    if config.interval_draws == 0:
+        return None
+    actual = {
+        "purchases": float(customers["actual_purchases"].to_numpy(float).sum()),
+        "revenue": float(customers["actual_revenue"].to_numpy(float).sum()),
+    }
+    try:
+        return holdout_interval(
+            summary, fit.purchases, fit.spend, length, actual, config.ci_level, config.interval_draws, config.seed
+        )
+    except FitError as exc:
+        warnings.warn(f"The holdout totals have no interval: {exc}", ForecastWarning, stacklevel=2)
+        return None
 
 
 @contextmanager

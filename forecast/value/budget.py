@@ -228,6 +228,9 @@ def interval_columns(
 ) -> pd.DataFrame:
     """Bounds of each segment's CLV total, new-customer CLV and value at risk across the parameter draws.
 
+    The CLV total and the value at risk are realised totals: their intervals add the customers' own randomness
+    (``ClvDraws.total_interval``). The new-customer CLV is an expected value per customer: parameters only.
+
     Parameters
     ----------
     table
@@ -249,8 +252,7 @@ def interval_columns(
     if draws is None:
         return bounds
     keys = list(zip(table["segmentation"], table["segment"], strict=True))
-    totals = draws.clv_totals.reindex(keys).to_numpy()
-    bounds["clv_lower_total"], bounds["clv_upper_total"] = draws.interval(totals)
+    bounds["clv_lower_total"], bounds["clv_upper_total"] = draws.total_interval(draws.clv_totals, keys, "clv")
     spend = draws.spend_totals.reindex(keys).to_numpy() / table["customers"].to_numpy()[:, None]
     repeat = draws.new_customer_purchases
     per_draw = valuation.margin * (table["first_purchase_value"].to_numpy()[:, None] + spend * repeat)
@@ -260,8 +262,8 @@ def interval_columns(
             per_draw = per_draw - valuation.cost_per_active_month * new_customer_alive_months(purchases, valuation)[-1]
     bounds["new_customer_clv_lower"], bounds["new_customer_clv_upper"] = draws.interval(per_draw)
     if draws.risk_totals is not None:
-        risk = draws.risk_totals.reindex(keys).to_numpy()
-        bounds["value_at_risk_lower"], bounds["value_at_risk_upper"] = draws.interval(risk)
+        risk = draws.total_interval(draws.risk_totals, keys, "risk")
+        bounds["value_at_risk_lower"], bounds["value_at_risk_upper"] = risk
     return bounds
 
 

@@ -12,8 +12,9 @@ by default, when the net CLV equals the gross (the CLV at margin):
         cost = (c_p x purchases per year / 12 + c_a) x sum_{k=1..S} 1 / (1 + d)^k
 
 A_k is the expected share of month k a customer alive at T stays alive: the mean of the survival curve over the
-month (Simpson's rule on its ends and middle; within 1e-5 of the exact integral for Pareto/NBD on CDNOW). Given x repeat purchases by age T, a customer alive at T buys at rate
-lambda ~ Gamma(r + x, alpha + T) and is still alive t later with probability
+month (Simpson's rule on its ends and middle; within 1e-5 of the exact integral for Pareto/NBD on CDNOW). Given
+x repeat purchases by age T, a customer alive at T buys at rate lambda ~ Gamma(r + x, alpha + T) and is still
+alive t later with probability
 
     BG/NBD      S(t) = E[exp(-lambda p t)], p ~ Beta(a, b + x)        = 2F1(r + x, a; a + b + x; -t / (alpha + T))
     MBG/NBD     the same with p ~ Beta(a, b + x + 1)                  = 2F1(r + x, a; a + b + x + 1; -t / (alpha + T))

@@ -23,8 +23,8 @@ What the CLV intervals cover: the estimation error of the model parameters, that
 expected CLV could differ had the data been another sample from the same customers. What they do not
 cover: each customer's own randomness (Poisson purchases, dropout, spend around the customer's mean),
 which an expected value averages out, and model misspecification (a wrong model family, a market that
-changes). For a realised total, such as next year's purchases or revenue, ``predictive_totals`` adds the
-customers' own randomness by simulating their futures from the model.
+changes). For a realised total, such as next year's margin or a holdout's revenue, the totals' intervals add
+the customers' own randomness (``forecast.value.process``).
 
 The purchase model's expectations are evaluated in the factorised form of ``forecast.value.clv`` (P(alive) per
 unique (x, t_x, T) row, the monthly expectations per unique (x, T) pair), the spend once per unique (x, m)
@@ -48,6 +48,7 @@ from scipy import stats
 from forecast.errors import FitError, ForecastWarning
 from forecast.models import GammaGamma, PurchaseModel
 from forecast.value.clv import Histories, SpendHistories, purchases_if_alive
+from forecast.value.process import Periods, customer_variances, predictive_interval
 from forecast.value.segments import SegmentCells
 from forecast.value.valuation import Valuation
 
@@ -121,6 +122,12 @@ class ClvDraws:
         when no customers at risk were given.
     new_customer_purchases
         Per draw, a new customer's discounted expected repeat purchases over the horizon.
+    process_variance
+        Same index, columns clv and risk: the variance of each realised total around its expectation given the
+        parameters (``forecast.value.process``), or None when it cannot be computed (the totals' intervals then
+        cover the parameters only).
+    seed
+        Seed of the normal deviates of the predictive intervals.
     """
 
     ci_level: float
@@ -129,10 +136,28 @@ class ClvDraws:
     spend_totals: pd.DataFrame
     risk_totals: pd.DataFrame | None
     new_customer_purchases: np.ndarray
+    process_variance: pd.DataFrame | None = None
+    seed: int = 0
 
     def interval(self, values: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper quantiles across draws, one pair per row of ``values``."""
         return interval(np.asarray(values, dtype=float), self.ci_level)
+
+    @property
+    def predictive(self) -> bool:
+        """Whether the totals' intervals add the customers' own randomness to the parameter draws."""
+        return self.process_variance is not None
+
+    def total_interval(
+        self, totals: pd.DataFrame, keys: list[tuple[str, str]], kind: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The interval of realised totals (``kind``: clv or risk) of the segments ``keys``: the parameter draws
+        plus, when known, the customers' own spread (``forecast.value.process.predictive_interval``)."""
+        per_draw = totals.reindex(keys).to_numpy()
+        if self.process_variance is None:
+            return self.interval(per_draw)
+        variance = self.process_variance[kind].reindex(keys).to_numpy()
+        return predictive_interval(per_draw, variance, self.ci_level, self.seed)
 
 
 def clv_draws(
@@ -195,6 +220,7 @@ def clv_draws(
     lower, upper, bin_sums = sum_over_customers(bins, gradients, valuation.margin, chunk_customers)
     clv_totals, spend_totals, risk_totals = totals_per_draw(bin_sums, bins, gradients.columns, shifts)
     index = cells.index
+    variance = process_variances(purchases, spend, valuation, histories, spend_histories, cells, at_risk, seed)
     return ClvDraws(
         ci_level=ci_level,
         customers=pd.DataFrame({"clv_lower": lower, "clv_upper": upper}, index=summary.index, copy=False),
@@ -202,7 +228,38 @@ def clv_draws(
         spend_totals=pd.DataFrame(spend_totals, index=index),
         risk_totals=None if risk_totals is None else pd.DataFrame(risk_totals, index=index),
         new_customer_purchases=shifts.new_customer_purchases,
+        process_variance=variance,
+        seed=seed,
     )
+
+
+def process_variances(
+    purchases: PurchaseModel,
+    spend: GammaGamma,
+    valuation: Valuation,
+    histories: Histories,
+    spend_histories: SpendHistories,
+    cells: SegmentCells,
+    at_risk: np.ndarray | None,
+    seed: int,
+) -> pd.DataFrame | None:
+    """Per segment, the variance of the realised CLV total (and of the customers at risk) given the parameters:
+    the sums of the customers' ``forecast.value.process.customer_variances``; None, with a warning, when the
+    spend model leaves it undefined."""
+    try:
+        per_customer = customer_variances(
+            purchases, spend, histories, spend_histories, Periods.months(valuation), valuation.margin, seed
+        )["value"].to_numpy()
+    except FitError as exc:
+        warnings.warn(
+            f"The intervals of the CLV totals cover the parameters' uncertainty only: {exc}",
+            ForecastWarning,
+            stacklevel=3,
+        )
+        return None
+    risk = np.where(at_risk, per_customer, 0.0) if at_risk is not None else np.zeros_like(per_customer)
+    sums = cells.sums(pd.DataFrame({"clv": per_customer, "risk": risk}, copy=False))
+    return pd.DataFrame(cells.roll_up(sums), index=cells.index, columns=["clv", "risk"])
 
 
 @dataclass(frozen=True)
@@ -606,90 +663,3 @@ def _spend_and_gradient(
         ]
     )
     return at_fit, gradient
-
-
-def _future_purchases(
-    model: PurchaseModel,
-    x: np.ndarray,
-    t_x: np.ndarray,
-    T: np.ndarray,
-    horizon: float,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Simulate each customer's number of purchases in (T, T + horizon] from the model, given the history."""
-    params = model.params_
-    alive = rng.random(len(x)) < model.p_alive(x, t_x, T)
-    rate = rng.gamma(params["r"] + x, 1.0 / (params["alpha"] + T))
-    if model.name == "pareto":
-        death_rate = rng.gamma(params["s"], 1.0 / (params["beta"] + T))
-        active_time = np.minimum(horizon, rng.exponential(1.0 / death_rate))
-        return np.where(alive, rng.poisson(rate * active_time), 0)
-    # BG/NBD drops out after a repeat purchase with probability p; MBG/NBD also at the first purchase.
-    survived = x + 1 if model.name == "mbgnbd" else x
-    dropout = rng.beta(params["a"], params["b"] + survived)
-    purchases_until_death = rng.geometric(dropout)
-    return np.where(alive, np.minimum(rng.poisson(rate * horizon), purchases_until_death), 0)
-
-
-def predictive_totals(
-    summary: pd.DataFrame,
-    purchases: PurchaseModel,
-    spend: GammaGamma,
-    horizon: float,
-    draws: int = 200,
-    seed: int = 0,
-    parameter_uncertainty: bool = True,
-) -> pd.DataFrame:
-    """Simulate the customers' total purchases and revenue over the next ``horizon`` time units.
-
-    Per draw: parameters from the sampling distribution (as in ``clv_draws``), then every customer's future
-    from the model given the history: alive with probability P(alive); if alive, a purchase rate from
-    Gamma(r + x, alpha + T), a dropout probability from Beta(a, b + x) (Pareto/NBD: a death rate from
-    Gamma(s, beta + T)); purchases are Poisson while alive; spend per purchase is Gamma(p, nu) with
-    nu ~ Gamma(q + p x, gamma + x m). The quantiles of the totals form a prediction interval that covers
-    both parameter uncertainty and the customers' own randomness (not model misspecification).
-
-    Parameters
-    ----------
-    summary
-        Per-customer summary (frequency, recency, T, monetary_value), indexed by customer_id.
-    purchases, spend
-        The fitted models.
-    horizon
-        Length of the future period in model time units.
-    draws
-        Number of simulated futures.
-    seed
-        Seed of the random generator.
-    parameter_uncertainty
-        False keeps the parameters at their estimates (only the customers' own randomness).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per draw, columns purchases and revenue (currency).
-
-    References
-    ----------
-    Fader, Hardie & Lee (2005), "Counting your customers the easy way", section 3 (the BG/NBD process);
-    Fader & Hardie (2013), "The Gamma-Gamma model of monetary value", eq. (1a) and (4).
-    """
-    rng = np.random.default_rng(seed)
-    if parameter_uncertainty:
-        purchase_models = parameter_draws(purchases, draws, rng)
-        spend_models = parameter_draws(spend, draws, rng)
-    else:
-        purchase_models, spend_models = [purchases] * draws, [spend] * draws
-    x = summary["frequency"].to_numpy(float)
-    t_x = summary["recency"].to_numpy(float)
-    T = summary["T"].to_numpy(float)
-    m = np.where(x > 0, summary["monetary_value"].to_numpy(float), 0.0)
-    totals = np.empty((draws, 2))
-    for i, (purchase_model, spend_model) in enumerate(zip(purchase_models, spend_models, strict=True)):
-        count = _future_purchases(purchase_model, x, t_x, T, horizon, rng)
-        p, q, gamma = (spend_model.params_[k] for k in ("p", "q", "gamma"))
-        nu = rng.gamma(q + p * x, 1.0 / (gamma + x * m))
-        buyers = count > 0
-        revenue = rng.gamma(p * count[buyers], 1.0 / nu[buyers])
-        totals[i] = count.sum(), revenue.sum()
-    return pd.DataFrame(totals, columns=["purchases", "revenue"]).rename_axis("draw")

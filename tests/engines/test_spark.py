@@ -26,9 +26,12 @@ from forecast.config import DataConfig, RunConfig, SparkConfig
 from forecast.data.ingest import read_transactions
 from forecast.data.simulate import write_simulated_log
 from forecast.data.summary import summarize as summarize_duckdb
+from forecast.engines.spark import in_segment_order, ship_package, spark_session, summarize, to_pandas, typed_log
 from forecast.engines.spark import run as run_spark
-from forecast.engines.spark import ship_package, spark_session, summarize, to_pandas, typed_log
+from forecast.engines.spark import segment_table as spark_segment_table
 from forecast.errors import DataError
+from forecast.value.clv import assign_tiers
+from forecast.value.segments import segment_table
 
 pytestmark = pytest.mark.slow
 RELATIVE = 1e-9
@@ -121,7 +124,63 @@ def test_spark_typed_log_has_only_the_log_columns(spark: object, write_log) -> N
     assert (quality.rows, quality.customers) == (2, 2)
 
 
-SPARK_MISSING_COLUMNS = ("clv_lower", "clv_upper", "rfm_group", "clv_lifetime", "clv_matched", "cohort")
+#: Value tiers whose configured order is not their alphabetical one, and one tier with no customers.
+TIERS = {"top": 0.2, "empty": 0.0, "middle": 0.3, "bottom": 0.5}
+#: Data segment labels that sort differently by case, digits and accents; None is a missing segment.
+REGIONS = ["north", "South", "east", "10", "9", "\u00e9", "", None]
+
+
+def scored_customers(count: int = 400) -> pd.DataFrame:
+    """Customers with the columns a segment table adds up, value tiers and a data segment column (``REGIONS``)."""
+    rng = np.random.default_rng(7)
+    customers = pd.DataFrame(
+        {
+            "revenue": rng.gamma(2.0, 50.0, count), "p_alive": rng.random(count),
+            "expected_purchases": rng.gamma(1.0, 2.0, count), "clv": rng.gamma(2.0, 100.0, count),
+            "avg_purchase_value": rng.gamma(2.0, 30.0, count), "purchases_per_year": rng.gamma(2.0, 2.0, count),
+            "region": rng.choice(np.array(REGIONS, dtype=object), count),
+        },
+        index=pd.Index([f"c{i:04d}" for i in range(count)], name="customer_id"),
+    )  # fmt: skip
+    customers["segment"] = assign_tiers(customers["clv"], TIERS)
+    return customers
+
+
+def test_in_segment_order_gives_the_duckdb_segment_order_whatever_the_order_of_the_rows() -> None:
+    customers = scored_customers()
+    expected = segment_table(customers, ["segment", "region"], 3.0, 0.3)
+    for name, column, tiers in (("value_tier", "segment", list(TIERS)), ("region", "region", None)):
+        canonical = list(expected.loc[expected["segmentation"] == name, "segment"])
+        rows = pd.DataFrame({"segment": canonical, "customers": range(len(canonical))})
+        for seed in range(5):
+            shuffled = rows.sample(frac=1.0, random_state=seed, ignore_index=True)
+            ordered = in_segment_order(shuffled, tiers)
+            assert list(ordered["segment"]) == canonical, (column, seed)
+            assert list(ordered["customers"]) == list(range(len(canonical)))  # whole rows move together
+    assert list(expected.loc[expected["segmentation"] == "value_tier", "segment"]) == ["top", "middle", "bottom"]
+    with pytest.raises(ValueError, match="not among the configured tiers"):
+        in_segment_order(pd.DataFrame({"segment": ["top", "gold"]}), list(TIERS))
+
+
+def test_spark_segment_table_has_the_duckdb_rows_in_their_order_however_spark_partitions_them(spark: object) -> None:
+    """The rows Spark collects come in an order that depends on the partitioning; the table's never does: 'all'
+    first, then each segmentation's segments in the DuckDB engine's order, with its figures."""
+    customers = scored_customers()
+    expected = segment_table(customers, ["segment", "region"], 3.0, 0.3)
+    rows = customers.reset_index()
+    rows["segment"] = rows["segment"].astype(object)
+    for seed, partitions in enumerate([1, 3, 7]):
+        shuffled = rows.sample(frac=1.0, random_state=seed, ignore_index=True)
+        frame = spark.createDataFrame(shuffled).repartition(partitions)  # type: ignore[attr-defined]
+        actual = spark_segment_table(frame, ["segment", "region"], list(TIERS), 3.0, 0.3)
+        assert_close(actual, expected[list(actual.columns)], atol=1e-9)
+    assert list(expected["segmentation"].iloc[:4]) == ["all", "value_tier", "value_tier", "value_tier"]
+
+
+SPARK_MISSING_COLUMNS = (
+    "clv_lower", "clv_upper", "rfm_group", "clv_lifetime", "clv_matched", "cohort", "clv_net", "clv_matched_net",
+    "clv_heuristic_net",
+)  # fmt: skip
 
 
 def test_spark_run_gives_the_duckdb_run_predictions_parameters_and_segments(
@@ -250,3 +309,29 @@ def test_a_spark_failure_exits_2_with_a_paragraph_and_writes_nothing(simulated_l
     assert "Traceback" not in done.stderr and "Spark failed while" in done.stderr
     assert "spark.master local[1]" in done.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"costs": {"per_purchase": 2.0}}, "costs.per_purchase and costs.per_active_month"),
+        ({"data": {"exclude": [{"column": "customer_id", "equals": "00001"}]}}, "data.exclude"),
+    ],
+)
+def test_spark_refuses_the_settings_only_duckdb_applies_before_starting(
+    sample_config_path: Path, tmp_path: Path, setting: dict[str, object], named: str
+) -> None:
+    """Costs and row filters would be silently ignored by the Spark engine: exit 2 naming them, nothing written."""
+    import yaml
+
+    document = yaml.safe_load(sample_config_path.read_text())
+    document["data"]["path"] = str((sample_config_path.parent / document["data"]["path"]).resolve())
+    for key, value in setting.items():
+        document[key] = {**document[key], **value} if key == "data" else value
+    document.update(output=str(tmp_path / "runs"), models_dir=str(tmp_path / "models"))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["run", str(config), "--engine", "spark"])
+    assert result.exit_code == 2, result.output
+    assert named in " ".join(result.output.split())
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()

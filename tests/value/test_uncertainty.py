@@ -21,11 +21,11 @@ from forecast.value.uncertainty import (
     Histories,
     clv_draws,
     parameter_draws,
-    predictive_totals,
 )
 from forecast.value.valuation import Valuation
 from tests import reference as ref
 from tests.conftest import model_with_params
+from tests.value.simulated_futures import predictive_totals
 
 WEEK = 7.0
 #: 12 months in weeks at 1% a month and margin 0.3, the CDNOW configs' valuation.
@@ -284,6 +284,10 @@ def test_gamma_gamma_draws_with_q_at_most_one_are_dropped_with_a_warning(cdnow_s
     wide = GammaGamma.from_dict(
         {**spend.to_dict(), "params": {**spend.params_, "q": 1.15}, "covariance_log_params": covariance}
     )
-    with pytest.warns(UserWarning, match="left out of the intervals"):
+    with pytest.warns(UserWarning) as caught:
         result = clv_draws(summary, purchases, wide, WEEKLY, draws=200)
+    messages = [str(warning.message) for warning in caught]
+    assert any("left out of the intervals" in message for message in messages)
     assert 0 < 200 - result.new_customer_purchases.shape[0] <= 20
+    # At q = 1.15 the spend of one-time buyers has no variance: the totals' intervals cover the parameters only.
+    assert any("parameters' uncertainty only" in message for message in messages) and not result.predictive
