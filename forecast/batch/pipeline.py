@@ -118,6 +118,9 @@ class Forecast:
     spend: GammaGamma
     lifespan_years: float
     warnings: list[str] = field(default_factory=list)
+    #: What the totals' intervals cover: "predictive" (parameters and the customers' own randomness),
+    #: "parameters" (when the customers' spread is undefined), or "none" (no intervals).
+    total_intervals: str = "none"
 
 
 @dataclass
@@ -238,7 +241,8 @@ def score_summary(
         config.budget.p_alive_threshold, cells,
     )  # fmt: skip
     segments = decision_columns(segments, purchases, valuation, config.budget.cac, config.budget.target_ltv_to_cac)
-    return Forecast(as_of, customers, segments, purchases, spend, lifespan_years)
+    kind = "none" if draws is None else "predictive" if draws.predictive else "parameters"
+    return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, total_intervals=kind)
 
 
 def fit_on_histories(
@@ -395,6 +399,11 @@ def manifest(
             "expected_purchases": float(result.customers["expected_purchases"].sum()),
         },
         "comparison": comparison_record(result.customers, Valuation.from_config(config), result.lifespan_years),
+        "intervals": {
+            "level": config.ci_level,
+            "totals": result.total_intervals,
+            "customers": "none" if result.total_intervals == "none" else "parameters",
+        },
         "warnings": result.warnings,
         "data_quality": dataclasses.asdict(quality),
         "versions": library_versions(),

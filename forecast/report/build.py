@@ -348,7 +348,8 @@ def headline(run: RunFolder) -> dict[str, Any]:
     interval = _total_interval(run)
     level = config.get("ci_level", config.get("budget", {}).get("ci_level"))
     interval_text = (
-        f"{f'{level:.0%} ' if isinstance(level, float) else ''}interval {money(interval[0])} – {money(interval[1])}"
+        f"{f'{level:.0%} ' if isinstance(level, float) else ''}{interval_name(manifest)} {money(interval[0])} – "
+        f"{money(interval[1])}"
         if interval
         else "no interval in this run"
     )
@@ -384,7 +385,30 @@ def headline(run: RunFolder) -> dict[str, Any]:
         "mean_alive": f"{mean_alive:.1%}",
         "share_alive": f"{share_alive:.1%}",
         "has_customer_intervals": {"clv_lower", "clv_upper"} <= set(customers.columns),
+        "interval_note": interval_note(manifest),
     }
+
+
+def interval_name(manifest: dict[str, Any]) -> str:
+    """What the totals' interval covers, in words: the manifest's ``intervals.totals`` (none in older runs)."""
+    kind = manifest.get("intervals", {}).get("totals") if isinstance(manifest.get("intervals"), dict) else None
+    if kind == "predictive":
+        return "predictive interval (the customers' own randomness and the parameters' uncertainty)"
+    if kind == "parameters":
+        return "interval of the parameters' uncertainty only"
+    return "interval"
+
+
+def interval_note(manifest: dict[str, Any]) -> str:
+    """One sentence on what the total's interval covers and what it leaves out."""
+    if interval_name(manifest).startswith("predictive"):
+        return (
+            "The interval on the predictive total is where the realised total should fall: it covers the customers' "
+            "own randomness (how many purchases, when they stop, what they spend) and the uncertainty of the fitted "
+            "parameters, not a change in the market or a wrong model (the backtest shows how far those went). The "
+            "per-customer intervals in customers.parquet cover the parameters only."
+        )
+    return "The interval on the predictive total reflects the uncertainty of the fitted model parameters only."
 
 
 def matched_comparison(manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -1028,7 +1052,27 @@ def backtest_facts(data: dict[str, Any]) -> list[list[str]]:
         for key, value in actual.items():
             name = "Top-20% capture of a perfect ranking" if key == "top20_capture" else f"Actual holdout {key}"
             facts.append([name, format_value(value, key)])
+    facts.extend(holdout_interval_facts(data.get("holdout_interval")))
     return facts
+
+
+def holdout_interval_facts(interval: Any) -> list[list[str]]:
+    """Per holdout total, the predictive interval and whether the realised total fell in it (backtest.json's
+    ``holdout_interval``), as label/value rows; none without one."""
+    if not isinstance(interval, dict) or not isinstance(interval.get("level"), int | float):
+        return []
+    rows = []
+    for key in ("purchases", "revenue"):
+        total = interval.get(key)
+        if isinstance(total, dict) and all(isinstance(total.get(k), int | float) for k in ("lower", "upper")):
+            verdict = "covered the actual total" if total.get("covered") else "missed the actual total"
+            rows.append(
+                [
+                    f"{interval['level']:.0%} predictive interval of holdout {key}",
+                    f"{format_value(total['lower'], key)} – {format_value(total['upper'], key)}: {verdict}",
+                ]
+            )
+    return rows
 
 
 def metrics_table(methods: dict[str, Any]) -> Table | None:

@@ -42,6 +42,9 @@ FUTURES_PER_PAIR = 2_000
 #: Futures simulated in all, and per chunk of pairs (memory: a few arrays of this many floats).
 FUTURES_IN_ALL = 2_000_000
 FUTURES_PER_CHUNK = 500_000
+#: Normal deviates of the customers' spread added to each parameter draw, so that the interval's quantiles are
+#: those of the draws' mixture rather than of as many single deviates as draws.
+DEVIATES_PER_DRAW = 25
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,9 @@ def predictive_interval(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Interval of realised totals: parameter draws plus the customers' own spread, at level ``ci_level``.
 
+    The quantiles are those of the mixture: each draw's total plus ``DEVIATES_PER_DRAW`` normal deviates of the
+    total's standard deviation given the parameters.
+
     Parameters
     ----------
     totals
@@ -199,9 +205,9 @@ def predictive_interval(
     (lower, upper)
         One pair per total, never below 0.
     """
-    totals = np.asarray(totals, float)
-    deviates = np.random.default_rng(seed).standard_normal(size=(1, totals.shape[-1]))
-    spread = np.sqrt(np.asarray(variance, dtype=float).reshape(-1, 1))
-    values = totals + spread * deviates
+    totals = np.asarray(totals, float)[:, None, :]
+    deviates = np.random.default_rng(seed).standard_normal(size=(1, DEVIATES_PER_DRAW, totals.shape[-1]))
+    spread = np.sqrt(np.asarray(variance, dtype=float).reshape(-1, 1, 1))
+    values = (totals + spread * deviates).reshape(len(spread), -1)
     bounds = np.asarray(np.quantile(values, [(1 - ci_level) / 2, (1 + ci_level) / 2], axis=-1))
     return np.maximum(bounds[0], 0.0), np.maximum(bounds[1], 0.0)

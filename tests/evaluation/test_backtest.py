@@ -452,3 +452,22 @@ def test_run_with_auto_chooses_before_as_of_and_records_why(sample_config: RunCo
     assert result.manifest["backtest"]["purchase_model"]["used"] == document["model_selection"]["chosen"]
     for file_name in document["plots"].values():
         assert (tmp_path / "run" / file_name).is_file()
+
+
+def test_backtest_json_gives_the_holdout_totals_predictive_interval_and_whether_it_covered(
+    sample_backtest: BacktestResult,
+) -> None:
+    """The CDNOW sample's holdout: expected 1,653 repeat purchases (the predictive method's total), its 90%
+    predictive interval around it, wider than the parameters alone would make it (the sum of the customers'
+    Poisson-like spread alone is about sqrt(1,653) = 41 purchases, so at least +-1.645 x 41), and `covered` saying
+    whether the realised 1,882 lies in it."""
+    interval = sample_backtest.document["holdout_interval"]
+    assert interval["kind"] == "predictive" and interval["level"] == 0.9 and interval["draws"] >= 180
+    purchases, revenue = interval["purchases"], interval["revenue"]
+    assert purchases["expected"] == pytest.approx(1653, abs=1) and purchases["actual"] == 1882
+    assert purchases["lower"] < purchases["expected"] < purchases["upper"]
+    assert purchases["upper"] - purchases["lower"] > 2 * 1.645 * 41
+    predicted_revenue = sample_backtest.document["methods"]["predictive"]["predicted_revenue"]
+    assert revenue["expected"] == pytest.approx(predicted_revenue, rel=1e-9)
+    for total in (purchases, revenue):
+        assert total["covered"] == (total["lower"] <= total["actual"] <= total["upper"])
