@@ -209,6 +209,14 @@ def month_lock(*folders: Path, as_of_name: str) -> Iterator[None]:
 
 @contextmanager
 def _locked(path: Path, as_of_name: str) -> Iterator[None]:
+    """Hold the month's lock file ``path`` while the block runs: create it, lock it, write the holder into it; then
+    remove it, and the folders made for it when nothing else was put in them.
+
+    Raises
+    ------
+    OutputError
+        Another process holds the lock, or the lock file cannot be created or written (it is then removed).
+    """
     created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,16 +234,37 @@ def _locked(path: Path, as_of_name: str) -> Iterator[None]:
                 f"The run as of {as_of_name} is being written by {holder} (lock {path}). Wait for it to finish, "
                 "then run again; two runs of the same month never write at once."
             )
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
+        try:
+            _write_holder(handle)
+        except OSError as exc:
+            _release(path, created)
+            raise OutputError(
+                f"Writing the month's lock {path} failed: {exc}. Free disk space or choose another output folder "
+                "(--output, output and models_dir); nothing was written."
+            ) from None
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)
-            for folder in created:  # folders made only for the lock, if the run left nothing in them
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            _release(path, created)
+
+
+def _write_holder(handle: IO[str]) -> None:
+    """Write this process into the lock file it holds, so that a run refused by the lock can name its holder.
+
+    Written unbuffered: bytes a full disk refused would otherwise stay in the handle's buffer and fail its close.
+    """
+    descriptor = handle.fileno()
+    os.ftruncate(descriptor, 0)
+    text = f"process {os.getpid()}".encode()
+    while text:  # a write may take part of the text (a file-size limit): the next one says why not the rest
+        text = text[os.write(descriptor, text) :]
+
+
+def _release(path: Path, created: list[Path]) -> None:
+    """Remove the lock file this process holds, then the ``created`` folders (innermost first) left empty."""
+    path.unlink(missing_ok=True)
+    for folder in created:  # folders made only for the lock, if the run left nothing in them
+        try:
+            folder.rmdir()
+        except OSError:
+            break

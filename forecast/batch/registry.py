@@ -7,7 +7,8 @@ Layout (docs/operations.md, "Folder layout and atomic writes")::
 
 A folder is a finished run when it holds ``manifest.json``; folders whose name starts with a dot
 (``.<name>.partial-<pid>``, staging of a run in progress or killed) are never read as runs. Finished runs are
-read back with ``forecast.report.run_folder.read_run``.
+read back with ``forecast.report.run_folder.read_run``. A folder is replaced (``--force``) only when its manifest is
+one a run wrote and it holds nothing a run does not write (``check_replaceable``).
 """
 
 from __future__ import annotations
@@ -22,13 +23,25 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from forecast.errors import ConfigError, OutputError
-from forecast.report.run_folder import MANIFEST, RUN_ENTRIES, read_manifest
+from forecast.report.run_folder import (
+    CUSTOMERS_PARQUET,
+    MANIFEST,
+    MODEL_FILES,
+    RUN_ENTRIES,
+    RUN_MODELS,
+    is_iso_date,
+    read_manifest,
+)
 
 if TYPE_CHECKING:
     from forecast.config import RunConfig
 
 _MONTH = re.compile(r"^\d{4}-\d{2}$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: The files of a run's own models/ folder, and of the customers.parquet folder Spark writes (part files, their
+#: checksums and the _SUCCESS marker).
+_MODEL_NAMES = re.compile("^(" + "|".join(re.escape(name) for name in MODEL_FILES.values()) + ")$")
+_SPARK_PART = re.compile(r"^\.?(part-[^/]+|_SUCCESS)(\.crc)?$")
 
 
 def month_end(day: dt.date) -> dt.date:
@@ -98,13 +111,14 @@ def paths_never_replaced(config: RunConfig, input_files: Sequence[Path]) -> tupl
 def check_replaceable(target: Path, keep: tuple[Path, ...] = ()) -> dict[str, Any] | None:
     """Refuse a target that no option may replace; return the manifest of the run it holds (None if empty or new).
 
-    Only a run folder may be replaced: one with a manifest and nothing but a run's files (``RUN_ENTRIES``), not
-    holding a path of ``keep`` (the config file and the input).
+    Only a run folder this tool wrote may be replaced: one whose manifest is a run's (``run_manifest_gaps``)
+    and that holds nothing but a run's files (``run_folder_strangers``), not holding a path of ``keep`` (the config
+    file and the input).
 
     Raises
     ------
     OutputError
-        ``target`` is not a folder, holds a path of ``keep``, or holds anything but a run.
+        ``target`` is not a folder, holds a path of ``keep``, or holds anything but a run this tool wrote.
     """
     if not target.exists():
         return None
@@ -116,16 +130,79 @@ def check_replaceable(target: Path, keep: tuple[Path, ...] = ()) -> dict[str, An
             f"The output folder {target} holds {inside[0]}, the run's own config or input; replacing the folder "
             "would delete it. Choose another --output (the default is <config output>/<as_of>/)."
         )
-    foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in RUN_ENTRIES)
+    if not any(target.iterdir()):
+        return None
     previous = read_manifest(target)
-    if foreign or (previous is None and any(target.iterdir())):
-        names = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5:,} more" if len(foreign) > 5 else "")
-        held = f"holds files a run does not write ({names})" if foreign else f"holds no {MANIFEST}"
+    reasons = []
+    strangers = run_folder_strangers(target, previous)
+    if strangers:
+        names = ", ".join(strangers[:5]) + (f" and {len(strangers) - 5:,} more" if len(strangers) > 5 else "")
+        reasons.append(f"holds files a run does not write ({names})")
+    if previous is None:
+        reasons.append(f"holds no readable {MANIFEST}")
+    elif gaps := run_manifest_gaps(previous):
+        listed = ", ".join(gaps[:-1]) + (" or " if len(gaps) > 1 else "") + gaps[-1]
+        reasons.append(f"holds a {MANIFEST} that no run wrote (it has no {listed})")
+    if reasons:
         raise OutputError(
-            f"The output folder {target} {held}, so it is not a forecast run; replacing it would delete them, and "
-            "--force never does. Choose another --output, or an empty or new folder."
+            f"The output folder {target} {' and '.join(reasons)}, so it is not a forecast run; replacing it would "
+            "delete its files, and --force never does. Choose another --output, or an empty or new folder."
         )
     return previous
+
+
+def run_manifest_gaps(manifest: dict[str, Any]) -> list[str]:
+    """What a ``manifest.json`` lacks of the record every ``forecast run`` writes (empty when a run wrote it).
+
+    Every run, with either engine, records a YYYY-MM-DD ``as_of``, the ``versions`` of the libraries it ran with
+    (clv-forecast among them), its fitted ``models`` and its ``input``: with DuckDB the fingerprint of the rows up
+    to as_of (``input.as_of_sha256``), with Spark (``engine: spark``) the paths it read (``input.paths``).
+    """
+    gaps = []
+    as_of = manifest.get("as_of")
+    if not (isinstance(as_of, str) and is_iso_date(as_of)):
+        gaps.append("as_of date")
+    versions = manifest.get("versions")
+    if not (isinstance(versions, dict) and isinstance(versions.get("clv-forecast"), str)):
+        gaps.append("versions of clv-forecast")
+    models = manifest.get("models")
+    if not (isinstance(models, dict) and all(isinstance(models.get(role), dict) for role in MODEL_FILES)):
+        gaps.append("fitted models")
+    record = manifest.get("input")
+    identity = "paths" if manifest.get("engine") == "spark" else "as_of_sha256"
+    if not (isinstance(record, dict) and record.get(identity)):
+        gaps.append(f"input.{identity}")
+    return gaps
+
+
+def run_folder_strangers(folder: Path, manifest: dict[str, Any] | None) -> list[str]:
+    """The entries of ``folder`` that no run writes, by their paths inside it (sorted; a folder's ends in "/").
+
+    A run writes regular files named in ``RUN_ENTRIES`` and a ``models/`` folder of the ``MODEL_FILES``; the Spark
+    engine (``engine: spark`` in the manifest) writes customers.parquet as a folder of Spark's part files. No run
+    writes a link.
+    """
+    spark = manifest is not None and manifest.get("engine") == "spark"
+    strangers = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink() or entry.name not in RUN_ENTRIES:
+            strangers.append(entry.name + ("/" if entry.is_dir() else ""))
+        elif entry.name == RUN_MODELS:
+            strangers += _strangers_inside(entry, _MODEL_NAMES) if entry.is_dir() else [entry.name]
+        elif entry.name == CUSTOMERS_PARQUET and spark and entry.is_dir():
+            strangers += _strangers_inside(entry, _SPARK_PART)
+        elif not entry.is_file():
+            strangers.append(entry.name + "/")
+    return strangers
+
+
+def _strangers_inside(folder: Path, allowed: re.Pattern[str]) -> list[str]:
+    """The entries of a run's subfolder that are not regular files named as ``allowed``, as "<folder>/<name>"."""
+    return [
+        f"{folder.name}/{entry.name}" + ("/" if entry.is_dir() else "")
+        for entry in sorted(folder.iterdir())
+        if entry.is_symlink() or not entry.is_file() or not allowed.match(entry.name)
+    ]
 
 
 def check_overwrite(

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 import pyarrow.parquet as pq
 
+from forecast.config import TimeUnit
 from forecast.data.fingerprints import file_sha256
-from forecast.errors import ArtifactError
+from forecast.errors import ArtifactError, clip
 from forecast.models import GammaGamma, PurchaseModel
 from forecast.models.artifacts import load_model, model_from_dict
 from forecast.value.segments import segmentation_name
@@ -103,12 +105,23 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-#: The type of each top-level manifest entry the report reads (a key may be missing, or null where a run had none).
+#: The type of each top-level manifest entry the report reads (a key may be missing, or null where a run had none:
+#: ``NULLABLE_ENTRIES``).
 MANIFEST_TYPES: dict[str, type] = {
     "as_of": str, "time_unit": str, "horizon_months": int, "config": dict, "input": dict, "models": dict,
-    "heuristic": dict, "totals": dict, "data_quality": dict, "warnings": list, "versions": dict,
+    "heuristic": dict, "totals": dict, "comparison": dict, "data_quality": dict, "warnings": list, "versions": dict,
     "timings_seconds": dict, "backtest": dict, "drift": dict, "previous_run": dict,
 }  # fmt: skip
+#: The entries a run writes as null when it had none (no backtest, no previous run, no drift to compare).
+NULLABLE_ENTRIES = frozenset({"backtest", "drift", "previous_run"})
+#: The time units a run counts in, and the longest horizon it forecasts (``forecast.config.RunConfig``).
+TIME_UNITS: tuple[str, ...] = get_args(TimeUnit)
+MAX_HORIZON_MONTHS = 600
+#: The totals every run records, with either engine; the others are numbers, or null where a run had none.
+REQUIRED_TOTALS = ("clv", "clv_heuristic", "expected_purchases")
+#: The numbers of the matched comparison (``forecast.value.comparison.comparison_record``) and of its ``net``.
+COMPARISON_NUMBERS = ("predictive", "heuristic", "gap")
+COMPARISON_NET_NUMBERS = ("cost_per_purchase", "cost_per_active_month", "predictive", "heuristic", "gap")
 
 
 def read_run(
@@ -133,7 +146,8 @@ def read_run(
     Raises
     ------
     ArtifactError
-        The folder, its manifest.json or its customers.parquet is missing or unreadable.
+        The folder, its manifest.json or its customers.parquet is missing or unreadable, or the manifest holds
+        values no run writes (``manifest_problems``: it was edited by hand).
     """
     path = Path(run_dir)
     if not path.is_dir():
@@ -170,14 +184,7 @@ def _read_run_manifest(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}). Re-run `forecast run`.") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{manifest_path} is not a run manifest (a JSON object). Re-run `forecast run`.")
-    wrong = [
-        f"'{key}' is {type(manifest[key]).__name__}, not {kind.__name__}"
-        for key, kind in MANIFEST_TYPES.items()
-        if key in manifest and manifest[key] is not None and not isinstance(manifest[key], kind)
-    ]
-    as_of = manifest.get("as_of")
-    if isinstance(as_of, str) and not _is_iso_date(as_of):
-        wrong.append(f"'as_of' is {as_of[:40]!r}, not a YYYY-MM-DD date")
+    wrong = manifest_problems(manifest)
     if wrong:
         raise ArtifactError(
             f"{manifest_path} was changed after its run wrote it: {'; '.join(wrong[:5])}. Restore it, or re-run "
@@ -186,7 +193,114 @@ def _read_run_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _is_iso_date(text: str) -> bool:
+def manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """What in a run manifest no run writes, each as "'key' is <value>, not <what a run writes>" (empty if none).
+
+    The entries the report reads are checked down to the values it reads: the type of each top-level entry
+    (``MANIFEST_TYPES``; null only for ``NULLABLE_ENTRIES``), as_of a date, time_unit one of ``TIME_UNITS``,
+    horizon_months a whole number of months from 1 to ``MAX_HORIZON_MONTHS``, the totals numbers (the
+    ``REQUIRED_TOTALS`` present), and the numbers the report takes from ``models`` and ``comparison``.
+    """
+    wrong = [
+        f"'{key}' is {'null' if manifest[key] is None else type(manifest[key]).__name__}, not {kind.__name__}"
+        for key, kind in MANIFEST_TYPES.items()
+        if key in manifest
+        and not isinstance(manifest[key], kind)
+        and (manifest[key] is not None or key not in NULLABLE_ENTRIES)
+    ]
+    as_of = manifest.get("as_of")
+    if isinstance(as_of, str) and not is_iso_date(as_of):
+        wrong.append(f"'as_of' is {as_of[:40]!r}, not a YYYY-MM-DD date")
+    time_unit = manifest.get("time_unit")
+    if isinstance(time_unit, str) and time_unit not in TIME_UNITS:
+        wrong.append(f"'time_unit' is {_shown(time_unit)}, not {', '.join(TIME_UNITS[:-1])} or {TIME_UNITS[-1]}")
+    horizon = manifest.get("horizon_months")
+    if isinstance(horizon, int) and (isinstance(horizon, bool) or not 1 <= horizon <= MAX_HORIZON_MONTHS):
+        wrong.append(f"'horizon_months' is {_shown(horizon)}, not a whole number from 1 to {MAX_HORIZON_MONTHS}")
+    if isinstance(manifest.get("totals"), dict):
+        wrong += _totals_problems(manifest["totals"])
+    if isinstance(manifest.get("models"), dict):
+        wrong += _models_problems(manifest["models"])
+    if isinstance(manifest.get("comparison"), dict):
+        wrong += _comparison_problems(manifest["comparison"])
+    return wrong
+
+
+def _totals_problems(totals: dict[str, Any]) -> list[str]:
+    """The manifest's ``totals``: each a finite number or null, the ``REQUIRED_TOTALS`` numbers."""
+    wrong = [problem for key in REQUIRED_TOTALS for problem in _number_problems("totals", totals, key)]
+    for key in sorted(totals.keys() - set(REQUIRED_TOTALS)):
+        wrong += _number_problems("totals", totals, key, nullable=True)
+    return wrong
+
+
+def _models_problems(models: dict[str, Any]) -> list[str]:
+    """The manifest's ``models``: each fitted model an object whose fit figures the report shows are numbers (the
+    spend model's log-likelihood may be null: the mean spend has none), and the SHA-256 of each model file text.
+
+    A missing figure is left to the report, which writes it as 0; a manifest without models says it has none.
+    """
+    wrong = []
+    for role in ("purchases", "spend"):
+        model = models.get(role, {})
+        if not isinstance(model, dict):
+            wrong.append(f"'models.{role}' is {_shown(model)}, not a fitted model (an object)")
+            continue
+        wrong += _number_problems(f"models.{role}", model, "log_likelihood", nullable=role == "spend", required=False)
+        for key in ("customers", "unique_rows"):
+            wrong += _number_problems(f"models.{role}", model, key, required=False)
+    sha256 = models.get("sha256")
+    if sha256 is not None and not (isinstance(sha256, dict) and all(isinstance(v, str) for v in sha256.values())):
+        wrong.append(f"'models.sha256' is {_shown(sha256)}, not the SHA-256 text of each model file")
+    return wrong
+
+
+def _comparison_problems(comparison: dict[str, Any]) -> list[str]:
+    """The manifest's like-for-like ``comparison``: its span a whole number of months, its totals and gap numbers,
+    its ratio a number or null, its basis text, and its ``net`` null or the costs and the totals net of them."""
+    span = comparison.get("span_months")
+    wrong = []
+    if not isinstance(span, int) or isinstance(span, bool) or span < 1:
+        wrong.append(f"'comparison.span_months' is {_shown(span)}, not a whole number of months")
+    for key in COMPARISON_NUMBERS:
+        wrong += _number_problems("comparison", comparison, key)
+    wrong += _number_problems("comparison", comparison, "ratio", nullable=True, required=False)
+    if not isinstance(comparison.get("basis", ""), str):
+        wrong.append(f"'comparison.basis' is {_shown(comparison['basis'])}, not text")
+    net = comparison.get("net")
+    if isinstance(net, dict):
+        for key in COMPARISON_NET_NUMBERS:
+            wrong += _number_problems("comparison.net", net, key)
+    elif net is not None:
+        wrong.append(f"'comparison.net' is {_shown(net)}, not an object")
+    return wrong
+
+
+def _number_problems(
+    where: str, mapping: dict[str, Any], key: str, nullable: bool = False, required: bool = True
+) -> list[str]:
+    """What is wrong with ``mapping[key]`` as a finite number (or null, when ``nullable``), named ``where.key``:
+    nothing, or one problem (a missing key is one only when ``required``)."""
+    if key not in mapping:
+        return [f"'{where}' has no '{key}'"] if required else []
+    value = mapping[key]
+    if _is_finite_number(value) or (value is None and nullable):
+        return []
+    return [f"'{where}.{key}' is {_shown(value)}, not a number"]
+
+
+def _is_finite_number(value: Any) -> bool:
+    """True for a finite JSON number (not true or false, nor the NaN and Infinity that Python's json reads)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    """A manifest value as it reads in a message: its JSON, cut short."""
+    return clip(json.dumps(value), 40)
+
+
+def is_iso_date(text: str) -> bool:
+    """True when ``text`` is a calendar date written YYYY-MM-DD (as a run writes its as_of)."""
     try:
         dt.date.fromisoformat(text)
     except ValueError:

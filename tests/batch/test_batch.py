@@ -354,6 +354,43 @@ def test_force_never_replaces_a_folder_of_other_files(tmp_path: Path, cdnow_samp
     assert (empty / "manifest.json").is_file()
 
 
+def test_force_never_replaces_a_folder_that_only_looks_like_a_run(tmp_path: Path, cdnow_sample: pd.DataFrame) -> None:
+    """A web app's folder holds its own manifest.json, report.html and models/weights.txt, every name one a run
+    writes: it used to be taken for a run ("holds the run as of None ... or pass --force"), and --force deleted all
+    three with exit 0. It is named as no run, --force is neither suggested nor obeyed, and a real run folder with a
+    file no run writes in models/, or a manifest without the input's fingerprint, is refused the same way."""
+    config_path = write_config(tmp_path, write_csv(cdnow_sample, tmp_path / "log.csv"))
+    web_app = tmp_path / "webapp"
+    (web_app / "models").mkdir(parents=True)
+    (web_app / "manifest.json").write_text('{"name": "app"}', encoding="utf-8")
+    (web_app / "report.html").write_text("<html>the app's dashboard</html>", encoding="utf-8")
+    (web_app / "models" / "weights.txt").write_text("0.12 0.34", encoding="utf-8")
+    before = folder_contents(web_app)
+    for force in ([], ["--force"]):
+        outcome = CliRunner().invoke(app, ["run", str(config_path), "--as-of", "1997-06", "--output", str(web_app),
+                                           *force])  # fmt: skip
+        message = " ".join(outcome.output.split())
+        assert outcome.exit_code == 2, outcome.output
+        assert "holds files a run does not write (models/weights.txt)" in message
+        assert "holds a manifest.json that no run wrote (it has no as_of date" in message
+        assert "not a forecast run" in message and "pass --force" not in message and "Traceback" not in message
+        assert folder_contents(web_app) == before
+
+    config = load_config(config_path)
+    june = run(config, dt.date(1997, 6, 30), output=tmp_path / "june").output
+    (june / "models" / "weights.txt").write_text("0.12 0.34", encoding="utf-8")
+    with pytest.raises(OutputError, match=r"files a run does not write \(models/weights\.txt\).*--force never does"):
+        run(config, dt.date(1997, 6, 30), output=june, force=True)
+    (june / "models" / "weights.txt").unlink()
+    manifest = json.loads((june / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["input"]["as_of_sha256"]
+    (june / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    kept = folder_contents(june)
+    with pytest.raises(OutputError, match=r"no run wrote \(it has no input\.as_of_sha256\)"):
+        run(config, dt.date(1997, 6, 30), output=june, force=True)
+    assert folder_contents(june) == kept
+
+
 @pytest.mark.parametrize("models_dir", ["runs", "runs/models", "."])
 def test_a_runs_root_that_is_or_holds_or_lies_in_the_models_folder_is_refused_before_any_work(
     tmp_path: Path, cdnow_sample: pd.DataFrame, models_dir: str

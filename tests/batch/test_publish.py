@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -86,6 +88,63 @@ def test_two_runs_of_one_month_never_write_at_once_and_a_killed_runs_lock_is_tak
     assert (tmp_path / "runs" / "1997-06-30" / "manifest.json").is_file()
     assert (tmp_path / "models" / "1997-06-30" / "purchases.json").is_file()
     assert not list((tmp_path / "runs").glob(".*")) and not list((tmp_path / "models").glob(".*"))
+
+
+@contextmanager
+def full_disk(tmp_path: Path, fault: str) -> Iterator[tuple[Path, list[str]]]:
+    """A folder where no file can grow, and the Python code that a child process runs first to make it so.
+
+    ``tmpfs``: a 16 kB tmpfs mounted there and filled (ENOSPC; needs root and a kernel that lets us mount).
+    ``rlimit``: a file-size limit of 4 bytes in the child (EFBIG, as in tests/test_faults.py). Skipped when the
+    fault cannot be made here.
+    """
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if fault == "rlimit":
+        resource = pytest.importorskip("resource")  # not on Windows
+        if not hasattr(resource, "RLIMIT_FSIZE"):
+            pytest.skip("no RLIMIT_FSIZE on this platform")
+        yield disk, ["import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (4, 4))"]
+        return
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)]
+    try:
+        mounted = subprocess.run(mount, capture_output=True, text=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        mounted = False
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with open(disk / "filler", "wb", buffering=0) as filler, pytest.raises(OSError, match="No space left"):
+            while True:
+                filler.write(b"\0" * 4096)
+        yield disk, []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True, timeout=30)
+
+
+@pytest.mark.parametrize("fault", ["tmpfs", "rlimit"])
+def test_a_full_disk_when_the_months_lock_is_taken_is_an_output_error_that_leaves_no_lock(
+    tmp_path: Path, cdnow_sample: pd.DataFrame, fault: str
+) -> None:
+    """The disk fills as the run writes its process id into the month's lock: this used to end in "an unexpected
+    error ... OSError: [Errno 28] No space left on device ... report it" and leave an empty .<as_of>.lock behind.
+    It is exit 2 saying what failed, where and what to do, and the lock file is removed."""
+    log = write_csv(cdnow_sample, tmp_path / "log.csv")
+    with full_disk(tmp_path, fault) as (disk, setup):
+        config_path = write_config(tmp_path / "config", log, output=str(disk / "runs"),
+                                   models_dir=str(disk / "models"))  # fmt: skip
+        code = "; ".join([*setup, "from forecast.cli import main", "main()"])
+        command = [sys.executable, "-c", code, "run", str(config_path), "--as-of", "1997-06"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        message = " ".join(finished.stderr.split())
+        assert finished.returncode == 2, finished.stderr[-2000:]
+        assert f"Writing the month's lock {disk / 'runs' / '.1997-06-30.lock'} failed" in message
+        assert ("No space left on device" if fault == "tmpfs" else "File too large") in message
+        assert "Free disk space or choose another output folder" in message and "nothing was written" in message
+        assert "unexpected" not in message and "Traceback" not in message
+        assert not list(disk.rglob("*.lock"))
+        assert not (disk / "runs" / "1997-06-30").exists() and not (disk / "models").exists()
 
 
 def test_a_log_replaced_while_the_run_reads_it_is_not_published(tmp_path: Path, cdnow_sample: pd.DataFrame) -> None:

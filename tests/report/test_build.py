@@ -417,6 +417,7 @@ def add_drift_and_budget(folder: Path) -> pd.DataFrame:
     segments = pd.read_csv(folder / "segments.csv")
     manifest["totals"]["clv_lower"] = float(segments["clv_total"].iloc[0] * 0.9)
     manifest["totals"]["clv_upper"] = float(segments["clv_total"].iloc[0] * 1.1)
+    manifest["intervals"] = {"level": 0.9, "totals": "predictive", "customers": "parameters"}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     segments["clv_lower_total"] = segments["clv_total"] * 0.9
     segments["clv_upper_total"] = segments["clv_total"] * 1.1
@@ -459,7 +460,9 @@ def test_report_shows_backtest_drift_intervals_and_budget_when_present(run_copy:
     assert "-5.4%" in text and "Customers moving between value tiers" in text and "Lapsed customers" in text
     everyone = segments[segments["segmentation"] == "all"].iloc[0]
     interval = f"{everyone['clv_lower_total']:,.0f} – {everyone['clv_upper_total']:,.0f}"
-    assert f"90% interval {interval}" in text  # the headline card
+    # The headline card, naming what the interval covers (the manifest's intervals.totals).
+    assert f"90% predictive interval (the customers' own randomness and the parameters' uncertainty) {interval}" in text
+    assert "where the realised total should fall" in text
     assert f"{everyone['clv_total']:,.0f} ({interval})" in text  # the segment table
     assert "Max acquisition cost" in text and "4.17" in text and "12.50 (11.00 – 14.00)" in text
     assert "ratio of 3.00" in text and "Value at risk" in text

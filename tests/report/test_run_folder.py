@@ -109,3 +109,41 @@ def test_a_hand_edited_manifest_is_named_as_such_by_forecast_report(run_copy: Pa
     assert outcome.exit_code == 2, outcome.output
     assert "was changed after its run wrote it: 'totals' is str, not dict; 'as_of' is 'June'" in outcome.output
     assert "Traceback" not in outcome.output and "unexpected" not in outcome.output
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "named"),
+    [
+        (["totals", "clv"], "x", "'totals.clv' is \"x\", not a number"),
+        (["totals"], {}, "'totals' has no 'clv'"),
+        (["horizon_months"], -5, "'horizon_months' is -5, not a whole number from 1 to 600"),
+        (["horizon_months"], 10**30, "'horizon_months' is 1000000000000000000000000000000, not a whole number"),
+        (["horizon_months"], 1e30, "'horizon_months' is float, not int"),
+        (["time_unit"], "fortnight", "'time_unit' is \"fortnight\", not day, week or month"),
+        (["models", "purchases", "log_likelihood"], "high", "'models.purchases.log_likelihood' is \"high\""),
+        (["models", "sha256"], ["abc"], "'models.sha256' is [\"abc\"], not the SHA-256"),
+        (["comparison", "gap"], None, "'comparison.gap' is null, not a number"),
+        (["comparison", "net"], {"gap": 1.0}, "'comparison.net' has no 'cost_per_purchase'"),
+        (["heuristic"], None, "'heuristic' is null, not dict"),
+    ],
+)
+def test_forecast_report_names_a_nested_manifest_value_edited_by_hand(
+    run_copy: Path, where: list[str], value: object, named: str
+) -> None:
+    """Values inside the manifest's entries, edited by hand, used to end `forecast report` with "an unexpected error:
+    ValueError ... report it" (totals.clv "x"), a misleading error (horizon_months 1e30), or exit 0 with a report
+    rebuilt from them (horizon_months -5, time_unit "fortnight", totals {}). Each is exit 2 naming the key, and the
+    report is left as the run wrote it."""
+    manifest = json.loads((run_copy / "manifest.json").read_text(encoding="utf-8"))
+    parent = manifest
+    for key in where[:-1]:
+        parent = parent[key]
+    parent[where[-1]] = value
+    (run_copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    report = (run_copy / "report.html").read_bytes()
+    outcome = CliRunner().invoke(app, ["report", str(run_copy)])
+    message = " ".join(outcome.output.split())
+    assert outcome.exit_code == 2, outcome.output
+    assert "manifest.json was changed after its run wrote it: " in message and named in message
+    assert "Traceback" not in message and "unexpected" not in message
+    assert (run_copy / "report.html").read_bytes() == report
