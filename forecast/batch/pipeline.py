@@ -148,8 +148,12 @@ def _logged(progress: Progress | None) -> Progress:
 
 
 def default_as_of(transactions: Transactions) -> dt.date:
-    """The end of the last complete calendar month in the data (the month the log ends in, if on its last day)."""
-    last = transactions.quality.last_timestamp
+    """The end of the last complete calendar month in the data (the month the log ends in, if on its last day).
+
+    The data end at the last usable transaction, unless that is a lone row dated more than a year after every other
+    one (``Transactions.data_end``): such a row never moves as_of; it is counted as after as_of instead.
+    """
+    last = transactions.data_end
     if last is None:
         raise DataError("The transaction log has no usable rows, so there is no as_of date to default to.")
     return last_complete_month_end(last)

@@ -11,9 +11,12 @@ line numbers. The policies (docs/operations.md, "Data checks and model policies"
 - timestamps: an ISO string with a UTC offset (``+02:00``, ``Z``) is converted to ``data.timezone``;
   a naive timestamp is taken to be in ``data.timezone`` already (default UTC). Purchase days are
   calendar days in ``data.timezone``.
-- unparseable or impossible dates, dates before 1900-01-01 or after tomorrow (``timestamp_range``), non-numeric,
-  NaN or infinite amounts and amounts of 1e29 or more in size: ``data.invalid_rows`` (``fail`` by default, or
-  ``drop`` and count).
+- unparseable or impossible dates, dates before 1900-01-01 or after tomorrow (``timestamp_range``), dates far
+  outside the bulk of the log (``find_far_dates``: beyond its 0.1% or 99.9% quantile and cut off from it by more
+  than ``FAR_DATE_GAP_DAYS`` without a transaction, while such rows are a tiny share), non-numeric, NaN or infinite
+  amounts and amounts of 1e29 or more in size: ``data.invalid_rows`` (``fail`` by default, or ``drop`` and count).
+  Under ``fail`` the timestamps and amounts are checked first, in one pass over the raw log, before anything is
+  built from it.
 - hidden files (``._log.csv``, ``.DS_Store``) in a folder or glob: skipped and named in a warning.
 - a non-UTF-8 CSV, Parquet files storing the id as text in some and numbers in others, floating-point ids that
   are not whole numbers below 2^53: a ``DataError``. Whole floating-point ids are read as integers, with a warning.
@@ -32,8 +35,10 @@ line numbers. The policies (docs/operations.md, "Data checks and model policies"
 - transactions after as_of: excluded by the summary and counted by ``count_after_as_of``.
 
 ``read_transactions`` goes through these steps, one function each, every one leaving a relation behind:
-``open_log`` (the files as ``raw_log``, the mapped columns checked), ``create_typed_log`` (``typed_log``: typed
-columns beside the raw text), ``count_problems``, ``find_duplicate_rows`` and ``count_duplicate_order_ids``; the
+``open_log`` (the files as ``raw_log``, the mapped columns checked), ``register_typed_rows`` (``typed_rows``: the
+view of typed columns beside the raw text), ``refuse_invalid_values`` (``data.invalid_rows: fail``, before any copy),
+``create_typed_log`` (``typed_log``: ``typed_rows`` copied once), ``count_problems``, ``find_far_dates``,
+``find_duplicate_rows`` and ``count_duplicate_order_ids``; the
 policies that refuse a log (``refuse_invalid_rows``, ``refuse_negative_amounts``, ``refuse_duplicates``) and those
 that keep or drop rows (``register_kept_log``: ``kept_log``; ``register_transactions``: ``transactions``, returns
 netted or dropped); and the record of it all (``quality_warnings``, ``data_quality``).
@@ -58,7 +63,7 @@ import duckdb
 import pandas as pd
 
 from forecast.config import DataConfig, DuckDBConfig, RowFilter, RunConfig
-from forecast.errors import DataError, EngineError
+from forecast.errors import DataError, EngineError, clip
 
 DATA_SUFFIXES = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 EXAMPLES = 5
@@ -78,6 +83,22 @@ FIRST_VALID_DAY = dt.date(1900, 1, 1)
 #: Amounts must be below this in size: the summary sums them exactly as DECIMAL(38, 9), 29 digits before the point.
 AMOUNT_LIMIT = 1e29
 BAD_AMOUNT_SQL = "(amount IS NULL OR isnan(amount) OR isinf(amount) OR abs(amount) >= 1e29)"
+#: A timestamp beyond the bulk of the log that this many days without a transaction cut off from it is a far date
+#: (``find_far_dates``): a typing error such as 2026 for 2021, or a placeholder such as 1970-01-01. A lone last row
+#: this long after every other one never sets the default as_of (``Transactions.data_end``).
+FAR_DATE_GAP_DAYS = 365
+#: The quantiles of the log's valid timestamps between which the bulk of the log lies (``TS_BOUNDS_SQL``).
+BULK_QUANTILES = (0.001, 0.999)
+#: Far dates are invalid only while they are at most this share of the rows with a valid timestamp: more of them are
+#: a real spread of the log, not a few typing errors (so a log of under 1,000 rows is never judged by its tails).
+FAR_DATES_MAX_SHARE = 0.001
+#: In one aggregate of the valid timestamps: the first; where the bulk of the log starts and ends, the
+#: ``BULK_QUANTILES`` but never the first or last timestamp itself (which they are in a log of under 1,000 rows);
+#: the last but one; the last.
+TS_BOUNDS_SQL = (
+    f"[min(ts), greatest(quantile_disc(ts, {BULK_QUANTILES[0]}), min(ts, 2)[2]), "
+    f"least(quantile_disc(ts, {BULK_QUANTILES[1]}), max(ts, 2)[2]), max(ts, 2)[2], max(ts)]"
+)
 # trim() only where an id starts with a space: a trim of every id would be the costliest part of the checks.
 NULL_ID_SQL = "(customer_id IS NULL OR customer_id = '' OR (starts_with(customer_id, ' ') AND trim(customer_id) = ''))"
 SPACED_ID_SQL = "((starts_with(customer_id, ' ') OR ends_with(customer_id, ' ')) AND trim(customer_id) <> '')"
@@ -103,6 +124,8 @@ def quote_literal(text: str) -> str:
 FILE_AND_LINE = f"{quote_identifier(FILE_COLUMN)}, {quote_identifier(LINE_COLUMN)}"
 #: The rows that ``find_duplicate_rows`` lists as repeating an earlier row exactly.
 DUPLICATE_ROW_SQL = f"({FILE_AND_LINE}) IN (SELECT ({FILE_AND_LINE}) FROM duplicate_rows)"
+#: The rows that ``find_far_dates`` lists as dated far outside the bulk of the log.
+FAR_DATE_SQL = f"({FILE_AND_LINE}) IN (SELECT ({FILE_AND_LINE}) FROM far_dates)"
 #: What to check when DuckDB cannot read the log's rows.
 READ_ADVICE = "Check data.format, data.delimiter and the file."
 #: What DuckDB's CSV reader says of a file that is not UTF-8.
@@ -192,13 +215,17 @@ def _file_format(config: DataConfig, files: list[Path]) -> str:
     return DATA_SUFFIXES.get(files[0].suffix.lower(), "csv")
 
 
-def _numbered(scan: str, first_line: int) -> str:
+def _numbered(scan: str, first_line: int, single_file: bool = False) -> str:
     """Number the rows of an order-preserving scan per file, starting at ``first_line``.
 
     DuckDB scans files in list order and keeps each file's row order (preserve_insertion_order is on
     by default), so a running row number minus the file's first one is the row's place in its file.
+    In a ``single_file`` the running number is the place already: without the file's first number (a window over
+    every row, held in memory) the numbering streams.
     """
     file_col, line_col = quote_identifier(FILE_COLUMN), quote_identifier(LINE_COLUMN)
+    if single_file:
+        return f"SELECT *, row_number() OVER () + {first_line - 1} AS {line_col} FROM {scan}"
     return (
         f"SELECT * EXCLUDE (__clv_seq), __clv_seq - min(__clv_seq) OVER (PARTITION BY {file_col}) + {first_line} "
         f"AS {line_col} FROM (SELECT *, row_number() OVER () AS __clv_seq FROM {scan})"
@@ -213,6 +240,7 @@ def _source_sql(config: DataConfig, files: list[Path], file_format: str) -> str:
     """
     file_list = "[" + ", ".join(quote_literal(str(p)) for p in files) + "]"
     file_col = quote_literal(FILE_COLUMN)
+    single_file = len(files) == 1
     if file_format == "parquet":
         line_col = quote_identifier(LINE_COLUMN)
         return (
@@ -229,7 +257,7 @@ def _source_sql(config: DataConfig, files: list[Path], file_format: str) -> str:
         skip_header = f" AND {quote_identifier(LINE_COLUMN)} > 1" if config.header else ""
         return (
             f"SELECT {fields}, {quote_identifier(FILE_COLUMN)}, {quote_identifier(LINE_COLUMN)} FROM ("
-            f"SELECT string_split_regex(trim(line), '\\s+') AS parts, * FROM ({_numbered(lines, 1)})"
+            f"SELECT string_split_regex(trim(line), '\\s+') AS parts, * FROM ({_numbered(lines, 1, single_file)})"
             f"WHERE trim(coalesce(line, '')) <> ''{skip_header})"
         )
     options = ["all_varchar = true", f"header = {str(config.header).lower()}", "union_by_name = true"]
@@ -238,7 +266,7 @@ def _source_sql(config: DataConfig, files: list[Path], file_format: str) -> str:
     if config.columns:
         options.append("names = [" + ", ".join(quote_literal(c) for c in config.columns) + "]")
     options.append(f"filename = {file_col}")
-    return _numbered(f"read_csv({file_list}, {', '.join(options)})", 2 if config.header else 1)
+    return _numbered(f"read_csv({file_list}, {', '.join(options)})", 2 if config.header else 1, single_file)
 
 
 @dataclass(frozen=True)
@@ -267,6 +295,8 @@ class DataQuality:
     invalid_amounts: int = 0
     #: Rows with an invalid timestamp, amount or both, dropped under ``data.invalid_rows: drop``.
     invalid_rows: int = 0
+    #: Rows dated far outside the bulk of the log (``find_far_dates``), counted in ``invalid_timestamps`` too.
+    far_dates: int = 0
     invalid_policy: str = "fail"
     timezone: str = "UTC"
     timestamps_with_offset: int = 0
@@ -308,10 +338,26 @@ class Transactions:
     #: ``file_identities`` of the input files taken before they were read: ``check_input_unchanged`` compares them
     #: with the files as they are just before a run publishes.
     identities: tuple[FileIdentity, ...] = ()
+    #: The last valid timestamp but one (``TS_BOUNDS_SQL``), for ``data_end``.
+    last_but_one_timestamp: str | None = None
 
     def ends_by(self, as_of: dt.date) -> bool:
         """Whether no usable row is after ``as_of`` (``count_after_as_of`` counted them for that day)."""
         return self.quality.as_of == as_of.isoformat() and self.quality.after_as_of == 0
+
+    @property
+    def data_end(self) -> str | None:
+        """Where the data end: the last usable timestamp, unless it is a lone row more than ``FAR_DATE_GAP_DAYS``
+        after every other one; then the one before it.
+
+        ``find_far_dates`` makes such a row invalid in a log large enough for one row to be a tiny share; in a
+        smaller one (a row dated 2026 in 300 rows of 2021) it is kept, but the default as_of must not follow it.
+        """
+        last, before = self.quality.last_timestamp, self.last_but_one_timestamp
+        if last is None or before is None:
+            return last
+        alone = dt.datetime.fromisoformat(last) - dt.datetime.fromisoformat(before)
+        return before if alone > dt.timedelta(days=FAR_DATE_GAP_DAYS) else last
 
 
 def id_quantiles_sql() -> str:
@@ -344,6 +390,8 @@ class LogSource:
     column_types: dict[str, str]
     #: Hidden files in the folder or glob, left out (``hidden_files``) and named in a warning.
     hidden_files: list[Path] = field(default_factory=list)
+    #: ``file_identities`` of the files taken before they were opened, to tell a file changed mid-read.
+    identities: tuple[FileIdentity, ...] = ()
 
     @property
     def where(self) -> str:
@@ -365,19 +413,50 @@ def _where(path: str, files: list[Path]) -> str:
 
 
 @contextmanager
-def _unreadable_as_data_error(what: str, advice: str) -> Iterator[None]:
+def _unreadable_as_data_error(what: str, advice: str, identities: tuple[FileIdentity, ...] = ()) -> Iterator[None]:
     """Turn a DuckDB error while reading ``what`` into a DataError ending with ``advice``.
 
-    Running out of memory is not the log's fault: it passes through for ``duckdb_limits`` to explain.
+    When one of the files of ``identities`` changed since they were taken, that is the cause, and the message says
+    so instead of DuckDB's (a file rewritten mid-read looks corrupt to DuckDB). Otherwise the message quotes the
+    first paragraph of DuckDB's (``duckdb_first_paragraph``). Running out of memory is not the log's fault: it passes
+    through for ``duckdb_limits`` to explain.
     """
     try:
         yield
     except duckdb.OutOfMemoryException:
         raise
     except duckdb.Error as exc:
+        change = changed_input(identities)
+        if change is not None:
+            raise DataError(
+                f"The input file {change} while the run read it; nothing was written. Run again when the file is "
+                "complete (write new logs beside the old one and rename them into place)."
+            ) from None
         if NOT_UTF8_TEXT in str(exc):
             raise DataError(_not_utf8_message(what, str(exc))) from None
-        raise DataError(f"Cannot read {what}: {exc}. {advice}") from None
+        raise DataError(f"Cannot read {what}: {duckdb_first_paragraph(str(exc))}. {advice}") from None
+
+
+#: Where DuckDB's error text stops being its first paragraph: a blank line, the query quoted with a caret under it
+#: (``LINE 1: ...``), the CSV reader's list of fixes, its sniffer's search space or its settings (``  file = ...``).
+DUCKDB_DETAILS = re.compile(r"^\s*$|^LINE \d+:|^Possible fixes|^The search space used|^\s+\w+ = ", re.MULTILINE)
+#: Longest part of a DuckDB error that a message quotes.
+DUCKDB_TEXT_LIMIT = 400
+
+
+def duckdb_first_paragraph(error: str) -> str:
+    """The first paragraph of a DuckDB error text, on one line: what failed, without DuckDB's details.
+
+    The details (``DUCKDB_DETAILS``) run to dozens of lines; the file they name (``file = ...``) is kept when the
+    paragraph does not name it, as it tells which file of several failed.
+    """
+    details = DUCKDB_DETAILS.search(error, 1)
+    paragraph = " ".join(error[: details.start() if details else len(error)].split()).rstrip(".")
+    paragraph = paragraph or " ".join(error.split())
+    file = re.search(r"^\s*file = (.+)$", error, re.MULTILINE)
+    if file and file.group(1).strip() not in paragraph:
+        paragraph += f" (in {file.group(1).strip()})"
+    return clip(paragraph, DUCKDB_TEXT_LIMIT)
 
 
 def _not_utf8_message(what: str, error: str) -> str:
@@ -433,12 +512,9 @@ def file_identities(files: list[Path]) -> tuple[FileIdentity, ...]:
     return tuple(identities)
 
 
-def check_input_unchanged(identities: tuple[FileIdentity, ...]) -> None:
-    """Raise a DataError if an input file was replaced, rewritten or removed since it was first read.
-
-    DuckDB reads the log's files again for each query, so a log replaced while a run reads it would give figures
-    that mix the old and the new file; such a run must not publish.
-    """
+def changed_input(identities: tuple[FileIdentity, ...]) -> str | None:
+    """The first file of ``identities`` that changed since they were taken, as ``'<path> was removed'`` or
+    ``'<path> was replaced or rewritten'``; None when every file is as it was."""
     for before in identities:
         path = Path(before.path)
         try:
@@ -446,15 +522,39 @@ def check_input_unchanged(identities: tuple[FileIdentity, ...]) -> None:
         except OSError:
             now = None
         if now != before:
-            raise DataError(
-                f"The input file {path} was {'removed' if now is None else 'replaced or rewritten'} while the run "
-                "read it, so its figures may mix two versions of the log; nothing was published. Run again once "
-                "the log is complete (write new logs beside the old one and rename them into place)."
-            )
+            return f"{path} was {'removed' if now is None else 'replaced or rewritten'}"
+    return None
 
 
-def open_log(con: duckdb.DuckDBPyConnection, config: DataConfig) -> LogSource:
+def check_input_unchanged(identities: tuple[FileIdentity, ...]) -> None:
+    """Raise a DataError if an input file was replaced, rewritten or removed since it was first read.
+
+    DuckDB reads the log's files again for each query, so a log replaced while a run reads it would give figures
+    that mix the old and the new file; such a run must not publish.
+    """
+    change = changed_input(identities)
+    if change is not None:
+        raise DataError(
+            f"The input file {change} while the run read it, so its figures may mix two versions of the log; "
+            "nothing was published. Run again once the log is complete (write new logs beside the old one and "
+            "rename them into place)."
+        )
+
+
+def open_log(
+    con: duckdb.DuckDBPyConnection, config: DataConfig, identities: tuple[FileIdentity, ...] = ()
+) -> LogSource:
     """Register the configured files as the view ``raw_log`` and check that the mapped columns are there.
+
+    Parameters
+    ----------
+    con
+        The connection to register ``raw_log`` in.
+    config
+        The ``data`` section of the run configuration.
+    identities
+        ``file_identities`` of the files, taken before this: a DuckDB error after one of them changed is reported
+        as that change.
 
     Raises
     ------
@@ -463,13 +563,14 @@ def open_log(con: duckdb.DuckDBPyConnection, config: DataConfig) -> LogSource:
     """
     files, empty = _split_empty_files(config.path, resolve_files(config.path))
     file_format = _file_format(config, files)
-    with _unreadable_as_data_error(f"{_where(config.path, files)} as {file_format}", "Check data.format and the file."):
+    where = f"{_where(config.path, files)} as {file_format}"
+    with _unreadable_as_data_error(where, "Check data.format and the file.", identities):
         con.execute(f"SET TimeZone = {quote_literal(config.timezone)}")
         con.execute(f"CREATE OR REPLACE TEMP VIEW raw_log AS {_source_sql(config, files, file_format)}")
         types = _raw_column_types(con)
-    source = LogSource(config.path, files, empty, file_format, types, hidden_files(config.path))
+    source = LogSource(config.path, files, empty, file_format, types, hidden_files(config.path), identities)
     _check_columns(config, source)
-    with _unreadable_as_data_error(source.where, READ_ADVICE):
+    with _unreadable_as_data_error(source.where, READ_ADVICE, identities):
         _check_id_kinds(con, config, source)
         _check_float_ids(con, config, source)
     return source
@@ -722,15 +823,69 @@ def typed_log_sql(config: DataConfig, source: LogSource) -> str:
         FROM raw_log{"" if not config.exclude else f" WHERE NOT ({excluded_sql(config)})"})"""
 
 
-def create_typed_log(con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource) -> None:
-    """Register ``typed_log`` (``typed_log_sql``): a view of a Parquet log, a table of a CSV one.
+def register_typed_rows(con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource) -> None:
+    """Register ``typed_rows``, the view of ``typed_log_sql``: the raw log read with typed columns, nothing copied."""
+    with _unreadable_as_data_error(source.where, READ_ADVICE, source.identities):
+        con.execute(f"CREATE OR REPLACE TEMP VIEW typed_rows AS {typed_log_sql(config, source)}")
+
+
+def _typed_log_is_view(source: LogSource) -> bool:
+    """Whether ``typed_log`` is a view of ``typed_rows`` (Parquet) rather than a table copied from it."""
+    return source.file_format == "parquet"
+
+
+def create_typed_log(con: duckdb.DuckDBPyConnection, source: LogSource) -> None:
+    """Register ``typed_log`` from ``typed_rows`` (``register_typed_rows``): a view of a Parquet log, a table of a
+    CSV one.
 
     Parquet is re-read column by column faster than a copy could be made, so its typed log is a view; a CSV
     is parsed once into a table, so that the checks and the summary do not parse it again.
     """
-    kind = "VIEW" if source.file_format == "parquet" else "TABLE"
-    with _unreadable_as_data_error(source.where, READ_ADVICE):
-        con.execute(f"CREATE OR REPLACE TEMP {kind} typed_log AS {typed_log_sql(config, source)}")
+    kind = "VIEW" if _typed_log_is_view(source) else "TABLE"
+    with _unreadable_as_data_error(source.where, READ_ADVICE, source.identities):
+        con.execute(f"CREATE OR REPLACE TEMP {kind} typed_log AS SELECT * FROM typed_rows")
+
+
+class InvalidValues(NamedTuple):
+    """How many rows a typed relation has, and how many with an invalid timestamp or amount (``BAD_TS_SQL``,
+    ``BAD_AMOUNT_SQL``)."""
+
+    rows: int
+    bad_ts: int
+    bad_amounts: int
+
+
+def count_invalid_values(con: duckdb.DuckDBPyConnection) -> InvalidValues:
+    """Count the rows of ``typed_rows`` and those with an invalid timestamp or amount, in one streaming aggregate.
+
+    This reads the raw log once with the typed log's own casts and range, and keeps nothing but three counts: no
+    copy, no hash, no sort.
+    """
+    row = con.execute(
+        f"""SELECT count(*), count(*) FILTER (WHERE {BAD_TS_SQL}), count(*) FILTER (WHERE {BAD_AMOUNT_SQL})
+            FROM typed_rows"""
+    ).fetchall()[0]
+    return InvalidValues(*(int(n) for n in row))
+
+
+def refuse_invalid_values(con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource) -> None:
+    """Apply ``data.invalid_rows: fail`` before the log is copied, counted or searched: refuse invalid rows at once.
+
+    One pass over the raw log (``count_invalid_values`` of ``typed_rows``) finds whether any timestamp or amount is
+    invalid; only then are the first of them located (``_refuse_bad_values``). A log with a bad amount on its last
+    line is thus refused after a plain scan, not after the typed log, its problem counts and its duplicate search.
+    Under ``drop`` nothing is checked here: the rows are counted and dropped later.
+
+    Raises
+    ------
+    DataError
+        Under ``fail``, a row with an invalid timestamp or amount, quoting the first lines.
+    """
+    if config.invalid_rows != "fail":
+        return
+    with _unreadable_as_data_error(source.where, READ_ADVICE, source.identities):
+        found = count_invalid_values(con)
+        _refuse_bad_values(con, config, source, found, "typed_rows")
 
 
 # --- counting the problems ----------------------------------------------------------------------------
@@ -757,6 +912,12 @@ class ProblemCounts(NamedTuple):
     #: were counted one by one).
     row_hash_sum: int | None = None
     id_quantiles: list[str] | None = None
+    #: ``TS_BOUNDS_SQL``: the first valid timestamp, the bulk's start and end, the last but one and the last.
+    ts_bounds: list[dt.datetime] | None = None
+    #: Rows dated far outside the bulk of the log (``find_far_dates``; counted in ``bad_ts`` too), and the
+    #: ``BULK_QUANTILES`` they were judged by.
+    far_dates: int = 0
+    bulk: tuple[dt.datetime, dt.datetime] | None = None
 
 
 def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -> ProblemCounts:
@@ -768,14 +929,15 @@ def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -
     amount is a number of at least 0 and below infinity; then every count follows from it. Otherwise the problems
     are counted one by one (``count_each_problem``). The same pass sums the rows' hashes for the fingerprint of the
     rows up to as_of (``row_hash_sum_sql`` with the log's ``segment_columns``) and takes the ``id_quantiles_sql``
-    that place the summary's ranges, so that neither needs a pass of its own.
+    that place the summary's ranges, so that neither needs a pass of its own, and the timestamps' quantiles
+    (``TS_BOUNDS_SQL``) that ``find_far_dates`` judges the log's tails by.
     """
     (rows, ids, smallest_id, timestamps, amounts, nans, smallest_amount, largest_amount, zero_amounts,
-     trailing_spaces, with_offset, first_ts, last_ts, hash_sum, quantiles) = con.execute(
+     trailing_spaces, with_offset, first_ts, last_ts, hash_sum, quantiles, ts_bounds) = con.execute(
         f"""SELECT count(*), count(customer_id), min(customer_id), count(ts), count(amount), count_if(isnan(amount)),
                   min(amount), max(amount), count_if(amount = 0), count_if(ends_with(customer_id, ' ')),
                   count_if(has_offset), min(ts), max(ts), {row_hash_sum_sql(segment_columns)},
-                  {id_quantiles_sql()}
+                  {id_quantiles_sql()}, {TS_BOUNDS_SQL}
            FROM typed_log"""
     ).fetchall()[0]  # fmt: skip
     clean = (
@@ -787,7 +949,7 @@ def count_problems(con: duckdb.DuckDBPyConnection, segment_columns: list[str]) -
     # No id starts with a space, so the spaced ids are those that end with one.
     return ProblemCounts(
         rows, 0, 0, 0, 0, zero_amounts, 0, with_offset, rows - with_offset, trailing_spaces, rows, first_ts, last_ts,
-        int(hash_sum), quantiles,
+        int(hash_sum), quantiles, ts_bounds,
     )  # fmt: skip
 
 
@@ -806,10 +968,82 @@ def count_each_problem(con: duckdb.DuckDBPyConnection) -> ProblemCounts:
                   count(*) FILTER (WHERE {SPACED_ID_SQL}),
                   count(*) FILTER (WHERE {USED_SQL}),
                   min(ts) FILTER (WHERE {USED_SQL}),
-                  max(ts) FILTER (WHERE {USED_SQL})
+                  max(ts) FILTER (WHERE {USED_SQL}),
+                  {TS_BOUNDS_SQL}
            FROM typed_log"""
     ).fetchall()[0]
-    return ProblemCounts(*counts)
+    *problems, ts_bounds = counts
+    return ProblemCounts(*problems)._replace(ts_bounds=ts_bounds)
+
+
+def find_far_dates(con: duckdb.DuckDBPyConnection, source: LogSource, counts: ProblemCounts) -> ProblemCounts:
+    """Make the timestamps dated far outside the bulk of the log invalid; return the counts with them.
+
+    The bulk of the log lies between the 0.1% and 99.9% quantiles of its valid timestamps (``BULK_QUANTILES``, from
+    ``counts.ts_bounds``). A far date lies beyond them and is cut off from them by more than ``FAR_DATE_GAP_DAYS``
+    without a single transaction (``_far_date_cuts``), such as one row of 2026 or of 1970 in a log of 2019-2021: a
+    typing error or a placeholder that, taken as given, would move the default as_of years away or make a customer's
+    recency meaningless. A log whose rows thin out slowly (customers arriving over years) has no such gap. Far
+    dates count only while they are at most ``FAR_DATES_MAX_SHARE`` of the rows with a valid timestamp; more of
+    them are a real part of the log. They are listed in ``far_dates(file, line)`` and their ``ts`` set to NULL in
+    ``typed_log``, an invalid timestamp under ``data.invalid_rows``; the problems are then counted again
+    (``count_each_problem``). The log is read again only when its first or last timestamp lies that far beyond the
+    quantiles.
+    """
+    if counts.ts_bounds is None or counts.ts_bounds[0] is None:
+        return counts
+    first, low, high, _, last = counts.ts_bounds
+    gap = dt.timedelta(days=FAR_DATE_GAP_DAYS)
+    if first >= low - gap and last <= high + gap:
+        return counts
+    cut_low, cut_high = _far_date_cuts(con, low, high)
+    sides = [] if cut_low is None else [f"ts <= TIMESTAMP '{cut_low}'"]
+    sides += [] if cut_high is None else [f"ts >= TIMESTAMP '{cut_high}'"]
+    if not sides:
+        return counts
+    far_sql = f"({' OR '.join(sides)})"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE far_dates AS SELECT {FILE_AND_LINE} FROM typed_log WHERE {far_sql}")
+    far = _rows(con, "far_dates")
+    if far > FAR_DATES_MAX_SHARE * (counts.rows - counts.bad_ts):
+        con.execute("DROP TABLE far_dates")
+        return counts
+    _null_timestamps(con, source, far_sql)
+    return count_each_problem(con)._replace(far_dates=far, bulk=(low, high))
+
+
+def _far_date_cuts(
+    con: duckdb.DuckDBPyConnection, low: dt.datetime, high: dt.datetime
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The last timestamp before ``low`` and the first after ``high`` that a gap of more than ``FAR_DATE_GAP_DAYS``
+    without transactions separates from them (None on a side without such a gap).
+
+    Only the rows beyond the quantiles ``low`` and ``high`` (a few per thousand) are sorted, with the two
+    quantiles themselves, to find the gaps between consecutive timestamps.
+    """
+    low_sql, high_sql = f"TIMESTAMP '{low}'", f"TIMESTAMP '{high}'"
+    gap = f"INTERVAL {FAR_DATE_GAP_DAYS} DAY"
+    row = con.execute(
+        f"""WITH tails AS (
+                SELECT ts FROM typed_log WHERE ts < {low_sql} OR ts > {high_sql}
+                UNION ALL SELECT {low_sql} UNION ALL SELECT {high_sql}),
+            steps AS (
+                SELECT ts, lag(ts) OVER (ORDER BY ts) AS previous, lead(ts) OVER (ORDER BY ts) AS next FROM tails)
+            SELECT max(ts) FILTER (WHERE ts < {low_sql} AND next > ts + {gap}),
+                   min(ts) FILTER (WHERE ts > {high_sql} AND ts > previous + {gap})
+            FROM steps"""
+    ).fetchall()[0]
+    return row[0], row[1]
+
+
+def _null_timestamps(con: duckdb.DuckDBPyConnection, source: LogSource, condition: str) -> None:
+    """Set ``ts`` to NULL, an invalid timestamp, in the rows of ``typed_log`` matching ``condition``."""
+    if _typed_log_is_view(source):
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW typed_log AS
+            SELECT * REPLACE (CASE WHEN NOT {condition} THEN ts END AS ts) FROM typed_rows"""
+        )
+    else:
+        con.execute(f"UPDATE typed_log SET ts = NULL WHERE {condition}")
 
 
 def find_duplicate_rows(con: duckdb.DuckDBPyConnection, raw_columns: list[str]) -> int:
@@ -869,13 +1103,15 @@ class Duplicates(NamedTuple):
         return bool(self.rows or self.order_ids)
 
 
-def _located(con: duckdb.DuckDBPyConnection, source: LogSource, condition: str, column: str) -> str:
-    """The first few rows of ``typed_log`` matching ``condition`` as ``line 3 '2023-02-30'``.
+def _located(
+    con: duckdb.DuckDBPyConnection, source: LogSource, condition: str, column: str, relation: str = "typed_log"
+) -> str:
+    """The first few rows of ``relation`` matching ``condition`` as ``line 3 '2023-02-30'``.
 
     With several files, each place names its file (``b.csv:3``) instead of the unit.
     """
     rows = con.execute(
-        f"SELECT {FILE_AND_LINE}, {column} FROM typed_log WHERE {condition} ORDER BY {FILE_AND_LINE} LIMIT {EXAMPLES}"
+        f"SELECT {FILE_AND_LINE}, {column} FROM {relation} WHERE {condition} ORDER BY {FILE_AND_LINE} LIMIT {EXAMPLES}"
     ).fetchall()
     places = [
         (f"{source.unit} {line}" if source.single_file else f"{Path(str(name)).name}:{line}") + f" {value!r}"
@@ -893,12 +1129,58 @@ def _range_text(config: DataConfig) -> str:
     return f"{first.isoformat()} to {(after_last - dt.timedelta(days=1)).isoformat()}"
 
 
+def _bad_ts_sql(counts: ProblemCounts) -> str:
+    """SQL of the rows of ``typed_log`` whose timestamp is invalid in itself: not the far dates (``find_far_dates``)."""
+    return f"{BAD_TS_SQL} AND NOT {FAR_DATE_SQL}" if counts.far_dates else BAD_TS_SQL
+
+
+def _far_dates_text(config: DataConfig, counts: ProblemCounts) -> str:
+    """The far dates (``find_far_dates``) as the messages describe them: which column, and how far from what."""
+    bulk = "" if counts.bulk is None else f" ({counts.bulk[0]:%Y-%m-%d} to {counts.bulk[1]:%Y-%m-%d})"
+    return (
+        f"a '{config.timestamp}' far outside the bulk of the log{bulk}, the {BULK_QUANTILES[0]:.1%} to "
+        f"{BULK_QUANTILES[1]:.1%} quantiles of its dates: cut off from them by more than {FAR_DATE_GAP_DAYS} days "
+        "without any transaction, so probably a typing error (2026 for 2021) or a placeholder (1970-01-01) that "
+        "would move as_of or a customer's recency by years"
+    )
+
+
+def _refuse_bad_values(
+    con: duckdb.DuckDBPyConnection,
+    config: DataConfig,
+    source: LogSource,
+    found: InvalidValues,
+    relation: str = "typed_log",
+    bad_ts_sql: str = BAD_TS_SQL,
+) -> None:
+    """Raise a DataError for the rows of ``relation`` with an invalid timestamp (``bad_ts_sql``) or amount, if any,
+    quoting the first of them (``data.invalid_rows: fail``)."""
+    rows, where = found.rows, source.where
+    if found.bad_ts:
+        hint = f"the format {config.timestamp_format!r}" if config.timestamp_format else "ISO dates (YYYY-MM-DD)"
+        raise DataError(
+            f"{found.bad_ts:,} of {rows:,} rows in {where} have a '{config.timestamp}' that is not a valid date or "
+            f"time ({hint}; impossible dates such as 2023-02-30 count too) or falls outside {_range_text(config)}; "
+            f"{_located(con, source, bad_ts_sql, 'ts_raw', relation)}. Fix those rows, set data.timestamp_format, "
+            "or set data.invalid_rows: drop to skip them."
+        )
+    if found.bad_amounts:
+        raise DataError(
+            f"{found.bad_amounts:,} of {rows:,} rows in {where} have an amount ({amount_name(config)}) that is not a "
+            "finite number (empty, text, NaN or infinite) or is 1e29 or more in size (amounts are summed exactly "
+            f"with 29 digits before the point); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw', relation)}. "
+            "Fix or remove those rows, or set data.invalid_rows: drop to skip them."
+        )
+
+
 def refuse_invalid_rows(
     con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource, counts: ProblemCounts
 ) -> None:
     """Apply ``data.invalid_rows: fail``: raise a DataError for a log without rows or with invalid ones.
 
-    Under ``drop`` the invalid rows are left out of ``kept_log`` instead (``register_kept_log``).
+    The invalid timestamps and amounts were refused before the typed log was made (``refuse_invalid_values``);
+    the far dates, found in it (``find_far_dates``), are refused here. Under ``drop`` the invalid rows are left out
+    of ``kept_log`` instead (``register_kept_log``).
     """
     rows, where = counts.rows, source.where
     if rows == 0:
@@ -910,20 +1192,13 @@ def refuse_invalid_rows(
     if config.invalid_rows == "drop":
         _refuse_too_many_invalid(con, config, source, counts)
         return
-    if counts.bad_ts:
-        hint = f"the format {config.timestamp_format!r}" if config.timestamp_format else "ISO dates (YYYY-MM-DD)"
+    bad_values = InvalidValues(rows, counts.bad_ts - counts.far_dates, counts.bad_amounts)
+    _refuse_bad_values(con, config, source, bad_values, bad_ts_sql=_bad_ts_sql(counts))
+    if counts.far_dates:
         raise DataError(
-            f"{counts.bad_ts:,} of {rows:,} rows in {where} have a '{config.timestamp}' that is not a valid date or "
-            f"time ({hint}; impossible dates such as 2023-02-30 count too) or falls outside {_range_text(config)}; "
-            f"{_located(con, source, BAD_TS_SQL, 'ts_raw')}. Fix those rows, set data.timestamp_format, "
-            "or set data.invalid_rows: drop to skip them."
-        )
-    if counts.bad_amounts:
-        raise DataError(
-            f"{counts.bad_amounts:,} of {rows:,} rows in {where} have an amount ({amount_name(config)}) that is not a "
-            "finite number (empty, text, NaN or infinite) or is 1e29 or more in size (amounts are summed exactly "
-            f"with 29 digits before the point); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')}. "
-            "Fix or remove those rows, or set data.invalid_rows: drop to skip them."
+            f"{counts.far_dates:,} of {rows:,} rows in {where} have {_far_dates_text(config, counts)}; "
+            f"{_located(con, source, FAR_DATE_SQL, 'ts_raw')}. Fix those rows, or set data.invalid_rows: drop to "
+            "skip them."
         )
 
 
@@ -939,9 +1214,12 @@ def _refuse_too_many_invalid(
     if share <= config.invalid_rows_max_share:
         return
     where = []
-    if counts.bad_ts:
-        located = _located(con, source, BAD_TS_SQL, "ts_raw")
-        where.append(f"{counts.bad_ts:,} with an invalid '{config.timestamp}' ({located})")
+    if counts.bad_ts > counts.far_dates:
+        located = _located(con, source, _bad_ts_sql(counts), "ts_raw")
+        where.append(f"{counts.bad_ts - counts.far_dates:,} with an invalid '{config.timestamp}' ({located})")
+    if counts.far_dates:
+        located = _located(con, source, FAR_DATE_SQL, "ts_raw")
+        where.append(f"{counts.far_dates:,} with a '{config.timestamp}' far outside the bulk of the log ({located})")
     if counts.bad_amounts:
         where.append(
             f"{counts.bad_amounts:,} with an invalid amount ({_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')})"
@@ -1211,11 +1489,16 @@ def quality_warnings(con: duckdb.DuckDBPyConnection, config: DataConfig, source:
             f"'{config.customer_id}' (data.customer_id) is stored as floating-point numbers; they are all whole and "
             "were read as integers (42.0 as '42'). Export the ids as integers or text to be sure none is rounded."
         )
-    if counts.bad_ts:
+    if counts.bad_ts > counts.far_dates:
         warnings.append(
-            f"{counts.bad_ts:,} rows with an invalid '{config.timestamp}' were dropped (data.invalid_rows: drop; "
-            f"valid dates run from {_range_text(config)}); "
-            f"{_located(con, source, BAD_TS_SQL, 'ts_raw')}."
+            f"{counts.bad_ts - counts.far_dates:,} rows with an invalid '{config.timestamp}' were dropped "
+            f"(data.invalid_rows: drop; valid dates run from {_range_text(config)}); "
+            f"{_located(con, source, _bad_ts_sql(counts), 'ts_raw')}."
+        )
+    if counts.far_dates:
+        warnings.append(
+            f"{counts.far_dates:,} rows were dropped (data.invalid_rows: drop) as they have "
+            f"{_far_dates_text(config, counts)}; {_located(con, source, FAR_DATE_SQL, 'ts_raw')}."
         )
     if counts.bad_amounts:
         warnings.append(
@@ -1282,6 +1565,7 @@ def data_quality(
         invalid_timestamps=counts.bad_ts,
         invalid_amounts=counts.bad_amounts,
         invalid_rows=counts.invalid,
+        far_dates=counts.far_dates,
         invalid_policy=config.invalid_rows,
         timezone=config.timezone,
         timestamps_with_offset=counts.with_offset,
@@ -1324,18 +1608,20 @@ def read_transactions(
     Raises
     ------
     DataError
-        Missing columns, an empty log, unparseable timestamps or amounts (under ``invalid_rows: fail``),
+        Missing columns, an empty log, unparseable or far timestamps or amounts (under ``invalid_rows: fail``),
         negative amounts (under ``negative_amounts: fail``) or duplicates (under ``duplicates: fail``).
     """
     started = time.perf_counter()
     identities = file_identities(resolve_files(config.path)) if frame is None else ()
     con = connection if connection is not None else duckdb.connect()
-    source = open_log(con, config) if frame is None else open_frame(con, config, frame)
-    create_typed_log(con, config, source)
-    with _unreadable_as_data_error(source.where, READ_ADVICE):
+    source = open_log(con, config, identities) if frame is None else open_frame(con, config, frame)
+    register_typed_rows(con, config, source)
+    refuse_invalid_values(con, config, source)
+    create_typed_log(con, source)
+    with _unreadable_as_data_error(source.where, READ_ADVICE, identities):
         excluded, excluded_rows = count_excluded(con, config)
         float_text_ids = read_whole_float_text_ids(con, source)
-        counts = count_problems(con, list(config.segment_columns))
+        counts = find_far_dates(con, source, count_problems(con, list(config.segment_columns)))
         duplicate_rows = find_duplicate_rows(con, list(source.column_types))
     refuse_excluded_everything(source, counts, excluded_rows)
     refuse_invalid_rows(con, config, source, counts)
@@ -1364,8 +1650,14 @@ def read_transactions(
         read_seconds=time.perf_counter() - started,
         # A clean log whose every row is used is ``transactions`` row for row.
         row_hash_sum=counts.row_hash_sum if rows_used == counts.rows else None, id_quantiles=counts.id_quantiles,
-        identities=identities,
+        identities=identities, last_but_one_timestamp=_last_but_one(counts),
     )  # fmt: skip
+
+
+def _last_but_one(counts: ProblemCounts) -> str | None:
+    """``Transactions.last_but_one_timestamp``: the last valid timestamp but one, as text (None without one)."""
+    bounds = counts.ts_bounds
+    return None if bounds is None or bounds[3] is None else str(bounds[3])
 
 
 def _rows(con: duckdb.DuckDBPyConnection, relation: str) -> int:

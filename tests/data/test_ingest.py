@@ -11,10 +11,15 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from forecast.batch.pipeline import default_as_of
+from forecast.batch.registry import last_complete_month_end
+from forecast.cli import app
 from forecast.config import DataConfig
+from forecast.data import ingest
 from forecast.data.ingest import (
     count_after_as_of,
     count_customers,
@@ -22,6 +27,7 @@ from forecast.data.ingest import (
     count_problems,
     read_transactions,
 )
+from forecast.data.simulate import simulate_transactions
 from forecast.data.summary import summarize
 from forecast.errors import DataError
 
@@ -426,3 +432,171 @@ def test_float_ids_at_or_above_2_to_the_53_are_refused(tmp_path: Path):
     with pytest.raises(DataError, match=r"not whole numbers below 2\^53 .*first at row 1 9007199254740992.0.*"
                        r"Export the ids as integers or text"):  # fmt: skip
         read_transactions(DataConfig(path=str(tmp_path / "a.parquet")))
+
+
+# --- issue 21 audit: far dates, invalid rows refused before the typed log, a log rewritten while read -------------
+
+
+def simulated_log(path: Path, customers: int = 600, start=dt.date(2019, 1, 1), end=dt.date(2021, 6, 30), **kwargs):
+    """A simulated log sorted by time, written as CSV (line = row index + 2); returned as the frame written."""
+    frame = simulate_transactions(customers, start=start, end=end, seed=3, **kwargs)
+    frame = frame.sort_values("timestamp", ignore_index=True)
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def with_dates(path: Path, frame, dates: dict[int, str]) -> Path:
+    """``frame`` written to ``path`` with the timestamps of some rows (by index) replaced."""
+    frame = frame.copy()
+    for index, date in dates.items():
+        frame.loc[index, "timestamp"] = pd.Timestamp(date)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_row_dated_years_after_the_rest_stops_the_run_quoting_its_line(tmp_path: Path, monkeypatch):
+    """The audit's case: one row dated years after a log ending 2021-06 gave exit 0, as_of in the row's month and a
+    predictive CLV a small fraction of the true one (807 for 46,935). It is an invalid row (data.invalid_rows: fail):
+    exit 2 quoting its line, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    log = with_dates(tmp_path / "log.csv", simulated_log(tmp_path / "clean.csv"), {1000: "2024-11-15 10:00"})
+    (tmp_path / "run.yaml").write_text(
+        f"data: {{path: {log}}}\ntime_unit: week\nmargin: 0.5\noutput: runs\nmodels_dir: models\n", encoding="utf-8"
+    )
+    outcome = CliRunner().invoke(app, ["run", "run.yaml"])
+    message = " ".join(outcome.output.split())
+    assert outcome.exit_code == 2, outcome.output
+    assert "1 of 2,300 rows in" in message and "far outside the bulk of the log" in message
+    assert "first at line 1002 '2024-11-15 10:00:00'" in message
+    assert "data.invalid_rows: drop" in message and "Traceback" not in message
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()
+
+
+def test_far_dates_before_or_after_the_bulk_are_refused_or_dropped_and_counted(tmp_path: Path):
+    """A lone 1970-01-01 (a placeholder) and a 2024 (a typing error) in 2,300 rows of 2019-2021."""
+    clean = simulated_log(tmp_path / "clean.csv")
+    log = with_dates(tmp_path / "log.csv", clean, {1000: "2024-11-15 10:00", 1500: "1970-01-01"})
+    with pytest.raises(DataError) as error:
+        read_transactions(DataConfig(path=str(log)))
+    assert "2 of 2,300 rows" in str(error.value)
+    assert "first at line 1002 '2024-11-15 10:00:00', line 1502 '1970-01-01 00:00:00'" in str(error.value)
+    transactions = read_transactions(DataConfig(path=str(log), invalid_rows="drop"))
+    quality = transactions.quality
+    assert (quality.far_dates, quality.invalid_timestamps, quality.invalid_rows) == (2, 2, 2)
+    assert quality.rows_used == 2_298
+    dropped = clean.drop(index=[1000, 1500])["timestamp"]
+    assert (quality.first_timestamp, quality.last_timestamp) == (str(dropped.min()), str(dropped.max()))
+    assert [w for w in quality.warnings if "far outside the bulk" in w] == [
+        w for w in quality.warnings if w.startswith("2 rows were dropped (data.invalid_rows: drop)")
+    ]
+    assert default_as_of(transactions) == dt.date(2021, 5, 31)
+
+
+def test_a_log_whose_customers_arrive_steadily_over_five_years_is_unaffected(tmp_path: Path):
+    """Its first year is thin (a few rows a week), but no year passes without a purchase: nothing is a far date."""
+    frame = simulated_log(
+        tmp_path / "log.csv", 2000, start=dt.date(2016, 1, 1), end=dt.date(2020, 12, 31), acquisition_days=5 * 365
+    )
+    assert (frame["timestamp"].dt.year == 2016).mean() < 0.15
+    transactions = read_transactions(DataConfig(path=str(tmp_path / "log.csv")))
+    quality = transactions.quality
+    assert quality.far_dates == quality.invalid_rows == 0 and quality.rows_used == len(frame)
+    assert (quality.first_timestamp, quality.last_timestamp) == (
+        str(frame["timestamp"].min()),
+        str(frame["timestamp"].max()),
+    )
+    assert default_as_of(transactions) == dt.date(2020, 12, 31)
+
+
+def test_default_as_of_never_jumps_to_a_lone_row_after_a_small_log(tmp_path: Path):
+    """In 130 rows one row is no tiny share, so ingest keeps it; the default as_of still ends where the rest ends,
+    and the row is counted as after as_of."""
+    frame = simulated_log(tmp_path / "clean.csv", 30)
+    log = with_dates(tmp_path / "log.csv", frame, {len(frame) - 1: "2024-11-15"})
+    transactions = read_transactions(DataConfig(path=str(log)))
+    as_of = default_as_of(transactions)
+    assert as_of == last_complete_month_end(frame["timestamp"].iloc[-2]) == dt.date(2021, 5, 31)
+    assert transactions.quality.far_dates == 0 and transactions.quality.last_timestamp == "2024-11-15 00:00:00"
+    after = int((frame["timestamp"].iloc[:-1] >= pd.Timestamp(2021, 6, 1)).sum()) + 1
+    assert count_after_as_of(transactions, as_of).quality.after_as_of == after
+
+
+def _bad_last_row(path: Path, rows: int, value: str) -> None:
+    """A log of ``rows`` rows whose last row's amount is ``value`` (as text in Parquet too)."""
+    con = duckdb.connect()
+    con.execute(
+        f"""COPY (SELECT 'c' || (i % 997) AS customer_id, CAST(DATE '2020-01-01' + CAST(i % 500 AS INT) AS VARCHAR)
+                         AS timestamp, CASE WHEN i = {rows - 1} THEN '{value}' ELSE CAST(i % 50 + 0.5 AS VARCHAR) END
+                         AS amount
+                  FROM range({rows}) t(i) ORDER BY i) TO '{path}'"""
+    )
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.parquet"])
+def test_invalid_rows_are_refused_before_the_typed_log_is_built(tmp_path: Path, name: str):
+    """Under data.invalid_rows: fail one scan of the raw log finds the bad amount on the last line; the refusal,
+    with the exact line, comes before the typed log is made, hashed, counted or searched for duplicates."""
+    path = tmp_path / name
+    _bad_last_row(path, 60_000, "12.x5")
+    con = duckdb.connect()
+    with pytest.raises(DataError) as error:
+        read_transactions(DataConfig(path=str(path)), con)
+    place = "line 60001" if name.endswith(".csv") else "row 60000"
+    assert str(error.value).startswith(f"1 of 60,000 rows in {path} have an amount ('amount') that is not a finite")
+    assert f"first at {place} '12.x5'. Fix or remove those rows" in str(error.value)
+    assert con.execute("SELECT table_name FROM duckdb_tables()").fetchall() == []
+    assert "typed_log" not in {row[0] for row in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+
+
+def _rewrite_in_place(path: Path) -> None:
+    """Overwrite ``path`` in place (same inode) as a writer still at work would leave it: cut in half."""
+    data = path.read_bytes()
+    with path.open("r+b") as file:
+        file.truncate(len(data) // 2)
+        if path.suffix == ".csv":
+            file.seek(len(data) // 2)
+            file.write(b"\n" + b"x" * 10 + b"\n")
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.parquet"])
+def test_a_log_rewritten_in_place_while_it_is_read_is_reported_as_changed(tmp_path: Path, name: str, monkeypatch):
+    """DuckDB said 'No magic bytes ... LINE 1: ... ^^^' or dumped its CSV sniffer's 26 lines; the cause is the
+    file changing after it was opened, and the message says so in one paragraph."""
+    path = tmp_path / name
+    _bad_last_row(path, 5_000, "1.5")
+    real_open_log = ingest.open_log
+
+    def open_then_rewrite(*args, **kwargs):
+        source = real_open_log(*args, **kwargs)
+        _rewrite_in_place(path)
+        return source
+
+    monkeypatch.setattr(ingest, "open_log", open_then_rewrite)
+    with pytest.raises(DataError) as error:
+        read_transactions(DataConfig(path=str(path)))
+    assert str(error.value) == (
+        f"The input file {path} was replaced or rewritten while the run read it; nothing was written. Run again "
+        "when the file is complete (write new logs beside the old one and rename them into place)."
+    )
+
+
+def test_duckdb_errors_are_quoted_to_their_first_paragraph(tmp_path: Path):
+    """A row with more fields than the header past the sniffer's sample, and a file that is not Parquet: DuckDB's
+    first paragraph, without its list of fixes, its reader settings or the query under a caret."""
+    ragged = tmp_path / "ragged.csv"
+    rows = "".join(f"c{i % 50},2020-01-{1 + i % 28:02d},{i % 7}.5\n" for i in range(30_000))
+    ragged.write_text("customer_id,timestamp,amount\n" + rows + "B,2020-01-02,2,9,9\n", encoding="utf-8")
+    with pytest.raises(DataError) as error:
+        read_transactions(DataConfig(path=str(ragged)))
+    assert str(error.value).startswith(
+        f"Cannot read {ragged}: Invalid Input Error: CSV Error on Line: 30002 Original Line: B,2020-01-02,2,9,9 "
+        "Expected Number of Columns: 3 Found: 4"
+    )
+    not_parquet = tmp_path / "log.parquet"
+    not_parquet.write_text("customer_id,timestamp,amount\n7,2020-01-01,1\n", encoding="utf-8")
+    with pytest.raises(DataError) as other:
+        read_transactions(DataConfig(path=str(not_parquet)))
+    assert str(other.value).startswith(f"Cannot read {not_parquet} as parquet: Invalid Input Error: No magic bytes")
+    for message in (str(error.value), str(other.value)):
+        assert "\n" not in message and "Possible fixes" not in message and "LINE 1" not in message
+        assert message.endswith("and the file.")
