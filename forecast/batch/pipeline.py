@@ -604,8 +604,25 @@ def _run(
     output_path = Path(output) if output else run_folder(config.output, as_of)
     lines.output = output_path
     models_path = Path(config.models_dir) / as_of.isoformat()
-    with month_lock(output_path.resolve().parent, models_path.resolve().parent, as_of_name=as_of.isoformat()):
+    with (
+        month_lock(output_path.resolve().parent, models_path.resolve().parent, as_of_name=as_of.isoformat()),
+        input_changes_named(transactions),
+    ):
         return _run_and_publish(config, as_of, output_path, models_path, force, lines, transactions, say, started)
+
+
+@contextmanager
+def input_changes_named(transactions: Transactions) -> Iterator[None]:
+    """Let a failure while the run reads the log again say that the log changed, when it did.
+
+    DuckDB reads a Parquet log's files again for each query: a log rewritten mid-run otherwise surfaces as DuckDB's
+    or Arrow's own error from whichever step read it (``check_input_unchanged`` raises the DataError instead).
+    """
+    try:
+        yield
+    except Exception:
+        check_input_unchanged(transactions.identities)
+        raise
 
 
 def _run_and_publish(

@@ -19,11 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from forecast.batch import pipeline
 from forecast.batch.pipeline import run
 from forecast.batch.publish import PAUSE_BEFORE_COMMIT_ENV
 from forecast.cli import app
 from forecast.config import load_config
 from forecast.data.simulate import write_simulated_log
+from forecast.errors import DataError
 from tests.batch.conftest import digests, write_config, write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,3 +187,28 @@ def test_simulate_over_an_existing_file_replaces_it_whole_or_not_at_all(
     monkeypatch.undo()
     write_simulated_log(out, 2_000, seed=2)
     assert pq.read_metadata(out).num_rows > pq.read_metadata(pa.BufferReader(before)).num_rows
+
+
+def test_a_parquet_log_rewritten_in_place_before_the_summary_reads_it_is_named(
+    tmp_path: Path, cdnow_sample: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB reads a Parquet log's files again when the summary is made: the file rewritten in place (same path,
+    other bytes: half of it overwritten) just before that step made DuckDB or Arrow fail with their own text,
+    shown as an unexpected error. Now: the DataError naming the change, and no run folder or models."""
+    log = tmp_path / "log.parquet"
+    cdnow_sample.to_parquet(log, index=False)
+    config = load_config(write_config(tmp_path, {"path": str(log), "customer_id": "customer_id",
+                                                 "timestamp": "timestamp", "amount": "amount"}))  # fmt: skip
+    real_forecast = pipeline.forecast
+
+    def rewrite_then_forecast(*args, **kwargs):  # type: ignore[no-untyped-def]
+        size = log.stat().st_size
+        with log.open("r+b") as file:
+            file.seek(size // 2)
+            file.write(b"\0" * (size - size // 2))
+        return real_forecast(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "forecast", rewrite_then_forecast)
+    with pytest.raises(DataError, match="was replaced or rewritten while the run read it"):
+        run(config, as_of=dt.date(1997, 6, 30))
+    assert not (tmp_path / "runs" / "1997-06-30").exists() and not (tmp_path / "models" / "1997-06-30").exists()
