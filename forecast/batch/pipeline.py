@@ -7,6 +7,7 @@ output (docs/operations.md, "Folder layout and atomic writes").
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -575,12 +576,15 @@ def failure_log_path(output_path: Path) -> Path:
 
 
 def write_failure_log(output_path: Path, lines: list[str]) -> None:
-    """Keep the log of a failed run for the unattended case; best effort (the disk may be full)."""
+    """Keep the log of a failed run for the unattended case; best effort: on a full disk no empty or partial log is
+    left behind."""
+    path = failure_log_path(output_path)
     try:
         output_path.parent.mkdir(parents=True, exist_ok=True)
-        failure_log_path(output_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def _run(
