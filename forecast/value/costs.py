@@ -178,7 +178,7 @@ def net_columns(
     """
     gross = {name: np.asarray(customers[name.removesuffix("_net")], float) for name in NET_COLUMNS}
     if not valuation.has_costs:
-        return {name: values.copy() for name, values in gross.items()}
+        return gross  # the gross columns' own arrays: without costs, net is gross (no copy of millions of values)
     per_pair = costs_if_alive(model, histories.pairs, valuation, spans, discounted_purchases)
     p_alive = np.asarray(customers["p_alive"], float)
     rows = histories.row_of_customer

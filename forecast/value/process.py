@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from forecast.data.compress import Histories, SpendHistories, take
+from forecast.data.compress import Histories, SpendHistories, row_chunks, take
 from forecast.errors import FitError
 from forecast.models import GammaGamma, PurchaseModel
 from forecast.value.valuation import Valuation
@@ -163,9 +163,10 @@ def customer_variances(
     expected_a, expected_a2, expected_b = (p_alive * values[of_row] for values in (mean_a, mean_a2, mean_b))
     variance_a = expected_a2 - expected_a**2
     customers = histories.row_of_customer
+    purchases_variance = take(variance_a, customers)
     if spend.name == "mean_spend":
-        value = margin**2 * spend.mean_spend() ** 2 * take(variance_a, customers)
-        return pd.DataFrame({"purchases": take(variance_a, customers), "value": value}, copy=False)
+        value = margin**2 * spend.mean_spend() ** 2 * purchases_variance
+        return pd.DataFrame({"purchases": purchases_variance, "value": value}, copy=False)
     p, q, gamma = (spend.params_[k] for k in ("p", "q", "gamma"))
     x, m = spend_histories.rows[:, 0], spend_histories.rows[:, 1]
     shape, scale = q + p * x, gamma + x * m
@@ -174,11 +175,16 @@ def customer_variances(
             f"Gamma-Gamma's q = {q:.3g} leaves the spend of customers without repeat purchases with no variance "
             "(q + p x must exceed 2), so the predictive intervals cannot add the customers' own randomness."
         )
-    inverse = take(scale / (shape - 1), spend_histories.row_of_customer)
-    inverse_squared = take(scale**2 / ((shape - 1) * (shape - 2)), spend_histories.row_of_customer)
-    a, a2, b = (take(values, customers) for values in (expected_a, expected_a2, expected_b))
-    value = margin**2 * (p * b * inverse_squared + p**2 * (a2 * inverse_squared - a**2 * inverse**2))
-    return pd.DataFrame({"purchases": take(variance_a, customers), "value": value}, copy=False)
+    inverse, inverse_squared = scale / (shape - 1), scale**2 / ((shape - 1) * (shape - 2))
+    spend_of = spend_histories.row_of_customer
+    value = np.empty(len(customers))
+    # Chunk by chunk, so that the per-customer terms are never whole columns (millions of customers).
+    for part in row_chunks(len(customers)):
+        row, spend_row = customers[part], spend_of[part]
+        a, a2, b = expected_a[row], expected_a2[row], expected_b[row]
+        inv, inv2 = inverse[spend_row], inverse_squared[spend_row]
+        value[part] = margin**2 * (p * b * inv2 + p**2 * (a2 * inv2 - a**2 * inv**2))
+    return pd.DataFrame({"purchases": purchases_variance, "value": value}, copy=False)
 
 
 def predictive_interval(
