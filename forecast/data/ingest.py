@@ -1463,7 +1463,11 @@ class Found(NamedTuple):
 
 
 def quality_warnings(con: duckdb.DuckDBPyConnection, config: DataConfig, source: LogSource, found: Found) -> list[str]:
-    """One message per problem found, saying how many rows, what the policy did and where the first ones are."""
+    """One message per problem found, saying how many rows, what the policy did and where the first ones are.
+
+    One piece though long: a flat sequence of independent checks, one per kind of problem, in the order the user
+    reads them (``forecast validate`` prints the list as it is); each message is the only place its wording lives.
+    """
     counts, duplicates, netting = found.counts, found.duplicates, found.netting
     warnings = []
     if found.excluded_rows:

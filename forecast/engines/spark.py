@@ -660,14 +660,9 @@ def run(
         return _run(config, as_of, output, tracked, spark, force)
 
 
-def _run(
-    config: RunConfig,
-    as_of: dt.date | None,
-    output: str | Path | None,
-    say: Progress,
-    spark: SparkSession | None,
-    force: bool,
-) -> SparkRunResult:
+def refuse_duckdb_only_settings(config: RunConfig) -> None:
+    """Refuse (ConfigError, before Spark starts) the settings only the DuckDB engine applies, which Spark would
+    otherwise ignore silently: costs, row filters, quantities and excluded customers."""
     duckdb_only = [
         name for name, value in (("data.exclude_customers", config.data.exclude_customers),
                                  ("data.exclude", config.data.exclude), ("data.quantity", config.data.quantity))
@@ -684,6 +679,19 @@ def _run(
             "only: prepare the Spark table accordingly (leave those rows out, multiply the amounts), or run with "
             "--engine duckdb."
         )
+
+
+def _run(
+    config: RunConfig,
+    as_of: dt.date | None,
+    output: str | Path | None,
+    say: Progress,
+    spark: SparkSession | None,
+    force: bool,
+) -> SparkRunResult:
+    """The Spark run's steps in order: refuse what only DuckDB applies, start Spark, read and check the log,
+    summarise, fit, score, write and publish; each step's figures go to the manifest's timings."""
+    refuse_duckdb_only_settings(config)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     say(f"Starting Spark ({config.spark.master})")
