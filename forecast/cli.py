@@ -1,7 +1,8 @@
 """The `forecast` command: the only place that prints or exits.
 
-Every error ends as one paragraph and exit code 2, without a traceback: a ForecastError says what to do, anything
-else is reported as unexpected (``--debug`` shows its traceback instead).
+Every error ends as one paragraph and exit code 2, without a traceback: a ForecastError says what to do, and so does
+running out of memory (MemoryError, Arrow's or DuckDB's); anything else is reported as unexpected (``--debug`` shows
+its traceback instead).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,7 +22,7 @@ from typer.core import TyperGroup
 
 from forecast import __version__
 from forecast.config import RunConfig, check_date, load_config
-from forecast.errors import ConfigError, ForecastError, clip
+from forecast.errors import ConfigError, ForecastError, clip, out_of_memory
 
 if TYPE_CHECKING:
     from forecast.batch.pipeline import RunResult
@@ -30,12 +32,23 @@ if TYPE_CHECKING:
 MAX_MESSAGE = 2000
 
 
+@dataclass
+class _Progress:
+    """The step the running command last announced on its progress display (named if it runs out of memory)."""
+
+    step: str | None = None
+
+
+_progress = _Progress()
+
+
 @contextmanager
-def user_errors(debug: bool = False) -> Iterator[None]:
+def user_errors(debug: bool = False, command: Callable[[], str | None] | None = None) -> Iterator[None]:
     """Turn any error into a one-paragraph message and exit code 2, without a traceback.
 
-    A ForecastError says what is wrong and what to do; any other exception is a bug or an unforeseen fault,
-    reported as such, or re-raised with its traceback (exit 1) when ``debug``.
+    A ForecastError says what is wrong and what to do, and so does running out of memory (``out_of_memory``: the
+    process's limit, not a bug); any other exception is a bug or an unforeseen fault, reported as such, or re-raised
+    with its traceback (exit 1) when ``debug``. ``command`` gives the name of the command running, when known.
     """
     try:
         yield
@@ -48,6 +61,10 @@ def user_errors(debug: bool = False) -> Iterator[None]:
     except (typer.Exit, typer.Abort, typer.TyperException, BrokenPipeError):
         raise  # the command line's own exits and usage errors, and a closed pipe: typer reports them
     except Exception as exc:
+        memory = out_of_memory(exc)
+        if memory is not None:
+            _error(_out_of_memory_message(command() if command else None, _progress.step, memory))
+            raise typer.Exit(code=2) from None
         if debug:
             raise
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -56,6 +73,21 @@ def user_errors(debug: bool = False) -> Iterator[None]:
             "Re-run with --debug for the traceback, and report it."
         )
         raise typer.Exit(code=2) from None
+
+
+def _out_of_memory_message(command: str | None, step: str | None, exc: BaseException) -> str:
+    """The paragraph for a command that ran out of memory (``exc``, a MemoryError or DuckDB's) at ``step``."""
+    lines = str(exc).strip().splitlines()
+    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    where = f"`forecast {command}`" if command else "The command"
+    at = f" at the step '{step}'" if step else ""
+    return (
+        f"{where} ran out of memory{at} ({clip(detail)}): the system refused the process more memory, under the "
+        "limit of the process or of its container, or for want of free memory. Nothing was written or replaced. "
+        "Raise the memory limit of the process or container (ulimit -v, the container's memory limit), or lower "
+        "duckdb.memory_limit and duckdb.threads in the config so that DuckDB spills to disk and leaves memory to the "
+        "rest of the run; for logs beyond one machine's memory, use engine: spark."
+    )
 
 
 def _error(message: str) -> None:
@@ -70,7 +102,8 @@ class _Commands(TyperGroup):
     """The commands, each run inside ``user_errors`` (with the global --debug option)."""
 
     def invoke(self, ctx: Any) -> Any:
-        with user_errors(debug=bool(ctx.params.get("debug"))):
+        _progress.step = None
+        with user_errors(debug=bool(ctx.params.get("debug")), command=lambda: ctx.invoked_subcommand):
             return super().invoke(ctx)
 
 
@@ -122,12 +155,22 @@ RunOutputOption = Annotated[
 
 @contextmanager
 def progress_display() -> Iterator[Callable[[str], None]]:
-    """A spinner showing the current step (quiet when stderr is not a terminal)."""
+    """A spinner showing the current step (quiet when stderr is not a terminal); the step is kept in ``_progress``."""
     if not console.is_terminal:
-        yield lambda message: console.print(f"- {escape(message)}", highlight=False)
+        yield _announcing(lambda message: console.print(f"- {escape(message)}", highlight=False))
         return
     with console.status("Starting") as status:
-        yield lambda message: status.update(escape(message))
+        yield _announcing(lambda message: status.update(escape(message)))
+
+
+def _announcing(show: Callable[[str], None]) -> Callable[[str], None]:
+    """``show``, keeping each step it shows in ``_progress``."""
+
+    def say(message: str) -> None:
+        _progress.step = message
+        show(message)
+
+    return say
 
 
 EngineOption = Annotated[str | None, typer.Option("--engine", help="duckdb or spark (overrides the config's engine).")]
@@ -238,6 +281,7 @@ def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> No
         for month in month_ends:
 
             def say(message: str, month: dt.date = month) -> None:
+                _progress.step = message
                 if console.is_terminal:
                     bar.update(task, description=f"{month}: {escape(message)}")
                 else:

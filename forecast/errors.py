@@ -4,6 +4,7 @@ Every user-facing failure is a ``ForecastError``; its message says what is wrong
 and what to do. The CLI turns these into a one-paragraph message and a non-zero exit code.
 """
 
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,28 @@ class OutputError(ForecastError):
 
 class EngineError(ForecastError):
     """The query engine (DuckDB or Spark) ran out of memory or spill space, or failed, under the configured settings."""
+
+
+def out_of_memory(exc: BaseException) -> BaseException | None:
+    """The out-of-memory error behind ``exc``: itself, or one it was raised from or while handling; None if none.
+
+    Python's MemoryError, pyarrow's ArrowMemoryError (``pyarrow.lib``, a MemoryError too) and DuckDB's
+    OutOfMemoryException count. pyarrow and DuckDB are looked up only if already imported: when they are not,
+    none of their errors can have been raised.
+    """
+    kinds: tuple[type[BaseException], ...] = (MemoryError,)
+    for module, name in (("pyarrow.lib", "ArrowMemoryError"), ("duckdb", "OutOfMemoryException")):
+        kind = getattr(sys.modules.get(module), name, None)
+        if isinstance(kind, type) and issubclass(kind, BaseException):
+            kinds += (kind,)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def clip(text: str, limit: int = 200) -> str:

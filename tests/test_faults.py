@@ -1,8 +1,8 @@
 """Faults through the CLI: a clear message, a non-zero exit, no traceback, and no partial output.
 
 Disk full is produced for real with RLIMIT_FSIZE in a child process: the kernel refuses writes past the
-limit (EFBIG), the same failure path as ENOSPC, without needing a full file system. (The SIGKILL test
-lives in tests/batch/test_batch.py.)
+limit (EFBIG), the same failure path as ENOSPC, without needing a full file system; memory exhaustion with
+RLIMIT_AS, the limit ``ulimit -v`` sets. (The SIGKILL test lives in tests/batch/test_batch.py.)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from forecast.cli import app
-from forecast.data.simulate import simulate_transactions
+from forecast.data.simulate import simulate_transactions, write_simulated_log
 from forecast.models.artifacts import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +155,130 @@ def test_disk_full_fails_cleanly_and_keeps_the_previous_outputs(project):
     for name in before_models:
         load_model(project / "models" / name)
     assert sorted(p.name for p in project.iterdir() if p.name.startswith(".")) == []
+
+
+#: The child's address space before it reaches the step where the test takes the rest away: ample for the run.
+ADDRESS_SPACE_CAP = 6 << 30
+
+
+def _cap_address_space() -> None:  # runs in the child before exec
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_CAP, ADDRESS_SPACE_CAP))
+
+
+def _address_space(pid: int) -> int:
+    """The bytes of address space a process has mapped (VmSize)."""
+    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmSize:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads a process's size from /proc (Linux)")
+def test_running_out_of_memory_is_a_paragraph_and_publishes_nothing(project):
+    """A run under a real RLIMIT_AS runs out of memory: exit 2 with one paragraph naming the command, the step and
+    what to do, no traceback, no run folder and no models published.
+
+    Where a fixed limit bites depends on the machine (its libraries' address space, per-thread malloc arenas,
+    Arrow's allocator reserving space in large blocks), and a limit that bites in DuckDB is DuckDB's own message
+    (``ingest.duckdb_limits``). So the child starts under a generous cap (preexec_fn), and when it announces its
+    CLV interval step (numpy arrays over 100,000 customers, after DuckDB is done) the test lowers its RLIMIT_AS to
+    the address space it has then (``resource.prlimit``): its next new memory is refused. One malloc arena and
+    Arrow's system allocator make the child take memory where numpy asks, the same way on every run.
+    """
+    write_simulated_log(project / "log.parquet", 100_000, end=dt.date(2021, 6, 30))
+    (project / "run.yaml").write_text(
+        "data: {path: log.parquet}\ntime_unit: week\nmargin: 0.5\nas_of: 2021-06-30\noutput: out\n"
+        "models_dir: models\nduckdb: {threads: 1}\n",
+        encoding="utf-8",
+    )
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "MALLOC_ARENA_MAX": "1",
+        "ARROW_DEFAULT_MEMORY_POOL": "system", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    }  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "forecast.cli", "run", "run.yaml"],
+        cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_cap_address_space,
+    )  # fmt: skip
+    assert child.stderr is not None
+    announced = []
+    for line in child.stderr:
+        announced.append(line)
+        if line.startswith("- Intervals from"):
+            size = _address_space(child.pid)
+            resource.prlimit(child.pid, resource.RLIMIT_AS, (size, size))
+            break
+    try:
+        rest = child.communicate(timeout=120)[1]
+    finally:
+        if child.poll() is None:  # still running after the timeout (a hang): never left behind
+            child.kill()
+            child.wait()
+    stderr = "".join(announced) + rest
+    assert announced[-1].startswith("- Intervals from"), stderr
+    assert child.returncode == 2, stderr
+    assert "Traceback" not in stderr and "unexpected error" not in stderr, stderr
+    message = " ".join(stderr.split())
+    assert "error: `forecast run` ran out of memory at the step 'Intervals from 200 parameter draws' (" in message
+    assert "MemoryError: Unable to allocate" in message
+    assert "Nothing was written or replaced." in message
+    for advice in ("Raise the memory limit of the process or container", "duckdb.memory_limit", "engine: spark"):
+        assert advice in message
+    assert no_run_written(project / "out")
+    assert not (project / "models" / "2021-06-30").exists()
+
+
+def _numpy_out_of_memory() -> Exception:
+    return MemoryError("Unable to allocate 9.92 MiB for an array with shape (1300000,) and data type float64")
+
+
+def _arrow_out_of_memory() -> Exception:
+    from pyarrow.lib import ArrowMemoryError
+
+    return ArrowMemoryError("malloc of size 8000000 failed")
+
+
+def _duckdb_out_of_memory() -> Exception:
+    import duckdb
+
+    return duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 2.0 MiB")
+
+
+def _error_while_handling_out_of_memory() -> Exception:
+    """A RuntimeError raised while handling a MemoryError, as cleanup code failing after it would."""
+    try:
+        raise MemoryError("Unable to allocate 2.29 MiB for an array")
+    except MemoryError:
+        try:
+            raise RuntimeError("cleanup failed") from None
+        except RuntimeError as exc:
+            return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "named"),
+    [
+        (_numpy_out_of_memory, "(MemoryError: Unable to allocate 9.92 MiB"),
+        (_arrow_out_of_memory, "(ArrowMemoryError: malloc of size 8000000 failed)"),
+        (_duckdb_out_of_memory, "(OutOfMemoryException: Out of Memory Error: failed to allocate"),
+        (_error_while_handling_out_of_memory, "(MemoryError: Unable to allocate 2.29 MiB"),
+    ],
+    ids=["numpy", "arrow", "duckdb", "behind-another-error"],
+)
+def test_out_of_memory_from_any_library_is_a_paragraph_naming_the_step(project, monkeypatch, error, named):
+    """Out of memory in numpy, Arrow or DuckDB (outside DuckDB's own checks), or behind an error raised while
+    handling it, is the user-error paragraph (exit 2, --debug or not), naming the step last announced."""
+
+    def exhausted(config, as_of, output, progress, force=False):
+        progress("Summarising customers as of 2020-12-31")
+        raise error()
+
+    monkeypatch.setattr("forecast.batch.pipeline.run", exhausted)
+    for debug in ([], ["--debug"]):
+        result = cli(*debug, "run", "run.yaml")
+        assert_clean_failure(
+            result, "`forecast run` ran out of memory at the step 'Summarising customers as of 2020-12-31'", named,
+            "Nothing was written or replaced", "use engine: spark",
+        )  # fmt: skip
+        assert "unexpected error" not in result.output
 
 
 def test_rows_after_as_of_are_counted_in_the_manifest_and_by_validate(project):

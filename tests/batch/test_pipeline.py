@@ -206,3 +206,31 @@ def test_a_fit_that_fails_with_an_extreme_customer_names_it(tmp_path, cdnow_samp
         FitError, match=r"did not converge on 2,358 customers\. 1 customer\(s\) lie far beyond .*'guest'"
     ):
         pipeline.run(load_config(write_config(tmp_path, log)), dt.date(1998, 6, 30))
+
+
+@pytest.mark.parametrize("extreme", ["guest", "typo"])
+def test_a_shared_id_or_an_absurd_one_time_amount_is_named_by_the_run(tmp_path, extreme):
+    """The two cases the audit of issue 21 found unnamed, through a run: a guest-checkout id with 100,000 purchases
+    on 546 days beside 2,000 customers (under 20 times their 99th percentiles of purchases and spend, yet most of
+    the predictive CLV), and a one-time buyer's amount of 1e20. The run warns naming the id and
+    data.exclude_customers."""
+    import datetime as dt
+
+    from forecast.batch.pipeline import run
+    from forecast.config import load_config
+    from tests.batch.conftest import write_config, write_csv
+    from tests.data.test_extreme_customers import guest_checkout, simulated
+
+    if extreme == "guest":
+        extra = guest_checkout()
+        log = pd.concat([simulated(alpha=3.0, gamma=18.0), extra], ignore_index=True)
+    else:
+        extra = pd.DataFrame({"customer_id": ["typo"], "timestamp": [pd.Timestamp("2021-03-03 10:00")], "amount": 1e20})
+        log = pd.concat([simulated(), extra], ignore_index=True)
+    path = write_csv(log, tmp_path / "log.csv")
+    result = run(load_config(write_config(tmp_path, path, interval_draws=0)), dt.date(2021, 6, 30))
+    warned = [m for m in result.forecast.warnings if "lie far beyond all others" in m]
+    assert len(warned) == 1 and f"'{extreme}' (" in warned[0] and "data.exclude_customers" in warned[0]
+    customers = result.forecast.customers
+    if extreme == "guest":
+        assert customers.loc["guest", "clv"] > 0.8 * customers["clv"].sum()
