@@ -1157,6 +1157,12 @@ def segments_section(run: RunFolder) -> dict[str, Any]:
         "target_ltv_to_cac": format_value(budget_config.get("target_ltv_to_cac")),
         "p_alive_threshold": format_value(budget_config.get("p_alive_threshold"), "p_alive"),
         "has_interval": intervals,
+        "costs_note": (
+            f"With {costs_text(comparison['net'])}, the new-customer CLV, the maximum acquisition cost and the payback "
+            "are net of them (the first purchase included); the CLV totals beside them are gross."
+            if has_costs and comparison is not None
+            else ""
+        ),
         "has_budget": bool(budget_columns),
         "has_risk": bool(risk_columns),
     }

@@ -159,8 +159,6 @@ def budget_columns(
     )[:, -1]
     table["max_acquisition_cost"] = table["new_customer_clv"] / target_ltv_to_cac
     table = table.join(interval_columns(table, draws, valuation, purchases))
-    table["heuristic_gap_lower"] = table["clv_heuristic_total"] - table["clv_upper_total"]
-    table["heuristic_gap_upper"] = table["clv_heuristic_total"] - table["clv_lower_total"]
     table["max_acquisition_cost_lower"] = table["new_customer_clv_lower"] / target_ltv_to_cac
     table["max_acquisition_cost_upper"] = table["new_customer_clv_upper"] / target_ltv_to_cac
     return table[[*segments.columns, *BUDGET_COLUMNS]]
@@ -218,8 +216,8 @@ def segment_budget_sums(customers: pd.DataFrame, cells: SegmentCells, p_alive_th
 
 #: The interval columns of the budget figures, each pair from the quantiles of one figure's per-draw values.
 INTERVAL_COLUMNS = [
-    "clv_lower_total", "clv_upper_total", "new_customer_clv_lower", "new_customer_clv_upper", "value_at_risk_lower",
-    "value_at_risk_upper",
+    "clv_lower_total", "clv_upper_total", "heuristic_gap_lower", "heuristic_gap_upper", "new_customer_clv_lower",
+    "new_customer_clv_upper", "value_at_risk_lower", "value_at_risk_upper",
 ]  # fmt: skip
 
 
@@ -229,12 +227,13 @@ def interval_columns(
     """Bounds of each segment's CLV total, new-customer CLV and value at risk across the parameter draws.
 
     The CLV total and the value at risk are realised totals: their intervals add the customers' own randomness
-    (``ClvDraws.total_interval``). The new-customer CLV is an expected value per customer: parameters only.
+    (``ClvDraws.total_interval``). The new-customer CLV is an expected value per customer, and the heuristic gap
+    compares two expected values: their intervals cover the parameters only.
 
     Parameters
     ----------
     table
-        Segment table with segmentation, segment, customers and first_purchase_value.
+        Segment table with segmentation, segment, customers, clv_heuristic_total and first_purchase_value.
     draws
         CLV under parameter draws (``budget_columns``), or None: every bound is NaN.
     valuation
@@ -253,6 +252,12 @@ def interval_columns(
         return bounds
     keys = list(zip(table["segmentation"], table["segment"], strict=True))
     bounds["clv_lower_total"], bounds["clv_upper_total"] = draws.total_interval(draws.clv_totals, keys, "clv")
+    expected_lower, expected_upper = draws.interval(draws.clv_totals.reindex(keys).to_numpy())
+    heuristic = table["clv_heuristic_total"].to_numpy(float)
+    bounds["heuristic_gap_lower"], bounds["heuristic_gap_upper"] = (
+        heuristic - expected_upper,
+        heuristic - expected_lower,
+    )
     spend = draws.spend_totals.reindex(keys).to_numpy() / table["customers"].to_numpy()[:, None]
     repeat = draws.new_customer_purchases
     per_draw = valuation.margin * (table["first_purchase_value"].to_numpy()[:, None] + spend * repeat)

@@ -45,6 +45,8 @@ FUTURES_PER_CHUNK = 500_000
 #: Normal deviates of the customers' spread added to each parameter draw, so that the interval's quantiles are
 #: those of the draws' mixture rather than of as many single deviates as draws.
 DEVIATES_PER_DRAW = 25
+#: Smallest dropout probability simulated (BG/NBD, MBG/NBD): below it, a customer effectively never drops out.
+MIN_DROPOUT = 1e-12
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,13 @@ def _simulated_sums(
     rate = rng.gamma(params["r"] + x, 1.0 / (params["alpha"] + T), size=shape)
     if model.name in ("bgnbd", "mbgnbd"):
         survived = x + (1.0 if model.name == "mbgnbd" else 0.0)
-        left = rng.geometric(rng.beta(params["a"], params["b"] + survived, size=shape)).astype(float)
+        # A small a makes some dropout probabilities underflow to 0 (never dropping out): kept above 1e-12.
+        dropout = np.maximum(rng.beta(params["a"], params["b"] + survived, size=shape), MIN_DROPOUT)
+        left = rng.geometric(dropout).astype(float)
     elif model.name == "pareto":
-        death = rng.exponential(1.0 / rng.gamma(params["s"], 1.0 / (params["beta"] + T), size=shape))
+        # A small s makes some death rates underflow to 0 or near it: an infinite lifetime, not an error.
+        with np.errstate(divide="ignore", over="ignore"):
+            death = rng.exponential(size=shape) / rng.gamma(params["s"], 1.0 / (params["beta"] + T), size=shape)
     elif model.name != "nbd":
         raise FitError(f"The customers' own randomness is not known for the {model.title} model.")
     a, b = np.zeros(shape), np.zeros(shape)
@@ -172,8 +178,9 @@ def customer_variances(
     shape, scale = q + p * x, gamma + x * m
     if (shape <= 2).any():
         raise FitError(
-            f"Gamma-Gamma's q = {q:.3g} leaves the spend of customers without repeat purchases with no variance "
-            "(q + p x must exceed 2), so the predictive intervals cannot add the customers' own randomness."
+            f"Gamma-Gamma's q = {q:.3g} gives the spend per purchase of customers without repeat purchases an "
+            "infinite variance (q + p x must exceed 2), so the predictive intervals cannot add the customers' own "
+            "randomness."
         )
     inverse, inverse_squared = scale / (shape - 1), scale**2 / ((shape - 1) * (shape - 2))
     spend_of = spend_histories.row_of_customer
@@ -211,9 +218,11 @@ def predictive_interval(
     (lower, upper)
         One pair per total, never below 0.
     """
-    totals = np.asarray(totals, float)[:, None, :]
-    deviates = np.random.default_rng(seed).standard_normal(size=(1, DEVIATES_PER_DRAW, totals.shape[-1]))
-    spread = np.sqrt(np.asarray(variance, dtype=float).reshape(-1, 1, 1))
-    values = (totals + spread * deviates).reshape(len(spread), -1)
-    bounds = np.asarray(np.quantile(values, [(1 - ci_level) / 2, (1 + ci_level) / 2], axis=-1))
-    return np.maximum(bounds[0], 0.0), np.maximum(bounds[1], 0.0)
+    totals = np.asarray(totals, float)
+    spread = np.sqrt(np.asarray(variance, dtype=float))
+    deviates = np.random.default_rng(seed).standard_normal(size=(DEVIATES_PER_DRAW, totals.shape[-1]))
+    levels = [(1 - ci_level) / 2, (1 + ci_level) / 2]
+    lower, upper = np.empty(len(totals)), np.empty(len(totals))
+    for i in range(len(totals)):  # one total at a time: draws x deviates values each, however many segments
+        lower[i], upper[i] = np.quantile(totals[i] + spread[i] * deviates, levels)
+    return np.maximum(lower, 0.0), np.maximum(upper, 0.0)

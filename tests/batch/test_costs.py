@@ -130,5 +130,6 @@ def test_the_report_shows_net_figures_only_when_there_are_costs(runs: tuple[Path
     assert "Predictive CLV, net of costs" in text
     assert "costs of 1.50 a purchase and 0.25 an active month" in text
     assert "the net gap is" in text
+    assert "the new-customer CLV, the maximum acquisition cost and the payback are net of them" in text
     plain = unescape(re.sub(r"<[^>]+>", " ", (gross_run / "report.html").read_text()))
     assert "net of costs" not in plain.lower()

@@ -11,7 +11,7 @@ from forecast.config import load_config
 from forecast.data.compress import Histories, SpendHistories
 from forecast.data.ingest import read_transactions
 from forecast.data.summary import summarize
-from forecast.models import MeanSpend, fit_models
+from forecast.models import BetaGeo, MeanSpend, ParetoNBD, fit_models
 from forecast.models.nbd import NBD
 from forecast.value.process import Periods, customer_variances, predictive_interval
 from forecast.value.valuation import Valuation
@@ -71,3 +71,27 @@ def test_the_predictive_interval_widens_the_parameter_draws_by_the_customers_spr
     lower, upper = predictive_interval(spread, np.array([0.0]), 0.9)
     assert (lower[0], upper[0]) == pytest.approx((10.0, 190.0))
     assert predictive_interval(np.zeros((1, 100)), np.array([1e6]), 0.9)[0][0] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("model_class", "params"),
+    [
+        (BetaGeo, {"r": 0.25, "alpha": 4.0, "a": 0.005, "b": 2.5}),
+        (ParetoNBD, {"r": 0.5, "alpha": 10.0, "s": 0.005, "beta": 12.0}),
+    ],
+)
+def test_a_dropout_that_underflows_to_zero_in_a_draw_means_never_dropping_out(sample_summary, model_class, params):
+    """With a (BG/NBD) or s (Pareto/NBD) near 0 some simulated dropout probabilities or death rates are exactly 0:
+    numpy's geometric refused p = 0 and 1 / 0 warned, which failed the run; now such a customer never drops out and
+    every variance is finite."""
+    purchases = model_with_params(model_class, params)
+    spend = MeanSpend().fit_unique(np.array([1.0]), np.array([20.0]), np.array([1.0]))
+    variance = customer_variances(
+        purchases,
+        spend,
+        Histories.from_summary(sample_summary),
+        SpendHistories.from_summary(sample_summary),
+        Periods.single(39.0),
+        1.0,
+    )
+    assert np.isfinite(variance.to_numpy()).all() and (variance.to_numpy() >= 0).all()
