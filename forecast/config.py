@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -388,6 +389,25 @@ class RunConfig(_Strict):
         return DAYS_PER_UNIT[self.time_unit]
 
 
+#: A path that names a storage system rather than the local disk: s3a://, abfss://, hdfs://, gs://, file://, ...
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_relative_local_path(data_path: str) -> bool:
+    """Whether ``data.path`` is a local path relative to the config's folder (and so resolved against it), rather
+    than an absolute path, a URI with a scheme (``s3a://bucket/logs/``), a ``table:`` name (Spark) or a
+    ``lifetimes:`` data set, which are passed on untouched.
+
+    Examples
+    --------
+    >>> [is_relative_local_path(p) for p in ("logs/*.csv", "/data/log.csv", "s3a://b/log/", "table:db.t")]
+    [True, False, False, False]
+    """
+    if data_path.startswith(("lifetimes:", "table:")) or _URI_SCHEME.match(data_path):
+        return False
+    return not Path(data_path).is_absolute()
+
+
 class _NoAliasLoader(yaml.SafeLoader):
     """SafeLoader that stops at the first alias: a few nested aliases expand to billions of values."""
 
@@ -443,7 +463,7 @@ def load_config(path: str | Path) -> RunConfig:
     except ValidationError as exc:
         raise ConfigError(f"Config file {path} is invalid: {describe_validation_error(exc)}") from None
     data_path = config.data.path
-    if not data_path.startswith("lifetimes:") and not Path(data_path).is_absolute():
+    if is_relative_local_path(data_path):
         resolved = str((path.parent / data_path).resolve())
         config = config.model_copy(update={"data": config.data.model_copy(update={"path": resolved})})
     config._source = path.resolve()

@@ -86,3 +86,27 @@ def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_bytes("\ufeffdata: {path: log.csv}  # café\n".encode())
     assert load_config(path).data
+
+
+@pytest.mark.parametrize(
+    ("written", "kept"),
+    [
+        ("s3a://bucket/logs/*.parquet", True),
+        ("abfss://container@account.dfs.core.windows.net/logs/", True),
+        ("hdfs://namenode:8020/logs", True),
+        ("table:sales.transactions", True),
+        ("lifetimes:CDNOW_master.txt", True),
+        ("logs/transactions.csv", False),
+    ],
+)
+def test_data_paths_on_storage_systems_and_table_names_are_passed_on_untouched(
+    tmp_path: Path, written: str, kept: bool
+) -> None:
+    """A URI with a scheme or a table name was rewritten relative to the config's folder ('.../configs/s3a:/bucket
+    ...does not exist'), so a cluster config could not run from the command line; a relative local path is still
+    resolved against the config's folder."""
+    config_path = tmp_path / "configs" / "run.yaml"
+    config_path.parent.mkdir()
+    config_path.write_text(f"data: {{path: '{written}', customer_id: c, timestamp: t, amount: a}}\n", encoding="utf-8")
+    path = load_config(config_path).data.path
+    assert path == (written if kept else str((config_path.parent / written).resolve()))
