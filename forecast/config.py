@@ -335,7 +335,11 @@ class SparkConfig(_Strict):
     See docs/operations.md, "The Spark engine".
     """
 
-    master: str = Field(default="local[*]", description="spark.master: local[*], spark://host:7077, yarn, k8s://...")
+    master: str | None = Field(
+        default=None,
+        description="spark.master: local[*], spark://host:7077, yarn, k8s://...; default: the MASTER environment "
+        "variable, else spark.master in spark-defaults.conf, else local[*]",
+    )
     app_name: str = "clv-forecast"
     conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings, e.g. spark.executor.memory.")
     output: str | None = Field(

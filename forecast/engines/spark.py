@@ -23,7 +23,7 @@ import tempfile
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +73,30 @@ SCORE_COLUMNS = [
 ]  # fmt: skip
 
 
+#: The master when neither the config, MASTER nor spark-defaults.conf names one.
+DEFAULT_MASTER = "local[*]"
+
+
+def spark_master(settings: SparkConfig, environ: Mapping[str, str] = os.environ) -> str:
+    """The master to run on, as Spark users expect: ``spark.master`` from the config, else the ``MASTER``
+    environment variable, else ``spark.master`` in ``spark-defaults.conf`` (in ``SPARK_CONF_DIR``, else
+    ``SPARK_HOME/conf``), else ``local[*]``."""
+    if settings.master:
+        return settings.master
+    if environ.get("MASTER"):
+        return environ["MASTER"]
+    folder = environ.get("SPARK_CONF_DIR") or (
+        str(Path(environ["SPARK_HOME"], "conf")) if "SPARK_HOME" in environ else ""
+    )
+    defaults = Path(folder, "spark-defaults.conf") if folder else None
+    if defaults is not None and defaults.is_file():
+        for line in defaults.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split(None, 1)  # "key value", separated by spaces or tabs; "#" starts a comment
+            if len(parts) == 2 and parts[0] == "spark.master":
+                return parts[1].strip()
+    return DEFAULT_MASTER
+
+
 def spark_session(settings: SparkConfig) -> SparkSession:
     """Get or create the SparkSession for the configured master, with UTC session time.
 
@@ -93,20 +117,21 @@ def spark_session(settings: SparkConfig) -> SparkSession:
             "engine: spark needs pyspark, which is not installed. Install it with "
             "pip install 'clv-forecast[spark]' (Java 17 is needed), or set engine: duckdb."
         ) from None
+    master = spark_master(settings)
     # The workers' interpreter is read from the environment when the SparkContext starts.
     if "spark.pyspark.python" in settings.conf:
         os.environ["PYSPARK_PYTHON"] = settings.conf["spark.pyspark.python"]
-    if settings.master.startswith("local"):
+    if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
-        SparkSession.builder.master(settings.master)
+        SparkSession.builder.master(master)
         .appName(settings.app_name)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
     )
-    if settings.master.startswith("local"):
+    if master.startswith("local"):
         # 200 shuffle partitions (Spark's default, sized for clusters) cost seconds of task overhead locally.
         builder = builder.config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 1)))
     for key, value in settings.conf.items():
@@ -620,7 +645,8 @@ def spark_errors(settings: SparkConfig, doing: Callable[[], str]) -> Iterator[No
         what = lines[0][:400] if lines else type(exc).__name__
         step = doing()
         raise EngineError(
-            f"Spark failed while {step[:1].lower()}{step[1:]} (spark.master {settings.master}): {what.rstrip('.')}. "
+            f"Spark failed while {step[:1].lower()}{step[1:]} (spark.master {spark_master(settings)}): "
+            f"{what.rstrip('.')}. "
             "Check spark.master and spark.conf in the config, that Java 17 is installed and the cluster is "
             "reachable, and Spark's own log above; nothing was written."
         ) from None
@@ -668,6 +694,12 @@ def refuse_duckdb_only_settings(config: RunConfig) -> None:
                                  ("data.exclude", config.data.exclude), ("data.quantity", config.data.quantity))
         if value
     ]  # fmt: skip
+    if config.spark.conf.get("spark.submit.deployMode", "client") != "client":
+        raise ConfigError(
+            "spark.submit.deployMode: cluster cannot be used from the forecast command, whose process is the Spark "
+            "driver: remove the setting (client mode) and run the command on a machine that reaches the cluster (an "
+            "edge node or a notebook's driver)."
+        )
     if config.costs.per_purchase or config.costs.per_active_month:
         raise ConfigError(
             "costs.per_purchase and costs.per_active_month are applied by the DuckDB engine only: the Spark engine "
@@ -694,7 +726,7 @@ def _run(
     refuse_duckdb_only_settings(config)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    say(f"Starting Spark ({config.spark.master})")
+    say(f"Starting Spark ({spark_master(config.spark)})")
     spark = spark if spark is not None else spark_session(config.spark)
     ship_package(spark)
     say(f"Reading {config.data.path} with Spark")

@@ -26,7 +26,15 @@ from forecast.config import DataConfig, RunConfig, SparkConfig
 from forecast.data.ingest import read_transactions
 from forecast.data.simulate import write_simulated_log
 from forecast.data.summary import summarize as summarize_duckdb
-from forecast.engines.spark import in_segment_order, ship_package, spark_session, summarize, to_pandas, typed_log
+from forecast.engines.spark import (
+    in_segment_order,
+    ship_package,
+    spark_master,
+    spark_session,
+    summarize,
+    to_pandas,
+    typed_log,
+)
 from forecast.engines.spark import run as run_spark
 from forecast.engines.spark import segment_table as spark_segment_table
 from forecast.errors import DataError
@@ -316,18 +324,23 @@ def test_a_spark_failure_exits_2_with_a_paragraph_and_writes_nothing(simulated_l
     [
         ({"costs": {"per_purchase": 2.0}}, "costs.per_purchase and costs.per_active_month"),
         ({"data": {"exclude": [{"column": "customer_id", "equals": "00001"}]}}, "data.exclude"),
+        (
+            {"spark": {"conf": {"spark.submit.deployMode": "cluster"}}},
+            "spark.submit.deployMode: cluster cannot be used",
+        ),
     ],
 )
 def test_spark_refuses_the_settings_only_duckdb_applies_before_starting(
     sample_config_path: Path, tmp_path: Path, setting: dict[str, object], named: str
 ) -> None:
-    """Costs and row filters would be silently ignored by the Spark engine: exit 2 naming them, nothing written."""
+    """Costs and row filters would be silently ignored by the Spark engine, and cluster deploy mode crashed (this
+    process is the driver): exit 2 naming them before Spark starts, nothing written."""
     import yaml
 
     document = yaml.safe_load(sample_config_path.read_text())
     document["data"]["path"] = str((sample_config_path.parent / document["data"]["path"]).resolve())
     for key, value in setting.items():
-        document[key] = {**document[key], **value} if key == "data" else value
+        document[key] = {**document.get(key, {}), **value} if key in ("data", "spark") else value
     document.update(output=str(tmp_path / "runs"), models_dir=str(tmp_path / "models"))
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(document))
@@ -335,3 +348,19 @@ def test_spark_refuses_the_settings_only_duckdb_applies_before_starting(
     assert result.exit_code == 2, result.output
     assert named in " ".join(result.output.split())
     assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()
+
+
+def test_the_master_comes_from_the_config_then_master_then_spark_defaults_then_local(tmp_path: Path) -> None:
+    """The config's local[*] default used to win over MASTER and spark-defaults.conf silently."""
+    conf_dir, home = tmp_path / "conf", tmp_path / "spark"
+    conf_dir.mkdir()
+    (home / "conf").mkdir(parents=True)
+    (conf_dir / "spark-defaults.conf").write_text("# site settings\nspark.master   spark://site:7077\n")
+    (home / "conf" / "spark-defaults.conf").write_text("spark.master\tyarn\n")
+    unset = SparkConfig()
+    assert spark_master(SparkConfig(master="local[2]"), {"MASTER": "yarn"}) == "local[2]"
+    assert spark_master(unset, {"MASTER": "spark://env:7077", "SPARK_CONF_DIR": str(conf_dir)}) == "spark://env:7077"
+    assert spark_master(unset, {"SPARK_CONF_DIR": str(conf_dir), "SPARK_HOME": str(home)}) == "spark://site:7077"
+    assert spark_master(unset, {"SPARK_HOME": str(home)}) == "yarn"
+    assert spark_master(unset, {"SPARK_CONF_DIR": str(tmp_path / "none")}) == "local[*]"
+    assert spark_master(unset, {}) == "local[*]"
