@@ -394,7 +394,7 @@ class RunConfig(_Strict):
 
 
 #: A path that names a storage system rather than the local disk: s3a://, abfss://, hdfs://, gs://, file://, ...
-_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def is_relative_local_path(data_path: str) -> bool:
@@ -407,7 +407,7 @@ def is_relative_local_path(data_path: str) -> bool:
     >>> [is_relative_local_path(p) for p in ("logs/*.csv", "/data/log.csv", "s3a://b/log/", "table:db.t")]
     [True, False, False, False]
     """
-    if data_path.startswith(("lifetimes:", "table:")) or _URI_SCHEME.match(data_path):
+    if data_path.startswith(("lifetimes:", "table:")) or URI_SCHEME.match(data_path):
         return False
     return not Path(data_path).is_absolute()
 

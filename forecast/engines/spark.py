@@ -41,7 +41,7 @@ from forecast.batch.registry import (
     paths_never_replaced,
     run_folder,
 )
-from forecast.config import DataConfig, RunConfig, SparkConfig
+from forecast.config import URI_SCHEME, DataConfig, RunConfig, SparkConfig
 from forecast.data.compress import label_codes
 from forecast.data.fingerprints import input_files_sha256
 from forecast.data.ingest import resolve_files
@@ -713,6 +713,24 @@ def refuse_duckdb_only_settings(config: RunConfig) -> None:
         )
 
 
+def check_output_shared(config: RunConfig) -> None:
+    """Refuse, before Spark starts, a cluster run whose executors would write customers.parquet to a path only the
+    driver sees: with a non-local master, ``spark.output`` must be a URI of storage every node shares (``hdfs://``,
+    ``s3a://``, ``abfss://``, ``gs://``, or ``file://`` for a mount every node has). Otherwise the executors write
+    their parts on their own disks and the run folder gets an empty customers.parquet."""
+    master = spark_master(config.spark)
+    if master.startswith("local"):
+        return
+    output = config.spark.output
+    if output is None or not URI_SCHEME.match(output):
+        where = f"spark.output is {output!r}" if output else "spark.output is not set"
+        raise ConfigError(
+            f"With spark.master {master} the executors write customers.parquet, but {where}, a path only this "
+            "machine sees. Set spark.output to storage every node shares (hdfs://..., s3a://..., abfss://..., or "
+            "file:///... for a mount every node has), or run with a local master."
+        )
+
+
 def _run(
     config: RunConfig,
     as_of: dt.date | None,
@@ -721,9 +739,11 @@ def _run(
     spark: SparkSession | None,
     force: bool,
 ) -> SparkRunResult:
-    """The Spark run's steps in order: refuse what only DuckDB applies, start Spark, read and check the log,
-    summarise, fit, score, write and publish; each step's figures go to the manifest's timings."""
+    """The Spark run's steps in order: refuse what only DuckDB applies and an output the executors cannot share,
+    start Spark, read and check the log, summarise, fit, score, write and publish; each step's figures go to the
+    manifest's timings."""
     refuse_duckdb_only_settings(config)
+    check_output_shared(config)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     say(f"Starting Spark ({spark_master(config.spark)})")

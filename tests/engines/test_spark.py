@@ -27,6 +27,7 @@ from forecast.data.ingest import read_transactions
 from forecast.data.simulate import write_simulated_log
 from forecast.data.summary import summarize as summarize_duckdb
 from forecast.engines.spark import (
+    check_output_shared,
     in_segment_order,
     ship_package,
     spark_master,
@@ -37,7 +38,7 @@ from forecast.engines.spark import (
 )
 from forecast.engines.spark import run as run_spark
 from forecast.engines.spark import segment_table as spark_segment_table
-from forecast.errors import DataError
+from forecast.errors import ConfigError, DataError
 from forecast.value.clv import assign_tiers
 from forecast.value.segments import segment_table
 
@@ -364,3 +365,28 @@ def test_the_master_comes_from_the_config_then_master_then_spark_defaults_then_l
     assert spark_master(unset, {"SPARK_HOME": str(home)}) == "yarn"
     assert spark_master(unset, {"SPARK_CONF_DIR": str(tmp_path / "none")}) == "local[*]"
     assert spark_master(unset, {}) == "local[*]"
+
+
+def test_a_cluster_run_needs_an_output_every_node_shares(sample_config_path: Path, tmp_path: Path) -> None:
+    """With a non-local master the executors write customers.parquet: to the driver's staging folder (or any path
+    without a scheme) they wrote on their own disks, and the run published an empty customers.parquet with exit 0.
+    Refused before Spark starts; a URI of shared storage (or file:// for a mount on every node) passes."""
+    import yaml
+
+    document = yaml.safe_load(sample_config_path.read_text())
+    document["data"]["path"] = str((sample_config_path.parent / document["data"]["path"]).resolve())
+    document.update(
+        output=str(tmp_path / "runs"), models_dir=str(tmp_path / "models"), spark={"master": "spark://127.0.0.1:7077"}
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["run", str(config), "--engine", "spark"])
+    assert result.exit_code == 2, result.output
+    assert "spark.output is not set, a path only this machine sees" in " ".join(result.output.split())
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()
+    cluster = RunConfig.model_validate({**document, "engine": "spark"})
+    with pytest.raises(ConfigError, match=r"spark\.output is '/mnt/out'"):
+        check_output_shared(cluster.model_copy(update={"spark": SparkConfig(master="yarn", output="/mnt/out")}))
+    for shared in ("hdfs:///clv/out", "s3a://bucket/clv", "file:///mnt/shared/clv"):
+        check_output_shared(cluster.model_copy(update={"spark": SparkConfig(master="yarn", output=shared)}))
+    check_output_shared(cluster.model_copy(update={"spark": SparkConfig(master="local[2]")}))
