@@ -309,7 +309,8 @@ def is_iso_date(text: str) -> bool:
 
 
 def read_customers(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read a customers.parquet file: the columns asked for that it holds (all when None).
+    """Read a customers.parquet file (or a Spark run's folder of part files): the columns asked for that it holds
+    (all when None).
 
     Returns
     -------
@@ -322,8 +323,9 @@ def read_customers(path: Path, columns: Sequence[str] | None = None) -> pd.DataF
         The file is missing or unreadable.
     """
     try:
-        present = pq.read_schema(path).names
-        wanted = present if columns is None else [c for c in columns if c in present]
+        # The Spark engine writes customers.parquet as a folder of part files: read as one dataset.
+        schema = pq.ParquetDataset(path).schema if path.is_dir() else pq.read_schema(path)
+        wanted = schema.names if columns is None else [c for c in columns if c in schema.names]
         customers = pq.read_table(path, columns=wanted, memory_map=True).to_pandas(split_blocks=True)
     except FileNotFoundError:
         raise ArtifactError(f"{path.parent} has no {path.name}. Re-run `forecast run` to write it.") from None

@@ -254,6 +254,10 @@ def test_cli_run_with_engine_spark_writes_the_outputs(spark: object, tmp_path: P
     for name in ("customers.parquet", "customers.csv", "segments.csv", "manifest.json"):
         assert (tmp_path / "out" / "1997-09-30" / name).exists(), name  # <output>/<as_of>/, as the DuckDB engine
     assert (tmp_path / "models" / "1997-09-30" / "purchases.json").exists()
+    # forecast report reads a Spark run (its customers.parquet is a folder of part files: it could not before).
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "out" / "1997-09-30")])
+    assert report.exit_code == 0, report.output
+    assert "2,357" in (tmp_path / "out" / "1997-09-30" / "report.html").read_text(encoding="utf-8")
     # The month's run is replaced only with --force; a folder that is not a run never is.
     again = CliRunner().invoke(app, ["run", str(config), "--engine", "spark"])
     assert again.exit_code == 2 and "already holds a run. Pass --force" in again.output, again.output
