@@ -8,7 +8,6 @@ import json
 import math
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,8 +35,9 @@ from forecast.evaluation.backtest import (
     top_capture,
     winners,
 )
+from tests.conftest import CONFIGS
+from tests.evaluation.conftest import connection_for
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CALIBRATION_END = dt.date(1997, 9, 30)
 HOLDOUT_END = dt.date(1998, 6, 30)
 PREDICTION_COLUMNS = [
@@ -45,31 +45,6 @@ PREDICTION_COLUMNS = [
     for method in ("predictive", "heuristic", "gradient_boosting")
     for what in ("purchases", "revenue")
 ]
-
-
-@pytest.fixture(scope="module")
-def sample_config() -> RunConfig:
-    return load_config(CONFIGS / "cdnow_sample.yaml")
-
-
-@pytest.fixture(scope="module")
-def sample_log(sample_config: RunConfig) -> pd.DataFrame:
-    """The CDNOW sample's normalised transactions (customer_id, ts, amount) as a frame."""
-    con = read_transactions(sample_config.data).connection
-    return con.execute("SELECT customer_id, ts, amount FROM transactions").df()
-
-
-def connection_for(log: pd.DataFrame) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection whose ``transactions`` table holds exactly these rows, in this order.
-
-    One thread: DuckDB's parallel sums differ in the last bits from run to run (their order varies), which would
-    hide whether a difference comes from the data or from the summation order.
-    """
-    con = duckdb.connect(config={"threads": 1})
-    con.register("log_frame", log)
-    con.execute("CREATE TABLE transactions AS SELECT customer_id, ts, amount FROM log_frame")
-    con.unregister("log_frame")
-    return con
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import datetime as dt
 import warnings
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,29 +23,10 @@ from forecast.evaluation.selection import (
     validation_windows,
     window_counts,
 )
+from tests.conftest import CONFIGS
+from tests.evaluation.conftest import connection_for
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CUTOFF = dt.date(1997, 9, 30)
-
-
-@pytest.fixture(scope="module")
-def sample_config() -> RunConfig:
-    return load_config(CONFIGS / "cdnow_sample.yaml")
-
-
-@pytest.fixture(scope="module")
-def sample_log(sample_config: RunConfig) -> pd.DataFrame:
-    con = read_transactions(sample_config.data).connection
-    return con.execute("SELECT customer_id, ts, amount FROM transactions").df()
-
-
-def connection_for(log: pd.DataFrame) -> duckdb.DuckDBPyConnection:
-    """A one-thread DuckDB connection whose ``transactions`` table holds exactly these rows."""
-    con = duckdb.connect(config={"threads": 1})
-    con.register("log_frame", log)
-    con.execute("CREATE TABLE transactions AS SELECT customer_id, ts, amount FROM log_frame")
-    con.unregister("log_frame")
-    return con
 
 
 def test_windows_are_13_weeks_or_a_third_of_the_span_with_enough_history_before_them() -> None:
