@@ -101,9 +101,10 @@ def spark_session(settings: SparkConfig) -> SparkSession:
     """Get or create the SparkSession for the configured master, with UTC session time.
 
     Local masters bind to 127.0.0.1 (``SPARK_LOCAL_IP``) unless that is already set. Python workers run
-    ``spark.pyspark.python`` from the config's ``spark.conf`` if given, else ``PYSPARK_PYTHON`` if set, else (local
-    masters) this interpreter: Spark would otherwise start the ``python3`` on PATH, which a console script run
-    from a venv that is not activated (as cron runs it) does not have the project in.
+    ``spark.pyspark.python`` from the config's ``spark.conf`` if given, else ``PYSPARK_PYTHON`` if set, else this
+    interpreter (on a cluster, the same path must hold the same environment on every node): Spark would otherwise
+    start the ``python3`` on PATH, which a console script run from a venv that is not activated (as cron runs it)
+    does not have the project in.
 
     Raises
     ------
@@ -121,9 +122,9 @@ def spark_session(settings: SparkConfig) -> SparkSession:
     # The workers' interpreter is read from the environment when the SparkContext starts.
     if "spark.pyspark.python" in settings.conf:
         os.environ["PYSPARK_PYTHON"] = settings.conf["spark.pyspark.python"]
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.master(master)
         .appName(settings.app_name)
@@ -212,14 +213,15 @@ def read_log(spark: SparkSession, config: DataConfig) -> SparkFrame:
     if file_format == "parquet":
         return spark.read.parquet(*paths)
     if file_format == "whitespace":
-        if config.header:
-            raise ConfigError(
-                "The Spark engine reads whitespace-separated files without a header line only: set data.header: "
-                "false (and remove the header line), or use engine: duckdb."
-            )
-        names = config.columns or []
         lines = spark.read.text(paths).where(F.trim("value") != "")
         parts = F.split(F.trim("value"), r"\s+")
+        names = config.columns or []
+        if config.header:
+            # Every file's header line is the same words: lines of exactly those words are headers, not data.
+            first = lines.first()
+            header = first["value"].split() if first is not None else []
+            names = names or header
+            lines = lines.where(F.concat_ws(" ", parts) != F.lit(" ".join(header)))
         return lines.select(*[parts.getItem(i).alias(name) for i, name in enumerate(names)])
     reader = spark.read.option("header", str(config.header).lower()).option("inferSchema", "false")
     if config.delimiter is not None:

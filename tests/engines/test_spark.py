@@ -7,10 +7,6 @@ covers sums taken in a different order.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sysconfig
-import venv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,9 +37,16 @@ from forecast.engines.spark import segment_table as spark_segment_table
 from forecast.errors import ConfigError, DataError
 from forecast.value.clv import assign_tiers
 from forecast.value.segments import segment_table
+from tests.engines.parity import (
+    CSV_ABSOLUTE,
+    CSV_RELATIVE,
+    RELATIVE,
+    SPARK_MISSING_COLUMNS,
+    assert_close,
+    run_console_script,
+)
 
 pytestmark = pytest.mark.slow
-RELATIVE = 1e-9
 END = dt.date(2021, 6, 30)
 
 
@@ -63,22 +66,6 @@ def simulated_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("spark") / "sim.parquet"
     write_simulated_log(path, 3_000, end=END, seed=99)
     return path
-
-
-#: Tolerances of the CSV files, which round money to cents and other figures to 4 significant figures
-#: (forecast.batch.outputs.csv_number): two engines' values a hair apart may round one step apart.
-CSV_RELATIVE, CSV_ABSOLUTE = 1e-3, 0.01
-
-
-def assert_close(actual: pd.DataFrame, expected: pd.DataFrame, rtol: float = RELATIVE, atol: float = 1e-12) -> None:
-    assert list(actual.index) == list(expected.index)
-    for column in expected.columns:
-        left, right = actual[column], expected[column]
-        if pd.api.types.is_numeric_dtype(right) and not pd.api.types.is_bool_dtype(right):
-            np.testing.assert_allclose(left.to_numpy(float), right.to_numpy(float), rtol=rtol, atol=atol,
-                                       err_msg=column)  # fmt: skip
-        else:
-            assert (left.astype(str).to_numpy() == right.astype(str).to_numpy()).all(), column
 
 
 def spark_summary(spark: object, data: DataConfig, as_of: dt.date, resolution: str) -> pd.DataFrame:
@@ -186,12 +173,6 @@ def test_spark_segment_table_has_the_duckdb_rows_in_their_order_however_spark_pa
     assert list(expected["segmentation"].iloc[:4]) == ["all", "value_tier", "value_tier", "value_tier"]
 
 
-SPARK_MISSING_COLUMNS = (
-    "clv_lower", "clv_upper", "rfm_group", "clv_lifetime", "clv_matched", "cohort", "clv_net", "clv_matched_net",
-    "clv_heuristic_net",
-)  # fmt: skip
-
-
 def test_spark_run_gives_the_duckdb_run_predictions_parameters_and_segments(
     spark: object, simulated_log: Path, tmp_path: Path
 ) -> None:
@@ -283,20 +264,6 @@ def test_cli_rejects_an_unknown_engine(sample_config_path: Path) -> None:
     assert "--engine must be duckdb or spark" in result.output
 
 
-def run_console_script(tmp_path: Path, config: dict[str, object]) -> subprocess.CompletedProcess[str]:
-    """Run the installed `forecast` console script by its absolute path, as cron does: the venv not activated,
-    PATH starting with a folder whose `python3` is a bare interpreter without the project or its libraries."""
-    bare = tmp_path / "bare"
-    venv.create(bare, with_pip=False)
-    config_path = tmp_path / "run.yaml"
-    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    script = Path(sysconfig.get_path("scripts")) / "forecast"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
-    env["PATH"] = f"{bare / 'bin'}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin"
-    command = [str(script), "run", str(config_path), "--engine", "spark", "--output", str(tmp_path / "out")]
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-
-
 def test_console_script_runs_spark_workers_with_its_own_interpreter(simulated_log: Path, tmp_path: Path) -> None:
     """Without PYSPARK_PYTHON, local Spark workers start the console script's interpreter, not the `python3` on
     PATH (which lacks pandas: the run used to exit 1 with "No module named 'pandas'" and a traceback)."""
@@ -304,7 +271,7 @@ def test_console_script_runs_spark_workers_with_its_own_interpreter(simulated_lo
         "data": {"path": str(simulated_log)}, "as_of": END.isoformat(), "models_dir": str(tmp_path / "models"),
         "spark": {"master": "local[1]", "conf": {"spark.ui.enabled": "false"}},
     }  # fmt: skip
-    done = run_console_script(tmp_path, config)
+    done = run_console_script(tmp_path, config, tmp_path / "out")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "3,000 customers (Spark)" in done.stdout
     assert len(pd.read_parquet(tmp_path / "out" / "customers.parquet")) == 3_000
@@ -317,7 +284,7 @@ def test_a_spark_failure_exits_2_with_a_paragraph_and_writes_nothing(simulated_l
         "data": {"path": str(simulated_log)}, "as_of": END.isoformat(), "models_dir": str(tmp_path / "models"),
         "spark": {"master": "local[1]", "conf": {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "-5"}},
     }  # fmt: skip
-    done = run_console_script(tmp_path, config)
+    done = run_console_script(tmp_path, config, tmp_path / "out")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "Spark failed while" in done.stderr
     assert "spark.master local[1]" in done.stderr
@@ -340,7 +307,6 @@ def test_spark_refuses_the_settings_only_duckdb_applies_before_starting(
 ) -> None:
     """Costs and row filters would be silently ignored by the Spark engine, and cluster deploy mode crashed (this
     process is the driver): exit 2 naming them before Spark starts, nothing written."""
-    import yaml
 
     document = yaml.safe_load(sample_config_path.read_text())
     document["data"]["path"] = str((sample_config_path.parent / document["data"]["path"]).resolve())
@@ -375,7 +341,6 @@ def test_a_cluster_run_needs_an_output_every_node_shares(sample_config_path: Pat
     """With a non-local master the executors write customers.parquet: to the driver's staging folder (or any path
     without a scheme) they wrote on their own disks, and the run published an empty customers.parquet with exit 0.
     Refused before Spark starts; a URI of shared storage (or file:// for a mount on every node) passes."""
-    import yaml
 
     document = yaml.safe_load(sample_config_path.read_text())
     document["data"]["path"] = str((sample_config_path.parent / document["data"]["path"]).resolve())

@@ -1,0 +1,121 @@
+"""The Spark engine on a real standalone cluster: a master and two workers started on localhost from the pyspark
+install, the run made by the console script's absolute path (no activated venv), every output compared with the
+DuckDB engine's run of the same config.
+
+The executors are separate processes started by the workers: they read the log, score the customers and write
+customers.parquet to ``spark.output`` (a ``file://`` URI, the mount every "node" of this cluster shares).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from forecast.batch.pipeline import run as run_duckdb
+from forecast.config import RunConfig
+from forecast.data.simulate import write_simulated_log
+from tests.conftest import CONFIGS
+from tests.engines.parity import (
+    CSV_ABSOLUTE,
+    CSV_RELATIVE,
+    RELATIVE,
+    SPARK_MISSING_COLUMNS,
+    SPARK_MISSING_FILES,
+    SPARK_MISSING_MANIFEST_KEYS,
+    assert_close,
+    run_console_script,
+)
+from tests.engines.standalone import standalone_cluster
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A standalone master and two one-core workers on 127.0.0.1, stopped (with their executors) at the end."""
+    with standalone_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
+
+
+def cdnow_config() -> dict[str, Any]:
+    """configs/cdnow.yaml as shipped: the full CDNOW cohort, purchase_model auto, a backtest section."""
+    document: dict[str, Any] = yaml.safe_load((CONFIGS / "cdnow.yaml").read_text(encoding="utf-8"))
+    return document
+
+
+def simulated_config(tmp_path: Path) -> dict[str, Any]:
+    """A simulated log of 3,000 customers with a data segment column, as_of left to default."""
+    path = tmp_path / "log.parquet"
+    write_simulated_log(path, 3_000, end=dt.date(2021, 6, 30), seed=5)
+    return {"data": {"path": str(path)}, "margin": 0.25, "heuristic": {"lifespan_years": "auto"}}
+
+
+def run_both(tmp_path: Path, document: dict[str, Any], master: str) -> tuple[Path, Path, dict[str, Any]]:
+    """Run ``document`` with DuckDB in this process and with Spark on the cluster through the console script;
+    return the two run folders and the Spark run's manifest."""
+    document = {**document, "output": str(tmp_path / "runs"), "models_dir": str(tmp_path / "models")}
+    duck = run_duckdb(RunConfig.model_validate({**document, "output": str(tmp_path / "duckdb")}))
+    spark_document = {
+        **document,
+        "spark": {
+            "master": master,
+            "output": (tmp_path / "shared").as_uri(),
+            "conf": {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"},
+        },
+    }
+    done = run_console_script(tmp_path, spark_document)
+    assert done.returncode == 0, done.stderr[-4000:]
+    spark_folder = tmp_path / "runs" / duck.forecast.as_of.isoformat()  # the month's folder, as DuckDB's
+    manifest = json.loads((spark_folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["engine"] == "spark" and manifest["as_of"] == duck.forecast.as_of.isoformat()
+    return duck.output, spark_folder, manifest
+
+
+def customers_of(path: Path | str) -> pd.DataFrame:
+    return pd.read_parquet(str(path).removeprefix("file://")).set_index("customer_id")
+
+
+def assert_same_run(duckdb_folder: Path, spark_folder: Path, manifest: dict[str, Any]) -> None:
+    """Every per-customer column Spark writes equals DuckDB's, in DuckDB's order; segments, models and totals too."""
+    expected = customers_of(duckdb_folder / "customers.parquet")
+    actual = customers_of(manifest["customers_parquet"])
+    assert manifest["customers_parquet"].startswith("file://")  # written by the executors to the shared mount
+    spark_files = {p.name for p in spark_folder.iterdir()}
+    assert spark_files == {p.name for p in duckdb_folder.iterdir()} - SPARK_MISSING_FILES - {"customers.parquet"}
+    written = [c for c in expected.columns if c not in SPARK_MISSING_COLUMNS]
+    assert list(actual.columns) == written
+    assert_close(actual, expected[written])
+    duck_manifest = json.loads((duckdb_folder / "manifest.json").read_text(encoding="utf-8"))
+    for role in ("purchases", "spend"):
+        ours, theirs = manifest["models"][role], duck_manifest["models"][role]
+        assert ours["name"] == theirs["name"]
+        for name, value in theirs["params"].items():
+            assert ours["params"][name] == pytest.approx(value, rel=1e-7), (role, name)
+    assert set(manifest) == set(duck_manifest) - SPARK_MISSING_MANIFEST_KEYS | {"customers_parquet", "engine"}
+    for key, value in manifest["totals"].items():
+        assert value == pytest.approx(duck_manifest["totals"][key], rel=RELATIVE), key
+    segments_expected = pd.read_csv(duckdb_folder / "segments.csv", keep_default_na=False)
+    segments_actual = pd.read_csv(spark_folder / "segments.csv", keep_default_na=False)
+    kept = segments_expected[segments_expected["segmentation"].isin(segments_actual["segmentation"])]
+    assert_close(segments_actual, kept[list(segments_actual.columns)].reset_index(drop=True),
+                 rtol=CSV_RELATIVE, atol=CSV_ABSOLUTE)  # fmt: skip
+
+
+def test_the_cdnow_config_on_a_standalone_cluster_gives_the_duckdb_run(cluster: str, tmp_path: Path) -> None:
+    duckdb_folder, spark_folder, manifest = run_both(tmp_path, cdnow_config(), cluster)
+    assert manifest["input"]["customers"] == 23_570
+    assert manifest["model_selection"]["chosen"] == "mbgnbd"  # auto, validated on the cluster's window counts
+    assert_same_run(duckdb_folder, spark_folder, manifest)
+
+
+def test_a_simulated_log_on_a_standalone_cluster_gives_the_duckdb_run(cluster: str, tmp_path: Path) -> None:
+    duckdb_folder, spark_folder, manifest = run_both(tmp_path, simulated_config(tmp_path), cluster)
+    assert manifest["input"]["customers"] == 3_000
+    assert_same_run(duckdb_folder, spark_folder, manifest)
