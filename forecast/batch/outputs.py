@@ -49,6 +49,8 @@ MONEY_DECIMALS = 2
 SIGNIFICANT_FIGURES = 4
 #: DuckDB types rounded in CSV files; integers (customers, frequency, counts) and text are written as they are.
 FLOAT_TYPES = ("DOUBLE", "FLOAT")
+#: The column ``frame_to_csv`` numbers a frame's rows in (a name no output column has), not written.
+ROW_NUMBER = "__frame_row_number"
 
 
 def csv_wanted(setting: str, customers: int) -> tuple[bool, str | None]:
@@ -128,16 +130,21 @@ def parquet_to_csv(parquet_path: Path, csv_path: Path, threads: int | None = Non
 
 
 def frame_to_csv(frame: pd.DataFrame, csv_path: Path) -> None:
-    """Write a DataFrame's columns (not its index) to a CSV for spreadsheets (``copy_to_csv``)."""
+    """Write a DataFrame's columns (not its index) to a CSV for spreadsheets (``copy_to_csv``), rows in order.
+
+    DuckDB scans an Arrow table in parallel and writes its rows in the order the threads finish (a segment table
+    concatenated from others came out of order), so the rows are numbered and written in that order.
+    """
     con = duckdb.connect()
     try:
-        con.register("frame", pa.Table.from_pandas(frame, preserve_index=False))
-        copy_to_csv(con, "frame", csv_path)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        con.register("frame", table.append_column(ROW_NUMBER, pa.array(np.arange(len(frame)))))
+        copy_to_csv(con, "frame", csv_path, order_by=ROW_NUMBER)
     finally:
         con.close()
 
 
-def copy_to_csv(con: duckdb.DuckDBPyConnection, source: str, csv_path: Path) -> None:
+def copy_to_csv(con: duckdb.DuckDBPyConnection, source: str, csv_path: Path, order_by: str | None = None) -> None:
     """Write the rows of a DuckDB relation to CSV, prefixing text cells a spreadsheet would run as a formula.
 
     Every CSV the toolkit writes goes through here, so they share one format: a header row, comma separators,
@@ -154,6 +161,8 @@ def copy_to_csv(con: duckdb.DuckDBPyConnection, source: str, csv_path: Path) -> 
         A relation: a table or view name, or a table function such as ``read_parquet('...')``.
     csv_path
         The CSV file to write.
+    order_by
+        A column of ``source`` that orders the rows and is not written (else the rows come in DuckDB's order).
 
     Raises
     ------
@@ -168,6 +177,8 @@ def copy_to_csv(con: duckdb.DuckDBPyConnection, source: str, csv_path: Path) -> 
     prefixes = ", ".join(quote_literal(p) for p in FORMULA_PREFIXES)
     selected = []
     for name, column_type, *_ in columns:
+        if name == order_by:
+            continue
         column = quote_identifier(name)
         if column_type == "VARCHAR" or column_type.startswith("ENUM"):
             text = f"CAST({column} AS VARCHAR)"
@@ -178,9 +189,10 @@ def copy_to_csv(con: duckdb.DuckDBPyConnection, source: str, csv_path: Path) -> 
             selected.append(f"{csv_number(name, column_type)} AS {column}")
         else:
             selected.append(column)
+    order = f" ORDER BY {quote_identifier(order_by)}" if order_by is not None else ""
     try:
         con.execute(
-            f"COPY (SELECT {', '.join(selected)} FROM {source}) TO {quote_literal(str(csv_path))} "
+            f"COPY (SELECT {', '.join(selected)} FROM {source}{order}) TO {quote_literal(str(csv_path))} "
             "(FORMAT csv, HEADER true, DELIMITER ',')"
         )
     except duckdb.IOException as exc:

@@ -94,7 +94,7 @@ from forecast.value.clv import (
 )
 from forecast.value.comparison import comparison_record, matched_segment_columns, matched_span_months
 from forecast.value.costs import NET_COLUMNS, net_columns, net_segment_columns
-from forecast.value.segments import ALL_SEGMENTATION, SegmentCells, cohorts, rfm_groups, segment_table
+from forecast.value.segments import ALL_SEGMENTATION, RfmCuts, SegmentCells, cohorts, rfm_groups, segment_table
 from forecast.value.uncertainty import clv_draws, has_covariance
 from forecast.value.valuation import Valuation
 
@@ -216,6 +216,7 @@ def score_summary(
     lifespan = config.heuristic.lifespan_years
     lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
     columns = scored_columns(config, valuation, summary, purchases, spend, histories, spend_histories, lifespan_years)
+    columns["segment"] = assign_tiers(pd.Series(columns["clv"], index=summary.index), config.segments.tiers).array
     customers = pd.DataFrame(columns, index=summary.index, copy=False)
     segmentations = ["segment", "rfm_group", "cohort", *segment_columns]
     # The customers' cells (their segment in every segmentation) are found once, for the intervals, the
@@ -280,20 +281,24 @@ def scored_columns(
     histories: Histories,
     spend_histories: SpendHistories,
     lifespan_years: float,
+    rfm_cuts: RfmCuts | None = None,
 ) -> dict[str, Any]:
-    """The per-customer columns: the summary's, the scores, the heuristic's inputs and CLV, the value tier, the
-    lifetime and matched-span CLV (``score_lifetime``) and the RFM group, each as the column's own array, so that
-    the customer table is assembled once without copying the summary.
+    """The per-customer columns but the value tier: the summary's, the scores, the heuristic's inputs and CLV, the
+    lifetime and matched-span CLV (``score_lifetime``), the net columns, the RFM group and the cohort, each as the
+    column's own array, so that the customer table is assembled once without copying the summary.
 
-    The lifetime sums per unique (x, T) pair and the RFM groups need no scores: they are found on a second thread
-    meanwhile (the models' special functions, numpy's quantiles and comparisons let go of the GIL).
+    Each customer's columns depend on its own row, the models and settings only, but for the RFM group's cuts
+    (the summary's own unless ``rfm_cuts`` are given): both engines score with this function, the Spark engine
+    batch by batch on its executors. The lifetime sums per unique (x, T) pair and the RFM groups need no scores:
+    they are found on a second thread meanwhile (the models' special functions, numpy's quantiles and comparisons
+    let go of the GIL).
     """
     spans = (config.horizon_months, matched_span_months(lifespan_years))
     with ThreadPoolExecutor(max_workers=1) as second_thread:
         found_sums = second_thread.submit(
             discounted_purchases_if_alive, purchases, histories.pairs, valuation, spans[::-1]
         )
-        found_rfm_groups = second_thread.submit(rfm_groups, summary)
+        found_rfm_groups = second_thread.submit(rfm_groups, summary, rfm_cuts)
         scores = score_customers(summary, purchases, spend, valuation, histories, spend_histories)
         inputs = heuristic_inputs(summary, config.days_per_unit)
         columns = {name: frame[name].array for frame in (summary, scores, inputs) for name in frame.columns}
@@ -301,7 +306,6 @@ def scored_columns(
             inputs["avg_purchase_value"].to_numpy(), inputs["purchases_per_year"].to_numpy(), lifespan_years,
             config.margin,
         )  # fmt: skip
-        columns["segment"] = assign_tiers(scores["clv"], config.segments.tiers).array
         over_spans, lifetime_sums = found_sums.result()
         lifetime = score_lifetime(scores, histories, valuation, (over_spans, lifetime_sums))
         columns.update({name: lifetime[name].array for name in lifetime.columns})

@@ -293,6 +293,17 @@ class Histories:
         pairs, pair_of_row, _ = sorted_unique_rows({"frequency": rows[:, 0], "T": rows[:, 2]})
         return cls(rows, counts, row_of_customer, pairs.to_numpy(), pair_of_row)
 
+    @classmethod
+    def from_counts(cls, rows: pd.DataFrame, customers: np.ndarray | pd.Series) -> Histories:
+        """The histories of compressed customers (another engine's summary, which never comes here whole): unique
+        frequency, recency and T rows in any order with the customers each stands for. There is no customer to
+        index (``row_of_customer`` is empty); the fits take the rows and counts as they take a summary's."""
+        columns = {name: rows[name] for name in ("frequency", "recency", "T")}
+        unique, _, counts = sorted_unique_rows(columns, weights=np.asarray(customers, dtype=float))
+        unique_rows = unique.to_numpy()
+        pairs, pair_of_row, _ = sorted_unique_rows({"frequency": unique_rows[:, 0], "T": unique_rows[:, 2]})
+        return cls(unique_rows, counts, np.empty(0, dtype=np.intp), pairs.to_numpy(), pair_of_row)
+
 
 @dataclass(frozen=True)
 class SpendHistories:
@@ -316,6 +327,14 @@ class SpendHistories:
         unique, row_of_customer, counts = sorted_unique_rows({"frequency": frequency, "monetary_value": monetary_value})
         return cls(unique.to_numpy(), counts, row_of_customer)
 
+    @classmethod
+    def from_counts(cls, rows: pd.DataFrame, customers: np.ndarray | pd.Series) -> SpendHistories:
+        """The spend histories of compressed customers: unique frequency and monetary_value rows (monetary_value 0
+        without a repeat purchase) in any order, with the customers each stands for; no customer to index."""
+        columns = {name: rows[name] for name in ("frequency", "monetary_value")}
+        unique, _, counts = sorted_unique_rows(columns, weights=np.asarray(customers, dtype=float))
+        return cls(unique.to_numpy(), counts, np.empty(0, dtype=np.intp))
+
 
 def distinct_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct values in ascending order and how often each occurs, like ``np.unique(values,
@@ -328,19 +347,27 @@ def distinct_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return counts.index.to_numpy(), counts.to_numpy()
 
 
-def quantile_of_counts(counts: np.ndarray, q: float) -> float:
-    """``np.quantile(values, q)`` (linear interpolation) of the values 0, 1, 2, ... occurring ``counts[v]`` times.
+def quantile_of_counts(counts: np.ndarray, q: float, values: np.ndarray | None = None) -> float:
+    """``np.quantile(np.repeat(values, counts), q)`` (linear interpolation) without repeating the values: each of the
+    distinct ``values`` (default 0, 1, 2, ...; any order) occurring ``counts`` times.
 
-    Only the two values beside the quantile's position are found (from the running counts), so the values
-    themselves are never built (8 bytes per customer, and ``np.quantile`` would copy them once more).
+    Only the two values beside the quantile's position are found (from the running counts), so the repeated values
+    are never built (8 bytes per customer, and ``np.quantile`` would copy them once more); another engine's
+    compressed customers give the same quantile as the whole column would here, to the last bit.
     """
+    counts = np.asarray(counts)
+    if values is None:
+        values = np.arange(len(counts), dtype=float)
+    else:
+        order = np.argsort(values, kind="stable")
+        values, counts = np.asarray(values, dtype=float)[order], counts[order]
     total = int(counts.sum())
     position = q * (total - 1)  # numpy's virtual index for the linear method
     below = math.floor(position)
     ends = np.cumsum(counts)
     low, high = np.searchsorted(ends, [below, min(below + 1, total - 1)], side="right")
     # numpy's own interpolation between the two, at the same fraction.
-    return float(np.quantile(np.array([low, high], dtype=float), position - below))
+    return float(np.quantile(np.array([values[low], values[high]], dtype=float), position - below))
 
 
 def label_codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:

@@ -33,25 +33,25 @@ import numpy as np
 import pandas as pd
 
 from forecast.batch.outputs import csv_wanted, frame_to_csv, parquet_to_csv
-from forecast.batch.pipeline import input_record
+from forecast.batch.pipeline import CUSTOMER_COLUMNS, input_record, scored_columns
 from forecast.batch.publish import atomic_folders, month_lock
 from forecast.batch.registry import (
     check_replaceable,
     check_runs_apart_from_models,
+    last_complete_month_end,
     paths_never_replaced,
     run_folder,
 )
 from forecast.config import URI_SCHEME, DataConfig, RunConfig, SparkConfig
-from forecast.data.compress import label_codes
+from forecast.data.compress import Histories, SpendHistories, label_codes
 from forecast.data.fingerprints import input_files_sha256
 from forecast.data.ingest import resolve_files
 from forecast.errors import ConfigError, DataError, EngineError, OutputError, collected_warnings
 from forecast.evaluation.selection import Selection, Window, WindowCounts, select_on_counts, validation_windows
-from forecast.models import GammaGamma, PurchaseModel, purchase_model
+from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model
 from forecast.models.artifacts import library_versions, model_artifact, write_json
-from forecast.models.gamma_gamma import warn_if_spend_correlated
-from forecast.value.clv import churn_window, heuristic_clv, heuristic_inputs, lifespan_from_churn, score_customers
-from forecast.value.segments import ALL, segmentation_name
+from forecast.value.clv import churn_window, heuristic_clv, lifespan_from_churn
+from forecast.value.segments import ALL, RFM_GROUPS, RfmCuts, segmentation_name
 from forecast.value.valuation import Valuation
 
 if TYPE_CHECKING:
@@ -67,10 +67,8 @@ STRPTIME_TO_SPARK = {
 }  # fmt: skip
 #: The internal column of ``_typed_columns`` that holds the raw timestamp as text.
 RAW_TIMESTAMP = "__clv_ts_raw"
-SCORE_COLUMNS = [
-    "customer_id", "frequency", "recency", "T", "monetary_value", "p_alive", "expected_purchases",
-    "expected_spend", "clv", "clv_heuristic", "revenue", "avg_purchase_value", "purchases_per_year",
-]  # fmt: skip
+#: The DuckDB engine's per-customer columns that the Spark engine does not write: the per-customer intervals.
+SPARK_UNWRITTEN_COLUMNS = ("clv_lower", "clv_upper")
 
 
 #: The master when neither the config, MASTER nor spark-defaults.conf names one.
@@ -440,98 +438,153 @@ def summarize(
     )
 
 
-def fit_on_compressed(summary: SparkFrame, model_name: str) -> tuple[PurchaseModel, GammaGamma]:
-    """Fit the purchase and spend models on the driver from the compressed summary Spark sends back.
+@dataclass(frozen=True)
+class CompressedFit:
+    """The models fitted on the driver from the compressed summary, and the RFM cuts of the same rows."""
 
-    Only unique (frequency, recency, T) rows and unique (frequency, monetary_value) rows of repeat
-    buyers travel, with their customer counts; the fits equal those on every customer row.
+    purchases: PurchaseModel
+    spend: GammaGamma
+    rfm_cuts: RfmCuts
+
+
+def fit_on_compressed(summary: SparkFrame, config: RunConfig) -> CompressedFit:
+    """Fit the purchase and spend models on the driver from the compressed summary Spark sends back, with the DuckDB
+    engine's fits and fallbacks (``forecast.models.fit_purchase_model``, ``fit_spend_model``) and penalties.
+
+    Only unique (frequency, recency, T) rows and unique (frequency, monetary_value) rows travel, with their customer
+    counts; the fits equal those on every customer row. The RFM cuts come from the same rows.
     """
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
     purchase_rows = to_pandas(summary.groupBy("frequency", "recency", "T").count())
-    spend_rows = to_pandas(summary.where(F.col("frequency") > 0).groupBy("frequency", "monetary_value").count())
-    purchases = purchase_model(model_name).fit(
-        purchase_rows["frequency"], purchase_rows["recency"], purchase_rows["T"], weights=purchase_rows["count"]
+    monetary_value = F.when(F.col("frequency") > 0, F.col("monetary_value")).otherwise(F.lit(0.0))
+    spend_rows = to_pandas(summary.groupBy("frequency", monetary_value.alias("monetary_value")).count())
+    totals = summary.agg(F.sum("revenue").alias("revenue"), F.sum("frequency").alias("repeats")).first()
+    customers = float(purchase_rows["count"].sum())
+    mean_amount = None
+    if totals is not None and totals["revenue"] is not None and customers > 0:
+        mean = float(totals["revenue"]) / (float(totals["repeats"]) + customers)
+        mean_amount = mean if math.isfinite(mean) else None
+    purchases = fit_purchase_model(
+        config.purchase_model, Histories.from_counts(purchase_rows, purchase_rows["count"]), config.penalizer.purchases
     )
-    spend = GammaGamma().fit(spend_rows["frequency"], spend_rows["monetary_value"], weights=spend_rows["count"])
-    repeat = summary.where((F.col("frequency") > 0) & (F.col("monetary_value") > 0))
-    row = repeat.agg(F.count(F.lit(1)).alias("n"), F.corr("frequency", "monetary_value").alias("r")).first()
-    if row is not None and row["n"] > 2 and row["r"] is not None:
-        warn_if_spend_correlated(float(row["r"]))
-    return purchases, spend
+    spend = fit_spend_model(
+        SpendHistories.from_counts(spend_rows, spend_rows["count"]), config.penalizer.spend, mean_amount
+    )
+    since_last = purchase_rows["T"].to_numpy(float) - purchase_rows["recency"].to_numpy(float)
+    cuts = RfmCuts.from_counts(purchase_rows["frequency"].to_numpy(), since_last, purchase_rows["count"].to_numpy())
+    return CompressedFit(purchases, spend, cuts)
 
 
-def score(
-    summary: SparkFrame,
-    purchases: PurchaseModel,
-    spend: GammaGamma,
-    config: RunConfig,
-    lifespan_years: float,
-    segment_columns: list[str],
-) -> SparkFrame:
-    """Score every customer on the executors (``mapInPandas``): predictions, CLV and the heuristic.
+def score(summary: SparkFrame, fit: CompressedFit, config: RunConfig, lifespan_years: float) -> SparkFrame:
+    """Score every customer on the executors (``mapInPandas``) with the DuckDB engine's own function,
+    ``forecast.batch.pipeline.scored_columns``, batch by batch: every per-customer column but the value tier (which
+    ranks everybody: ``assign_tiers``), the RFM groups cut where the whole summary's cuts are.
 
-    The fitted parameters travel as plain JSON-able dictionaries; each batch is scored with
-    ``forecast.value.clv.score_customers``, as in the DuckDB engine.
+    The fitted parameters travel as plain JSON-able dictionaries.
     """
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
-    purchases_state, spend_state, model_type = purchases.to_dict(), spend.to_dict(), type(purchases)
+    segment_columns = list(config.data.segment_columns)
+    purchases_state, spend_state = fit.purchases.to_dict(), fit.spend.to_dict()
+    model_type, spend_type, cuts = type(fit.purchases), type(fit.spend), fit.rfm_cuts
     valuation = Valuation.from_config(config)
+    columns = [c for c in scored_output_columns(segment_columns) if c != "segment"]
 
     def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from forecast.models import GammaGamma as SpendModel
-
-        purchase_model_ = model_type.from_dict(purchases_state)
-        spend_model = SpendModel.from_dict(spend_state)
+        purchases, spend = model_type.from_dict(purchases_state), spend_type.from_dict(spend_state)
         for batch in batches:
             if batch.empty:
                 continue
             frame = batch.set_index("customer_id")
             frame["frequency"] = frame["frequency"].astype("int64")
-            scores = score_customers(frame, purchase_model_, spend_model, valuation)
-            inputs = heuristic_inputs(frame, valuation.days_per_unit)
-            out = pd.concat([frame, scores, inputs], axis=1)
-            out["clv_heuristic"] = heuristic_clv(
-                out["avg_purchase_value"], out["purchases_per_year"], lifespan_years, valuation.margin
-            )
-            yield out.reset_index()[SCORE_COLUMNS + segment_columns]
+            scored = scored_columns(
+                config, valuation, frame, purchases, spend, Histories.from_summary(frame),
+                SpendHistories.from_summary(frame), lifespan_years, cuts,
+            )  # fmt: skip
+            out = pd.DataFrame(scored, index=frame.index).reset_index()
+            for name in ("rfm_group", "cohort"):
+                out[name] = out[name].astype(str)
+            yield out[columns]
 
-    fields = [StructField("customer_id", StringType()), StructField("frequency", LongType())]
-    fields += [StructField(name, DoubleType()) for name in SCORE_COLUMNS[2:]]
-    fields += [StructField(name, StringType()) for name in segment_columns]
-    inputs = summary.select(
-        "customer_id", "frequency", "recency", "T", "monetary_value", "revenue", "first_purchase", "last_purchase",
-        *segment_columns,
-    )  # fmt: skip
-    return inputs.mapInPandas(score_batches, StructType(fields))
+    text = {"customer_id", "rfm_group", "cohort", *segment_columns}
+    fields = [
+        StructField(name, StringType() if name in text else LongType() if name == "frequency" else DoubleType())
+        for name in columns
+    ]
+    return summary.mapInPandas(score_batches, StructType(fields))
+
+
+def scored_output_columns(segment_columns: list[str]) -> list[str]:
+    """The per-customer columns the Spark engine writes, in the DuckDB engine's order (``customer_columns``): the
+    contract's but the intervals, then the log's segment columns, the RFM group and the cohort. ``score`` gives
+    them all but the value tier (``segment``)."""
+    contract = [c for c in CUSTOMER_COLUMNS if c not in SPARK_UNWRITTEN_COLUMNS]
+    return [*contract, *segment_columns, "rfm_group", "cohort"]
 
 
 def assign_tiers(scored: SparkFrame, tiers: dict[str, float]) -> SparkFrame:
     """Add the value tier (``segment``) as ``forecast.value.clv.assign_tiers`` does: by CLV rank, ties by customer id.
 
-    The customers at the tier boundaries are found by ranking (a distributed sort and ``zipWithIndex``);
-    every customer is then labelled by comparing its (clv, customer_id) with those boundary keys.
+    The customers at the tier boundaries are found by their rank (``boundary_keys``); every customer is then
+    labelled by comparing its (clv, customer_id) with those boundary keys.
     """
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
     customers = scored.count()
     bounds = np.cumsum(list(tiers.values())) * customers
     cut_positions = {k: math.ceil(float(b)) for k, b in enumerate(bounds[:-1]) if math.ceil(float(b)) < customers}
-    keys: dict[int, tuple[float, str]] = {}
-    if cut_positions:
-        wanted = set(cut_positions.values())
-        ranked = scored.select("clv", "customer_id").orderBy(F.desc("clv"), F.asc("customer_id"))
-        found = ranked.rdd.zipWithIndex().filter(lambda pair: pair[1] in wanted).collect()
-        by_position = {position: (row["clv"], row["customer_id"]) for row, position in found}
-        keys = {k: by_position[p] for k, p in cut_positions.items()}
+    keys = boundary_keys(scored, sorted(set(cut_positions.values())))
     index: Column = F.lit(0)
-    for clv, customer_id in keys.values():
+    for position in cut_positions.values():
+        clv, customer_id = keys[position]
         after = (F.col("clv") < F.lit(clv)) | ((F.col("clv") == F.lit(clv)) & (F.col("customer_id") >= customer_id))
         index = index + F.when(after, 1).otherwise(0)
     labels = list(tiers)
     label = F.element_at(F.array(*[F.lit(name) for name in labels]), F.least(index, F.lit(len(labels) - 1)) + 1)
     return scored.withColumn("segment", label)
+
+
+#: ``monotonically_increasing_id`` puts the partition's number above these bits and the row's place in it below.
+ROW_BITS = 33
+
+
+def boundary_keys(scored: SparkFrame, positions: list[int]) -> dict[int, tuple[float, str]]:
+    """The (clv, customer_id) of the customers at ``positions`` (0 = the highest CLV) in the order of CLV, highest
+    first, ties by customer id: DataFrame operations only, so that Spark Connect runs them.
+
+    A distributed sort puts the customers in order across its partitions; the customers per partition (one
+    small row each) give every partition's first position, and each wanted customer is then the row at its place
+    within its partition (``monotonically_increasing_id``). Only the partition counts and the wanted rows reach
+    the driver. The sorted rows are cached between the two queries, so both see the same partitions.
+    """
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    if not positions:
+        return {}
+    ranked = (
+        scored.select("clv", "customer_id")
+        .orderBy(F.desc("clv"), F.asc("customer_id"))
+        .select("clv", "customer_id", F.spark_partition_id().alias("part"), F.monotonically_increasing_id().alias("id"))
+        .cache()
+    )
+    try:
+        sizes = to_pandas(ranked.groupBy("part").count()).sort_values("part")
+        starts = dict(zip(sizes["part"], np.cumsum(sizes["count"]) - sizes["count"], strict=True))
+        wanted: dict[tuple[int, int], int] = {}
+        for position in positions:
+            part = max(p for p, start in starts.items() if start <= position)
+            wanted[(int(part), int(position - starts[part]))] = position
+        condition = F.lit(False)
+        for part, place in wanted:
+            condition = condition | (F.col("id") == F.lit((part << ROW_BITS) + place))
+        rows = ranked.where(condition).collect()
+    finally:
+        ranked.unpersist()
+    return {
+        wanted[(int(row["id"]) >> ROW_BITS, int(row["id"]) & ((1 << ROW_BITS) - 1))]: (row["clv"], row["customer_id"])
+        for row in rows
+    }
 
 
 def observed_lifespan_years(summary: SparkFrame, as_of: dt.date) -> float:
@@ -577,7 +630,7 @@ def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[s
                 F.avg("purchases_per_year").alias("purchases_per_year"),
             )
         )
-        table = in_segment_order(table, tiers if column == "segment" else None)
+        table = in_segment_order(table, {"segment": tiers, "rfm_group": RFM_GROUPS}.get(str(column)))
         table["customers"] = table["customers"].astype("int64")
         table["clv_heuristic_total"] = table["customers"] * heuristic_clv(
             table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
@@ -589,23 +642,23 @@ def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[s
     return pd.concat(frames, ignore_index=True)
 
 
-def in_segment_order(table: pd.DataFrame, tiers: list[str] | None = None) -> pd.DataFrame:
+def in_segment_order(table: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
     """One segmentation's rows (one per label in ``segment``, in any order) in the order of the DuckDB engine's
     segment tables (``forecast.value.segments.SegmentCells.index``), found by the same function,
-    ``forecast.data.compress.label_codes``: the value tiers (``tiers`` given) in their configured order, as their
-    ordered categorical has them, other labels sorted as text.
+    ``forecast.data.compress.label_codes``: labels of an ordered categorical there (the value tiers, the RFM groups:
+    ``order`` given) in that order, other labels sorted as text.
 
     Raises
     ------
     ValueError
-        A label is not one of ``tiers``.
+        A label is not one of ``order``.
     """
     labels = table["segment"].astype(str)
-    if tiers is not None:
-        unknown = sorted(set(labels) - set(tiers))
+    if order is not None:
+        unknown = sorted(set(labels) - set(order))
         if unknown:
-            raise ValueError(f"Value tiers {unknown} are not among the configured tiers {tiers}.")
-        labels = pd.Series(pd.Categorical(labels, categories=tiers, ordered=True))
+            raise ValueError(f"Segments {unknown} are not among the configured ones {order}.")
+        labels = pd.Series(pd.Categorical(labels, categories=order, ordered=True))
     codes, _ = label_codes(labels)
     return table.iloc[np.argsort(codes, kind="stable")].reset_index(drop=True)
 
@@ -795,7 +848,8 @@ def _run(
 
 
 def _checked_as_of(config: RunConfig, as_of: dt.date | None, quality: SparkQuality) -> dt.date:
-    """The run's as_of: the one given, else the config's, else the log's last day; never before the log's first.
+    """The run's as_of: the one given, else the config's, else the end of the log's last complete calendar month
+    (the DuckDB engine's default, ``forecast.batch.pipeline.default_as_of``); never before the log's first day.
 
     Raises
     ------
@@ -803,7 +857,8 @@ def _checked_as_of(config: RunConfig, as_of: dt.date | None, quality: SparkQuali
         The log has no usable rows to default to, or as_of is before its first transaction.
     """
     if as_of is None:
-        as_of = config.as_of or (pd.Timestamp(quality.last_timestamp).date() if quality.last_timestamp else None)
+        last = pd.Timestamp(quality.last_timestamp).date() if quality.last_timestamp else None
+        as_of = config.as_of or (last_complete_month_end(last) if last is not None else None)
     if as_of is None:
         raise DataError("The transaction log has no usable rows, so there is no as_of date to default to.")
     if quality.first_timestamp is not None and as_of < pd.Timestamp(quality.first_timestamp).date():
@@ -845,14 +900,15 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
             raise DataError(f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of.")
         selection, config = choose_purchase_model(config, log, summary, as_of, say)
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on the compressed summary of {customers:,} customers")
-        purchases, spend = fit_on_compressed(summary, config.purchase_model)
+        fit = fit_on_compressed(summary, config)
+        purchases, spend = fit.purchases, fit.spend
         lifespan = config.heuristic.lifespan_years
         lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
         say("Scoring customers on Spark")
-        scores = score(summary, purchases, spend, config, lifespan_years, segment_columns).cache()
-        scored = assign_tiers(scores, config.segments.tiers)
-        segments = segment_table(scored, ["segment", *segment_columns], list(config.segments.tiers), lifespan_years,
-                                 config.margin)  # fmt: skip
+        scores = score(summary, fit, config, lifespan_years).cache()
+        scored = assign_tiers(scores, config.segments.tiers).select(*scored_output_columns(segment_columns))
+        segmentations = ["segment", "rfm_group", "cohort", *segment_columns]
+        segments = segment_table(scored, segmentations, list(config.segments.tiers), lifespan_years, config.margin)
         totals_row = scored.agg(
             F.sum("clv").alias("clv"), F.sum("clv_heuristic").alias("clv_heuristic"),
             F.sum("expected_purchases").alias("expected_purchases"),
@@ -949,9 +1005,7 @@ def _write_models(models_staging: Path, result: _SparkForecast, as_of: dt.date) 
 def _write_tables(config: RunConfig, as_of: dt.date, result: _SparkForecast, staging: Path, messages: list[str]) -> str:
     """Write customers.parquet (by Spark), customers.csv when wanted and local, and segments.csv; return the
     Parquet's path. A reason not to write the CSV is added to ``messages``."""
-    segment_columns = list(config.data.segment_columns)
-    columns = [*SCORE_COLUMNS[:10], "segment", *SCORE_COLUMNS[10:], *segment_columns]
-    table = result.scored.select(*columns).orderBy("customer_id")
+    table = result.scored.orderBy("customer_id")
     if config.spark.output:
         customers_path = config.spark.output.rstrip("/") + f"/{as_of.isoformat()}/customers.parquet"
     else:

@@ -8,7 +8,16 @@ import numpy as np
 import pandas as pd
 from pandas.api.typing import DataFrameGroupBy
 
-from forecast.data.compress import as_floats, as_numbers, code_counts, combine_codes, label_codes, sum_cells, take
+from forecast.data.compress import (
+    as_floats,
+    as_numbers,
+    code_counts,
+    combine_codes,
+    label_codes,
+    quantile_of_counts,
+    sum_cells,
+    take,
+)
 from forecast.errors import DataError
 from forecast.value.clv import heuristic_clv
 
@@ -284,7 +293,38 @@ RFM_GROUP_GRID = {
 RFM_GROUPS = ["champions", "loyal", "new", "at risk", "one-time", "lapsed"]
 
 
-def rfm_groups(summary: pd.DataFrame) -> pd.Series:
+@dataclass(frozen=True)
+class RfmCuts:
+    """Where ``rfm_groups`` splits the customers: the times since the last purchase at the first and second thirds
+    of the customers, and the median number of repeat purchases of the repeat buyers."""
+
+    recent: float
+    old: float
+    median_repeats: float
+
+    @classmethod
+    def of(cls, summary: pd.DataFrame) -> RfmCuts:
+        """The cuts of a whole summary (numpy's linear quantiles of every customer's values)."""
+        # One array of the times since the last purchase is partitioned in place (overwrite_input: numpy would
+        # otherwise partition a copy).
+        recent, old = np.quantile(_since_last(summary), [1 / 3, 2 / 3], overwrite_input=True)
+        frequency = as_numbers(summary["frequency"])  # integer counts compare with the median as their floats would
+        repeat = frequency[frequency > 0]
+        return cls(float(recent), float(old), float(np.median(repeat)) if len(repeat) else 0.0)
+
+    @classmethod
+    def from_counts(cls, frequency: np.ndarray, since_last: np.ndarray, customers: np.ndarray) -> RfmCuts:
+        """The same cuts from compressed customers: unique (frequency, time since the last purchase) rows with the
+        customers each stands for (another engine's summary, which never comes to this process whole)."""
+        frequency, since_last = np.asarray(frequency, dtype=float), np.asarray(since_last, dtype=float)
+        customers = np.asarray(customers, dtype=np.int64)
+        recent, old = (quantile_of_counts(customers, q, since_last) for q in (1 / 3, 2 / 3))
+        repeat = frequency > 0
+        median = quantile_of_counts(customers[repeat], 0.5, frequency[repeat]) if repeat.any() else 0.0
+        return cls(recent, old, median)
+
+
+def rfm_groups(summary: pd.DataFrame, cuts: RfmCuts | None = None) -> pd.Series:
     """Named RFM-style groups from the observed history alone (no model), so they explain themselves.
 
     Recency score: the time since the last purchase, T - recency, split into thirds of the customers
@@ -299,27 +339,25 @@ def rfm_groups(summary: pd.DataFrame) -> pd.Series:
     long ago (1)  lapsed                  at risk                 at risk
     ============  ======================  ======================  ======================
 
+    ``cuts`` are the whole summary's (``RfmCuts.of``) unless given: a batch of a larger summary takes its cuts.
+
     Returns
     -------
     pandas.Series
         Ordered categorical named ``rfm_group`` (champions, loyal, new, at risk, one-time, lapsed),
         indexed like ``summary``.
     """
-    # The cuts partition one array of the times since the last purchase in place (overwrite_input: numpy would
-    # otherwise partition a copy); the scores compare a second one. Scores are int8, set by the inner
-    # condition of where(a, 3, where(b, 1, 2)) first, so that the outer one wins, as it does there.
-    recent_cut, old_cut = np.quantile(_since_last(summary), [1 / 3, 2 / 3], overwrite_input=True)
+    # Scores are int8, set by the inner condition of where(a, 3, where(b, 1, 2)) first, so that the outer one
+    # wins, as it does there.
+    cuts = cuts if cuts is not None else RfmCuts.of(summary)
     since_last = _since_last(summary)
     recency_score = np.full(len(since_last), 2, dtype=np.int8)
-    np.copyto(recency_score, 1, where=since_last > old_cut)
-    np.copyto(recency_score, 3, where=since_last <= recent_cut)
+    np.copyto(recency_score, 1, where=since_last > cuts.old)
+    np.copyto(recency_score, 3, where=since_last <= cuts.recent)
     del since_last
     frequency = as_numbers(summary["frequency"])  # integer counts compare with the median as their floats would
-    repeat = frequency[frequency > 0]
-    median_repeats = float(np.median(repeat)) if len(repeat) else 0.0
-    del repeat
     frequency_score = np.full(len(frequency), 2, dtype=np.int8)
-    np.copyto(frequency_score, 3, where=frequency > median_repeats)
+    np.copyto(frequency_score, 3, where=frequency > cuts.median_repeats)
     np.copyto(frequency_score, 1, where=frequency == 0)
     # The grid as group numbers (positions in RFM_GROUPS), looked up by (recency score, frequency score).
     grid = np.zeros((4, 4), dtype=np.int8)

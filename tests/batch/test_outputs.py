@@ -186,3 +186,20 @@ def test_segments_csv_of_a_cdnow_sample_run_names_segmentations_and_rounds_money
         np.testing.assert_allclose(csv[column], parquet[column], rtol=0, atol=0.005 + 1e-9, err_msg=column)
         np.testing.assert_array_equal(csv[column], csv[column].round(2), err_msg=column)
     np.testing.assert_allclose(csv["p_alive"], parquet["p_alive"], rtol=5e-4)
+
+
+def test_frame_to_csv_keeps_the_rows_in_order(tmp_path: Path) -> None:
+    """DuckDB scans an Arrow table in parallel: a segment table concatenated from others (its text columns in
+    several chunks) and a large frame came out of order (29 of 30 and 10 of 10 writes before)."""
+    pieces = [pd.DataFrame({"segment": pd.array([f"s{i}-{j}" for j in range(3)], dtype="str"), "n": range(3)})
+              for i in range(6)]  # fmt: skip
+    small = pd.concat(pieces, ignore_index=True)
+    large = pd.DataFrame({"segment": pd.array([f"c{i}" for i in range(300_000)], dtype="str"),
+                          "n": np.arange(300_000)})  # fmt: skip
+    for name, frame in (("small", small), ("large", large)):
+        for attempt in range(5):
+            path = tmp_path / f"{name}{attempt}.csv"
+            frame_to_csv(frame, path)
+            written = pd.read_csv(path, keep_default_na=False)
+            assert list(written.columns) == ["segment", "n"]
+            assert written["segment"].tolist() == frame["segment"].tolist(), (name, attempt)

@@ -122,6 +122,22 @@ def test_quantile_of_counts_equals_numpys_quantile_of_the_values(values: list[in
     assert quantile_of_counts(counts, q) == float(np.quantile(np.array(values, dtype=float), q))
 
 
+@given(
+    st.lists(st.integers(min_value=0, max_value=400), min_size=1, max_size=60),
+    st.sampled_from([1.0, 7.0, 3.0, 30.4375]),
+    st.sampled_from([1 / 3, 2 / 3, 0.5, 0.1, 0.9]),
+)
+@settings(max_examples=300, deadline=None)
+def test_quantile_of_counts_of_distinct_values_in_any_order_is_numpys_to_the_bit(
+    values: list[int], divisor: float, q: float
+) -> None:
+    """Another engine's RFM cuts come from compressed customers (distinct values, their counts, in its order): they
+    must be numpy's cuts to the last bit, or a customer at a cut falls in another group there."""
+    full = np.array(values, dtype=float) / divisor
+    distinct, counts = np.unique(full, return_counts=True)
+    assert quantile_of_counts(counts[::-1], q, distinct[::-1]) == np.quantile(full, q)
+
+
 def test_unique_rows_sums_weights_and_sorts_rows() -> None:
     unique, weights = unique_rows({"f": [2, 0, 2, 1], "m": [5.0, 0.0, 5.0, 3.0]}, weights=[1.0, 4.0, 2.0, 3.0])
     assert unique.to_numpy().tolist() == [[0.0, 0.0], [1.0, 3.0], [2.0, 5.0]]

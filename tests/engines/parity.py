@@ -19,10 +19,7 @@ RELATIVE = 1e-9
 CSV_RELATIVE, CSV_ABSOLUTE = 1e-3, 0.01
 
 #: The DuckDB engine's per-customer columns that the Spark engine does not write yet.
-SPARK_MISSING_COLUMNS = (
-    "clv_lower", "clv_upper", "rfm_group", "clv_lifetime", "clv_matched", "cohort", "clv_net", "clv_matched_net",
-    "clv_heuristic_net",
-)  # fmt: skip
+SPARK_MISSING_COLUMNS = ("clv_lower", "clv_upper")
 #: The DuckDB engine's run files that the Spark engine does not write yet (its customers.parquet is on shared
 #: storage, named by the manifest, and customers.csv is not written from there).
 SPARK_MISSING_FILES = {

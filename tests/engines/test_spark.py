@@ -23,6 +23,7 @@ from forecast.data.ingest import read_transactions
 from forecast.data.simulate import write_simulated_log
 from forecast.data.summary import summarize as summarize_duckdb
 from forecast.engines.spark import (
+    boundary_keys,
     check_output_shared,
     in_segment_order,
     ship_package,
@@ -154,7 +155,7 @@ def test_in_segment_order_gives_the_duckdb_segment_order_whatever_the_order_of_t
             assert list(ordered["segment"]) == canonical, (column, seed)
             assert list(ordered["customers"]) == list(range(len(canonical)))  # whole rows move together
     assert list(expected.loc[expected["segmentation"] == "value_tier", "segment"]) == ["top", "middle", "bottom"]
-    with pytest.raises(ValueError, match="not among the configured tiers"):
+    with pytest.raises(ValueError, match="not among the configured ones"):
         in_segment_order(pd.DataFrame({"segment": ["top", "gold"]}), list(TIERS))
 
 
@@ -189,8 +190,7 @@ def test_spark_run_gives_the_duckdb_run_predictions_parameters_and_segments(
     duck = run_duckdb(config, output=tmp_path / "duckdb")
     result = run_spark(config, output=tmp_path / "spark", spark=spark)  # type: ignore[arg-type]
 
-    # The Spark engine writes the core per-customer columns (no intervals, RFM groups or budget columns yet):
-    # every column it writes must equal DuckDB's, in DuckDB's order.
+    # The Spark engine writes every per-customer column but the intervals, each equal to DuckDB's, in its order.
     expected = pd.read_parquet(tmp_path / "duckdb" / "customers.parquet").set_index("customer_id")
     actual = pd.read_parquet(tmp_path / "spark" / "customers.parquet").set_index("customer_id")
     core = [c for c in expected.columns if c not in SPARK_MISSING_COLUMNS]
@@ -208,7 +208,7 @@ def test_spark_run_gives_the_duckdb_run_predictions_parameters_and_segments(
         assert result.manifest["totals"][key] == pytest.approx(value, rel=RELATIVE)
     expected_segments = duck.forecast.segments
     expected_segments = expected_segments[expected_segments["segmentation"].isin(result.segments["segmentation"])]
-    assert set(result.segments["segmentation"]) == {"all", "value_tier"}
+    assert set(result.segments["segmentation"]) == {"all", "value_tier", "rfm", "cohort"}
     assert_close(result.segments, expected_segments[list(result.segments.columns)].reset_index(drop=True))
     for name in ("segments.csv", "customers.csv"):
         csv_expected = pd.read_csv(tmp_path / "duckdb" / name, dtype={"customer_id": str})
@@ -359,3 +359,29 @@ def test_a_cluster_run_needs_an_output_every_node_shares(sample_config_path: Pat
     for shared in ("hdfs:///clv/out", "s3a://bucket/clv", "file:///mnt/shared/clv"):
         check_output_shared(cluster.model_copy(update={"spark": SparkConfig(master="yarn", output=shared)}))
     check_output_shared(cluster.model_copy(update={"spark": SparkConfig(master="local[2]")}))
+
+
+def test_boundary_keys_are_the_customers_at_those_ranks_over_any_partitioning(spark: object) -> None:
+    """The value tiers' boundary customers, found with DataFrame operations only (the RDD zipWithIndex it replaced
+    pickled every row through Python workers and fails on Spark Connect): the same as sorting everybody here, with
+    many ties broken by customer id, whatever the partitioning."""
+    rng = np.random.default_rng(11)
+    count = 2_000
+    frame = pd.DataFrame({"customer_id": [f"{i:05d}" for i in rng.permutation(count)],
+                          "clv": rng.integers(0, 40, count).astype(float)})  # fmt: skip
+    ordered = frame.sort_values(["clv", "customer_id"], ascending=[False, True], ignore_index=True)
+    positions = [0, 19, 20, 399, 1_000, 1_999]
+    expected = {p: (ordered.loc[p, "clv"], ordered.loc[p, "customer_id"]) for p in positions}
+    conf = spark.conf  # type: ignore[attr-defined]
+    settings = ("spark.sql.shuffle.partitions", "spark.sql.adaptive.coalescePartitions.enabled")
+    saved = [conf.get(name) for name in settings]
+    try:
+        conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
+        for partitions in (1, 3, 7):  # the sort's partitions, and as many input partitions
+            conf.set("spark.sql.shuffle.partitions", str(partitions))
+            scored = spark.createDataFrame(frame).repartition(partitions)  # type: ignore[attr-defined]
+            assert boundary_keys(scored, positions) == expected, partitions
+    finally:
+        for name, value in zip(settings, saved, strict=True):
+            conf.set(name, value)
+    assert boundary_keys(spark.createDataFrame(frame), []) == {}  # type: ignore[attr-defined]

@@ -51,9 +51,10 @@ def cdnow_config() -> dict[str, Any]:
 
 
 def simulated_config(tmp_path: Path) -> dict[str, Any]:
-    """A simulated log of 3,000 customers with a data segment column, as_of left to default."""
+    """A simulated log of 3,000 customers ending mid-month, as_of left to default (the end of May on both engines:
+    Spark took the log's last day)."""
     path = tmp_path / "log.parquet"
-    write_simulated_log(path, 3_000, end=dt.date(2021, 6, 30), seed=5)
+    write_simulated_log(path, 3_000, end=dt.date(2021, 6, 17), seed=5)
     return {"data": {"path": str(path)}, "margin": 0.25, "heuristic": {"lifespan_years": "auto"}}
 
 
@@ -117,5 +118,5 @@ def test_the_cdnow_config_on_a_standalone_cluster_gives_the_duckdb_run(cluster: 
 
 def test_a_simulated_log_on_a_standalone_cluster_gives_the_duckdb_run(cluster: str, tmp_path: Path) -> None:
     duckdb_folder, spark_folder, manifest = run_both(tmp_path, simulated_config(tmp_path), cluster)
-    assert manifest["input"]["customers"] == 3_000
+    assert manifest["as_of"] == "2021-05-31"
     assert_same_run(duckdb_folder, spark_folder, manifest)

@@ -19,6 +19,7 @@ from forecast.value.segments import (
     ALL_SEGMENTATION,
     RFM_GROUP_GRID,
     RFM_GROUPS,
+    RfmCuts,
     SegmentCells,
     rfm_groups,
     segment_table,
@@ -136,3 +137,16 @@ def test_a_data_segment_column_named_like_a_toolkit_segmentation_is_refused(cust
     frame = customers.assign(**{"rfm_group": customers["region"], column: customers["region"]})
     with pytest.raises(DataError, match=f"both be named {column}.*data.segment_columns"):
         SegmentCells.of(frame, [None, "segment", "rfm_group", column])
+
+
+def test_rfm_cuts_from_compressed_customers_equal_the_whole_summarys() -> None:
+    rng = np.random.default_rng(3)
+    count = 5_000
+    T = rng.integers(20, 80, count) / 7.0
+    frequency = rng.poisson(1.2, count)
+    recency = np.where(frequency > 0, np.floor(rng.random(count) * T * 7) / 7.0, 0.0)
+    summary = pd.DataFrame({"frequency": frequency, "recency": recency, "T": T})
+    rows = summary.assign(since_last=T - recency).groupby(["frequency", "since_last"]).size().reset_index()
+    cuts = RfmCuts.from_counts(rows["frequency"].to_numpy(), rows["since_last"].to_numpy(), rows[0].to_numpy())
+    assert cuts == RfmCuts.of(summary)
+    assert (rfm_groups(summary, cuts) == rfm_groups(summary)).all()
