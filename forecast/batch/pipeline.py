@@ -80,7 +80,13 @@ from forecast.report.run_folder import (
     read_models,
     read_run,
 )
-from forecast.value.budget import budget_columns, customers_at_risk, decision_columns, verdict
+from forecast.value.budget import (
+    budget_columns_of_sums,
+    customers_at_risk,
+    decision_columns,
+    segment_budget_sums,
+    verdict,
+)
 from forecast.value.clv import (
     Histories,
     SpendHistories,
@@ -92,10 +98,23 @@ from forecast.value.clv import (
     score_customers,
     score_lifetime,
 )
-from forecast.value.comparison import comparison_record, matched_segment_columns, matched_span_months
+from forecast.value.comparison import (
+    comparison_record,
+    comparison_sums,
+    matched_segment_columns,
+    matched_span_months,
+)
 from forecast.value.costs import NET_COLUMNS, net_columns, net_segment_columns
-from forecast.value.segments import ALL_SEGMENTATION, RfmCuts, SegmentCells, cohorts, rfm_groups, segment_table
-from forecast.value.uncertainty import clv_draws, has_covariance
+from forecast.value.segments import (
+    ALL_SEGMENTATION,
+    RfmCuts,
+    SegmentCells,
+    cohorts,
+    customer_totals,
+    rfm_groups,
+    table_of_totals,
+)
+from forecast.value.uncertainty import ClvDraws, clv_draws, has_covariance
 from forecast.value.valuation import Valuation
 
 Progress = Callable[[str], None]
@@ -239,16 +258,31 @@ def score_summary(
     for name in ("clv_lower", "clv_upper"):
         columns[name] = draws.customers[name].array if draws is not None else np.full(len(summary), np.nan)
     customers = pd.DataFrame(columns, index=summary.index, copy=False)
-    segments = segment_table(customers, segmentations, lifespan_years, config.margin, cells)
-    segments = matched_segment_columns(segments, valuation, lifespan_years)
-    segments = net_segment_columns(segments, valuation, lifespan_years)
-    segments = budget_columns(
-        segments, customers, purchases, draws, valuation, config.budget.target_ltv_to_cac,
-        config.budget.p_alive_threshold, cells,
-    )  # fmt: skip
-    segments = decision_columns(segments, purchases, valuation, config.budget.cac, config.budget.target_ltv_to_cac)
+    totals = customer_totals(customers, segmentations, cells)
+    budget_sums = segment_budget_sums(customers, cells, config.budget.p_alive_threshold)
+    segments = segment_figures(config, totals, budget_sums, purchases, draws, lifespan_years)
     kind = "none" if draws is None else "predictive" if draws.predictive else "parameters"
     return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, total_intervals=kind)
+
+
+def segment_figures(
+    config: RunConfig,
+    totals: pd.DataFrame,
+    budget_sums: pd.DataFrame,
+    purchases: PurchaseModel,
+    draws: ClvDraws | None,
+    lifespan_years: float,
+) -> pd.DataFrame:
+    """The segment table with its matched, net, budget and decision columns, from the per-segment totals
+    (``customer_totals``) and budget sums (``segment_budget_sums``) that an engine added up: the same code for both
+    engines. Without ``draws`` the interval columns are empty."""
+    valuation = Valuation.from_config(config)
+    segments = table_of_totals(totals, lifespan_years, config.margin)
+    segments = matched_segment_columns(segments, valuation, lifespan_years)
+    segments = net_segment_columns(segments, valuation, lifespan_years)
+    target = config.budget.target_ltv_to_cac
+    segments = budget_columns_of_sums(segments, budget_sums, purchases, draws, valuation, target)
+    return decision_columns(segments, purchases, valuation, config.budget.cac, target)
 
 
 def fit_on_histories(
@@ -404,10 +438,12 @@ def manifest(
             "clv_lifetime": _finite_or_none(float(result.customers["clv_lifetime"].sum())),
             "clv_net": float(result.customers["clv_net"].sum()),
             "clv_heuristic_net": float(result.customers["clv_heuristic_net"].sum()),
-            **_total_interval(result.segments),
+            **total_interval(result.segments),
             "expected_purchases": float(result.customers["expected_purchases"].sum()),
         },
-        "comparison": comparison_record(result.customers, Valuation.from_config(config), result.lifespan_years),
+        "comparison": comparison_record(
+            comparison_sums(result.customers), Valuation.from_config(config), result.lifespan_years
+        ),
         "intervals": {
             "level": config.ci_level,
             "totals": result.total_intervals,
@@ -895,7 +931,7 @@ def _finite_or_none(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _total_interval(segments: pd.DataFrame) -> dict[str, float | None]:
+def total_interval(segments: pd.DataFrame) -> dict[str, float | None]:
     """The all-customers CLV interval and value at risk, from the segment table's 'all' row."""
     row = segments[segments["segmentation"] == ALL_SEGMENTATION].iloc[0]
     names = ("clv_lower_total", "clv_upper_total", "value_at_risk", "value_at_risk_lower", "value_at_risk_upper")

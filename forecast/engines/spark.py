@@ -33,7 +33,13 @@ import numpy as np
 import pandas as pd
 
 from forecast.batch.outputs import csv_wanted, frame_to_csv, parquet_to_csv
-from forecast.batch.pipeline import CUSTOMER_COLUMNS, input_record, scored_columns
+from forecast.batch.pipeline import (
+    CUSTOMER_COLUMNS,
+    input_record,
+    scored_columns,
+    segment_figures,
+    total_interval,
+)
 from forecast.batch.publish import atomic_folders, month_lock
 from forecast.batch.registry import (
     check_replaceable,
@@ -50,8 +56,16 @@ from forecast.errors import ConfigError, DataError, EngineError, OutputError, co
 from forecast.evaluation.selection import Selection, Window, WindowCounts, select_on_counts, validation_windows
 from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model
 from forecast.models.artifacts import library_versions, model_artifact, write_json
-from forecast.value.clv import churn_window, heuristic_clv, lifespan_from_churn
-from forecast.value.segments import ALL, RFM_GROUPS, RfmCuts, segmentation_name
+from forecast.value.clv import churn_window, lifespan_from_churn
+from forecast.value.comparison import COMPARISON_SUMS, comparison_record
+from forecast.value.segments import (
+    ALL,
+    OPTIONAL_SUMMED_COLUMNS,
+    RFM_GROUPS,
+    SUMMED_COLUMNS,
+    RfmCuts,
+    segmentation_name,
+)
 from forecast.value.valuation import Valuation
 
 if TYPE_CHECKING:
@@ -545,6 +559,8 @@ def assign_tiers(scored: SparkFrame, tiers: dict[str, float]) -> SparkFrame:
     return scored.withColumn("segment", label)
 
 
+#: The per-customer columns whose sums are the manifest's totals, as on the DuckDB engine (``manifest``).
+TOTALLED_COLUMNS = ("clv", "clv_heuristic", "clv_lifetime", "clv_net", "clv_heuristic_net", "expected_purchases")
 #: ``monotonically_increasing_id`` puts the partition's number above these bits and the row's place in it below.
 ROW_BITS = 33
 
@@ -604,15 +620,26 @@ def observed_lifespan_years(summary: SparkFrame, as_of: dt.date) -> float:
     return lifespan_from_churn(churned, window_days, cutoff)
 
 
-def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[str], lifespan_years: float,
-                  margin: float) -> pd.DataFrame:  # fmt: skip
-    """``forecast.value.segments.segment_table`` with the per-segment sums and means computed by Spark.
+def segment_sums(
+    customers: SparkFrame, segmentations: list[str], tiers: list[str], p_alive_threshold: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-segment totals (``forecast.value.segments.customer_totals``) and budget sums
+    (``forecast.value.budget.segment_budget_sums``) added up by Spark, one aggregate per segmentation; the segment
+    table is then built from them by the DuckDB engine's code (``forecast.batch.pipeline.segment_figures``).
 
     Rows come in that table's order, whatever order Spark collects the groups in: everybody (``all``) first, then
     the segmentations in the order given, each one's segments as ``in_segment_order`` puts them.
     """
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
+    at_risk = F.col("p_alive") < F.lit(p_alive_threshold)
+    sums = [F.sum(name).alias(name) for name in [*SUMMED_COLUMNS, *OPTIONAL_SUMMED_COLUMNS]]
+    sums += [
+        F.sum(F.col("revenue") - F.col("frequency") * F.col("monetary_value")).alias("first_purchase_value"),
+        F.sum("expected_spend").alias("expected_spend"),
+        F.count(F.when(at_risk, 1)).alias("customers_at_risk"),
+        F.sum(F.when(at_risk, F.col("clv")).otherwise(F.lit(0.0))).alias("value_at_risk"),
+    ]
     frames = []
     for column in [None, *segmentations]:
         # Everybody is grouped by a literal, not by a helper column that a data segment column could be named.
@@ -620,26 +647,25 @@ def segment_table(customers: SparkFrame, segmentations: list[str], tiers: list[s
         table = to_pandas(
             customers.where(key.isNotNull())
             .groupBy(key.alias("segment"))
-            .agg(
-                F.count(F.lit(1)).alias("customers"),
-                F.sum("revenue").alias("revenue_to_date"),
-                F.avg("p_alive").alias("mean_p_alive"),
-                F.sum("expected_purchases").alias("expected_purchases"),
-                F.sum("clv").alias("clv_total"),
-                F.avg("avg_purchase_value").alias("avg_purchase_value"),
-                F.avg("purchases_per_year").alias("purchases_per_year"),
-            )
+            .agg(F.count(F.lit(1)).alias("customers"), *sums)
         )
         table = in_segment_order(table, {"segment": tiers, "rfm_group": RFM_GROUPS}.get(str(column)))
-        table["customers"] = table["customers"].astype("int64")
-        table["clv_heuristic_total"] = table["customers"] * heuristic_clv(
-            table["avg_purchase_value"], table["purchases_per_year"], lifespan_years, margin
-        )
-        table["heuristic_gap"] = table["clv_heuristic_total"] - table["clv_total"]
         table["segment"] = table["segment"].astype(str)
         table.insert(0, "segmentation", segmentation_name(column))
         frames.append(table)
-    return pd.concat(frames, ignore_index=True)
+    everything = pd.concat(frames, ignore_index=True).set_index(["segmentation", "segment"])
+    everything["customers"] = everything["customers"].astype("int64")
+    everything["customers_at_risk"] = everything["customers_at_risk"].astype("int64")
+    count = everything["customers"]
+    budget = pd.DataFrame(
+        {
+            "first_purchase_value": everything["first_purchase_value"] / count,
+            "new_customer_spend": everything["expected_spend"] / count,
+            "customers_at_risk": everything["customers_at_risk"],
+            "value_at_risk": everything["value_at_risk"],
+        }
+    )
+    return everything[["customers", *SUMMED_COLUMNS, *OPTIONAL_SUMMED_COLUMNS]], budget
 
 
 def in_segment_order(table: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
@@ -881,7 +907,8 @@ class _SparkForecast:
     spend: GammaGamma
     lifespan_years: float
     segments: pd.DataFrame
-    totals: dict[str, float]
+    totals: dict[str, float | None]
+    comparison: dict[str, Any]
     first_purchase: Any
     warnings: list[str]
     selection: Selection | None = None
@@ -908,15 +935,22 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
         scores = score(summary, fit, config, lifespan_years).cache()
         scored = assign_tiers(scores, config.segments.tiers).select(*scored_output_columns(segment_columns))
         segmentations = ["segment", "rfm_group", "cohort", *segment_columns]
-        segments = segment_table(scored, segmentations, list(config.segments.tiers), lifespan_years, config.margin)
-        totals_row = scored.agg(
-            F.sum("clv").alias("clv"), F.sum("clv_heuristic").alias("clv_heuristic"),
-            F.sum("expected_purchases").alias("expected_purchases"),
-        ).first()  # fmt: skip
+        per_segment, budget_sums = segment_sums(
+            scored, segmentations, list(config.segments.tiers), config.budget.p_alive_threshold
+        )
+        segments = segment_figures(config, per_segment, budget_sums, purchases, None, lifespan_years)
+        summed = {name: F.col(name) for name in {*TOTALLED_COLUMNS, *COMPARISON_SUMS} - {"value_per_year"}}
+        summed["value_per_year"] = F.col("avg_purchase_value") * F.col("purchases_per_year")
+        totals_row = scored.agg(*[F.sum(column).alias(name) for name, column in summed.items()]).first()
         first_purchase = summary.agg(F.min("first_purchase")).first()
-    totals = {k: float(totals_row[k]) if totals_row else 0.0 for k in ("clv", "clv_heuristic", "expected_purchases")}
+    sums = {name: float(totals_row[name]) if totals_row else 0.0 for name in summed}
+    totals: dict[str, float | None] = {name: sums[name] for name in TOTALLED_COLUMNS}
+    totals.update(total_interval(segments))
+    comparison = comparison_record(
+        {name: sums[name] for name in COMPARISON_SUMS}, Valuation.from_config(config), lifespan_years
+    )
     return _SparkForecast(
-        summary, scores, scored, customers, purchases, spend, lifespan_years, segments, totals,
+        summary, scores, scored, customers, purchases, spend, lifespan_years, segments, totals, comparison,
         first_purchase[0] if first_purchase else None, caught, selection,
     )  # fmt: skip
 
@@ -1045,6 +1079,8 @@ def _manifest(
         "models": {"purchases": result.purchases.to_dict(), "spend": result.spend.to_dict(), "path": str(models_path)},
         "heuristic": {"lifespan_years": result.lifespan_years, "configured": config.heuristic.lifespan_years},
         "totals": result.totals,
+        "comparison": result.comparison,
+        "intervals": {"level": config.ci_level, "totals": "none", "customers": "none"},
         "warnings": messages,
         "model_selection": result.selection.document() if result.selection is not None else None,
     }

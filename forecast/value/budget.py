@@ -152,8 +152,24 @@ def budget_columns(
         cells = SegmentCells.of(customers, [None, *(segmentation_column(name) for name in named)])
     elif set(cells.names) != set(segments["segmentation"]):
         raise ValueError(f"Cells of the segmentations {cells.names} cannot add budget figures to those of the table.")
-    sums = segment_budget_sums(customers, cells, p_alive_threshold).reset_index()
-    table = segments.reset_index(drop=True).merge(sums, on=["segmentation", "segment"], how="left")
+    sums = segment_budget_sums(customers, cells, p_alive_threshold)
+    return budget_columns_of_sums(segments, sums, purchases, draws, valuation, target_ltv_to_cac)
+
+
+def budget_columns_of_sums(
+    segments: pd.DataFrame,
+    sums: pd.DataFrame,
+    purchases: PurchaseModel,
+    draws: ClvDraws | None,
+    valuation: Valuation,
+    target_ltv_to_cac: float,
+) -> pd.DataFrame:
+    """``budget_columns`` from the segments' budget sums (``segment_budget_sums``), however an engine found them.
+
+    ``sums`` is indexed by (segmentation, segment), with first_purchase_value, new_customer_spend,
+    customers_at_risk and value_at_risk.
+    """
+    table = segments.reset_index(drop=True).merge(sums.reset_index(), on=["segmentation", "segment"], how="left")
     table["new_customer_clv"] = new_customer_clv(
         table["first_purchase_value"].to_numpy(), table["new_customer_spend"].to_numpy(), purchases, valuation
     )[:, -1]

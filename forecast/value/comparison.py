@@ -15,6 +15,7 @@ built on the heuristic assumes on top of what the models expect over the same di
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -77,14 +78,31 @@ def matched_heuristic_costs(
     return monthly * discount_sum(valuation, span_months)
 
 
-def comparison_record(customers: pd.DataFrame, valuation: Valuation, lifespan_years: float) -> dict[str, Any]:
+#: What ``comparison_record`` adds up over the customers (``comparison_sums``): the predictive CLV on the matched
+#: basis (gross and net), the purchases per year, and the yearly value, avg_purchase_value x purchases_per_year.
+COMPARISON_SUMS = ("clv_matched", "clv_matched_net", "purchases_per_year", "value_per_year")
+
+
+def comparison_sums(customers: pd.DataFrame) -> dict[str, float]:
+    """``COMPARISON_SUMS`` over a customer table (with clv_matched, clv_matched_net, avg_purchase_value and
+    purchases_per_year); another engine adds the same up where its customers are."""
+    yearly = customers["purchases_per_year"].to_numpy(float)
+    return {
+        "clv_matched": float(customers["clv_matched"].sum()),
+        "clv_matched_net": float(customers["clv_matched_net"].sum()),
+        "purchases_per_year": float(yearly.sum()),
+        "value_per_year": float(np.sum(customers["avg_purchase_value"].to_numpy(float) * yearly)),
+    }
+
+
+def comparison_record(sums: Mapping[str, float], valuation: Valuation, lifespan_years: float) -> dict[str, Any]:
     """The manifest's ``comparison``: predictive and heuristic totals on the matched basis, their gap and ratio.
 
     Parameters
     ----------
-    customers
-        Per-customer table with clv_matched, avg_purchase_value and purchases_per_year (and clv_matched_net when
-        the valuation has costs).
+    sums
+        The customers' ``COMPARISON_SUMS`` (``comparison_sums``). The heuristic is linear in each customer's
+        yearly value and purchases, so their sums give its total.
     valuation
         Monthly discount rate and margin of the run.
     lifespan_years
@@ -94,23 +112,14 @@ def comparison_record(customers: pd.DataFrame, valuation: Valuation, lifespan_ye
     -------
     dict
         span_months, discounted, monthly_discount_rate, basis (in words), predictive (sum of clv_matched),
-        heuristic (sum of the per-customer ``matched_heuristic``), gap (heuristic - predictive) and ratio
+        heuristic (the customers' ``matched_heuristic`` added up), gap (heuristic - predictive) and ratio
         (heuristic / predictive; None when the predictive total is 0); net: None without costs, else the costs
         and the same totals and gap net of them (clv_matched_net, and the heuristic less
         ``matched_heuristic_costs``).
     """
     span = matched_span_months(lifespan_years)
-    predictive = float(customers["clv_matched"].sum())
-    heuristic = float(
-        np.sum(
-            matched_heuristic(
-                customers["avg_purchase_value"].to_numpy(float),
-                customers["purchases_per_year"].to_numpy(float),
-                valuation,
-                span,
-            )
-        )
-    )
+    predictive = sums["clv_matched"]
+    heuristic = float(matched_heuristic(sums["value_per_year"], 1.0, valuation, span))
     record: dict[str, Any] = {
         "span_months": span,
         "discounted": valuation.monthly_discount_rate > 0,
@@ -123,10 +132,8 @@ def comparison_record(customers: pd.DataFrame, valuation: Valuation, lifespan_ye
         "net": None,
     }
     if valuation.has_costs:
-        predictive_net = float(customers["clv_matched_net"].sum())
-        heuristic_net = heuristic - float(
-            np.sum(matched_heuristic_costs(customers["purchases_per_year"].to_numpy(float), valuation, span))
-        )
+        predictive_net = sums["clv_matched_net"]
+        heuristic_net = heuristic - float(matched_heuristic_costs(sums["purchases_per_year"], valuation, span))
         record["net"] = {
             "cost_per_purchase": valuation.cost_per_purchase,
             "cost_per_active_month": valuation.cost_per_active_month,

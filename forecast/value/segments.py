@@ -90,9 +90,30 @@ def segment_table(
         clv_heuristic_total and heuristic_gap (heuristic minus predictive), then ``<name>_total`` for each of
         ``OPTIONAL_SUMMED_COLUMNS`` the customer table has.
     """
+    return table_of_totals(customer_totals(customers, segmentations, cells), lifespan_years, margin)
+
+
+def customer_totals(
+    customers: pd.DataFrame, segmentations: list[str], cells: SegmentCells | None = None
+) -> pd.DataFrame:
+    """The customers and the sums of ``SUMMED_COLUMNS`` (and of the ``OPTIONAL_SUMMED_COLUMNS`` the customer table
+    has) per segment of everybody and of every segmentation: what ``table_of_totals`` takes."""
     optional = [name for name in OPTIONAL_SUMMED_COLUMNS if name in customers.columns]
     values = pd.DataFrame({name: as_floats(customers[name]) for name in SUMMED_COLUMNS + optional}, copy=False)
-    totals = segment_totals(customers, [None, *segmentations], values, cells).reset_index()
+    return segment_totals(customers, [None, *segmentations], values, cells)
+
+
+def table_of_totals(totals: pd.DataFrame, lifespan_years: float, margin: float) -> pd.DataFrame:
+    """The segment table (``segment_table``) of per-segment totals, however an engine added them up.
+
+    Parameters
+    ----------
+    totals
+        Indexed by (segmentation, segment) in the table's order, with ``customers`` and the sums of
+        ``SUMMED_COLUMNS`` and of any of ``OPTIONAL_SUMMED_COLUMNS``, under the columns' names.
+    """
+    optional = [name for name in OPTIONAL_SUMMED_COLUMNS if name in totals.columns]
+    totals = totals.reset_index()
     count = totals["customers"]
     table = pd.DataFrame(
         {

@@ -7,9 +7,11 @@ import subprocess
 import sysconfig
 import venv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 #: Per-customer numbers and totals: the engines sum in different orders.
@@ -20,6 +22,14 @@ CSV_RELATIVE, CSV_ABSOLUTE = 1e-3, 0.01
 
 #: The DuckDB engine's per-customer columns that the Spark engine does not write yet.
 SPARK_MISSING_COLUMNS = ("clv_lower", "clv_upper")
+#: The segment table's interval columns, empty (NaN) on the Spark engine, which draws no parameters yet.
+SPARK_EMPTY_SEGMENT_COLUMNS = (
+    "clv_lower_total", "clv_upper_total", "heuristic_gap_lower", "heuristic_gap_upper", "new_customer_clv_lower",
+    "new_customer_clv_upper", "value_at_risk_lower", "value_at_risk_upper", "max_acquisition_cost_lower",
+    "max_acquisition_cost_upper",
+)  # fmt: skip
+#: The manifest's interval totals, None on the Spark engine.
+SPARK_EMPTY_TOTALS = ("clv_lower", "clv_upper", "value_at_risk_lower", "value_at_risk_upper")
 #: The DuckDB engine's run files that the Spark engine does not write yet (its customers.parquet is on shared
 #: storage, named by the manifest, and customers.csv is not written from there).
 SPARK_MISSING_FILES = {
@@ -27,7 +37,7 @@ SPARK_MISSING_FILES = {
     "backtest_tracking.svg", "customers.csv", "models", "report.html", "run.log",
 }  # fmt: skip
 #: The DuckDB engine's manifest keys that the Spark engine's manifest lacks yet.
-SPARK_MISSING_MANIFEST_KEYS = {"backtest", "comparison", "data_quality", "drift", "intervals", "previous_run"}
+SPARK_MISSING_MANIFEST_KEYS = {"backtest", "data_quality", "drift", "previous_run"}
 
 
 def assert_close(actual: pd.DataFrame, expected: pd.DataFrame, rtol: float = RELATIVE, atol: float = 1e-12) -> None:
@@ -39,7 +49,32 @@ def assert_close(actual: pd.DataFrame, expected: pd.DataFrame, rtol: float = REL
             np.testing.assert_allclose(left.to_numpy(float), right.to_numpy(float), rtol=rtol, atol=atol,
                                        err_msg=column)  # fmt: skip
         else:
-            assert (left.astype(str).to_numpy() == right.astype(str).to_numpy()).all(), column
+            assert [str(v) for v in left.tolist()] == [str(v) for v in right.tolist()], column  # NA as '<NA>'
+
+
+def assert_same_totals(actual: dict[str, float | None], expected: dict[str, float | None]) -> None:
+    """The manifest's totals: the same keys, equal but the intervals, which the Spark engine leaves empty."""
+    assert set(actual) == set(expected)
+    for key, value in expected.items():
+        if key in SPARK_EMPTY_TOTALS:
+            assert actual[key] is None, key
+        else:
+            assert actual[key] == pytest.approx(value, rel=RELATIVE), key
+
+
+def assert_same_record(actual: dict[str, Any] | None, expected: dict[str, Any] | None) -> None:
+    """A manifest record (``comparison``, ``intervals``): the same keys and values, numbers within RELATIVE."""
+    assert (actual is None) == (expected is None)
+    if actual is None or expected is None:
+        return
+    assert set(actual) == set(expected)
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            assert_same_record(actual[key], value)
+        elif isinstance(value, float):
+            assert actual[key] == pytest.approx(value, rel=RELATIVE), key
+        else:
+            assert actual[key] == value, key
 
 
 def run_console_script(

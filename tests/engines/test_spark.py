@@ -26,6 +26,7 @@ from forecast.engines.spark import (
     boundary_keys,
     check_output_shared,
     in_segment_order,
+    segment_sums,
     ship_package,
     spark_master,
     spark_session,
@@ -34,16 +35,19 @@ from forecast.engines.spark import (
     typed_log,
 )
 from forecast.engines.spark import run as run_spark
-from forecast.engines.spark import segment_table as spark_segment_table
 from forecast.errors import ConfigError, DataError
+from forecast.value.budget import segment_budget_sums
 from forecast.value.clv import assign_tiers
-from forecast.value.segments import segment_table
+from forecast.value.segments import SegmentCells, customer_totals, segment_table, table_of_totals
 from tests.engines.parity import (
     CSV_ABSOLUTE,
     CSV_RELATIVE,
     RELATIVE,
+    SPARK_EMPTY_SEGMENT_COLUMNS,
     SPARK_MISSING_COLUMNS,
     assert_close,
+    assert_same_record,
+    assert_same_totals,
     run_console_script,
 )
 
@@ -135,6 +139,10 @@ def scored_customers(count: int = 400) -> pd.DataFrame:
             "revenue": rng.gamma(2.0, 50.0, count), "p_alive": rng.random(count),
             "expected_purchases": rng.gamma(1.0, 2.0, count), "clv": rng.gamma(2.0, 100.0, count),
             "avg_purchase_value": rng.gamma(2.0, 30.0, count), "purchases_per_year": rng.gamma(2.0, 2.0, count),
+            "frequency": rng.poisson(2.0, count), "monetary_value": rng.gamma(2.0, 20.0, count),
+            "expected_spend": rng.gamma(2.0, 25.0, count), "clv_matched": rng.gamma(2.0, 200.0, count),
+            "clv_lifetime": rng.gamma(2.0, 400.0, count), "clv_net": rng.gamma(2.0, 80.0, count),
+            "clv_matched_net": rng.gamma(2.0, 150.0, count),
             "region": rng.choice(np.array(REGIONS, dtype=object), count),
         },
         index=pd.Index([f"c{i:04d}" for i in range(count)], name="customer_id"),
@@ -159,18 +167,27 @@ def test_in_segment_order_gives_the_duckdb_segment_order_whatever_the_order_of_t
         in_segment_order(pd.DataFrame({"segment": ["top", "gold"]}), list(TIERS))
 
 
-def test_spark_segment_table_has_the_duckdb_rows_in_their_order_however_spark_partitions_them(spark: object) -> None:
-    """The rows Spark collects come in an order that depends on the partitioning; the table's never does: 'all'
-    first, then each segmentation's segments in the DuckDB engine's order, with its figures."""
+def test_spark_segment_sums_are_the_duckdb_ones_in_their_order_however_spark_partitions_them(spark: object) -> None:
+    """The rows Spark collects come in an order that depends on the partitioning; the sums' never does: 'all'
+    first, then each segmentation's segments in the DuckDB engine's order, with its totals and budget sums (the
+    segment table is then built from them by the same code on both engines)."""
     customers = scored_customers()
-    expected = segment_table(customers, ["segment", "region"], 3.0, 0.3)
+    segmentations = ["segment", "region"]
+    expected = segment_table(customers, segmentations, 3.0, 0.3)
+    cells = SegmentCells.of(customers, [None, *segmentations])
+    expected_totals, expected_budget = (
+        customer_totals(customers, segmentations),
+        segment_budget_sums(customers, cells, 0.5),
+    )
     rows = customers.reset_index()
     rows["segment"] = rows["segment"].astype(object)
     for seed, partitions in enumerate([1, 3, 7]):
         shuffled = rows.sample(frac=1.0, random_state=seed, ignore_index=True)
         frame = spark.createDataFrame(shuffled).repartition(partitions)  # type: ignore[attr-defined]
-        actual = spark_segment_table(frame, ["segment", "region"], list(TIERS), 3.0, 0.3)
-        assert_close(actual, expected[list(actual.columns)], atol=1e-9)
+        totals, budget = segment_sums(frame, segmentations, list(TIERS), 0.5)
+        assert_close(totals, expected_totals, atol=1e-9)
+        assert_close(budget, expected_budget, atol=1e-9)
+        assert_close(table_of_totals(totals, 3.0, 0.3), expected, atol=1e-9)
     assert list(expected["segmentation"].iloc[:4]) == ["all", "value_tier", "value_tier", "value_tier"]
 
 
@@ -202,20 +219,18 @@ def test_spark_run_gives_the_duckdb_run_predictions_parameters_and_segments(
             assert ours["params"][name] == pytest.approx(value, rel=RELATIVE), (role, name)
         assert ours["log_likelihood"] == pytest.approx(theirs["log_likelihood"], rel=RELATIVE)
     assert result.manifest["heuristic"]["lifespan_years"] == pytest.approx(duck.forecast.lifespan_years, rel=1e-12)
-    for key, value in duck.manifest["totals"].items():
-        if key not in result.manifest["totals"]:  # intervals and value at risk: DuckDB engine only
-            continue
-        assert result.manifest["totals"][key] == pytest.approx(value, rel=RELATIVE)
-    expected_segments = duck.forecast.segments
-    expected_segments = expected_segments[expected_segments["segmentation"].isin(result.segments["segmentation"])]
-    assert set(result.segments["segmentation"]) == {"all", "value_tier", "rfm", "cohort"}
-    assert_close(result.segments, expected_segments[list(result.segments.columns)].reset_index(drop=True))
+    assert_same_totals(result.manifest["totals"], duck.manifest["totals"])
+    assert_same_record(result.manifest["comparison"], duck.manifest["comparison"])
+    assert set(result.segments["segmentation"]) == set(duck.forecast.segments["segmentation"])
+    compared = [c for c in duck.forecast.segments.columns if c not in SPARK_EMPTY_SEGMENT_COLUMNS]
+    assert list(result.segments.columns) == list(duck.forecast.segments.columns)
+    assert result.segments[list(SPARK_EMPTY_SEGMENT_COLUMNS)].isna().all().all()
+    assert_close(result.segments[compared], duck.forecast.segments[compared])
     for name in ("segments.csv", "customers.csv"):
         csv_expected = pd.read_csv(tmp_path / "duckdb" / name, dtype={"customer_id": str})
         csv_actual = pd.read_csv(tmp_path / "spark" / name, dtype={"customer_id": str})
-        if name == "segments.csv":
-            csv_expected = csv_expected[csv_expected["segmentation"].isin(csv_actual["segmentation"])]
-        csv_expected = csv_expected[list(csv_actual.columns)].reset_index(drop=True)
+        csv_actual = csv_actual.drop(columns=list(SPARK_EMPTY_SEGMENT_COLUMNS), errors="ignore")
+        csv_expected = csv_expected[list(csv_actual.columns)]
         assert_close(csv_actual, csv_expected, rtol=CSV_RELATIVE, atol=CSV_ABSOLUTE)
 
 

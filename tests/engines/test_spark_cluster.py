@@ -25,11 +25,13 @@ from tests.conftest import CONFIGS
 from tests.engines.parity import (
     CSV_ABSOLUTE,
     CSV_RELATIVE,
-    RELATIVE,
+    SPARK_EMPTY_SEGMENT_COLUMNS,
     SPARK_MISSING_COLUMNS,
     SPARK_MISSING_FILES,
     SPARK_MISSING_MANIFEST_KEYS,
     assert_close,
+    assert_same_record,
+    assert_same_totals,
     run_console_script,
 )
 from tests.engines.standalone import standalone_cluster
@@ -100,13 +102,18 @@ def assert_same_run(duckdb_folder: Path, spark_folder: Path, manifest: dict[str,
         for name, value in theirs["params"].items():
             assert ours["params"][name] == pytest.approx(value, rel=1e-7), (role, name)
     assert set(manifest) == set(duck_manifest) - SPARK_MISSING_MANIFEST_KEYS | {"customers_parquet", "engine"}
-    for key, value in manifest["totals"].items():
-        assert value == pytest.approx(duck_manifest["totals"][key], rel=RELATIVE), key
+    assert_same_totals(manifest["totals"], duck_manifest["totals"])
+    assert_same_record(manifest["comparison"], duck_manifest["comparison"])
+    assert manifest["intervals"] == {
+        "level": duck_manifest["intervals"]["level"],
+        "totals": "none",
+        "customers": "none",
+    }
     segments_expected = pd.read_csv(duckdb_folder / "segments.csv", keep_default_na=False)
     segments_actual = pd.read_csv(spark_folder / "segments.csv", keep_default_na=False)
-    kept = segments_expected[segments_expected["segmentation"].isin(segments_actual["segmentation"])]
-    assert_close(segments_actual, kept[list(segments_actual.columns)].reset_index(drop=True),
-                 rtol=CSV_RELATIVE, atol=CSV_ABSOLUTE)  # fmt: skip
+    assert list(segments_actual.columns) == list(segments_expected.columns)
+    compared = [c for c in segments_expected.columns if c not in SPARK_EMPTY_SEGMENT_COLUMNS]
+    assert_close(segments_actual[compared], segments_expected[compared], rtol=CSV_RELATIVE, atol=CSV_ABSOLUTE)
 
 
 def test_the_cdnow_config_on_a_standalone_cluster_gives_the_duckdb_run(cluster: str, tmp_path: Path) -> None:

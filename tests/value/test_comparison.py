@@ -11,6 +11,7 @@ from forecast.value.comparison import (
     MATCHED_SEGMENT_COLUMNS,
     basis_text,
     comparison_record,
+    comparison_sums,
     discount_sum,
     matched_heuristic,
     matched_segment_columns,
@@ -42,9 +43,10 @@ def test_matched_heuristic_discounts_each_month():
 
 def test_comparison_record_adds_up_the_customers_on_the_matched_basis():
     customers = pd.DataFrame(
-        {"clv_matched": [10.0, 20.0], "avg_purchase_value": [800.0, 60.0], "purchases_per_year": [5.0, 2.0]}
-    )
-    record = comparison_record(customers, WEEKLY, 3.0)
+        {"clv_matched": [10.0, 20.0], "clv_matched_net": [10.0, 20.0], "avg_purchase_value": [800.0, 60.0],
+         "purchases_per_year": [5.0, 2.0]}
+    )  # fmt: skip
+    record = comparison_record(comparison_sums(customers), WEEKLY, 3.0)
     heuristic = (800 * 5 + 60 * 2) / 12 * 0.3 * discount_sum(WEEKLY, 36)
     assert record["span_months"] == 36 and record["discounted"] is True
     assert record["predictive"] == 30.0
