@@ -769,7 +769,7 @@ def run(
 
 def refuse_duckdb_only_settings(config: RunConfig) -> None:
     """Refuse (ConfigError, before Spark starts) the settings only the DuckDB engine applies, which Spark would
-    otherwise ignore silently: costs, row filters, quantities and excluded customers."""
+    otherwise ignore silently: row filters, quantities and excluded customers."""
     duckdb_only = [
         name for name, value in (("data.exclude_customers", config.data.exclude_customers),
                                  ("data.exclude", config.data.exclude), ("data.quantity", config.data.quantity))
@@ -780,11 +780,6 @@ def refuse_duckdb_only_settings(config: RunConfig) -> None:
             "spark.submit.deployMode: cluster cannot be used from the forecast command, whose process is the Spark "
             "driver: remove the setting (client mode) and run the command on a machine that reaches the cluster (an "
             "edge node or a notebook's driver)."
-        )
-    if config.costs.per_purchase or config.costs.per_active_month:
-        raise ConfigError(
-            "costs.per_purchase and costs.per_active_month are applied by the DuckDB engine only: the Spark engine "
-            "writes the gross CLV. Set both to 0 for Spark, or run with --engine duckdb for the net figures."
         )
     if duckdb_only:
         raise ConfigError(

@@ -309,7 +309,6 @@ def test_a_spark_failure_exits_2_with_a_paragraph_and_writes_nothing(simulated_l
 @pytest.mark.parametrize(
     ("setting", "named"),
     [
-        ({"costs": {"per_purchase": 2.0}}, "costs.per_purchase and costs.per_active_month"),
         ({"data": {"exclude": [{"column": "customer_id", "equals": "00001"}]}}, "data.exclude"),
         (
             {"spark": {"conf": {"spark.submit.deployMode": "cluster"}}},
@@ -320,7 +319,7 @@ def test_a_spark_failure_exits_2_with_a_paragraph_and_writes_nothing(simulated_l
 def test_spark_refuses_the_settings_only_duckdb_applies_before_starting(
     sample_config_path: Path, tmp_path: Path, setting: dict[str, object], named: str
 ) -> None:
-    """Costs and row filters would be silently ignored by the Spark engine, and cluster deploy mode crashed (this
+    """Row filters would be silently ignored by the Spark engine, and cluster deploy mode crashed (this
     process is the driver): exit 2 naming them before Spark starts, nothing written."""
 
     document = yaml.safe_load(sample_config_path.read_text())

@@ -54,10 +54,13 @@ def cdnow_config() -> dict[str, Any]:
 
 def simulated_config(tmp_path: Path) -> dict[str, Any]:
     """A simulated log of 3,000 customers ending mid-month, as_of left to default (the end of May on both engines:
-    Spark took the log's last day)."""
+    Spark took the log's last day), with costs of serving (net columns) and an acquisition cost (payback)."""
     path = tmp_path / "log.parquet"
     write_simulated_log(path, 3_000, end=dt.date(2021, 6, 17), seed=5)
-    return {"data": {"path": str(path)}, "margin": 0.25, "heuristic": {"lifespan_years": "auto"}}
+    return {
+        "data": {"path": str(path)}, "margin": 0.25, "heuristic": {"lifespan_years": "auto"},
+        "costs": {"per_purchase": 1.5, "per_active_month": 0.25}, "budget": {"cac": 12},
+    }  # fmt: skip
 
 
 def run_both(tmp_path: Path, document: dict[str, Any], master: str) -> tuple[Path, Path, dict[str, Any]]:
