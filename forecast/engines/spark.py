@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import logging
 import math
 import os
 import sys
@@ -35,7 +36,11 @@ import pandas as pd
 from forecast.batch.outputs import csv_wanted, frame_to_csv, parquet_to_csv
 from forecast.batch.pipeline import (
     CUSTOMER_COLUMNS,
+    _logged,
+    copy_models,
     input_record,
+    run_log,
+    run_models_sha256,
     scored_columns,
     segment_figures,
     total_interval,
@@ -56,6 +61,7 @@ from forecast.errors import ConfigError, DataError, EngineError, OutputError, co
 from forecast.evaluation.selection import Selection, Window, WindowCounts, select_on_counts, validation_windows
 from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model
 from forecast.models.artifacts import library_versions, model_artifact, write_json
+from forecast.report.run_folder import MODEL_FILES, RUN_LOG, RUN_MODELS
 from forecast.value.clv import churn_window, lifespan_from_churn
 from forecast.value.comparison import COMPARISON_SUMS, comparison_record
 from forecast.value.segments import (
@@ -73,6 +79,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame as SparkFrame
 
 Progress = Callable[[str], None]
+#: The logger whose records a run's run.log holds (``forecast.batch.pipeline.run_log``).
+run_logger = logging.getLogger("forecast")
 
 #: strptime codes and their Spark datetime-pattern equivalents.
 STRPTIME_TO_SPARK = {
@@ -757,14 +765,15 @@ def run(
     """
     steps: list[str] = []
 
+    logged = _logged(progress)
+
     def tracked(message: str) -> None:
         steps.append(message)
-        if progress is not None:
-            progress(message)
+        logged(message)
 
     check_runs_apart_from_models(Path(output or config.output), Path(config.models_dir))
-    with spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
-        return _run(config, as_of, output, tracked, spark, force)
+    with run_log() as lines, spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
+        return _run(config, as_of, output, tracked, spark, force, lines.lines)
 
 
 def refuse_duckdb_only_settings(config: RunConfig) -> None:
@@ -814,6 +823,7 @@ def _run(
     say: Progress,
     spark: SparkSession | None,
     force: bool,
+    log_lines: list[str],
 ) -> SparkRunResult:
     """The Spark run's steps in order: refuse what only DuckDB applies and an output the executors cannot share,
     start Spark, read and check the log, summarise, fit, score, write and publish; each step's figures go to the
@@ -843,13 +853,19 @@ def _run(
         atomic_folders(output_path, models_path) as (staging, models_staging),
     ):
         _check_spark_target(output_path, config, force)
-        _write_models(models_staging, result, as_of)
+        _write_models(staging, result, as_of)
+        copy_models(staging, models_staging)
         customers_path = _write_tables(config, as_of, result, staging, messages)
         final_customers_path = customers_path.replace(str(staging), str(output_path.resolve()))
         timings["write"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - started
         document = _manifest(config, as_of, quality, result, final_customers_path, models_path, messages)
+        document["models"].update(run_copy=RUN_MODELS, sha256=run_models_sha256(staging))
         document["versions"] = {**library_versions(), "pyspark": spark.version}
+        for message in messages:
+            run_logger.warning(message)
+        run_logger.info("Committing %s (manifest.json last)", output_path)
+        (staging / RUN_LOG).write_text("\n".join(log_lines) + "\n", encoding="utf-8")
         document["timings_seconds"] = timings
         write_json(staging / "manifest.json", document)
     result.summary.unpersist()
@@ -1024,11 +1040,13 @@ def _check_spark_target(output_path: Path, config: RunConfig, force: bool) -> No
         )
 
 
-def _write_models(models_staging: Path, result: _SparkForecast, as_of: dt.date) -> None:
-    """Write the fitted models' JSON artifacts into the staging folder of ``models_dir/<as_of>``."""
+def _write_models(staging: Path, result: _SparkForecast, as_of: dt.date) -> None:
+    """Write the fitted models' JSON artifacts into the run's own ``models/`` (``copy_models`` publishes them to
+    ``models_dir/<as_of>``, as the DuckDB engine does)."""
     window = {"first_purchase": str(result.first_purchase), "as_of": as_of.isoformat()}
-    write_json(models_staging / "purchases.json", model_artifact(result.purchases, "purchases", window))
-    write_json(models_staging / "spend.json", model_artifact(result.spend, "spend", window))
+    (staging / RUN_MODELS).mkdir()
+    for role, model in (("purchases", result.purchases), ("spend", result.spend)):
+        write_json(staging / RUN_MODELS / MODEL_FILES[role], model_artifact(model, role, window))
 
 
 def _write_tables(config: RunConfig, as_of: dt.date, result: _SparkForecast, staging: Path, messages: list[str]) -> str:

@@ -34,7 +34,7 @@ SPARK_EMPTY_TOTALS = ("clv_lower", "clv_upper", "value_at_risk_lower", "value_at
 #: storage, named by the manifest, and customers.csv is not written from there).
 SPARK_MISSING_FILES = {
     "backtest.json", "backtest_conditional_expectation.svg", "backtest_customers.csv", "backtest_deciles.svg",
-    "backtest_tracking.svg", "customers.csv", "models", "report.html", "run.log",
+    "backtest_tracking.svg", "customers.csv", "report.html",
 }  # fmt: skip
 #: The DuckDB engine's manifest keys that the Spark engine's manifest lacks yet.
 SPARK_MISSING_MANIFEST_KEYS = {"backtest", "data_quality", "drift", "previous_run"}

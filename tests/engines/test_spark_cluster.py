@@ -106,6 +106,9 @@ def assert_same_run(duckdb_folder: Path, spark_folder: Path, manifest: dict[str,
             assert ours["params"][name] == pytest.approx(value, rel=1e-7), (role, name)
     assert set(manifest) == set(duck_manifest) - SPARK_MISSING_MANIFEST_KEYS | {"customers_parquet", "engine"}
     assert_same_totals(manifest["totals"], duck_manifest["totals"])
+    for name in ("purchases.json", "spend.json"):  # the run's own copy is the published one
+        assert (spark_folder / "models" / name).read_bytes() == (Path(manifest["models"]["path"]) / name).read_bytes()
+    assert "Fitting" in (spark_folder / "run.log").read_text(encoding="utf-8")
     assert_same_record(manifest["comparison"], duck_manifest["comparison"])
     assert manifest["intervals"] == {
         "level": duck_manifest["intervals"]["level"],
