@@ -778,10 +778,16 @@ def run(
 
 def refuse_duckdb_only_settings(config: RunConfig) -> None:
     """Refuse (ConfigError, before Spark starts) the settings only the DuckDB engine applies, which Spark would
-    otherwise ignore silently: row filters, quantities and excluded customers."""
+    otherwise ignore silently: row filters, quantities, excluded customers, order ids, dropping duplicate or
+    invalid rows, and a time zone other than UTC."""
+    data = config.data
     duckdb_only = [
-        name for name, value in (("data.exclude_customers", config.data.exclude_customers),
-                                 ("data.exclude", config.data.exclude), ("data.quantity", config.data.quantity))
+        name for name, value in (
+            ("data.exclude_customers", data.exclude_customers), ("data.exclude", data.exclude),
+            ("data.quantity", data.quantity), ("data.order_id", data.order_id),
+            ("data.duplicates", data.duplicates != "keep"), ("data.invalid_rows: drop", data.invalid_rows == "drop"),
+            ("data.timezone", data.timezone != "UTC"),
+        )
         if value
     ]  # fmt: skip
     if config.spark.conf.get("spark.submit.deployMode", "client") != "client":
@@ -793,8 +799,8 @@ def refuse_duckdb_only_settings(config: RunConfig) -> None:
     if duckdb_only:
         raise ConfigError(
             f"{' and '.join(duckdb_only)} {'is' if len(duckdb_only) == 1 else 'are'} applied by the DuckDB engine "
-            "only: prepare the Spark table accordingly (leave those rows out, multiply the amounts), or run with "
-            "--engine duckdb."
+            "only: prepare the Spark table accordingly (leave those rows out, multiply the amounts, one row per "
+            "order, timestamps in UTC) and remove the setting, or run with --engine duckdb."
         )
 
 
@@ -843,6 +849,11 @@ def _run(
     result = _forecast(config, log, as_of, say)
     timings["forecast"] = time.perf_counter() - step
     messages = list(quality.warnings) + result.warnings
+    if config.backtest is not None:
+        messages.append(
+            "The backtest section was not run: the Spark engine has no backtest yet. Run `forecast backtest CONFIG` "
+            "(DuckDB) for backtest.json."
+        )
 
     output_path = Path(output) if output else run_folder(config.output, as_of)
     models_path = Path(config.models_dir) / as_of.isoformat()
@@ -950,8 +961,9 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
             scored, segmentations, list(config.segments.tiers), config.budget.p_alive_threshold
         )
         segments = segment_figures(config, per_segment, budget_sums, purchases, None, lifespan_years)
-        summed = {name: F.col(name) for name in {*TOTALLED_COLUMNS, *COMPARISON_SUMS} - {"value_per_year"}}
+        summed = {name: F.col(name) for name in {*TOTALLED_COLUMNS, *COMPARISON_SUMS} - {"value_per_year", "customers"}}
         summed["value_per_year"] = F.col("avg_purchase_value") * F.col("purchases_per_year")
+        summed["customers"] = F.lit(1)
         totals_row = scored.agg(*[F.sum(column).alias(name) for name, column in summed.items()]).first()
         first_purchase = summary.agg(F.min("first_purchase")).first()
     sums = {name: float(totals_row[name]) if totals_row else 0.0 for name in summed}

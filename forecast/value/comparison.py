@@ -78,9 +78,10 @@ def matched_heuristic_costs(
     return monthly * discount_sum(valuation, span_months)
 
 
-#: What ``comparison_record`` adds up over the customers (``comparison_sums``): the predictive CLV on the matched
-#: basis (gross and net), the purchases per year, and the yearly value, avg_purchase_value x purchases_per_year.
-COMPARISON_SUMS = ("clv_matched", "clv_matched_net", "purchases_per_year", "value_per_year")
+#: What ``comparison_record`` adds up over the customers (``comparison_sums``): their number, the predictive CLV on
+#: the matched basis (gross and net), the purchases per year, and the yearly value, avg_purchase_value x
+#: purchases_per_year.
+COMPARISON_SUMS = ("customers", "clv_matched", "clv_matched_net", "purchases_per_year", "value_per_year")
 
 
 def comparison_sums(customers: pd.DataFrame) -> dict[str, float]:
@@ -88,6 +89,7 @@ def comparison_sums(customers: pd.DataFrame) -> dict[str, float]:
     purchases_per_year); another engine adds the same up where its customers are."""
     yearly = customers["purchases_per_year"].to_numpy(float)
     return {
+        "customers": float(len(customers)),
         "clv_matched": float(customers["clv_matched"].sum()),
         "clv_matched_net": float(customers["clv_matched_net"].sum()),
         "purchases_per_year": float(yearly.sum()),
@@ -133,7 +135,10 @@ def comparison_record(sums: Mapping[str, float], valuation: Valuation, lifespan_
     }
     if valuation.has_costs:
         predictive_net = sums["clv_matched_net"]
-        heuristic_net = heuristic - float(matched_heuristic_costs(sums["purchases_per_year"], valuation, span))
+        customers = sums["customers"]
+        # The costs are linear in each customer's purchases per year, with a fixed cost per customer and month.
+        mean_per_year = sums["purchases_per_year"] / customers if customers else 0.0
+        heuristic_net = heuristic - customers * float(matched_heuristic_costs(mean_per_year, valuation, span))
         record["net"] = {
             "cost_per_purchase": valuation.cost_per_purchase,
             "cost_per_active_month": valuation.cost_per_active_month,

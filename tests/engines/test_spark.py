@@ -310,6 +310,8 @@ def test_a_spark_failure_exits_2_with_a_paragraph_and_writes_nothing(simulated_l
     ("setting", "named"),
     [
         ({"data": {"exclude": [{"column": "customer_id", "equals": "00001"}]}}, "data.exclude"),
+        ({"data": {"duplicates": "drop"}}, "data.duplicates is applied by the DuckDB engine only"),
+        ({"data": {"invalid_rows": "drop", "timezone": "Europe/Paris"}}, "data.invalid_rows: drop and data.timezone"),
         (
             {"spark": {"conf": {"spark.submit.deployMode": "cluster"}}},
             "spark.submit.deployMode: cluster cannot be used",

@@ -126,6 +126,7 @@ def test_the_cdnow_config_on_a_standalone_cluster_gives_the_duckdb_run(cluster: 
     duckdb_folder, spark_folder, manifest = run_both(tmp_path, cdnow_config(), cluster)
     assert manifest["input"]["customers"] == 23_570
     assert manifest["model_selection"]["chosen"] == "mbgnbd"  # auto, validated on the cluster's window counts
+    assert any("backtest section was not run" in message for message in manifest["warnings"])
     assert_same_run(duckdb_folder, spark_folder, manifest)
 
 
