@@ -125,6 +125,8 @@ CUSTOMER_COLUMNS = [
     "purchases_per_year", "clv_lifetime", "clv_matched", *NET_COLUMNS,
 ]  # fmt: skip
 log = logging.getLogger("forecast")
+#: The per-customer columns whose sums are the manifest's totals (``totals_record``).
+TOTALLED_COLUMNS = ("clv", "clv_heuristic", "clv_lifetime", "clv_net", "clv_heuristic_net", "expected_purchases")
 
 
 @dataclass
@@ -157,7 +159,7 @@ def _quiet(progress: Progress | None) -> Progress:
     return progress if progress is not None else (lambda _message: None)
 
 
-def _logged(progress: Progress | None) -> Progress:
+def logged(progress: Progress | None) -> Progress:
     """A progress callback that also writes each message to the run's log (run.log)."""
 
     def say(message: str) -> None:
@@ -432,15 +434,9 @@ def manifest(
             "sha256": models_sha256,
         },
         "heuristic": {"lifespan_years": result.lifespan_years, "configured": config.heuristic.lifespan_years},
-        "totals": {
-            "clv": float(result.customers["clv"].sum()),
-            "clv_heuristic": float(result.customers["clv_heuristic"].sum()),
-            "clv_lifetime": _finite_or_none(float(result.customers["clv_lifetime"].sum())),
-            "clv_net": float(result.customers["clv_net"].sum()),
-            "clv_heuristic_net": float(result.customers["clv_heuristic_net"].sum()),
-            **total_interval(result.segments),
-            "expected_purchases": float(result.customers["expected_purchases"].sum()),
-        },
+        "totals": totals_record(
+            {name: float(result.customers[name].sum()) for name in TOTALLED_COLUMNS}, result.segments
+        ),
         "comparison": comparison_record(
             comparison_sums(result.customers), Valuation.from_config(config), result.lifespan_years
         ),
@@ -640,7 +636,7 @@ def _run(
 
     ``lines.output`` is set as soon as the run folder is known, so that a failure leaves its log beside it.
     """
-    say = _logged(progress)
+    say = logged(progress)
     started = time.perf_counter() - transactions.read_seconds  # the total counts the reading too
     as_of = as_of or config.as_of or default_as_of(transactions)
     transactions = count_after_as_of(transactions, as_of)
@@ -806,15 +802,21 @@ def finish_run_folder(
     The report is given the in-memory customer table, the rows customers.parquet holds, so it does not read
     the file back.
     """
-    for message in result.warnings:
-        log.warning(message)
-    log.info("Committing %s (manifest.json last)", output_path)
-    (staging / RUN_LOG).write_text("\n".join(log_lines) + "\n", encoding="utf-8")
+    write_run_log(staging, output_path, result.warnings, log_lines)
     write_json(staging / MANIFEST, document)
     say("Writing the report")
     step = time.perf_counter()
     build_report(staging, customers=result.customers)
     log.info("Report written in %.1f s", time.perf_counter() - step)
+
+
+def write_run_log(staging: Path, output_path: Path, messages: list[str], log_lines: list[str]) -> None:
+    """Log the run's warnings and its commit, then write run.log (every line ``run_log`` captured) into the staging
+    folder of ``output_path``."""
+    for message in messages:
+        log.warning(message)
+    log.info("Committing %s (manifest.json last)", output_path)
+    (staging / RUN_LOG).write_text("\n".join(log_lines) + "\n", encoding="utf-8")
 
 
 def copy_models(run_staging: Path, models_staging: Path) -> None:
@@ -929,6 +931,14 @@ def backtest(
 def _finite_or_none(value: float) -> float | None:
     """A total for the manifest: None (JSON null) when it is NaN (clv_lifetime at a discount rate of 0)."""
     return value if np.isfinite(value) else None
+
+
+def totals_record(sums: dict[str, float], segments: pd.DataFrame) -> dict[str, float | None]:
+    """The manifest's ``totals``: the customers' sums of ``TOTALLED_COLUMNS`` (however an engine added them up;
+    the lifetime CLV None when not finite), with the all-customers interval and value at risk (``total_interval``)."""
+    record: dict[str, float | None] = {name: sums[name] for name in TOTALLED_COLUMNS if name != "expected_purchases"}
+    record["clv_lifetime"] = _finite_or_none(sums["clv_lifetime"])
+    return {**record, **total_interval(segments), "expected_purchases": sums["expected_purchases"]}
 
 
 def total_interval(segments: pd.DataFrame) -> dict[str, float | None]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import logging
 import math
 import os
 import sys
@@ -36,14 +35,16 @@ import pandas as pd
 from forecast.batch.outputs import csv_wanted, frame_to_csv, parquet_to_csv
 from forecast.batch.pipeline import (
     CUSTOMER_COLUMNS,
-    _logged,
+    TOTALLED_COLUMNS,
     copy_models,
     input_record,
+    logged,
     run_log,
     run_models_sha256,
     scored_columns,
     segment_figures,
-    total_interval,
+    totals_record,
+    write_run_log,
 )
 from forecast.batch.publish import atomic_folders, month_lock
 from forecast.batch.registry import (
@@ -59,9 +60,10 @@ from forecast.data.fingerprints import input_files_sha256
 from forecast.data.ingest import resolve_files
 from forecast.errors import ConfigError, DataError, EngineError, OutputError, collected_warnings
 from forecast.evaluation.selection import Selection, Window, WindowCounts, select_on_counts, validation_windows
-from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model
+from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model, mean_amount_of
 from forecast.models.artifacts import library_versions, model_artifact, write_json
-from forecast.report.run_folder import MODEL_FILES, RUN_LOG, RUN_MODELS
+from forecast.report.run_folder import MODEL_FILES, RUN_MODELS
+from forecast.value.budget import budget_sums_of
 from forecast.value.clv import churn_window, lifespan_from_churn
 from forecast.value.comparison import COMPARISON_SUMS, comparison_record
 from forecast.value.segments import (
@@ -79,8 +81,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame as SparkFrame
 
 Progress = Callable[[str], None]
-#: The logger whose records a run's run.log holds (``forecast.batch.pipeline.run_log``).
-run_logger = logging.getLogger("forecast")
 
 #: strptime codes and their Spark datetime-pattern equivalents.
 STRPTIME_TO_SPARK = {
@@ -482,11 +482,10 @@ def fit_on_compressed(summary: SparkFrame, config: RunConfig) -> CompressedFit:
     monetary_value = F.when(F.col("frequency") > 0, F.col("monetary_value")).otherwise(F.lit(0.0))
     spend_rows = to_pandas(summary.groupBy("frequency", monetary_value.alias("monetary_value")).count())
     totals = summary.agg(F.sum("revenue").alias("revenue"), F.sum("frequency").alias("repeats")).first()
-    customers = float(purchase_rows["count"].sum())
     mean_amount = None
-    if totals is not None and totals["revenue"] is not None and customers > 0:
-        mean = float(totals["revenue"]) / (float(totals["repeats"]) + customers)
-        mean_amount = mean if math.isfinite(mean) else None
+    if totals is not None and totals["revenue"] is not None:
+        customers = float(purchase_rows["count"].sum())
+        mean_amount = mean_amount_of(float(totals["revenue"]), float(totals["repeats"]), customers)
     purchases = fit_purchase_model(
         config.purchase_model, Histories.from_counts(purchase_rows, purchase_rows["count"]), config.penalizer.purchases
     )
@@ -567,8 +566,6 @@ def assign_tiers(scored: SparkFrame, tiers: dict[str, float]) -> SparkFrame:
     return scored.withColumn("segment", label)
 
 
-#: The per-customer columns whose sums are the manifest's totals, as on the DuckDB engine (``manifest``).
-TOTALLED_COLUMNS = ("clv", "clv_heuristic", "clv_lifetime", "clv_net", "clv_heuristic_net", "expected_purchases")
 #: ``monotonically_increasing_id`` puts the partition's number above these bits and the row's place in it below.
 ROW_BITS = 33
 
@@ -645,8 +642,8 @@ def segment_sums(
     sums += [
         F.sum(F.col("revenue") - F.col("frequency") * F.col("monetary_value")).alias("first_purchase_value"),
         F.sum("expected_spend").alias("expected_spend"),
-        F.count(F.when(at_risk, 1)).alias("customers_at_risk"),
-        F.sum(F.when(at_risk, F.col("clv")).otherwise(F.lit(0.0))).alias("value_at_risk"),
+        F.count(F.when(at_risk, 1)).alias("at_risk"),
+        F.sum(F.when(at_risk, F.col("clv")).otherwise(F.lit(0.0))).alias("risk_clv"),
     ]
     frames = []
     for column in [None, *segmentations]:
@@ -663,17 +660,7 @@ def segment_sums(
         frames.append(table)
     everything = pd.concat(frames, ignore_index=True).set_index(["segmentation", "segment"])
     everything["customers"] = everything["customers"].astype("int64")
-    everything["customers_at_risk"] = everything["customers_at_risk"].astype("int64")
-    count = everything["customers"]
-    budget = pd.DataFrame(
-        {
-            "first_purchase_value": everything["first_purchase_value"] / count,
-            "new_customer_spend": everything["expected_spend"] / count,
-            "customers_at_risk": everything["customers_at_risk"],
-            "value_at_risk": everything["value_at_risk"],
-        }
-    )
-    return everything[["customers", *SUMMED_COLUMNS, *OPTIONAL_SUMMED_COLUMNS]], budget
+    return everything[["customers", *SUMMED_COLUMNS, *OPTIONAL_SUMMED_COLUMNS]], budget_sums_of(everything)
 
 
 def in_segment_order(table: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
@@ -765,11 +752,11 @@ def run(
     """
     steps: list[str] = []
 
-    logged = _logged(progress)
+    logged_progress = logged(progress)
 
     def tracked(message: str) -> None:
         steps.append(message)
-        logged(message)
+        logged_progress(message)
 
     check_runs_apart_from_models(Path(output or config.output), Path(config.models_dir))
     with run_log() as lines, spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
@@ -873,10 +860,7 @@ def _run(
         document = _manifest(config, as_of, quality, result, final_customers_path, models_path, messages)
         document["models"].update(run_copy=RUN_MODELS, sha256=run_models_sha256(staging))
         document["versions"] = {**library_versions(), "pyspark": spark.version}
-        for message in messages:
-            run_logger.warning(message)
-        run_logger.info("Committing %s (manifest.json last)", output_path)
-        (staging / RUN_LOG).write_text("\n".join(log_lines) + "\n", encoding="utf-8")
+        write_run_log(staging, output_path, messages, log_lines)
         document["timings_seconds"] = timings
         write_json(staging / "manifest.json", document)
     result.summary.unpersist()
@@ -967,8 +951,7 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
         totals_row = scored.agg(*[F.sum(column).alias(name) for name, column in summed.items()]).first()
         first_purchase = summary.agg(F.min("first_purchase")).first()
     sums = {name: float(totals_row[name]) if totals_row else 0.0 for name in summed}
-    totals: dict[str, float | None] = {name: sums[name] for name in TOTALLED_COLUMNS}
-    totals.update(total_interval(segments))
+    totals = totals_record(sums, segments)
     comparison = comparison_record(
         {name: sums[name] for name in COMPARISON_SUMS}, Valuation.from_config(config), lifespan_years
     )

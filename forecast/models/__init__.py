@@ -13,6 +13,7 @@ from forecast.models.catalog import (
     fit_models,
     fit_purchase_model,
     fit_spend_model,
+    mean_amount_of,
     mean_amount_per_purchase,
     purchase_model,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "fit_models",
     "fit_purchase_model",
     "fit_spend_model",
+    "mean_amount_of",
     "mean_amount_per_purchase",
     "purchase_model",
 ]

@@ -257,8 +257,16 @@ def mean_amount_per_purchase(summary: pd.DataFrame) -> float | None:
     """Mean amount of all purchases (first ones included): revenue over purchases, None without a revenue column."""
     if "revenue" not in summary.columns or summary.empty:
         return None
-    purchases = float(summary["frequency"].sum()) + len(summary)
-    mean = float(summary["revenue"].sum()) / purchases
+    return mean_amount_of(float(summary["revenue"].sum()), float(summary["frequency"].sum()), len(summary))
+
+
+def mean_amount_of(revenue: float, repeat_purchases: float, customers: float) -> float | None:
+    """Mean amount of all purchases from the customers' totals (another engine adds them up where its customers
+    are): revenue over repeat purchases plus one first purchase per customer; None without customers or when not
+    finite."""
+    if customers <= 0:
+        return None
+    mean = revenue / (repeat_purchases + customers)
     return mean if math.isfinite(mean) else None
 
 

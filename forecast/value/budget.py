@@ -219,6 +219,13 @@ def segment_budget_sums(customers: pd.DataFrame, cells: SegmentCells, p_alive_th
             "risk_clv": risk_clv[:, 0],
         }
     )
+    return budget_sums_of(sums)
+
+
+def budget_sums_of(sums: pd.DataFrame) -> pd.DataFrame:
+    """``segment_budget_sums``' table from the per-segment sums, however an engine added them up: customers, and
+    the sums of first_purchase_value (revenue - frequency x monetary_value), expected_spend, at_risk (customers
+    below the P(alive) threshold) and risk_clv (their CLV)."""
     count = sums["customers"]
     return pd.DataFrame(
         {
