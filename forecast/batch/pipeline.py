@@ -244,8 +244,7 @@ def score_summary(
     # segment table and the budget figures.
     cells = SegmentCells.of(customers, [None, *segmentations])
     draws = None
-    # Without a parameter covariance (estimators warns) the run goes on without intervals.
-    if config.interval_draws > 0 and has_covariance(purchases) and has_covariance(spend):
+    if intervals_wanted(config, purchases, spend):
         say(f"Intervals from {config.interval_draws} parameter draws")
         try:
             draws = clv_draws(
@@ -255,7 +254,7 @@ def score_summary(
                 at_risk=customers_at_risk(customers, config.budget.p_alive_threshold),
             )  # fmt: skip
         except FitError as exc:
-            warnings.warn(f"The CLV intervals are left empty: {exc}", ForecastWarning, stacklevel=2)
+            warnings.warn(f"{INTERVALS_LEFT_EMPTY} {exc}", ForecastWarning, stacklevel=2)
     del histories, spend_histories  # large with millions of customers, and not needed by the tables below
     for name in ("clv_lower", "clv_upper"):
         columns[name] = draws.customers[name].array if draws is not None else np.full(len(summary), np.nan)
@@ -263,8 +262,27 @@ def score_summary(
     totals = customer_totals(customers, segmentations, cells)
     budget_sums = segment_budget_sums(customers, cells, config.budget.p_alive_threshold)
     segments = segment_figures(config, totals, budget_sums, purchases, draws, lifespan_years)
-    kind = "none" if draws is None else "predictive" if draws.predictive else "parameters"
-    return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, total_intervals=kind)
+    return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, total_intervals=interval_kind(draws))
+
+
+#: The start of the warning when a run's intervals cannot be computed (the reason follows).
+INTERVALS_LEFT_EMPTY = "The CLV intervals are left empty:"
+
+
+def intervals_wanted(config: RunConfig, purchases: PurchaseModel, spend: GammaGamma) -> bool:
+    """Whether a run draws intervals: ``interval_draws`` above 0 and both fits with a parameter covariance (without
+    one, estimators warned and the run goes on without intervals)."""
+    return config.interval_draws > 0 and has_covariance(purchases) and has_covariance(spend)
+
+
+def interval_kind(draws: ClvDraws | None) -> str:
+    """What the totals' intervals cover (``Forecast.total_intervals``)."""
+    return "none" if draws is None else "predictive" if draws.predictive else "parameters"
+
+
+def intervals_record(ci_level: float, kind: str) -> dict[str, Any]:
+    """The manifest's ``intervals``: the level, what the totals' and the customers' intervals cover."""
+    return {"level": ci_level, "totals": kind, "customers": "none" if kind == "none" else "parameters"}
 
 
 def segment_figures(
@@ -440,11 +458,7 @@ def manifest(
         "comparison": comparison_record(
             comparison_sums(result.customers), Valuation.from_config(config), result.lifespan_years
         ),
-        "intervals": {
-            "level": config.ci_level,
-            "totals": result.total_intervals,
-            "customers": "none" if result.total_intervals == "none" else "parameters",
-        },
+        "intervals": intervals_record(config.ci_level, result.total_intervals),
         "warnings": result.warnings,
         "data_quality": dataclasses.asdict(quality),
         "versions": library_versions(),

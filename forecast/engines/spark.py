@@ -35,9 +35,13 @@ import pandas as pd
 from forecast.batch.outputs import csv_wanted, frame_to_csv, parquet_to_csv
 from forecast.batch.pipeline import (
     CUSTOMER_COLUMNS,
+    INTERVALS_LEFT_EMPTY,
     TOTALLED_COLUMNS,
     copy_models,
     input_record,
+    interval_kind,
+    intervals_record,
+    intervals_wanted,
     logged,
     run_log,
     run_models_sha256,
@@ -58,7 +62,23 @@ from forecast.config import URI_SCHEME, DataConfig, RunConfig, SparkConfig
 from forecast.data.compress import Histories, SpendHistories, label_codes
 from forecast.data.fingerprints import input_files_sha256
 from forecast.data.ingest import resolve_files
-from forecast.errors import ConfigError, DataError, EngineError, OutputError, collected_warnings
+from forecast.engines.spark_intervals import (
+    FigureLayout,
+    HistoryFigures,
+    at_risk_name,
+    draws_of_sums,
+    history_figures,
+    with_history_figures,
+)
+from forecast.errors import (
+    ConfigError,
+    DataError,
+    EngineError,
+    FitError,
+    ForecastWarning,
+    OutputError,
+    collected_warnings,
+)
 from forecast.evaluation.selection import Selection, Window, WindowCounts, select_on_counts, validation_windows
 from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model, mean_amount_of
 from forecast.models.artifacts import library_versions, model_artifact, write_json
@@ -89,10 +109,6 @@ STRPTIME_TO_SPARK = {
 }  # fmt: skip
 #: The internal column of ``_typed_columns`` that holds the raw timestamp as text.
 RAW_TIMESTAMP = "__clv_ts_raw"
-#: The DuckDB engine's per-customer columns that the Spark engine does not write: the per-customer intervals.
-SPARK_UNWRITTEN_COLUMNS = ("clv_lower", "clv_upper")
-
-
 #: The master when neither the config, MASTER nor spark-defaults.conf names one.
 DEFAULT_MASTER = "local[*]"
 
@@ -462,11 +478,14 @@ def summarize(
 
 @dataclass(frozen=True)
 class CompressedFit:
-    """The models fitted on the driver from the compressed summary, and the RFM cuts of the same rows."""
+    """The models fitted on the driver from the compressed summary, the unique histories they were fitted on, and
+    the RFM cuts of the same rows."""
 
     purchases: PurchaseModel
     spend: GammaGamma
     rfm_cuts: RfmCuts
+    histories: Histories
+    spend_histories: SpendHistories
 
 
 def fit_on_compressed(summary: SparkFrame, config: RunConfig) -> CompressedFit:
@@ -486,21 +505,37 @@ def fit_on_compressed(summary: SparkFrame, config: RunConfig) -> CompressedFit:
     if totals is not None and totals["revenue"] is not None:
         customers = float(purchase_rows["count"].sum())
         mean_amount = mean_amount_of(float(totals["revenue"]), float(totals["repeats"]), customers)
-    purchases = fit_purchase_model(
-        config.purchase_model, Histories.from_counts(purchase_rows, purchase_rows["count"]), config.penalizer.purchases
-    )
-    spend = fit_spend_model(
-        SpendHistories.from_counts(spend_rows, spend_rows["count"]), config.penalizer.spend, mean_amount
-    )
+    histories = Histories.from_counts(purchase_rows, purchase_rows["count"])
+    spend_histories = SpendHistories.from_counts(spend_rows, spend_rows["count"])
+    purchases = fit_purchase_model(config.purchase_model, histories, config.penalizer.purchases)
+    spend = fit_spend_model(spend_histories, config.penalizer.spend, mean_amount)
     since_last = purchase_rows["T"].to_numpy(float) - purchase_rows["recency"].to_numpy(float)
     cuts = RfmCuts.from_counts(purchase_rows["frequency"].to_numpy(), since_last, purchase_rows["count"].to_numpy())
-    return CompressedFit(purchases, spend, cuts)
+    return CompressedFit(purchases, spend, cuts, histories, spend_histories)
 
 
-def score(summary: SparkFrame, fit: CompressedFit, config: RunConfig, lifespan_years: float) -> SparkFrame:
+def interval_figures(config: RunConfig, fit: CompressedFit) -> HistoryFigures | None:
+    """The intervals' figures of every unique history (``history_figures``), or None when the run has no intervals:
+    as on DuckDB, none are wanted, or they cannot be computed (a ForecastWarning says why)."""
+    if not intervals_wanted(config, fit.purchases, fit.spend):
+        return None
+    try:
+        return history_figures(config, fit.purchases, fit.spend, fit.histories, fit.spend_histories)
+    except FitError as exc:
+        warnings.warn(f"{INTERVALS_LEFT_EMPTY} {exc}", ForecastWarning, stacklevel=2)
+        return None
+
+
+def score(
+    summary: SparkFrame, fit: CompressedFit, config: RunConfig, lifespan_years: float, layout: FigureLayout | None
+) -> SparkFrame:
     """Score every customer on the executors (``mapInPandas``) with the DuckDB engine's own function,
     ``forecast.batch.pipeline.scored_columns``, batch by batch: every per-customer column but the value tier (which
     ranks everybody: ``assign_tiers``), the RFM groups cut where the whole summary's cuts are.
+
+    With a ``layout``, the summary carries every customer's history figures (``with_history_figures``) and the
+    batches add the interval bounds and the figures the segments' intervals are summed from; without one, the
+    bounds are empty (NaN), as on DuckDB.
 
     The fitted parameters travel as plain JSON-able dictionaries.
     """
@@ -511,6 +546,7 @@ def score(summary: SparkFrame, fit: CompressedFit, config: RunConfig, lifespan_y
     model_type, spend_type, cuts = type(fit.purchases), type(fit.spend), fit.rfm_cuts
     valuation = Valuation.from_config(config)
     columns = [c for c in scored_output_columns(segment_columns) if c != "segment"]
+    columns += layout.figure_names() if layout is not None else []
 
     def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         purchases, spend = model_type.from_dict(purchases_state), spend_type.from_dict(spend_state)
@@ -523,6 +559,10 @@ def score(summary: SparkFrame, fit: CompressedFit, config: RunConfig, lifespan_y
                 config, valuation, frame, purchases, spend, Histories.from_summary(frame),
                 SpendHistories.from_summary(frame), lifespan_years, cuts,
             )  # fmt: skip
+            if layout is not None:
+                scored.update(layout.customer_columns(batch))
+            else:
+                scored.update({name: np.full(len(frame), np.nan) for name in ("clv_lower", "clv_upper")})
             out = pd.DataFrame(scored, index=frame.index).reset_index()
             for name in ("rfm_group", "cohort"):
                 out[name] = out[name].astype(str)
@@ -538,10 +578,9 @@ def score(summary: SparkFrame, fit: CompressedFit, config: RunConfig, lifespan_y
 
 def scored_output_columns(segment_columns: list[str]) -> list[str]:
     """The per-customer columns the Spark engine writes, in the DuckDB engine's order (``customer_columns``): the
-    contract's but the intervals, then the log's segment columns, the RFM group and the cohort. ``score`` gives
-    them all but the value tier (``segment``)."""
-    contract = [c for c in CUSTOMER_COLUMNS if c not in SPARK_UNWRITTEN_COLUMNS]
-    return [*contract, *segment_columns, "rfm_group", "cohort"]
+    contract's, then the log's segment columns, the RFM group and the cohort. ``score`` gives them all but the value
+    tier (``segment``)."""
+    return [*CUSTOMER_COLUMNS, *segment_columns, "rfm_group", "cohort"]
 
 
 def assign_tiers(scored: SparkFrame, tiers: dict[str, float]) -> SparkFrame:
@@ -626,11 +665,16 @@ def observed_lifespan_years(summary: SparkFrame, as_of: dt.date) -> float:
 
 
 def segment_sums(
-    customers: SparkFrame, segmentations: list[str], tiers: list[str], p_alive_threshold: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The per-segment totals (``forecast.value.segments.customer_totals``) and budget sums
-    (``forecast.value.budget.segment_budget_sums``) added up by Spark, one aggregate per segmentation; the segment
-    table is then built from them by the DuckDB engine's code (``forecast.batch.pipeline.segment_figures``).
+    customers: SparkFrame,
+    segmentations: list[str],
+    tiers: list[str],
+    p_alive_threshold: float,
+    figures: list[str] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The per-segment totals (``forecast.value.segments.customer_totals``), budget sums
+    (``forecast.value.budget.segment_budget_sums``) and interval figures (``figures``, over everybody and over the
+    customers at risk: ``at_risk_name``) added up by Spark, one aggregate per segmentation; the segment table is then
+    built from them by the DuckDB engine's code (``forecast.batch.pipeline.segment_figures``).
 
     Rows come in that table's order, whatever order Spark collects the groups in: everybody (``all``) first, then
     the segmentations in the order given, each one's segments as ``in_segment_order`` puts them.
@@ -645,6 +689,9 @@ def segment_sums(
         F.count(F.when(at_risk, 1)).alias("at_risk"),
         F.sum(F.when(at_risk, F.col("clv")).otherwise(F.lit(0.0))).alias("risk_clv"),
     ]
+    figures = figures or []
+    sums += [F.sum(name).alias(name) for name in figures]
+    sums += [F.sum(F.when(at_risk, F.col(name)).otherwise(F.lit(0.0))).alias(at_risk_name(name)) for name in figures]
     frames = []
     for column in [None, *segmentations]:
         # Everybody is grouped by a literal, not by a helper column that a data segment column could be named.
@@ -660,7 +707,8 @@ def segment_sums(
         frames.append(table)
     everything = pd.concat(frames, ignore_index=True).set_index(["segmentation", "segment"])
     everything["customers"] = everything["customers"].astype("int64")
-    return everything[["customers", *SUMMED_COLUMNS, *OPTIONAL_SUMMED_COLUMNS]], budget_sums_of(everything)
+    totals = everything[["customers", *SUMMED_COLUMNS, *OPTIONAL_SUMMED_COLUMNS]]
+    return totals, budget_sums_of(everything), everything[[*figures, *[at_risk_name(name) for name in figures]]]
 
 
 def in_segment_order(table: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
@@ -917,6 +965,7 @@ class _SparkForecast:
     comparison: dict[str, Any]
     first_purchase: Any
     warnings: list[str]
+    total_intervals: str
     selection: Selection | None = None
 
 
@@ -937,14 +986,22 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
         purchases, spend = fit.purchases, fit.spend
         lifespan = config.heuristic.lifespan_years
         lifespan_years = observed_lifespan_years(summary, as_of) if lifespan == "auto" else float(lifespan)
+        figures = interval_figures(config, fit)
+        layout = FigureLayout.of(figures, config.margin) if figures is not None else None
+        if figures is not None:
+            say(f"Intervals from {config.interval_draws} parameter draws")
         say("Scoring customers on Spark")
-        scores = score(summary, fit, config, lifespan_years).cache()
-        scored = assign_tiers(scores, config.segments.tiers).select(*scored_output_columns(segment_columns))
+        scoring = with_history_figures(summary, figures) if figures is not None else summary
+        scores = score(scoring, fit, config, lifespan_years, layout).cache()
+        tiered = assign_tiers(scores, config.segments.tiers)
+        scored = tiered.select(*scored_output_columns(segment_columns))
         segmentations = ["segment", "rfm_group", "cohort", *segment_columns]
-        per_segment, budget_sums = segment_sums(
-            scored, segmentations, list(config.segments.tiers), config.budget.p_alive_threshold
-        )
-        segments = segment_figures(config, per_segment, budget_sums, purchases, None, lifespan_years)
+        per_segment, budget_sums, summed_figures = segment_sums(
+            tiered, segmentations, list(config.segments.tiers), config.budget.p_alive_threshold,
+            layout.figure_names() if layout is not None else None,
+        )  # fmt: skip
+        draws = draws_of_sums(figures, summed_figures, config) if figures is not None else None
+        segments = segment_figures(config, per_segment, budget_sums, purchases, draws, lifespan_years)
         summed = {name: F.col(name) for name in {*TOTALLED_COLUMNS, *COMPARISON_SUMS} - {"value_per_year", "customers"}}
         summed["value_per_year"] = F.col("avg_purchase_value") * F.col("purchases_per_year")
         summed["customers"] = F.lit(1)
@@ -957,7 +1014,7 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
     )
     return _SparkForecast(
         summary, scores, scored, customers, purchases, spend, lifespan_years, segments, totals, comparison,
-        first_purchase[0] if first_purchase else None, caught, selection,
+        first_purchase[0] if first_purchase else None, caught, interval_kind(draws), selection,
     )  # fmt: skip
 
 
@@ -1088,7 +1145,7 @@ def _manifest(
         "heuristic": {"lifespan_years": result.lifespan_years, "configured": config.heuristic.lifespan_years},
         "totals": result.totals,
         "comparison": result.comparison,
-        "intervals": {"level": config.ci_level, "totals": "none", "customers": "none"},
+        "intervals": intervals_record(config.ci_level, result.total_intervals),
         "warnings": messages,
         "model_selection": result.selection.document() if result.selection is not None else None,
     }

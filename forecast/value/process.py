@@ -128,6 +128,84 @@ def _simulated_sums(
     return a, b
 
 
+@dataclass(frozen=True)
+class VarianceTerms:
+    """Per unique history, the terms of a customer's variance given the parameters (module docstring).
+
+    Attributes
+    ----------
+    expected_a, expected_a_squared, expected_b
+        E[A], E[A^2] and E[B] per history row (``Histories.rows``): P(alive) x the moments of a customer alive at T.
+    inverse, inverse_squared
+        E[nu^-1] and E[nu^-2] per spend history (``SpendHistories.rows``); None with the mean-spend fallback.
+    spend_shape
+        Gamma-Gamma's p, or with the mean-spend fallback the mean spend per purchase.
+    """
+
+    expected_a: np.ndarray
+    expected_a_squared: np.ndarray
+    expected_b: np.ndarray
+    inverse: np.ndarray | None
+    inverse_squared: np.ndarray | None
+    spend_shape: float
+
+    def purchase_variances(self, rows: np.ndarray) -> np.ndarray:
+        """Var A of customers whose history rows are ``rows``."""
+        return take(self.expected_a_squared - self.expected_a**2, rows)
+
+    def value_variances(self, rows: np.ndarray, spend_rows: np.ndarray, margin: float) -> np.ndarray:
+        """Var V at ``margin`` of customers whose history rows and spend histories are ``rows`` and ``spend_rows``."""
+        if self.inverse is None or self.inverse_squared is None:
+            return margin**2 * self.spend_shape**2 * self.purchase_variances(rows)
+        p = self.spend_shape
+        value = np.empty(len(rows))
+        # Chunk by chunk, so that the per-customer terms are never whole columns (millions of customers).
+        for part in row_chunks(len(rows)):
+            row, spend_row = rows[part], spend_rows[part]
+            a, a2, b = self.expected_a[row], self.expected_a_squared[row], self.expected_b[row]
+            inv, inv2 = self.inverse[spend_row], self.inverse_squared[spend_row]
+            value[part] = margin**2 * (p * b * inv2 + p**2 * (a2 * inv2 - a**2 * inv**2))
+        return value
+
+
+def variance_terms(
+    purchases: PurchaseModel,
+    spend: GammaGamma,
+    histories: Histories,
+    spend_histories: SpendHistories,
+    periods: Periods,
+    seed: int = 0,
+) -> VarianceTerms:
+    """The variance terms of every unique history (``VarianceTerms``), found once however many customers share one.
+
+    The simulated moments depend on the histories' unique (x, T) pairs and ``seed`` only, so any engine that finds
+    the same pairs gets the same terms.
+
+    Raises
+    ------
+    FitError
+        Gamma-Gamma's q + p x is at most 2 for some customers: their spend per purchase has no variance.
+    """
+    mean_a, mean_a2, mean_b = moments_if_alive(purchases, histories.pairs, periods, np.random.default_rng(seed))
+    rows = histories.rows
+    p_alive = np.asarray(purchases.p_alive(rows[:, 0], rows[:, 1], rows[:, 2]), float)
+    of_row = histories.pair_of_row
+    expected_a, expected_a2, expected_b = (p_alive * values[of_row] for values in (mean_a, mean_a2, mean_b))
+    if spend.name == "mean_spend":
+        return VarianceTerms(expected_a, expected_a2, expected_b, None, None, spend.mean_spend())
+    p, q, gamma = (spend.params_[k] for k in ("p", "q", "gamma"))
+    x, m = spend_histories.rows[:, 0], spend_histories.rows[:, 1]
+    shape, scale = q + p * x, gamma + x * m
+    if (shape <= 2).any():
+        raise FitError(
+            f"Gamma-Gamma's q = {q:.3g} gives the spend per purchase of customers without repeat purchases an "
+            "infinite variance (q + p x must exceed 2), so the predictive intervals cannot add the customers' own "
+            "randomness."
+        )
+    inverse, inverse_squared = scale / (shape - 1), scale**2 / ((shape - 1) * (shape - 2))
+    return VarianceTerms(expected_a, expected_a2, expected_b, inverse, inverse_squared, p)
+
+
 def customer_variances(
     purchases: PurchaseModel,
     spend: GammaGamma,
@@ -162,36 +240,12 @@ def customer_variances(
     FitError
         Gamma-Gamma's q + p x is at most 2 for some customers: their spend per purchase has no variance.
     """
-    mean_a, mean_a2, mean_b = moments_if_alive(purchases, histories.pairs, periods, np.random.default_rng(seed))
-    rows = histories.rows
-    p_alive = np.asarray(purchases.p_alive(rows[:, 0], rows[:, 1], rows[:, 2]), float)
-    of_row = histories.pair_of_row
-    expected_a, expected_a2, expected_b = (p_alive * values[of_row] for values in (mean_a, mean_a2, mean_b))
-    variance_a = expected_a2 - expected_a**2
-    customers = histories.row_of_customer
-    purchases_variance = take(variance_a, customers)
-    if spend.name == "mean_spend":
-        value = margin**2 * spend.mean_spend() ** 2 * purchases_variance
-        return pd.DataFrame({"purchases": purchases_variance, "value": value}, copy=False)
-    p, q, gamma = (spend.params_[k] for k in ("p", "q", "gamma"))
-    x, m = spend_histories.rows[:, 0], spend_histories.rows[:, 1]
-    shape, scale = q + p * x, gamma + x * m
-    if (shape <= 2).any():
-        raise FitError(
-            f"Gamma-Gamma's q = {q:.3g} gives the spend per purchase of customers without repeat purchases an "
-            "infinite variance (q + p x must exceed 2), so the predictive intervals cannot add the customers' own "
-            "randomness."
-        )
-    inverse, inverse_squared = scale / (shape - 1), scale**2 / ((shape - 1) * (shape - 2))
-    spend_of = spend_histories.row_of_customer
-    value = np.empty(len(customers))
-    # Chunk by chunk, so that the per-customer terms are never whole columns (millions of customers).
-    for part in row_chunks(len(customers)):
-        row, spend_row = customers[part], spend_of[part]
-        a, a2, b = expected_a[row], expected_a2[row], expected_b[row]
-        inv, inv2 = inverse[spend_row], inverse_squared[spend_row]
-        value[part] = margin**2 * (p * b * inv2 + p**2 * (a2 * inv2 - a**2 * inv**2))
-    return pd.DataFrame({"purchases": purchases_variance, "value": value}, copy=False)
+    terms = variance_terms(purchases, spend, histories, spend_histories, periods, seed)
+    rows, spend_rows = histories.row_of_customer, spend_histories.row_of_customer
+    return pd.DataFrame(
+        {"purchases": terms.purchase_variances(rows), "value": terms.value_variances(rows, spend_rows, margin)},
+        copy=False,
+    )
 
 
 def predictive_interval(

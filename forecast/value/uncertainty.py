@@ -48,7 +48,7 @@ from scipy import stats
 from forecast.errors import FitError, ForecastWarning
 from forecast.models import GammaGamma, PurchaseModel
 from forecast.value.clv import Histories, SpendHistories, purchases_if_alive
-from forecast.value.process import Periods, customer_variances, predictive_interval
+from forecast.value.process import Periods, VarianceTerms, predictive_interval, variance_terms
 from forecast.value.segments import SegmentCells
 from forecast.value.valuation import Valuation
 
@@ -244,12 +244,31 @@ def process_variances(
     seed: int,
 ) -> pd.DataFrame | None:
     """Per segment, the variance of the realised CLV total (and of the customers at risk) given the parameters:
-    the sums of the customers' ``forecast.value.process.customer_variances``; None, with a warning, when the
-    spend model leaves it undefined."""
+    the sums of the customers' variances (``forecast.value.process``); None, with a warning, when the spend model
+    leaves it undefined."""
+    terms = value_variance_terms(purchases, spend, valuation, histories, spend_histories, seed)
+    if terms is None:
+        return None
+    rows, spend_rows = histories.row_of_customer, spend_histories.row_of_customer
+    per_customer = terms.value_variances(rows, spend_rows, valuation.margin)
+    risk = np.where(at_risk, per_customer, 0.0) if at_risk is not None else np.zeros_like(per_customer)
+    sums = cells.sums(pd.DataFrame({"clv": per_customer, "risk": risk}, copy=False))
+    return pd.DataFrame(cells.roll_up(sums), index=cells.index, columns=["clv", "risk"])
+
+
+def value_variance_terms(
+    purchases: PurchaseModel,
+    spend: GammaGamma,
+    valuation: Valuation,
+    histories: Histories,
+    spend_histories: SpendHistories,
+    seed: int,
+) -> VarianceTerms | None:
+    """The terms of each unique history's CLV variance given the parameters (``forecast.value.process``) over the
+    valuation's months; None, with a warning, when the spend model leaves the variance undefined (the totals'
+    intervals then cover the parameters only)."""
     try:
-        per_customer = customer_variances(
-            purchases, spend, histories, spend_histories, Periods.months(valuation), valuation.margin, seed
-        )["value"].to_numpy()
+        return variance_terms(purchases, spend, histories, spend_histories, Periods.months(valuation), seed)
     except FitError as exc:
         warnings.warn(
             f"The intervals of the CLV totals cover the parameters' uncertainty only: {exc}",
@@ -257,9 +276,6 @@ def process_variances(
             stacklevel=3,
         )
         return None
-    risk = np.where(at_risk, per_customer, 0.0) if at_risk is not None else np.zeros_like(per_customer)
-    sums = cells.sums(pd.DataFrame({"clv": per_customer, "risk": risk}, copy=False))
-    return pd.DataFrame(cells.roll_up(sums), index=cells.index, columns=["clv", "risk"])
 
 
 @dataclass(frozen=True)
@@ -508,20 +524,48 @@ def sum_over_customers(
 def _chunk_sums(
     chunk: slice, bins: CustomerBins, gradients: HistoryGradients, margin: float, lower: np.ndarray, upper: np.ndarray
 ) -> np.ndarray:
-    """Fill in a chunk's interval bounds and return its sums per bin, in the columns of ``gradients.columns``."""
+    """Fill in a chunk's interval bounds and return its sums per bin (``figure_sums``)."""
     rows, spends, in_bin = bins.codes(chunk)
+    return figure_sums(rows, spends, in_bin, bins.size, gradients, margin, lower[chunk], upper[chunk])
+
+
+def figure_sums(
+    rows: np.ndarray,
+    spends: np.ndarray,
+    in_bin: np.ndarray,
+    size: int,
+    gradients: HistoryGradients,
+    margin: float,
+    lower: np.ndarray,
+    upper: np.ndarray,
+) -> np.ndarray:
+    """Write customers' interval bounds into ``lower`` and ``upper``, and return their figures summed per bin.
+
+    Parameters
+    ----------
+    rows, spends, in_bin
+        Each customer's history row and spend history in ``gradients``, and its bin (0 .. size - 1).
+    size
+        Number of bins; with every customer its own bin (``in_bin`` 0, 1, 2, ...) the sums are the customers' own
+        figures, which another engine then adds up.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (size, ``gradients.columns.width``): the CLV, its gradients, the spend and its gradients per bin.
+    """
     discounted, spend_per_purchase = gradients.purchases[rows], gradients.spend[spends]
     clv = margin * spend_per_purchase * discounted
     spread_squared = gradients.purchases_spread[rows]
     spread_squared += gradients.spend_spread[spends]
-    _log_normal_bounds(clv, spread_squared, lower[chunk], upper[chunk])
+    _log_normal_bounds(clv, spread_squared, lower, upper)
     del spread_squared
 
     columns = gradients.columns
-    sums = np.empty((bins.size, columns.width))
+    sums = np.empty((size, columns.width))
 
     def bin_sum(weights: np.ndarray) -> np.ndarray:
-        return np.bincount(in_bin, weights=weights, minlength=bins.size)
+        return np.bincount(in_bin, weights=weights, minlength=size)
 
     # Each per-customer column is made as its sum takes it, not all of the chunk's columns at once. The blocks
     # below are views of ``sums``: filling in a column of one fills in ``sums``.
@@ -569,10 +613,17 @@ def totals_per_draw(
     """
     by_bin = bin_sums.reshape(bins.cells.size, bins.per_cell, -1)
     sums = bins.cells.roll_up(by_bin.sum(axis=1))
+    risk_sums = None if bins.at_risk is None else bins.cells.roll_up(by_bin[:, 1])
+    return totals_under_draws(sums, risk_sums, columns, shifts)
+
+
+def totals_under_draws(
+    sums: np.ndarray, risk_sums: np.ndarray | None, columns: SumColumns, shifts: ParameterShifts
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Expand summed figures (one row per segment, ``columns``) to every parameter draw: the CLV totals, the
+    expected-spend totals and, from ``risk_sums`` (the same figures of the customers at risk), their CLV totals."""
     spend = sums[:, columns.spend, np.newaxis] + sums[:, columns.spend_by_spend_params] @ shifts.spend.T
-    risk = None
-    if bins.at_risk is not None:
-        risk = _clv_per_draw(bins.cells.roll_up(by_bin[:, 1, columns.clv_block]), columns, shifts)
+    risk = None if risk_sums is None else _clv_per_draw(risk_sums[:, columns.clv_block], columns, shifts)
     return _clv_per_draw(sums, columns, shifts), spend, risk
 
 
@@ -610,11 +661,16 @@ def _require_finite_gradients(
     bad_rows = ~(np.isfinite(row_value) & np.isfinite(row_gradient).all(axis=1))
     bad_spends = ~(np.isfinite(spend_value) & np.isfinite(spend_gradient).all(axis=1))
     if bad_rows.any() or bad_spends.any():
-        bad = bad_rows[histories.row_of_customer] | bad_spends[spend_histories.row_of_customer]
+        if len(histories.row_of_customer):
+            bad = bad_rows[histories.row_of_customer] | bad_spends[spend_histories.row_of_customer]
+            named = f"customers {ids[np.flatnonzero(bad)[:5]].tolist()}"
+        else:  # compressed histories (another engine's): the histories, as the customers are not here
+            rows = [tuple(row) for row in histories.rows[bad_rows][:3].tolist()]
+            spends = [tuple(row) for row in spend_histories.rows[bad_spends][:3].tolist()]
+            named = f"the (frequency, recency, T) histories {rows} and (frequency, monetary_value) histories {spends}"
         raise FitError(
-            "The CLV intervals are NaN or infinite for some customers (for example "
-            f"{ids[np.flatnonzero(bad)[:5]].tolist()}). Check those customers' transactions, or set "
-            "interval_draws: 0."
+            f"The CLV intervals are NaN or infinite for some customers (for example {named}). Check those "
+            "customers' transactions, or set interval_draws: 0."
         )
 
 

@@ -43,8 +43,6 @@ from tests.engines.parity import (
     CSV_ABSOLUTE,
     CSV_RELATIVE,
     RELATIVE,
-    SPARK_EMPTY_SEGMENT_COLUMNS,
-    SPARK_MISSING_COLUMNS,
     assert_close,
     assert_same_record,
     assert_same_totals,
@@ -184,7 +182,7 @@ def test_spark_segment_sums_are_the_duckdb_ones_in_their_order_however_spark_par
     for seed, partitions in enumerate([1, 3, 7]):
         shuffled = rows.sample(frac=1.0, random_state=seed, ignore_index=True)
         frame = spark.createDataFrame(shuffled).repartition(partitions)  # type: ignore[attr-defined]
-        totals, budget = segment_sums(frame, segmentations, list(TIERS), 0.5)
+        totals, budget, _ = segment_sums(frame, segmentations, list(TIERS), 0.5)
         assert_close(totals, expected_totals, atol=1e-9)
         assert_close(budget, expected_budget, atol=1e-9)
         assert_close(table_of_totals(totals, 3.0, 0.3), expected, atol=1e-9)
@@ -207,12 +205,12 @@ def test_spark_run_gives_the_duckdb_run_predictions_parameters_and_segments(
     duck = run_duckdb(config, output=tmp_path / "duckdb")
     result = run_spark(config, output=tmp_path / "spark", spark=spark)  # type: ignore[arg-type]
 
-    # The Spark engine writes every per-customer column but the intervals, each equal to DuckDB's, in its order.
+    # The Spark engine writes every per-customer column, each equal to DuckDB's, in its order; the intervals too.
     expected = pd.read_parquet(tmp_path / "duckdb" / "customers.parquet").set_index("customer_id")
     actual = pd.read_parquet(tmp_path / "spark" / "customers.parquet").set_index("customer_id")
-    core = [c for c in expected.columns if c not in SPARK_MISSING_COLUMNS]
-    assert list(actual.columns) == core
-    assert_close(actual, expected[core])
+    assert list(actual.columns) == list(expected.columns)
+    assert expected["clv_lower"].notna().all()
+    assert_close(actual, expected)
     for role in ("purchases", "spend"):
         ours, theirs = result.manifest["models"][role], duck.manifest["models"][role]
         for name, value in theirs["params"].items():
@@ -222,15 +220,15 @@ def test_spark_run_gives_the_duckdb_run_predictions_parameters_and_segments(
     assert_same_totals(result.manifest["totals"], duck.manifest["totals"])
     assert_same_record(result.manifest["comparison"], duck.manifest["comparison"])
     assert set(result.segments["segmentation"]) == set(duck.forecast.segments["segmentation"])
-    compared = [c for c in duck.forecast.segments.columns if c not in SPARK_EMPTY_SEGMENT_COLUMNS]
     assert list(result.segments.columns) == list(duck.forecast.segments.columns)
-    assert result.segments[list(SPARK_EMPTY_SEGMENT_COLUMNS)].isna().all().all()
-    assert_close(result.segments[compared], duck.forecast.segments[compared])
+    assert duck.forecast.segments["value_at_risk_upper"].notna().all()
+    assert_close(result.segments, duck.forecast.segments)
+    assert result.manifest["intervals"] == duck.manifest["intervals"] == {
+        "level": 0.9, "totals": "predictive", "customers": "parameters",
+    }  # fmt: skip
     for name in ("segments.csv", "customers.csv"):
         csv_expected = pd.read_csv(tmp_path / "duckdb" / name, dtype={"customer_id": str})
         csv_actual = pd.read_csv(tmp_path / "spark" / name, dtype={"customer_id": str})
-        csv_actual = csv_actual.drop(columns=list(SPARK_EMPTY_SEGMENT_COLUMNS), errors="ignore")
-        csv_expected = csv_expected[list(csv_actual.columns)]
         assert_close(csv_actual, csv_expected, rtol=CSV_RELATIVE, atol=CSV_ABSOLUTE)
 
 

@@ -25,8 +25,6 @@ from tests.conftest import CONFIGS
 from tests.engines.parity import (
     CSV_ABSOLUTE,
     CSV_RELATIVE,
-    SPARK_EMPTY_SEGMENT_COLUMNS,
-    SPARK_MISSING_COLUMNS,
     SPARK_MISSING_FILES,
     SPARK_MISSING_MANIFEST_KEYS,
     assert_close,
@@ -95,9 +93,8 @@ def assert_same_run(duckdb_folder: Path, spark_folder: Path, manifest: dict[str,
     assert manifest["customers_parquet"].startswith("file://")  # written by the executors to the shared mount
     spark_files = {p.name for p in spark_folder.iterdir()}
     assert spark_files == {p.name for p in duckdb_folder.iterdir()} - SPARK_MISSING_FILES - {"customers.parquet"}
-    written = [c for c in expected.columns if c not in SPARK_MISSING_COLUMNS]
-    assert list(actual.columns) == written
-    assert_close(actual, expected[written])
+    assert list(actual.columns) == list(expected.columns)
+    assert_close(actual, expected)
     duck_manifest = json.loads((duckdb_folder / "manifest.json").read_text(encoding="utf-8"))
     for role in ("purchases", "spend"):
         ours, theirs = manifest["models"][role], duck_manifest["models"][role]
@@ -110,16 +107,12 @@ def assert_same_run(duckdb_folder: Path, spark_folder: Path, manifest: dict[str,
         assert (spark_folder / "models" / name).read_bytes() == (Path(manifest["models"]["path"]) / name).read_bytes()
     assert "Fitting" in (spark_folder / "run.log").read_text(encoding="utf-8")
     assert_same_record(manifest["comparison"], duck_manifest["comparison"])
-    assert manifest["intervals"] == {
-        "level": duck_manifest["intervals"]["level"],
-        "totals": "none",
-        "customers": "none",
-    }
+    assert manifest["intervals"] == duck_manifest["intervals"]
+    assert manifest["intervals"]["totals"] == "predictive"
     segments_expected = pd.read_csv(duckdb_folder / "segments.csv", keep_default_na=False)
     segments_actual = pd.read_csv(spark_folder / "segments.csv", keep_default_na=False)
     assert list(segments_actual.columns) == list(segments_expected.columns)
-    compared = [c for c in segments_expected.columns if c not in SPARK_EMPTY_SEGMENT_COLUMNS]
-    assert_close(segments_actual[compared], segments_expected[compared], rtol=CSV_RELATIVE, atol=CSV_ABSOLUTE)
+    assert_close(segments_actual, segments_expected, rtol=CSV_RELATIVE, atol=CSV_ABSOLUTE)
 
 
 def test_the_cdnow_config_on_a_standalone_cluster_gives_the_duckdb_run(cluster: str, tmp_path: Path) -> None:
