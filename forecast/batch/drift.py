@@ -9,6 +9,7 @@ and warnings for large shifts.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,30 +82,40 @@ def parameter_drift(previous: dict[str, Any], current: dict[str, Any]) -> dict[s
     }
 
 
-def total_drift(previous: pd.DataFrame, current: pd.DataFrame) -> dict[str, Any]:
-    """Totals of both runs' per-customer tables: customers, clv, clv_heuristic, expected_purchases.
+#: The per-customer columns whose totals drift compares.
+TOTALLED_COLUMNS = ("clv", "clv_heuristic", "expected_purchases")
+
+
+def drift_columns(segmentations: list[str]) -> list[str]:
+    """The per-customer columns drift reads of a run: the id, the totalled columns, p_alive and ``segmentations``
+    (the value tier ``segment`` among them)."""
+    return list(dict.fromkeys(["customer_id", *TOTALLED_COLUMNS, "p_alive", "segment", *segmentations]))
+
+
+def run_totals(customers: pd.DataFrame) -> dict[str, float]:
+    """A run's customers and the totals of ``TOTALLED_COLUMNS``, from its per-customer table."""
+    return {"customers": len(customers), **{column: float(customers[column].sum()) for column in TOTALLED_COLUMNS}}
+
+
+def total_drift(previous: dict[str, float], current: dict[str, float]) -> dict[str, Any]:
+    """Compare two runs' totals (``run_totals``): customers, clv, clv_heuristic, expected_purchases.
 
     Returns
     -------
     dict
-        Per quantity: previous, current, change, relative_change.
+        Per quantity: previous, current, change, relative_change (customers as integers, last).
     """
     totals: dict[str, Any] = {}
-    for column in ("clv", "clv_heuristic", "expected_purchases"):
-        before, now = float(previous[column].sum()), float(current[column].sum())
+    for column in (*TOTALLED_COLUMNS, "customers"):
+        before, now = previous[column], current[column]
+        if column == "customers":
+            before, now = int(before), int(now)
         totals[column] = {
             "previous": before,
             "current": now,
             "change": now - before,
             "relative_change": _float(relative_change(before, now)),
         }
-    before_n, now_n = len(previous), len(current)
-    totals["customers"] = {
-        "previous": before_n,
-        "current": now_n,
-        "change": now_n - before_n,
-        "relative_change": _float(relative_change(before_n, now_n)),
-    }
     return totals
 
 
@@ -180,13 +191,43 @@ def segment_drift(previous: pd.DataFrame, current: pd.DataFrame) -> list[dict[st
     return rows
 
 
-def tier_transitions(previous: pd.Series, current: pd.Series, tiers: list[str]) -> pd.DataFrame:
-    """Count customers by value tier in the previous run (rows) and in the current run (columns).
+#: The columns of ``movements``: each customer's tier in the previous run and in this one, and whether it was and
+#: is alive (P(alive) at or above the lapse threshold), then the customers counted.
+MOVEMENT_KEYS = ["from", "to", "was_alive", "is_alive"]
+
+
+def movements(previous: pd.DataFrame, current: pd.DataFrame, lapsed_p_alive: float) -> pd.DataFrame:
+    """The customers of either run counted by ``MOVEMENT_KEYS``: tier ``new`` for those not in the previous run,
+    ``missing`` for those not in this one (whose liveness there is False).
 
     Parameters
     ----------
     previous, current
-        Each customer's tier, indexed by customer_id.
+        The runs' customers, indexed by customer_id, with segment (the value tier) and p_alive.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``MOVEMENT_KEYS`` and customers: a small table from which ``transition_table`` and
+        ``customer_flows`` are found (another engine adds up the same table from its own customers).
+    """
+    before = pd.DataFrame(
+        {"from": previous["segment"].astype("string"), "was_alive": previous["p_alive"] >= lapsed_p_alive}
+    )
+    now = pd.DataFrame({"to": current["segment"].astype("string"), "is_alive": current["p_alive"] >= lapsed_p_alive})
+    joined = before.join(now, how="outer")
+    joined = joined.fillna({"from": NEW, "to": MISSING, "was_alive": False, "is_alive": False})
+    joined[["was_alive", "is_alive"]] = joined[["was_alive", "is_alive"]].astype(bool)
+    return joined.groupby(MOVEMENT_KEYS, observed=True).size().rename("customers").reset_index()
+
+
+def transition_table(moved: pd.DataFrame, tiers: list[str]) -> pd.DataFrame:
+    """Count customers by value tier in the previous run (rows) and in the current run (columns).
+
+    Parameters
+    ----------
+    moved
+        ``movements``' counts.
     tiers
         Tier labels, best first.
 
@@ -194,40 +235,64 @@ def tier_transitions(previous: pd.Series, current: pd.Series, tiers: list[str]) 
     -------
     pandas.DataFrame
         Integer counts; rows ``new`` (not in the previous run) then the tiers; columns the tiers then
-        ``missing`` (in the previous run but not in this one).
+        ``missing`` (in the previous run but not in this one). Labels outside ``tiers`` (a run with other tiers)
+        follow them, sorted.
     """
-    before = previous.astype("string")
-    now = current.astype("string")
-    labels = list(dict.fromkeys([*tiers, *before.dropna().unique(), *now.dropna().unique()]))
-    joined = pd.DataFrame({"from": before}).join(pd.DataFrame({"to": now}), how="outer")
-    joined["from"] = joined["from"].fillna(NEW)
-    joined["to"] = joined["to"].fillna(MISSING)
-    table = pd.crosstab(joined["from"], joined["to"])
+    source, target = moved["from"].astype(str), moved["to"].astype(str)
+    extra = sorted((set(source) | set(target)) - {*tiers, NEW, MISSING})
+    labels = [*tiers, *extra]
+    table = moved.assign(**{"from": source, "to": target}).pivot_table(
+        index="from", columns="to", values="customers", aggfunc="sum", fill_value=0
+    )
     return table.reindex(index=[NEW, *labels], columns=[*labels, MISSING], fill_value=0).astype("int64")
 
 
-def customer_flows(previous: pd.DataFrame, current: pd.DataFrame, lapsed_p_alive: float) -> dict[str, int]:
-    """New, continuing, lapsed and missing customers between two runs.
+def customer_flows(moved: pd.DataFrame) -> dict[str, int]:
+    """New, continuing, lapsed and missing customers between two runs, from ``movements``' counts.
 
     new: in this run, not in the previous one (first purchase after the previous as_of).
-    lapsed: in both runs, P(alive) at or above ``lapsed_p_alive`` before and below it now.
+    lapsed: in both runs, P(alive) at or above the threshold before and below it now.
     reactivated: in both, below before and at or above now. missing: in the previous run only
     (the data up to the previous as_of changed; normally 0).
     """
-    both = previous[["p_alive"]].merge(
-        current[["p_alive"]], left_index=True, right_index=True, how="inner", suffixes=("_previous", "_current")
-    )
-    was_alive = both["p_alive_previous"] >= lapsed_p_alive
-    is_alive = both["p_alive_current"] >= lapsed_p_alive
+    count = moved["customers"].to_numpy(np.int64)
+    in_previous, in_current = (moved["from"] != NEW).to_numpy(), (moved["to"] != MISSING).to_numpy()
+    both = in_previous & in_current
+    was_alive, is_alive = moved["was_alive"].to_numpy(bool), moved["is_alive"].to_numpy(bool)
     return {
-        "previous": len(previous),
-        "current": len(current),
-        "continuing": len(both),
-        "new": int((~current.index.isin(previous.index)).sum()),
-        "missing": int((~previous.index.isin(current.index)).sum()),
-        "lapsed": int((was_alive & ~is_alive).sum()),
-        "reactivated": int((~was_alive & is_alive).sum()),
+        "previous": int(count[in_previous].sum()),
+        "current": int(count[in_current].sum()),
+        "continuing": int(count[both].sum()),
+        "new": int(count[~in_previous].sum()),
+        "missing": int(count[~in_current].sum()),
+        "lapsed": int(count[both & was_alive & ~is_alive].sum()),
+        "reactivated": int(count[both & ~was_alive & is_alive].sum()),
     }
+
+
+@dataclass(frozen=True)
+class CustomerChanges:
+    """What drift needs of two runs' per-customer tables, added up by an engine: their totals (``run_totals``),
+    their segment totals (``segment_totals``) and the customers' movements (``movements``)."""
+
+    previous_totals: dict[str, float]
+    current_totals: dict[str, float]
+    previous_segments: pd.DataFrame
+    current_segments: pd.DataFrame
+    moved: pd.DataFrame
+
+
+def customer_changes(
+    previous: pd.DataFrame, current: pd.DataFrame, lapsed_p_alive: float, segmentations: list[str]
+) -> CustomerChanges:
+    """``CustomerChanges`` of two per-customer tables in memory (indexed by customer_id)."""
+    return CustomerChanges(
+        run_totals(previous),
+        run_totals(current),
+        segment_totals(previous, segmentations),
+        segment_totals(current, segmentations),
+        movements(previous, current, lapsed_p_alive),
+    )
 
 
 def compare_runs(
@@ -237,7 +302,7 @@ def compare_runs(
     limits: DriftConfig,
     segmentations: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Drift between a previous run and the current one, with warnings for large shifts.
+    """Drift between a previous run and the current one, both in memory (``drift_document``).
 
     Parameters
     ----------
@@ -251,6 +316,17 @@ def compare_runs(
         Warning thresholds (``drift`` section of the config).
     segmentations
         Columns to total CLV by; default ``["segment"]`` (the value tiers). Add the data's segment columns.
+    """
+    changes = customer_changes(
+        previous["customers"], current["customers"], limits.lapsed_p_alive, segmentations or ["segment"]
+    )
+    return drift_document(previous, current, changes, tiers, limits)
+
+
+def drift_document(
+    previous: dict[str, Any], current: dict[str, Any], changes: CustomerChanges, tiers: list[str], limits: DriftConfig
+) -> dict[str, Any]:
+    """The manifest's ``drift`` from two runs' ``as_of`` and ``models`` and their customers' ``CustomerChanges``.
 
     Returns
     -------
@@ -263,9 +339,9 @@ def compare_runs(
     parameters = {
         role: parameter_drift(previous["models"][role], current["models"][role]) for role in ("purchases", "spend")
     }
-    totals = total_drift(previous["customers"], current["customers"])
-    transitions = tier_transitions(previous["customers"]["segment"], current["customers"]["segment"], tiers)
-    flows = customer_flows(previous["customers"], current["customers"], limits.lapsed_p_alive)
+    totals = total_drift(changes.previous_totals, changes.current_totals)
+    transitions = transition_table(changes.moved, tiers)
+    flows = customer_flows(changes.moved)
     return {
         "previous_as_of": since,
         "as_of": current["as_of"],
@@ -273,10 +349,7 @@ def compare_runs(
         "thresholds": limits.model_dump(mode="json"),
         "parameters": parameters,
         "totals": totals,
-        "segments": segment_drift(
-            segment_totals(previous["customers"], segmentations or ["segment"]),
-            segment_totals(current["customers"], segmentations or ["segment"]),
-        ),
+        "segments": segment_drift(changes.previous_segments, changes.current_segments),
         "tiers": {
             "labels_from": [str(label) for label in transitions.index],
             "labels_to": [str(label) for label in transitions.columns],

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from forecast.batch.drift import compare_runs
+from forecast.batch.drift import CustomerChanges, customer_changes, drift_columns, drift_document
 from forecast.batch.outputs import csv_wanted, frame_to_csv, write_customer_tables
 from forecast.batch.publish import atomic_folder, atomic_folders, month_lock, sync_to_disk
 from forecast.batch.registry import (
@@ -77,6 +77,10 @@ from forecast.report.run_folder import (
     RUN_LOG,
     RUN_MODELS,
     SEGMENTS_CSV,
+    RunFolder,
+    customers_location,
+    local_customers_path,
+    read_customers,
     read_models,
     read_run,
 )
@@ -502,21 +506,34 @@ def run_log() -> Iterator[_LogLines]:
 
 
 def drift_since_previous(
-    config: RunConfig, result: Forecast, output_path: Path
+    config: RunConfig, as_of: dt.date, models: dict[str, Any], output_path: Path, changes_of: ChangesOf
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
     """Compare a forecast with the latest earlier run in the same runs root (the output folder's parent).
+
+    Parameters
+    ----------
+    config, as_of
+        The run's config and as_of.
+    models
+        The run's fitted models, ``{"purchases": to_dict(), "spend": to_dict()}``.
+    output_path
+        The run's folder (its parent is the runs root searched).
+    changes_of
+        Adds up the customers of the previous run (its folder, read without the customer table) and of this one
+        (``forecast.batch.drift.CustomerChanges``): each engine where its customers are. Raises ArtifactError when
+        the previous run's customers cannot be read.
 
     Returns
     -------
     (previous_run, drift, warnings)
         previous_run: as_of, path and input fingerprint of the run compared with (None if there is none);
-        drift: ``forecast.batch.drift.compare_runs`` output (None without a readable previous run).
+        drift: ``forecast.batch.drift.drift_document`` (None without a readable previous run).
     """
-    previous_path = find_previous_run(output_path.parent, result.as_of, exclude=output_path)
+    previous_path = find_previous_run(output_path.parent, as_of, exclude=output_path)
     if previous_path is None:
         return None, None, []
     try:
-        previous = read_run(previous_path)
+        previous = read_run(previous_path, with_customers=False)
         previous_purchases, previous_spend = read_models(previous)
     except ArtifactError as exc:
         message = f"The previous run {previous_path} could not be read, so no drift was computed: {exc}"
@@ -535,22 +552,45 @@ def drift_since_previous(
         "as_of_sha256": previous_input.get("as_of_sha256"),
         "rows_up_to_as_of": previous_input.get("rows_up_to_as_of"),
     }
-    drift = compare_runs(
+    try:
+        changes = changes_of(previous)
+    except ArtifactError as exc:
+        message = f"The previous run {previous_path} could not be read, so no drift was computed: {exc}"
+        return info, None, [message]
+    drift = drift_document(
         {
             "as_of": previous.as_of.isoformat(),
-            "customers": previous.customers,
             "models": {"purchases": previous_purchases.to_dict(), "spend": previous_spend.to_dict()},
         },
-        {
-            "as_of": result.as_of.isoformat(),
-            "customers": result.customers,
-            "models": {"purchases": result.purchases.to_dict(), "spend": result.spend.to_dict()},
-        },
+        {"as_of": as_of.isoformat(), "models": models},
+        changes,
         list(config.segments.tiers),
         config.drift,
-        ["segment", *config.data.segment_columns],
     )
     return info, drift, list(drift["warnings"])
+
+
+def drift_segmentations(config: RunConfig) -> list[str]:
+    """The per-customer columns drift totals CLV by: the value tier and the log's segment columns."""
+    return ["segment", *config.data.segment_columns]
+
+
+def changes_in_memory(config: RunConfig, customers: pd.DataFrame, previous: RunFolder) -> CustomerChanges:
+    """The drift's ``CustomerChanges`` of the DuckDB engine's customers (in memory) and the previous run's (read
+    from its customers.parquet)."""
+    segmentations = drift_segmentations(config)
+    location = customers_location(previous.path, previous.manifest)
+    previous_customers = read_customers(local_customers_path(location), drift_columns(segmentations))
+    return customer_changes(previous_customers, customers, config.drift.lapsed_p_alive, segmentations)
+
+
+def models_record(purchases: PurchaseModel, spend: GammaGamma) -> dict[str, Any]:
+    """The fitted models as drift compares them: ``{"purchases": to_dict(), "spend": to_dict()}``."""
+    return {"purchases": purchases.to_dict(), "spend": spend.to_dict()}
+
+
+#: Adds up two runs' customers for the drift (``drift_since_previous``): the previous run's folder -> the changes.
+ChangesOf = Callable[[RunFolder], CustomerChanges]
 
 
 def run(
@@ -717,7 +757,10 @@ def _run_and_publish(
     transactions = count_customers(transactions, len(result.customers))
     step = time.perf_counter()
     say("Comparing with the previous run")
-    previous_run, drift, drift_warnings = drift_since_previous(config, result, output_path)
+    previous_run, drift, drift_warnings = drift_since_previous(
+        config, as_of, models_record(result.purchases, result.spend), output_path,
+        functools.partial(changes_in_memory, config, result.customers),
+    )  # fmt: skip
     result.warnings.extend(drift_warnings)
     timings["drift"] = time.perf_counter() - step
     write_csv, csv_skipped = csv_wanted(config.customers_csv, len(result.customers))

@@ -32,17 +32,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from forecast.batch.drift import CustomerChanges
 from forecast.batch.outputs import csv_wanted, frame_to_csv, parquet_to_csv
 from forecast.batch.pipeline import (
     CUSTOMER_COLUMNS,
     INTERVALS_LEFT_EMPTY,
     TOTALLED_COLUMNS,
     copy_models,
+    drift_since_previous,
     input_record,
     interval_kind,
     intervals_record,
     intervals_wanted,
     logged,
+    models_record,
     run_log,
     run_models_sha256,
     scored_columns,
@@ -59,9 +62,11 @@ from forecast.batch.registry import (
     run_folder,
 )
 from forecast.config import URI_SCHEME, DataConfig, RunConfig, SparkConfig
-from forecast.data.compress import Histories, SpendHistories, label_codes
+from forecast.data.compress import Histories, SpendHistories
 from forecast.data.fingerprints import input_files_sha256
 from forecast.data.ingest import resolve_files
+from forecast.engines.spark_drift import changes_on_spark, previous_customers
+from forecast.engines.spark_frames import in_segment_order, to_pandas
 from forecast.engines.spark_intervals import (
     FigureLayout,
     HistoryFigures,
@@ -82,7 +87,7 @@ from forecast.errors import (
 from forecast.evaluation.selection import Selection, Window, WindowCounts, select_on_counts, validation_windows
 from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model, mean_amount_of
 from forecast.models.artifacts import library_versions, model_artifact, write_json
-from forecast.report.run_folder import MODEL_FILES, RUN_MODELS
+from forecast.report.run_folder import MODEL_FILES, RUN_MODELS, RunFolder
 from forecast.value.budget import budget_sums_of
 from forecast.value.clv import churn_window, lifespan_from_churn
 from forecast.value.comparison import COMPARISON_SUMS, comparison_record
@@ -196,17 +201,6 @@ def _package_zip() -> Path:
         for path in sorted(package.rglob("*.py")):
             bundle.write(path, Path("forecast") / path.relative_to(package))
     return archive
-
-
-def to_pandas(frame: SparkFrame) -> pd.DataFrame:
-    """``frame.toPandas()`` without pandas 3's deprecation warning about pyspark's ``copy=`` keyword.
-
-    pyspark 4 still passes ``copy=`` to pandas; the warning is harmless but, raised as an error
-    (pytest's ``filterwarnings = error``), it aborts the Arrow transfer half way.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The copy keyword is deprecated")
-        return frame.toPandas()
 
 
 def _spark_pattern(strptime_format: str) -> str:
@@ -711,27 +705,6 @@ def segment_sums(
     return totals, budget_sums_of(everything), everything[[*figures, *[at_risk_name(name) for name in figures]]]
 
 
-def in_segment_order(table: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
-    """One segmentation's rows (one per label in ``segment``, in any order) in the order of the DuckDB engine's
-    segment tables (``forecast.value.segments.SegmentCells.index``), found by the same function,
-    ``forecast.data.compress.label_codes``: labels of an ordered categorical there (the value tiers, the RFM groups:
-    ``order`` given) in that order, other labels sorted as text.
-
-    Raises
-    ------
-    ValueError
-        A label is not one of ``order``.
-    """
-    labels = table["segment"].astype(str)
-    if order is not None:
-        unknown = sorted(set(labels) - set(order))
-        if unknown:
-            raise ValueError(f"Segments {unknown} are not among the configured ones {order}.")
-        labels = pd.Series(pd.Categorical(labels, categories=order, ordered=True))
-    codes, _ = label_codes(labels)
-    return table.iloc[np.argsort(codes, kind="stable")].reset_index(drop=True)
-
-
 @dataclass
 class SparkRunResult:
     """A finished Spark run: where its outputs are and what it computed (per-customer data stays in Spark)."""
@@ -892,13 +865,20 @@ def _run(
 
     output_path = Path(output) if output else run_folder(config.output, as_of)
     models_path = Path(config.models_dir) / as_of.isoformat()
-    say(f"Writing outputs to {output_path}")
-    step = time.perf_counter()
     with (
         month_lock(output_path.resolve().parent, models_path.resolve().parent, as_of_name=as_of.isoformat()),
         atomic_folders(output_path, models_path) as (staging, models_staging),
     ):
         _check_spark_target(output_path, config, force)
+        say("Comparing with the previous run")
+        step = time.perf_counter()
+        changes_of = functools.partial(_changes_since, spark, config, result.scored)
+        models = models_record(result.purchases, result.spend)
+        previous_run, drift, drift_warnings = drift_since_previous(config, as_of, models, output_path, changes_of)
+        messages.extend(drift_warnings)
+        timings["drift"] = time.perf_counter() - step
+        say(f"Writing outputs to {output_path}")
+        step = time.perf_counter()
         _write_models(staging, result, as_of)
         copy_models(staging, models_staging)
         customers_path = _write_tables(config, as_of, result, staging, messages)
@@ -906,6 +886,7 @@ def _run(
         timings["write"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - started
         document = _manifest(config, as_of, quality, result, final_customers_path, models_path, messages)
+        document.update(previous_run=previous_run, drift=drift)
         document["models"].update(run_copy=RUN_MODELS, sha256=run_models_sha256(staging))
         document["versions"] = {**library_versions(), "pyspark": spark.version}
         write_run_log(staging, output_path, messages, log_lines)
@@ -925,6 +906,11 @@ def _run(
         manifest=json.loads(json.dumps(document, default=str)),
         warnings=messages,
     )
+
+
+def _changes_since(spark: SparkSession, config: RunConfig, current: SparkFrame, previous: RunFolder) -> CustomerChanges:
+    """The drift's ``CustomerChanges`` between the previous run's customers (read by Spark) and this run's."""
+    return changes_on_spark(config, previous_customers(spark, previous), current, list(config.segments.tiers))
 
 
 def _checked_as_of(config: RunConfig, as_of: dt.date | None, quality: SparkQuality) -> dt.date:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +126,10 @@ COMPARISON_NET_NUMBERS = ("cost_per_purchase", "cost_per_active_month", "predict
 
 
 def read_run(
-    run_dir: str | Path, customers: pd.DataFrame | None = None, columns: Sequence[str] | None = None
+    run_dir: str | Path,
+    customers: pd.DataFrame | None = None,
+    columns: Sequence[str] | None = None,
+    with_customers: bool = True,
 ) -> RunFolder:
     """Read a finished run folder's manifest, customer table, segment table and backtest (when present).
 
@@ -138,6 +142,8 @@ def read_run(
         not read.
     columns
         The columns of customers.parquet to read, those the file lacks left out; None reads them all.
+    with_customers
+        False: the customer table is not read (left empty), for a caller that reads it elsewhere (Spark).
 
     Returns
     -------
@@ -153,8 +159,10 @@ def read_run(
     if not path.is_dir():
         raise ArtifactError(f"Run folder {path} does not exist. Pass the output folder of `forecast run`.")
     manifest = _read_run_manifest(path)
-    if customers is None:
-        customers = read_customers(path / CUSTOMERS_PARQUET, columns)
+    if not with_customers:
+        customers = pd.DataFrame()
+    elif customers is None:
+        customers = read_customers(local_customers_path(customers_location(path, manifest)), columns)
     notes: list[str] = []
     segments = None
     if (path / SEGMENTS_CSV).is_file():
@@ -306,6 +314,34 @@ def is_iso_date(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def customers_location(run_dir: Path, manifest: dict[str, Any]) -> str:
+    """Where a run's customers.parquet is: in the run folder, or where the manifest's ``customers_parquet`` says
+    (a Spark run writes it to ``spark.output``, shared storage such as ``file:///mnt/...`` or ``s3a://...``)."""
+    inside = run_dir / CUSTOMERS_PARQUET
+    elsewhere = manifest.get("customers_parquet")
+    if inside.exists() or not isinstance(elsewhere, str):
+        return str(inside)
+    return elsewhere
+
+
+def local_customers_path(location: str) -> Path:
+    """A customers.parquet location (``customers_location``) as a local path.
+
+    Raises
+    ------
+    ArtifactError
+        The location is on storage this machine reads only through Spark (``s3a://``, ``hdfs://``, ...).
+    """
+    if location.startswith("file://"):
+        return Path(urllib.parse.urlparse(location).path)
+    if "://" in location:
+        raise ArtifactError(
+            f"The run's customers.parquet is at {location}, which only Spark reads. Read the run where that storage "
+            "is mounted, or give the run a spark.output on a shared mount (file:///...)."
+        )
+    return Path(location)
 
 
 def read_customers(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:

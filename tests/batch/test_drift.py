@@ -16,10 +16,11 @@ from forecast.batch.drift import (
     change_z,
     compare_runs,
     customer_flows,
+    movements,
     parameter_drift,
     segment_drift,
     segment_totals,
-    tier_transitions,
+    transition_table,
 )
 from forecast.batch.pipeline import run
 from forecast.config import DriftConfig, load_config
@@ -50,9 +51,11 @@ def test_parameter_drift_compares_only_the_same_model() -> None:
 
 def test_tier_transitions_counts_moves_new_and_missing() -> None:
     """Five customers before, five now: a stays top, b top->middle, c rest->top, d dropped, e and f new."""
-    before = pd.Series({"a": "top", "b": "top", "c": "rest", "d": "middle", "g": "rest"})
-    after = pd.Series({"a": "top", "b": "middle", "c": "top", "e": "rest", "f": "middle", "g": "rest"})
-    table = tier_transitions(before, after, TIERS)
+    before = pd.DataFrame({"segment": pd.Series({"a": "top", "b": "top", "c": "rest", "d": "middle", "g": "rest"})})
+    after = pd.DataFrame(
+        {"segment": pd.Series({"a": "top", "b": "middle", "c": "top", "e": "rest", "f": "middle", "g": "rest"})}
+    )
+    table = transition_table(movements(before.assign(p_alive=0.9), after.assign(p_alive=0.9), 0.5), TIERS)
     assert list(table.index) == ["new", "top", "middle", "rest"]
     assert list(table.columns) == ["top", "middle", "rest", "missing"]
     expected = np.array(
@@ -67,9 +70,9 @@ def test_tier_transitions_counts_moves_new_and_missing() -> None:
 
 
 def test_customer_flows_new_lapsed_reactivated_missing() -> None:
-    before = pd.DataFrame({"p_alive": [0.9, 0.6, 0.2, 0.8]}, index=["a", "b", "c", "d"])
-    after = pd.DataFrame({"p_alive": [0.9, 0.4, 0.7, 0.95]}, index=["a", "b", "c", "e"])
-    flows = customer_flows(before, after, lapsed_p_alive=0.5)
+    before = pd.DataFrame({"p_alive": [0.9, 0.6, 0.2, 0.8], "segment": "top"}, index=["a", "b", "c", "d"])
+    after = pd.DataFrame({"p_alive": [0.9, 0.4, 0.7, 0.95], "segment": "rest"}, index=["a", "b", "c", "e"])
+    flows = customer_flows(movements(before, after, lapsed_p_alive=0.5))
     assert flows == {
         "previous": 4, "current": 4, "continuing": 3, "new": 1, "missing": 1, "lapsed": 1, "reactivated": 1,
     }  # fmt: skip

@@ -27,7 +27,7 @@ SPARK_MISSING_FILES = {
     "backtest_tracking.svg", "customers.csv", "report.html",
 }  # fmt: skip
 #: The DuckDB engine's manifest keys that the Spark engine's manifest lacks yet.
-SPARK_MISSING_MANIFEST_KEYS = {"backtest", "data_quality", "drift", "previous_run"}
+SPARK_MISSING_MANIFEST_KEYS = {"backtest", "data_quality"}
 
 
 def assert_close(actual: pd.DataFrame, expected: pd.DataFrame, rtol: float = RELATIVE, atol: float = 1e-12) -> None:
@@ -58,12 +58,21 @@ def assert_same_record(actual: dict[str, Any] | None, expected: dict[str, Any] |
         return
     assert set(actual) == set(expected)
     for key, value in expected.items():
-        if isinstance(value, dict):
-            assert_same_record(actual[key], value)
-        elif isinstance(value, float):
-            assert actual[key] == pytest.approx(value, rel=RELATIVE), key
-        else:
-            assert actual[key] == value, key
+        assert_same_value(actual[key], value, key)
+
+
+def assert_same_value(actual: Any, expected: Any, where: str) -> None:
+    """Records compared as ``assert_same_record``, lists item by item, floats within RELATIVE, others equal."""
+    if isinstance(expected, dict):
+        assert_same_record(actual, expected)
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for i, (left, right) in enumerate(zip(actual, expected, strict=True)):
+            assert_same_value(left, right, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=RELATIVE, abs=1e-9), where
+    else:
+        assert actual == expected, where
 
 
 def run_console_script(

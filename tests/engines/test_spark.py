@@ -7,6 +7,7 @@ covers sums taken in a different order.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from forecast.batch.drift import MOVEMENT_KEYS, customer_flows, movements
 from forecast.batch.pipeline import run as run_duckdb
 from forecast.cli import app
 from forecast.config import DataConfig, RunConfig, SparkConfig
@@ -25,16 +27,16 @@ from forecast.data.summary import summarize as summarize_duckdb
 from forecast.engines.spark import (
     boundary_keys,
     check_output_shared,
-    in_segment_order,
     segment_sums,
     ship_package,
     spark_master,
     spark_session,
     summarize,
-    to_pandas,
     typed_log,
 )
 from forecast.engines.spark import run as run_spark
+from forecast.engines.spark_drift import movements as spark_movements
+from forecast.engines.spark_frames import in_segment_order, to_pandas
 from forecast.errors import ConfigError, DataError
 from forecast.value.budget import segment_budget_sums
 from forecast.value.clv import assign_tiers
@@ -46,6 +48,7 @@ from tests.engines.parity import (
     assert_close,
     assert_same_record,
     assert_same_totals,
+    assert_same_value,
     run_console_script,
 )
 
@@ -230,6 +233,54 @@ def test_spark_run_gives_the_duckdb_run_predictions_parameters_and_segments(
         csv_expected = pd.read_csv(tmp_path / "duckdb" / name, dtype={"customer_id": str})
         csv_actual = pd.read_csv(tmp_path / "spark" / name, dtype={"customer_id": str})
         assert_close(csv_actual, csv_expected, rtol=CSV_RELATIVE, atol=CSV_ABSOLUTE)
+
+
+def test_spark_drift_since_the_previous_run_is_the_duckdb_drift_whichever_engine_wrote_that_run(
+    spark: object, simulated_log: Path, tmp_path: Path
+) -> None:
+    """May then June on each engine, and a DuckDB June after a Spark May: the same drift document in all three."""
+    months = [dt.date(2021, 5, 31), END]
+
+    def config(root: str) -> RunConfig:
+        return RunConfig.model_validate(
+            {
+                "data": {"path": str(simulated_log)}, "margin": 0.3, "segments": {"tiers": {"top": 0.1, "rest": 0.9}},
+                "output": str(tmp_path / root), "models_dir": str(tmp_path / f"{root}_models"),
+                "spark": {"master": "local[2]"},
+            }
+        )  # fmt: skip
+
+    duck = [run_duckdb(config("duckdb"), as_of=month) for month in months]
+    ran = [run_spark(config("spark"), as_of=month, spark=spark) for month in months]  # type: ignore[arg-type]
+    shutil.copytree(ran[0].output, tmp_path / "mixed" / months[0].isoformat())  # a Spark May beside a DuckDB June
+    mixed = run_duckdb(config("mixed"), as_of=END)
+
+    expected = duck[1].manifest["drift"]
+    assert expected["tiers"]["moved"] > 0 and expected["customers"]["continuing"] == 3_000
+    assert [row["segment"] for row in expected["segments"]] == ["all customers", "top", "rest"]
+    assert duck[0].manifest["drift"] is None and ran[0].manifest["drift"] is None
+    for manifest in (ran[1].manifest, mixed.manifest):
+        assert_same_value(manifest["drift"], expected, "drift")
+        assert manifest["previous_run"]["as_of"] == "2021-05-31"
+
+
+def test_spark_movements_count_new_missing_lapsed_and_tier_moves_as_in_memory(spark: object) -> None:
+    before = pd.DataFrame(
+        {"segment": ["top", "top", "rest", "rest", "top"], "p_alive": [0.9, 0.6, 0.2, 0.8, 0.7]},
+        index=pd.Index(["a", "b", "c", "d", "g"], name="customer_id"),
+    )
+    after = pd.DataFrame(
+        {"segment": ["top", "rest", "top", "rest", "top"], "p_alive": [0.9, 0.4, 0.7, 0.95, 0.8]},
+        index=pd.Index(["a", "b", "c", "e", "g"], name="customer_id"),
+    )
+    frames = [spark.createDataFrame(frame.reset_index()) for frame in (before, after)]  # type: ignore[attr-defined]
+    keys = [*MOVEMENT_KEYS, "customers"]
+    on_spark = spark_movements(*frames, 0.5).sort_values(MOVEMENT_KEYS, ignore_index=True)[keys]
+    in_memory = movements(before, after, 0.5).sort_values(MOVEMENT_KEYS, ignore_index=True)[keys]
+    assert_close(on_spark, in_memory)
+    assert customer_flows(on_spark) == {
+        "previous": 5, "current": 5, "continuing": 4, "new": 1, "missing": 1, "lapsed": 1, "reactivated": 1,
+    }  # fmt: skip
 
 
 def test_cli_run_with_engine_spark_writes_the_outputs(spark: object, tmp_path: Path) -> None:

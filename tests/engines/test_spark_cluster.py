@@ -21,6 +21,7 @@ import yaml
 from forecast.batch.pipeline import run as run_duckdb
 from forecast.config import RunConfig
 from forecast.data.simulate import write_simulated_log
+from forecast.report.build import build_report
 from tests.conftest import CONFIGS
 from tests.engines.parity import (
     CSV_ABSOLUTE,
@@ -127,3 +128,6 @@ def test_a_simulated_log_on_a_standalone_cluster_gives_the_duckdb_run(cluster: s
     duckdb_folder, spark_folder, manifest = run_both(tmp_path, simulated_config(tmp_path), cluster)
     assert manifest["as_of"] == "2021-05-31"
     assert_same_run(duckdb_folder, spark_folder, manifest)
+    # The report reads the customers where the manifest says they are (the shared mount, not the run folder).
+    assert not (spark_folder / "customers.parquet").exists()
+    assert "3,000" in build_report(spark_folder).read_text(encoding="utf-8")

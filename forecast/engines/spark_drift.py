@@ -1,0 +1,129 @@
+"""Month-over-month drift on Spark: the two runs' customers added up where they are.
+
+The drift document is the DuckDB engine's (``forecast.batch.drift.drift_document``, through
+``forecast.batch.pipeline.drift_since_previous``); what it needs of the customers, ``CustomerChanges``, is added up
+here by Spark: each run's totals and segment totals, and the customers' movements between value tiers (a full outer
+join of the two runs by customer id, grouped). The previous run's customers are read where its manifest says they
+are (the run folder, or its ``spark.output``), whichever engine wrote them. Only those small tables reach the driver.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from forecast.batch.drift import MISSING, MOVEMENT_KEYS, NEW, TOTALLED_COLUMNS, CustomerChanges
+from forecast.config import RunConfig
+from forecast.engines.spark_frames import in_segment_order, to_pandas
+from forecast.errors import ArtifactError
+from forecast.report.run_folder import RunFolder, customers_location
+from forecast.value.segments import ALL, segmentation_name
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame as SparkFrame
+    from pyspark.sql import SparkSession
+
+
+def previous_customers(spark: SparkSession, previous: RunFolder) -> SparkFrame:
+    """The previous run's customers.parquet as a Spark DataFrame.
+
+    Raises
+    ------
+    ArtifactError
+        The file is missing or Spark cannot read it.
+    """
+    location = customers_location(previous.path, previous.manifest)
+    try:
+        return spark.read.parquet(location)
+    except Exception as exc:
+        if not type(exc).__module__.startswith(("pyspark", "py4j")):
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"its customers.parquet at {location} cannot be read ({first}).") from None
+
+
+def changes_on_spark(config: RunConfig, previous: SparkFrame, current: SparkFrame, tiers: list[str]) -> CustomerChanges:
+    """``CustomerChanges`` of two runs' customers on Spark (``forecast.batch.drift.customer_changes`` in memory).
+
+    Parameters
+    ----------
+    previous, current
+        The runs' customers: customer_id, segment (the value tier), p_alive, the totalled columns and the data's
+        segment columns (a segmentation the previous run lacks is skipped, as in memory).
+    tiers
+        The value tiers, best first: the order of the current run's tier rows.
+    """
+    segmentations = ["segment", *config.data.segment_columns]
+    lapsed = config.drift.lapsed_p_alive
+    return CustomerChanges(
+        run_totals(previous),
+        run_totals(current),
+        segment_totals(previous, segmentations, None),
+        segment_totals(current, segmentations, tiers),
+        movements(previous, current, lapsed),
+    )
+
+
+def run_totals(customers: SparkFrame) -> dict[str, float]:
+    """``forecast.batch.drift.run_totals`` on Spark."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    row = customers.agg(
+        F.count(F.lit(1)).alias("customers"), *[F.sum(column).alias(column) for column in TOTALLED_COLUMNS]
+    ).first()
+    assert row is not None
+    return {"customers": int(row["customers"]), **{c: float(row[c] or 0.0) for c in TOTALLED_COLUMNS}}
+
+
+def segment_totals(customers: SparkFrame, segmentations: list[str], tiers: list[str] | None) -> pd.DataFrame:
+    """``forecast.batch.drift.segment_totals`` on Spark: customers and total CLV per segment, an ``all`` row first,
+    tiers in the order of ``tiers`` (None: sorted as text, as a previous run's text column is) and other segments
+    sorted as text."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    everybody = customers.agg(F.count(F.lit(1)).alias("customers"), F.sum("clv").alias("clv_total")).first()
+    assert everybody is not None
+    frames = [
+        pd.DataFrame(
+            {"segmentation": [segmentation_name(None)], "segment": [ALL], "customers": [int(everybody["customers"])],
+             "clv_total": [float(everybody["clv_total"] or 0.0)]}
+        )
+    ]  # fmt: skip
+    for column in segmentations:
+        if column not in customers.columns:
+            continue
+        table = to_pandas(
+            customers.where(F.col(column).isNotNull())
+            .groupBy(F.col(column).cast("string").alias("segment"))
+            .agg(F.count(F.lit(1)).alias("customers"), F.sum("clv").alias("clv_total"))
+        )
+        table = in_segment_order(table, tiers if column == "segment" else None)
+        table.insert(0, "segmentation", segmentation_name(column))
+        frames.append(table)
+    table = pd.concat(frames, ignore_index=True)
+    return table.astype({"customers": "int64", "clv_total": float})
+
+
+def movements(previous: SparkFrame, current: SparkFrame, lapsed_p_alive: float) -> pd.DataFrame:
+    """``forecast.batch.drift.movements`` on Spark: a full outer join of the two runs by customer id, grouped."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    before = previous.select(
+        "customer_id",
+        F.col("segment").cast("string").alias("from"),
+        (F.col("p_alive") >= F.lit(lapsed_p_alive)).alias("was_alive"),
+    )
+    now = current.select(
+        "customer_id",
+        F.col("segment").cast("string").alias("to"),
+        (F.col("p_alive") >= F.lit(lapsed_p_alive)).alias("is_alive"),
+    )
+    joined = before.join(now, "customer_id", "full_outer").select(
+        F.coalesce(F.col("from"), F.lit(NEW)).alias("from"),
+        F.coalesce(F.col("to"), F.lit(MISSING)).alias("to"),
+        F.coalesce(F.col("was_alive"), F.lit(False)).alias("was_alive"),
+        F.coalesce(F.col("is_alive"), F.lit(False)).alias("is_alive"),
+    )
+    counted = to_pandas(joined.groupBy(*MOVEMENT_KEYS).agg(F.count(F.lit(1)).alias("customers")))
+    return counted.astype({"was_alive": bool, "is_alive": bool, "customers": "int64"})
