@@ -25,7 +25,6 @@ from forecast.config import RunConfig, check_date, load_config
 from forecast.errors import ConfigError, ForecastError, clip, out_of_memory
 
 if TYPE_CHECKING:
-    from forecast.batch.pipeline import RunResult
     from forecast.data.ingest import DataQuality
 
 #: Longest error message printed: messages quote user input in short, this bounds the rest (column lists, paths).
@@ -176,20 +175,24 @@ def _announcing(show: Callable[[str], None]) -> Callable[[str], None]:
 EngineOption = Annotated[str | None, typer.Option("--engine", help="duckdb or spark (overrides the config's engine).")]
 
 
-def _summary_line(result: RunResult) -> str:
-    totals = result.manifest["totals"]
-    drift = result.manifest.get("drift")
+def _summary_line(manifest: dict[str, Any], output: Path, models: Path) -> str:
+    """A finished run in one line: customers, predictive CLV with its interval and its change since the previous
+    run, heuristic CLV, and where the outputs are (a Spark run's per-customer Parquet too)."""
+    totals = manifest["totals"]
+    drift = manifest.get("drift")
     since = ""
     if drift and drift["totals"]["clv"]["relative_change"] is not None:
         since = f" ({drift['totals']['clv']['relative_change']:+.1%} since {drift['previous_as_of']})"
     interval = ""
     if totals.get("clv_lower") is not None:
-        level = result.manifest["config"]["ci_level"]
+        level = manifest["config"]["ci_level"]
         interval = f" ({level:.0%} interval {totals['clv_lower']:,.0f} to {totals['clv_upper']:,.0f})"
+    engine = " (Spark)" if manifest.get("engine") == "spark" else ""
+    parquet = f", per-customer Parquet in {manifest['customers_parquet']}" if "customers_parquet" in manifest else ""
     return (
-        f"as_of {result.forecast.as_of}: {len(result.forecast.customers):,} customers, predictive CLV "
+        f"as_of {manifest['as_of']}: {manifest['input']['customers']:,} customers{engine}, predictive CLV "
         f"{totals['clv']:,.0f}{interval}{since}, heuristic CLV {totals['clv_heuristic']:,.0f}; "
-        f"outputs in {result.output}, models in {result.models}"
+        f"outputs in {output}{parquet}, models in {models}"
     )
 
 
@@ -214,11 +217,6 @@ def run(
             raise ConfigError(f"--engine must be duckdb or spark, not {clip(repr(engine))}.")
         settings = settings.model_copy(update={"engine": engine})
     day = _month_option(as_of, "--as-of")
-    if settings.engine == "spark":
-        if through is not None:
-            raise ConfigError("--through backfills with the DuckDB engine only; run Spark months one by one.")
-        _run_spark(settings, day, output, force)
-        return
     last = _month_option(through, "--through")
     if last is not None:
         if day is None or output is not None:
@@ -228,11 +226,9 @@ def run(
             )
         _backfill(settings, month_ends_between(day, last), force)
         return
-    from forecast.batch.pipeline import run as run_pipeline
-
     with progress_display() as say:
-        result = run_pipeline(settings, day, output, say, force=force)
-    _report(result)
+        messages, line = _run_month(settings, day, output, say, force)
+    _report(messages, line)
 
 
 def _month_option(text: str | None, option: str) -> dt.date | None:
@@ -247,32 +243,30 @@ def _day_option(value: dt.datetime | None, option: str) -> dt.date | None:
     return check_date(value.date(), option) if value else None
 
 
-def _run_spark(settings: RunConfig, day: dt.date | None, output: Path | None, force: bool) -> None:
-    """The batch with the summary and the scoring on Spark (engine: spark)."""
-    from forecast.engines.spark import run as run_spark
+def _run_month(
+    settings: RunConfig, day: dt.date | None, output: Path | None, say: Callable[[str], None], force: bool
+) -> tuple[list[str], str]:
+    """One run with the config's engine; return its warnings and its summary line."""
+    if settings.engine == "spark":
+        from forecast.engines.spark import run as run_spark
 
-    with progress_display() as say:
         spark_result = run_spark(settings, day, output, say, force=force)
-    for message in spark_result.warnings:
-        _warn(message)
-    totals = spark_result.manifest["totals"]
-    typer.echo(
-        f"as_of {spark_result.as_of}: {spark_result.customers:,} customers (Spark), predictive CLV "
-        f"{totals['clv']:,.0f}, heuristic CLV {totals['clv_heuristic']:,.0f}; outputs in {spark_result.output}, "
-        f"per-customer Parquet in {spark_result.customers_path}, models in {spark_result.models}"
-    )
+        return spark_result.warnings, _summary_line(spark_result.manifest, spark_result.output, spark_result.models)
+    from forecast.batch.pipeline import run as run_pipeline
+
+    result = run_pipeline(settings, day, output, say, force=force)
+    return result.forecast.warnings, _summary_line(result.manifest, result.output, result.models)
 
 
-def _report(result: RunResult) -> None:
-    for message in result.forecast.warnings:
+def _report(messages: list[str], line: str) -> None:
+    for message in messages:
         _warn(message)
-    typer.echo(_summary_line(result))
+    typer.echo(line)
 
 
 def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> None:
-    """Run each month end in order with a progress bar; stop at the first failure (earlier months stay)."""
-    from forecast.batch.pipeline import run as run_pipeline
-
+    """Run each month end in order with a progress bar; stop at the first failure (earlier months stay). On Spark
+    the months share one Spark session."""
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=not console.is_terminal,
@@ -288,11 +282,11 @@ def _backfill(settings: RunConfig, month_ends: list[dt.date], force: bool) -> No
                     console.print(f"- {month}: {escape(message)}", highlight=False)
 
             try:
-                result = run_pipeline(settings, month, None, say, force=force)
+                messages, line = _run_month(settings, month, None, say, force)
             except (Exception, KeyboardInterrupt):
                 console.print(f"[bold red]backfill stopped at {month}[/]; the months before it are complete.")
                 raise
-            _report(result)
+            _report(messages, line)
             bar.advance(task)
 
 

@@ -1321,6 +1321,23 @@ class Netting(NamedTuple):
     unmatched: int = 0
     over_purchase_days: int = 0
 
+    def messages(self, config: DataConfig) -> list[str]:
+        """One warning per thing netting could not do, with its count (both engines)."""
+        messages = []
+        if self.unmatched:
+            within = "of the same order or " if config.order_id is not None else ""
+            messages.append(
+                f"{self.unmatched:,} returns had no purchase {within}by the same customer on or up to "
+                f"{config.return_window_days} days before them (data.return_window_days) and were dropped (a return "
+                "is not a purchase)."
+            )
+        if self.over_purchase_days:
+            messages.append(
+                f"{self.over_purchase_days:,} purchase days received returns larger than their purchases; they were "
+                "netted to 0 (still a purchase), and the excess was dropped."
+            )
+        return messages
+
 
 def register_transactions(con: duckdb.DuckDBPyConnection, config: DataConfig, counts: ProblemCounts) -> Netting:
     """Register ``transactions`` from ``kept_log`` under ``data.negative_amounts``; return what netting left.
@@ -1527,18 +1544,7 @@ def quality_warnings(con: duckdb.DuckDBPyConnection, config: DataConfig, source:
     if counts.negative_amounts:
         action = "dropped" if config.negative_amounts == "drop" else "netted into the purchases they refund"
         warnings.append(f"{counts.negative_amounts:,} rows have a negative amount (returns); they were {action}.")
-    if netting.unmatched:
-        within = "of the same order or " if config.order_id is not None else ""
-        warnings.append(
-            f"{netting.unmatched:,} returns had no purchase {within}by the same customer on or up to "
-            f"{config.return_window_days} days before them (data.return_window_days) and were dropped (a return is "
-            "not a purchase)."
-        )
-    if netting.over_purchase_days:
-        warnings.append(
-            f"{netting.over_purchase_days:,} purchase days received returns larger than their purchases; they were "
-            "netted to 0 (still a purchase), and the excess was dropped."
-        )
+    warnings.extend(netting.messages(config))
     if duplicates.found:
         action = {"keep": "kept as separate purchases", "drop": "dropped (the first was kept)"}[config.duplicates]
         parts = [f"{duplicates.rows:,} rows repeat an earlier row exactly"] if duplicates.rows else []

@@ -64,7 +64,7 @@ from forecast.batch.registry import (
 from forecast.config import URI_SCHEME, DataConfig, RunConfig, SparkConfig
 from forecast.data.compress import Histories, SpendHistories
 from forecast.data.fingerprints import input_files_sha256
-from forecast.data.ingest import resolve_files
+from forecast.data.ingest import Netting, resolve_files, timestamp_range
 from forecast.engines.spark_drift import changes_on_spark, previous_customers
 from forecast.engines.spark_frames import in_segment_order, to_pandas
 from forecast.engines.spark_intervals import (
@@ -253,7 +253,11 @@ def read_log(spark: SparkSession, config: DataConfig) -> SparkFrame:
             names = names or header
             lines = lines.where(F.concat_ws(" ", parts) != F.lit(" ".join(header)))
         return lines.select(*[parts.getItem(i).alias(name) for i, name in enumerate(names)])
-    reader = spark.read.option("header", str(config.header).lower()).option("inferSchema", "false")
+    # escape '"': a doubled quote inside a quoted field is one quote (RFC 4180, as DuckDB reads it); Spark's
+    # default escape is a backslash, which keeps the field's quotes and both doubled ones.
+    reader = (
+        spark.read.option("header", str(config.header).lower()).option("inferSchema", "false").option("escape", '"')
+    )
     if config.delimiter is not None:
         reader = reader.option("sep", config.delimiter)
     frame = reader.csv(paths)
@@ -282,7 +286,7 @@ def typed_log(spark: SparkSession, config: DataConfig) -> tuple[SparkFrame, Spar
     """Normalise the log to ``(customer_id, ts, amount, <segment columns>)``, check it, and apply the policies.
 
     The same checks as ``forecast.data.ingest.read_transactions`` where Spark can make them: empty ids are
-    dropped, invalid timestamps and amounts refused, returns netted (``net``, by the summary's per-day sums),
+    dropped, invalid timestamps and amounts refused, returns netted into a purchase day (``net``: ``net_returns``),
     dropped or refused.
 
     Raises
@@ -298,14 +302,17 @@ def typed_log(spark: SparkSession, config: DataConfig) -> tuple[SparkFrame, Spar
     stats = _problem_counts(typed)
     _refuse_unusable_rows(typed, stats, config)
     kept = typed.where(~_empty_id()).drop(RAW_TIMESTAMP)
+    netting = Netting()
     if config.negative_amounts != "net":
         kept = kept.where(F.col("amount") >= 0)
+    elif int(stats["negative_amounts"]):
+        kept, netting = net_returns(kept, config.return_window_days)
     quality = SparkQuality(
         rows=int(stats["rows"]),
         customers=int(stats["customers"]),
         first_timestamp=None if stats["first_ts"] is None else str(stats["first_ts"]),
         last_timestamp=None if stats["last_ts"] is None else str(stats["last_ts"]),
-        warnings=_quality_warnings(stats, config),
+        warnings=_quality_warnings(stats, config, netting),
     )
     return kept, quality
 
@@ -334,9 +341,13 @@ def _typed_columns(raw: SparkFrame, config: DataConfig) -> SparkFrame:
         ts = F.try_to_timestamp(ts_raw.cast("string"), F.lit(_spark_pattern(config.timestamp_format)))
     else:
         ts = ts_raw.try_cast("timestamp")
+    # As on DuckDB, a date before 1900 or after tomorrow is invalid (a typo or a placeholder), not a purchase.
+    first, after_last = (F.lit(dt.datetime.combine(day, dt.time())) for day in timestamp_range(config))
+    ts = ts.cast("timestamp")
+    ts = F.when((ts >= first) & (ts < after_last), ts)
     return raw.select(
         F.col(f"`{config.customer_id}`").cast("string").alias("customer_id"),
-        ts.cast("timestamp").alias("ts"),
+        ts.alias("ts"),
         F.col(f"`{config.amount}`").try_cast("double").alias("amount"),
         *[F.col(f"`{c}`").cast("string").alias(c) for c in config.segment_columns],
         ts_raw.cast("string").alias(RAW_TIMESTAMP),
@@ -378,10 +389,13 @@ def _refuse_unusable_rows(typed: SparkFrame, stats: Any, config: DataConfig) -> 
     if rows == 0:
         raise DataError(f"{config.path} has no transactions. Point data.path at a non-empty log.")
     if stats["bad_ts"]:
+        first, after_last = timestamp_range(config)
+        valid = f"{first.isoformat()} to {(after_last - dt.timedelta(days=1)).isoformat()}"
         examples = [r[0] for r in typed.where(F.col("ts").isNull()).select(RAW_TIMESTAMP).limit(5).collect()]
         raise DataError(
             f"{stats['bad_ts']:,} of {rows:,} rows in {config.path} have a '{config.timestamp}' that is not a date or "
-            f"time; examples: {examples}. Fix those rows or set data.timestamp_format."
+            f"time or falls outside {valid}; examples: {examples}. Fix those rows or set "
+            "data.timestamp_format."
         )
     if stats["bad_amounts"]:
         raise DataError(
@@ -396,7 +410,58 @@ def _refuse_unusable_rows(typed: SparkFrame, stats: Any, config: DataConfig) -> 
         )
 
 
-def _quality_warnings(stats: Any, config: DataConfig) -> list[str]:
+def net_returns(log: SparkFrame, window_days: int) -> tuple[SparkFrame, Netting]:
+    """``data.negative_amounts: net`` as the DuckDB engine applies it (``forecast.data.ingest._net_returns``; Spark
+    refuses ``data.order_id``, so by customer only): each return is netted into the customer's most recent purchase
+    day on or before it, at most ``window_days`` earlier, added to that day's last purchase and never taking the day
+    below zero. Returns without such a day are dropped: a return never becomes a purchase. Returns the log of
+    purchases and what netting could not do (counted for the warnings)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    purchases = log.where(F.col("amount") >= 0).withColumn("day", F.to_date("ts"))
+    # Every return of a customer's day nets into the same purchase day: match the days, not the rows.
+    returns = (
+        log.where(F.col("amount") < 0)
+        .groupBy("customer_id", F.to_date("ts").alias("return_day"))
+        .agg(F.sum("amount").alias("returned"), F.count(F.lit(1)).alias("returns"))
+    )
+    days = purchases.select(F.col("customer_id").alias("buyer"), F.col("day").alias("purchase_day")).distinct()
+    in_window = (
+        (F.col("buyer") == F.col("customer_id"))
+        & (F.col("purchase_day") <= F.col("return_day"))
+        & (F.col("purchase_day") >= F.date_sub("return_day", window_days))
+    )
+    returned = (
+        returns.join(days, in_window, "left")
+        .groupBy("customer_id", "return_day")
+        .agg(
+            F.first("returned").alias("returned"),
+            F.first("returns").alias("returns"),
+            F.max("purchase_day").alias("day"),
+        )
+        .groupBy("customer_id", "day")
+        .agg(F.sum("returned").alias("returned"), F.sum("returns").alias("returns"))
+    )
+    day_totals = purchases.groupBy("customer_id", "day").agg(F.sum("amount").alias("day_total"))
+    counts = (
+        returned.join(day_totals, ["customer_id", "day"], "left")
+        .agg(
+            F.sum(F.when(F.col("day").isNull(), F.col("returns"))).alias("unmatched"),
+            F.count(F.when(F.col("returned") < -F.col("day_total"), 1)).alias("over"),
+        )
+        .first()
+    )
+    netting = Netting(int((counts and counts["unmatched"]) or 0), int((counts and counts["over"]) or 0))
+    by_day = Window.partitionBy("customer_id", "day")
+    last_of_day = F.row_number().over(by_day.orderBy(F.col("ts").desc())) == 1
+    added = F.greatest(F.coalesce(F.col("returned"), F.lit(0.0)), -F.sum("amount").over(by_day))
+    netted = purchases.join(returned.where(F.col("day").isNotNull()).drop("returns"), ["customer_id", "day"], "left")
+    amount = F.col("amount") + F.when(last_of_day, added).otherwise(F.lit(0.0))
+    return netted.select(*[amount.alias(c) if c == "amount" else F.col(f"`{c}`") for c in log.columns]), netting
+
+
+def _quality_warnings(stats: Any, config: DataConfig, netting: Netting) -> list[str]:
     """One message per problem the policies handled, with its count."""
     messages = []
     if stats["null_ids"]:
@@ -405,8 +470,9 @@ def _quality_warnings(stats: Any, config: DataConfig) -> list[str]:
         messages.append(f"{stats['zero_amounts']:,} rows have an amount of 0; they count as purchases.")
     negative = int(stats["negative_amounts"])
     if negative:
-        action = "dropped" if config.negative_amounts == "drop" else "netted into their purchase day"
+        action = "dropped" if config.negative_amounts == "drop" else "netted into the purchases they refund"
         messages.append(f"{negative:,} rows have a negative amount (returns); they were {action}.")
+    messages.extend(netting.messages(config))
     return messages
 
 

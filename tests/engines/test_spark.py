@@ -41,6 +41,7 @@ from forecast.errors import ConfigError, DataError
 from forecast.value.budget import segment_budget_sums
 from forecast.value.clv import assign_tiers
 from forecast.value.segments import SegmentCells, customer_totals, segment_table, table_of_totals
+from tests.conftest import CONFIGS
 from tests.engines.parity import (
     CSV_ABSOLUTE,
     CSV_RELATIVE,
@@ -322,6 +323,25 @@ def test_cli_run_with_engine_spark_writes_the_outputs(spark: object, tmp_path: P
     assert params["b"] == pytest.approx(2.426, abs=1e-3)
 
 
+def test_cli_backfills_months_on_spark_each_compared_with_the_one_before(spark: object, tmp_path: Path) -> None:
+    """`forecast run --engine spark --as-of 1997-04 --through 1997-05`: two runs, the second with drift."""
+    config = tmp_path / "run.yaml"
+    document = yaml.safe_load((CONFIGS / "cdnow_sample.yaml").read_text(encoding="utf-8"))
+    document.update(as_of=None, output=str(tmp_path / "runs"), models_dir=str(tmp_path / "models"), backtest=None)
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    outcome = CliRunner().invoke(
+        app, ["run", str(config), "--engine", "spark", "--as-of", "1997-04", "--through", "1997-05"]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    months = ["1997-04-30", "1997-05-31"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == months
+    for index, month in enumerate(months):
+        manifest = yaml.safe_load((tmp_path / "runs" / month / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["engine"] == "spark" and f"as_of {month}: 2,357 customers (Spark)" in outcome.stdout
+        assert (manifest["drift"] is None) == (index == 0)
+    assert "(+" in outcome.stdout or "(-" in outcome.stdout  # the change since April, in the May line
+
+
 def test_cli_rejects_an_unknown_engine(sample_config_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(sample_config_path), "--engine", "polars"])
     assert result.exit_code == 2
@@ -450,3 +470,55 @@ def test_boundary_keys_are_the_customers_at_those_ranks_over_any_partitioning(sp
         for name, value in zip(settings, saved, strict=True):
             conf.set(name, value)
     assert boundary_keys(spark.createDataFrame(frame), []) == {}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("resolution", ["day", "exact"])
+def test_spark_nets_returns_into_earlier_purchase_days_as_duckdb_does(
+    spark: object, write_log, resolution: str
+) -> None:
+    """A return on a day without a purchase nets into the latest purchase day within data.return_window_days (it
+    never becomes a purchase); one without such a day is dropped; a day is never netted below zero."""
+    rows = [
+        ("a", "2024-01-01 09:00:00", 100.0), ("a", "2024-01-05", -30.0), ("a", "2024-01-10", 50.0),  # later day
+        ("b", "2024-01-03", 80.0), ("b", "2024-01-03", -20.0), ("b", "2024-01-20", 40.0),  # same day
+        ("c", "2024-01-02", -15.0), ("c", "2024-01-09", 25.0),  # before any purchase: dropped
+        ("d", "2024-01-04", 10.0), ("d", "2024-01-04", -50.0), ("d", "2024-02-01", 5.0),  # over its day: 0
+        ("e", "2023-09-01", 60.0), ("e", "2024-01-06", -60.0), ("e", "2024-01-07", 20.0),  # beyond 90 days
+    ]  # fmt: skip
+    data = DataConfig(path=str(write_log(rows)))
+    as_of = dt.date(2024, 3, 31)
+    expected = summarize_duckdb(read_transactions(data).connection, as_of, 7.0, resolution)
+    actual = spark_summary(spark, data, as_of, resolution)
+    assert_close(actual[expected.columns], expected)
+    assert (expected.loc["a", "frequency"], expected.loc["a", "revenue"]) == (1, 120.0)
+    assert expected.loc["d", "revenue"] == 5.0 and expected.loc["e", "frequency"] == 1
+    _, quality = typed_log(spark, data)  # type: ignore[arg-type]
+    assert any(m.startswith("2 returns had no purchase") for m in quality.warnings), quality.warnings
+    assert any(m.startswith("1 purchase days received returns larger") for m in quality.warnings), quality.warnings
+
+
+def test_spark_reads_doubled_quotes_in_csv_fields_as_duckdb_does(spark: object, tmp_path: Path) -> None:
+    """RFC 4180: inside a quoted field "" is one quote (Spark's default escape is a backslash)."""
+    path = tmp_path / "quoted.csv"
+    path.write_text(
+        "customer_id,timestamp,amount,region\n"
+        '"A ""B"" C",2024-01-01,10,"North, ""East"""\n"A ""B"" C",2024-02-01,5,"North, ""East"""\n'
+        'q,2024-01-03,8,"say ""hi"""\nr,2024-01-04,6,"plain, comma"\n'
+    )
+    data = DataConfig(path=str(path), segment_columns=["region"])
+    as_of = dt.date(2024, 3, 31)
+    expected = summarize_duckdb(read_transactions(data).connection, as_of, 7.0, "day", ["region"])
+    actual = spark_summary(spark, data, as_of, "day")
+    assert sorted(actual.index) == sorted(expected.index) == ['A "B" C', "q", "r"]
+    assert actual.loc['A "B" C', "region"] == 'North, "East"' and actual.loc["q", "region"] == 'say "hi"'
+    assert_close(actual[expected.columns], expected)
+
+
+def test_spark_refuses_dates_before_1900_or_after_tomorrow_as_duckdb_does(spark: object, tmp_path: Path) -> None:
+    path = tmp_path / "far.csv"
+    path.write_text("customer_id,order_date,amount\n1,2020-01-01,5\n2,1800-01-01,3\n3,2999-01-01,4\n")
+    data = DataConfig(path=str(path), timestamp="order_date")
+    with pytest.raises(DataError, match=r"2 of 3 rows .* falls outside 1900-01-01 to .*'1800-01-01', line 4 '2999"):
+        read_transactions(data)
+    with pytest.raises(DataError, match=r"2 of 3 rows .* falls outside 1900-01-01 to .*\['1800-01-01', '2999-01-01'\]"):
+        typed_log(spark, data)  # type: ignore[arg-type]
