@@ -211,11 +211,7 @@ def run(
     """
     from forecast.batch.registry import month_ends_between
 
-    settings = load_config(config)
-    if engine is not None:
-        if engine not in ("duckdb", "spark"):
-            raise ConfigError(f"--engine must be duckdb or spark, not {clip(repr(engine))}.")
-        settings = settings.model_copy(update={"engine": engine})
+    settings = _with_engine(load_config(config), engine)
     day = _month_option(as_of, "--as-of")
     last = _month_option(through, "--through")
     if last is not None:
@@ -229,6 +225,15 @@ def run(
     with progress_display() as say:
         messages, line = _run_month(settings, day, output, say, force)
     _report(messages, line)
+
+
+def _with_engine(settings: RunConfig, engine: str | None) -> RunConfig:
+    """The config with ``--engine`` (when given) as its engine."""
+    if engine is None:
+        return settings
+    if engine not in ("duckdb", "spark"):
+        raise ConfigError(f"--engine must be duckdb or spark, not {clip(repr(engine))}.")
+    return settings.model_copy(update={"engine": engine})
 
 
 def _month_option(text: str | None, option: str) -> dt.date | None:
@@ -422,19 +427,23 @@ def budget(
     ] = None,
     as_of: MonthOption = None,
     output: Annotated[Path, typer.Option("--output", help="The budget file to write.")] = Path("budget.csv"),
+    engine: EngineOption = None,
 ) -> None:
     """Per segment one can bid on: does a new customer acquired at the CAC pay back, and when; writes budget.csv."""
-    from forecast.batch.pipeline import budget as budget_pipeline
     from forecast.batch.pipeline import budget_table, check_budget_file, write_budget_file
 
-    settings = load_config(config)
+    settings = _with_engine(load_config(config), engine)
     day = _month_option(as_of, "--as-of")
     check_budget_file(output)
     with progress_display() as say:
-        result = budget_pipeline(settings, cac, day, say)
+        if settings.engine == "spark":
+            from forecast.engines.spark import budget as budget_on_engine
+        else:
+            from forecast.batch.pipeline import budget as budget_on_engine
+        result = budget_on_engine(settings, cac, day, say)
     for message in result.warnings:
         _warn(message)
-    table = budget_table(result, settings)
+    table = budget_table(result.segments, settings)
     write_budget_file(table, output)
     typer.echo(
         f"as_of {result.as_of}: a new customer's value over {settings.horizon_months} months at "

@@ -1005,20 +1005,24 @@ def total_interval(segments: pd.DataFrame) -> dict[str, float | None]:
     return {name.removesuffix("_total"): (None if pd.isna(row[name]) else float(row[name])) for name in names}
 
 
+@dataclass(frozen=True)
+class BudgetForecast:
+    """What ``forecast budget`` reports, on either engine: the as_of, the segment table with its decision columns
+    (``forecast.value.budget.decision_columns``) and the run's warnings."""
+
+    as_of: dt.date
+    segments: pd.DataFrame
+    warnings: list[str]
+
+
 def budget(
     config: RunConfig, cac: float | None = None, as_of: dt.date | None = None, progress: Progress | None = None
-) -> Forecast:
+) -> BudgetForecast:
     """Forecast as of a date and say, per segment, whether a new customer acquired at the CAC pays back.
 
-    Nothing is written. ``cac`` replaces ``budget.cac`` (one amount for every segment); the returned forecast's
-    ``segments`` carry the decision columns (``forecast.value.budget.decision_columns``).
+    Nothing is written. ``cac`` replaces ``budget.cac`` (one amount for every segment).
     """
-    if cac is not None:
-        config = config.model_copy(update={"budget": _budget_at(config, cac)})
-    if config.budget.cac is None:
-        raise ConfigError(
-            "No acquisition cost: pass --cac with an amount per customer, or set budget.cac in the config."
-        )
+    config = with_cac(config, cac)
     transactions = read_log(config)
     with closing(transactions.connection), duckdb_limits(config.duckdb, "forecasting for the budget"):
         as_of = as_of or config.as_of or default_as_of(transactions)
@@ -1026,18 +1030,30 @@ def budget(
         with collected_warnings() as notes:
             _, config = choose_purchase_model(config, transactions, as_of, _quiet(progress))
         result = forecast(config, transactions, as_of, progress)
-    result.warnings.extend(notes)
-    return result
+    return BudgetForecast(result.as_of, result.segments, [*result.warnings, *notes])
 
 
-def _budget_at(config: RunConfig, cac: float) -> BudgetConfig:
-    """The config's budget settings with ``cac`` for every segment, or a ConfigError saying what is wrong with it."""
-    try:
-        return BudgetConfig.model_validate({**config.budget.model_dump(), "cac": cac})
-    except ValidationError as exc:
+def with_cac(config: RunConfig, cac: float | None) -> RunConfig:
+    """The config with ``cac`` (when given) as every segment's acquisition cost.
+
+    Raises
+    ------
+    ConfigError
+        ``cac`` is not a positive amount, or neither it nor ``budget.cac`` gives one.
+    """
+    if cac is not None:
+        try:
+            budget_settings = BudgetConfig.model_validate({**config.budget.model_dump(), "cac": cac})
+        except ValidationError as exc:
+            raise ConfigError(
+                f"--cac {cac:g}: {describe_validation_error(exc)} Give a positive amount per customer."
+            ) from None
+        config = config.model_copy(update={"budget": budget_settings})
+    if config.budget.cac is None:
         raise ConfigError(
-            f"--cac {cac:g}: {describe_validation_error(exc)} Give a positive amount per customer."
-        ) from None
+            "No acquisition cost: pass --cac with an amount per customer, or set budget.cac in the config."
+        )
+    return config
 
 
 #: The columns of budget.csv, in order: what a budget owner reads, per segment.
@@ -1047,9 +1063,9 @@ BUDGET_FILE_COLUMNS = [
 ]  # fmt: skip
 
 
-def budget_table(result: Forecast, config: RunConfig) -> pd.DataFrame:
+def budget_table(segments: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
     """The segments' budget decisions as budget.csv holds them, with one verdict sentence per segment."""
-    table = result.segments.reset_index(drop=True)
+    table = segments.reset_index(drop=True)
     table["verdict"] = [
         verdict(row, config.budget.target_ltv_to_cac, config.horizon_months) if not pd.isna(row["cac"]) else ""
         for _, row in table.iterrows()

@@ -38,6 +38,7 @@ from forecast.batch.pipeline import (
     CUSTOMER_COLUMNS,
     INTERVALS_LEFT_EMPTY,
     TOTALLED_COLUMNS,
+    BudgetForecast,
     copy_models,
     drift_since_previous,
     input_record,
@@ -51,6 +52,7 @@ from forecast.batch.pipeline import (
     scored_columns,
     segment_figures,
     totals_record,
+    with_cac,
     write_run_log,
 )
 from forecast.batch.publish import atomic_folders, month_lock
@@ -848,6 +850,39 @@ def run(
     check_runs_apart_from_models(Path(output or config.output), Path(config.models_dir))
     with run_log() as lines, spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
         return _run(config, as_of, output, tracked, spark, force, lines.lines)
+
+
+def budget(
+    config: RunConfig, cac: float | None = None, as_of: dt.date | None = None, progress: Progress | None = None
+) -> BudgetForecast:
+    """``forecast.batch.pipeline.budget`` on Spark: the forecast as of a date, summarised and scored on the cluster,
+    and per segment whether a new customer acquired at the CAC pays back. Nothing is written.
+
+    Raises
+    ------
+    EngineError
+        Spark itself failed (see ``spark_errors``).
+    """
+    config = with_cac(config, cac)
+    refuse_duckdb_only_settings(config)
+    steps: list[str] = []
+    say = logged(progress)
+
+    def tracked(message: str) -> None:
+        steps.append(message)
+        say(message)
+
+    with spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
+        tracked(f"Starting Spark ({spark_master(config.spark)})")
+        spark = spark_session(config.spark)
+        ship_package(spark)
+        tracked(f"Reading {config.data.path} with Spark")
+        log, quality = typed_log(spark, config.data)
+        as_of = _checked_as_of(config, as_of, quality)
+        result = _forecast(config, log, as_of, tracked)
+        result.summary.unpersist()
+        result.scores.unpersist()
+    return BudgetForecast(as_of, result.segments, [*quality.warnings, *result.warnings])
 
 
 def refuse_duckdb_only_settings(config: RunConfig) -> None:

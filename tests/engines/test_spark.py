@@ -342,6 +342,25 @@ def test_cli_backfills_months_on_spark_each_compared_with_the_one_before(spark: 
     assert "(+" in outcome.stdout or "(-" in outcome.stdout  # the change since April, in the May line
 
 
+def test_cli_budget_on_spark_writes_the_duckdb_budget_file(spark: object, tmp_path: Path) -> None:
+    """`forecast budget --engine spark` forecasts on Spark (it read the whole log locally before) and writes the
+    budget.csv DuckDB writes."""
+    config = tmp_path / "run.yaml"
+    document = yaml.safe_load((CONFIGS / "cdnow_sample.yaml").read_text(encoding="utf-8"))
+    document.update(output=str(tmp_path / "runs"), models_dir=str(tmp_path / "models"))
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    files = {engine: tmp_path / f"budget_{engine}.csv" for engine in ("duckdb", "spark")}
+    for engine, path in files.items():
+        outcome = CliRunner().invoke(
+            app, ["budget", str(config), "--cac", "10", "--output", str(path), "--engine", engine]
+        )
+        assert outcome.exit_code == 0, outcome.output
+    expected, actual = (pd.read_csv(files[engine], keep_default_na=False) for engine in ("duckdb", "spark"))
+    assert len(expected) > 5 and (expected["cac"] == 10).all()
+    assert_close(actual, expected, rtol=CSV_RELATIVE, atol=CSV_ABSOLUTE)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()  # nothing but budget.csv
+
+
 def test_cli_rejects_an_unknown_engine(sample_config_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(sample_config_path), "--engine", "polars"])
     assert result.exit_code == 2
