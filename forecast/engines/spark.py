@@ -89,6 +89,8 @@ from forecast.errors import (
 from forecast.evaluation.selection import Selection, Window, WindowCounts, select_on_counts, validation_windows
 from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model, mean_amount_of
 from forecast.models.artifacts import library_versions, model_artifact, write_json
+from forecast.report.build import build_report
+from forecast.report.digest import CustomerDigest
 from forecast.report.run_folder import MODEL_FILES, RUN_MODELS, RunFolder
 from forecast.value.budget import budget_sums_of
 from forecast.value.clv import churn_window, lifespan_from_churn
@@ -993,6 +995,8 @@ def _run(
         write_run_log(staging, output_path, messages, log_lines)
         document["timings_seconds"] = timings
         write_json(staging / "manifest.json", document)
+        say("Writing the report")
+        build_report(staging, digest=result.digest)
     result.summary.unpersist()
     result.scores.unpersist()
     return SparkRunResult(
@@ -1053,6 +1057,7 @@ class _SparkForecast:
     first_purchase: Any
     warnings: list[str]
     total_intervals: str
+    digest: CustomerDigest
     selection: Selection | None = None
 
 
@@ -1088,6 +1093,9 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
             layout.figure_names() if layout is not None else None,
         )  # fmt: skip
         draws = draws_of_sums(figures, summed_figures, config) if figures is not None else None
+        rows = fit.histories.rows
+        p_alive = np.asarray(purchases.p_alive(rows[:, 0], rows[:, 1], rows[:, 2]), float)
+        digest = CustomerDigest.of_histories(fit.histories, fit.spend_histories, p_alive, figures is not None)
         segments = segment_figures(config, per_segment, budget_sums, purchases, draws, lifespan_years)
         summed = {name: F.col(name) for name in {*TOTALLED_COLUMNS, *COMPARISON_SUMS} - {"value_per_year", "customers"}}
         summed["value_per_year"] = F.col("avg_purchase_value") * F.col("purchases_per_year")
@@ -1101,7 +1109,7 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
     )
     return _SparkForecast(
         summary, scores, scored, customers, purchases, spend, lifespan_years, segments, totals, comparison,
-        first_purchase[0] if first_purchase else None, caught, interval_kind(draws), selection,
+        first_purchase[0] if first_purchase else None, caught, interval_kind(draws), digest, selection,
     )  # fmt: skip
 
 

@@ -266,7 +266,9 @@ class GammaGamma(_Model):
             values = self._fitter().conditional_expected_average_profit(x, m)
         return _like_input(np.asarray(values, dtype=float), frequency, "expected_spend")
 
-    def average_spend_density(self, z: ArrayLike, frequency: ArrayLike) -> np.ndarray:
+    def average_spend_density(
+        self, z: ArrayLike, frequency: ArrayLike, customers: ArrayLike | None = None
+    ) -> np.ndarray:
         """Model density of a customer's observed average spend, mixed over the customers' repeat purchases.
 
         For a customer with x repeat purchases the average spend z has density
@@ -280,6 +282,8 @@ class GammaGamma(_Model):
             Average spend per purchase (currency units) at which to evaluate the density.
         frequency
             Repeat purchases of each repeat buyer (x > 0).
+        customers
+            How many repeat buyers each entry of ``frequency`` stands for (default one each).
 
         Returns
         -------
@@ -292,7 +296,11 @@ class GammaGamma(_Model):
         """
         p, q, gamma = (self.params_[k] for k in self.param_names)
         points = np.asarray(z, float)
-        x_values, counts = distinct_counts(np.asarray(frequency, float))
+        if customers is None:
+            x_values, counts = distinct_counts(np.asarray(frequency, float))
+        else:
+            grouped = pd.Series(np.asarray(customers, float)).groupby(np.asarray(frequency, float)).sum()
+            x_values, counts = grouped.index.to_numpy(float), grouped.to_numpy(float)
         weights = counts / counts.sum()
         density = np.zeros(points.shape)
         positive = points > 0

@@ -87,7 +87,9 @@ class MeanSpend(GammaGamma):
         values = np.full(np.shape(np.asarray(frequency)), self.params_["mean"])
         return _like_input(values, frequency, "expected_spend")
 
-    def average_spend_density(self, z: ArrayLike, frequency: ArrayLike) -> np.ndarray:
+    def average_spend_density(
+        self, z: ArrayLike, frequency: ArrayLike, customers: ArrayLike | None = None
+    ) -> np.ndarray:
         """NaN: the mean alone says nothing about how average spend is spread (no curve to draw)."""
         return np.full(np.shape(np.asarray(z, float)), np.nan)
 

@@ -31,16 +31,16 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from forecast.config import DAYS_PER_MONTH, DAYS_PER_UNIT
-from forecast.data.compress import distinct_counts, quantile_of_counts
+from forecast.data.compress import quantile_of_counts
 from forecast.errors import ArtifactError, ForecastError
 from forecast.models import GammaGamma, PurchaseModel
 from forecast.models.gamma_gamma import FREQUENCY_SPEND_CORRELATION_LIMIT
+from forecast.report.digest import ACTIVE_THRESHOLD, CustomerDigest
 from forecast.report.run_folder import REPORT_HTML, RunFolder, read_models, read_run
 from forecast.value.segments import ALL_SEGMENTATION, VALUE_TIERS, segmentation_name
 
 TEMPLATE_NAME = "report.html.j2"
 MAX_REPEAT_BUCKET = 7  # the period-transactions chart groups 7 or more repeat purchases
-ACTIVE_THRESHOLD = 0.5
 PLOT_SUFFIXES = {".svg": "image/svg+xml", ".png": "image/png"}
 #: Columns of customers.parquet the report needs, and those it uses when present.
 REQUIRED_COLUMNS = ("frequency", "recency", "T", "monetary_value", "p_alive", "clv", "clv_heuristic")
@@ -331,20 +331,18 @@ def _interval_columns(segments: pd.DataFrame) -> tuple[str, str] | None:
     return interval_bounds("clv_total", [str(c) for c in segments.columns])
 
 
-def headline(run: RunFolder) -> dict[str, Any]:
+def headline(run: RunFolder, digest: CustomerDigest) -> dict[str, Any]:
     """The headline cards: customers, active share, predictive CLV (horizon and lifetime), and the predictive and
     heuristic totals with their gap over the same discounted months (``matched_comparison``)."""
-    customers = run.customers
     manifest = run.manifest
     config = manifest.get("config", {})
     totals = manifest.get("totals", {})
     horizon = manifest.get("horizon_months", config.get("horizon_months"))
     margin = config.get("margin")
     lifespan = manifest.get("heuristic", {}).get("lifespan_years")
-    clv_total = float(totals.get("clv", customers["clv"].sum()))
-    heuristic_total = float(totals.get("clv_heuristic", customers["clv_heuristic"].sum()))
-    mean_alive = float(customers["p_alive"].mean())
-    share_alive = float((customers["p_alive"] > ACTIVE_THRESHOLD).mean())
+    clv_total = float(totals["clv"])
+    heuristic_total = float(totals["clv_heuristic"])
+    mean_alive, share_alive = digest.mean_alive, digest.share_alive
     interval = _total_interval(run)
     level = config.get("ci_level", config.get("budget", {}).get("ci_level"))
     interval_text = (
@@ -357,7 +355,7 @@ def headline(run: RunFolder) -> dict[str, Any]:
     plain = {"predictive": clv_total, "heuristic": heuristic_total, "horizon": horizon, "lifespan": years(lifespan)}
     comparison = matched_comparison(manifest)
     cards = [
-        {"label": "Customers", "value": f"{len(customers):,}", "detail": f"as of {manifest.get('as_of', '?')}"},
+        {"label": "Customers", "value": f"{digest.customers:,}", "detail": f"as of {manifest.get('as_of', '?')}"},
         {
             "label": "Active share",
             "value": f"{mean_alive:.0%}",
@@ -373,7 +371,7 @@ def headline(run: RunFolder) -> dict[str, Any]:
         *(comparison_cards(comparison, plain, margin_text) if comparison else unmatched_cards(plain, margin_text)),
         *net_cards(totals, comparison, horizon),
     ]
-    expected = float(totals.get("expected_purchases", customers.get("expected_purchases", pd.Series(0.0)).sum()))
+    expected = float(totals["expected_purchases"])
     return {
         "cards": cards,
         "interval": interval,
@@ -384,7 +382,7 @@ def headline(run: RunFolder) -> dict[str, Any]:
         "span_months": comparison["span_months"] if comparison else None,
         "mean_alive": f"{mean_alive:.1%}",
         "share_alive": f"{share_alive:.1%}",
-        "has_customer_intervals": {"clv_lower", "clv_upper"} <= set(customers.columns),
+        "has_customer_intervals": digest.has_customer_intervals,
         "interval_note": interval_note(manifest),
     }
 
@@ -562,19 +560,7 @@ def net_sentence(comparison: dict[str, Any]) -> str:
 # --- model fit -----------------------------------------------------------------------------------------
 
 
-def customers_by_frequency(customers: pd.DataFrame) -> np.ndarray:
-    """How many customers made 0, 1, 2, ... repeat purchases, counted on the column's own integers.
-
-    Counted without copying the column (as floats, rounded, capped): with millions of customers every copy of
-    a column adds to the run's peak memory.
-    """
-    frequency = customers["frequency"].to_numpy()
-    if not np.issubdtype(frequency.dtype, np.integer):
-        frequency = np.round(frequency).astype(np.int64)
-    return np.bincount(frequency, minlength=MAX_REPEAT_BUCKET + 1)
-
-
-def period_transactions(customers: pd.DataFrame, model: PurchaseModel) -> pd.DataFrame:
+def period_transactions(digest: CustomerDigest, model: PurchaseModel) -> pd.DataFrame:
     """Customers by number of repeat purchases (0, 1, ..., 7+): actual counts and the model's expectation.
 
     The model's count for x purchases is the sum over customers of P(X(T_i) = x), the probability that a
@@ -589,20 +575,20 @@ def period_transactions(customers: pd.DataFrame, model: PurchaseModel) -> pd.Dat
     ----------
     Fader, Hardie & Lee (2005), figure 2 (the calibration-period histogram).
     """
-    by_frequency = customers_by_frequency(customers)
-    actual = np.append(by_frequency[:MAX_REPEAT_BUCKET], by_frequency[MAX_REPEAT_BUCKET:].sum()).astype(float)
-    T = customers["T"].to_numpy(float)
-    ages, customers_of_age = distinct_counts(T)  # evaluate each distinct T once
+    by_frequency = np.zeros(max(MAX_REPEAT_BUCKET + 1, len(digest.frequency_counts)))
+    by_frequency[: len(digest.frequency_counts)] = digest.frequency_counts
+    actual = np.append(by_frequency[:MAX_REPEAT_BUCKET], by_frequency[MAX_REPEAT_BUCKET:].sum())
+    ages, customers_of_age = digest.ages, digest.customers_of_age  # each distinct T evaluated once
     expected = [float(model.probability_of_purchases(n, ages) @ customers_of_age) for n in range(MAX_REPEAT_BUCKET)]
-    expected.append(len(T) - sum(expected))
+    expected.append(digest.customers - sum(expected))
     labels = [str(n) for n in range(MAX_REPEAT_BUCKET)] + [f"{MAX_REPEAT_BUCKET}+"]
     return pd.DataFrame({"actual": actual, "model": expected}, index=pd.Index(labels, name="repeat_purchases"))
 
 
-def frequency_recency_grid(customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
+def frequency_recency_grid(digest: CustomerDigest) -> tuple[np.ndarray, np.ndarray, float]:
     """Frequencies 0..F (F near the 99th percentile) and recencies 0..max T for the heat maps, and max T."""
-    T_max = float(customers["T"].max())
-    top = int(np.ceil(quantile_of_counts(customers_by_frequency(customers), 0.99)))
+    T_max = float(digest.ages.max())
+    top = int(np.ceil(quantile_of_counts(digest.frequency_counts, 0.99)))
     frequencies = np.arange(0, min(max(top, 5), 60) + 1, dtype=float)
     recencies = np.linspace(0.0, T_max, 60)
     return frequencies, recencies, T_max
@@ -660,7 +646,7 @@ def parameter_rows(purchases: PurchaseModel, spend: GammaGamma, time_unit: str) 
     return rows
 
 
-def model_fit(run: RunFolder) -> dict[str, Any]:
+def model_fit(run: RunFolder, digest: CustomerDigest) -> dict[str, Any]:
     """Parameters with their meaning, and the charts that show how well the models fit the data."""
     try:
         purchases, spend = read_models(run)
@@ -669,9 +655,9 @@ def model_fit(run: RunFolder) -> dict[str, Any]:
     config = run.manifest.get("config", {})
     time_unit = str(run.manifest.get("time_unit", config.get("time_unit", "week")))
     horizon_months = int(run.manifest.get("horizon_months", config.get("horizon_months", 12)))
-    period = period_transactions(run.customers, purchases)
-    chart_list = [period_chart(period, purchases), *heatmap_charts(run.customers, purchases, time_unit, horizon_months)]
-    spend_check = check_spend_model(run.customers, spend)
+    period = period_transactions(digest, purchases)
+    chart_list = [period_chart(period, purchases), *heatmap_charts(digest, purchases, time_unit, horizon_months)]
+    spend_check = check_spend_model(digest, spend)
     chart_list += spend_check.charts
     correlation = spend_check.correlation
     return {
@@ -709,7 +695,7 @@ def period_chart(period: pd.DataFrame, purchases: PurchaseModel) -> Chart:
 
 
 def heatmap_charts(
-    customers: pd.DataFrame, purchases: PurchaseModel, time_unit: str, horizon_months: int
+    digest: CustomerDigest, purchases: PurchaseModel, time_unit: str, horizon_months: int
 ) -> list[Chart]:
     """Expected purchases over the horizon and P(alive) on a frequency by recency grid, for a customer as old as
     the oldest (T = max T).
@@ -721,7 +707,7 @@ def heatmap_charts(
     """
     from forecast.report import charts
 
-    frequencies, recencies, T_max = frequency_recency_grid(customers)
+    frequencies, recencies, T_max = frequency_recency_grid(digest)
     f_grid, r_grid = np.meshgrid(frequencies, recencies, indexing="ij")
     T_grid = np.full(f_grid.size, T_max)
     horizon_units = horizon_months * DAYS_PER_MONTH / DAYS_PER_UNIT.get(time_unit, 7.0)
@@ -763,7 +749,7 @@ class SpendCheck:
     correlation: float | None  # of repeat buyers' frequency and average spend; None with too few of them
 
 
-def check_spend_model(customers: pd.DataFrame, spend: GammaGamma) -> SpendCheck:
+def check_spend_model(digest: CustomerDigest, spend: GammaGamma) -> SpendCheck:
     """Draw repeat buyers' average spend against the Gamma-Gamma density, and their frequency against their spend.
 
     Only customers with a repeat purchase and a positive average spend count (the data the model is fitted on);
@@ -774,44 +760,65 @@ def check_spend_model(customers: pd.DataFrame, spend: GammaGamma) -> SpendCheck:
     Fader & Hardie (2013), "The Gamma-Gamma model of monetary value": the density of the average spend, and
     the assumption that spend does not depend on frequency.
     """
-    frequency = customers["frequency"].to_numpy()  # the column's own integers: no float copy of every customer
-    monetary = customers["monetary_value"].to_numpy(float)
-    repeat = (frequency > 0) & (monetary > 0)
-    if np.count_nonzero(repeat) <= 2:
+    buyers = RepeatBuyers(digest.spend_frequency, digest.spend_values, digest.spend_customers)
+    if buyers.count <= 2:
         return SpendCheck([], {}, None)
-    observed, repeat_frequency = monetary[repeat], frequency[repeat]
     # Every repeat buyer with the same average spend (or frequency): no correlation to show (the mean spend run).
-    alike = np.ptp(observed) == 0 or np.ptp(repeat_frequency) == 0
-    correlation = None if alike else float(np.corrcoef(repeat_frequency, observed)[0, 1])
+    alike = np.ptp(buyers.spend) == 0 or np.ptp(buyers.frequency) == 0
+    correlation = None if alike else buyers.correlation()
     summary = {
-        "observed_mean": f"{observed.mean():,.2f}",
-        "observed_median": f"{np.median(observed):,.2f}",
+        "observed_mean": f"{buyers.mean_spend():,.2f}",
+        "observed_median": f"{quantile_of_counts(buyers.customers, 0.5, buyers.spend):,.2f}",
         "model_mean": f"{spend.mean_spend():,.2f}",
-        "buyers": f"{len(observed):,}",
+        "buyers": f"{buyers.count:,}",
     }
-    charts = [spend_fit_chart(observed, repeat_frequency, spend)]
+    charts = [spend_fit_chart(buyers, spend)]
     if correlation is not None:
-        charts.append(frequency_spend_chart(repeat_frequency, observed, correlation))
+        charts.append(frequency_spend_chart(buyers, correlation))
     return SpendCheck(charts, summary, correlation)
 
 
-def spend_fit_chart(observed: np.ndarray, repeat_frequency: np.ndarray, spend: GammaGamma) -> Chart:
+@dataclass(frozen=True)
+class RepeatBuyers:
+    """The repeat buyers with a positive average spend: each distinct (frequency, spend) and its customers."""
+
+    frequency: np.ndarray
+    spend: np.ndarray
+    customers: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """How many repeat buyers."""
+        return int(self.customers.sum())
+
+    def mean_spend(self) -> float:
+        """Their mean average spend."""
+        return float(self.spend @ self.customers / self.customers.sum())
+
+    def correlation(self) -> float:
+        """Pearson's correlation of frequency and average spend over the buyers (each counted as often as it
+        stands for)."""
+        covariance = np.cov(self.frequency, self.spend, fweights=self.customers)
+        return float(covariance[0, 1] / np.sqrt(covariance[0, 0] * covariance[1, 1]))
+
+
+def spend_fit_chart(buyers: RepeatBuyers, spend: GammaGamma) -> Chart:
     """Histogram of repeat buyers' average spend with the density the spend model implies for them."""
     from forecast.report import charts
 
-    upper = float(np.quantile(observed, 0.99)) * 1.1
+    upper = quantile_of_counts(buyers.customers, 0.99, buyers.spend) * 1.1
     grid = np.linspace(upper / 400, upper, 400)
-    density = spend.average_spend_density(grid, repeat_frequency)
+    density = spend.average_spend_density(grid, buyers.frequency, buyers.customers)
     return Chart(
         "spend_fit",
         "Average spend per purchase of customers who bought more than once (grey bars) and the distribution "
         "the spend model implies for them (blue line). A line that follows the bars means the spend model "
         "describes how much people spend.",
-        Markup(charts.spend_fit(observed, grid, density)),
+        Markup(charts.spend_fit(buyers.spend, buyers.customers, grid, density)),
     )
 
 
-def frequency_spend_chart(repeat_frequency: np.ndarray, observed: np.ndarray, correlation: float) -> Chart:
+def frequency_spend_chart(buyers: RepeatBuyers, correlation: float) -> Chart:
     """Scatter of repeat buyers' frequency against their average spend, with the correlation."""
     from forecast.report import charts
 
@@ -819,7 +826,11 @@ def frequency_spend_chart(repeat_frequency: np.ndarray, observed: np.ndarray, co
         "frequency_spend",
         "Each dot is a repeat buyer: how often they bought (right) and how much they spent per purchase (up). "
         "The spend model assumes these two are unrelated; a visible trend would break that assumption.",
-        Markup(charts.frequency_spend(repeat_frequency, observed, correlation, FREQUENCY_SPEND_CORRELATION_LIMIT)),
+        Markup(
+            charts.frequency_spend(
+                buyers.frequency, buyers.spend, buyers.customers, correlation, FREQUENCY_SPEND_CORRELATION_LIMIT
+            )
+        ),
     )
 
 
@@ -1383,8 +1394,8 @@ def about_section(run: RunFolder) -> dict[str, Any]:
 # --- rendering -----------------------------------------------------------------------------------------
 
 
-def render_report(run: RunFolder) -> str:
-    """The report's HTML for a run folder that has been read."""
+def render_report(run: RunFolder, digest: CustomerDigest) -> str:
+    """The report's HTML for a run folder that has been read, and its customers' digest."""
     environment = Environment(
         loader=PackageLoader("forecast.report", "templates"),
         autoescape=True,
@@ -1396,8 +1407,8 @@ def render_report(run: RunFolder) -> str:
     return template.render(
         sections=SECTIONS,
         title=f"Customer lifetime value report, as of {run.manifest.get('as_of', '?')}",
-        headline=headline(run),
-        fit=model_fit(run),
+        headline=headline(run, digest),
+        fit=model_fit(run, digest),
         backtest=backtest(run),
         segments=segments_section(run),
         drift=drift_section(run),
@@ -1406,7 +1417,9 @@ def render_report(run: RunFolder) -> str:
     )
 
 
-def build_report(run_dir: str | Path, customers: pd.DataFrame | None = None) -> Path:
+def build_report(
+    run_dir: str | Path, customers: pd.DataFrame | None = None, digest: CustomerDigest | None = None
+) -> Path:
     """Write ``report.html`` into a run folder from the folder's own files, and return its path.
 
     Parameters
@@ -1417,6 +1430,9 @@ def build_report(run_dir: str | Path, customers: pd.DataFrame | None = None) -> 
     customers
         The run's per-customer table (the rows of customers.parquet; indexed by customer_id or not), when
         the caller holds it in memory: the file is then not read back. ``None`` reads customers.parquet.
+    digest
+        What the report draws of the customers (``CustomerDigest``), when the caller has it (the Spark engine,
+        from its compressed summary): no customer table is read at all.
 
     Returns
     -------
@@ -1428,8 +1444,12 @@ def build_report(run_dir: str | Path, customers: pd.DataFrame | None = None) -> 
     ArtifactError
         The folder is not a finished run folder (missing or unreadable manifest or customer table).
     """
-    run = read_report_run(run_dir, customers)
-    html = render_report(run)
+    if digest is None:
+        run = read_report_run(run_dir, customers)
+        digest = CustomerDigest.of_customers(run.customers)
+    else:
+        run = read_run(run_dir, with_customers=False)
+    html = render_report(run, digest)
     target = run.path / REPORT_HTML
     partial = run.path / f".{REPORT_HTML}.partial-{os.getpid()}"
     partial.write_text(html, encoding="utf-8")

@@ -118,14 +118,15 @@ def heatmap(
         return svg_text(fig, name, title)
 
 
-def spend_fit(observed: np.ndarray, grid: np.ndarray, density: np.ndarray) -> str:
-    """Histogram of repeat buyers' observed average spend with the Gamma-Gamma model's density over it."""
+def spend_fit(observed: np.ndarray, customers: np.ndarray, grid: np.ndarray, density: np.ndarray) -> str:
+    """Histogram of repeat buyers' observed average spend (each value counted for its ``customers``) with the
+    Gamma-Gamma model's density over it."""
     with matplotlib.rc_context(STYLE):
         fig, ax = new_figure()
         upper = float(grid[-1])
-        shown = observed[observed <= upper]
-        ax.hist(shown, bins=40, range=(0, upper), density=True, color=ACTUAL, alpha=0.55,
-                label=f"observed ({len(observed):,} repeat buyers)")  # fmt: skip
+        shown = observed <= upper
+        ax.hist(observed[shown], bins=40, range=(0, upper), weights=customers[shown], density=True, color=ACTUAL,
+                alpha=0.55, label=f"observed ({int(customers.sum()):,} repeat buyers)")  # fmt: skip
         ax.plot(grid, density, color=PREDICTIVE, linewidth=2, label="Gamma-Gamma model")
         ax.set_xlabel("average spend per repeat purchase (currency units)")
         ax.set_ylabel("density (share of buyers per currency unit)")
@@ -135,15 +136,19 @@ def spend_fit(observed: np.ndarray, grid: np.ndarray, density: np.ndarray) -> st
         return svg_text(fig, "spend_fit", "Histogram of average spend with the model density")
 
 
-def frequency_spend(frequency: np.ndarray, spend: np.ndarray, correlation: float, limit: float) -> str:
-    """Scatter of repeat buyers' frequency against their average spend, with the correlation."""
+def frequency_spend(
+    frequency: np.ndarray, spend: np.ndarray, customers: np.ndarray, correlation: float, limit: float
+) -> str:
+    """Scatter of repeat buyers' frequency against their average spend, with the correlation: one dot per distinct
+    (frequency, spend), at most ``MAX_SCATTER_POINTS`` of them (drawn in proportion to their ``customers``)."""
     with matplotlib.rc_context(STYLE):
         fig, ax = new_figure()
         rng = np.random.default_rng(0)  # fixed: the same data always gives the same picture
+        buyers = int(customers.sum())
         label = f"repeat buyers (correlation r = {correlation:.2f})"
         if len(frequency) > MAX_SCATTER_POINTS:
-            label = f"{MAX_SCATTER_POINTS:,} of {len(frequency):,} repeat buyers (r = {correlation:.2f} on all)"
-            keep = rng.choice(len(frequency), MAX_SCATTER_POINTS, replace=False)
+            label = f"{MAX_SCATTER_POINTS:,} of {buyers:,} repeat buyers (r = {correlation:.2f} on all)"
+            keep = rng.choice(len(frequency), MAX_SCATTER_POINTS, replace=False, p=customers / customers.sum())
             frequency, spend = frequency[keep], spend[keep]
         jitter = rng.uniform(-0.12, 0.12, len(frequency))  # spreads overlapping points only
         failed = abs(correlation) > limit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sysconfig
 import venv
@@ -24,7 +25,7 @@ CSV_RELATIVE, CSV_ABSOLUTE = 1e-3, 0.01
 #: storage, named by the manifest, and customers.csv is not written from there).
 SPARK_MISSING_FILES = {
     "backtest.json", "backtest_conditional_expectation.svg", "backtest_customers.csv", "backtest_deciles.svg",
-    "backtest_tracking.svg", "customers.csv", "report.html",
+    "backtest_tracking.svg", "customers.csv",
 }  # fmt: skip
 #: The DuckDB engine's manifest keys that the Spark engine's manifest lacks yet.
 SPARK_MISSING_MANIFEST_KEYS = {"backtest", "data_quality"}
@@ -94,3 +95,12 @@ def run_console_script(
     if output is not None:
         command += ["--output", str(output)]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+def report_text(folder: Path, section: str) -> str:
+    """A section of a run's report.html as text: tags, charts (their SVG) and runs of white space left out."""
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    part = html[html.index(f'<section id="{section}">') :]
+    part = part[: part.index("</section>")]
+    part = re.sub(r"<svg.*?</svg>", " ", part, flags=re.DOTALL)
+    return " ".join(re.sub(r"<[^>]+>", " ", part).split())

@@ -50,6 +50,7 @@ from tests.engines.parity import (
     assert_same_record,
     assert_same_totals,
     assert_same_value,
+    report_text,
     run_console_script,
 )
 
@@ -230,6 +231,8 @@ def test_spark_run_gives_the_duckdb_run_predictions_parameters_and_segments(
     assert result.manifest["intervals"] == duck.manifest["intervals"] == {
         "level": 0.9, "totals": "predictive", "customers": "parameters",
     }  # fmt: skip
+    for section in ("headline", "model-fit", "segments"):  # the report, written during the run on both engines
+        assert report_text(tmp_path / "spark", section) == report_text(tmp_path / "duckdb", section), section
     for name in ("segments.csv", "customers.csv"):
         csv_expected = pd.read_csv(tmp_path / "duckdb" / name, dtype={"customer_id": str})
         csv_actual = pd.read_csv(tmp_path / "spark" / name, dtype={"customer_id": str})

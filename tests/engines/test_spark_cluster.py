@@ -31,6 +31,7 @@ from tests.engines.parity import (
     assert_close,
     assert_same_record,
     assert_same_totals,
+    report_text,
     run_console_script,
 )
 from tests.engines.standalone import standalone_cluster
@@ -114,6 +115,9 @@ def assert_same_run(duckdb_folder: Path, spark_folder: Path, manifest: dict[str,
     segments_actual = pd.read_csv(spark_folder / "segments.csv", keep_default_na=False)
     assert list(segments_actual.columns) == list(segments_expected.columns)
     assert_close(segments_actual, segments_expected, rtol=CSV_RELATIVE, atol=CSV_ABSOLUTE)
+    # The report, written during the run from the compressed summary, says what DuckDB's says.
+    for section in ("headline", "model-fit", "segments"):
+        assert report_text(spark_folder, section) == report_text(duckdb_folder, section), section
 
 
 def test_the_cdnow_config_on_a_standalone_cluster_gives_the_duckdb_run(cluster: str, tmp_path: Path) -> None:

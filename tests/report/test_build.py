@@ -34,6 +34,7 @@ from forecast.cli import app
 from forecast.errors import ArtifactError
 from forecast.models import BetaGeo, GammaGamma, ParetoNBD
 from forecast.report.build import SECTIONS, build_report, period_transactions, read_report_run
+from forecast.report.digest import CustomerDigest
 from forecast.report.run_folder import read_models
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -280,7 +281,7 @@ def test_period_transactions_counts_every_customer(sample_run: Path) -> None:
     """
     folder = read_report_run(sample_run)
     purchases, _spend = read_models(folder)
-    table = period_transactions(folder.customers, purchases)
+    table = period_transactions(CustomerDigest.of_customers(folder.customers), purchases)
     assert list(table.index) == ["0", "1", "2", "3", "4", "5", "6", "7+"]
     assert table["actual"].sum() == len(folder.customers) == 2357
     assert table["model"].sum() == pytest.approx(2357)

@@ -33,6 +33,6 @@ def test_two_charts_in_one_page_never_point_into_each_other() -> None:
 
 def test_the_same_figure_gives_the_same_svg_text() -> None:
     """No date or random id in the output: a re-run writes the same bytes."""
-    drawings = [charts.spend_fit(np.array([10.0, 12.0, 30.0]), np.linspace(0.1, 40, 50), np.ones(50) / 40)
-                for _ in range(2)]  # fmt: skip
+    drawings = [charts.spend_fit(np.array([10.0, 12.0, 30.0]), np.array([1, 2, 1]), np.linspace(0.1, 40, 50),
+                                 np.ones(50) / 40) for _ in range(2)]  # fmt: skip
     assert drawings[0] == drawings[1]
