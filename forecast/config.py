@@ -347,6 +347,19 @@ class SparkConfig(_Strict):
         description="Folder (shared storage URI on a cluster) where Spark writes the per-customer Parquet; "
         "default: customers.parquet inside the run's output folder (right for local[*]).",
     )
+    remote: str | None = Field(
+        default=None,
+        description="A Spark Connect server to run on (sc://host:15002; local[N] starts one here), instead of a "
+        "master; default: the SPARK_REMOTE environment variable, else none (classic Spark)",
+    )
+
+    @model_validator(mode="after")
+    def _master_or_remote(self) -> SparkConfig:
+        if self.master is not None and self.remote is not None:
+            raise ValueError(
+                "give spark.master or spark.remote (a Spark Connect server knows its own master), not both"
+            )
+        return self
 
 
 class RunConfig(_Strict):

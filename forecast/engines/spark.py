@@ -120,12 +120,25 @@ STRPTIME_TO_SPARK = {
 RAW_TIMESTAMP = "__clv_ts_raw"
 #: The master when neither the config, MASTER nor spark-defaults.conf names one.
 DEFAULT_MASTER = "local[*]"
+#: Shuffle partitions on a local master: Spark's default 200, sized for clusters, costs seconds of task overhead.
+LOCAL_SHUFFLE_PARTITIONS = str(2 * (os.cpu_count() or 1))
+
+
+def spark_remote(settings: SparkConfig, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The Spark Connect server to run on: ``spark.remote`` from the config, else the ``SPARK_REMOTE`` environment
+    variable (as pyspark reads it); None runs classic Spark on ``spark_master``."""
+    if settings.master:
+        return None
+    return settings.remote or environ.get("SPARK_REMOTE") or None
 
 
 def spark_master(settings: SparkConfig, environ: Mapping[str, str] = os.environ) -> str:
     """The master to run on, as Spark users expect: ``spark.master`` from the config, else the ``MASTER``
     environment variable, else ``spark.master`` in ``spark-defaults.conf`` (in ``SPARK_CONF_DIR``, else
-    ``SPARK_HOME/conf``), else ``local[*]``."""
+    ``SPARK_HOME/conf``), else ``local[*]``. With Spark Connect (``spark_remote``), the server's address."""
+    remote = spark_remote(settings, environ)
+    if remote:
+        return remote
     if settings.master:
         return settings.master
     if environ.get("MASTER"):
@@ -163,11 +176,11 @@ def spark_session(settings: SparkConfig) -> SparkSession:
             "engine: spark needs pyspark, which is not installed. Install it with "
             "pip install 'clv-forecast[spark]' (Java 17 is needed), or set engine: duckdb."
         ) from None
+    remote = spark_remote(settings)
+    if remote:
+        return _connect_session(settings, remote, SparkSession)
     master = spark_master(settings)
-    # The workers' interpreter is read from the environment when the SparkContext starts.
-    if "spark.pyspark.python" in settings.conf:
-        os.environ["PYSPARK_PYTHON"] = settings.conf["spark.pyspark.python"]
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    _choose_workers_python(settings)
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
@@ -178,18 +191,50 @@ def spark_session(settings: SparkConfig) -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
     )
     if master.startswith("local"):
-        # 200 shuffle partitions (Spark's default, sized for clusters) cost seconds of task overhead locally.
-        builder = builder.config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 1)))
+        builder = builder.config("spark.sql.shuffle.partitions", LOCAL_SHUFFLE_PARTITIONS)
     for key, value in settings.conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
 
 
+def _choose_workers_python(settings: SparkConfig) -> None:
+    """Have Spark start its Python workers with ``spark.pyspark.python`` from the config, else ``PYSPARK_PYTHON``,
+    else this interpreter: the environment the SparkContext (or a local Connect server) reads when it starts."""
+    if "spark.pyspark.python" in settings.conf:
+        os.environ["PYSPARK_PYTHON"] = settings.conf["spark.pyspark.python"]
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+def _connect_session(settings: SparkConfig, remote: str, session_class: type[SparkSession]) -> SparkSession:
+    """A Spark Connect session (``remote``: ``sc://host:port``, or ``local[N]`` for a server started here), with UTC
+    session time and the config's ``spark.conf`` (the server's own static settings cannot be changed from here)."""
+    if remote.startswith("local"):  # the server starts here, from this environment
+        _choose_workers_python(settings)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = session_class.builder.remote(remote).config("spark.sql.session.timeZone", "UTC")
+    if remote.startswith("local"):
+        builder = builder.config("spark.sql.shuffle.partitions", LOCAL_SHUFFLE_PARTITIONS)
+    for key, value in settings.conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no SparkContext on this side)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 def ship_package(spark: SparkSession) -> None:
     """Send this forecast package to the executors (as a zip on their path), so they score with the same code.
 
-    The zip is built once per driver process and added once per SparkContext.
+    The zip is built once per driver process and added once per SparkContext (classic Spark) or session (Spark
+    Connect, as an artifact).
     """
+    if is_connect(spark):
+        if not getattr(spark, "_forecast_package_shipped", False):
+            spark.addArtifacts(str(_package_zip()), pyfile=True)
+            spark._forecast_package_shipped = True  # type: ignore[attr-defined]
+        return
     context = spark.sparkContext
     if getattr(context, "_forecast_package_shipped", False):
         return
@@ -806,7 +851,7 @@ def spark_errors(settings: SparkConfig, doing: Callable[[], str]) -> Iterator[No
         yield
     except Exception as exc:
         # pyspark's own exceptions and py4j's (the JVM bridge); other errors are the library's or a bug.
-        if not type(exc).__module__.startswith(("pyspark", "py4j")):
+        if not type(exc).__module__.startswith(("pyspark", "py4j", "grpc")):
             raise
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         what = lines[0][:400] if lines else type(exc).__name__

@@ -1,6 +1,6 @@
-"""The Spark engine on a real standalone cluster: a master and two workers started on localhost from the pyspark
-install, the run made by the console script's absolute path (no activated venv), every output compared with the
-DuckDB engine's run of the same config.
+"""The Spark engine on a real standalone cluster (a master and two workers started on localhost from the pyspark
+install) and through Spark Connect (a local Connect server), the run made by the console script's absolute path (no
+activated venv), every output compared with the DuckDB engine's run of the same config.
 
 The executors are separate processes started by the workers: they read the log, score the customers and write
 customers.parquet to ``spark.output`` (a ``file://`` URI, the mount every "node" of this cluster shares).
@@ -63,19 +63,16 @@ def simulated_config(tmp_path: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_both(tmp_path: Path, document: dict[str, Any], master: str) -> tuple[Path, Path, dict[str, Any]]:
-    """Run ``document`` with DuckDB in this process and with Spark on the cluster through the console script;
-    return the two run folders and the Spark run's manifest."""
+def run_both(
+    tmp_path: Path, document: dict[str, Any], master: str | None = None, remote: str | None = None
+) -> tuple[Path, Path, dict[str, Any]]:
+    """Run ``document`` with DuckDB in this process and with Spark (on ``master``, or on the Spark Connect server
+    ``remote``) through the console script; return the two run folders and the Spark run's manifest."""
     document = {**document, "output": str(tmp_path / "runs"), "models_dir": str(tmp_path / "models")}
     duck = run_duckdb(RunConfig.model_validate({**document, "output": str(tmp_path / "duckdb")}))
-    spark_document = {
-        **document,
-        "spark": {
-            "master": master,
-            "output": (tmp_path / "shared").as_uri(),
-            "conf": {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"},
-        },
-    }
+    where = {"master": master} if master else {"remote": remote}
+    conf = {"spark.sql.shuffle.partitions": "4"} | ({} if remote else {"spark.ui.enabled": "false"})
+    spark_document = {**document, "spark": {**where, "output": (tmp_path / "shared").as_uri(), "conf": conf}}
     done = run_console_script(tmp_path, spark_document)
     assert done.returncode == 0, done.stderr[-4000:]
     spark_folder = tmp_path / "runs" / duck.forecast.as_of.isoformat()  # the month's folder, as DuckDB's
@@ -135,3 +132,12 @@ def test_a_simulated_log_on_a_standalone_cluster_gives_the_duckdb_run(cluster: s
     # The report reads the customers where the manifest says they are (the shared mount, not the run folder).
     assert not (spark_folder / "customers.parquet").exists()
     assert "3,000" in build_report(spark_folder).read_text(encoding="utf-8")
+
+
+def test_a_simulated_log_through_spark_connect_gives_the_duckdb_run(tmp_path: Path) -> None:
+    """spark.remote: the run goes through a Spark Connect server (here one the run starts locally; on Databricks
+    serverless or a shared cluster, sc://...), which has no SparkContext and no RDDs: the package travels as an
+    artifact, everything else is DataFrame operations."""
+    duckdb_folder, spark_folder, manifest = run_both(tmp_path, simulated_config(tmp_path), remote="local[2]")
+    assert manifest["config"]["spark"]["remote"] == "local[2]"
+    assert_same_run(duckdb_folder, spark_folder, manifest)
