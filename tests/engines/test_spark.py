@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from forecast.batch.drift import MOVEMENT_KEYS, customer_flows, movements
@@ -30,6 +31,7 @@ from forecast.engines.spark import (
     segment_sums,
     ship_package,
     spark_master,
+    spark_remote,
     spark_session,
     summarize,
     typed_log,
@@ -442,6 +444,13 @@ def test_the_master_comes_from_the_config_then_master_then_spark_defaults_then_l
     assert spark_master(unset, {"SPARK_HOME": str(home)}) == "yarn"
     assert spark_master(unset, {"SPARK_CONF_DIR": str(tmp_path / "none")}) == "local[*]"
     assert spark_master(unset, {}) == "local[*]"
+    # Spark Connect: spark.remote, else SPARK_REMOTE (as pyspark reads it), unless the config names a master.
+    assert spark_remote(SparkConfig(remote="sc://connect:15002"), {}) == "sc://connect:15002"
+    assert spark_remote(unset, {"SPARK_REMOTE": "sc://env:15002"}) == "sc://env:15002"
+    assert spark_remote(SparkConfig(master="local[2]"), {"SPARK_REMOTE": "sc://env:15002"}) is None
+    assert spark_remote(unset, {"MASTER": "yarn"}) is None
+    with pytest.raises(ValidationError, match=r"spark\.master or spark\.remote"):
+        SparkConfig(master="yarn", remote="sc://connect:15002")
 
 
 def test_a_cluster_run_needs_an_output_every_node_shares(sample_config_path: Path, tmp_path: Path) -> None:
