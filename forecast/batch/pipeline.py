@@ -64,6 +64,7 @@ from forecast.evaluation.backtest import (
     resolve_split,
     run_backtest,
 )
+from forecast.evaluation.log_queries import DuckDBLog, LogQueries
 from forecast.evaluation.selection import Selection, select_purchase_model
 from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model, mean_amount_per_purchase
 from forecast.models.artifacts import library_versions, model_artifact, write_json
@@ -471,8 +472,7 @@ def manifest(
         "drift": drift,
     }
     if backtest_result is not None:
-        split = {k: backtest_result.document[k] for k in ("calibration_end", "holdout_end", "purchase_model")}
-        document["backtest"] = split
+        document["backtest"] = backtest_record(backtest_result)
     document["model_selection"] = selection.document() if selection is not None else None
     return document
 
@@ -741,11 +741,11 @@ def _run_and_publish(
     if config.backtest is not None:
         step = time.perf_counter()
         with collected_warnings() as backtest_notes:
-            backtest_result = _run_backtest_for_run(config, transactions, as_of, say)
+            backtest_result = backtest_for_run(config, DuckDBLog.of(transactions.connection, config), as_of, say)
         timings["backtest"] = time.perf_counter() - step
     step = time.perf_counter()
     with collected_warnings() as selection_notes:
-        selection, config = choose_purchase_model(config, transactions, as_of, say)
+        selection, config = choose_purchase_model(config, DuckDBLog.of(transactions.connection, config), as_of, say)
     timings["model_selection"] = time.perf_counter() - step
     step = time.perf_counter()
     result = forecast(config, transactions, as_of, say)
@@ -882,10 +882,8 @@ def copy_models(run_staging: Path, models_staging: Path) -> None:
         shutil.copyfile(run_staging / RUN_MODELS / name, models_staging / name)
 
 
-def _run_backtest_for_run(
-    config: RunConfig, transactions: Transactions, as_of: dt.date, say: Progress
-) -> BacktestResult | None:
-    """Backtest on the config's split, within the data up to as_of.
+def backtest_for_run(config: RunConfig, log: LogQueries, as_of: dt.date, say: Progress) -> BacktestResult | None:
+    """Backtest on the config's split, within the data up to as_of (both engines: ``log`` is the engine's).
 
     A run never looks past its as_of: the holdout is cut at as_of, and a configured split whose calibration
     ends on or after as_of is left to `forecast backtest` (with a warning).
@@ -901,13 +899,18 @@ def _run_backtest_for_run(
             stacklevel=2,
         )
         return None
-    split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
+    split = resolve_split(log, config, calibration_end, holdout_end)
     say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
-    return run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end)
+    return run_backtest(log, config, split.calibration_end, split.holdout_end)
+
+
+def backtest_record(result: BacktestResult) -> dict[str, Any]:
+    """The manifest's ``backtest``: the split and the purchase model of the run's backtest."""
+    return {key: result.document[key] for key in ("calibration_end", "holdout_end", "purchase_model")}
 
 
 def choose_purchase_model(
-    config: RunConfig, transactions: Transactions, as_of: dt.date, say: Progress
+    config: RunConfig, log: LogQueries, as_of: dt.date, say: Progress
 ) -> tuple[Selection | None, RunConfig]:
     """Resolve ``purchase_model: auto``, or check a configured model, by the internal validation up to as_of.
 
@@ -921,7 +924,7 @@ def choose_purchase_model(
     if config.purchase_model != "auto" and not config.model_selection.check_configured:
         return None, config
     say(f"Validating the purchase models on the data up to {as_of}")
-    selection = select_purchase_model(transactions.connection, config, as_of)
+    selection = select_purchase_model(log, config, as_of)
     if config.purchase_model == "auto":
         say(f"purchase_model auto: {selection.chosen} ({selection.reason})")
     return selection, config.model_copy(update={"purchase_model": selection.chosen})
@@ -975,9 +978,10 @@ def backtest(
     say(f"Reading {config.data.path}")
     transactions = read_log(config)
     with closing(transactions.connection), duckdb_limits(config.duckdb, "backtesting"):
-        split = resolve_split(transactions.connection, config, calibration_end, holdout_end)
+        log = DuckDBLog.of(transactions.connection, config)
+        split = resolve_split(log, config, calibration_end, holdout_end)
         say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
-        result = run_backtest(transactions.connection, config, split.calibration_end, split.holdout_end)
+        result = run_backtest(log, config, split.calibration_end, split.holdout_end)
     output_path = Path(output) if output else Path(f"{config.output.rstrip('/')}-backtest")
     say(f"Writing outputs to {output_path}")
     with atomic_folder(output_path) as staging:
@@ -1028,7 +1032,9 @@ def budget(
         as_of = as_of or config.as_of or default_as_of(transactions)
         transactions = count_after_as_of(transactions, as_of)
         with collected_warnings() as notes:
-            _, config = choose_purchase_model(config, transactions, as_of, _quiet(progress))
+            _, config = choose_purchase_model(
+                config, DuckDBLog.of(transactions.connection, config), as_of, _quiet(progress)
+            )
         result = forecast(config, transactions, as_of, progress)
     return BudgetForecast(result.as_of, result.segments, [*result.warnings, *notes])
 

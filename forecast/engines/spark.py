@@ -39,6 +39,9 @@ from forecast.batch.pipeline import (
     INTERVALS_LEFT_EMPTY,
     TOTALLED_COLUMNS,
     BudgetForecast,
+    backtest_for_run,
+    backtest_record,
+    choose_purchase_model,
     copy_models,
     drift_since_previous,
     input_record,
@@ -53,6 +56,7 @@ from forecast.batch.pipeline import (
     segment_figures,
     totals_record,
     with_cac,
+    write_backtest,
     write_run_log,
 )
 from forecast.batch.publish import atomic_folders, month_lock
@@ -77,6 +81,7 @@ from forecast.engines.spark_intervals import (
     history_figures,
     with_history_figures,
 )
+from forecast.engines.spark_log import SparkLog, summarize
 from forecast.errors import (
     ConfigError,
     DataError,
@@ -86,7 +91,7 @@ from forecast.errors import (
     OutputError,
     collected_warnings,
 )
-from forecast.evaluation.selection import Selection, Window, WindowCounts, select_on_counts, validation_windows
+from forecast.evaluation.selection import Selection
 from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model, mean_amount_of
 from forecast.models.artifacts import library_versions, model_artifact, write_json
 from forecast.report.build import build_report
@@ -525,66 +530,6 @@ def _quality_warnings(stats: Any, config: DataConfig, netting: Netting) -> list[
     return messages
 
 
-def summarize(
-    log: SparkFrame,
-    as_of: dt.date,
-    days_per_unit: float = 7.0,
-    resolution: str = "day",
-    segment_columns: list[str] | None = None,
-) -> SparkFrame:
-    """The per-customer summary on Spark, with the definitions of ``forecast.data.summary.summarize``.
-
-    Returns
-    -------
-    pyspark.sql.DataFrame
-        customer_id, frequency, recency, T, monetary_value, revenue, first_purchase, last_purchase and
-        the segment columns (taken from the customer's first purchase).
-    """
-    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
-
-    segment_columns = segment_columns or []
-    end_exclusive = as_of + dt.timedelta(days=1)
-    observation_end = as_of if resolution == "day" else end_exclusive
-    end_day_number = float((observation_end - dt.date(1970, 1, 1)).days)
-    if resolution == "day":
-        moment = F.to_date("ts")
-        day_number = F.datediff(F.col("moment"), F.lit(dt.date(1970, 1, 1))).cast("double")
-    else:
-        moment = F.col("ts")
-        day_number = F.unix_micros(F.col("moment")) / 1e6 / 86400.0
-    purchases = (
-        log.where(F.col("ts") < F.lit(dt.datetime.combine(end_exclusive, dt.time())))
-        .withColumn("moment", moment)
-        .groupBy("customer_id", "moment")
-        .agg(F.sum("amount").alias("amount"), *[F.min_by(c, "ts").alias(c) for c in segment_columns])
-        .withColumn("day_number", day_number)
-    )
-    per_customer = purchases.groupBy("customer_id").agg(
-        (F.count(F.lit(1)) - 1).alias("frequency"),
-        F.min("day_number").alias("first_day"),
-        F.max("day_number").alias("last_day"),
-        F.sum("amount").alias("revenue"),
-        F.min_by("amount", "moment").alias("first_amount"),
-        F.to_date(F.min("moment")).alias("first_purchase"),
-        F.to_date(F.max("moment")).alias("last_purchase"),
-        *[F.min_by(c, "moment").alias(c) for c in segment_columns],
-    )
-    frequency = F.col("frequency")
-    return per_customer.select(
-        "customer_id",
-        frequency.cast("long").alias("frequency"),
-        ((F.col("last_day") - F.col("first_day")) / days_per_unit).alias("recency"),
-        ((F.lit(end_day_number) - F.col("first_day")) / days_per_unit).alias("T"),
-        F.when(frequency > 0, (F.col("revenue") - F.col("first_amount")) / frequency)
-        .otherwise(F.lit(0.0))
-        .alias("monetary_value"),
-        "revenue",
-        "first_purchase",
-        "last_purchase",
-        *segment_columns,
-    )
-
-
 @dataclass(frozen=True)
 class CompressedFit:
     """The models fitted on the driver from the compressed summary, the unique histories they were fitted on, and
@@ -1001,15 +946,18 @@ def _run(
     log, quality = typed_log(spark, config.data)
     timings["ingest"] = time.perf_counter() - started
     as_of = _checked_as_of(config, as_of, quality)
+    backtest_result, backtest_notes = None, []
+    if config.backtest is not None:
+        step = time.perf_counter()
+        with collected_warnings() as backtest_notes:
+            backtest_result = backtest_for_run(config, SparkLog.of(log, config), as_of, say)
+        timings["backtest"] = time.perf_counter() - step
     step = time.perf_counter()
     result = _forecast(config, log, as_of, say)
     timings["forecast"] = time.perf_counter() - step
-    messages = list(quality.warnings) + result.warnings
-    if config.backtest is not None:
-        messages.append(
-            "The backtest section was not run: the Spark engine has no backtest yet. Run `forecast backtest CONFIG` "
-            "(DuckDB) for backtest.json."
-        )
+    messages = [*quality.warnings, *backtest_notes, *result.warnings]
+    if backtest_result is not None:
+        messages.extend(f"backtest: {message}" for message in backtest_result.warnings)
 
     output_path = Path(output) if output else run_folder(config.output, as_of)
     models_path = Path(config.models_dir) / as_of.isoformat()
@@ -1030,11 +978,15 @@ def _run(
         _write_models(staging, result, as_of)
         copy_models(staging, models_staging)
         customers_path = _write_tables(config, as_of, result, staging, messages)
+        if backtest_result is not None:
+            write_backtest(staging, backtest_result)
         final_customers_path = customers_path.replace(str(staging), str(output_path.resolve()))
         timings["write"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - started
         document = _manifest(config, as_of, quality, result, final_customers_path, models_path, messages)
         document.update(previous_run=previous_run, drift=drift)
+        if backtest_result is not None:
+            document["backtest"] = backtest_record(backtest_result)
         document["models"].update(run_copy=RUN_MODELS, sha256=run_models_sha256(staging))
         document["versions"] = {**library_versions(), "pyspark": spark.version}
         write_run_log(staging, output_path, messages, log_lines)
@@ -1117,7 +1069,7 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
         customers = summary.count()
         if customers == 0:
             raise DataError(f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of.")
-        selection, config = choose_purchase_model(config, log, summary, as_of, say)
+        selection, config = choose_purchase_model(config, SparkLog.of(log, config), as_of, say)
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on the compressed summary of {customers:,} customers")
         fit = fit_on_compressed(summary, config)
         purchases, spend = fit.purchases, fit.spend
@@ -1156,64 +1108,6 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
         summary, scores, scored, customers, purchases, spend, lifespan_years, segments, totals, comparison,
         first_purchase[0] if first_purchase else None, caught, interval_kind(draws), digest, selection,
     )  # fmt: skip
-
-
-def choose_purchase_model(
-    config: RunConfig, log: SparkFrame, summary: SparkFrame, as_of: dt.date, say: Progress
-) -> tuple[Selection | None, RunConfig]:
-    """``forecast.batch.pipeline.choose_purchase_model`` on Spark: the validation windows counted on the cluster,
-    the models fitted and scored on the driver (``forecast.evaluation.selection``)."""
-    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
-
-    settings = config.model_selection
-    if config.purchase_model != "auto" and not settings.check_configured:
-        return None, config
-    say(f"Validating the purchase models on the data up to {as_of}")
-    first = summary.agg(F.min("first_purchase")).first()
-    first_day = first[0] if first and first[0] else as_of
-    windows = validation_windows(first_day, as_of, settings.window_days, settings.origins)
-    tables = [window_counts(log, w, config.days_per_unit, config.resolution, settings.max_customers) for w in windows]
-    tables = [t for t in tables if len(t.rows)]
-    selection = select_on_counts(
-        config.purchase_model, as_of, tables, config.days_per_unit, penalizer=config.penalizer.purchases
-    )
-    return selection, config.model_copy(update={"purchase_model": selection.chosen})
-
-
-#: Spark's sample of customers: those whose id hash falls in the first share of this many buckets.
-SAMPLE_BUCKETS = 1_000_000
-
-
-def window_counts(
-    log: SparkFrame, window: Window, days_per_unit: float, resolution: str, max_customers: int
-) -> WindowCounts:
-    """A validation window's compressed customers (``forecast.evaluation.selection.window_counts``) on Spark.
-
-    The summary as of the window's origin, each customer's purchases in (origin, end], grouped by (frequency,
-    recency, T, n). Above ``max_customers`` customers at the origin, a sample by xxhash64 of the id (another
-    sample than DuckDB's).
-    """
-    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
-
-    end_exclusive = dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time())
-    origin_end = dt.datetime.combine(window.origin + dt.timedelta(days=1), dt.time())
-    at_origin_summary = summarize(log, window.origin, days_per_unit, resolution)
-    at_origin = at_origin_summary.count()
-    if at_origin > max_customers:
-        bucket = F.pmod(F.xxhash64("customer_id"), F.lit(SAMPLE_BUCKETS))
-        at_origin_summary = at_origin_summary.where(bucket < F.lit(SAMPLE_BUCKETS * max_customers // at_origin))
-    moment = F.to_date("ts") if resolution == "day" else F.col("ts")
-    later = (
-        log.where((F.col("ts") >= F.lit(origin_end)) & (F.col("ts") < F.lit(end_exclusive)))
-        .select("customer_id", moment.alias("moment"))
-        .distinct()
-        .groupBy("customer_id")
-        .agg(F.count(F.lit(1)).alias("n"))
-    )
-    joined = at_origin_summary.join(later, "customer_id", "left").fillna(0, subset=["n"])
-    grouped = joined.groupBy("frequency", "recency", "T", "n").agg(F.count(F.lit(1)).alias("customers"))
-    rows = to_pandas(grouped).astype(float).sort_values(["frequency", "recency", "T", "n"], ignore_index=True)
-    return WindowCounts(window, rows[["frequency", "recency", "T", "n", "customers"]], at_origin)
 
 
 def _check_spark_target(output_path: Path, config: RunConfig, force: bool) -> None:

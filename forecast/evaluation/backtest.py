@@ -32,15 +32,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 
 from forecast.config import DAYS_PER_YEAR, PenalizerConfig, RunConfig
 from forecast.data.compress import distinct_counts
-from forecast.data.summary import Resolution, holdout_purchases, summarize
 from forecast.errors import ConfigError, DataError, FitError, ForecastWarning, collected_warnings
 from forecast.evaluation.holdout_interval import holdout_interval
 from forecast.evaluation.metrics import (
@@ -59,6 +57,9 @@ from forecast.evaluation.predictive_counts import log_count_probability
 from forecast.evaluation.selection import Selection, select_purchase_model
 from forecast.models import PURCHASE_MODELS, GammaGamma, PurchaseModel, fit_models, purchase_model
 from forecast.value.clv import heuristic_inputs, require_finite
+
+if TYPE_CHECKING:
+    from forecast.evaluation.log_queries import LogQueries
 
 __all__ = [
     "DECIDING", "BacktestResult", "Split", "decile_table", "default_split", "mae", "method_metrics",
@@ -132,16 +133,8 @@ def default_split(first_day: dt.date, last_day: dt.date) -> Split:
     return Split(last_day - dt.timedelta(days=round(span_days / 3)), last_day)
 
 
-def log_span(con: duckdb.DuckDBPyConnection) -> tuple[dt.date, dt.date]:
-    """First and last calendar day of the ``transactions`` relation."""
-    row = con.execute("SELECT CAST(min(ts) AS DATE), CAST(max(ts) AS DATE) FROM transactions").fetchone()
-    if row is None or row[0] is None:
-        raise DataError("The transaction log has no rows, so there is nothing to backtest.")
-    return row[0], row[1]
-
-
 def resolve_split(
-    con: duckdb.DuckDBPyConnection,
+    log: LogQueries,
     config: RunConfig,
     calibration_end: dt.date | None = None,
     holdout_end: dt.date | None = None,
@@ -155,7 +148,7 @@ def resolve_split(
     ConfigError
         The dates are out of order or outside the data.
     """
-    first_day, last_day = log_span(con)
+    first_day, last_day = log.span()
     section = config.backtest
     holdout_end = holdout_end or (section.holdout_end if section else None) or config.as_of or last_day
     calibration_end = calibration_end or (section.calibration_end if section else None)
@@ -232,12 +225,7 @@ def gb_training_window(first_day: dt.date, split: Split) -> tuple[dt.date, int]:
 
 
 def gradient_boosting_predictions(
-    con: duckdb.DuckDBPyConnection,
-    summary: pd.DataFrame,
-    split: Split,
-    days_per_unit: float,
-    resolution: Resolution,
-    seed: int,
+    log: LogQueries, summary: pd.DataFrame, split: Split, days_per_unit: float, seed: int
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Train gradient boosting on an earlier window inside the calibration period and predict the holdout.
 
@@ -257,9 +245,9 @@ def gradient_boosting_predictions(
     FitError
         The calibration period is too short or too sparse to train on.
     """
-    first_day, _ = log_span(con)
+    first_day, _ = log.span()
     features_as_of, window_days = gb_training_window(first_day, split)
-    train_summary, targets = gb_training_data(con, features_as_of, split, window_days, days_per_unit, resolution)
+    train_summary, targets = gb_training_data(log, features_as_of, split, window_days)
     X_train = gb_features(train_summary, days_per_unit)
     X = gb_features(summary, days_per_unit)
     scale = split.holdout_days() / window_days
@@ -280,12 +268,7 @@ def gradient_boosting_predictions(
 
 
 def gb_training_data(
-    con: duckdb.DuckDBPyConnection,
-    features_as_of: dt.date,
-    split: Split,
-    window_days: int,
-    days_per_unit: float,
-    resolution: Resolution,
+    log: LogQueries, features_as_of: dt.date, split: Split, window_days: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The baseline's training rows: the summary as of ``features_as_of`` and each customer's purchases and revenue
     in (features_as_of, calibration_end].
@@ -298,8 +281,8 @@ def gb_training_data(
     training_customers, training_purchases = 0, 0
     if window_days >= 1:
         try:
-            train_summary = summarize(con, features_as_of, days_per_unit, resolution)
-            targets = holdout_purchases(con, features_as_of, split.calibration_end, resolution)
+            train_summary = log.summary(features_as_of)
+            targets = log.holdout(features_as_of, split.calibration_end)
             training_customers, training_purchases = len(train_summary), int(targets["purchases_holdout"].sum())
         except DataError:
             pass  # no customer yet at features_as_of
@@ -424,12 +407,7 @@ def conditional_expectation(customers: pd.DataFrame, methods: list[str]) -> list
 
 
 def tracking_curve(
-    con: duckdb.DuckDBPyConnection,
-    summary: pd.DataFrame,
-    model: PurchaseModel,
-    split: Split,
-    days_per_unit: float,
-    resolution: Resolution,
+    log: LogQueries, summary: pd.DataFrame, model: PurchaseModel, split: Split, days_per_unit: float
 ) -> pd.DataFrame:
     """Weekly cumulative repeat purchases of the calibration customers, actual vs model, up to holdout_end.
 
@@ -446,23 +424,8 @@ def tracking_curve(
     grid = [first + dt.timedelta(days=7 * k) for k in range(1, (split.holdout_end - first).days // 7 + 1)]
     if not grid or grid[-1] != split.holdout_end:
         grid.append(split.holdout_end)
-    moment = "CAST(ts AS DATE)" if resolution == "day" else "ts"
     # Repeat purchase moments (a customer's first purchase moment excluded) of customers acquired in calibration.
-    repeat_days = con.execute(
-        f"""
-        WITH purchases AS (
-            SELECT customer_id, {moment} AS moment FROM transactions
-            WHERE ts < DATE '{(split.holdout_end + dt.timedelta(days=1)).isoformat()}'
-            GROUP BY customer_id, {moment}
-        ), ranked AS (
-            SELECT customer_id, moment, min(moment) OVER (PARTITION BY customer_id) AS first_moment
-            FROM purchases
-        )
-        SELECT CAST(moment AS DATE) AS day, count(*) AS purchases FROM ranked
-        WHERE moment > first_moment
-          AND first_moment < DATE '{(split.calibration_end + dt.timedelta(days=1)).isoformat()}'
-        GROUP BY 1 ORDER BY 1"""
-    ).df()
+    repeat_days = log.repeat_purchases_by_day(split.calibration_end, split.holdout_end)
     days = pd.to_datetime(repeat_days["day"]).dt.date.to_numpy()
     counts = repeat_days["purchases"].to_numpy(float)
     cumulative = np.cumsum(counts)
@@ -478,15 +441,14 @@ def tracking_curve(
 # --- the backtest ------------------------------------------------------------------------------------------
 
 
-def run_backtest(
-    con: duckdb.DuckDBPyConnection, config: RunConfig, calibration_end: dt.date, holdout_end: dt.date
-) -> BacktestResult:
+def run_backtest(log: LogQueries, config: RunConfig, calibration_end: dt.date, holdout_end: dt.date) -> BacktestResult:
     """Fit on the calibration period, predict the holdout with every method, and score each one.
 
     Parameters
     ----------
-    con
-        DuckDB connection with the ``transactions`` relation (see ``forecast.data.ingest``).
+    log
+        The transaction log, as an engine reads it (``forecast.evaluation.log_queries``), in ``config``'s time unit
+        and resolution.
     config
         Run configuration: time_unit, resolution, purchase_model (``auto`` takes the model that the internal
         validation before calibration_end scores best, ``forecast.evaluation.selection``), model_selection and the
@@ -518,9 +480,9 @@ def run_backtest(
     timings: dict[str, float] = {}
     with collected_warnings() as messages:
         with _timed(timings, "summary"):
-            summary, customers = calibration_and_holdout(con, split, config)
+            summary, customers = calibration_and_holdout(log, split)
         with _timed(timings, "model_selection"):
-            selection = select_purchase_model(con, config, split.calibration_end)
+            selection = select_purchase_model(log, config, split.calibration_end)
         with _timed(timings, "model_fits"):
             actual_purchases = customers["actual_purchases"].to_numpy(float)
             fit = fit_calibration(summary, actual_purchases, holdout_length, selection, config.penalizer)
@@ -530,12 +492,12 @@ def run_backtest(
         ]
         with _timed(timings, "gradient_boosting"):
             seed = config.backtest.seed if config.backtest else 0
-            baseline = gradient_boosting_or_skip(con, summary, split, config, seed)
+            baseline = gradient_boosting_or_skip(log, summary, split, config, seed)
         if baseline.predictions is not None:
             predictions.append(baseline.predictions)
         customers = customers.join(pd.concat(predictions, axis=1))
         with _timed(timings, "tracking"):
-            tracking = tracking_curve(con, summary, fit.purchases, split, config.days_per_unit, config.resolution)
+            tracking = tracking_curve(log, summary, fit.purchases, split, config.days_per_unit)
         with _timed(timings, "holdout_interval"):
             interval = holdout_interval_or_none(summary, fit, holdout_length, customers, config)
     methods = ["predictive", "heuristic", *(["gradient_boosting"] if baseline.predictions is not None else [])]
@@ -573,9 +535,7 @@ def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
     timings[step] = time.perf_counter() - started
 
 
-def calibration_and_holdout(
-    con: duckdb.DuckDBPyConnection, split: Split, config: RunConfig
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def calibration_and_holdout(log: LogQueries, split: Split) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The calibration summary, and the backtest's customer table: its summary columns and what each customer
     actually bought in the holdout.
 
@@ -592,7 +552,7 @@ def calibration_and_holdout(
     DataError
         No customer was acquired by calibration_end, or the holdout counts miss a calibration customer.
     """
-    _, last_day = log_span(con)
+    _, last_day = log.span()
     if split.holdout_end > last_day:
         warnings.warn(
             f"The log ends on {last_day}, {(split.holdout_end - last_day).days} days before holdout_end "
@@ -601,9 +561,8 @@ def calibration_and_holdout(
             ForecastWarning,
             stacklevel=3,
         )
-    summary = summarize(con, split.calibration_end, config.days_per_unit, config.resolution)
-    actual = holdout_purchases(con, split.calibration_end, split.holdout_end, config.resolution)
-    actual = actual.reindex(summary.index)
+    summary = log.summary(split.calibration_end)
+    actual = log.holdout(split.calibration_end, split.holdout_end).reindex(summary.index)
     if actual.isna().any().any():
         raise DataError("The holdout counts do not cover every calibration customer; the log changed while reading.")
     customers = summary[["frequency", "recency", "T", "monetary_value", "revenue"]].rename(
@@ -665,14 +624,12 @@ class Baseline:
 
 
 def gradient_boosting_or_skip(
-    con: duckdb.DuckDBPyConnection, summary: pd.DataFrame, split: Split, config: RunConfig, seed: int
+    log: LogQueries, summary: pd.DataFrame, split: Split, config: RunConfig, seed: int
 ) -> Baseline:
     """The gradient-boosting baseline, or, when the calibration period is too short to train it, a warning and
     the reason it was skipped: the other methods are scored without it."""
     try:
-        predictions, training = gradient_boosting_predictions(
-            con, summary, split, config.days_per_unit, config.resolution, seed
-        )
+        predictions, training = gradient_boosting_predictions(log, summary, split, config.days_per_unit, seed)
     except FitError as exc:
         warnings.warn(f"The gradient-boosting baseline was skipped: {exc}", ForecastWarning, stacklevel=3)
         return Baseline(None, None, str(exc))

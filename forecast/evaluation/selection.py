@@ -26,7 +26,7 @@ import datetime as dt
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -38,6 +38,9 @@ from forecast.data.summary import Resolution, _purchases_sql
 from forecast.errors import FitError, ForecastWarning, collected_warnings
 from forecast.evaluation.predictive_counts import log_count_probability
 from forecast.models import PURCHASE_MODELS, PurchaseModel, purchase_model
+
+if TYPE_CHECKING:
+    from forecast.evaluation.log_queries import LogQueries
 
 #: A validation window is at most this share of the span from the first purchase to the cut-off, so that the fits
 #: see at least twice as much history as they are scored on.
@@ -343,14 +346,15 @@ def window_entry(counts: WindowCounts) -> dict[str, Any]:
 
 
 def select_purchase_model(
-    con: duckdb.DuckDBPyConnection, config: RunConfig, cutoff: dt.date, models: list[str] | None = None
+    log: LogQueries, config: RunConfig, cutoff: dt.date, models: list[str] | None = None
 ) -> Selection:
     """Validate the purchase models inside the data up to ``cutoff`` and choose one (see the module docstring).
 
     Parameters
     ----------
-    con
-        DuckDB connection with the ``transactions`` relation; only rows on or before ``cutoff`` are read.
+    log
+        The transaction log as an engine reads it (``forecast.evaluation.log_queries``), in ``config``'s time unit
+        and resolution; only rows on or before ``cutoff`` are read.
     config
         Its ``purchase_model`` (``auto`` or a model's name), ``model_selection``, ``time_unit`` and ``resolution``.
     cutoff
@@ -363,11 +367,9 @@ def select_purchase_model(
     Selection
     """
     settings: ModelSelectionConfig = config.model_selection
-    end_exclusive = (cutoff + dt.timedelta(days=1)).isoformat()
-    row = con.execute(f"SELECT CAST(min(ts) AS DATE) FROM transactions WHERE ts < DATE '{end_exclusive}'").fetchone()
-    first_day = row[0] if row and row[0] else cutoff
+    first_day = log.first_day_through(cutoff) or cutoff
     windows = validation_windows(first_day, cutoff, settings.window_days, settings.origins)
-    tables = [window_counts(con, w, config.days_per_unit, config.resolution, settings.max_customers) for w in windows]
+    tables = [log.window_counts(w, settings.max_customers) for w in windows]
     tables = [t for t in tables if len(t.rows)]
     penalizer = config.penalizer.purchases
     return select_on_counts(config.purchase_model, cutoff, tables, config.days_per_unit, models, penalizer)

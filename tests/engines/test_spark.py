@@ -49,6 +49,7 @@ from tests.engines.parity import (
     CSV_RELATIVE,
     RELATIVE,
     assert_close,
+    assert_same_backtest,
     assert_same_record,
     assert_same_totals,
     assert_same_value,
@@ -287,6 +288,20 @@ def test_spark_movements_count_new_missing_lapsed_and_tier_moves_as_in_memory(sp
     assert customer_flows(on_spark) == {
         "previous": 5, "current": 5, "continuing": 4, "new": 1, "missing": 1, "lapsed": 1, "reactivated": 1,
     }  # fmt: skip
+
+
+def test_a_spark_run_backtests_as_the_duckdb_run_does(spark: object, tmp_path: Path) -> None:
+    """The config's backtest section on Spark: calibration summary, holdout counts, validation windows and the
+    day-by-day repeat purchases come from Spark; backtest.json and backtest_customers.csv equal DuckDB's."""
+    document = yaml.safe_load((CONFIGS / "cdnow_sample.yaml").read_text(encoding="utf-8"))
+    document.update(output=str(tmp_path / "runs"), models_dir=str(tmp_path / "models"), as_of="1998-06-30")
+    config = RunConfig.model_validate(document)
+    duck = run_duckdb(config, output=tmp_path / "duckdb")
+    ran = run_spark(config, output=tmp_path / "spark", spark=spark)  # type: ignore[arg-type]
+    assert ran.manifest["backtest"] == duck.manifest["backtest"]
+    assert ran.manifest["backtest"]["calibration_end"] == "1997-09-30"
+    assert_same_backtest(tmp_path / "spark", tmp_path / "duckdb")
+    assert report_text(tmp_path / "spark", "backtest") == report_text(tmp_path / "duckdb", "backtest")
 
 
 def test_cli_run_with_engine_spark_writes_the_outputs(spark: object, tmp_path: Path) -> None:

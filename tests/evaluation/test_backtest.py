@@ -35,6 +35,7 @@ from forecast.evaluation.backtest import (
     top_capture,
     winners,
 )
+from forecast.evaluation.log_queries import DuckDBLog
 from tests.conftest import CONFIGS
 from tests.evaluation.conftest import connection_for
 
@@ -49,7 +50,7 @@ PREDICTION_COLUMNS = [
 
 @pytest.fixture(scope="module")
 def sample_backtest(sample_config: RunConfig, sample_log: pd.DataFrame) -> BacktestResult:
-    return run_backtest(connection_for(sample_log), sample_config, CALIBRATION_END, HOLDOUT_END)
+    return run_backtest(DuckDBLog(connection_for(sample_log)), sample_config, CALIBRATION_END, HOLDOUT_END)
 
 
 # --- CDNOW reference figures ----------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def test_auto_uses_the_model_the_validation_before_calibration_end_scores_best(
     """``auto`` takes the best predictive log-likelihood on the last window before calibration_end, never a holdout
     score; the holdout comparison stays in the file as information."""
     auto = run_backtest(
-        connection_for(sample_log), sample_config.model_copy(update={"purchase_model": "auto"}),
+        DuckDBLog(connection_for(sample_log)), sample_config.model_copy(update={"purchase_model": "auto"}),
         CALIBRATION_END, HOLDOUT_END,
     )  # fmt: skip
     selection = auto.document["model_selection"]
@@ -171,7 +172,7 @@ def test_gradient_boosting_refuses_a_calibration_period_without_history(
     con = connection_for(sample_log)
     summary = summarize(con, dt.date(1997, 1, 2))
     with pytest.raises(FitError, match="too little history to train on before 1997-01-02"):
-        gradient_boosting_predictions(con, summary, Split(dt.date(1997, 1, 2), HOLDOUT_END), 7.0, "day", 0)
+        gradient_boosting_predictions(DuckDBLog(con), summary, Split(dt.date(1997, 1, 2), HOLDOUT_END), 7.0, 0)
 
 
 # --- leakage ------------------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def test_holdout_rows_cannot_reach_the_predictions(
     """Leakage is impossible by construction: what happens after calibration_end changes no fit and no
     prediction of any method (only the actuals it is scored against)."""
     changed = run_backtest(
-        connection_for(_changed_log(sample_log, change)), sample_config, CALIBRATION_END, HOLDOUT_END
+        DuckDBLog(connection_for(_changed_log(sample_log, change))), sample_config, CALIBRATION_END, HOLDOUT_END
     )
     pd.testing.assert_frame_equal(
         changed.customers[["frequency", "recency", "T", "monetary_value", *PREDICTION_COLUMNS]],
@@ -321,14 +322,16 @@ def test_default_split_holds_out_the_last_third() -> None:
 
 def test_split_comes_from_the_config_section_and_can_be_overridden(sample_config: RunConfig) -> None:
     con = read_transactions(sample_config.data).connection
-    assert resolve_split(con, sample_config) == Split(CALIBRATION_END, HOLDOUT_END)
-    assert resolve_split(con, sample_config, dt.date(1997, 6, 30)) == Split(dt.date(1997, 6, 30), HOLDOUT_END)
+    assert resolve_split(DuckDBLog(con), sample_config) == Split(CALIBRATION_END, HOLDOUT_END)
+    assert resolve_split(DuckDBLog(con), sample_config, dt.date(1997, 6, 30)) == Split(
+        dt.date(1997, 6, 30), HOLDOUT_END
+    )
     without = sample_config.model_copy(update={"backtest": None, "as_of": None})
-    assert resolve_split(con, without) == default_split(dt.date(1997, 1, 1), HOLDOUT_END)
+    assert resolve_split(DuckDBLog(con), without) == default_split(dt.date(1997, 1, 1), HOLDOUT_END)
     with pytest.raises(ConfigError, match="before the first transaction"):
-        resolve_split(con, sample_config, dt.date(1996, 6, 30))
+        resolve_split(DuckDBLog(con), sample_config, dt.date(1996, 6, 30))
     with pytest.raises(ConfigError, match="not after calibration_end"):
-        resolve_split(con, sample_config, dt.date(1998, 1, 1), dt.date(1997, 12, 1))
+        resolve_split(DuckDBLog(con), sample_config, dt.date(1998, 1, 1), dt.date(1997, 12, 1))
 
 
 def test_config_rejects_a_holdout_that_ends_before_calibration(tmp_path: Path) -> None:
@@ -387,7 +390,7 @@ def test_cli_backtest_writes_backtest_json_and_plots(tmp_path: Path) -> None:
 
 def test_a_holdout_past_the_last_day_warns(sample_config: RunConfig, sample_log: pd.DataFrame) -> None:
     early = sample_log[sample_log["ts"] < pd.Timestamp("1998-03-01")]
-    result = run_backtest(connection_for(early), sample_config, CALIBRATION_END, HOLDOUT_END)
+    result = run_backtest(DuckDBLog(connection_for(early)), sample_config, CALIBRATION_END, HOLDOUT_END)
     assert any("understated" in message for message in result.warnings)
     assert result.document["warnings"] == result.warnings
 

@@ -14,6 +14,7 @@ from forecast.config import RunConfig, load_config
 from forecast.data.ingest import read_transactions
 from forecast.data.summary import holdout_purchases, summarize
 from forecast.errors import ForecastWarning
+from forecast.evaluation.log_queries import DuckDBLog
 from forecast.evaluation.selection import (
     ModelScore,
     Window,
@@ -74,8 +75,10 @@ def test_nothing_after_the_cutoff_changes_the_choice_or_the_scores(
     sample_config: RunConfig, sample_log: pd.DataFrame
 ) -> None:
     auto = sample_config.model_copy(update={"purchase_model": "auto"})
-    before = select_purchase_model(connection_for(sample_log), auto, CUTOFF).document()
-    after = select_purchase_model(connection_for(_changed_after(sample_log, CUTOFF)), auto, CUTOFF).document()
+    before = select_purchase_model(DuckDBLog(connection_for(sample_log)), auto, CUTOFF).document()
+    after = select_purchase_model(
+        DuckDBLog(connection_for(_changed_after(sample_log, CUTOFF))), auto, CUTOFF
+    ).document()
     assert after == before
     assert before["windows"][0]["scored_through"] == CUTOFF.isoformat()
     assert set(before["scores"]) == {"bgnbd", "mbgnbd", "pareto"}
@@ -86,8 +89,8 @@ def test_a_sample_by_id_hash_above_max_customers(sample_config: RunConfig, sampl
     config = sample_config.model_copy(
         update={"model_selection": sample_config.model_selection.model_copy(update={"max_customers": 1000})}
     )
-    first = select_purchase_model(connection_for(sample_log), config, CUTOFF).document()
-    again = select_purchase_model(connection_for(sample_log), config, CUTOFF).document()
+    first = select_purchase_model(DuckDBLog(connection_for(sample_log)), config, CUTOFF).document()
+    again = select_purchase_model(DuckDBLog(connection_for(sample_log)), config, CUTOFF).document()
     assert first == again
     window = first["windows"][0]
     assert window["sampled"] and 850 <= window["customers"] <= 1150
@@ -125,7 +128,7 @@ def test_bgnbd_configured_on_full_cdnow_warns_that_mbgnbd_scores_better() -> Non
     config = load_config(CONFIGS / "cdnow.yaml").model_copy(update={"purchase_model": "bgnbd"})
     con = read_transactions(config.data).connection
     with pytest.warns(ForecastWarning, match="bgnbd scores clearly worse than mbgnbd"):
-        selection = select_purchase_model(con, config, dt.date(1998, 6, 30), models=["bgnbd", "mbgnbd"])
+        selection = select_purchase_model(DuckDBLog(con), config, dt.date(1998, 6, 30), models=["bgnbd", "mbgnbd"])
     assert selection.chosen == "bgnbd"
     entry = selection.scores["bgnbd"]
     assert entry["behind_best_per_1000"] == pytest.approx(2.6, abs=0.05)
@@ -140,12 +143,14 @@ def test_auto_falls_back_to_bgnbd_with_a_warning_when_the_log_is_too_short(sampl
     short = sample_log[sample_log["ts"] < pd.Timestamp("1997-01-16")]
     config = RunConfig.model_validate({"data": {"path": "unused.csv"}, "purchase_model": "auto"})
     with pytest.warns(ForecastWarning, match="auto could not validate the models on the data up to 1997-01-15"):
-        selection = select_purchase_model(connection_for(short), config, dt.date(1997, 1, 15))
+        selection = select_purchase_model(DuckDBLog(connection_for(short)), config, dt.date(1997, 1, 15))
     assert selection.chosen == "bgnbd" and selection.reason.startswith("not validated")
     configured = config.model_copy(update={"purchase_model": "pareto"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert select_purchase_model(connection_for(short), configured, dt.date(1997, 1, 15)).chosen == "pareto"
+        assert (
+            select_purchase_model(DuckDBLog(connection_for(short)), configured, dt.date(1997, 1, 15)).chosen == "pareto"
+        )
 
 
 @pytest.mark.slow
@@ -156,5 +161,7 @@ def test_auto_chooses_bgnbd_on_a_log_simulated_from_bgnbd(tmp_path: Path) -> Non
     path = tmp_path / "log.parquet"
     write_simulated_log(path, 20_000, end=dt.date(2021, 6, 30), seed=7)
     config = RunConfig.model_validate({"data": {"path": str(path)}, "purchase_model": "auto"})
-    selection = select_purchase_model(read_transactions(config.data).connection, config, dt.date(2021, 6, 30))
+    selection = select_purchase_model(
+        DuckDBLog.of(read_transactions(config.data).connection, config), config, dt.date(2021, 6, 30)
+    )
     assert selection.chosen == "bgnbd", selection.reason

@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 
 from forecast.cli import app
 from forecast.errors import ArtifactError
+from forecast.evaluation.log_queries import DuckDBLog
 from forecast.models import BetaGeo, GammaGamma, ParetoNBD
 from forecast.report.build import SECTIONS, build_report, period_transactions, read_report_run
 from forecast.report.digest import CustomerDigest
@@ -488,7 +489,7 @@ def test_report_says_which_purchase_model_the_run_uses_and_why(run_copy: Path) -
     checked = config.model_selection.model_copy(update={"check_configured": True})
     config = config.model_copy(update={"model_selection": checked})
     con = read_transactions(config.data).connection
-    selection = select_purchase_model(con, config, dt.date(1997, 9, 30)).document()
+    selection = select_purchase_model(DuckDBLog(con), config, dt.date(1997, 9, 30)).document()
     manifest = json.loads((run_copy / "manifest.json").read_text())
     (run_copy / "manifest.json").write_text(json.dumps({**manifest, "model_selection": selection}))
     html = build_report(run_copy).read_text(encoding="utf-8")
