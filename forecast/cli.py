@@ -307,11 +307,15 @@ def backtest(
         typer.Option("--holdout-end", help="Last holdout day (YYYY-MM-DD).", formats=["%Y-%m-%d"]),
     ] = None,
     output: OutputOption = None,
+    engine: EngineOption = None,
 ) -> None:
     """Fit on the calibration period, predict the holdout, score predictive vs heuristic vs gradient boosting."""
-    from forecast.batch.pipeline import backtest as run_backtest
+    settings = _with_engine(load_config(config), engine)
+    if settings.engine == "spark":
+        from forecast.engines.spark import backtest as run_backtest
+    else:
+        from forecast.batch.pipeline import backtest as run_backtest
 
-    settings = load_config(config)
     first_day = _day_option(calibration_end, "--calibration-end")
     last_day = _day_option(holdout_end, "--holdout-end")
     with progress_display() as say:

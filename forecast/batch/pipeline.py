@@ -979,14 +979,30 @@ def backtest(
     transactions = read_log(config)
     with closing(transactions.connection), duckdb_limits(config.duckdb, "backtesting"):
         log = DuckDBLog.of(transactions.connection, config)
-        split = resolve_split(log, config, calibration_end, holdout_end)
-        say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
-        result = run_backtest(log, config, split.calibration_end, split.holdout_end)
+        return backtest_on(
+            log, config, calibration_end, holdout_end, output, say, started, transactions.quality.warnings
+        )
+
+
+def backtest_on(
+    log: LogQueries,
+    config: RunConfig,
+    calibration_end: dt.date | None,
+    holdout_end: dt.date | None,
+    output: str | Path | None,
+    say: Progress,
+    started: float,
+    data_warnings: list[str],
+) -> BacktestRun:
+    """``backtest`` on an engine's log: resolve the split, backtest, and write the outputs (both engines)."""
+    split = resolve_split(log, config, calibration_end, holdout_end)
+    say(f"Backtesting: calibration to {split.calibration_end}, holdout to {split.holdout_end}")
+    result = run_backtest(log, config, split.calibration_end, split.holdout_end)
     output_path = Path(output) if output else Path(f"{config.output.rstrip('/')}-backtest")
     say(f"Writing outputs to {output_path}")
     with atomic_folder(output_path) as staging:
         write_backtest(staging, result, {"total": time.perf_counter() - started})
-    return BacktestRun(output_path, result, list(transactions.quality.warnings))
+    return BacktestRun(output_path, result, list(data_warnings))
 
 
 def _finite_or_none(value: float) -> float | None:

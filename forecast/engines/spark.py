@@ -38,8 +38,10 @@ from forecast.batch.pipeline import (
     CUSTOMER_COLUMNS,
     INTERVALS_LEFT_EMPTY,
     TOTALLED_COLUMNS,
+    BacktestRun,
     BudgetForecast,
     backtest_for_run,
+    backtest_on,
     backtest_record,
     choose_purchase_model,
     copy_models,
@@ -875,6 +877,39 @@ def budget(
         result.summary.unpersist()
         result.scores.unpersist()
     return BudgetForecast(as_of, result.segments, [*quality.warnings, *result.warnings])
+
+
+def backtest(
+    config: RunConfig,
+    calibration_end: dt.date | None = None,
+    holdout_end: dt.date | None = None,
+    output: str | Path | None = None,
+    progress: Progress | None = None,
+) -> BacktestRun:
+    """``forecast.batch.pipeline.backtest`` with the log read and queried by Spark (``SparkLog``).
+
+    Raises
+    ------
+    EngineError
+        Spark itself failed (see ``spark_errors``).
+    """
+    refuse_duckdb_only_settings(config)
+    started = time.perf_counter()
+    steps: list[str] = []
+    say = logged(progress)
+
+    def tracked(message: str) -> None:
+        steps.append(message)
+        say(message)
+
+    with spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
+        tracked(f"Starting Spark ({spark_master(config.spark)})")
+        spark = spark_session(config.spark)
+        ship_package(spark)
+        tracked(f"Reading {config.data.path} with Spark")
+        log, quality = typed_log(spark, config.data)
+        spark_log = SparkLog.of(log, config)
+        return backtest_on(spark_log, config, calibration_end, holdout_end, output, tracked, started, quality.warnings)
 
 
 def refuse_duckdb_only_settings(config: RunConfig) -> None:

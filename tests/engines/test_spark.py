@@ -302,6 +302,12 @@ def test_a_spark_run_backtests_as_the_duckdb_run_does(spark: object, tmp_path: P
     assert ran.manifest["backtest"]["calibration_end"] == "1997-09-30"
     assert_same_backtest(tmp_path / "spark", tmp_path / "duckdb")
     assert report_text(tmp_path / "spark", "backtest") == report_text(tmp_path / "duckdb", "backtest")
+    # `forecast backtest --engine spark` writes the same backtest folder.
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    outcome = CliRunner().invoke(app, ["backtest", str(path), "--engine", "spark", "--output", str(tmp_path / "bt")])
+    assert outcome.exit_code == 0, outcome.output
+    assert_same_backtest(tmp_path / "bt", tmp_path / "duckdb")
 
 
 def test_cli_run_with_engine_spark_writes_the_outputs(spark: object, tmp_path: Path) -> None:
