@@ -876,22 +876,9 @@ def budget(
         Spark itself failed (see ``spark_errors``).
     """
     config = with_cac(config, cac)
-    refuse_duckdb_only_settings(config)
-    steps: list[str] = []
-    say = logged(progress)
-
-    def tracked(message: str) -> None:
-        steps.append(message)
-        say(message)
-
-    with spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
-        tracked(f"Starting Spark ({spark_master(config.spark)})")
-        spark = spark_session(config.spark)
-        ship_package(spark)
-        tracked(f"Reading {config.data.path} with Spark")
-        log, quality = typed_log(spark, config.data)
+    with log_on_spark(config, progress) as (say, log, quality):
         as_of = _checked_as_of(config, as_of, quality)
-        result = _forecast(config, log, as_of, tracked)
+        result = _forecast(config, log, as_of, say)
         result.summary.unpersist()
         result.scores.unpersist()
     return BudgetForecast(as_of, result.segments, [*quality.warnings, *result.warnings])
@@ -911,8 +898,17 @@ def backtest(
     EngineError
         Spark itself failed (see ``spark_errors``).
     """
-    refuse_duckdb_only_settings(config)
     started = time.perf_counter()
+    with log_on_spark(config, progress) as (say, log, quality):
+        spark_log = SparkLog.of(log, config)
+        return backtest_on(spark_log, config, calibration_end, holdout_end, output, say, started, quality.warnings)
+
+
+@contextmanager
+def log_on_spark(config: RunConfig, progress: Progress | None) -> Iterator[tuple[Progress, SparkFrame, SparkQuality]]:
+    """Refuse what only DuckDB applies, start Spark and read the log (``typed_log``); give the step reporter, the log
+    and what the reading saw. A failure of Spark in the block is an EngineError naming the step under way."""
+    refuse_duckdb_only_settings(config)
     steps: list[str] = []
     say = logged(progress)
 
@@ -926,8 +922,7 @@ def backtest(
         ship_package(spark)
         tracked(f"Reading {config.data.path} with Spark")
         log, quality = typed_log(spark, config.data)
-        spark_log = SparkLog.of(log, config)
-        return backtest_on(spark_log, config, calibration_end, holdout_end, output, tracked, started, quality.warnings)
+        yield tracked, log, quality
 
 
 def refuse_duckdb_only_settings(config: RunConfig) -> None:
