@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast.config import DriftConfig
+from forecast.config import DriftConfig, RunConfig
 from forecast.value.segments import ALL, segmentation_name
 
 NEW = "new"
@@ -84,6 +84,11 @@ def parameter_drift(previous: dict[str, Any], current: dict[str, Any]) -> dict[s
 
 #: The per-customer columns whose totals drift compares.
 TOTALLED_COLUMNS = ("clv", "clv_heuristic", "expected_purchases")
+
+
+def drift_segmentations(config: RunConfig) -> list[str]:
+    """The per-customer columns drift totals CLV by: the value tier and the log's segment columns."""
+    return ["segment", *config.data.segment_columns]
 
 
 def drift_columns(segmentations: list[str]) -> list[str]:

@@ -28,7 +28,13 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from forecast.batch.drift import CustomerChanges, customer_changes, drift_columns, drift_document
+from forecast.batch.drift import (
+    CustomerChanges,
+    customer_changes,
+    drift_columns,
+    drift_document,
+    drift_segmentations,
+)
 from forecast.batch.outputs import csv_wanted, frame_to_csv, write_customer_tables
 from forecast.batch.publish import atomic_folder, atomic_folders, month_lock, sync_to_disk
 from forecast.batch.registry import (
@@ -568,11 +574,6 @@ def drift_since_previous(
         config.drift,
     )
     return info, drift, list(drift["warnings"])
-
-
-def drift_segmentations(config: RunConfig) -> list[str]:
-    """The per-customer columns drift totals CLV by: the value tier and the log's segment columns."""
-    return ["segment", *config.data.segment_columns]
 
 
 def changes_in_memory(config: RunConfig, customers: pd.DataFrame, previous: RunFolder) -> CustomerChanges:

@@ -1438,6 +1438,23 @@ def count_excluded(con: duckdb.DuckDBPyConnection, config: DataConfig) -> tuple[
     return {f.describe(): int(n) for f, n in zip(config.exclude, counts, strict=True)}, int(total)
 
 
+def float_text_ids_message(config: DataConfig, rows: int) -> str:
+    """The warning when ids written as whole floats ('13085.0') were read as integers (both engines)."""
+    return (
+        f"{rows:,} rows have their '{config.customer_id}' (data.customer_id) written as a whole floating-point number "
+        "('13085.0'); as every id is a whole number, they were read as integers ('13085'). Export the ids as "
+        "integers or text to be sure none was rounded."
+    )
+
+
+def float_ids_message(config: DataConfig) -> str:
+    """The warning when ids stored as floating-point numbers were read as integers (both engines)."""
+    return (
+        f"'{config.customer_id}' (data.customer_id) is stored as floating-point numbers; they are all whole and were "
+        "read as integers (42.0 as '42'). Export the ids as integers or text to be sure none is rounded."
+    )
+
+
 #: A customer id that a spreadsheet or pandas wrote as a whole floating-point number: '13085.0'.
 WHOLE_FLOAT_TEXT = r"-?[0-9]+(\.0+)?"
 
@@ -1491,11 +1508,7 @@ def quality_warnings(con: duckdb.DuckDBPyConnection, config: DataConfig, source:
         each = "; ".join(f"{rows:,} where {name}" for name, rows in found.excluded.items())
         warnings.append(f"{found.excluded_rows:,} rows were left out by data.exclude ({each}).")
     if found.float_text_ids:
-        warnings.append(
-            f"{found.float_text_ids:,} rows have their '{config.customer_id}' (data.customer_id) written as a whole "
-            "floating-point number ('13085.0'); as every id is a whole number, they were read as integers "
-            "('13085'). Export the ids as integers or text to be sure none was rounded."
-        )
+        warnings.append(float_text_ids_message(config, found.float_text_ids))
     if source.empty_files:
         names = ", ".join(p.name for p in source.empty_files[:EXAMPLES])
         warnings.append(f"{len(source.empty_files)} empty file(s) were skipped: {names}.")
@@ -1506,10 +1519,7 @@ def quality_warnings(con: duckdb.DuckDBPyConnection, config: DataConfig, source:
             f"files) were skipped: {names}."
         )
     if _float_ids(config, source):
-        warnings.append(
-            f"'{config.customer_id}' (data.customer_id) is stored as floating-point numbers; they are all whole and "
-            "were read as integers (42.0 as '42'). Export the ids as integers or text to be sure none is rounded."
-        )
+        warnings.append(float_ids_message(config))
     if counts.bad_ts > counts.far_dates:
         warnings.append(
             f"{counts.bad_ts - counts.far_dates:,} rows with an invalid '{config.timestamp}' were dropped "

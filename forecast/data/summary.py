@@ -162,6 +162,22 @@ def _summary_sql(
         FROM per_customer ORDER BY customer_id"""
 
 
+def no_transactions_message(as_of: dt.date) -> str:
+    """The error when no customer has bought on or before as_of (both engines)."""
+    return (
+        f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of "
+        "(the log's first and last dates are in `forecast validate`)."
+    )
+
+
+def check_holdout_after_calibration(calibration_end: dt.date, holdout_end: dt.date) -> None:
+    """Raise a DataError unless the holdout ends after the calibration period (both engines)."""
+    if holdout_end <= calibration_end:
+        raise DataError(
+            f"holdout_end {holdout_end} must be after calibration_end {calibration_end}. Swap or fix the dates."
+        )
+
+
 def summarize(
     con: duckdb.DuckDBPyConnection,
     as_of: dt.date,
@@ -214,10 +230,7 @@ def summarize(
     # The ranges are in id order and each part is sorted, so the parts put together are sorted too.
     summary = fetch_frame(con, queries)
     if summary.empty:
-        raise DataError(
-            f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of "
-            "(the log's first and last dates are in `forecast validate`)."
-        )
+        raise DataError(no_transactions_message(as_of))
     summary["customer_id"] = summary["customer_id"].astype("string")
     summary["frequency"] = summary["frequency"].astype("int64")
     return summary.set_index("customer_id")
@@ -240,10 +253,7 @@ def holdout_purchases(
         Indexed by ``customer_id``, columns ``purchases_holdout`` and ``revenue_holdout``
         (0 for customers with no holdout purchase).
     """
-    if holdout_end <= calibration_end:
-        raise DataError(
-            f"holdout_end {holdout_end} must be after calibration_end {calibration_end}. Swap or fix the dates."
-        )
+    check_holdout_after_calibration(calibration_end, holdout_end)
     start_exclusive = calibration_end + dt.timedelta(days=1)
     query = f"""
         WITH purchases AS ({_purchases_sql(holdout_end + dt.timedelta(days=1), resolution, [])}),

@@ -13,6 +13,7 @@ pyspark is an optional dependency (``pip install 'clv-forecast[spark]'``) and is
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import functools
 import json
@@ -72,9 +73,19 @@ from forecast.batch.registry import (
 from forecast.config import URI_SCHEME, DataConfig, RunConfig, SparkConfig
 from forecast.data.compress import Histories, SpendHistories
 from forecast.data.fingerprints import input_files_sha256
-from forecast.data.ingest import Netting, resolve_files, timestamp_range
+from forecast.data.ingest import (
+    AMOUNT_LIMIT,
+    FLOAT_ID_LIMIT,
+    WHOLE_FLOAT_TEXT,
+    Netting,
+    float_ids_message,
+    float_text_ids_message,
+    resolve_files,
+    timestamp_range,
+)
+from forecast.data.summary import no_transactions_message
 from forecast.engines.spark_drift import changes_on_spark, previous_customers
-from forecast.engines.spark_frames import in_segment_order, to_pandas
+from forecast.engines.spark_frames import in_segment_order, is_spark_error, to_pandas, utc_instant, utc_midnight
 from forecast.engines.spark_intervals import (
     FigureLayout,
     HistoryFigures,
@@ -85,6 +96,7 @@ from forecast.engines.spark_intervals import (
 )
 from forecast.engines.spark_log import SparkLog, summarize
 from forecast.errors import (
+    ArtifactError,
     ConfigError,
     DataError,
     EngineError,
@@ -123,6 +135,16 @@ STRPTIME_TO_SPARK = {
     "%Y": "yyyy", "%y": "yy", "%m": "MM", "%d": "dd", "%H": "HH", "%M": "mm", "%S": "ss", "%f": "SSSSSS",
     "%b": "MMM", "%B": "MMMM", "%j": "DDD", "%%": "%",
 }  # fmt: skip
+#: The dates DuckDB casts without data.timestamp_format: year, month and day separated by '-', '/', ' ' or '\'
+#: (the same twice), alone or followed by 'T' or spaces and a time of at least hours and minutes. Spark's cast
+#: separates the date's fields by '-' only and the time by one space, and also reads '2024', '2024-01' and
+#: '2024-01-31 10', which DuckDB refuses.
+TEXT_DATE = r"^\s*\d+([-/ \\])\d{1,2}\1\d{1,2}(?:(?:T| +)\d{1,2}:\d|$)"
+#: A UTC offset after a space ('10:00:00 +02:00'): Spark's cast reads it, DuckDB's does not.
+SPACED_OFFSET = r"\d\s+[+-]\d"
+#: The numeric codes that strptime reads with or without leading zeros ('1/2/2024' by '%m/%d/%Y'), and the Spark
+#: letters that do too. Next to another code ('%Y%m%d') the fixed width separates the fields, so it is kept.
+UNPADDED = {"%m": "M", "%d": "d", "%H": "H", "%M": "m", "%S": "s", "%j": "D"}
 #: The internal column of ``_typed_columns`` that holds the raw timestamp as text.
 RAW_TIMESTAMP = "__clv_ts_raw"
 #: The master when neither the config, MASTER nor spark-defaults.conf names one.
@@ -278,11 +300,14 @@ def _package_zip() -> Path:
 
 
 def _spark_pattern(strptime_format: str) -> str:
-    pattern, i = "", 0
+    pattern, i, after_code = "", 0, False
     while i < len(strptime_format):
         code = strptime_format[i : i + 2]
         if code in STRPTIME_TO_SPARK:
-            pattern += STRPTIME_TO_SPARK[code]
+            before_code = strptime_format.startswith("%", i + 2) and not strptime_format.startswith("%%", i + 2)
+            alone = not after_code and not before_code
+            pattern += UNPADDED[code] if code in UNPADDED and alone else STRPTIME_TO_SPARK[code]
+            after_code = code != "%%"
             i += 2
         elif strptime_format[i] == "%":
             raise ConfigError(
@@ -292,6 +317,7 @@ def _spark_pattern(strptime_format: str) -> str:
         else:
             char = strptime_format[i]
             pattern += f"'{char}'" if char.isalpha() else char
+            after_code = False
             i += 1
     return pattern
 
@@ -334,10 +360,26 @@ def read_log(spark: SparkSession, config: DataConfig) -> SparkFrame:
     )
     if config.delimiter is not None:
         reader = reader.option("sep", config.delimiter)
-    frame = reader.csv(paths)
+    # Spark maps every file's columns by position to one file's header; DuckDB (union_by_name) by name.
+    groups = _paths_by_header(paths, config.delimiter) if config.header and not config.columns else [paths]
+    frames = [reader.csv(group) for group in groups]
+    frame = functools.reduce(lambda left, right: left.unionByName(right, allowMissingColumns=True), frames)
     if config.columns:
         frame = frame.toDF(*config.columns)
     return frame
+
+
+def _paths_by_header(paths: list[str], delimiter: str | None) -> list[list[str]]:
+    """Local CSV files grouped by their header line, in order (files of one group are read together); all in one
+    group when there is one file or a path is a URI, whose header only Spark can read."""
+    if len(paths) < 2 or any("://" in path for path in paths):
+        return [paths]
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for path in paths:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
+            header = next(csv.reader(file, delimiter=delimiter or ","), [])
+        groups.setdefault(tuple(header), []).append(path)
+    return list(groups.values())
 
 
 def _format_of(path: str) -> str:
@@ -372,9 +414,14 @@ def typed_log(spark: SparkSession, config: DataConfig) -> tuple[SparkFrame, Spar
 
     raw = read_log(spark, config)
     _check_columns(config, raw.columns)
+    if _float_ids(raw, config):
+        _check_float_ids(raw, config)
     typed = _typed_columns(raw, config)
     stats = _problem_counts(typed)
     _refuse_unusable_rows(typed, stats, config)
+    customers, float_text_ids = int(stats["customers"]), 0
+    if stats["ids_with_point"] and _text_file_log(config):
+        typed, float_text_ids, customers = _read_whole_float_text_ids(typed, customers)
     kept = typed.where(~_empty_id()).drop(RAW_TIMESTAMP)
     netting = Netting()
     if config.negative_amounts != "net":
@@ -383,12 +430,69 @@ def typed_log(spark: SparkSession, config: DataConfig) -> tuple[SparkFrame, Spar
         kept, netting = net_returns(kept, config.return_window_days)
     quality = SparkQuality(
         rows=int(stats["rows"]),
-        customers=int(stats["customers"]),
+        customers=customers,
         first_timestamp=None if stats["first_ts"] is None else str(stats["first_ts"]),
         last_timestamp=None if stats["last_ts"] is None else str(stats["last_ts"]),
-        warnings=_quality_warnings(stats, config, netting),
+        warnings=_float_id_warnings(raw, config, float_text_ids) + _quality_warnings(stats, config, netting),
     )
     return kept, quality
+
+
+def _float_ids(raw: SparkFrame, config: DataConfig) -> bool:
+    """Whether the log stores the customer id as floating-point numbers (read as integers, as on DuckDB)."""
+    from pyspark.sql.types import DoubleType, FloatType
+
+    return isinstance(raw.schema[config.customer_id].dataType, (DoubleType, FloatType))
+
+
+def _check_float_ids(raw: SparkFrame, config: DataConfig) -> None:
+    """Raise a DataError when floating-point ids are not whole numbers below 2^53 in size (as DuckDB does)."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    cid = F.col(f"`{config.customer_id}`")
+    bad = ~F.isnan(cid) & ((F.abs(cid) >= FLOAT_ID_LIMIT) | (cid % 1 != 0))
+    examples = [row[0] for row in raw.where(bad).select(cid).limit(5).collect()]
+    if examples:
+        raise DataError(
+            f"{config.path} stores '{config.customer_id}' (data.customer_id) as floating-point numbers, and some are "
+            f"not whole numbers below 2^53 = {FLOAT_ID_LIMIT:,} (examples: {examples}): beyond that a float cannot "
+            "tell neighbouring ids apart, so customers may have been merged. Export the ids as integers or text."
+        )
+
+
+def _text_file_log(config: DataConfig) -> bool:
+    """Whether the log is read from text files (CSV or whitespace-separated), whose ids are text as written."""
+    path = config.path
+    if path.startswith("table:"):
+        return False
+    if config.format != "auto":
+        return config.format != "parquet"
+    return _format_of(path if "://" in path else str(resolve_files(path)[0])) != "parquet"
+
+
+def _read_whole_float_text_ids(typed: SparkFrame, customers: int) -> tuple[SparkFrame, int, int]:
+    """``forecast.data.ingest.read_whole_float_text_ids`` on Spark: ids such as '13085.0' read as '13085' when every
+    non-empty id is a whole number written so (``WHOLE_FLOAT_TEXT``); returns the log, the ids rewritten and the
+    customers (counted again when ids were rewritten)."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    cid = F.col("customer_id")
+    with_point = cid.contains(".")
+    rewritten = F.when(with_point, F.substring_index(cid, ".", 1)).otherwise(cid)
+    row = typed.agg(
+        F.count(F.when(~_empty_id() & ~cid.rlike(f"^{WHOLE_FLOAT_TEXT}\\z"), 1)).alias("others"),
+        F.count(F.when(with_point, 1)).alias("with_point"),
+        F.count_distinct(F.when(~_empty_id(), rewritten)).alias("customers"),
+    ).first()
+    if row is None or row["others"] or not row["with_point"]:
+        return typed, 0, customers
+    return typed.withColumn("customer_id", rewritten), int(row["with_point"]), int(row["customers"])
+
+
+def _float_id_warnings(raw: SparkFrame, config: DataConfig, float_text_ids: int) -> list[str]:
+    """The DuckDB engine's warnings on ids stored as floating-point numbers or written as whole floats."""
+    messages = [float_text_ids_message(config, float_text_ids)] if float_text_ids else []
+    return messages + ([float_ids_message(config)] if _float_ids(raw, config) else [])
 
 
 def _check_columns(config: DataConfig, found: list[str]) -> None:
@@ -409,23 +513,51 @@ def _typed_columns(raw: SparkFrame, config: DataConfig) -> SparkFrame:
     The raw timestamp is kept as text in ``RAW_TIMESTAMP``, for the message that quotes invalid ones.
     """
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+    from pyspark.sql.types import DateType, TimestampNTZType, TimestampType
 
     ts_raw = F.col(f"`{config.timestamp}`")
     if config.timestamp_format:
-        ts = F.try_to_timestamp(ts_raw.cast("string"), F.lit(_spark_pattern(config.timestamp_format)))
+        ts = _formatted_timestamp(ts_raw.cast("string"), config.timestamp_format)
+    elif isinstance(raw.schema[config.timestamp].dataType, (TimestampType, TimestampNTZType, DateType)):
+        ts = ts_raw.cast("timestamp")
     else:
-        ts = ts_raw.try_cast("timestamp")
+        # As DuckDB reads any other column: as text (20240131 is no date, not 20,240,131 seconds after 1970).
+        ts = _text_timestamp(ts_raw.cast("string"))
     # As on DuckDB, a date before 1900 or after tomorrow is invalid (a typo or a placeholder), not a purchase.
-    first, after_last = (F.lit(dt.datetime.combine(day, dt.time())) for day in timestamp_range(config))
+    first, after_last = (utc_midnight(day) for day in timestamp_range(config))
     ts = ts.cast("timestamp")
     ts = F.when((ts >= first) & (ts < after_last), ts)
+    cid = F.col(f"`{config.customer_id}`")
+    # As on DuckDB, whole floating-point ids (``_check_float_ids``) are read as integers: 42.0 as '42'; NaN as none.
+    customer_id = F.when(~F.isnan(cid), cid.cast("long").cast("string")) if _float_ids(raw, config) else cid
     return raw.select(
-        F.col(f"`{config.customer_id}`").cast("string").alias("customer_id"),
+        customer_id.cast("string").alias("customer_id"),
         ts.alias("ts"),
         F.col(f"`{config.amount}`").try_cast("double").alias("amount"),
         *[F.col(f"`{c}`").cast("string").alias(c) for c in config.segment_columns],
         ts_raw.cast("string").alias(RAW_TIMESTAMP),
     )
+
+
+def _text_timestamp(text: Column) -> Column:
+    """A text timestamp cast as DuckDB casts it (``forecast.data.ingest._timestamp_sql``): trimmed of spaces, the
+    date's fields separated by '-', '/', ' ' or '\\' (``TEXT_DATE``), no ``SPACED_OFFSET``; else NULL."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    text = F.trim(text)
+    dashed = F.regexp_replace(text, r"^(\s*\d+)[-/ \\](\d{1,2})[-/ \\](\d{1,2})( ?) *", "$1-$2-$3$4")
+    return F.when(text.rlike(TEXT_DATE) & ~text.rlike(SPACED_OFFSET), dashed.try_cast("timestamp"))
+
+
+def _formatted_timestamp(text: Column, strptime_format: str) -> Column:
+    """``text`` parsed by ``data.timestamp_format`` as DuckDB's strptime parses it: surrounding spaces ignored, fields
+    without leading zeros read (``UNPADDED``), and '%y' read as 1969 to 2068 (POSIX; Spark's 'yy' gives 2000-2099)."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    ts = F.try_to_timestamp(F.trim(text), F.lit(_spark_pattern(strptime_format))).cast("timestamp")
+    if "%y" in strptime_format.replace("%%", ""):
+        ts = F.when(F.year(ts) >= 2069, F.timestamp_add("YEAR", F.lit(-100), ts)).otherwise(ts)
+    return ts
 
 
 def _empty_id() -> Column:
@@ -439,7 +571,8 @@ def _problem_counts(typed: SparkFrame) -> Any:
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
     empty_id = _empty_id()
-    bad_amount = F.col("amount").isNull() | F.isnan("amount") | (F.abs("amount") == float("inf"))
+    # As on DuckDB, which sums amounts exactly in 29 digits before the point: 1e29 or more in size is invalid.
+    bad_amount = F.col("amount").isNull() | F.isnan("amount") | (F.abs("amount") >= AMOUNT_LIMIT)
     stats = typed.agg(
         F.count(F.lit(1)).alias("rows"),
         F.count(F.when(empty_id, 1)).alias("null_ids"),
@@ -448,6 +581,7 @@ def _problem_counts(typed: SparkFrame) -> Any:
         F.count(F.when(F.col("amount") == 0, 1)).alias("zero_amounts"),
         F.count(F.when(F.col("amount") < 0, 1)).alias("negative_amounts"),
         F.count_distinct(F.when(~empty_id, F.col("customer_id"))).alias("customers"),
+        F.count(F.when(F.col("customer_id").contains("."), 1)).alias("ids_with_point"),
         F.min(F.when(~empty_id, F.col("ts"))).alias("first_ts"),
         F.max(F.when(~empty_id, F.col("ts"))).alias("last_ts"),
     ).first()
@@ -474,7 +608,7 @@ def _refuse_unusable_rows(typed: SparkFrame, stats: Any, config: DataConfig) -> 
     if stats["bad_amounts"]:
         raise DataError(
             f"{stats['bad_amounts']:,} of {rows:,} rows in {config.path} have a '{config.amount}' that is not a "
-            "finite number. Fix or remove those rows."
+            "finite number or is 1e29 or more in size. Fix or remove those rows."
         )
     negative = int(stats["negative_amounts"])
     if negative and config.negative_amounts == "fail":
@@ -728,7 +862,7 @@ def observed_lifespan_years(summary: SparkFrame, as_of: dt.date) -> float:
     first_day = summary.agg(F.min("first_purchase")).first()
     assert first_day is not None
     window_days, cutoff = churn_window(first_day[0], as_of)
-    cutoff_literal = F.lit(cutoff.to_pydatetime())
+    cutoff_literal = utc_instant(cutoff.to_pydatetime())
     row = (
         summary.where(F.col("first_purchase").cast("timestamp") < cutoff_literal)
         .agg(F.avg(F.when(F.col("last_purchase").cast("timestamp") < cutoff_literal, 1.0).otherwise(0.0)))
@@ -815,8 +949,8 @@ def spark_errors(settings: SparkConfig, doing: Callable[[], str]) -> Iterator[No
     try:
         yield
     except Exception as exc:
-        # pyspark's own exceptions and py4j's (the JVM bridge); other errors are the library's or a bug.
-        if not type(exc).__module__.startswith(("pyspark", "py4j", "grpc")):
+        # Spark's own failures (``is_spark_error``); other errors are the library's or a bug.
+        if not is_spark_error(exc):
             raise
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         what = lines[0][:400] if lines else type(exc).__name__
@@ -879,8 +1013,7 @@ def budget(
     with log_on_spark(config, progress) as (say, log, quality):
         as_of = _checked_as_of(config, as_of, quality)
         result = _forecast(config, log, as_of, say)
-        result.summary.unpersist()
-        result.scores.unpersist()
+        result.release()
     return BudgetForecast(as_of, result.segments, [*quality.warnings, *result.warnings])
 
 
@@ -1007,43 +1140,44 @@ def _run(
     if backtest_result is not None:
         messages.extend(f"backtest: {message}" for message in backtest_result.warnings)
 
-    output_path = Path(output) if output else run_folder(config.output, as_of)
-    models_path = Path(config.models_dir) / as_of.isoformat()
-    with (
-        month_lock(output_path.resolve().parent, models_path.resolve().parent, as_of_name=as_of.isoformat()),
-        atomic_folders(output_path, models_path) as (staging, models_staging),
-    ):
-        _check_spark_target(output_path, config, force)
-        say("Comparing with the previous run")
-        step = time.perf_counter()
-        changes_of = functools.partial(_changes_since, spark, config, result.scored)
-        models = models_record(result.purchases, result.spend)
-        previous_run, drift, drift_warnings = drift_since_previous(config, as_of, models, output_path, changes_of)
-        messages.extend(drift_warnings)
-        timings["drift"] = time.perf_counter() - step
-        say(f"Writing outputs to {output_path}")
-        step = time.perf_counter()
-        _write_models(staging, result, as_of)
-        copy_models(staging, models_staging)
-        customers_path = _write_tables(config, as_of, result, staging, messages)
-        if backtest_result is not None:
-            write_backtest(staging, backtest_result)
-        final_customers_path = customers_path.replace(str(staging), str(output_path.resolve()))
-        timings["write"] = time.perf_counter() - step
-        timings["total"] = time.perf_counter() - started
-        document = _manifest(config, as_of, quality, result, final_customers_path, models_path, messages)
-        document.update(previous_run=previous_run, drift=drift)
-        if backtest_result is not None:
-            document["backtest"] = backtest_record(backtest_result)
-        document["models"].update(run_copy=RUN_MODELS, sha256=run_models_sha256(staging))
-        document["versions"] = {**library_versions(), "pyspark": spark.version}
-        write_run_log(staging, output_path, messages, log_lines)
-        document["timings_seconds"] = timings
-        write_json(staging / "manifest.json", document)
-        say("Writing the report")
-        build_report(staging, digest=result.digest)
-    result.summary.unpersist()
-    result.scores.unpersist()
+    try:
+        output_path = Path(output) if output else run_folder(config.output, as_of)
+        models_path = Path(config.models_dir) / as_of.isoformat()
+        with (
+            month_lock(output_path.resolve().parent, models_path.resolve().parent, as_of_name=as_of.isoformat()),
+            atomic_folders(output_path, models_path) as (staging, models_staging),
+        ):
+            _check_spark_target(output_path, config, force)
+            say("Comparing with the previous run")
+            step = time.perf_counter()
+            changes_of = functools.partial(_changes_since, spark, config, result.scored)
+            models = models_record(result.purchases, result.spend)
+            previous_run, drift, drift_warnings = drift_since_previous(config, as_of, models, output_path, changes_of)
+            messages.extend(drift_warnings)
+            timings["drift"] = time.perf_counter() - step
+            say(f"Writing outputs to {output_path}")
+            step = time.perf_counter()
+            _write_models(staging, result, as_of)
+            copy_models(staging, models_staging)
+            customers_path = _write_tables(config, as_of, result, staging, messages)
+            if backtest_result is not None:
+                write_backtest(staging, backtest_result)
+            final_customers_path = customers_path.replace(str(staging), str(output_path.resolve()))
+            timings["write"] = time.perf_counter() - step
+            timings["total"] = time.perf_counter() - started
+            document = _manifest(config, as_of, quality, result, final_customers_path, models_path, messages)
+            document.update(previous_run=previous_run, drift=drift)
+            if backtest_result is not None:
+                document["backtest"] = backtest_record(backtest_result)
+            document["models"].update(run_copy=RUN_MODELS, sha256=run_models_sha256(staging))
+            document["versions"] = {**library_versions(), "pyspark": spark.version}
+            write_run_log(staging, output_path, messages, log_lines)
+            document["timings_seconds"] = timings
+            write_json(staging / "manifest.json", document)
+            say("Writing the report")
+            build_report(staging, digest=result.digest)
+    finally:
+        result.release()
     return SparkRunResult(
         output=output_path,
         models=models_path,
@@ -1059,8 +1193,21 @@ def _run(
 
 
 def _changes_since(spark: SparkSession, config: RunConfig, current: SparkFrame, previous: RunFolder) -> CustomerChanges:
-    """The drift's ``CustomerChanges`` between the previous run's customers (read by Spark) and this run's."""
-    return changes_on_spark(config, previous_customers(spark, previous), current, list(config.segments.tiers))
+    """The drift's ``CustomerChanges`` between the previous run's customers (read by Spark) and this run's.
+
+    Raises
+    ------
+    ArtifactError
+        Spark cannot read the previous run's customers (missing, on storage the executors do not see, other
+        columns): the run goes on without drift, as on DuckDB.
+    """
+    try:
+        return changes_on_spark(config, previous_customers(spark, previous), current, list(config.segments.tiers))
+    except Exception as exc:
+        if not is_spark_error(exc):
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"Spark could not read its customers ({first}).") from None
 
 
 def _checked_as_of(config: RunConfig, as_of: dt.date | None, quality: SparkQuality) -> dt.date:
@@ -1105,18 +1252,25 @@ class _SparkForecast:
     digest: CustomerDigest
     selection: Selection | None = None
 
+    def release(self) -> None:
+        """Unpersist the cached summary and scores."""
+        self.summary.unpersist()
+        self.scores.unpersist()
+
 
 def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress) -> _SparkForecast:
     """Summarise on Spark, fit on the driver, score and tier on Spark, and total per segment and overall."""
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
     segment_columns = list(config.data.segment_columns)
-    with collected_warnings() as caught:
+    cached: list[SparkFrame] = []
+    with collected_warnings() as caught, released_on_failure(cached):
         say(f"Summarising customers as of {as_of} on Spark")
         summary = summarize(log, as_of, config.days_per_unit, config.resolution, segment_columns).cache()
+        cached.append(summary)
         customers = summary.count()
         if customers == 0:
-            raise DataError(f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of.")
+            raise DataError(no_transactions_message(as_of))
         selection, config = choose_purchase_model(config, SparkLog.of(log, config), as_of, say)
         say(f"Fitting {config.purchase_model} and Gamma-Gamma on the compressed summary of {customers:,} customers")
         fit = fit_on_compressed(summary, config)
@@ -1130,6 +1284,7 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
         say("Scoring customers on Spark")
         scoring = with_history_figures(summary, figures) if figures is not None else summary
         scores = score(scoring, fit, config, lifespan_years, layout).cache()
+        cached.append(scores)
         tiered = assign_tiers(scores, config.segments.tiers)
         scored = tiered.select(*scored_output_columns(segment_columns))
         segmentations = ["segment", "rfm_group", "cohort", *segment_columns]
@@ -1156,6 +1311,18 @@ def _forecast(config: RunConfig, log: SparkFrame, as_of: dt.date, say: Progress)
         summary, scores, scored, customers, purchases, spend, lifespan_years, segments, totals, comparison,
         first_purchase[0] if first_purchase else None, caught, interval_kind(draws), digest, selection,
     )  # fmt: skip
+
+
+@contextmanager
+def released_on_failure(cached: list[SparkFrame]) -> Iterator[None]:
+    """Unpersist the frames in ``cached`` (those cached so far) when the block fails; on success the caller keeps
+    them, and releases them when done (``_SparkForecast.release``)."""
+    try:
+        yield
+    except BaseException:
+        for frame in cached:
+            frame.unpersist()
+        raise
 
 
 def _check_spark_target(output_path: Path, config: RunConfig, force: bool) -> None:

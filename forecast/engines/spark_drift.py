@@ -9,14 +9,14 @@ are (the run folder, or its ``spark.output``), whichever engine wrote them. Only
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from forecast.batch.drift import MISSING, MOVEMENT_KEYS, NEW, TOTALLED_COLUMNS, CustomerChanges
+from forecast.batch.drift import MISSING, MOVEMENT_KEYS, NEW, TOTALLED_COLUMNS, CustomerChanges, drift_segmentations
 from forecast.config import RunConfig
 from forecast.engines.spark_frames import in_segment_order, to_pandas
-from forecast.errors import ArtifactError
 from forecast.report.run_folder import RunFolder, customers_location
 from forecast.value.segments import ALL, segmentation_name
 
@@ -26,21 +26,13 @@ if TYPE_CHECKING:
 
 
 def previous_customers(spark: SparkSession, previous: RunFolder) -> SparkFrame:
-    """The previous run's customers.parquet as a Spark DataFrame.
-
-    Raises
-    ------
-    ArtifactError
-        The file is missing or Spark cannot read it.
-    """
+    """The previous run's customers.parquet as a Spark DataFrame, read where its manifest says it is (a local path
+    as a ``file://`` URI, which Spark does not resolve against its default file system). Spark reads it lazily:
+    failures surface in the queries (``forecast.engines.spark._changes_since`` turns them into an ArtifactError)."""
     location = customers_location(previous.path, previous.manifest)
-    try:
-        return spark.read.parquet(location)
-    except Exception as exc:
-        if not type(exc).__module__.startswith(("pyspark", "py4j")):
-            raise
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"its customers.parquet at {location} cannot be read ({first}).") from None
+    if "://" not in location:
+        location = Path(location).resolve().as_uri()
+    return spark.read.parquet(location)
 
 
 def changes_on_spark(config: RunConfig, previous: SparkFrame, current: SparkFrame, tiers: list[str]) -> CustomerChanges:
@@ -54,7 +46,7 @@ def changes_on_spark(config: RunConfig, previous: SparkFrame, current: SparkFram
     tiers
         The value tiers, best first: the order of the current run's tier rows.
     """
-    segmentations = ["segment", *config.data.segment_columns]
+    segmentations = drift_segmentations(config)
     lapsed = config.drift.lapsed_p_alive
     return CustomerChanges(
         run_totals(previous),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import warnings
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ import pandas as pd
 from forecast.data.compress import label_codes
 
 if TYPE_CHECKING:
+    from pyspark.sql import Column
     from pyspark.sql import DataFrame as SparkFrame
 
 
@@ -44,3 +46,22 @@ def in_segment_order(table: pd.DataFrame, order: list[str] | None = None) -> pd.
         labels = pd.Series(pd.Categorical(labels, categories=order, ordered=True))
     codes, _ = label_codes(labels)
     return table.iloc[np.argsort(codes, kind="stable")].reset_index(drop=True)
+
+
+def utc_instant(moment: dt.datetime) -> Column:
+    """A timestamp literal of ``moment`` read as UTC, the session's time zone. pyspark turns a naive datetime into an
+    instant with the time zone of this Python process: on a driver in New York, as_of's midnight would be 05:00 UTC
+    and the next day's purchases before it would count."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    return F.lit(moment.replace(tzinfo=dt.UTC))
+
+
+def utc_midnight(day: dt.date) -> Column:
+    """The start of ``day`` in UTC, as a timestamp literal (``utc_instant``)."""
+    return utc_instant(dt.datetime.combine(day, dt.time()))
+
+
+def is_spark_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of Spark itself: pyspark's, py4j's (the JVM bridge) or grpc's (Spark Connect)."""
+    return type(exc).__module__.startswith(("pyspark", "py4j", "grpc"))

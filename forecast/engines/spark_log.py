@@ -15,14 +15,24 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from forecast.config import RunConfig
-from forecast.data.summary import Resolution
-from forecast.engines.spark_frames import to_pandas
+from forecast.data.summary import Resolution, check_holdout_after_calibration, no_transactions_message
+from forecast.engines.spark_frames import to_pandas, utc_midnight
 from forecast.errors import DataError
-from forecast.evaluation.selection import Window, WindowCounts
+from forecast.evaluation.log_queries import EMPTY_LOG
+from forecast.evaluation.selection import SAMPLE_DIGITS, Window, WindowCounts, sample_below, sample_share
 
 if TYPE_CHECKING:
     from pyspark.sql import Column
     from pyspark.sql import DataFrame as SparkFrame
+
+
+def exact_amount() -> Column:
+    """The amount as DuckDB sums it (``forecast.data.summary.EXACT_AMOUNT``): a decimal of 9 places, so that sums do
+    not depend on the order Spark adds rows in (a recomputed partition gives the same monetary values) and equal
+    DuckDB's to the last bit."""
+    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
+
+    return F.col("amount").cast("decimal(38,9)")
 
 
 def summarize(
@@ -53,10 +63,10 @@ def summarize(
         moment = F.col("ts")
         day_number = F.unix_micros(F.col("moment")) / 1e6 / 86400.0
     purchases = (
-        log.where(F.col("ts") < F.lit(dt.datetime.combine(end_exclusive, dt.time())))
+        log.where(F.col("ts") < utc_midnight(end_exclusive))
         .withColumn("moment", moment)
         .groupBy("customer_id", "moment")
-        .agg(F.sum("amount").alias("amount"), *[F.min_by(c, "ts").alias(c) for c in segment_columns])
+        .agg(F.sum(exact_amount()).alias("amount"), *[F.min_by(c, "ts").alias(c) for c in segment_columns])
         .withColumn("day_number", day_number)
     )
     per_customer = purchases.groupBy("customer_id").agg(
@@ -75,10 +85,10 @@ def summarize(
         frequency.cast("long").alias("frequency"),
         ((F.col("last_day") - F.col("first_day")) / days_per_unit).alias("recency"),
         ((F.lit(end_day_number) - F.col("first_day")) / days_per_unit).alias("T"),
-        F.when(frequency > 0, (F.col("revenue") - F.col("first_amount")) / frequency)
+        F.when(frequency > 0, (F.col("revenue") - F.col("first_amount")).cast("double") / frequency)
         .otherwise(F.lit(0.0))
         .alias("monetary_value"),
-        "revenue",
+        F.col("revenue").cast("double").alias("revenue"),
         "first_purchase",
         "last_purchase",
         *segment_columns,
@@ -103,22 +113,23 @@ class SparkLog:
 
         row = self.log.agg(F.to_date(F.min("ts")).alias("first"), F.to_date(F.max("ts")).alias("last")).first()
         if row is None or row["first"] is None:
-            raise DataError("The transaction log has no rows, so there is nothing to backtest.")
+            raise DataError(EMPTY_LOG)
         return row["first"], row["last"]
 
     def first_day_through(self, cutoff: dt.date) -> dt.date | None:
         from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
-        row = self.log.where(F.col("ts") < _midnight(cutoff + dt.timedelta(days=1))).agg(F.to_date(F.min("ts"))).first()
+        row = (
+            self.log.where(F.col("ts") < utc_midnight(cutoff + dt.timedelta(days=1)))
+            .agg(F.to_date(F.min("ts")))
+            .first()
+        )
         return row[0] if row is not None else None
 
     def summary(self, as_of: dt.date) -> pd.DataFrame:
         frame = to_pandas(summarize(self.log, as_of, self.days_per_unit, self.resolution))
         if frame.empty:
-            raise DataError(
-                f"No transactions on or before as_of {as_of.isoformat()}. Choose a later as_of "
-                "(the log's first and last dates are in `forecast validate`)."
-            )
+            raise DataError(no_transactions_message(as_of))
         frame["customer_id"] = frame["customer_id"].astype("string")
         for name in ("first_purchase", "last_purchase"):
             frame[name] = pd.to_datetime(frame[name]).astype("datetime64[us]")
@@ -128,11 +139,8 @@ class SparkLog:
     def holdout(self, calibration_end: dt.date, holdout_end: dt.date) -> pd.DataFrame:
         from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
-        if holdout_end <= calibration_end:
-            raise DataError(
-                f"holdout_end {holdout_end} must be after calibration_end {calibration_end}. Swap or fix the dates."
-            )
-        start = _midnight(calibration_end + dt.timedelta(days=1))
+        check_holdout_after_calibration(calibration_end, holdout_end)
+        start = utc_midnight(calibration_end + dt.timedelta(days=1))
         purchases = self._purchases(holdout_end)
         calibration = purchases.where(F.col("moment") < start).select("customer_id").distinct()
         later = purchases.where(F.col("moment") >= start)
@@ -141,7 +149,7 @@ class SparkLog:
             .groupBy("customer_id")
             .agg(
                 F.count("moment").alias("purchases_holdout"),
-                F.coalesce(F.sum("amount"), F.lit(0.0)).cast("double").alias("revenue_holdout"),
+                F.coalesce(F.sum("amount").cast("double"), F.lit(0.0)).alias("revenue_holdout"),
             )
         )
         frame = to_pandas(counted)
@@ -160,7 +168,7 @@ class SparkLog:
         purchases = self._purchases(end).withColumn("first_moment", first_moment)
         repeats = purchases.where(
             (F.col("moment") > F.col("first_moment"))
-            & (F.col("first_moment") < _midnight(acquired_by + dt.timedelta(days=1)))
+            & (F.col("first_moment") < utc_midnight(acquired_by + dt.timedelta(days=1)))
         )
         days = to_pandas(repeats.groupBy(F.to_date("moment").alias("day")).agg(F.count(F.lit(1)).alias("purchases")))
         days["purchases"] = days["purchases"].astype("int64")
@@ -173,21 +181,10 @@ class SparkLog:
 
         moment = F.to_date("ts") if self.resolution == "day" else F.col("ts")
         return (
-            self.log.where(F.col("ts") < _midnight(through + dt.timedelta(days=1)))
+            self.log.where(F.col("ts") < utc_midnight(through + dt.timedelta(days=1)))
             .groupBy("customer_id", moment.alias("moment"))
-            .agg(F.sum("amount").alias("amount"))
+            .agg(F.sum(exact_amount()).alias("amount"))
         )
-
-
-def _midnight(day: dt.date) -> Column:
-    """The start of ``day`` as a timestamp literal."""
-    from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
-
-    return F.lit(dt.datetime.combine(day, dt.time()))
-
-
-#: Spark's sample of customers: those whose id hash falls in the first share of this many buckets.
-SAMPLE_BUCKETS = 1_000_000
 
 
 def window_counts(
@@ -196,21 +193,21 @@ def window_counts(
     """A validation window's compressed customers (``forecast.evaluation.selection.window_counts``) on Spark.
 
     The summary as of the window's origin, each customer's purchases in (origin, end], grouped by (frequency,
-    recency, T, n). Above ``max_customers`` customers at the origin, a sample by xxhash64 of the id (another
-    sample than DuckDB's).
+    recency, T, n). Above ``max_customers`` customers at the origin, the sample DuckDB takes (``sample_below``).
     """
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
-    end_exclusive = dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time())
-    origin_end = dt.datetime.combine(window.origin + dt.timedelta(days=1), dt.time())
+    end_exclusive = utc_midnight(window.end + dt.timedelta(days=1))
+    origin_end = utc_midnight(window.origin + dt.timedelta(days=1))
     at_origin_summary = summarize(log, window.origin, days_per_unit, resolution)
     at_origin = at_origin_summary.count()
-    if at_origin > max_customers:
-        bucket = F.pmod(F.xxhash64("customer_id"), F.lit(SAMPLE_BUCKETS))
-        at_origin_summary = at_origin_summary.where(bucket < F.lit(SAMPLE_BUCKETS * max_customers // at_origin))
+    share = sample_share(at_origin, max_customers)
+    if share < 1.0:
+        hashed = F.substring(F.md5(F.col("customer_id")), 1, SAMPLE_DIGITS)
+        at_origin_summary = at_origin_summary.where(hashed < F.lit(sample_below(share)))
     moment = F.to_date("ts") if resolution == "day" else F.col("ts")
     later = (
-        log.where((F.col("ts") >= F.lit(origin_end)) & (F.col("ts") < F.lit(end_exclusive)))
+        log.where((F.col("ts") >= origin_end) & (F.col("ts") < end_exclusive))
         .select("customer_id", moment.alias("moment"))
         .distinct()
         .groupBy("customer_id")

@@ -21,6 +21,9 @@ from forecast.data.summary import Resolution, holdout_purchases, summarize
 from forecast.errors import DataError
 from forecast.evaluation.selection import Window, WindowCounts, window_counts
 
+#: The error when the log has no rows to span (both engines).
+EMPTY_LOG = "The transaction log has no rows, so there is nothing to backtest."
+
 
 class LogQueries(Protocol):
     """The log as the backtest and the model selection read it, in the run's time unit and resolution."""
@@ -68,7 +71,7 @@ class DuckDBLog:
     def span(self) -> tuple[dt.date, dt.date]:
         row = self.con.execute("SELECT CAST(min(ts) AS DATE), CAST(max(ts) AS DATE) FROM transactions").fetchone()
         if row is None or row[0] is None:
-            raise DataError("The transaction log has no rows, so there is nothing to backtest.")
+            raise DataError(EMPTY_LOG)
         return row[0], row[1]
 
     def first_day_through(self, cutoff: dt.date) -> dt.date | None:

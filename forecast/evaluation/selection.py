@@ -52,10 +52,9 @@ CLEARLY_WORSE_PER_1000 = 2.0
 CLEARLY_WORSE_STANDARD_ERRORS = 2.0
 #: ``auto`` uses this model when the data are too short or too small to validate any model.
 FALLBACK_MODEL = "bgnbd"
-#: Customers at an origin are counted exactly when their approximate count is at most this multiple of the cap.
-EXACT_COUNT_MARGIN = 1.25
-#: 2^64: DuckDB's ``hash`` is an unsigned 64-bit integer; a customer is sampled when it is below share x 2^64.
-HASH_RANGE = 2**64
+#: Above ``max_customers`` a window's customers are sampled by id: those whose MD5 (as hexadecimal text) starts below
+#: a threshold of this many digits. DuckDB and Spark compute the same MD5, so both engines take the same customers.
+SAMPLE_DIGITS = 8
 COUNT_COLUMNS = ["frequency", "recency", "T", "n", "customers"]
 
 
@@ -156,7 +155,7 @@ def window_counts_sql(window: Window, days_per_unit: float, resolution: Resoluti
     end_day_number = (observation_end - dt.date(1970, 1, 1)).days
     sample = ""
     if sample_share < 1.0:
-        sample = f" AND hash(customer_id) < CAST({math.floor(sample_share * HASH_RANGE)} AS UHUGEINT)"
+        sample = f" AND substr(md5(customer_id), 1, {SAMPLE_DIGITS}) < '{sample_below(sample_share)}'"
     before = f"moment < DATE '{origin_end.isoformat()}'"
     return f"""
         WITH purchases AS ({_purchases_sql(window.end + dt.timedelta(days=1), resolution, [], sample)}),
@@ -176,21 +175,26 @@ def window_counts_sql(window: Window, days_per_unit: float, resolution: Resoluti
 def window_counts(
     con: duckdb.DuckDBPyConnection, window: Window, days_per_unit: float, resolution: Resolution, max_customers: int
 ) -> WindowCounts:
-    """A window's compressed customers from DuckDB, sampled by id hash above ``max_customers`` at the origin.
-
-    The customers at the origin are counted approximately (HyperLogLog, a few percent off) and exactly when that
-    count is within ``EXACT_COUNT_MARGIN`` of ``max_customers``, so that a log below the cap is never sampled.
-    """
+    """A window's compressed customers from DuckDB, sampled by id above ``max_customers`` at the origin
+    (``sample_share``, ``sample_below``: the same customers as on Spark)."""
     before = f"FROM transactions WHERE ts < DATE '{(window.origin + dt.timedelta(days=1)).isoformat()}'"
-    row = con.execute(f"SELECT approx_count_distinct(customer_id) {before}").fetchone()
+    row = con.execute(f"SELECT count(DISTINCT customer_id) {before}").fetchone()
     at_origin = int(row[0]) if row and row[0] else 0
-    if at_origin <= EXACT_COUNT_MARGIN * max_customers:
-        row = con.execute(f"SELECT count(DISTINCT customer_id) {before}").fetchone()
-        at_origin = int(row[0]) if row and row[0] else 0
-    share = min(1.0, max_customers / at_origin) if at_origin else 1.0
-    rows = con.execute(window_counts_sql(window, days_per_unit, resolution, share)).df()
-    scored = int(rows["customers"].sum())
-    return WindowCounts(window, rows[COUNT_COLUMNS], scored if share >= 1.0 else max(at_origin, scored))
+    rows = con.execute(
+        window_counts_sql(window, days_per_unit, resolution, sample_share(at_origin, max_customers))
+    ).df()
+    return WindowCounts(window, rows[COUNT_COLUMNS], at_origin)
+
+
+def sample_share(at_origin: int, max_customers: int) -> float:
+    """The share of a window's ``at_origin`` customers that its validation scores: all, up to ``max_customers``."""
+    return min(1.0, max_customers / at_origin) if at_origin else 1.0
+
+
+def sample_below(share: float) -> str:
+    """The threshold of the id sample: a customer is in it when the first ``SAMPLE_DIGITS`` hexadecimal digits of
+    the MD5 of its id sort below this text (about ``share`` of the customers)."""
+    return f"{math.floor(share * 16**SAMPLE_DIGITS):0{SAMPLE_DIGITS}x}"
 
 
 # --- scoring -------------------------------------------------------------------------------------------------

@@ -39,7 +39,10 @@ from forecast.engines.spark import (
 from forecast.engines.spark import run as run_spark
 from forecast.engines.spark_drift import movements as spark_movements
 from forecast.engines.spark_frames import in_segment_order, to_pandas
+from forecast.engines.spark_log import SparkLog
 from forecast.errors import ConfigError, DataError
+from forecast.evaluation.log_queries import DuckDBLog
+from forecast.evaluation.selection import Window
 from forecast.value.budget import segment_budget_sums
 from forecast.value.clv import assign_tiers
 from forecast.value.segments import SegmentCells, customer_totals, segment_table, table_of_totals
@@ -310,6 +313,19 @@ def test_a_spark_run_backtests_as_the_duckdb_run_does(spark: object, tmp_path: P
     assert_same_backtest(tmp_path / "bt", tmp_path / "duckdb")
 
 
+def test_spark_samples_the_validation_customers_duckdb_samples(spark: object, simulated_log: Path) -> None:
+    """Above model_selection.max_customers both engines score the same sample of a window's customers (by the MD5
+    of the id), so purchase_model auto chooses alike on large logs."""
+    data = DataConfig(path=str(simulated_log))
+    window = Window(dt.date(2021, 3, 31), END)
+    expected = DuckDBLog(read_transactions(data).connection).window_counts(window, 500)
+    log, _ = typed_log(spark, data)  # type: ignore[arg-type]
+    actual = SparkLog(log).window_counts(window, 500)
+    assert expected.sampled and actual.customers_at_origin == expected.customers_at_origin
+    assert 400 < expected.rows["customers"].sum() < 600
+    assert_close(actual.rows, expected.rows)
+
+
 def test_cli_run_with_engine_spark_writes_the_outputs(spark: object, tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -574,3 +590,99 @@ def test_spark_refuses_dates_before_1900_or_after_tomorrow_as_duckdb_does(spark:
         read_transactions(data)
     with pytest.raises(DataError, match=r"2 of 3 rows .* falls outside 1900-01-01 to .*\['1800-01-01', '2999-01-01'\]"):
         typed_log(spark, data)  # type: ignore[arg-type]
+
+
+def test_spark_reads_whole_float_ids_as_duckdb_does(spark: object, tmp_path: Path) -> None:
+    """'13085.0' beside '13085' in a text log, and a Parquet id column of doubles (pandas makes ids with blanks
+    float), are the integer ids on both engines; Spark kept '13085.0' as another customer and wrote 42.0 as '42.0'.
+    Floating-point ids that are not whole numbers are refused by both."""
+    text = tmp_path / "float_text.csv"
+    text.write_text("customer_id,timestamp,amount\n13085.0,2024-01-01,10\n13085,2024-02-01,5\n42.0,2024-01-10,3\n")
+    doubles = tmp_path / "doubles.parquet"
+    days = pd.to_datetime(["2024-01-01", "2024-02-01", "2024-01-10", "2024-01-11"])
+    frame = pd.DataFrame({"customer_id": [13085.0, 13085.0, 42.0, np.nan], "timestamp": days, "amount": [10, 5, 3, 1]})
+    frame.to_parquet(doubles)
+    as_of = dt.date(2024, 3, 31)
+    for path in (text, doubles):
+        data = DataConfig(path=str(path))
+        expected = summarize_duckdb(read_transactions(data).connection, as_of, 7.0, "day")
+        actual = spark_summary(spark, data, as_of, "day")
+        assert sorted(actual.index) == sorted(expected.index) == ["13085", "42"], path.name
+        assert_close(actual[expected.columns], expected)
+    frame.assign(customer_id=[1.5, 1.5, 42.0, np.nan]).to_parquet(doubles)
+    data = DataConfig(path=str(doubles))
+    with pytest.raises(DataError, match=r"not whole numbers below 2\^53"):
+        read_transactions(data)
+    with pytest.raises(DataError, match=r"not whole numbers below 2\^53 .* \[1\.5, 1\.5\]"):
+        typed_log(spark, data)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("amount", ["1e29", "-1e30"])
+def test_spark_refuses_amounts_of_1e29_or_more_as_duckdb_does(spark: object, tmp_path: Path, amount: str) -> None:
+    """DuckDB sums amounts exactly with 29 digits before the point and refuses larger ones; Spark summed 1e29 and
+    netted -1e30 away as a return without a purchase."""
+    path = tmp_path / "huge.csv"
+    path.write_text(f"customer_id,timestamp,amount\na,2024-01-01,{amount}\na,2024-02-01,5\n")
+    data = DataConfig(path=str(path))
+    with pytest.raises(DataError, match=r"1 of 2 rows .* 1e29 or more in size"):
+        read_transactions(data)
+    with pytest.raises(DataError, match=r"1 of 2 rows .* 1e29 or more in size"):
+        typed_log(spark, data)  # type: ignore[arg-type]
+
+
+def test_spark_reads_the_text_timestamps_duckdb_reads_and_refuses_the_others(spark: object, tmp_path: Path) -> None:
+    """Without data.timestamp_format DuckDB reads dates separated by '/' or ' ' and a time after two spaces, which
+    Spark's cast refused; it refuses a year or a month alone, an hour without minutes and an offset after a space,
+    which Spark's cast read; and a Parquet column of numbers is no timestamp (Spark read 20240101 as seconds)."""
+    path = tmp_path / "shapes.csv"
+    path.write_text(
+        "customer_id,timestamp,amount\na,2024/01/02,10\na,2024 02 03 10:00:00,5\nb, 2024/01/05 ,3\n"
+        "b,2024-01-06  23:30:00+02:00,4\nb,2024-01-06T23:30:00+00:00,2\n"
+    )
+    data = DataConfig(path=str(path))
+    as_of = dt.date(2024, 3, 31)
+    expected = summarize_duckdb(read_transactions(data).connection, as_of, 7.0, "exact")
+    actual = spark_summary(spark, data, as_of, "exact")
+    assert_close(actual[expected.columns], expected)
+    assert list(expected["frequency"]) == [1, 2]
+    for value in ("2024-01", "2024", "2024-01-02 10", "2024-01-02 10:00:00 +02:00"):
+        path.write_text(f"customer_id,timestamp,amount\na,2024-01-01,10\na,{value},5\n")
+        with pytest.raises(DataError, match="1 of 2 rows"):
+            read_transactions(data)
+        with pytest.raises(DataError, match="1 of 2 rows"):
+            typed_log(spark, data)  # type: ignore[arg-type]
+    numbers = tmp_path / "numbers.parquet"
+    pd.DataFrame({"customer_id": ["a", "a"], "timestamp": [20240101, 20240201], "amount": [10, 5]}).to_parquet(numbers)
+    with pytest.raises(DataError, match="2 of 2 rows"):
+        read_transactions(DataConfig(path=str(numbers)))
+    with pytest.raises(DataError, match="2 of 2 rows"):
+        typed_log(spark, DataConfig(path=str(numbers)))  # type: ignore[arg-type]
+
+
+def test_spark_reads_timestamp_format_as_duckdb_strptime_does(spark: object, tmp_path: Path) -> None:
+    """strptime reads fields without leading zeros, ignores surrounding spaces and reads '%y' as 1969 to 2068:
+    Spark's patterns refused '1/2/97 9:05' and ' 12/31/97 23:59 ', and read '97' as 2097 (an invalid date)."""
+    path = tmp_path / "us.csv"
+    path.write_text("customer_id,timestamp,amount\na,1/2/97 9:05,10\na, 12/31/97 23:59 ,5\nb,03/04/20 10:00,3\n")
+    data = DataConfig(path=str(path), timestamp_format="%m/%d/%y %H:%M")
+    as_of = dt.date(2020, 6, 30)
+    expected = summarize_duckdb(read_transactions(data).connection, as_of, 7.0, "day")
+    actual = spark_summary(spark, data, as_of, "day")
+    assert_close(actual[expected.columns], expected)
+    assert str(expected.loc["a", "first_purchase"])[:10] == "1997-01-02"
+
+
+def test_spark_maps_the_columns_of_csv_files_by_name_as_duckdb_does(spark: object, tmp_path: Path) -> None:
+    """Files of one log with their columns in another order, or one column fewer: DuckDB reads them by name
+    (union_by_name); Spark mapped every file by position to one file's header, so the store became the customer."""
+    folder = tmp_path / "log"
+    folder.mkdir()
+    (folder / "a.csv").write_text("customer_id,store,timestamp,amount\nc1,s1,2024-01-01,10\nc2,s1,2024-01-02,4\n")
+    (folder / "b.csv").write_text("store,customer_id,timestamp,amount\ns2,c1,2024-02-01,5\n")
+    (folder / "c.csv").write_text("customer_id,timestamp,amount\nc2,2024-03-01,7\n")
+    data = DataConfig(path=str(folder), segment_columns=["store"])
+    as_of = dt.date(2024, 3, 31)
+    expected = summarize_duckdb(read_transactions(data).connection, as_of, 7.0, "day", ["store"])
+    actual = spark_summary(spark, data, as_of, "day")
+    assert sorted(actual.index) == sorted(expected.index) == ["c1", "c2"]
+    assert_close(actual[expected.columns], expected)
