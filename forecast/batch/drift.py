@@ -83,7 +83,7 @@ def parameter_drift(previous: dict[str, Any], current: dict[str, Any]) -> dict[s
 
 
 #: The per-customer columns whose totals drift compares.
-TOTALLED_COLUMNS = ("clv", "clv_heuristic", "expected_purchases")
+DRIFT_TOTALS = ("clv", "clv_heuristic", "expected_purchases")
 
 
 def drift_segmentations(config: RunConfig) -> list[str]:
@@ -94,12 +94,12 @@ def drift_segmentations(config: RunConfig) -> list[str]:
 def drift_columns(segmentations: list[str]) -> list[str]:
     """The per-customer columns drift reads of a run: the id, the totalled columns, p_alive and ``segmentations``
     (the value tier ``segment`` among them)."""
-    return list(dict.fromkeys(["customer_id", *TOTALLED_COLUMNS, "p_alive", "segment", *segmentations]))
+    return list(dict.fromkeys(["customer_id", *DRIFT_TOTALS, "p_alive", "segment", *segmentations]))
 
 
 def run_totals(customers: pd.DataFrame) -> dict[str, float]:
-    """A run's customers and the totals of ``TOTALLED_COLUMNS``, from its per-customer table."""
-    return {"customers": len(customers), **{column: float(customers[column].sum()) for column in TOTALLED_COLUMNS}}
+    """A run's customers and the totals of ``DRIFT_TOTALS``, from its per-customer table."""
+    return {"customers": len(customers), **{column: float(customers[column].sum()) for column in DRIFT_TOTALS}}
 
 
 def total_drift(previous: dict[str, float], current: dict[str, float]) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def total_drift(previous: dict[str, float], current: dict[str, float]) -> dict[s
         Per quantity: previous, current, change, relative_change (customers as integers, last).
     """
     totals: dict[str, Any] = {}
-    for column in (*TOTALLED_COLUMNS, "customers"):
+    for column in (*DRIFT_TOTALS, "customers"):
         before, now = previous[column], current[column]
         if column == "customers":
             before, now = int(before), int(now)

@@ -1,12 +1,15 @@
-"""The Spark engine: the summary and the per-customer scoring run on a Spark cluster.
+"""The Spark engine: the monthly run, ``forecast budget`` and ``forecast backtest`` with the log on a Spark cluster.
 
-``engine: spark`` in the config (or ``forecast run --engine spark``) reads the log where it lives
-(Parquet or CSV files on shared storage, or a table with ``data.path: "table:db.name"``), builds the
-per-customer summary with the same definitions as ``forecast.data.summary.summarize``, and brings back to the
-driver only the compressed summary: the unique (frequency, recency, T) rows and the unique
-(frequency, monetary_value) rows with their customer counts. The models are fitted on the driver
-exactly as in the DuckDB engine; their parameters are sent to the executors, which score every
-customer (``mapInPandas`` with ``forecast.value.clv.score_customers``) and write the per-customer Parquet.
+``engine: spark`` in the config (or ``--engine spark``) reads the log where it lives (Parquet or CSV files on shared
+storage, or a table with ``data.path: "table:db.name"``), checks it and applies the data policies as the DuckDB
+engine does, builds the per-customer summary with the same definitions as ``forecast.data.summary.summarize``
+(``forecast.engines.spark_log``), and brings back to the driver only the compressed summary: the unique (frequency,
+recency, T) rows and the unique (frequency, monetary_value) rows with their customer counts. The models are fitted
+on the driver with the DuckDB engine's code; the executors score every customer with the DuckDB engine's function
+(``mapInPandas`` with ``forecast.batch.pipeline.scored_columns``), add the interval figures
+(``forecast.engines.spark_intervals``) and write the per-customer Parquet; Spark adds up the segment table, the
+totals and the drift (``forecast.engines.spark_drift``); the backtest asks its questions of the log through
+``SparkLog``. Everything after those sums is the DuckDB engine's code.
 
 pyspark is an optional dependency (``pip install 'clv-forecast[spark]'``) and is imported lazily.
 """
@@ -87,11 +90,11 @@ from forecast.data.summary import no_transactions_message
 from forecast.engines.spark_drift import changes_on_spark, previous_customers
 from forecast.engines.spark_frames import in_segment_order, is_spark_error, to_pandas, utc_instant, utc_midnight
 from forecast.engines.spark_intervals import (
+    BOUNDS,
     FigureLayout,
-    HistoryFigures,
     at_risk_name,
     draws_of_sums,
-    history_figures,
+    interval_figures_of,
     with_history_figures,
 )
 from forecast.engines.spark_log import SparkLog, summarize
@@ -122,6 +125,7 @@ from forecast.value.segments import (
     RfmCuts,
     segmentation_name,
 )
+from forecast.value.uncertainty import HistoryFigures
 from forecast.value.valuation import Valuation
 
 if TYPE_CHECKING:
@@ -175,6 +179,12 @@ def spark_master(settings: SparkConfig, environ: Mapping[str, str] = os.environ)
     return spark_default("spark.master", environ) or DEFAULT_MASTER
 
 
+def spark_where(settings: SparkConfig) -> str:
+    """Where the run goes, as messages name it: ``spark.master X``, or ``spark.remote X`` with Spark Connect."""
+    remote = spark_remote(settings)
+    return f"spark.remote {remote}" if remote else f"spark.master {spark_master(settings)}"
+
+
 def spark_default(key: str, environ: Mapping[str, str] = os.environ) -> str | None:
     """A setting of ``spark-defaults.conf`` (in ``SPARK_CONF_DIR``, else ``SPARK_HOME/conf``), or None."""
     folder = environ.get("SPARK_CONF_DIR") or (
@@ -187,6 +197,16 @@ def spark_default(key: str, environ: Mapping[str, str] = os.environ) -> str | No
             if len(parts) == 2 and parts[0] == key:
                 return parts[1].strip()
     return None
+
+
+def driver_memory_set(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the user has sized the driver already: ``spark.driver.memory`` in ``spark-defaults.conf``,
+    ``SPARK_DRIVER_MEMORY``, or ``--driver-memory`` in ``PYSPARK_SUBMIT_ARGS``."""
+    return (
+        spark_default("spark.driver.memory", environ) is not None
+        or bool(environ.get("SPARK_DRIVER_MEMORY"))
+        or "--driver-memory" in environ.get("PYSPARK_SUBMIT_ARGS", "")
+    )
 
 
 def local_driver_memory() -> str:
@@ -237,7 +257,7 @@ def spark_session(settings: SparkConfig) -> SparkSession:
     )
     if master.startswith("local"):
         builder = builder.config("spark.sql.shuffle.partitions", LOCAL_SHUFFLE_PARTITIONS)
-        if spark_default("spark.driver.memory") is None:  # the config's spark.conf, below, wins too
+        if not driver_memory_set():  # the config's spark.conf, below, wins too
             builder = builder.config("spark.driver.memory", local_driver_memory())
     for key, value in settings.conf.items():
         builder = builder.config(key, value)
@@ -261,6 +281,8 @@ def _connect_session(settings: SparkConfig, remote: str, session_class: type[Spa
     builder = session_class.builder.remote(remote).config("spark.sql.session.timeZone", "UTC")
     if remote.startswith("local"):
         builder = builder.config("spark.sql.shuffle.partitions", LOCAL_SHUFFLE_PARTITIONS)
+        if not driver_memory_set():
+            builder = builder.config("spark.driver.memory", local_driver_memory())
     for key, value in settings.conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
@@ -723,12 +745,12 @@ def fit_on_compressed(summary: SparkFrame, config: RunConfig) -> CompressedFit:
 
 
 def interval_figures(config: RunConfig, fit: CompressedFit) -> HistoryFigures | None:
-    """The intervals' figures of every unique history (``history_figures``), or None when the run has no intervals:
+    """The intervals' figures of every unique history (``interval_figures_of``), or None when the run has no intervals:
     as on DuckDB, none are wanted, or they cannot be computed (a ForecastWarning says why)."""
     if not intervals_wanted(config, fit.purchases, fit.spend):
         return None
     try:
-        return history_figures(config, fit.purchases, fit.spend, fit.histories, fit.spend_histories)
+        return interval_figures_of(config, fit.purchases, fit.spend, fit.histories, fit.spend_histories)
     except FitError as exc:
         warnings.warn(f"{INTERVALS_LEFT_EMPTY} {exc}", ForecastWarning, stacklevel=2)
         return None
@@ -770,7 +792,7 @@ def score(
             if layout is not None:
                 scored.update(layout.customer_columns(batch))
             else:
-                scored.update({name: np.full(len(frame), np.nan) for name in ("clv_lower", "clv_upper")})
+                scored.update({name: np.full(len(frame), np.nan) for name in BOUNDS})
             out = pd.DataFrame(scored, index=frame.index).reset_index()
             for name in ("rfm_group", "cohort"):
                 out[name] = out[name].astype(str)
@@ -956,7 +978,7 @@ def spark_errors(settings: SparkConfig, doing: Callable[[], str]) -> Iterator[No
         what = lines[0][:400] if lines else type(exc).__name__
         step = doing()
         raise EngineError(
-            f"Spark failed while {step[:1].lower()}{step[1:]} (spark.master {spark_master(settings)}): "
+            f"Spark failed while {step[:1].lower()}{step[1:]} ({spark_where(settings)}): "
             f"{what.rstrip('.')}. "
             "Check spark.master and spark.conf in the config, that Java 17 is installed and the cluster is "
             "reachable, and Spark's own log above; nothing was written."
@@ -1098,7 +1120,7 @@ def check_output_shared(config: RunConfig) -> None:
     if output is None or not URI_SCHEME.match(output):
         where = f"spark.output is {output!r}" if output else "spark.output is not set"
         raise ConfigError(
-            f"With spark.master {master} the executors write customers.parquet, but {where}, a path only this "
+            f"With {spark_where(config.spark)} the executors write customers.parquet, but {where}, a path only this "
             "machine sees. Set spark.output to storage every node shares (hdfs://..., s3a://..., abfss://..., or "
             "file:///... for a mount every node has), or run with a local master."
         )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from forecast.batch.drift import MISSING, MOVEMENT_KEYS, NEW, TOTALLED_COLUMNS, CustomerChanges, drift_segmentations
+from forecast.batch.drift import DRIFT_TOTALS, MISSING, MOVEMENT_KEYS, NEW, CustomerChanges, drift_segmentations
 from forecast.config import RunConfig
 from forecast.engines.spark_frames import in_segment_order, to_pandas
 from forecast.report.run_folder import RunFolder, customers_location
@@ -62,10 +62,10 @@ def run_totals(customers: SparkFrame) -> dict[str, float]:
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
     row = customers.agg(
-        F.count(F.lit(1)).alias("customers"), *[F.sum(column).alias(column) for column in TOTALLED_COLUMNS]
+        F.count(F.lit(1)).alias("customers"), *[F.sum(column).alias(column) for column in DRIFT_TOTALS]
     ).first()
     assert row is not None
-    return {"customers": int(row["customers"]), **{c: float(row[c] or 0.0) for c in TOTALLED_COLUMNS}}
+    return {"customers": int(row["customers"]), **{c: float(row[c] or 0.0) for c in DRIFT_TOTALS}}
 
 
 def segment_totals(customers: SparkFrame, segmentations: list[str], tiers: list[str] | None) -> pd.DataFrame:

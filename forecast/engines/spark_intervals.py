@@ -20,19 +20,16 @@ import pandas as pd
 
 from forecast.config import RunConfig
 from forecast.data.compress import Histories, SpendHistories
-from forecast.errors import FitError
 from forecast.models import GammaGamma, PurchaseModel
 from forecast.value.process import VarianceTerms
 from forecast.value.uncertainty import (
     ClvDraws,
+    HistoryFigures,
     HistoryGradients,
-    ParameterShifts,
     SumColumns,
-    draw_parameter_shifts,
     figure_sums,
-    history_gradients,
+    history_figures,
     totals_under_draws,
-    value_variance_terms,
 )
 from forecast.value.valuation import Valuation
 
@@ -48,87 +45,54 @@ PREFIX = "__clv_interval_"
 BOUNDS = ["clv_lower", "clv_upper"]
 
 
-@dataclass(frozen=True)
-class HistoryFigures:
-    """What the driver found for the intervals, per unique history, and the parameter draws.
-
-    Attributes
-    ----------
-    histories, spend_histories
-        The compressed summary's unique history rows and spend histories.
-    gradients
-        The CLV factors, gradients and spreads per history (``forecast.value.uncertainty.HistoryGradients``).
-    terms
-        The customers' variance terms per history, or None when the spend model leaves them undefined (the
-        totals' intervals then cover the parameters only, as on DuckDB).
-    shifts
-        The usable parameter draws.
-    """
-
-    histories: Histories
-    spend_histories: SpendHistories
-    gradients: HistoryGradients
-    terms: VarianceTerms | None
-    shifts: ParameterShifts
-
-    @property
-    def columns(self) -> SumColumns:
-        """The summed figures' columns."""
-        return self.gradients.columns
-
-    def history_table(self) -> pd.DataFrame:
-        """One row per unique history: its keys and what a customer of that history needs."""
-        rows, gradients = self.histories.rows, self.gradients
-        table = pd.DataFrame({"frequency": rows[:, 0].astype("int64"), "recency": rows[:, 1], "T": rows[:, 2]})
-        table[f"{PREFIX}v"] = gradients.purchases
-        for j, gradient in enumerate(gradients.purchases_gradient):
-            table[f"{PREFIX}v_by_{j}"] = gradient
-        table[f"{PREFIX}v_spread"] = gradients.purchases_spread
-        if self.terms is not None:
-            table[f"{PREFIX}a"] = self.terms.expected_a
-            table[f"{PREFIX}a2"] = self.terms.expected_a_squared
-            table[f"{PREFIX}b"] = self.terms.expected_b
-        return table
-
-    def spend_table(self) -> pd.DataFrame:
-        """One row per unique spend history: its keys and what a customer of that history needs."""
-        rows, gradients = self.spend_histories.rows, self.gradients
-        table = pd.DataFrame({"frequency": rows[:, 0].astype("int64"), "monetary_value": rows[:, 1]})
-        table[f"{PREFIX}s"] = gradients.spend
-        for j, gradient in enumerate(gradients.spend_gradient):
-            table[f"{PREFIX}s_by_{j}"] = gradient
-        table[f"{PREFIX}s_spread"] = gradients.spend_spread
-        if self.terms is not None and self.terms.inverse is not None and self.terms.inverse_squared is not None:
-            table[f"{PREFIX}inv"] = self.terms.inverse
-            table[f"{PREFIX}inv2"] = self.terms.inverse_squared
-        return table
-
-
-def history_figures(
+def interval_figures_of(
     config: RunConfig,
     purchases: PurchaseModel,
     spend: GammaGamma,
     histories: Histories,
     spend_histories: SpendHistories,
 ) -> HistoryFigures:
-    """Evaluate every unique history for the intervals (as ``forecast.value.uncertainty.clv_draws`` does).
+    """``forecast.value.uncertainty.history_figures`` of the compressed summary's histories, with the run's settings
+    (the driver has no customer ids: a history that cannot be evaluated is named by its values).
 
     Raises
     ------
     FitError
-        Too few draws, no covariance, too many unusable draws, or a history whose CLV or gradient is not finite.
+        As ``history_figures``.
     """
-    if config.interval_draws < 2:
-        raise FitError(f"Intervals need at least 2 parameter draws, got interval_draws = {config.interval_draws}.")
-    valuation = Valuation.from_config(config)
-    shifts = draw_parameter_shifts(
-        purchases, spend, valuation, config.interval_draws, np.random.default_rng(config.seed)
-    )
-    gradients = history_gradients(
-        purchases, spend, valuation, histories, spend_histories, config.ci_level, pd.Index([])
-    )
-    terms = value_variance_terms(purchases, spend, valuation, histories, spend_histories, config.seed)
-    return HistoryFigures(histories, spend_histories, gradients, terms, shifts)
+    return history_figures(
+        purchases, spend, Valuation.from_config(config), histories, spend_histories, config.ci_level,
+        config.interval_draws, config.seed, pd.Index([]),
+    )  # fmt: skip
+
+
+def history_table(figures: HistoryFigures) -> pd.DataFrame:
+    """One row per unique history: its keys and what a customer of that history needs."""
+    rows, gradients = figures.histories.rows, figures.gradients
+    table = pd.DataFrame({"frequency": rows[:, 0].astype("int64"), "recency": rows[:, 1], "T": rows[:, 2]})
+    table[f"{PREFIX}v"] = gradients.purchases
+    for j, gradient in enumerate(gradients.purchases_gradient):
+        table[f"{PREFIX}v_by_{j}"] = gradient
+    table[f"{PREFIX}v_spread"] = gradients.purchases_spread
+    if figures.terms is not None:
+        table[f"{PREFIX}a"] = figures.terms.expected_a
+        table[f"{PREFIX}a2"] = figures.terms.expected_a_squared
+        table[f"{PREFIX}b"] = figures.terms.expected_b
+    return table
+
+
+def spend_table(figures: HistoryFigures) -> pd.DataFrame:
+    """One row per unique spend history: its keys and what a customer of that history needs."""
+    rows, gradients = figures.spend_histories.rows, figures.gradients
+    table = pd.DataFrame({"frequency": rows[:, 0].astype("int64"), "monetary_value": rows[:, 1]})
+    table[f"{PREFIX}s"] = gradients.spend
+    for j, gradient in enumerate(gradients.spend_gradient):
+        table[f"{PREFIX}s_by_{j}"] = gradient
+    table[f"{PREFIX}s_spread"] = gradients.spend_spread
+    if figures.terms is not None and figures.terms.inverse is not None and figures.terms.inverse_squared is not None:
+        table[f"{PREFIX}inv"] = figures.terms.inverse
+        table[f"{PREFIX}inv2"] = figures.terms.inverse_squared
+    return table
 
 
 @dataclass(frozen=True)
@@ -208,8 +172,8 @@ def with_history_figures(summary: SparkFrame, figures: HistoryFigures) -> SparkF
     """The summary with every customer's history figures, looked up by its history keys (a join with the driver's
     tables, which Spark broadcasts when they are small)."""
     spark = summary.sparkSession
-    histories = spark.createDataFrame(figures.history_table())
-    spends = spark.createDataFrame(figures.spend_table())
+    histories = spark.createDataFrame(history_table(figures))
+    spends = spark.createDataFrame(spend_table(figures))
     return summary.join(histories, HISTORY_KEYS, "left").join(spends, SPEND_KEYS, "left")
 
 

@@ -4,8 +4,10 @@
 customers.parquet it draws, segments.csv, the fitted models, and backtest.json with its plot files when a
 backtest ran; ``forecast.report.run_folder``), draws the charts as inline SVG (``forecast.report.charts``)
 and writes ``report.html`` beside them. The page loads nothing from anywhere: no scripts, fonts, styles or
-images outside the file itself. ``forecast run`` passes its in-memory customer table, the same rows the
-Parquet file holds, so the report does not read the file back.
+images outside the file itself. The customers are drawn from a digest of their unique histories
+(``forecast.report.digest``): ``forecast run`` on DuckDB passes its in-memory customer table, the same rows the
+Parquet file holds, so the report does not read the file back; the Spark engine passes the digest of its compressed
+summary.
 
 Per-customer figures are computed on NumPy arrays (bincounts, one boolean mask), not pandas group-bys
 or row filters of the whole table, so that the report stays a small part of a run with millions of
@@ -43,8 +45,8 @@ TEMPLATE_NAME = "report.html.j2"
 MAX_REPEAT_BUCKET = 7  # the period-transactions chart groups 7 or more repeat purchases
 PLOT_SUFFIXES = {".svg": "image/svg+xml", ".png": "image/png"}
 #: Columns of customers.parquet the report needs, and those it uses when present.
-REQUIRED_COLUMNS = ("frequency", "recency", "T", "monetary_value", "p_alive", "clv", "clv_heuristic")
-OPTIONAL_COLUMNS = ("expected_purchases", "clv_lower", "clv_upper")
+REQUIRED_COLUMNS = ("frequency", "recency", "T", "monetary_value", "p_alive")
+OPTIONAL_COLUMNS = ("clv_lower", "clv_upper")
 
 SECTIONS = {
     "headline": "Headline figures",
@@ -1247,7 +1249,7 @@ def _change_table(rows: dict[str, Any], key_label: str, caption: str) -> Table |
 def drift_section(run: RunFolder) -> dict[str, Any]:
     """The manifest's drift against the previous run (totals, parameters, segments, tier moves, customer flows).
 
-    Each part is shown when it has the layout ``forecast.batch.drift.compare_runs`` writes (docs/operations.md,
+    Each part is shown when it has the layout ``forecast.batch.drift.drift_document`` writes (docs/operations.md,
     "Drift"); anything else in the entry is shown as plain tables under "Other drift figures".
     """
     drift = run.manifest.get("drift")

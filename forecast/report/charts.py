@@ -147,7 +147,10 @@ def frequency_spend(
         buyers = int(customers.sum())
         label = f"repeat buyers (correlation r = {correlation:.2f})"
         if len(frequency) > MAX_SCATTER_POINTS:
-            label = f"{MAX_SCATTER_POINTS:,} of {buyers:,} repeat buyers (r = {correlation:.2f} on all)"
+            label = (
+                f"{MAX_SCATTER_POINTS:,} of {len(frequency):,} distinct (frequency, spend) of {buyers:,} repeat "
+                f"buyers (r = {correlation:.2f} on all)"
+            )
             keep = rng.choice(len(frequency), MAX_SCATTER_POINTS, replace=False, p=customers / customers.sum())
             frequency, spend = frequency[keep], spend[keep]
         jitter = rng.uniform(-0.12, 0.12, len(frequency))  # spreads overlapping points only

@@ -209,18 +209,18 @@ def clv_draws(
     ----------
     Fader, Hardie & Lee (2005), "Counting your customers the easy way", eq. (10) and (13).
     """
-    if draws < 2:
-        raise FitError(f"Intervals need at least 2 parameter draws, got interval_draws = {draws}.")
-    shifts = draw_parameter_shifts(purchases, spend, valuation, draws, np.random.default_rng(seed))
     histories = histories if histories is not None else Histories.from_summary(summary)
     spend_histories = spend_histories if spend_histories is not None else SpendHistories.from_summary(summary)
-    gradients = history_gradients(purchases, spend, valuation, histories, spend_histories, ci_level, summary.index)
+    figures = history_figures(
+        purchases, spend, valuation, histories, spend_histories, ci_level, draws, seed, summary.index
+    )
     cells = cells if cells is not None else SegmentCells.of(summary, [None])
     bins = CustomerBins(histories, spend_histories, cells, at_risk)
-    lower, upper, bin_sums = sum_over_customers(bins, gradients, valuation.margin, chunk_customers)
-    clv_totals, spend_totals, risk_totals = totals_per_draw(bin_sums, bins, gradients.columns, shifts)
+    lower, upper, bin_sums = sum_over_customers(bins, figures.gradients, valuation.margin, chunk_customers)
+    clv_totals, spend_totals, risk_totals = totals_per_draw(bin_sums, bins, figures.columns, figures.shifts)
     index = cells.index
-    variance = process_variances(purchases, spend, valuation, histories, spend_histories, cells, at_risk, seed)
+    variance = process_variances(figures, valuation.margin, cells, at_risk)
+    shifts = figures.shifts
     return ClvDraws(
         ci_level=ci_level,
         customers=pd.DataFrame({"clv_lower": lower, "clv_upper": upper}, index=summary.index, copy=False),
@@ -234,26 +234,74 @@ def clv_draws(
 
 
 def process_variances(
+    figures: HistoryFigures, margin: float, cells: SegmentCells, at_risk: np.ndarray | None
+) -> pd.DataFrame | None:
+    """Per segment, the variance of the realised CLV total (and of the customers at risk) given the parameters:
+    the sums of the customers' variances (``forecast.value.process``); None when the spend model leaves it
+    undefined (``value_variance_terms`` warned)."""
+    if figures.terms is None:
+        return None
+    rows, spend_rows = figures.histories.row_of_customer, figures.spend_histories.row_of_customer
+    per_customer = figures.terms.value_variances(rows, spend_rows, margin)
+    risk = np.where(at_risk, per_customer, 0.0) if at_risk is not None else np.zeros_like(per_customer)
+    sums = cells.sums(pd.DataFrame({"clv": per_customer, "risk": risk}, copy=False))
+    return pd.DataFrame(cells.roll_up(sums), index=cells.index, columns=["clv", "risk"])
+
+
+@dataclass(frozen=True)
+class HistoryFigures:
+    """What the intervals need, found once per unique history, whichever engine holds the customers.
+
+    Attributes
+    ----------
+    histories, spend_histories
+        The unique history rows and spend histories (with the customers' rows when an engine holds them).
+    gradients
+        The CLV factors, their gradients and spreads per history (``history_gradients``).
+    terms
+        The customers' variance terms per history, or None when the spend model leaves them undefined.
+    shifts
+        The usable parameter draws.
+    """
+
+    histories: Histories
+    spend_histories: SpendHistories
+    gradients: HistoryGradients
+    terms: VarianceTerms | None
+    shifts: ParameterShifts
+
+    @property
+    def columns(self) -> SumColumns:
+        """The summed figures' columns."""
+        return self.gradients.columns
+
+
+def history_figures(
     purchases: PurchaseModel,
     spend: GammaGamma,
     valuation: Valuation,
     histories: Histories,
     spend_histories: SpendHistories,
-    cells: SegmentCells,
-    at_risk: np.ndarray | None,
+    ci_level: float,
+    draws: int,
     seed: int,
-) -> pd.DataFrame | None:
-    """Per segment, the variance of the realised CLV total (and of the customers at risk) given the parameters:
-    the sums of the customers' variances (``forecast.value.process``); None, with a warning, when the spend model
-    leaves it undefined."""
+    customer_ids: pd.Index,
+) -> HistoryFigures:
+    """Draw the parameters and evaluate every unique history for the intervals: the one place both engines find
+    them (the DuckDB engine then sums its customers' figures per bin, the Spark engine joins them to its customers).
+
+    Raises
+    ------
+    FitError
+        Too few draws, no covariance, too many unusable draws, or a customer (named from ``customer_ids``, or by
+        its history when the histories have no customers) whose CLV or gradient is not finite.
+    """
+    if draws < 2:
+        raise FitError(f"Intervals need at least 2 parameter draws, got interval_draws = {draws}.")
+    shifts = draw_parameter_shifts(purchases, spend, valuation, draws, np.random.default_rng(seed))
+    gradients = history_gradients(purchases, spend, valuation, histories, spend_histories, ci_level, customer_ids)
     terms = value_variance_terms(purchases, spend, valuation, histories, spend_histories, seed)
-    if terms is None:
-        return None
-    rows, spend_rows = histories.row_of_customer, spend_histories.row_of_customer
-    per_customer = terms.value_variances(rows, spend_rows, valuation.margin)
-    risk = np.where(at_risk, per_customer, 0.0) if at_risk is not None else np.zeros_like(per_customer)
-    sums = cells.sums(pd.DataFrame({"clv": per_customer, "risk": risk}, copy=False))
-    return pd.DataFrame(cells.roll_up(sums), index=cells.index, columns=["clv", "risk"])
+    return HistoryFigures(histories, spend_histories, gradients, terms, shifts)
 
 
 def value_variance_terms(

@@ -49,7 +49,7 @@ def test_parameter_drift_compares_only_the_same_model() -> None:
     assert not other["comparable"] and other["params"] == {}
 
 
-def test_tier_transitions_counts_moves_new_and_missing() -> None:
+def test_transition_table_counts_moves_new_and_missing() -> None:
     """Five customers before, five now: a stays top, b top->middle, c rest->top, d dropped, e and f new."""
     before = pd.DataFrame({"segment": pd.Series({"a": "top", "b": "top", "c": "rest", "d": "middle", "g": "rest"})})
     after = pd.DataFrame(

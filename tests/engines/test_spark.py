@@ -7,7 +7,9 @@ covers sums taken in a different order.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,12 +266,14 @@ def test_spark_drift_since_the_previous_run_is_the_duckdb_drift_whichever_engine
     ran = [run_spark(config("spark"), as_of=month, spark=spark) for month in months]  # type: ignore[arg-type]
     shutil.copytree(ran[0].output, tmp_path / "mixed" / months[0].isoformat())  # a Spark May beside a DuckDB June
     mixed = run_duckdb(config("mixed"), as_of=END)
+    shutil.copytree(duck[0].output, tmp_path / "crossed" / months[0].isoformat())  # a DuckDB May beside a Spark June
+    crossed = run_spark(config("crossed"), as_of=END, spark=spark)  # type: ignore[arg-type]
 
     expected = duck[1].manifest["drift"]
     assert expected["tiers"]["moved"] > 0 and expected["customers"]["continuing"] == 3_000
     assert [row["segment"] for row in expected["segments"]] == ["all customers", "top", "rest"]
     assert duck[0].manifest["drift"] is None and ran[0].manifest["drift"] is None
-    for manifest in (ran[1].manifest, mixed.manifest):
+    for manifest in (ran[1].manifest, mixed.manifest, crossed.manifest):
         assert_same_value(manifest["drift"], expected, "drift")
         assert manifest["previous_run"]["as_of"] == "2021-05-31"
 
@@ -324,6 +328,29 @@ def test_spark_samples_the_validation_customers_duckdb_samples(spark: object, si
     assert expected.sampled and actual.customers_at_origin == expected.customers_at_origin
     assert 400 < expected.rows["customers"].sum() < 600
     assert_close(actual.rows, expected.rows)
+
+
+def test_the_driver_time_zone_does_not_move_the_spark_cut_off(spark: object, write_log) -> None:
+    """A purchase at midnight after as_of is outside the summary, one at 23:30 on as_of inside, with the driver in
+    New York as in UTC (pyspark reads a naive datetime literal in the Python process's time zone)."""
+    rows = [("a", "2024-01-02 10:00:00", 10.0), ("a", "2024-03-31 23:30:00", 20.0), ("a", "2024-04-01 00:00:00", 5.0),
+            ("b", "2024-01-05 12:00:00", 8.0), ("b", "2024-04-01 03:00:00", 7.0)]  # fmt: skip
+    data = DataConfig(path=str(write_log(rows)))
+    as_of = dt.date(2024, 3, 31)
+    expected = summarize_duckdb(read_transactions(data).connection, as_of, 7.0, "day")
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    try:
+        actual = spark_summary(spark, data, as_of, "day")
+    finally:
+        if saved is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+    assert_close(actual[expected.columns], expected)
+    assert expected.loc["a", "revenue"] == 30.0 and expected.loc["b", "frequency"] == 0
 
 
 def test_cli_run_with_engine_spark_writes_the_outputs(spark: object, tmp_path: Path) -> None:

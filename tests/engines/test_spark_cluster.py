@@ -134,7 +134,8 @@ def test_a_simulated_log_on_a_standalone_cluster_gives_the_duckdb_run(cluster: s
     assert_same_run(duckdb_folder, spark_folder, manifest)
     # The report reads the customers where the manifest says they are (the shared mount, not the run folder).
     assert not (spark_folder / "customers.parquet").exists()
-    assert "3,000" in build_report(spark_folder).read_text(encoding="utf-8")
+    build_report(spark_folder)
+    assert "Customers 3,000" in report_text(spark_folder, "headline")
 
 
 def test_a_simulated_log_through_spark_connect_gives_the_duckdb_run(tmp_path: Path) -> None:
