@@ -1374,10 +1374,15 @@ def _write_models(staging: Path, result: _SparkForecast, as_of: dt.date) -> None
 
 def _write_tables(config: RunConfig, as_of: dt.date, result: _SparkForecast, staging: Path, messages: list[str]) -> str:
     """Write customers.parquet (by Spark), customers.csv when wanted and local, and segments.csv; return the
-    Parquet's path. A reason not to write the CSV is added to ``messages``."""
+    Parquet's path. A reason not to write the CSV is added to ``messages``.
+
+    Under ``spark.output`` every run writes its own folder, ``<as_of>/<run>/customers.parquet``, which only the
+    manifest committed with the run folder points to: a run that fails, or is replaced, never touches the Parquet
+    of the run that was published (shared storage has no atomic rename of a folder of parts)."""
     table = result.scored.orderBy("customer_id")
     if config.spark.output:
-        customers_path = config.spark.output.rstrip("/") + f"/{as_of.isoformat()}/customers.parquet"
+        run = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}-{os.getpid()}"
+        customers_path = config.spark.output.rstrip("/") + f"/{as_of.isoformat()}/{run}/customers.parquet"
     else:
         customers_path = str(staging / "customers.parquet")
     table.write.mode("overwrite").parquet(customers_path)

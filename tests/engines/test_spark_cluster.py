@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ def assert_same_run(duckdb_folder: Path, spark_folder: Path, manifest: dict[str,
     expected = customers_of(duckdb_folder / "customers.parquet")
     actual = customers_of(manifest["customers_parquet"])
     assert manifest["customers_parquet"].startswith("file://")  # written by the executors to the shared mount
+    # in the run's own folder under spark.output, which only this run's manifest points to
+    assert re.search(r"/shared/\d{4}-\d\d-\d\d/\d{8}T\d+Z-\d+/customers\.parquet$", manifest["customers_parquet"])
     spark_files = {p.name for p in spark_folder.iterdir()}
     assert spark_files == {p.name for p in duckdb_folder.iterdir()} - SPARK_MISSING_FILES - {"customers.parquet"}
     assert list(actual.columns) == list(expected.columns)
