@@ -75,6 +75,7 @@ from forecast.evaluation.selection import Selection, select_purchase_model
 from forecast.models import GammaGamma, PurchaseModel, fit_purchase_model, fit_spend_model, mean_amount_per_purchase
 from forecast.models.artifacts import library_versions, model_artifact, write_json
 from forecast.report.build import build_report
+from forecast.report.digest import CustomerDigest
 from forecast.report.run_folder import (
     BACKTEST_CUSTOMERS_CSV,
     BACKTEST_JSON,
@@ -154,6 +155,8 @@ class Forecast:
     #: What the totals' intervals cover: "predictive" (parameters and the customers' own randomness),
     #: "parameters" (when the customers' spread is undefined), or "none" (no intervals).
     total_intervals: str = "none"
+    #: What the report draws of the customers, found from their histories while the forecast had them.
+    digest: CustomerDigest | None = None
 
 
 @dataclass
@@ -266,6 +269,8 @@ def score_summary(
             )  # fmt: skip
         except FitError as exc:
             warnings.warn(f"{INTERVALS_LEFT_EMPTY} {exc}", ForecastWarning, stacklevel=2)
+    p_alive = np.asarray(columns["p_alive"])
+    digest = CustomerDigest.of_scored_histories(histories, spend_histories, p_alive, draws is not None)
     del histories, spend_histories  # large with millions of customers, and not needed by the tables below
     for name in ("clv_lower", "clv_upper"):
         columns[name] = draws.customers[name].array if draws is not None else np.full(len(summary), np.nan)
@@ -273,7 +278,8 @@ def score_summary(
     totals = customer_totals(customers, segmentations, cells)
     budget_sums = segment_budget_sums(customers, cells, config.budget.p_alive_threshold)
     segments = segment_figures(config, totals, budget_sums, purchases, draws, lifespan_years)
-    return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, total_intervals=interval_kind(draws))
+    kind = interval_kind(draws)
+    return Forecast(as_of, customers, segments, purchases, spend, lifespan_years, total_intervals=kind, digest=digest)
 
 
 #: The start of the warning when a run's intervals cannot be computed (the reason follows).
@@ -857,14 +863,14 @@ def finish_run_folder(
     """Log the run's warnings, then write run.log, the manifest and the report into the staging folder of
     ``output_path``: the last files of a run.
 
-    The report is given the in-memory customer table, the rows customers.parquet holds, so it does not read
-    the file back.
+    The report is given the digest of the customers the forecast found from their histories
+    (``Forecast.digest``), so it reads no customer table.
     """
     write_run_log(staging, output_path, result.warnings, log_lines)
     write_json(staging / MANIFEST, document)
     say("Writing the report")
     step = time.perf_counter()
-    build_report(staging, customers=result.customers)
+    build_report(staging, digest=result.digest)
     log.info("Report written in %.1f s", time.perf_counter() - step)
 
 

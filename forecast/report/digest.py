@@ -97,11 +97,22 @@ class CustomerDigest:
     def of_customers(cls, customers: pd.DataFrame) -> CustomerDigest:
         """The digest of a customer table (frequency, recency, T, monetary_value and p_alive per customer)."""
         histories, spend_histories = Histories.from_summary(customers), SpendHistories.from_summary(customers)
-        p_alive = np.zeros(len(histories.rows))
-        p_alive[histories.row_of_customer] = customers["p_alive"].to_numpy(float)
         intervals = {"clv_lower", "clv_upper"} <= set(customers.columns)
         has_intervals = intervals and bool(customers["clv_lower"].notna().any())
-        return cls.of_histories(histories, spend_histories, p_alive, has_intervals)
+        return cls.of_scored_histories(histories, spend_histories, customers["p_alive"].to_numpy(float), has_intervals)
+
+    @classmethod
+    def of_scored_histories(
+        cls,
+        histories: Histories,
+        spend_histories: SpendHistories,
+        customer_p_alive: np.ndarray,
+        has_customer_intervals: bool,
+    ) -> CustomerDigest:
+        """The digest of customers whose histories index them (``row_of_customer``), with each one's P(alive)."""
+        p_alive = np.zeros(len(histories.rows))
+        p_alive[histories.row_of_customer] = customer_p_alive
+        return cls.of_histories(histories, spend_histories, p_alive, has_customer_intervals)
 
     @property
     def repeat_buyers(self) -> int:
