@@ -86,11 +86,9 @@ from forecast.report.run_folder import (
     RUN_MODELS,
     SEGMENTS_CSV,
     RunFolder,
-    customers_location,
-    local_customers_path,
-    read_customers,
     read_models,
     read_run,
+    read_run_customers,
 )
 from forecast.value.budget import (
     budget_columns_of_sums,
@@ -548,8 +546,7 @@ def drift_since_previous(
         previous = read_run(previous_path, with_customers=False)
         previous_purchases, previous_spend = read_models(previous)
     except ArtifactError as exc:
-        message = f"The previous run {previous_path} could not be read, so no drift was computed: {exc}"
-        return {"as_of": None, "path": str(previous_path)}, None, [message]
+        return {"as_of": None, "path": str(previous_path)}, None, [unreadable_previous_run(previous_path, exc)]
     previous_input = previous.manifest.get("input", {})
     previous_data = previous.manifest.get("config", {}).get("data", {}).get("path")
     if previous_data != config.data.path:
@@ -567,8 +564,7 @@ def drift_since_previous(
     try:
         changes = changes_of(previous)
     except ArtifactError as exc:
-        message = f"The previous run {previous_path} could not be read, so no drift was computed: {exc}"
-        return info, None, [message]
+        return info, None, [unreadable_previous_run(previous_path, exc)]
     drift = drift_document(
         {
             "as_of": previous.as_of.isoformat(),
@@ -582,12 +578,16 @@ def drift_since_previous(
     return info, drift, list(drift["warnings"])
 
 
+def unreadable_previous_run(path: Path, error: ArtifactError) -> str:
+    """The warning when the previous run (its manifest, models or customers) cannot be read: no drift."""
+    return f"The previous run {path} could not be read, so no drift was computed: {error}"
+
+
 def changes_in_memory(config: RunConfig, customers: pd.DataFrame, previous: RunFolder) -> CustomerChanges:
     """The drift's ``CustomerChanges`` of the DuckDB engine's customers (in memory) and the previous run's (read
     from its customers.parquet)."""
     segmentations = drift_segmentations(config)
-    location = customers_location(previous.path, previous.manifest)
-    previous_customers = read_customers(local_customers_path(location), drift_columns(segmentations))
+    previous_customers = read_run_customers(previous.path, previous.manifest, drift_columns(segmentations))
     return customer_changes(previous_customers, customers, config.drift.lapsed_p_alive, segmentations)
 
 

@@ -1123,7 +1123,7 @@ def _located(
 # --- the policies -------------------------------------------------------------------------------------
 
 
-def _range_text(config: DataConfig) -> str:
+def range_text(config: DataConfig) -> str:
     """``timestamp_range`` as the messages give it: ``1900-01-01 to 2026-12-08`` (both days included)."""
     first, after_last = timestamp_range(config)
     return f"{first.isoformat()} to {(after_last - dt.timedelta(days=1)).isoformat()}"
@@ -1160,7 +1160,7 @@ def _refuse_bad_values(
         hint = f"the format {config.timestamp_format!r}" if config.timestamp_format else "ISO dates (YYYY-MM-DD)"
         raise DataError(
             f"{found.bad_ts:,} of {rows:,} rows in {where} have a '{config.timestamp}' that is not a valid date or "
-            f"time ({hint}; impossible dates such as 2023-02-30 count too) or falls outside {_range_text(config)}; "
+            f"time ({hint}; impossible dates such as 2023-02-30 count too) or falls outside {range_text(config)}; "
             f"{_located(con, source, bad_ts_sql, 'ts_raw', relation)}. Fix those rows, set data.timestamp_format, "
             "or set data.invalid_rows: drop to skip them."
         )
@@ -1438,6 +1438,22 @@ def count_excluded(con: duckdb.DuckDBPyConnection, config: DataConfig) -> tuple[
     return {f.describe(): int(n) for f, n in zip(config.exclude, counts, strict=True)}, int(total)
 
 
+def empty_ids_message(rows: int) -> str:
+    """The warning when rows without a customer id were dropped (both engines)."""
+    return f"{rows:,} rows with an empty customer id were dropped."
+
+
+def zero_amounts_message(rows: int) -> str:
+    """The warning when rows have an amount of 0 (both engines)."""
+    return f"{rows:,} rows have an amount of 0; they count as purchases."
+
+
+def negative_amounts_message(config: DataConfig, rows: int) -> str:
+    """The warning when returns were dropped or netted under ``data.negative_amounts`` (both engines)."""
+    action = "dropped" if config.negative_amounts == "drop" else "netted into the purchases they refund"
+    return f"{rows:,} rows have a negative amount (returns); they were {action}."
+
+
 def float_text_ids_message(config: DataConfig, rows: int) -> str:
     """The warning when ids written as whole floats ('13085.0') were read as integers (both engines)."""
     return (
@@ -1523,7 +1539,7 @@ def quality_warnings(con: duckdb.DuckDBPyConnection, config: DataConfig, source:
     if counts.bad_ts > counts.far_dates:
         warnings.append(
             f"{counts.bad_ts - counts.far_dates:,} rows with an invalid '{config.timestamp}' were dropped "
-            f"(data.invalid_rows: drop; valid dates run from {_range_text(config)}); "
+            f"(data.invalid_rows: drop; valid dates run from {range_text(config)}); "
             f"{_located(con, source, _bad_ts_sql(counts), 'ts_raw')}."
         )
     if counts.far_dates:
@@ -1538,7 +1554,7 @@ def quality_warnings(con: duckdb.DuckDBPyConnection, config: DataConfig, source:
             f"(data.invalid_rows: drop); {_located(con, source, BAD_AMOUNT_SQL, 'amount_raw')}."
         )
     if counts.null_ids:
-        warnings.append(f"{counts.null_ids:,} rows with an empty customer id were dropped.")
+        warnings.append(empty_ids_message(counts.null_ids))
     if counts.spaced_ids:
         warnings.append(
             f"{counts.spaced_ids:,} rows have a customer id with leading or trailing spaces; ids are kept as given, "
@@ -1550,10 +1566,9 @@ def quality_warnings(con: duckdb.DuckDBPyConnection, config: DataConfig, source:
             f"were converted to {config.timezone} and the others taken as {config.timezone} (data.timezone)."
         )
     if counts.zero_amounts:
-        warnings.append(f"{counts.zero_amounts:,} rows have an amount of 0; they count as purchases.")
+        warnings.append(zero_amounts_message(counts.zero_amounts))
     if counts.negative_amounts:
-        action = "dropped" if config.negative_amounts == "drop" else "netted into the purchases they refund"
-        warnings.append(f"{counts.negative_amounts:,} rows have a negative amount (returns); they were {action}.")
+        warnings.append(negative_amounts_message(config, counts.negative_amounts))
     warnings.extend(netting.messages(config))
     if duplicates.found:
         action = {"keep": "kept as separate purchases", "drop": "dropped (the first was kept)"}[config.duplicates]

@@ -81,14 +81,25 @@ from forecast.data.ingest import (
     FLOAT_ID_LIMIT,
     WHOLE_FLOAT_TEXT,
     Netting,
+    empty_ids_message,
     float_ids_message,
     float_text_ids_message,
+    negative_amounts_message,
+    range_text,
     resolve_files,
     timestamp_range,
+    zero_amounts_message,
 )
 from forecast.data.summary import no_transactions_message
 from forecast.engines.spark_drift import changes_on_spark, previous_customers
-from forecast.engines.spark_frames import in_segment_order, is_spark_error, to_pandas, utc_instant, utc_midnight
+from forecast.engines.spark_frames import (
+    in_segment_order,
+    is_spark_error,
+    spark_error_line,
+    to_pandas,
+    utc_instant,
+    utc_midnight,
+)
 from forecast.engines.spark_intervals import (
     BOUNDS,
     FigureLayout,
@@ -221,9 +232,12 @@ def local_driver_memory() -> str:
 
 
 def spark_session(settings: SparkConfig) -> SparkSession:
-    """Get or create the SparkSession for the configured master, with UTC session time.
+    """Get or create the SparkSession for the configured master, or a Spark Connect session for the configured
+    server (``spark_remote``: ``sc://host:port``, or ``local[N]`` for a server started here), with the settings of
+    ``session_conf`` (a Connect server's own static settings cannot be changed from here).
 
-    Local masters bind to 127.0.0.1 (``SPARK_LOCAL_IP``) unless that is already set. Python workers run
+    Spark started here (a local master, a local Connect server) binds to 127.0.0.1 (``SPARK_LOCAL_IP``) unless that
+    is already set. Python workers that this process starts (any master, a local Connect server) run
     ``spark.pyspark.python`` from the config's ``spark.conf`` if given, else ``PYSPARK_PYTHON`` if set, else this
     interpreter (on a cluster, the same path must hold the same environment on every node): Spark would otherwise
     start the ``python3`` on PATH, which a console script run from a venv that is not activated (as cron runs it)
@@ -242,21 +256,22 @@ def spark_session(settings: SparkConfig) -> SparkSession:
             "pip install 'clv-forecast[spark]' (Java 17 is needed), or set engine: duckdb."
         ) from None
     remote = spark_remote(settings)
-    if remote:
-        return _connect_session(settings, remote, SparkSession)
-    master = spark_master(settings)
-    _choose_workers_python(settings)
-    if master.startswith("local"):
+    target = spark_master(settings)  # the server's address with Spark Connect
+    local = target.startswith("local")
+    if local or not remote:  # the Python workers start from this environment
+        _choose_workers_python(settings)
+    if local:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    conf: dict[str, Any] = session_conf(settings, local)
+    if remote:
+        return SparkSession.builder.remote(remote).config(map=conf).getOrCreate()
     builder = (
-        SparkSession.builder.master(master)
+        SparkSession.builder.master(target)
         .appName(settings.app_name)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
     )
-    for key, value in session_conf(settings, master.startswith("local")).items():
-        builder = builder.config(key, value)
-    return builder.getOrCreate()
+    return builder.config(map=conf).getOrCreate()
 
 
 #: Settings of every session (the config's ``spark.conf`` overrides them): UTC session time, and adaptive execution
@@ -286,18 +301,6 @@ def _choose_workers_python(settings: SparkConfig) -> None:
     if "spark.pyspark.python" in settings.conf:
         os.environ["PYSPARK_PYTHON"] = settings.conf["spark.pyspark.python"]
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-
-
-def _connect_session(settings: SparkConfig, remote: str, session_class: type[SparkSession]) -> SparkSession:
-    """A Spark Connect session (``remote``: ``sc://host:port``, or ``local[N]`` for a server started here), with UTC
-    session time and the config's ``spark.conf`` (the server's own static settings cannot be changed from here)."""
-    if remote.startswith("local"):  # the server starts here, from this environment
-        _choose_workers_python(settings)
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    builder = session_class.builder.remote(remote)
-    for key, value in session_conf(settings, remote.startswith("local")).items():
-        builder = builder.config(key, value)
-    return builder.getOrCreate()
 
 
 def is_connect(spark: SparkSession) -> bool:
@@ -631,12 +634,10 @@ def _refuse_unusable_rows(typed: SparkFrame, stats: Any, config: DataConfig) -> 
     if rows == 0:
         raise DataError(f"{config.path} has no transactions. Point data.path at a non-empty log.")
     if stats["bad_ts"]:
-        first, after_last = timestamp_range(config)
-        valid = f"{first.isoformat()} to {(after_last - dt.timedelta(days=1)).isoformat()}"
         examples = [r[0] for r in typed.where(F.col("ts").isNull()).select(RAW_TIMESTAMP).limit(5).collect()]
         raise DataError(
             f"{stats['bad_ts']:,} of {rows:,} rows in {config.path} have a '{config.timestamp}' that is not a date or "
-            f"time or falls outside {valid}; examples: {examples}. Fix those rows or set "
+            f"time or falls outside {range_text(config)}; examples: {examples}. Fix those rows or set "
             "data.timestamp_format."
         )
     if stats["bad_amounts"]:
@@ -707,13 +708,11 @@ def _quality_warnings(stats: Any, config: DataConfig, netting: Netting) -> list[
     """One message per problem the policies handled, with its count."""
     messages = []
     if stats["null_ids"]:
-        messages.append(f"{stats['null_ids']:,} rows with an empty customer id were dropped.")
+        messages.append(empty_ids_message(int(stats["null_ids"])))
     if stats["zero_amounts"]:
-        messages.append(f"{stats['zero_amounts']:,} rows have an amount of 0; they count as purchases.")
-    negative = int(stats["negative_amounts"])
-    if negative:
-        action = "dropped" if config.negative_amounts == "drop" else "netted into the purchases they refund"
-        messages.append(f"{negative:,} rows have a negative amount (returns); they were {action}.")
+        messages.append(zero_amounts_message(int(stats["zero_amounts"])))
+    if stats["negative_amounts"]:
+        messages.append(negative_amounts_message(config, int(stats["negative_amounts"])))
     messages.extend(netting.messages(config))
     return messages
 
@@ -986,8 +985,7 @@ def spark_errors(settings: SparkConfig, doing: Callable[[], str]) -> Iterator[No
         # Spark's own failures (``is_spark_error``); other errors are the library's or a bug.
         if not is_spark_error(exc):
             raise
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        what = lines[0][:400] if lines else type(exc).__name__
+        what = spark_error_line(exc, 400)
         step = doing()
         raise EngineError(
             f"Spark failed while {step[:1].lower()}{step[1:]} ({spark_where(settings)}): "
@@ -1019,17 +1017,10 @@ def run(
     EngineError
         Spark itself failed (see ``spark_errors``).
     """
-    steps: list[str] = []
-
-    logged_progress = logged(progress)
-
-    def tracked(message: str) -> None:
-        steps.append(message)
-        logged_progress(message)
-
+    say, doing = tracked_steps(progress)
     check_runs_apart_from_models(Path(output or config.output), Path(config.models_dir))
-    with run_log() as lines, spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
-        return _run(config, as_of, output, tracked, spark, force, lines.lines)
+    with run_log() as lines, spark_errors(config.spark, doing):
+        return _run(config, as_of, output, say, spark, force, lines.lines)
 
 
 def budget(
@@ -1076,6 +1067,15 @@ def log_on_spark(config: RunConfig, progress: Progress | None) -> Iterator[tuple
     """Refuse what only DuckDB applies, start Spark and read the log (``typed_log``); give the step reporter, the log
     and what the reading saw. A failure of Spark in the block is an EngineError naming the step under way."""
     refuse_duckdb_only_settings(config)
+    say, doing = tracked_steps(progress)
+    with spark_errors(config.spark, doing):
+        _, log, quality = start_and_read(config, say)
+        yield say, log, quality
+
+
+def tracked_steps(progress: Progress | None) -> tuple[Progress, Callable[[], str]]:
+    """A progress reporter (``logged``) that remembers the step under way, and the function that names that step
+    (for ``spark_errors``' message)."""
     steps: list[str] = []
     say = logged(progress)
 
@@ -1083,13 +1083,19 @@ def log_on_spark(config: RunConfig, progress: Progress | None) -> Iterator[tuple
         steps.append(message)
         say(message)
 
-    with spark_errors(config.spark, lambda: steps[-1] if steps else "starting"):
-        tracked(f"Starting Spark ({spark_master(config.spark)})")
-        spark = spark_session(config.spark)
-        ship_package(spark)
-        tracked(f"Reading {config.data.path} with Spark")
-        log, quality = typed_log(spark, config.data)
-        yield tracked, log, quality
+    return tracked, lambda: steps[-1] if steps else "starting"
+
+
+def start_and_read(
+    config: RunConfig, say: Progress, spark: SparkSession | None = None
+) -> tuple[SparkSession, SparkFrame, SparkQuality]:
+    """Start Spark (or take ``spark``), send it this package, and read and check the log (``typed_log``); return the
+    session, the log and what the reading saw."""
+    say(f"Starting Spark ({spark_master(config.spark)})")
+    spark = spark if spark is not None else spark_session(config.spark)
+    ship_package(spark)
+    say(f"Reading {config.data.path} with Spark")
+    return spark, *typed_log(spark, config.data)
 
 
 def refuse_duckdb_only_settings(config: RunConfig) -> None:
@@ -1154,11 +1160,7 @@ def _run(
     check_output_shared(config)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    say(f"Starting Spark ({spark_master(config.spark)})")
-    spark = spark if spark is not None else spark_session(config.spark)
-    ship_package(spark)
-    say(f"Reading {config.data.path} with Spark")
-    log, quality = typed_log(spark, config.data)
+    spark, log, quality = start_and_read(config, say, spark)
     timings["ingest"] = time.perf_counter() - started
     as_of = _checked_as_of(config, as_of, quality)
     backtest_result, backtest_notes = None, []
@@ -1240,8 +1242,7 @@ def _changes_since(spark: SparkSession, config: RunConfig, current: SparkFrame, 
     except Exception as exc:
         if not is_spark_error(exc):
             raise
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"Spark could not read its customers ({first}).") from None
+        raise ArtifactError(f"Spark could not read its customers ({spark_error_line(exc, 300)}).") from None
 
 
 def _checked_as_of(config: RunConfig, as_of: dt.date | None, quality: SparkQuality) -> dt.date:

@@ -47,13 +47,13 @@ def changes_on_spark(config: RunConfig, previous: SparkFrame, current: SparkFram
         The value tiers, best first: the order of the current run's tier rows.
     """
     segmentations = drift_segmentations(config)
-    lapsed = config.drift.lapsed_p_alive
+    previous_totals, current_totals = run_totals(previous), run_totals(current)
     return CustomerChanges(
-        run_totals(previous),
-        run_totals(current),
-        segment_totals(previous, segmentations, None),
-        segment_totals(current, segmentations, tiers),
-        movements(previous, current, lapsed),
+        previous_totals,
+        current_totals,
+        segment_totals(previous, previous_totals, segmentations, None),
+        segment_totals(current, current_totals, segmentations, tiers),
+        movements(previous, current, config.drift.lapsed_p_alive),
     )
 
 
@@ -68,18 +68,18 @@ def run_totals(customers: SparkFrame) -> dict[str, float]:
     return {"customers": int(row["customers"]), **{c: float(row[c] or 0.0) for c in DRIFT_TOTALS}}
 
 
-def segment_totals(customers: SparkFrame, segmentations: list[str], tiers: list[str] | None) -> pd.DataFrame:
-    """``forecast.batch.drift.segment_totals`` on Spark: customers and total CLV per segment, an ``all`` row first,
-    tiers in the order of ``tiers`` (None: sorted as text, as a previous run's text column is) and other segments
-    sorted as text."""
+def segment_totals(
+    customers: SparkFrame, totals: dict[str, float], segmentations: list[str], tiers: list[str] | None
+) -> pd.DataFrame:
+    """``forecast.batch.drift.segment_totals`` on Spark: customers and total CLV per segment, an ``all`` row first
+    (from the run's ``run_totals``), tiers in the order of ``tiers`` (None: sorted as text, as a previous run's text
+    column is) and other segments sorted as text."""
     from pyspark.sql import functions as F  # noqa: N812 (the PySpark convention)
 
-    everybody = customers.agg(F.count(F.lit(1)).alias("customers"), F.sum("clv").alias("clv_total")).first()
-    assert everybody is not None
     frames = [
         pd.DataFrame(
-            {"segmentation": [segmentation_name(None)], "segment": [ALL], "customers": [int(everybody["customers"])],
-             "clv_total": [float(everybody["clv_total"] or 0.0)]}
+            {"segmentation": [segmentation_name(None)], "segment": [ALL], "customers": [int(totals["customers"])],
+             "clv_total": [totals["clv"]]}
         )
     ]  # fmt: skip
     for column in segmentations:

@@ -65,3 +65,10 @@ def utc_midnight(day: dt.date) -> Column:
 def is_spark_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a failure of Spark itself: pyspark's, py4j's (the JVM bridge) or grpc's (Spark Connect)."""
     return type(exc).__module__.startswith(("pyspark", "py4j", "grpc"))
+
+
+def spark_error_line(exc: BaseException, limit: int) -> str:
+    """The first line of a Spark failure's message (Spark follows it with a long stack trace), at most ``limit``
+    characters; the exception's type when the message is empty."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -162,7 +162,7 @@ def read_run(
     if not with_customers:
         customers = pd.DataFrame()
     elif customers is None:
-        customers = read_customers(local_customers_path(customers_location(path, manifest)), columns)
+        customers = read_run_customers(path, manifest, columns)
     notes: list[str] = []
     segments = None
     if (path / SEGMENTS_CSV).is_file():
@@ -314,6 +314,17 @@ def is_iso_date(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def read_run_customers(run_dir: Path, manifest: dict[str, Any], columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A run's customer table, read where it is (``customers_location``; ``read_customers``).
+
+    Raises
+    ------
+    ArtifactError
+        The table is missing, unreadable, or on storage only Spark reads.
+    """
+    return read_customers(local_customers_path(customers_location(run_dir, manifest)), columns)
 
 
 def customers_location(run_dir: Path, manifest: dict[str, Any]) -> str:
