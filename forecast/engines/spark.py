@@ -105,7 +105,6 @@ from forecast.engines.spark_intervals import (
     FigureLayout,
     at_risk_name,
     draws_of_sums,
-    interval_figures_of,
     with_history_figures,
 )
 from forecast.engines.spark_log import SparkLog, summarize
@@ -136,7 +135,7 @@ from forecast.value.segments import (
     RfmCuts,
     segmentation_name,
 )
-from forecast.value.uncertainty import HistoryFigures
+from forecast.value.uncertainty import HistoryFigures, history_figures
 from forecast.value.valuation import Valuation
 
 if TYPE_CHECKING:
@@ -756,12 +755,16 @@ def fit_on_compressed(summary: SparkFrame, config: RunConfig) -> CompressedFit:
 
 
 def interval_figures(config: RunConfig, fit: CompressedFit) -> HistoryFigures | None:
-    """The intervals' figures of every unique history (``interval_figures_of``), or None when the run has no intervals:
-    as on DuckDB, none are wanted, or they cannot be computed (a ForecastWarning says why)."""
+    """The intervals' figures of every unique history (``forecast.value.uncertainty.history_figures``), or None when
+    the run has no intervals: as on DuckDB, none are wanted, or they cannot be computed (a ForecastWarning says why).
+    The driver has no customer ids: a history that cannot be evaluated is named by its values."""
     if not intervals_wanted(config, fit.purchases, fit.spend):
         return None
     try:
-        return interval_figures_of(config, fit.purchases, fit.spend, fit.histories, fit.spend_histories)
+        return history_figures(
+            fit.purchases, fit.spend, Valuation.from_config(config), fit.histories, fit.spend_histories,
+            config.ci_level, config.interval_draws, config.seed, pd.Index([]),
+        )  # fmt: skip
     except FitError as exc:
         warnings.warn(f"{INTERVALS_LEFT_EMPTY} {exc}", ForecastWarning, stacklevel=2)
         return None

@@ -19,8 +19,6 @@ import numpy as np
 import pandas as pd
 
 from forecast.config import RunConfig
-from forecast.data.compress import Histories, SpendHistories
-from forecast.models import GammaGamma, PurchaseModel
 from forecast.value.process import VarianceTerms
 from forecast.value.uncertainty import (
     ClvDraws,
@@ -28,10 +26,8 @@ from forecast.value.uncertainty import (
     HistoryGradients,
     SumColumns,
     figure_sums,
-    history_figures,
     totals_under_draws,
 )
-from forecast.value.valuation import Valuation
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame as SparkFrame
@@ -43,27 +39,6 @@ SPEND_KEYS = ["frequency", "monetary_value"]
 PREFIX = "__clv_interval_"
 #: The per-customer interval columns of the output.
 BOUNDS = ["clv_lower", "clv_upper"]
-
-
-def interval_figures_of(
-    config: RunConfig,
-    purchases: PurchaseModel,
-    spend: GammaGamma,
-    histories: Histories,
-    spend_histories: SpendHistories,
-) -> HistoryFigures:
-    """``forecast.value.uncertainty.history_figures`` of the compressed summary's histories, with the run's settings
-    (the driver has no customer ids: a history that cannot be evaluated is named by its values).
-
-    Raises
-    ------
-    FitError
-        As ``history_figures``.
-    """
-    return history_figures(
-        purchases, spend, Valuation.from_config(config), histories, spend_histories, config.ci_level,
-        config.interval_draws, config.seed, pd.Index([]),
-    )  # fmt: skip
 
 
 def history_table(figures: HistoryFigures) -> pd.DataFrame:

@@ -12,7 +12,6 @@ from scipy.special import digamma, gammaln
 
 from forecast.data.compress import (
     as_floats,
-    distinct_counts,
 )
 from forecast.errors import FitError, ForecastWarning
 from forecast.models._lifetimes import (
@@ -296,12 +295,10 @@ class GammaGamma(_Model):
         """
         p, q, gamma = (self.params_[k] for k in self.param_names)
         points = np.asarray(z, float)
-        if customers is None:
-            x_values, counts = distinct_counts(np.asarray(frequency, float))
-        else:
-            grouped = pd.Series(np.asarray(customers, float)).groupby(np.asarray(frequency, float)).sum()
-            x_values, counts = grouped.index.to_numpy(float), grouped.to_numpy(float)
-        weights = counts / counts.sum()
+        frequency = np.asarray(frequency, float)
+        each = np.ones(len(frequency)) if customers is None else np.asarray(customers, float)
+        grouped = pd.Series(each).groupby(frequency).sum()
+        x_values, weights = grouped.index.to_numpy(float), grouped.to_numpy() / grouped.sum()
         density = np.zeros(points.shape)
         positive = points > 0
         zs = points[positive]
